@@ -1,0 +1,347 @@
+//! Raw records to [`Event`]s, with every length and value checked.
+//!
+//! The bytes come from outside this process (the kernel, or a traced
+//! process's ring that it may have scribbled on), so nothing in them is
+//! trusted: a short, truncated or corrupted record is a [`DecodeError`],
+//! never a panic or a read out of bounds.
+
+use std::ptr;
+
+use crate::channel::{ChannelId, ChannelKind};
+use crate::event::{Event, EventKind, Source};
+use crate::raw::{chan, record_len, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE};
+
+/// Why a record could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record too short: {len} bytes, a record header is {RAW_EVENT_SIZE}")]
+    Short { len: usize },
+    #[error("record truncated: header announces {needed} bytes, {available} present")]
+    Truncated { needed: usize, available: usize },
+    #[error("unknown event kind code {0}")]
+    UnknownKind(u16),
+    #[error("unknown channel kind code {0}")]
+    UnknownChannelKind(u16),
+    #[error("event kind {kind} needs an IPC object and the record names none")]
+    MissingChannel { kind: EventKind },
+    #[error("channel kind {kind} is identified by name and the record carries none")]
+    MissingName { kind: ChannelKind },
+    #[error("object name of {len} bytes exceeds the limit of {MAX_NAME}")]
+    NameTooLong { len: usize },
+    #[error("object name is not UTF-8")]
+    NameNotUtf8,
+    #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    PayloadTooLarge { len: usize },
+}
+
+/// Decodes the record at the start of `bytes`.
+///
+/// Returns the event and the number of bytes the record occupies, padding
+/// included (at most `bytes.len()`), so a caller walking a stream of records
+/// knows where the next one starts.
+pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeError> {
+    if bytes.len() < RAW_EVENT_SIZE {
+        return Err(DecodeError::Short { len: bytes.len() });
+    }
+    // SAFETY: the check above guarantees RAW_EVENT_SIZE readable bytes, and
+    // read_unaligned makes no alignment assumption about the slice. RawEvent
+    // is plain integers, so every bit pattern is a valid value.
+    let raw: RawEvent = unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
+
+    let name_len = usize::from(raw.name_len);
+    let data_len = usize::from(raw.data_len);
+    if name_len > MAX_NAME {
+        return Err(DecodeError::NameTooLong { len: name_len });
+    }
+    if data_len > MAX_PAYLOAD {
+        return Err(DecodeError::PayloadTooLarge { len: data_len });
+    }
+    let needed = RAW_EVENT_SIZE + name_len + data_len;
+    if bytes.len() < needed {
+        return Err(DecodeError::Truncated {
+            needed,
+            available: bytes.len(),
+        });
+    }
+
+    let kind = EventKind::from_code(raw.kind).map_err(|_| DecodeError::UnknownKind(raw.kind))?;
+    let name = &bytes[RAW_EVENT_SIZE..RAW_EVENT_SIZE + name_len];
+    let data = &bytes[RAW_EVENT_SIZE + name_len..needed];
+
+    let channel = if raw.chan_kind == chan::NONE {
+        if kind.needs_channel() {
+            return Err(DecodeError::MissingChannel { kind });
+        }
+        None
+    } else {
+        let ckind = ChannelKind::from_code(raw.chan_kind)
+            .map_err(|_| DecodeError::UnknownChannelKind(raw.chan_kind))?;
+        Some(if ckind.is_named() {
+            if name.is_empty() {
+                return Err(DecodeError::MissingName { kind: ckind });
+            }
+            let name = std::str::from_utf8(name).map_err(|_| DecodeError::NameNotUtf8)?;
+            ChannelId::named(ckind, name)
+        } else {
+            ChannelId::numeric(ckind, raw.obj, raw.obj2)
+        })
+    };
+
+    let event = Event {
+        ts_ns: raw.ts_ns,
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: comm_to_string(&raw.comm),
+        source,
+        kind,
+        channel,
+        size: raw.size,
+        msg_id: (raw.msg_id != 0).then_some(raw.msg_id),
+        result: raw.result,
+        duration_ns: (raw.duration_ns != 0).then_some(raw.duration_ns),
+        aux: raw.aux,
+        payload: (data_len > 0).then(|| data.to_vec()),
+    };
+    Ok((event, record_len(name_len, data_len).min(bytes.len())))
+}
+
+/// Decodes every record in a stream, stopping at the first bad one: after a
+/// corrupted length nothing further in the stream can be located reliably.
+pub fn decode_all(
+    source: Source,
+    mut bytes: &[u8],
+) -> impl Iterator<Item = Result<Event, DecodeError>> + '_ {
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || bytes.is_empty() {
+            return None;
+        }
+        match decode(source, bytes) {
+            Ok((event, used)) => {
+                bytes = &bytes[used..];
+                Some(Ok(event))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    })
+}
+
+/// The kernel's comm: up to 16 bytes, NUL-terminated unless full. Invalid
+/// UTF-8 (a process may name itself anything) is replaced, not rejected.
+fn comm_to_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Encodes an event as a raw record, the inverse of [`decode`]. Used by the
+/// user-space producers (ipc-lib) and by tests of everything that decodes.
+pub fn encode(event: &Event, out: &mut Vec<u8>) {
+    let (chan_kind, obj, obj2, name): (u16, u64, u64, &[u8]) = match &event.channel {
+        None => (chan::NONE, 0, 0, &[]),
+        Some(ChannelId::Numeric { kind, a, b }) => (kind.code(), *a, *b, &[]),
+        Some(ChannelId::Named { kind, name }) => (kind.code(), 0, 0, name.as_bytes()),
+    };
+    let name = &name[..name.len().min(MAX_NAME)];
+    let data = event.payload.as_deref().unwrap_or(&[]);
+    let data = &data[..data.len().min(MAX_PAYLOAD)];
+    let mut comm = [0u8; 16];
+    let c = event.comm.as_bytes();
+    let n = c.len().min(15);
+    comm[..n].copy_from_slice(&c[..n]);
+    let raw = RawEvent {
+        ts_ns: event.ts_ns,
+        pid: event.pid,
+        tid: event.tid,
+        kind: event.kind.code(),
+        chan_kind,
+        // Both fit: clamped to MAX_NAME and MAX_PAYLOAD above.
+        name_len: name.len() as u16,
+        data_len: data.len() as u16,
+        obj,
+        obj2,
+        size: event.size,
+        msg_id: event.msg_id.unwrap_or(0),
+        result: event.result,
+        duration_ns: event.duration_ns.unwrap_or(0),
+        aux: event.aux,
+        comm,
+    };
+    let start = out.len();
+    // SAFETY: RawEvent is repr(C) plain integers with no padding (size
+    // assertion in raw.rs), so viewing it as RAW_EVENT_SIZE bytes is sound.
+    let header = unsafe {
+        std::slice::from_raw_parts(ptr::from_ref(&raw).cast::<u8>(), RAW_EVENT_SIZE)
+    };
+    out.extend_from_slice(header);
+    out.extend_from_slice(name);
+    out.extend_from_slice(data);
+    out.resize(start + record_len(name.len(), data.len()), 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw::kind;
+    use proptest::prelude::*;
+
+    fn sample() -> Event {
+        let mut e = Event::new(5_000, 42, 43, Source::Lib, EventKind::MsgSend);
+        e.comm = "producer".into();
+        e.channel = Some(ChannelId::named(ChannelKind::IpclibChannel, "jobs"));
+        e.size = 64;
+        e.msg_id = Some(7);
+        e.payload = Some(b"hello".to_vec());
+        e
+    }
+
+    #[test]
+    fn encoded_event_decodes_to_itself() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        assert_eq!(buf.len() % 8, 0);
+        let (event, used) = decode(Source::Lib, &buf).unwrap();
+        assert_eq!(event, sample());
+        assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn short_record_is_an_error() {
+        assert_eq!(
+            decode(Source::Ebpf, &[0u8; 95]),
+            Err(DecodeError::Short { len: 95 })
+        );
+        assert_eq!(
+            decode(Source::Ebpf, &[]),
+            Err(DecodeError::Short { len: 0 })
+        );
+    }
+
+    #[test]
+    fn truncated_name_is_an_error() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        let cut = RAW_EVENT_SIZE + 2;
+        assert_eq!(
+            decode(Source::Lib, &buf[..cut]),
+            Err(DecodeError::Truncated {
+                needed: RAW_EVENT_SIZE + 4 + 5,
+                available: cut
+            })
+        );
+    }
+
+    fn raw_bytes(raw: RawEvent) -> Vec<u8> {
+        let mut e = Event::new(0, 0, 0, Source::Ebpf, EventKind::ProcessStart);
+        e.comm.clear();
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        // SAFETY: buf holds at least RAW_EVENT_SIZE bytes; write_unaligned
+        // makes no alignment assumption.
+        unsafe { ptr::write_unaligned(buf.as_mut_ptr().cast::<RawEvent>(), raw) };
+        buf
+    }
+
+    #[test]
+    fn corrupted_codes_are_errors() {
+        let bad_kind = RawEvent {
+            kind: 999,
+            ..RawEvent::default()
+        };
+        assert_eq!(
+            decode(Source::Ebpf, &raw_bytes(bad_kind)),
+            Err(DecodeError::UnknownKind(999))
+        );
+        let bad_chan = RawEvent {
+            kind: kind::MSG_SEND,
+            chan_kind: 77,
+            ..RawEvent::default()
+        };
+        assert_eq!(
+            decode(Source::Ebpf, &raw_bytes(bad_chan)),
+            Err(DecodeError::UnknownChannelKind(77))
+        );
+        let no_chan = RawEvent {
+            kind: kind::MSG_RECV,
+            ..RawEvent::default()
+        };
+        assert_eq!(
+            decode(Source::Ebpf, &raw_bytes(no_chan)),
+            Err(DecodeError::MissingChannel {
+                kind: EventKind::MsgRecv
+            })
+        );
+        let unnamed = RawEvent {
+            kind: kind::MSG_SEND,
+            chan_kind: chan::MQ,
+            ..RawEvent::default()
+        };
+        assert_eq!(
+            decode(Source::Ebpf, &raw_bytes(unnamed)),
+            Err(DecodeError::MissingName {
+                kind: ChannelKind::Mq
+            })
+        );
+        let huge = RawEvent {
+            kind: kind::MSG_SEND,
+            data_len: u16::MAX,
+            ..RawEvent::default()
+        };
+        assert_eq!(
+            decode(Source::Ebpf, &raw_bytes(huge)),
+            Err(DecodeError::PayloadTooLarge {
+                len: usize::from(u16::MAX)
+            })
+        );
+    }
+
+    #[test]
+    fn decode_all_walks_records_and_stops_at_corruption() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        let mut second = sample();
+        second.payload = None;
+        second.msg_id = Some(8);
+        encode(&second, &mut buf);
+        let first_len = record_len(4, 5);
+        let all: Vec<_> = decode_all(Source::Lib, &buf).collect();
+        assert_eq!(all, vec![Ok(sample()), Ok(second)]);
+
+        buf[first_len + 16] = 0xff; // the second record's kind
+        let all: Vec<_> = decode_all(Source::Lib, &buf).collect();
+        assert_eq!(all.len(), 2);
+        assert!(matches!(all[1], Err(DecodeError::UnknownKind(_))));
+    }
+
+    proptest! {
+        // Whatever the bytes, decode returns; it never panics or reads past
+        // the slice, and what it claims to use lies within the input.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok((_, used)) = decode(Source::Ebpf, &bytes) {
+                prop_assert!(used <= bytes.len());
+                prop_assert!(used >= RAW_EVENT_SIZE);
+            }
+            let _ = decode_all(Source::Ebpf, &bytes).count();
+        }
+
+        #[test]
+        fn any_valid_record_round_trips(
+            ts in any::<u64>(), pid in any::<u32>(), size in any::<u64>(),
+            msg in 1u64.., name in "[a-z/]{1,40}", data in proptest::collection::vec(any::<u8>(), 1..64),
+        ) {
+            let mut e = Event::new(ts, pid, pid, Source::Lib, EventKind::MsgRecv);
+            e.channel = Some(ChannelId::named(ChannelKind::Mq, name));
+            e.size = size;
+            e.msg_id = Some(msg);
+            e.payload = Some(data);
+            let mut buf = Vec::new();
+            encode(&e, &mut buf);
+            let (back, used) = decode(Source::Lib, &buf).unwrap();
+            prop_assert_eq!(back, e);
+            prop_assert_eq!(used, buf.len());
+        }
+    }
+}

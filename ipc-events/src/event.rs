@@ -1,0 +1,136 @@
+//! The decoded event every consumer reads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{coded_enum, ChannelId};
+use crate::raw::kind;
+
+coded_enum! {
+    /// What happened; the values of `events.kind`.
+    EventKind, UnknownEventKind, "event kind" {
+        MsgSend = kind::MSG_SEND, "msg_send";
+        MsgRecv = kind::MSG_RECV, "msg_recv";
+        ShmMap = kind::SHM_MAP, "shm_map";
+        ShmUnmap = kind::SHM_UNMAP, "shm_unmap";
+        ShmRead = kind::SHM_READ, "shm_read";
+        ShmWrite = kind::SHM_WRITE, "shm_write";
+        SemWaitBegin = kind::SEM_WAIT_BEGIN, "sem_wait_begin";
+        SemWaitEnd = kind::SEM_WAIT_END, "sem_wait_end";
+        SemPost = kind::SEM_POST, "sem_post";
+        FutexWait = kind::FUTEX_WAIT, "futex_wait";
+        FutexWake = kind::FUTEX_WAKE, "futex_wake";
+        LockAcquire = kind::LOCK_ACQUIRE, "lock_acquire";
+        LockRelease = kind::LOCK_RELEASE, "lock_release";
+        SignalGenerate = kind::SIGNAL_GENERATE, "signal_generate";
+        SignalDeliver = kind::SIGNAL_DELIVER, "signal_deliver";
+        SignalHandle = kind::SIGNAL_HANDLE, "signal_handle";
+        ProcessStart = kind::PROCESS_START, "process_start";
+        ProcessExec = kind::PROCESS_EXEC, "process_exec";
+        ProcessExit = kind::PROCESS_EXIT, "process_exit";
+        Drop = kind::DROP, "drop";
+    }
+}
+
+impl EventKind {
+    /// Kinds that must name the IPC object they touched.
+    pub const fn needs_channel(self) -> bool {
+        matches!(
+            self,
+            EventKind::MsgSend
+                | EventKind::MsgRecv
+                | EventKind::ShmMap
+                | EventKind::ShmUnmap
+                | EventKind::ShmRead
+                | EventKind::ShmWrite
+                | EventKind::SemWaitBegin
+                | EventKind::SemWaitEnd
+                | EventKind::SemPost
+                | EventKind::FutexWait
+                | EventKind::FutexWake
+                | EventKind::LockAcquire
+                | EventKind::LockRelease
+        )
+    }
+}
+
+/// Where an event came from; the values of `events.source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An ipc-lib process's event ring: exact, with message ids.
+    Lib,
+    /// The eBPF probes: unmodified processes.
+    Ebpf,
+    /// The collector itself (drop records, process bookkeeping).
+    Collector,
+}
+
+impl Source {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Lib => "lib",
+            Source::Ebpf => "ebpf",
+            Source::Collector => "collector",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing that happened, from any source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds: the clock the kernel probes see.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The task's command name (at most 15 bytes, as the kernel keeps it).
+    pub comm: String,
+    pub source: Source,
+    pub kind: EventKind,
+    /// The IPC object touched, for kinds that touch one.
+    pub channel: Option<ChannelId>,
+    /// Bytes moved (messages, accesses) or events counted (drops).
+    pub size: u64,
+    /// The id carried in an ipc-lib frame, which pairs a receive with its
+    /// send exactly.
+    pub msg_id: Option<u64>,
+    /// Return value, or a negative errno.
+    pub result: i64,
+    /// How long a blocking call blocked.
+    pub duration_ns: Option<u64>,
+    /// Kind-specific value; see [`crate::raw::kind`].
+    pub aux: u64,
+    /// The first bytes of the message, only when payload capture was asked
+    /// for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Event {
+    /// An event with the given identity and no object, size or result; the
+    /// starting point for sources that fill in the rest.
+    pub fn new(ts_ns: u64, pid: u32, tid: u32, source: Source, kind: EventKind) -> Self {
+        Event {
+            ts_ns,
+            pid,
+            tid,
+            comm: String::new(),
+            source,
+            kind,
+            channel: None,
+            size: 0,
+            msg_id: None,
+            result: 0,
+            duration_ns: None,
+            aux: 0,
+            payload: None,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Records that cross a process or kernel boundary, as bytes.
+//!
+//! One fixed-size [`RawEvent`] header per event, followed by `name_len` bytes
+//! of object name (for IPC objects named by a string: mq, shm, ipc-lib
+//! channels) and `data_len` bytes of captured payload. Records in a byte
+//! stream are padded to [`RECORD_ALIGN`].
+//!
+//! The layout rules follow aya's integration-common: explicit padding,
+//! integers instead of `bool` or enums (a kernel or a hostile process can put
+//! any bit pattern here, and only the decoder may turn it into an enum), and a
+//! size assertion, so both compilers agree on every byte.
+
+/// Size of [`RawEvent`] in bytes.
+pub const RAW_EVENT_SIZE: usize = 96;
+/// The most payload bytes one record may carry (`--payload-bytes` cap).
+pub const MAX_PAYLOAD: usize = 4096;
+/// The longest object name one record may carry.
+pub const MAX_NAME: usize = 255;
+/// Records in a stream start at multiples of this.
+pub const RECORD_ALIGN: usize = 8;
+
+/// One event as the probes and the ipc-lib ring write it.
+///
+/// Field meanings beyond the obvious depend on `kind`; [`kind`] documents
+/// them, and `ipc_events::decode` is the one place that interprets them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawEvent {
+    /// CLOCK_MONOTONIC, nanoseconds (`bpf_ktime_get_ns` is the same clock).
+    pub ts_ns: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// One of the [`kind`] constants.
+    pub kind: u16,
+    /// One of the [`chan`] constants; [`chan::NONE`] when no IPC object.
+    pub chan_kind: u16,
+    /// Bytes of object name following the header.
+    pub name_len: u16,
+    /// Bytes of captured payload following the name.
+    pub data_len: u16,
+    /// First object identity word (inode, key, address, target pid).
+    pub obj: u64,
+    /// Second object identity word (peer inode, owning pid).
+    pub obj2: u64,
+    /// Bytes moved, or a count for [`kind::DROP`].
+    pub size: u64,
+    /// Message id from an ipc-lib frame; 0 when there is none.
+    pub msg_id: u64,
+    /// Return value or negative errno.
+    pub result: i64,
+    /// How long a blocking call took, 0 when it did not block or is unknown.
+    pub duration_ns: u64,
+    /// Kind-specific: parent pid, signal number, exit status.
+    pub aux: u64,
+    /// The task's comm, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<RawEvent>() == RAW_EVENT_SIZE);
+const _: () = assert!(core::mem::align_of::<RawEvent>() == RECORD_ALIGN);
+
+#[cfg(feature = "user")]
+// SAFETY: RawEvent is repr(C), has no padding (the size assertion above sums
+// its fields) and every bit pattern of its integer fields is valid.
+unsafe impl aya::Pod for RawEvent {}
+
+/// Total bytes a record with these name and payload lengths occupies in a
+/// stream, padding included.
+pub const fn record_len(name_len: usize, data_len: usize) -> usize {
+    let len = RAW_EVENT_SIZE + name_len + data_len;
+    (len + RECORD_ALIGN - 1) / RECORD_ALIGN * RECORD_ALIGN
+}
+
+/// Event kinds. `obj`, `obj2`, `aux` and `size` meanings are given per kind.
+pub mod kind {
+    /// A message left the sender: `size` bytes, `msg_id` when framed.
+    pub const MSG_SEND: u16 = 1;
+    /// A message arrived: `size` bytes, `msg_id` when framed.
+    pub const MSG_RECV: u16 = 2;
+    /// A shared-memory object was mapped: `size` bytes.
+    pub const SHM_MAP: u16 = 3;
+    /// A shared-memory object was unmapped.
+    pub const SHM_UNMAP: u16 = 4;
+    /// Read of `size` bytes at offset `aux`.
+    pub const SHM_READ: u16 = 5;
+    /// Write of `size` bytes at offset `aux`.
+    pub const SHM_WRITE: u16 = 6;
+    /// A thread started waiting on a semaphore.
+    pub const SEM_WAIT_BEGIN: u16 = 7;
+    /// The wait ended: `result` 0 when acquired, `duration_ns` waited.
+    pub const SEM_WAIT_END: u16 = 8;
+    /// A semaphore was posted.
+    pub const SEM_POST: u16 = 9;
+    /// A futex wait: `duration_ns`, `aux` the owner tid when known.
+    pub const FUTEX_WAIT: u16 = 10;
+    /// A futex wake: `size` waiters woken.
+    pub const FUTEX_WAKE: u16 = 11;
+    /// A lock was taken.
+    pub const LOCK_ACQUIRE: u16 = 12;
+    /// A lock was released.
+    pub const LOCK_RELEASE: u16 = 13;
+    /// A signal was sent: `aux` the signal number, `obj` the target pid.
+    pub const SIGNAL_GENERATE: u16 = 14;
+    /// A signal was delivered to `pid`: `aux` the signal number.
+    pub const SIGNAL_DELIVER: u16 = 15;
+    /// A user handler ran for signal `aux`.
+    pub const SIGNAL_HANDLE: u16 = 16;
+    /// Process `pid` was created: `aux` its parent pid.
+    pub const PROCESS_START: u16 = 17;
+    /// Process `pid` executed a new program (its path is the name).
+    pub const PROCESS_EXEC: u16 = 18;
+    /// Process `pid` exited: `aux` its exit status when known.
+    pub const PROCESS_EXIT: u16 = 19;
+    /// `size` events were lost by the source named in `aux`.
+    pub const DROP: u16 = 20;
+}
+
+/// IPC object kinds, as stored in `channels.kind`.
+pub mod chan {
+    pub const NONE: u16 = 0;
+    /// `obj` pipe inode.
+    pub const PIPE: u16 = 1;
+    /// `obj` FIFO inode.
+    pub const FIFO: u16 = 2;
+    /// `obj` socket inode, `obj2` peer inode.
+    pub const UNIX_STREAM: u16 = 3;
+    pub const UNIX_DGRAM: u16 = 4;
+    pub const UNIX_SEQPACKET: u16 = 5;
+    /// `obj` local port, `obj2` remote port.
+    pub const TCP_LOOPBACK: u16 = 6;
+    /// Named: POSIX message queue name.
+    pub const MQ: u16 = 7;
+    /// `obj` SysV key, `obj2` SysV id.
+    pub const SYSV_MSG: u16 = 8;
+    /// Named: shm object name (or `memfd:...`, or a SysV key rendered).
+    pub const SHM: u16 = 9;
+    /// Named: POSIX named semaphore.
+    pub const SEM: u16 = 10;
+    /// `obj` SysV key, `obj2` SysV id.
+    pub const SYSV_SEM: u16 = 11;
+    /// `obj` futex address, `obj2` the pid whose address space it is in
+    /// (0 for a shared futex).
+    pub const FUTEX: u16 = 12;
+    /// Named: ipc-lib channel.
+    pub const IPCLIB_CHANNEL: u16 = 13;
+    /// Named: ipc-lib shared-memory region.
+    pub const IPCLIB_SHM: u16 = 14;
+    /// Named: ipc-lib semaphore.
+    pub const IPCLIB_SEM: u16 = 15;
+}
+
+/// Which source lost events, in [`kind::DROP`]'s `aux`.
+pub mod drop_source {
+    /// The kernel ring buffer was full.
+    pub const EBPF_RING: u64 = 1;
+    /// An ipc-lib process's event ring was full.
+    pub const LIB_RING: u64 = 2;
+    /// The collector's ingest queue was full.
+    pub const INGEST: u64 = 3;
+    /// Records that failed to decode.
+    pub const DECODE: u64 = 4;
+}
