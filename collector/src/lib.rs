@@ -1,1 +1,13 @@
-//! collector
+//! The collector: where events from every source meet.
+//!
+//! Sources (the eBPF probes in `ebpf`, later the ipc-lib rings) produce
+//! [`ipc_events::Event`]s; the [`store`] writes them to SQLite through one
+//! batching writer; `record` runs a command under observation and ties the
+//! two together. Data flows one way: source -> writer -> database, and
+//! nothing here reaches back into a source.
+
+pub mod clock;
+pub mod export;
+pub mod query;
+pub mod report;
+pub mod store;

@@ -68,9 +68,15 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
     let name = &bytes[RAW_EVENT_SIZE..RAW_EVENT_SIZE + name_len];
     let data = &bytes[RAW_EVENT_SIZE + name_len..needed];
 
+    let mut path = None;
     let channel = if raw.chan_kind == chan::NONE {
         if kind.needs_channel() {
             return Err(DecodeError::MissingChannel { kind });
+        }
+        // With no object to name, the name bytes are a path (an exec's
+        // program). Paths need not be UTF-8, so they are not rejected.
+        if !name.is_empty() {
+            path = Some(String::from_utf8_lossy(name).into_owned());
         }
         None
     } else {
@@ -100,6 +106,7 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
         result: raw.result,
         duration_ns: (raw.duration_ns != 0).then_some(raw.duration_ns),
         aux: raw.aux,
+        path,
         payload: (data_len > 0).then(|| data.to_vec()),
     };
     Ok((event, record_len(name_len, data_len).min(bytes.len())))
@@ -140,7 +147,12 @@ fn comm_to_string(comm: &[u8; 16]) -> String {
 /// user-space producers (ipc-lib) and by tests of everything that decodes.
 pub fn encode(event: &Event, out: &mut Vec<u8>) {
     let (chan_kind, obj, obj2, name): (u16, u64, u64, &[u8]) = match &event.channel {
-        None => (chan::NONE, 0, 0, &[]),
+        None => (
+            chan::NONE,
+            0,
+            0,
+            event.path.as_deref().unwrap_or("").as_bytes(),
+        ),
         Some(ChannelId::Numeric { kind, a, b }) => (kind.code(), *a, *b, &[]),
         Some(ChannelId::Named { kind, name }) => (kind.code(), 0, 0, name.as_bytes()),
     };
@@ -172,9 +184,8 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     let start = out.len();
     // SAFETY: RawEvent is repr(C) plain integers with no padding (size
     // assertion in raw.rs), so viewing it as RAW_EVENT_SIZE bytes is sound.
-    let header = unsafe {
-        std::slice::from_raw_parts(ptr::from_ref(&raw).cast::<u8>(), RAW_EVENT_SIZE)
-    };
+    let header =
+        unsafe { std::slice::from_raw_parts(ptr::from_ref(&raw).cast::<u8>(), RAW_EVENT_SIZE) };
     out.extend_from_slice(header);
     out.extend_from_slice(name);
     out.extend_from_slice(data);
@@ -205,6 +216,16 @@ mod tests {
         let (event, used) = decode(Source::Lib, &buf).unwrap();
         assert_eq!(event, sample());
         assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn exec_path_rides_in_the_name_bytes() {
+        let mut e = Event::new(1, 2, 2, Source::Ebpf, EventKind::ProcessExec);
+        e.comm = "sh".into();
+        e.path = Some("/usr/bin/sh".into());
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        assert_eq!(decode(Source::Ebpf, &buf).unwrap().0, e);
     }
 
     #[test]

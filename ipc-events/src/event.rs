@@ -107,6 +107,10 @@ pub struct Event {
     pub duration_ns: Option<u64>,
     /// Kind-specific value; see [`crate::raw::kind`].
     pub aux: u64,
+    /// A path the event names that is not an IPC object: the program a
+    /// process executed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// The first bytes of the message, only when payload capture was asked
     /// for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,7 @@ impl Event {
             result: 0,
             duration_ns: None,
             aux: 0,
+            path: None,
             payload: None,
         }
     }

@@ -1,0 +1,253 @@
+//! `ipcscope query`: user SQL against a recording, read-only.
+//!
+//! Results keep SQLite's dynamic types (a column can hold integers in one
+//! row and text in the next), so values are decoded by their storage class
+//! per cell, not by the declared column type.
+
+use std::fmt::Write as _;
+
+use futures_util::TryStreamExt;
+use serde_json::{Map, Value as Json};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column, Executor, Row, SqliteConnection, TypeInfo, ValueRef};
+
+use crate::store::StoreError;
+
+/// One cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A whole result set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Table {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("query failed: {0}")]
+    Sql(#[source] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs one SQL statement and collects its rows.
+pub async fn run(conn: &mut SqliteConnection, sql: &str) -> Result<Table, QueryError> {
+    let mut table = Table::default();
+    let mut rows = sqlx::raw_sql(sql).fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
+        if table.columns.is_empty() {
+            table.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+        table.rows.push(decode_row(&row).map_err(QueryError::Sql)?);
+    }
+    drop(rows);
+    if table.columns.is_empty() {
+        // No rows to read names from: ask SQLite what the columns would
+        // have been. Statements that return nothing have none to tell.
+        if let Ok(described) = conn.describe(sql).await {
+            table.columns = described.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+    }
+    Ok(table)
+}
+
+/// A table from rows already fetched (empty rows give no column names).
+pub fn from_rows(rows: &[SqliteRow]) -> Result<Table, sqlx::Error> {
+    Ok(Table {
+        columns: rows.first().map_or_else(Vec::new, |r| {
+            r.columns().iter().map(|c| c.name().to_owned()).collect()
+        }),
+        rows: rows.iter().map(decode_row).collect::<Result<_, _>>()?,
+    })
+}
+
+pub(crate) fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, sqlx::Error> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i)?;
+            if raw.is_null() {
+                return Ok(Value::Null);
+            }
+            Ok(match raw.type_info().name() {
+                "INTEGER" => Value::Integer(row.try_get(i)?),
+                "REAL" => Value::Real(row.try_get(i)?),
+                "BLOB" => Value::Blob(row.try_get(i)?),
+                _ => Value::Text(row.try_get(i)?),
+            })
+        })
+        .collect()
+}
+
+impl Value {
+    pub(crate) fn to_json(&self) -> Json {
+        match self {
+            Value::Null => Json::Null,
+            Value::Integer(i) => Json::from(*i),
+            Value::Real(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            Value::Text(s) => Json::String(s.clone()),
+            Value::Blob(b) => Json::String(hex(b)),
+        }
+    }
+
+    /// The cell as plain text: NULL empty, blobs as an SQL hex literal.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Null => String::new(),
+            Value::Integer(i) => i.to_string(),
+            Value::Real(f) => f.to_string(),
+            Value::Text(s) => s.clone(),
+            Value::Blob(b) => format!("x'{}'", hex(b)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+impl Table {
+    /// One JSON array of objects keyed by column name, columns in order.
+    pub fn to_json(&self) -> String {
+        Json::Array(self.to_json_rows()).to_string()
+    }
+
+    /// Each row as a JSON object keyed by column name.
+    pub fn to_json_rows(&self) -> Vec<Json> {
+        self
+            .rows
+            .iter()
+            .map(|row| {
+                let obj: Map<String, Json> = self
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().map(Value::to_json))
+                    .collect();
+                Json::Object(obj)
+            })
+            .collect()
+    }
+
+    /// RFC 4180 CSV with a header row.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::new();
+        let mut line = |cells: &mut dyn Iterator<Item = String>| {
+            let quoted: Vec<String> = cells.map(|c| csv_field(&c)).collect();
+            out.push_str(&quoted.join(","));
+            out.push_str("\r\n");
+        };
+        line(&mut self.columns.iter().cloned());
+        for row in &self.rows {
+            line(&mut row.iter().map(Value::to_text));
+        }
+        out
+    }
+
+    /// An aligned text table: numbers right-aligned, text left, NULL blank.
+    pub fn to_aligned(&self) -> String {
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.to_text().replace(['\n', '\r', '\t'], " ")).collect())
+            .collect();
+        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
+        for row in &cells {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let numeric: Vec<bool> = (0..self.columns.len())
+            .map(|i| {
+                // Humanised figures ("1.2 ms") read best right-aligned too.
+                self.rows.iter().all(|r| match &r[i] {
+                    Value::Integer(_) | Value::Real(_) | Value::Null => true,
+                    Value::Text(t) => t.starts_with(|c: char| c.is_ascii_digit()),
+                    Value::Blob(_) => false,
+                })
+            })
+            .collect();
+        let mut out = String::new();
+        let emit = |row: &[String], out: &mut String| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i] - cell.chars().count();
+                if numeric[i] {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        };
+        emit(&self.columns, &mut out);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        emit(&rule, &mut out);
+        for row in &cells {
+            emit(row, &mut out);
+        }
+        out
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            columns: vec!["kind".into(), "n".into()],
+            rows: vec![
+                vec![Value::Text("pipe".into()), Value::Integer(12)],
+                vec![Value::Text("a,\"b\"".into()), Value::Null],
+            ],
+        }
+    }
+
+    #[test]
+    fn json_is_an_array_of_objects_in_column_order() {
+        assert_eq!(
+            table().to_json(),
+            r#"[{"kind":"pipe","n":12},{"kind":"a,\"b\"","n":null}]"#
+        );
+        assert_eq!(Table::default().to_json(), "[]");
+    }
+
+    #[test]
+    fn csv_quotes_fields_that_need_it() {
+        assert_eq!(table().to_csv(), "kind,n\r\npipe,12\r\n\"a,\"\"b\"\"\",\r\n");
+    }
+
+    #[test]
+    fn aligned_table_right_aligns_numbers() {
+        assert_eq!(
+            table().to_aligned(),
+            "kind     n\n------  --\npipe    12\na,\"b\"\n"
+        );
+    }
+}

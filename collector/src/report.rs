@@ -1,0 +1,231 @@
+//! `ipcscope report`: what a session did, from the schema contract alone.
+//!
+//! Each section is one SQL query over the documented tables, so what the
+//! report shows is exactly what a user could ask `ipcscope query` for, and
+//! the JSON form is those same rows.
+
+use serde_json::{Map, Value as Json};
+use sqlx::SqliteConnection;
+
+use crate::query::{self, QueryError, Table, Value};
+use crate::store::SessionId;
+
+/// The report's sections: (name, SQL with one `?1` for the session id).
+/// Latency percentiles use the nearest-rank method.
+const SECTIONS: &[(&str, &str)] = &[
+    (
+        "session",
+        "SELECT id, name, command, host, started_at, coalesce(ended_at, 'unfinished') AS ended_at,
+                end_mono_ns - start_mono_ns AS duration_ns, exit_status, sources, event_count
+         FROM sessions WHERE id = ?1",
+    ),
+    (
+        "processes",
+        "SELECT p.pid, p.ppid, p.comm, p.exe, p.started_ns - s.start_mono_ns AS started_at_ns,
+                p.exited_ns - p.started_ns AS lifetime_ns, p.exit_status
+         FROM processes p JOIN sessions s ON s.id = p.session_id
+         WHERE p.session_id = ?1 ORDER BY p.started_ns, p.id",
+    ),
+    (
+        "events",
+        "SELECT source, kind, count(*) AS count FROM events WHERE session_id = ?1
+         GROUP BY source, kind ORDER BY count DESC, kind",
+    ),
+    (
+        "channels",
+        "WITH ranked AS (
+             SELECT channel_id, latency_ns,
+                    row_number() OVER (PARTITION BY channel_id ORDER BY latency_ns) AS r,
+                    count(*) OVER (PARTITION BY channel_id) AS n
+             FROM messages WHERE session_id = ?1 AND latency_ns IS NOT NULL),
+         pct AS (
+             SELECT channel_id,
+                    max(CASE WHEN r = (n * 50 + 99) / 100 THEN latency_ns END) AS p50_ns,
+                    max(CASE WHEN r = (n * 99 + 99) / 100 THEN latency_ns END) AS p99_ns,
+                    max(latency_ns) AS max_ns
+             FROM ranked GROUP BY channel_id),
+         totals AS (
+             SELECT channel_id, count(*) AS messages, sum(size) AS bytes
+             FROM messages WHERE session_id = ?1 GROUP BY channel_id)
+         SELECT c.kind, c.name, t.messages, t.bytes, p.p50_ns, p.p99_ns, p.max_ns,
+                CAST(t.messages * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
+                CAST(t.bytes * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
+         FROM totals t JOIN channels c ON c.id = t.channel_id
+         JOIN sessions s ON s.id = ?1
+         LEFT JOIN pct p ON p.channel_id = t.channel_id
+         ORDER BY t.messages DESC LIMIT 50",
+    ),
+    (
+        "waits",
+        "SELECT c.kind, c.name, count(*) AS waits, sum(w.end_ns - w.start_ns) AS total_ns,
+                max(w.end_ns - w.start_ns) AS max_ns, sum(w.end_ns IS NULL) AS still_blocked
+         FROM waits w LEFT JOIN channels c ON c.id = w.channel_id
+         WHERE w.session_id = ?1 GROUP BY w.channel_id ORDER BY total_ns DESC LIMIT 10",
+    ),
+    (
+        "signals",
+        "SELECT signo, sender_pid, target_pid, count(*) AS count,
+                max(delivered_ns - generated_ns) AS max_latency_ns
+         FROM signals WHERE session_id = ?1
+         GROUP BY signo, sender_pid, target_pid ORDER BY count DESC LIMIT 20",
+    ),
+    (
+        "deadlocks",
+        "SELECT d.detected_ns - s.start_mono_ns AS detected_at_ns,
+                d.resolved_ns - d.detected_ns AS lasted_ns, d.cycle
+         FROM deadlocks d JOIN sessions s ON s.id = d.session_id
+         WHERE d.session_id = ?1 ORDER BY d.detected_ns",
+    ),
+    (
+        "drops",
+        "SELECT source, sum(count) AS count FROM drops WHERE session_id = ?1
+         GROUP BY source ORDER BY source",
+    ),
+];
+
+/// Every session in the database, newest last.
+const SESSIONS: &str = "SELECT s.id, s.name, s.command, s.started_at,
+        CASE WHEN s.ended_at IS NULL THEN 'unfinished' ELSE 'done' END AS state,
+        s.end_mono_ns - s.start_mono_ns AS duration_ns, s.exit_status, s.event_count AS events,
+        (SELECT coalesce(sum(d.count), 0) FROM drops d WHERE d.session_id = s.id) AS dropped,
+        s.sources
+    FROM sessions s ORDER BY s.id";
+
+/// The `sessions` listing.
+pub async fn sessions(conn: &mut SqliteConnection) -> Result<Table, QueryError> {
+    query::run(conn, SESSIONS).await
+}
+
+/// A report: every section's rows, in order.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub sections: Vec<(&'static str, Table)>,
+}
+
+/// Builds the report for `session`.
+pub async fn build(conn: &mut SqliteConnection, session: SessionId) -> Result<Report, QueryError> {
+    let mut sections = Vec::with_capacity(SECTIONS.len());
+    for (name, sql) in SECTIONS {
+        let rows = sqlx::query(sql).bind(session.0).fetch_all(&mut *conn).await.map_err(QueryError::Sql)?;
+        sections.push((*name, query::from_rows(&rows).map_err(QueryError::Sql)?));
+    }
+    Ok(Report { sections })
+}
+
+impl Report {
+    /// `{"session": {...}, "processes": [...], ...}`.
+    pub fn to_json(&self) -> String {
+        let mut obj = Map::new();
+        for (name, table) in &self.sections {
+            let rows = table.to_json_rows();
+            let value = if *name == "session" {
+                rows.into_iter().next().unwrap_or(Json::Null)
+            } else {
+                Json::Array(rows)
+            };
+            obj.insert((*name).to_owned(), value);
+        }
+        Json::Object(obj).to_string()
+    }
+
+    /// Sections as aligned tables, with durations and sizes humanised.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (name, table) in &self.sections {
+            out.push_str(&format!("== {name}\n"));
+            if table.rows.is_empty() {
+                out.push_str("(none)\n\n");
+                continue;
+            }
+            let mut table = table.clone();
+            humanise(&mut table);
+            if *name == "session" {
+                // One row: a column of "key  value" pairs reads better.
+                let width = table.columns.iter().map(String::len).max().unwrap_or(0);
+                for (col, val) in table.columns.iter().zip(&table.rows[0]) {
+                    out.push_str(&format!("{col:width$}  {}\n", val.to_text()));
+                }
+                out.push('\n');
+            } else {
+                out.push_str(&table.to_aligned());
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Durations (`*_ns`) and sizes (`bytes*`) as a person reads them.
+pub fn humanise(table: &mut Table) {
+    for (i, col) in table.columns.iter().enumerate() {
+        let format: fn(i64) -> String = if col.ends_with("_ns") {
+            format_ns
+        } else if col == "bytes" || col == "bytes_per_s" {
+            format_bytes
+        } else {
+            continue;
+        };
+        for row in &mut table.rows {
+            if let Value::Integer(v) = row[i] {
+                row[i] = Value::Text(format(v));
+            }
+        }
+    }
+}
+
+/// Nanoseconds as a person reads them: `850 ns`, `12.3 µs`, `4.05 s`.
+pub fn format_ns(ns: i64) -> String {
+    let abs = ns.unsigned_abs() as f64;
+    let (value, unit) = match abs {
+        a if a < 1e3 => return format!("{ns} ns"),
+        a if a < 1e6 => (a / 1e3, "µs"),
+        a if a < 1e9 => (a / 1e6, "ms"),
+        a => (a / 1e9, "s"),
+    };
+    let sign = if ns < 0 { "-" } else { "" };
+    format!("{sign}{} {unit}", three_digits(value))
+}
+
+/// Bytes in binary units: `512 B`, `1.50 KiB`, `3.00 GiB`.
+pub fn format_bytes(bytes: i64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if value.abs() < 1024.0 || unit == "TiB" {
+            return match unit {
+                "B" => format!("{bytes} B"),
+                _ => format!("{} {unit}", three_digits(value)),
+            };
+        }
+        value /= 1024.0;
+    }
+    unreachable!("the loop returns at TiB")
+}
+
+/// Three significant digits: 1.23, 12.3, 123.
+fn three_digits(v: f64) -> String {
+    match v.abs() {
+        a if a < 10.0 => format!("{v:.2}"),
+        a if a < 100.0 => format!("{v:.1}"),
+        _ => format!("{v:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(format_ns(850), "850 ns");
+        assert_eq!(format_ns(12_345), "12.3 µs");
+        assert_eq!(format_ns(200_400_000), "200 ms");
+        assert_eq!(format_ns(4_050_000_000), "4.05 s");
+    }
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536), "1.50 KiB");
+        assert_eq!(format_bytes(3 << 30), "3.00 GiB");
+    }
+}

@@ -1,0 +1,410 @@
+//! The session store: one SQLite file (WAL, sqlx), any number of sessions.
+//!
+//! Opening is careful because the file may not be ours: before anything
+//! opens it for writing, [`inspect`] reads its header bytes and, through a
+//! read-only connection, its schema version. Only a file that is ours and
+//! older than this build is migrated; anything else is refused with an error
+//! that leaves it byte-for-byte untouched.
+
+mod header;
+mod writer;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, SqliteConnection};
+
+pub use header::{Header, APPLICATION_ID};
+pub use writer::{spawn_writer, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats};
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The schema version this build writes: the newest migration's number
+/// (each migration sets `user_version` to its own number).
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Why a database could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: no such database (record a session first, or pass --db)")]
+    Missing { path: PathBuf },
+    #[error("{path}: not an SQLite database (the file does not start with the SQLite header); left untouched")]
+    NotSqlite { path: PathBuf },
+    #[error("{path}: truncated SQLite database: its header describes {expected} bytes but the file has {actual}; left untouched")]
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{path}: an SQLite database, but not an ipcscope one (application_id {application_id:#x}); left untouched")]
+    NotOurs { path: PathBuf, application_id: u32 },
+    #[error("{path}: schema version {found} is newer than this ipcscope supports ({supported}); use a newer ipcscope. The file was left untouched")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{path}: {action}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read the database: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{path}: migrating the schema failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {action}: {source}")]
+    Sql {
+        action: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn sql(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Sql { action, source }
+    }
+}
+
+/// What [`inspect`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspection {
+    /// No file, or an empty one: ours to create.
+    New,
+    /// An ipcscope database at this schema version (may be older).
+    Ours { version: i64 },
+}
+
+/// Decides, without writing a byte, whether `path` is ours to open.
+pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Inspection::New),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.into(),
+                action: "cannot stat",
+                source,
+            })
+        }
+    };
+    if meta.len() == 0 {
+        return Ok(Inspection::New);
+    }
+    let header = Header::read(path).map_err(|source| StoreError::Io {
+        path: path.into(),
+        action: "cannot read",
+        source,
+    })?;
+    let Some(header) = header else {
+        return Err(StoreError::NotSqlite { path: path.into() });
+    };
+    if let Some(expected) = header.described_len() {
+        if expected > meta.len() {
+            return Err(StoreError::Truncated {
+                path: path.into(),
+                expected,
+                actual: meta.len(),
+            });
+        }
+    }
+
+    // The header can lag behind a WAL file that was never checkpointed, so
+    // ask SQLite itself, read-only.
+    let unreadable = |source| StoreError::Unreadable {
+        path: path.into(),
+        source,
+    };
+    let mut conn = SqliteConnection::connect_with(&read_only_options(path))
+        .await
+        .map_err(unreadable)?;
+    let application_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(unreadable)?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(unreadable)?;
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(unreadable)?;
+    conn.close().await.map_err(unreadable)?;
+
+    if application_id as u32 != APPLICATION_ID {
+        // An SQLite file with nothing in it (as `sqlite3 x.db ''` leaves) is
+        // as good as new; anything else belongs to someone else.
+        if tables == 0 {
+            return Ok(Inspection::New);
+        }
+        return Err(StoreError::NotOurs {
+            path: path.into(),
+            application_id: application_id as u32,
+        });
+    }
+    if version > schema_version() {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found: version,
+            supported: schema_version(),
+        });
+    }
+    Ok(Inspection::Ours { version })
+}
+
+fn read_only_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .foreign_keys(false)
+}
+
+/// Whether opening may create a database that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `record`: create the file (owner-only) when it is missing.
+    Create,
+    /// Commands that read: a missing file is an error.
+    Existing,
+}
+
+/// An open ipcscope database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens `path`, creating it (mode 0600, in a 0700 directory when the
+    /// directory is new) or migrating an older schema as needed.
+    pub async fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
+        let inspection = inspect(path).await?;
+        if inspection == Inspection::New {
+            if mode == OpenMode::Existing && !path.exists() {
+                return Err(StoreError::Missing { path: path.into() });
+            }
+            create_owner_only(path)?;
+        }
+
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(StoreError::sql("building connection options"))?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a power loss may lose the last commits but
+            // never corrupts the file, and commits skip an fsync each.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Unreadable {
+                path: path.into(),
+                source,
+            })?;
+        let current = match inspection {
+            Inspection::Ours { version } => version,
+            Inspection::New => 0,
+        };
+        if current < schema_version() {
+            MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(|source| StoreError::Migrate {
+                    path: path.into(),
+                    source,
+                })?;
+        }
+        Ok(Store {
+            pool,
+            path: path.into(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A connection that cannot write: for user-supplied SQL, so that a
+    /// `query` can never change a recording.
+    pub async fn read_only(&self) -> Result<SqliteConnection, StoreError> {
+        SqliteConnection::connect_with(&read_only_options(&self.path))
+            .await
+            .map_err(|source| StoreError::Unreadable {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Starts a session row; the writer and [`Store::finish_session`] fill
+    /// in the rest.
+    pub async fn begin_session(&self, info: &NewSession) -> Result<SessionId, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sessions (name, command, host, started_at, sources, start_mono_ns, recorder_pid)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&info.name)
+        .bind(&info.command)
+        .bind(&info.host)
+        .bind(&info.started_at)
+        .bind(&info.sources)
+        .bind(info.start_mono_ns as i64)
+        .bind(i64::from(info.recorder_pid))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::sql("creating the session"))?;
+        Ok(SessionId(id))
+    }
+
+    /// Marks a session finished.
+    pub async fn finish_session(
+        &self,
+        session: SessionId,
+        ended_at: &str,
+        end_mono_ns: u64,
+        exit_status: Option<i32>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET ended_at = ?, end_mono_ns = ?, exit_status = ? WHERE id = ?",
+        )
+        .bind(ended_at)
+        .bind(end_mono_ns as i64)
+        .bind(exit_status)
+        .bind(session.0)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::sql("finishing the session"))?;
+        Ok(())
+    }
+
+    /// Records the exit status of a process the recorder waited for itself
+    /// (the probes see exits but not statuses).
+    pub async fn set_exit_status(
+        &self,
+        session: SessionId,
+        pid: u32,
+        status: i32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE processes SET exit_status = ?
+             WHERE id = (SELECT max(id) FROM processes WHERE session_id = ? AND pid = ?)",
+        )
+        .bind(status)
+        .bind(session.0)
+        .bind(i64::from(pid))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::sql("storing an exit status"))?;
+        Ok(())
+    }
+
+    /// The newest session's id, if any.
+    pub async fn latest_session(&self) -> Result<Option<SessionId>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM sessions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql("finding the latest session"))?;
+        Ok(id.map(SessionId))
+    }
+
+    /// Whether a session with this id exists.
+    pub async fn has_session(&self, session: SessionId) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM sessions WHERE id = ?")
+            .bind(session.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::sql("looking up the session"))?;
+        Ok(row.is_some_and(|r| r.len() == 1))
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+/// A session's id (`sessions.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub i64);
+
+/// What is known when a recording starts.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub name: Option<String>,
+    pub command: String,
+    pub host: String,
+    pub started_at: String,
+    pub sources: String,
+    pub start_mono_ns: u64,
+    pub recorder_pid: u32,
+}
+
+/// Creates an empty file only its owner can read, and its directory
+/// (owner-only) when missing: recordings can hold payloads and command lines.
+fn create_owner_only(path: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Io {
+                path: dir.into(),
+                action: "cannot create the database directory",
+                source,
+            })?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.into(),
+            action: "cannot create the database",
+            source,
+        })?;
+    Ok(())
+}
+
+/// The default database: `$XDG_DATA_HOME/ipcscope/ipcscope.db`, falling back
+/// to `~/.local/share/ipcscope/ipcscope.db`.
+pub fn default_db_path() -> Option<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| Path::new(v).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })?;
+    Some(data.join("ipcscope").join("ipcscope.db"))
+}

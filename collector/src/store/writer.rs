@@ -1,0 +1,418 @@
+//! The single writer: ingest batches in, multi-row INSERTs out.
+//!
+//! Sources hand over `Vec<Event>` batches through a bounded channel, so a
+//! burst is absorbed in memory up to a limit and then pushes back (or, with
+//! [`Ingest::try_send`], is counted as dropped) instead of growing without
+//! bound. One task owns the connection: it gathers rows until
+//! `rows_per_tx` or `flush_interval` after the first unflushed row, then
+//! writes them in one transaction of multi-row `INSERT ... VALUES`
+//! statements. Each sqlx statement costs tens of microseconds however small,
+//! so rows must share statements to reach a million a second.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_events::raw::drop_source;
+use ipc_events::{ChannelId, Event, EventKind};
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+
+use super::{SessionId, Store, StoreError};
+
+/// Columns bound per `events` row; SQLite allows 32766 parameters per
+/// statement, which bounds rows per statement.
+const EVENT_COLUMNS: usize = 13;
+const MAX_PARAMS: usize = 32766;
+
+/// How the writer batches.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Batches the ingest channel holds before senders wait.
+    pub queue_batches: usize,
+    /// Rows per multi-row INSERT statement.
+    pub rows_per_statement: usize,
+    /// Rows that trigger a commit before the interval is up.
+    pub rows_per_tx: usize,
+    /// Longest time a row waits to be committed: what a crash can lose.
+    pub flush_interval: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_batches: 256,
+            rows_per_statement: 500,
+            rows_per_tx: 50_000,
+            flush_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What the writer did, returned when it finishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    pub events: u64,
+    pub transactions: u64,
+    /// Events refused by [`Ingest::try_send`] because the queue was full;
+    /// also stored in `drops` with source `ingest`.
+    pub ingest_dropped: u64,
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+/// The sending side of the writer: cheap to clone, one per source.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Vec<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Ingest {
+    /// Hands over a batch, waiting while the queue is full.
+    pub async fn send(&self, batch: Vec<Event>) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(batch).await.map_err(|_| IngestError::Closed)
+    }
+
+    /// Hands over a batch without waiting; when the queue is full the batch
+    /// is counted as dropped (stored in `drops`), never lost silently.
+    pub fn try_send(&self, batch: Vec<Event>) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                self.dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Closed),
+        }
+    }
+}
+
+/// The writer task; [`WriterHandle::finish`] flushes and stops it once every
+/// [`Ingest`] clone has been dropped.
+#[derive(Debug)]
+pub struct WriterHandle {
+    join: JoinHandle<Result<WriterStats, StoreError>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to drain its queue and commit. Drop every
+    /// [`Ingest`] first, or this waits for them.
+    pub async fn finish(self) -> Result<WriterStats, StoreError> {
+        match self.join.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Starts the writer for one session.
+pub async fn spawn_writer(
+    store: &Store,
+    session: SessionId,
+    config: WriterConfig,
+) -> Result<(Ingest, WriterHandle), StoreError> {
+    let conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::sql("acquiring the writer's connection"))?;
+    let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let writer = Writer {
+        conn,
+        session,
+        rows_per_statement: config
+            .rows_per_statement
+            .clamp(1, MAX_PARAMS / EVENT_COLUMNS),
+        channels: HashMap::new(),
+        processes: HashMap::new(),
+        dropped: Arc::clone(&dropped),
+        dropped_stored: 0,
+        stats: WriterStats::default(),
+        full_insert_sql: String::new(),
+    };
+    let join = tokio::spawn(writer.run(rx, config));
+    Ok((Ingest { tx, dropped }, WriterHandle { join }))
+}
+
+struct Writer {
+    conn: PoolConnection<Sqlite>,
+    session: SessionId,
+    rows_per_statement: usize,
+    /// `channels.id` of every object seen in this session.
+    channels: HashMap<ChannelId, i64>,
+    /// `processes.id` of the live incarnation of each pid.
+    processes: HashMap<u32, i64>,
+    dropped: Arc<AtomicU64>,
+    dropped_stored: u64,
+    stats: WriterStats,
+    /// The INSERT for a full statement, built once: sqlx caches prepared
+    /// statements by their text.
+    full_insert_sql: String,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Event>>,
+        config: WriterConfig,
+    ) -> Result<WriterStats, StoreError> {
+        self.full_insert_sql = insert_sql(self.rows_per_statement);
+        let mut pending: Vec<Event> = Vec::with_capacity(config.rows_per_tx);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let received = match deadline {
+                Some(at) => match timeout_at(at, rx.recv()).await {
+                    Ok(r) => Some(r),
+                    Err(_elapsed) => None,
+                },
+                None => Some(rx.recv().await),
+            };
+            match received {
+                Some(Some(mut batch)) => {
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + config.flush_interval);
+                    }
+                    pending.append(&mut batch);
+                    if pending.len() < config.rows_per_tx {
+                        continue;
+                    }
+                }
+                // Every sender is gone: write what is left and stop.
+                Some(None) => {
+                    self.flush(&mut pending).await?;
+                    return Ok(self.stats);
+                }
+                None => {}
+            }
+            self.flush(&mut pending).await?;
+            deadline = None;
+        }
+    }
+
+    async fn flush(&mut self, pending: &mut Vec<Event>) -> Result<(), StoreError> {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let new_drops = dropped - self.dropped_stored;
+        if pending.is_empty() && new_drops == 0 {
+            return Ok(());
+        }
+        let session = self.session.0;
+        let mut tx = sqlx::Connection::begin(&mut *self.conn)
+            .await
+            .map_err(StoreError::sql("starting a transaction"))?;
+
+        // Channel ids and process rows first: events refer to them.
+        let mut channel_ids = Vec::with_capacity(pending.len());
+        for event in pending.iter() {
+            channel_ids.push(match &event.channel {
+                Some(ch) => Some(channel_id(&mut tx, &mut self.channels, session, ch).await?),
+                None => None,
+            });
+            match event.kind {
+                EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
+                    track_process(&mut tx, &mut self.processes, session, event).await?;
+                }
+                EventKind::Drop => {
+                    insert_drop(&mut tx, session, drop_source_name(event.aux), event.size, event.ts_ns)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        if new_drops > 0 {
+            insert_drop(&mut tx, session, "ingest", new_drops, crate::clock::monotonic_ns()).await?;
+        }
+
+        for (events, ids) in pending
+            .chunks(self.rows_per_statement)
+            .zip(channel_ids.chunks(self.rows_per_statement))
+        {
+            let sql;
+            let sql = if events.len() == self.rows_per_statement {
+                &self.full_insert_sql
+            } else {
+                sql = insert_sql(events.len());
+                &sql
+            };
+            let mut query = sqlx::query(sql);
+            for (e, channel) in events.iter().zip(ids) {
+                query = query
+                    .bind(session)
+                    .bind(e.ts_ns as i64)
+                    .bind(i64::from(e.pid))
+                    .bind(i64::from(e.tid))
+                    .bind(e.source.as_str())
+                    .bind(e.kind.as_str())
+                    .bind(*channel)
+                    .bind(e.size as i64)
+                    .bind(e.msg_id.map(|m| m as i64))
+                    .bind(e.result)
+                    .bind(e.duration_ns.map(|d| d as i64))
+                    .bind(e.aux as i64)
+                    .bind(e.payload.as_deref());
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("inserting events"))?;
+        }
+        sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
+            .bind(pending.len() as i64)
+            .bind(session)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("counting events"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::sql("committing events"))?;
+
+        self.stats.events += pending.len() as u64;
+        self.stats.transactions += 1;
+        self.stats.ingest_dropped = dropped;
+        self.dropped_stored = dropped;
+        pending.clear();
+        Ok(())
+    }
+}
+
+fn insert_sql(rows: usize) -> String {
+    const HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source, kind, channel_id, \
+                        size, msg_id, result, duration_ns, aux, payload) VALUES ";
+    const ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    debug_assert_eq!(ROW.matches('?').count(), EVENT_COLUMNS);
+    let mut sql = String::with_capacity(HEAD.len() + rows * (ROW.len() + 1));
+    sql.push_str(HEAD);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(ROW);
+    }
+    sql
+}
+
+async fn channel_id(
+    conn: &mut SqliteConnection,
+    known: &mut HashMap<ChannelId, i64>,
+    session: i64,
+    channel: &ChannelId,
+) -> Result<i64, StoreError> {
+    if let Some(id) = known.get(channel) {
+        return Ok(*id);
+    }
+    // The upsert's no-op update makes RETURNING yield the id of a row that
+    // an earlier run of this session (or another writer) already inserted.
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO channels (session_id, kind, name) VALUES (?, ?, ?)
+         ON CONFLICT (session_id, kind, name) DO UPDATE SET kind = excluded.kind
+         RETURNING id",
+    )
+    .bind(session)
+    .bind(channel.kind().as_str())
+    .bind(channel.name())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::sql("recording a channel"))?;
+    known.insert(channel.clone(), id);
+    Ok(id)
+}
+
+async fn track_process(
+    conn: &mut SqliteConnection,
+    live: &mut HashMap<u32, i64>,
+    session: i64,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let comm = (!event.comm.is_empty()).then_some(event.comm.as_str());
+    match (event.kind, live.get(&event.pid).copied()) {
+        // A start, or the first sight of a process whose start we missed.
+        (EventKind::ProcessStart, _) | (EventKind::ProcessExec, None) => {
+            let (ppid, started) = match event.kind {
+                EventKind::ProcessStart => (Some(event.aux as i64), Some(event.ts_ns as i64)),
+                _ => (None, None),
+            };
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO processes (session_id, pid, ppid, comm, exe, started_ns)
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(session)
+            .bind(i64::from(event.pid))
+            .bind(ppid)
+            .bind(comm)
+            .bind(event.path.as_deref())
+            .bind(started)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording a process"))?;
+            live.insert(event.pid, id);
+        }
+        (EventKind::ProcessExec, Some(id)) => {
+            sqlx::query("UPDATE processes SET comm = coalesce(?, comm), exe = coalesce(?, exe) WHERE id = ?")
+                .bind(comm)
+                .bind(event.path.as_deref())
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording an exec"))?;
+        }
+        (EventKind::ProcessExit, Some(id)) => {
+            sqlx::query("UPDATE processes SET exited_ns = ? WHERE id = ?")
+                .bind(event.ts_ns as i64)
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording an exit"))?;
+            live.remove(&event.pid);
+        }
+        // An exit of a process never seen starting: it predates tracking,
+        // and its row would say nothing but its pid.
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn insert_drop(
+    conn: &mut SqliteConnection,
+    session: i64,
+    source: &str,
+    count: u64,
+    ts_ns: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO drops (session_id, source, count, ts_ns) VALUES (?, ?, ?, ?)")
+        .bind(session)
+        .bind(source)
+        .bind(count as i64)
+        .bind(ts_ns as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql("recording dropped events"))?;
+    Ok(())
+}
+
+/// The `drops.source` name for a [`drop_source`] code.
+pub fn drop_source_name(code: u64) -> &'static str {
+    match code {
+        drop_source::EBPF_RING => "ebpf_ring",
+        drop_source::LIB_RING => "lib_ring",
+        drop_source::INGEST => "ingest",
+        drop_source::DECODE => "decode",
+        _ => "unknown",
+    }
+}

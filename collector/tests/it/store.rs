@@ -1,0 +1,291 @@
+//! The store against real SQLite files with the real migrations.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use collector::store::{
+    inspect, schema_version, spawn_writer, Inspection, NewSession, OpenMode, SessionId, Store,
+    StoreError, WriterConfig,
+};
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+
+fn new_session() -> NewSession {
+    NewSession {
+        name: Some("t".into()),
+        command: "true".into(),
+        host: "h".into(),
+        started_at: "2026-11-22T00:00:00.000Z".into(),
+        sources: "ebpf".into(),
+        start_mono_ns: 1,
+        recorder_pid: 1,
+    }
+}
+
+fn send(ts: u64, pid: u32, channel: &ChannelId, msg: u64) -> Event {
+    let mut e = Event::new(ts, pid, pid, Source::Lib, EventKind::MsgSend);
+    e.channel = Some(channel.clone());
+    e.size = 64;
+    e.msg_id = Some(msg);
+    e
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
+}
+
+#[tokio::test]
+async fn new_database_is_owner_only_and_at_the_latest_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/dir/a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "database must be owner-only");
+    let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "a directory we create must be owner-only");
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    store.close().await;
+    assert_eq!(inspect(&path).await.unwrap(), Inspection::Ours { version: schema_version() });
+}
+
+/// The columns DESIGN.md promises users; a migration that renamed one would
+/// break their scripts.
+#[tokio::test]
+async fn every_contract_column_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let contract: &[(&str, &[&str])] = &[
+        ("sessions", &["id", "name", "command", "host", "started_at", "ended_at", "exit_status", "sources"]),
+        ("processes", &["session_id", "pid", "ppid", "comm", "exe", "started_ns", "exited_ns"]),
+        ("channels", &["id", "session_id", "kind", "name"]),
+        ("events", &["id", "session_id", "ts_ns", "pid", "tid", "source", "kind", "channel_id", "size", "msg_id"]),
+        ("messages", &["session_id", "channel_id", "msg_id", "sender_pid", "sender_tid", "receiver_pid",
+                       "receiver_tid", "sent_ns", "received_ns", "latency_ns", "size"]),
+        ("waits", &["session_id", "pid", "tid", "channel_id", "start_ns", "end_ns", "waker_pid"]),
+        ("signals", &["session_id", "sender_pid", "target_pid", "signo", "generated_ns", "delivered_ns"]),
+        ("deadlocks", &["session_id", "detected_ns", "resolved_ns", "cycle"]),
+        ("drops", &["session_id", "source", "count", "ts_ns"]),
+    ];
+    for (table, columns) in contract {
+        let have: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for column in *columns {
+            assert!(have.iter().any(|h| h == column), "{table}.{column} missing; have {have:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn writer_stores_events_channels_processes_and_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let config = WriterConfig {
+        rows_per_statement: 7, // odd sizes exercise full and partial statements
+        rows_per_tx: 100,
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+
+    let pipe = ChannelId::numeric(ChannelKind::Pipe, 99, 0);
+    let mq = ChannelId::named(ChannelKind::Mq, "/jobs");
+    let mut start = Event::new(10, 500, 500, Source::Ebpf, EventKind::ProcessStart);
+    start.aux = 1;
+    start.comm = "sh".into();
+    let mut exec = Event::new(11, 500, 500, Source::Ebpf, EventKind::ProcessExec);
+    exec.comm = "worker".into();
+    exec.path = Some("/usr/bin/worker".into());
+    ingest.send(vec![start, exec]).await.unwrap();
+    for batch in 0..10u64 {
+        let events = (0..25).map(|i| {
+            let ch = if i % 2 == 0 { &pipe } else { &mq };
+            send(100 + batch * 25 + i, 500, ch, batch * 25 + i + 1)
+        });
+        ingest.send(events.collect()).await.unwrap();
+    }
+    let mut dropped = Event::new(400, 0, 0, Source::Collector, EventKind::Drop);
+    dropped.aux = ipc_events::raw::drop_source::EBPF_RING;
+    dropped.size = 17;
+    let exit = Event::new(500, 500, 500, Source::Ebpf, EventKind::ProcessExit);
+    ingest.send(vec![dropped, exit]).await.unwrap();
+    drop(ingest);
+    let stats = writer.finish().await.unwrap();
+
+    assert_eq!(stats.events, 254);
+    assert_eq!(count(&store, "SELECT count(*) FROM events").await, 254);
+    assert_eq!(count(&store, "SELECT event_count FROM sessions").await, 254);
+    assert_eq!(count(&store, "SELECT count(*) FROM events WHERE kind = 'msg_send'").await, 250);
+    assert_eq!(count(&store, "SELECT count(DISTINCT msg_id) FROM events WHERE msg_id IS NOT NULL").await, 250);
+    assert_eq!(count(&store, "SELECT count(*) FROM channels").await, 2);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM events e JOIN channels c ON c.id = e.channel_id WHERE c.kind = 'mq' AND c.name = '/jobs'").await,
+        120 // the odd i of each 25: 12 a batch
+    );
+    let (comm, exe, ppid, started, exited): (String, String, i64, i64, i64) =
+        sqlx::query_as("SELECT comm, exe, ppid, started_ns, exited_ns FROM processes WHERE pid = 500")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((comm.as_str(), exe.as_str(), ppid, started, exited), ("worker", "/usr/bin/worker", 1, 10, 500));
+    assert_eq!(count(&store, "SELECT sum(count) FROM drops WHERE source = 'ebpf_ring'").await, 17);
+}
+
+#[tokio::test]
+async fn rows_become_queryable_within_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+    let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
+    ingest.send(vec![send(1, 2, &pipe, 1)]).await.unwrap();
+    // The writer is still running: the row must reach the file on the
+    // timer, not only when the writer stops. Bounded poll, no timing claim.
+    let mut seen = 0;
+    for _ in 0..100 {
+        let mut reader = store.read_only().await.unwrap();
+        seen = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1);
+    drop(ingest);
+    writer.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_counts_drops_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let config = WriterConfig {
+        queue_batches: 1,
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+    let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
+    // Nothing yields to the writer between these, so the one-slot queue
+    // fills at once and the rest must be counted.
+    let mut offered = 0;
+    for i in 0..50 {
+        ingest.try_send(vec![send(i, 2, &pipe, i + 1)]).unwrap();
+        offered += 1;
+    }
+    drop(ingest);
+    let stats = writer.finish().await.unwrap();
+    assert!(stats.ingest_dropped > 0, "a one-slot queue cannot take 50 batches unread");
+    assert_eq!(stats.events + stats.ingest_dropped, offered);
+    assert_eq!(
+        count(&store, "SELECT sum(count) FROM drops WHERE source = 'ingest'").await as u64,
+        stats.ingest_dropped
+    );
+}
+
+fn assert_untouched(path: &Path, before: &[u8]) {
+    assert_eq!(std::fs::read(path).unwrap(), before, "file was modified");
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        assert!(!Path::new(&side).exists(), "{suffix} file was created");
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("passwd");
+    let bytes = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n".repeat(3);
+    std::fs::write(&path, &bytes).unwrap();
+    for mode in [OpenMode::Create, OpenMode::Existing] {
+        let err = Store::open(&path, mode).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err}");
+    }
+    assert_untouched(&path, &bytes);
+}
+
+#[tokio::test]
+async fn a_truncated_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    store.close().await;
+    // Make the page count in the header trustworthy (checkpointed, not WAL).
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = DELETE;").unwrap();
+    drop(conn);
+    let full = std::fs::read(&path).unwrap();
+    let cut = full[..full.len() / 2].to_vec();
+    std::fs::write(&path, &cut).unwrap();
+    let err = Store::open(&path, OpenMode::Existing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Truncated { .. }), "{err}");
+    assert_untouched(&path, &cut);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = DELETE; PRAGMA user_version = {};",
+        schema_version() + 1
+    ))
+    .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path, OpenMode::Existing).await.unwrap_err();
+    match err {
+        StoreError::TooNew { found, supported, .. } => {
+            assert_eq!((found, supported), (schema_version() + 1, schema_version()))
+        }
+        other => panic!("expected TooNew, got {other}"),
+    }
+    assert_untouched(&path, &before);
+}
+
+#[tokio::test]
+async fn someone_elses_sqlite_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);").unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path, OpenMode::Create).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotOurs { .. }), "{err}");
+    assert_untouched(&path, &before);
+}
+
+#[tokio::test]
+async fn a_missing_database_is_an_error_for_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("none.db");
+    let err = Store::open(&path, OpenMode::Existing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn sessions_are_found_by_id_and_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    assert_eq!(store.latest_session().await.unwrap(), None);
+    let a = store.begin_session(&new_session()).await.unwrap();
+    let b = store.begin_session(&new_session()).await.unwrap();
+    assert_eq!(store.latest_session().await.unwrap(), Some(b));
+    assert!(store.has_session(a).await.unwrap());
+    assert!(!store.has_session(SessionId(b.0 + 1)).await.unwrap());
+}
