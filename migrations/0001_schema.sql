@@ -43,22 +43,51 @@ CREATE TABLE channels (
 );
 
 -- The hot table. No foreign keys here: each one is a lookup per inserted
--- row, and the single writer guarantees the ids it writes exist.
+-- row, and the single writer guarantees the ids it writes exist. `source`
+-- and `kind` are stored as the small integer codes of ipc_events and read
+-- as text through VIRTUAL generated columns: users query the names, rows
+-- stay small, and an insert binds no strings.
 CREATE TABLE events (
     id          INTEGER PRIMARY KEY,
     session_id  INTEGER NOT NULL,
     ts_ns       INTEGER NOT NULL,
     pid         INTEGER NOT NULL,
     tid         INTEGER NOT NULL,
-    source      TEXT    NOT NULL,    -- lib | ebpf | collector
-    kind        TEXT    NOT NULL,    -- msg_send, msg_recv, sem_wait_begin, ...
+    source_code INTEGER NOT NULL,
+    kind_code   INTEGER NOT NULL,
     channel_id  INTEGER,
     size        INTEGER NOT NULL,
     msg_id      INTEGER,
     result      INTEGER NOT NULL,
     duration_ns INTEGER,
     aux         INTEGER NOT NULL,
-    payload     BLOB                 -- only with --payload-bytes
+    payload     BLOB,                -- only with --payload-bytes
+    source      TEXT GENERATED ALWAYS AS (
+        CASE source_code WHEN 1 THEN 'lib' WHEN 2 THEN 'ebpf' WHEN 3 THEN 'collector'
+        ELSE 'unknown' END) VIRTUAL,
+    kind        TEXT GENERATED ALWAYS AS (
+        CASE kind_code
+            WHEN 1 THEN 'msg_send'
+            WHEN 2 THEN 'msg_recv'
+            WHEN 3 THEN 'shm_map'
+            WHEN 4 THEN 'shm_unmap'
+            WHEN 5 THEN 'shm_read'
+            WHEN 6 THEN 'shm_write'
+            WHEN 7 THEN 'sem_wait_begin'
+            WHEN 8 THEN 'sem_wait_end'
+            WHEN 9 THEN 'sem_post'
+            WHEN 10 THEN 'futex_wait'
+            WHEN 11 THEN 'futex_wake'
+            WHEN 12 THEN 'lock_acquire'
+            WHEN 13 THEN 'lock_release'
+            WHEN 14 THEN 'signal_generate'
+            WHEN 15 THEN 'signal_deliver'
+            WHEN 16 THEN 'signal_handle'
+            WHEN 17 THEN 'process_start'
+            WHEN 18 THEN 'process_exec'
+            WHEN 19 THEN 'process_exit'
+            WHEN 20 THEN 'drop'
+            ELSE 'unknown' END) VIRTUAL
 );
 CREATE INDEX events_by_session_time ON events(session_id, ts_ns);
 

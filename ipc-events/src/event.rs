@@ -68,6 +68,17 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: &'static [Source] = &[Source::Lib, Source::Ebpf, Source::Collector];
+
+    /// The code stored in `events.source_code`.
+    pub const fn code(self) -> u8 {
+        match self {
+            Source::Lib => 1,
+            Source::Ebpf => 2,
+            Source::Collector => 3,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Lib => "lib",

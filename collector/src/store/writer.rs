@@ -17,7 +17,8 @@ use std::time::Duration;
 use ipc_events::raw::drop_source;
 use ipc_events::{ChannelId, Event, EventKind};
 use sqlx::pool::PoolConnection;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, Sqlite, SqliteConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
@@ -240,38 +241,29 @@ impl Writer {
             insert_drop(&mut tx, session, "ingest", new_drops, crate::clock::monotonic_ns()).await?;
         }
 
-        for (events, ids) in pending
+        // Pipelined: sqlx executes a statement on its worker thread, so
+        // while statement k runs there, this task encodes the arguments of
+        // statement k+1 (join! polls the execute first, which hands it to
+        // the worker, then runs the encoding to completion).
+        let chunks: Vec<(&[Event], &[Option<i64>])> = pending
             .chunks(self.rows_per_statement)
             .zip(channel_ids.chunks(self.rows_per_statement))
-        {
-            let sql;
-            let sql = if events.len() == self.rows_per_statement {
+            .collect();
+        let mut next = chunks.first().map(|c| encode(session, *c)).transpose()?;
+        for i in 0..chunks.len() {
+            let Some(args) = next.take() else { break };
+            let partial;
+            let sql = if chunks[i].0.len() == self.rows_per_statement {
                 &self.full_insert_sql
             } else {
-                sql = insert_sql(events.len());
-                &sql
+                partial = insert_sql(chunks[i].0.len());
+                &partial
             };
-            let mut query = sqlx::query(sql);
-            for (e, channel) in events.iter().zip(ids) {
-                query = query
-                    .bind(session)
-                    .bind(e.ts_ns as i64)
-                    .bind(i64::from(e.pid))
-                    .bind(i64::from(e.tid))
-                    .bind(e.source.as_str())
-                    .bind(e.kind.as_str())
-                    .bind(*channel)
-                    .bind(e.size as i64)
-                    .bind(e.msg_id.map(|m| m as i64))
-                    .bind(e.result)
-                    .bind(e.duration_ns.map(|d| d as i64))
-                    .bind(e.aux as i64)
-                    .bind(e.payload.as_deref());
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("inserting events"))?;
+            let execute = sqlx::query_with(sql, args).execute(&mut *tx);
+            let encode_next = async { chunks.get(i + 1).map(|c| encode(session, *c)).transpose() };
+            let (done, encoded) = tokio::join!(execute, encode_next);
+            done.map_err(StoreError::sql("inserting events"))?;
+            next = encoded?;
         }
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(pending.len() as i64)
@@ -292,9 +284,47 @@ impl Writer {
     }
 }
 
+/// The arguments of one multi-row INSERT. Built directly and sized once:
+/// chaining Query::bind moves the whole query per value, which showed in
+/// profiles.
+fn encode<'q>(
+    session: i64,
+    (events, channels): (&'q [Event], &[Option<i64>]),
+) -> Result<SqliteArguments<'q>, StoreError> {
+    let mut args = SqliteArguments::default();
+    args.reserve(events.len() * EVENT_COLUMNS, 0);
+    for (e, channel) in events.iter().zip(channels) {
+        bind_event(&mut args, session, e, *channel)
+            .map_err(|e| StoreError::sql("encoding an event")(sqlx::Error::Encode(e)))?;
+    }
+    Ok(args)
+}
+
+fn bind_event<'q>(
+    args: &mut SqliteArguments<'q>,
+    session: i64,
+    e: &'q Event,
+    channel: Option<i64>,
+) -> Result<(), sqlx::error::BoxDynError> {
+    args.add(session)?;
+    args.add(e.ts_ns as i64)?;
+    args.add(i64::from(e.pid))?;
+    args.add(i64::from(e.tid))?;
+    args.add(i64::from(e.source.code()))?;
+    args.add(i64::from(e.kind.code()))?;
+    args.add(channel)?;
+    args.add(e.size as i64)?;
+    args.add(e.msg_id.map(|m| m as i64))?;
+    args.add(e.result)?;
+    args.add(e.duration_ns.map(|d| d as i64))?;
+    args.add(e.aux as i64)?;
+    args.add(e.payload.as_deref())?;
+    Ok(())
+}
+
 fn insert_sql(rows: usize) -> String {
-    const HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source, kind, channel_id, \
-                        size, msg_id, result, duration_ns, aux, payload) VALUES ";
+    const HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, kind_code, \
+                        channel_id, size, msg_id, result, duration_ns, aux, payload) VALUES ";
     const ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
     debug_assert_eq!(ROW.matches('?').count(), EVENT_COLUMNS);
     let mut sql = String::with_capacity(HEAD.len() + rows * (ROW.len() + 1));

@@ -72,7 +72,7 @@ async fn every_contract_column_exists() {
         ("drops", &["session_id", "source", "count", "ts_ns"]),
     ];
     for (table, columns) in contract {
-        let have: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+        let have: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_xinfo('{table}')"))
             .fetch_all(store.pool())
             .await
             .unwrap();
@@ -80,6 +80,37 @@ async fn every_contract_column_exists() {
             assert!(have.iter().any(|h| h == column), "{table}.{column} missing; have {have:?}");
         }
     }
+}
+
+/// `events.kind` and `events.source` are generated from codes in SQL; this
+/// is what keeps that SQL and ipc_events from drifting apart.
+#[tokio::test]
+async fn every_kind_and_source_reads_back_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+    let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
+    let mut batch = Vec::new();
+    for (i, kind) in EventKind::ALL.iter().enumerate() {
+        for source in Source::ALL {
+            let mut e = Event::new(i as u64, 1, 1, *source, *kind);
+            e.channel = kind.needs_channel().then(|| pipe.clone());
+            batch.push(e);
+        }
+    }
+    ingest.send(batch.clone()).await.unwrap();
+    drop(ingest);
+    writer.finish().await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT source, kind FROM events ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let expected: Vec<(String, String)> = batch
+        .iter()
+        .map(|e| (e.source.as_str().to_owned(), e.kind.as_str().to_owned()))
+        .collect();
+    assert_eq!(rows, expected);
 }
 
 #[tokio::test]

@@ -1,0 +1,166 @@
+//! Ingest throughput: synthetic events through the real writer path (sqlx,
+//! the production schema and indexes) beside a baseline that drives the
+//! same SQLite library directly (rusqlite on the same libsqlite3-sys) with
+//! the same schema, pragmas and statement shape. Runs alternate so both see
+//! the same machine; medians are reported.
+//!
+//!     cargo bench -p collector --bench ingest -- [EVENTS] [RUNS]
+//!
+//! Defaults: 10,000,000 events, 3 runs each.
+
+use std::time::{Duration, Instant};
+
+use collector::store::{spawn_writer, NewSession, OpenMode, Store, WriterConfig};
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+
+const BATCH: usize = 1024;
+
+/// A plausible mix: sends and receives over 16 channels, a few processes.
+fn events(n: usize) -> Vec<Vec<Event>> {
+    let channels: Vec<ChannelId> = (0..16)
+        .map(|i| ChannelId::numeric(ChannelKind::UnixStream, 1000 + i, 2000 + i))
+        .collect();
+    let mut batches = Vec::with_capacity(n / BATCH + 1);
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..n {
+        let kind = if i % 2 == 0 { EventKind::MsgSend } else { EventKind::MsgRecv };
+        let mut e = Event::new(1_000_000 + i as u64 * 500, 100 + (i % 8) as u32, 200 + (i % 8) as u32, Source::Ebpf, kind);
+        e.channel = Some(channels[(i / 2) % channels.len()].clone());
+        e.size = 64 + (i % 512) as u64;
+        e.msg_id = Some(i as u64 / 2 + 1);
+        e.result = e.size as i64;
+        batch.push(e);
+        if batch.len() == BATCH {
+            batches.push(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+fn session() -> NewSession {
+    NewSession {
+        name: Some("bench".into()),
+        command: "bench".into(),
+        host: "bench".into(),
+        started_at: "2026-01-01T00:00:00.000Z".into(),
+        sources: "ebpf".into(),
+        start_mono_ns: 0,
+        recorder_pid: std::process::id(),
+    }
+}
+
+/// The real path: Store::open (migrations), one session, the writer task.
+fn run_sqlx(rt: &tokio::runtime::Runtime, dir: &std::path::Path, batches: Vec<Vec<Event>>) -> Duration {
+    rt.block_on(async {
+        let path = dir.join("sqlx.db");
+        let store = Store::open(&path, OpenMode::Create).await.unwrap();
+        let session = store.begin_session(&session()).await.unwrap();
+        let start = Instant::now();
+        let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+        for batch in batches {
+            ingest.send(batch).await.unwrap();
+        }
+        drop(ingest);
+        writer.finish().await.unwrap();
+        let elapsed = start.elapsed();
+        store.close().await;
+        elapsed
+    })
+}
+
+/// The baseline: the same schema file and statement shape through rusqlite.
+fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
+    let path = dir.join("baseline.db");
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = memory;",
+    )
+    .unwrap();
+    conn.execute_batch(include_str!("../../migrations/0001_schema.sql")).unwrap();
+    conn.execute("INSERT INTO sessions (command, host, started_at, sources, start_mono_ns, recorder_pid) VALUES ('b','b','b','b',0,0)", [])
+        .unwrap();
+    conn.execute_batch("INSERT INTO channels (session_id, kind, name) VALUES (1, 'unix_stream', 'x')").unwrap();
+    let rows_per_statement = WriterConfig::default().rows_per_statement;
+    let rows_per_tx = WriterConfig::default().rows_per_tx;
+    let sql = |rows: usize| {
+        let mut s = String::from(
+            "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, kind_code, channel_id, size, msg_id, result, duration_ns, aux, payload) VALUES ",
+        );
+        s.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
+        s
+    };
+    let full = sql(rows_per_statement);
+    let start = Instant::now();
+    let all: Vec<&Event> = batches.iter().flatten().collect();
+    for tx_rows in all.chunks(rows_per_tx) {
+        let tx = conn.transaction().unwrap();
+        for chunk in tx_rows.chunks(rows_per_statement) {
+            let partial;
+            let text = if chunk.len() == rows_per_statement {
+                &full
+            } else {
+                partial = sql(chunk.len());
+                &partial
+            };
+            let mut stmt = tx.prepare_cached(text).unwrap();
+            let mut i = 1;
+            for e in chunk {
+                stmt.raw_bind_parameter(i, 1i64).unwrap();
+                stmt.raw_bind_parameter(i + 1, e.ts_ns as i64).unwrap();
+                stmt.raw_bind_parameter(i + 2, e.pid).unwrap();
+                stmt.raw_bind_parameter(i + 3, e.tid).unwrap();
+                stmt.raw_bind_parameter(i + 4, e.source.code()).unwrap();
+                stmt.raw_bind_parameter(i + 5, e.kind.code()).unwrap();
+                stmt.raw_bind_parameter(i + 6, 1i64).unwrap();
+                stmt.raw_bind_parameter(i + 7, e.size as i64).unwrap();
+                stmt.raw_bind_parameter(i + 8, e.msg_id.map(|m| m as i64)).unwrap();
+                stmt.raw_bind_parameter(i + 9, e.result).unwrap();
+                stmt.raw_bind_parameter(i + 10, e.duration_ns.map(|d| d as i64)).unwrap();
+                stmt.raw_bind_parameter(i + 11, e.aux as i64).unwrap();
+                stmt.raw_bind_parameter(i + 12, e.payload.as_deref()).unwrap();
+                i += 13;
+            }
+            stmt.raw_execute().unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; take the first two numeric arguments.
+    let mut nums = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let n = nums.next().unwrap_or(10_000_000);
+    let runs = nums.next().unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let batches = events(n);
+        let dir = tempfile::tempdir().unwrap();
+        let b = run_baseline(dir.path(), &batches);
+        let o = run_sqlx(&rt, dir.path(), batches);
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "run {}: writer {:.0} rows/s ({:.2?}), baseline {:.0} rows/s ({:.2?}), time ratio {:.2}",
+            run + 1, rate(o), o, rate(b), b, o.as_secs_f64() / b.as_secs_f64()
+        );
+        ours.push(o);
+        base.push(b);
+    }
+    let (o, b) = (median(ours), median(base));
+    println!(
+        "median of {runs}, {n} events: writer {:.0} rows/s, baseline (rusqlite) {:.0} rows/s, writer/baseline time {:.2}",
+        n as f64 / o.as_secs_f64(),
+        n as f64 / b.as_secs_f64(),
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+}
