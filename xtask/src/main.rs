@@ -1,1 +1,208 @@
-fn main() {}
+//! Project automation: `cargo xtask <setup|build|test|demo>`.
+//!
+//! A fresh machine of the project's kind has Rust (stable and nightly) but
+//! not what the eBPF half needs: the nightly `rust-src` component, LLVM 22
+//! headers and bpf-linker built against them, and a mounted tracefs. Every
+//! command here first runs `setup`, which installs only what is missing, so
+//! the README's two commands work on a new machine and cost seconds on a
+//! prepared one.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "ipcscope's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, nightly rust-src,
+    /// bpf-linker on LLVM 22) and mount tracefs. Idempotent.
+    Setup,
+    /// Setup, then build everything in release mode, the eBPF object included.
+    Build,
+    /// Setup, then the whole check: rustfmt, clippy (host and eBPF) and every
+    /// test. What CI runs.
+    Test,
+    /// Setup, build, then record a sample multi-process command and report on
+    /// it: the main job, end to end.
+    Demo,
+}
+
+/// Debian packages: LLVM 22 and its link dependencies for bpf-linker, and
+/// the tools the test suite drives (sqlite3 to inspect, tmux for the TUI,
+/// stress-ng for real IPC load).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "sqlite3",
+    "tmux",
+    "stress-ng",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Test => {
+            setup()?;
+            test()
+        }
+        Task::Demo => {
+            setup()?;
+            build()?;
+            demo()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // CARGO_MANIFEST_DIR is xtask/; the workspace is its parent.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn setup() -> Result<()> {
+    install_apt_packages()?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("adding rust-src to the nightly toolchain (needed to build core for BPF)")?;
+    install_bpf_linker()?;
+    mount_tracefs()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command as root: directly when we are root, else through sudo.
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", program]);
+        c
+    }
+}
+
+fn install_apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let hint = || format!("installing apt packages failed; as root, run: apt-get update && apt-get install -y {}", missing.join(" "));
+    run(privileged("apt-get").arg("update").arg("-qq")).with_context(hint)?;
+    run(privileged("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(hint)
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let installed = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)");
+    // Without these it finds the system LLVM 14 and fails to link -lLLVM.
+    let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
+    run(Command::new("cargo")
+        // --force replaces another version; the steps are PLATFORM.md's.
+        .args(["install", "--force", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path)
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .context("building bpf-linker")
+}
+
+fn mount_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: tracefs is not mounted at {TRACEFS}; the eBPF probes need it (as root: mount -t tracefs tracefs {TRACEFS})");
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+        .with_context(|| format!("mounting tracefs at {TRACEFS}"))
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release"])).context("building the workspace")
+}
+
+fn test() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
+        .context("rustfmt: run `cargo fmt --all`")?;
+    run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        .context("clippy on the host crates")?;
+    run(Command::new("cargo")
+        .current_dir("probe-ebpf")
+        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))
+    .context("clippy on the eBPF crate")?;
+    run(Command::new("cargo").args(["test", "--all-targets"])).context("tests")?;
+    // Doc examples are tests too; --all-targets leaves them out.
+    run(Command::new("cargo").args(["test", "--doc"])).context("doc tests")
+}
+
+fn demo() -> Result<()> {
+    let ipcscope = Path::new("target/release/ipcscope");
+    // A small process tree that talks over pipes: what `record` is for.
+    let sample = "for i in 1 2 3; do (seq 1 2000 | sort -r | wc -l >/dev/null) & done; wait";
+    let mut record = Command::new(ipcscope);
+    record.args(["record", "--name", "sample"]);
+    if !is_root() {
+        eprintln!("xtask: not root, so recording without eBPF (--no-ebpf): only the top command is seen");
+        record.arg("--no-ebpf");
+    }
+    run(record.args(["--", "sh", "-c", sample])).context("recording the sample")?;
+    run(Command::new(ipcscope).arg("report")).context("reporting on the sample")?;
+    eprintln!("xtask: explore it with `{} sessions` and `{} query \"select * from processes\"`", ipcscope.display(), ipcscope.display());
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
