@@ -23,8 +23,18 @@ fn events(n: usize) -> Vec<Vec<Event>> {
     let mut batches = Vec::with_capacity(n / BATCH + 1);
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..n {
-        let kind = if i % 2 == 0 { EventKind::MsgSend } else { EventKind::MsgRecv };
-        let mut e = Event::new(1_000_000 + i as u64 * 500, 100 + (i % 8) as u32, 200 + (i % 8) as u32, Source::Ebpf, kind);
+        let kind = if i % 2 == 0 {
+            EventKind::MsgSend
+        } else {
+            EventKind::MsgRecv
+        };
+        let mut e = Event::new(
+            1_000_000 + i as u64 * 500,
+            100 + (i % 8) as u32,
+            200 + (i % 8) as u32,
+            Source::Ebpf,
+            kind,
+        );
         e.channel = Some(channels[(i / 2) % channels.len()].clone());
         e.size = 64 + (i % 512) as u64;
         e.msg_id = Some(i as u64 / 2 + 1);
@@ -53,13 +63,19 @@ fn session() -> NewSession {
 }
 
 /// The real path: Store::open (migrations), one session, the writer task.
-fn run_sqlx(rt: &tokio::runtime::Runtime, dir: &std::path::Path, batches: Vec<Vec<Event>>) -> Duration {
+fn run_sqlx(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    batches: Vec<Vec<Event>>,
+) -> Duration {
     rt.block_on(async {
         let path = dir.join("sqlx.db");
         let store = Store::open(&path, OpenMode::Create).await.unwrap();
         let session = store.begin_session(&session()).await.unwrap();
         let start = Instant::now();
-        let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+        let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+            .await
+            .unwrap();
         for batch in batches {
             ingest.send(batch).await.unwrap();
         }
@@ -79,10 +95,14 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = memory;",
     )
     .unwrap();
-    conn.execute_batch(include_str!("../../migrations/0001_schema.sql")).unwrap();
+    conn.execute_batch(include_str!("../../migrations/0001_schema.sql"))
+        .unwrap();
     conn.execute("INSERT INTO sessions (command, host, started_at, sources, start_mono_ns, recorder_pid) VALUES ('b','b','b','b',0,0)", [])
         .unwrap();
-    conn.execute_batch("INSERT INTO channels (session_id, kind, name) VALUES (1, 'unix_stream', 'x')").unwrap();
+    conn.execute_batch(
+        "INSERT INTO channels (session_id, kind, name) VALUES (1, 'unix_stream', 'x')",
+    )
+    .unwrap();
     let rows_per_statement = WriterConfig::default().rows_per_statement;
     let rows_per_tx = WriterConfig::default().rows_per_tx;
     let sql = |rows: usize| {
@@ -116,11 +136,14 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
                 stmt.raw_bind_parameter(i + 5, e.kind.code()).unwrap();
                 stmt.raw_bind_parameter(i + 6, 1i64).unwrap();
                 stmt.raw_bind_parameter(i + 7, e.size as i64).unwrap();
-                stmt.raw_bind_parameter(i + 8, e.msg_id.map(|m| m as i64)).unwrap();
+                stmt.raw_bind_parameter(i + 8, e.msg_id.map(|m| m as i64))
+                    .unwrap();
                 stmt.raw_bind_parameter(i + 9, e.result).unwrap();
-                stmt.raw_bind_parameter(i + 10, e.duration_ns.map(|d| d as i64)).unwrap();
+                stmt.raw_bind_parameter(i + 10, e.duration_ns.map(|d| d as i64))
+                    .unwrap();
                 stmt.raw_bind_parameter(i + 11, e.aux as i64).unwrap();
-                stmt.raw_bind_parameter(i + 12, e.payload.as_deref()).unwrap();
+                stmt.raw_bind_parameter(i + 12, e.payload.as_deref())
+                    .unwrap();
                 i += 13;
             }
             stmt.raw_execute().unwrap();
@@ -137,10 +160,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     // `cargo bench` passes --bench; take the first two numeric arguments.
-    let mut nums = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let mut nums = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse::<usize>().ok());
     let n = nums.next().unwrap_or(10_000_000);
     let runs = nums.next().unwrap_or(3);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for run in 0..runs {

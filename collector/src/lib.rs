@@ -7,7 +7,10 @@
 //! nothing here reaches back into a source.
 
 pub mod clock;
+pub mod ebpf;
 pub mod export;
+pub mod platform;
 pub mod query;
+pub mod record;
 pub mod report;
 pub mod store;

@@ -54,7 +54,11 @@ pub async fn run(conn: &mut SqliteConnection, sql: &str) -> Result<Table, QueryE
         // No rows to read names from: ask SQLite what the columns would
         // have been. Statements that return nothing have none to tell.
         if let Ok(described) = conn.describe(sql).await {
-            table.columns = described.columns().iter().map(|c| c.name().to_owned()).collect();
+            table.columns = described
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
         }
     }
     Ok(table)
@@ -111,10 +115,12 @@ impl Value {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl Table {
@@ -125,8 +131,7 @@ impl Table {
 
     /// Each row as a JSON object keyed by column name.
     pub fn to_json_rows(&self) -> Vec<Json> {
-        self
-            .rows
+        self.rows
             .iter()
             .map(|row| {
                 let obj: Map<String, Json> = self
@@ -160,7 +165,11 @@ impl Table {
         let cells: Vec<Vec<String>> = self
             .rows
             .iter()
-            .map(|r| r.iter().map(|v| v.to_text().replace(['\n', '\r', '\t'], " ")).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|v| v.to_text().replace(['\n', '\r', '\t'], " "))
+                    .collect()
+            })
             .collect();
         let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
         for row in &cells {
@@ -240,14 +249,17 @@ mod tests {
 
     #[test]
     fn csv_quotes_fields_that_need_it() {
-        assert_eq!(table().to_csv(), "kind,n\r\npipe,12\r\n\"a,\"\"b\"\"\",\r\n");
+        assert_eq!(
+            table().to_csv(),
+            "kind,n\r\npipe,12\r\n\"a,\"\"b\"\"\",\r\n"
+        );
     }
 
     #[test]
     fn aligned_table_right_aligns_numbers() {
         assert_eq!(
             table().to_aligned(),
-            "kind     n\n------  --\npipe    12\na,\"b\"\n"
+            "kind    n\n-----  --\npipe   12\na,\"b\"\n"
         );
     }
 }

@@ -106,7 +106,11 @@ pub struct Report {
 pub async fn build(conn: &mut SqliteConnection, session: SessionId) -> Result<Report, QueryError> {
     let mut sections = Vec::with_capacity(SECTIONS.len());
     for (name, sql) in SECTIONS {
-        let rows = sqlx::query(sql).bind(session.0).fetch_all(&mut *conn).await.map_err(QueryError::Sql)?;
+        let rows = sqlx::query(sql)
+            .bind(session.0)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(QueryError::Sql)?;
         sections.push((*name, query::from_rows(&rows).map_err(QueryError::Sql)?));
     }
     Ok(Report { sections })

@@ -70,7 +70,7 @@ unsafe impl aya::Pod for RawEvent {}
 /// stream, padding included.
 pub const fn record_len(name_len: usize, data_len: usize) -> usize {
     let len = RAW_EVENT_SIZE + name_len + data_len;
-    (len + RECORD_ALIGN - 1) / RECORD_ALIGN * RECORD_ALIGN
+    len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
 /// Event kinds. `obj`, `obj2`, `aux` and `size` meanings are given per kind.

@@ -8,8 +8,9 @@
 //! prepared one.
 
 use std::env;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -121,7 +122,12 @@ fn install_apt_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let hint = || format!("installing apt packages failed; as root, run: apt-get update && apt-get install -y {}", missing.join(" "));
+    let hint = || {
+        format!(
+            "installing apt packages failed; as root, run: apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        )
+    };
     run(privileged("apt-get").arg("update").arg("-qq")).with_context(hint)?;
     run(privileged("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -138,12 +144,18 @@ fn install_bpf_linker() -> Result<()> {
     if installed {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"
+    );
     // Without these it finds the system LLVM 14 and fails to link -lLLVM.
     let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
     run(Command::new("cargo")
         // --force replaces another version; the steps are PLATFORM.md's.
-        .args(["install", "--force", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "install",
+            "--force",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path)
         .env("LLVM_PREFIX", LLVM_PREFIX))
@@ -173,12 +185,63 @@ fn test() -> Result<()> {
         .context("clippy on the host crates")?;
     run(Command::new("cargo")
         .current_dir("probe-ebpf")
-        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "+nightly",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .args(["--", "-D", "warnings"]))
     .context("clippy on the eBPF crate")?;
-    run(Command::new("cargo").args(["test", "--all-targets"])).context("tests")?;
+    let mut totals = TestTotals::default();
+    cargo_test(&["--all-targets"], &mut totals).context("tests")?;
     // Doc examples are tests too; --all-targets leaves them out.
-    run(Command::new("cargo").args(["test", "--doc"])).context("doc tests")
+    cargo_test(&["--doc"], &mut totals).context("doc tests")?;
+    // One closing line for the whole suite: the last test binary's own
+    // summary may be a crate with no tests, which says nothing of the rest.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ARGS`, passing its output through while adding up the
+/// `test result:` lines.
+fn cargo_test(args: &[&str], totals: &mut TestTotals) -> Result<()> {
+    let mut child = Command::new("cargo")
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            totals.passed += count_before(rest, " passed");
+            totals.failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("cargo test {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The number just before `label` in "ok. 10 passed; 0 failed; ...".
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .find(label)
+        .and_then(|end| summary[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn demo() -> Result<()> {
@@ -188,12 +251,18 @@ fn demo() -> Result<()> {
     let mut record = Command::new(ipcscope);
     record.args(["record", "--name", "sample"]);
     if !is_root() {
-        eprintln!("xtask: not root, so recording without eBPF (--no-ebpf): only the top command is seen");
+        eprintln!(
+            "xtask: not root, so recording without eBPF (--no-ebpf): only the top command is seen"
+        );
         record.arg("--no-ebpf");
     }
     run(record.args(["--", "sh", "-c", sample])).context("recording the sample")?;
     run(Command::new(ipcscope).arg("report")).context("reporting on the sample")?;
-    eprintln!("xtask: explore it with `{} sessions` and `{} query \"select * from processes\"`", ipcscope.display(), ipcscope.display());
+    eprintln!(
+        "xtask: explore it with `{} sessions` and `{} query \"select * from processes\"`",
+        ipcscope.display(),
+        ipcscope.display()
+    );
     Ok(())
 }
 
@@ -205,4 +274,17 @@ fn run(command: &mut Command) -> Result<()> {
         bail!("{command:?} failed with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_counts_from_a_cargo_summary() {
+        let summary = "ok. 10 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count_before(summary, " passed"), 10);
+        assert_eq!(count_before(summary, " failed"), 2);
+        assert_eq!(count_before("FAILED. 3 passed; 1 failed;", " passed"), 3);
+    }
 }

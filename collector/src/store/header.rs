@@ -39,10 +39,16 @@ impl Header {
         if &bytes[..16] != MAGIC {
             return None;
         }
-        let be32 = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let be32 = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         // The page size is a two-byte number; 65536 does not fit and is stored as 1.
         let raw_page = u16::from_be_bytes([bytes[16], bytes[17]]);
-        let page_size = if raw_page == 1 { 65536 } else { u32::from(raw_page) };
+        let page_size = if raw_page == 1 {
+            65536
+        } else {
+            u32::from(raw_page)
+        };
         Some(Header {
             page_size,
             change_counter: be32(24),

@@ -180,10 +180,8 @@ impl Writer {
         let mut deadline: Option<Instant> = None;
         loop {
             let received = match deadline {
-                Some(at) => match timeout_at(at, rx.recv()).await {
-                    Ok(r) => Some(r),
-                    Err(_elapsed) => None,
-                },
+                // None: the flush interval is up.
+                Some(at) => timeout_at(at, rx.recv()).await.ok(),
                 None => Some(rx.recv().await),
             };
             match received {
@@ -231,14 +229,27 @@ impl Writer {
                     track_process(&mut tx, &mut self.processes, session, event).await?;
                 }
                 EventKind::Drop => {
-                    insert_drop(&mut tx, session, drop_source_name(event.aux), event.size, event.ts_ns)
-                        .await?;
+                    insert_drop(
+                        &mut tx,
+                        session,
+                        drop_source_name(event.aux),
+                        event.size,
+                        event.ts_ns,
+                    )
+                    .await?;
                 }
                 _ => {}
             }
         }
         if new_drops > 0 {
-            insert_drop(&mut tx, session, "ingest", new_drops, crate::clock::monotonic_ns()).await?;
+            insert_drop(
+                &mut tx,
+                session,
+                "ingest",
+                new_drops,
+                crate::clock::monotonic_ns(),
+            )
+            .await?;
         }
 
         // Pipelined: sqlx executes a statement on its worker thread, so

@@ -1,4 +1,5 @@
 //! collector's integration tests: real SQLite files, real processes and,
 //! where the machine allows it (CI runs as root), the real eBPF probes.
 
+mod ebpf;
 mod store;

@@ -31,7 +31,10 @@ fn send(ts: u64, pid: u32, channel: &ChannelId, msg: u64) -> Event {
 }
 
 async fn count(store: &Store, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -41,8 +44,15 @@ async fn new_database_is_owner_only_and_at_the_latest_schema() {
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "database must be owner-only");
-    let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
-    assert_eq!(dir_mode & 0o777, 0o700, "a directory we create must be owner-only");
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        dir_mode & 0o777,
+        0o700,
+        "a directory we create must be owner-only"
+    );
     assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
     let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
@@ -50,7 +60,12 @@ async fn new_database_is_owner_only_and_at_the_latest_schema() {
         .unwrap();
     assert_eq!(journal, "wal");
     store.close().await;
-    assert_eq!(inspect(&path).await.unwrap(), Inspection::Ours { version: schema_version() });
+    assert_eq!(
+        inspect(&path).await.unwrap(),
+        Inspection::Ours {
+            version: schema_version()
+        }
+    );
 }
 
 /// The columns DESIGN.md promises users; a migration that renamed one would
@@ -58,26 +73,107 @@ async fn new_database_is_owner_only_and_at_the_latest_schema() {
 #[tokio::test]
 async fn every_contract_column_exists() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     let contract: &[(&str, &[&str])] = &[
-        ("sessions", &["id", "name", "command", "host", "started_at", "ended_at", "exit_status", "sources"]),
-        ("processes", &["session_id", "pid", "ppid", "comm", "exe", "started_ns", "exited_ns"]),
+        (
+            "sessions",
+            &[
+                "id",
+                "name",
+                "command",
+                "host",
+                "started_at",
+                "ended_at",
+                "exit_status",
+                "sources",
+            ],
+        ),
+        (
+            "processes",
+            &[
+                "session_id",
+                "pid",
+                "ppid",
+                "comm",
+                "exe",
+                "started_ns",
+                "exited_ns",
+            ],
+        ),
         ("channels", &["id", "session_id", "kind", "name"]),
-        ("events", &["id", "session_id", "ts_ns", "pid", "tid", "source", "kind", "channel_id", "size", "msg_id"]),
-        ("messages", &["session_id", "channel_id", "msg_id", "sender_pid", "sender_tid", "receiver_pid",
-                       "receiver_tid", "sent_ns", "received_ns", "latency_ns", "size"]),
-        ("waits", &["session_id", "pid", "tid", "channel_id", "start_ns", "end_ns", "waker_pid"]),
-        ("signals", &["session_id", "sender_pid", "target_pid", "signo", "generated_ns", "delivered_ns"]),
-        ("deadlocks", &["session_id", "detected_ns", "resolved_ns", "cycle"]),
+        (
+            "events",
+            &[
+                "id",
+                "session_id",
+                "ts_ns",
+                "pid",
+                "tid",
+                "source",
+                "kind",
+                "channel_id",
+                "size",
+                "msg_id",
+            ],
+        ),
+        (
+            "messages",
+            &[
+                "session_id",
+                "channel_id",
+                "msg_id",
+                "sender_pid",
+                "sender_tid",
+                "receiver_pid",
+                "receiver_tid",
+                "sent_ns",
+                "received_ns",
+                "latency_ns",
+                "size",
+            ],
+        ),
+        (
+            "waits",
+            &[
+                "session_id",
+                "pid",
+                "tid",
+                "channel_id",
+                "start_ns",
+                "end_ns",
+                "waker_pid",
+            ],
+        ),
+        (
+            "signals",
+            &[
+                "session_id",
+                "sender_pid",
+                "target_pid",
+                "signo",
+                "generated_ns",
+                "delivered_ns",
+            ],
+        ),
+        (
+            "deadlocks",
+            &["session_id", "detected_ns", "resolved_ns", "cycle"],
+        ),
         ("drops", &["session_id", "source", "count", "ts_ns"]),
     ];
     for (table, columns) in contract {
-        let have: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_xinfo('{table}')"))
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
+        let have: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_xinfo('{table}')"))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
         for column in *columns {
-            assert!(have.iter().any(|h| h == column), "{table}.{column} missing; have {have:?}");
+            assert!(
+                have.iter().any(|h| h == column),
+                "{table}.{column} missing; have {have:?}"
+            );
         }
     }
 }
@@ -87,9 +183,13 @@ async fn every_contract_column_exists() {
 #[tokio::test]
 async fn every_kind_and_source_reads_back_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     let session = store.begin_session(&new_session()).await.unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
     let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
     let mut batch = Vec::new();
     for (i, kind) in EventKind::ALL.iter().enumerate() {
@@ -116,7 +216,9 @@ async fn every_kind_and_source_reads_back_by_name() {
 #[tokio::test]
 async fn writer_stores_events_channels_processes_and_drops() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     let session = store.begin_session(&new_session()).await.unwrap();
     let config = WriterConfig {
         rows_per_statement: 7, // odd sizes exercise full and partial statements
@@ -152,28 +254,57 @@ async fn writer_stores_events_channels_processes_and_drops() {
     assert_eq!(stats.events, 254);
     assert_eq!(count(&store, "SELECT count(*) FROM events").await, 254);
     assert_eq!(count(&store, "SELECT event_count FROM sessions").await, 254);
-    assert_eq!(count(&store, "SELECT count(*) FROM events WHERE kind = 'msg_send'").await, 250);
-    assert_eq!(count(&store, "SELECT count(DISTINCT msg_id) FROM events WHERE msg_id IS NOT NULL").await, 250);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM events WHERE kind = 'msg_send'"
+        )
+        .await,
+        250
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(DISTINCT msg_id) FROM events WHERE msg_id IS NOT NULL"
+        )
+        .await,
+        250
+    );
     assert_eq!(count(&store, "SELECT count(*) FROM channels").await, 2);
     assert_eq!(
         count(&store, "SELECT count(*) FROM events e JOIN channels c ON c.id = e.channel_id WHERE c.kind = 'mq' AND c.name = '/jobs'").await,
         120 // the odd i of each 25: 12 a batch
     );
-    let (comm, exe, ppid, started, exited): (String, String, i64, i64, i64) =
-        sqlx::query_as("SELECT comm, exe, ppid, started_ns, exited_ns FROM processes WHERE pid = 500")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!((comm.as_str(), exe.as_str(), ppid, started, exited), ("worker", "/usr/bin/worker", 1, 10, 500));
-    assert_eq!(count(&store, "SELECT sum(count) FROM drops WHERE source = 'ebpf_ring'").await, 17);
+    let (comm, exe, ppid, started, exited): (String, String, i64, i64, i64) = sqlx::query_as(
+        "SELECT comm, exe, ppid, started_ns, exited_ns FROM processes WHERE pid = 500",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (comm.as_str(), exe.as_str(), ppid, started, exited),
+        ("worker", "/usr/bin/worker", 1, 10, 500)
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT sum(count) FROM drops WHERE source = 'ebpf_ring'"
+        )
+        .await,
+        17
+    );
 }
 
 #[tokio::test]
 async fn rows_become_queryable_within_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     let session = store.begin_session(&new_session()).await.unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
     let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
     ingest.send(vec![send(1, 2, &pipe, 1)]).await.unwrap();
     // The writer is still running: the row must reach the file on the
@@ -198,7 +329,9 @@ async fn rows_become_queryable_within_the_flush_interval() {
 #[tokio::test]
 async fn a_full_queue_counts_drops_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     let session = store.begin_session(&new_session()).await.unwrap();
     let config = WriterConfig {
         queue_batches: 1,
@@ -215,10 +348,17 @@ async fn a_full_queue_counts_drops_instead_of_blocking() {
     }
     drop(ingest);
     let stats = writer.finish().await.unwrap();
-    assert!(stats.ingest_dropped > 0, "a one-slot queue cannot take 50 batches unread");
+    assert!(
+        stats.ingest_dropped > 0,
+        "a one-slot queue cannot take 50 batches unread"
+    );
     assert_eq!(stats.events + stats.ingest_dropped, offered);
     assert_eq!(
-        count(&store, "SELECT sum(count) FROM drops WHERE source = 'ingest'").await as u64,
+        count(
+            &store,
+            "SELECT sum(count) FROM drops WHERE source = 'ingest'"
+        )
+        .await as u64,
         stats.ingest_dropped
     );
 }
@@ -236,7 +376,9 @@ fn assert_untouched(path: &Path, before: &[u8]) {
 async fn a_file_that_is_not_sqlite_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("passwd");
-    let bytes = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n".repeat(3);
+    let bytes =
+        b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+            .repeat(3);
     std::fs::write(&path, &bytes).unwrap();
     for mode in [OpenMode::Create, OpenMode::Existing] {
         let err = Store::open(&path, mode).await.unwrap_err();
@@ -279,7 +421,9 @@ async fn a_newer_schema_is_refused_untouched() {
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path, OpenMode::Existing).await.unwrap_err();
     match err {
-        StoreError::TooNew { found, supported, .. } => {
+        StoreError::TooNew {
+            found, supported, ..
+        } => {
             assert_eq!((found, supported), (schema_version() + 1, schema_version()))
         }
         other => panic!("expected TooNew, got {other}"),
@@ -292,7 +436,8 @@ async fn someone_elses_sqlite_database_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);").unwrap();
+    conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);")
+        .unwrap();
     drop(conn);
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path, OpenMode::Create).await.unwrap_err();
@@ -312,7 +457,9 @@ async fn a_missing_database_is_an_error_for_readers() {
 #[tokio::test]
 async fn sessions_are_found_by_id_and_latest() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create).await.unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
     assert_eq!(store.latest_session().await.unwrap(), None);
     let a = store.begin_session(&new_session()).await.unwrap();
     let b = store.begin_session(&new_session()).await.unwrap();

@@ -1,0 +1,87 @@
+use std::os::unix::process::CommandExt;
+
+use crate::{ipcscope, is_root, query, run, stderr};
+
+#[test]
+fn a_non_sqlite_file_gets_one_clear_line_and_stays_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("passwd");
+    std::fs::copy("/etc/passwd", &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let out = run(&["query", "--db", path.to_str().unwrap(), "select 1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("not an SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no -wal/-shm created"
+    );
+}
+
+#[test]
+fn query_cannot_modify_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
+        .status
+        .success());
+    let out = run(&["query", "--db", db_s, "delete from sessions"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("readonly"), "{}", stderr(&out));
+    assert_eq!(query(&db, "select count(*) as n from sessions")[0]["n"], 1);
+}
+
+#[test]
+fn bad_sql_and_missing_sessions_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    let missing = run(&["sessions", "--db", db_s]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no such database"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(!db.exists(), "reading must not create a database");
+
+    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
+        .status
+        .success());
+    let bad = run(&["query", "--db", db_s, "selec nonsense"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("syntax error"), "{}", stderr(&bad));
+    let no_session = run(&["report", "--db", db_s, "--session", "42"]);
+    assert!(
+        stderr(&no_session).contains("no session 42"),
+        "{}",
+        stderr(&no_session)
+    );
+}
+
+#[test]
+fn record_without_privileges_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let mut cmd = ipcscope();
+    cmd.args(["record", "--db", db.to_str().unwrap(), "--", "true"]);
+    if is_root() {
+        // Run as nobody: no capabilities at all.
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("CAP_BPF") && err.contains("--no-ebpf"),
+        "{err}"
+    );
+    assert!(
+        !db.exists(),
+        "nothing is created when the probes cannot load"
+    );
+}

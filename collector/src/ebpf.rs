@@ -1,0 +1,458 @@
+//! The eBPF source: loads the probes (the probe-ebpf crate, built by
+//! `build.rs` and embedded here), tells them which processes to follow, and
+//! turns what they write into [`Event`]s.
+//!
+//! The kernel does the filtering: a process that is not followed costs one
+//! hash lookup per tracepoint hit and never reaches user space. Following
+//! starts from a pid registered with [`Probes::track`] (typically the
+//! recorder itself, as a *launcher*) and the probes extend it to every
+//! process forked below it, in the kernel, before the child first runs.
+
+use std::io;
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, TracePoint};
+use aya::sys::SyscallError;
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use ipc_events::{decode, DecodeError, Event, Source};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::platform::{self, Capabilities};
+
+mod format;
+
+/// The compiled probes. aya-build names the object after probe-ebpf's bin
+/// target.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+/// The programs in [`OBJECT`] and the tracepoints they attach to, as
+/// `(program, category, tracepoint)`.
+const PROGRAMS: [(&str, &str, &str); 3] = [
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("task_newtask", "task", "task_newtask"),
+];
+
+/// `TRACKED` value bits; probe-ebpf's `flag` module holds the same values.
+mod flag {
+    /// The process's own events are reported.
+    pub const TRACED: u8 = 1;
+    /// The process's new children are traced; its own events are not.
+    pub const LAUNCHER: u8 = 2;
+}
+
+/// The most samples one [`Probes::read_into`] call drains, so a ring that
+/// fills as fast as it is read cannot keep the caller from its other work
+/// (or grow `out` without bound).
+const MAX_BATCH: usize = 16 * 1024;
+
+/// How to load the probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Report every process on the machine, not only the tracked ones.
+    pub trace_all: bool,
+}
+
+/// What one [`Probes::read_into`] call produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Events decoded and appended.
+    pub events: usize,
+    /// Samples that did not decode and were left out; the caller records
+    /// them as a drop with source `DECODE`.
+    pub decode_errors: u64,
+}
+
+/// Why loading the probes or talking to them failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `/proc/self/status` could not be read or has no `CapEff` line.
+    #[error("cannot read this process's capabilities from /proc/self/status")]
+    Capabilities {
+        #[source]
+        source: io::Error,
+    },
+    /// The process may not load or attach BPF programs.
+    #[error(
+        "the eBPF probes need {missing}, which this process does not have: run as root \
+         (or grant them, e.g. `setcap cap_bpf,cap_perfmon+ep`), or record without the \
+         probes with --no-ebpf"
+    )]
+    MissingPrivileges {
+        /// The capabilities missing, in words.
+        missing: String,
+    },
+    /// tracefs is not mounted and could not be mounted.
+    #[error(
+        "tracefs is not mounted and mounting it at {path} failed (this needs \
+         CAP_SYS_ADMIN; as root: `mount -t tracefs tracefs {path}`)"
+    )]
+    Tracefs {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint's format file (its record layout) could not be read.
+    #[error("cannot read tracepoint format {}", path.display())]
+    TracepointFormat {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint lacks a field the probes read, or its size changed:
+    /// this kernel's layout is one the probes do not know.
+    #[error(
+        "tracepoint {tracepoint} does not have the layout the probes read: they read \
+         field `{field}` as {size} bytes, and this kernel {}",
+        found.map_or_else(|| "has no such field".to_owned(), |n| format!("has it as {n} bytes"))
+    )]
+    TracepointLayout {
+        tracepoint: String,
+        field: &'static str,
+        /// The size the probes read.
+        size: u32,
+        /// The size the kernel has; `None` when it has no such field.
+        found: Option<u32>,
+    },
+    /// The embedded object could not be parsed or its maps created.
+    #[error("cannot load the embedded eBPF object")]
+    Object {
+        #[source]
+        source: Box<EbpfError>,
+    },
+    /// The object lacks a program this loader expects: a build mismatch.
+    #[error("the embedded eBPF object has no tracepoint program `{name}`")]
+    MissingProgram { name: &'static str },
+    /// The kernel (usually its verifier) refused a program.
+    #[error("the kernel refused eBPF program `{name}`")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A program loaded but could not be attached.
+    #[error("cannot attach eBPF program `{name}` to tracepoint {category}:{tracepoint}")]
+    Attach {
+        name: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The object lacks a map this loader expects: a build mismatch.
+    #[error("the embedded eBPF object has no map `{name}`")]
+    MissingMap { name: &'static str },
+    /// A map is not of the type or key/value layout this loader expects.
+    #[error("eBPF map `{name}` does not have the expected type or layout")]
+    MapLayout {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    /// A pid could not be added to `TRACKED` (for instance, it is full).
+    #[error("cannot add pid {pid} to the probes' TRACKED map")]
+    Track {
+        pid: u32,
+        #[source]
+        source: Box<MapError>,
+    },
+    /// A pid could not be removed from `TRACKED`.
+    #[error("cannot remove pid {pid} from the probes' TRACKED map")]
+    Untrack {
+        pid: u32,
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The kernel's drop counter could not be read.
+    #[error("cannot read the probes' DROPS counter")]
+    ReadDrops {
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The ring buffer could not be registered with tokio's reactor (or
+    /// [`Probes::read_into`] was polled outside a tokio runtime).
+    #[error("cannot register the eBPF ring buffer with the tokio reactor")]
+    RingRegister {
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for the ring buffer to become readable failed.
+    #[error("cannot wait on the eBPF ring buffer")]
+    RingWait {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The loaded and attached probes. Dropping this detaches and unloads
+/// them.
+pub struct Probes {
+    tracked: HashMap<MapData, u32, u8>,
+    drops: PerCpuArray<MapData, u64>,
+    ring: Ring,
+    /// Whether a decode failure was logged yet: one warning says the
+    /// object and the decoder disagree; a thousand say nothing more.
+    decode_warned: bool,
+    /// Owns the programs and their tracepoint links.
+    _ebpf: Ebpf,
+}
+
+/// The ring buffer, registered with tokio on first read: loading needs no
+/// runtime (`ipcscope doctor` loads the probes outside one), and
+/// registration does.
+enum Ring {
+    Idle(RingBuf<MapData>),
+    Polled(AsyncFd<RingBuf<MapData>>),
+    /// A placeholder inside [`Ring::polled`] while `Idle` becomes
+    /// `Polled`; every path out of it puts a real state back.
+    Lost,
+}
+
+impl Probes {
+    /// Loads the embedded probes and attaches them all.
+    ///
+    /// Checks privileges first (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)
+    /// so that a missing one is named instead of surfacing as an EPERM from
+    /// deep inside aya. Mounts tracefs when it is missing, and reads from it
+    /// where this kernel puts the tracepoint fields the probes read. No
+    /// process is followed until [`Probes::track`] is called, unless
+    /// `config.trace_all`.
+    pub fn load(config: &ProbeConfig) -> Result<Probes, ProbeError> {
+        let caps = Capabilities::current().map_err(|source| ProbeError::Capabilities { source })?;
+        if let Some(missing) = caps.missing_for_ebpf() {
+            return Err(ProbeError::MissingPrivileges { missing });
+        }
+        let (tracefs, _) = platform::ensure_tracefs().map_err(|source| ProbeError::Tracefs {
+            path: platform::TRACEFS,
+            source,
+        })?;
+        let offsets = format::offsets(&tracefs)?;
+        raise_memlock_limit();
+
+        let trace_all = u8::from(config.trace_all);
+        let mut loader = EbpfLoader::new();
+        loader.override_global("TRACE_ALL", &trace_all, true);
+        for (field, offset) in format::FIELDS.iter().zip(&offsets) {
+            loader.override_global(field.global, offset, true);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|source| ProbeError::Object {
+            source: Box::new(source),
+        })?;
+
+        for (name, category, tracepoint) in PROGRAMS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                // The only failure is a program of another type.
+                .map_err(|_| ProbeError::MissingProgram { name })?;
+            program.load().map_err(|source| ProbeError::LoadProgram {
+                name,
+                source: Box::new(source),
+            })?;
+            program
+                .attach(category, tracepoint)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    category,
+                    tracepoint,
+                    source: Box::new(source),
+                })?;
+        }
+
+        let tracked =
+            HashMap::try_from(take_map(&mut ebpf, "TRACKED")?).map_err(map_layout("TRACKED"))?;
+        let drops =
+            PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(map_layout("DROPS"))?;
+        let ring =
+            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_layout("EVENTS"))?;
+        Ok(Probes {
+            tracked,
+            drops,
+            ring: Ring::Idle(ring),
+            decode_warned: false,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Follows process `pid` (a tgid). A `launcher`'s own events are not
+    /// reported, but every process it forks from now on is followed, and
+    /// so are theirs; otherwise `pid` itself is followed too.
+    pub fn track(&mut self, pid: u32, launcher: bool) -> Result<(), ProbeError> {
+        let flags = if launcher {
+            flag::LAUNCHER
+        } else {
+            flag::TRACED
+        };
+        self.tracked
+            .insert(pid, flags, 0)
+            .map_err(|source| ProbeError::Track {
+                pid,
+                source: Box::new(source),
+            })
+    }
+
+    /// Stops following `pid`; processes it already forked stay followed.
+    /// Not an error when `pid` is not followed (it may have exited, which
+    /// removes it).
+    pub fn untrack(&mut self, pid: u32) -> Result<(), ProbeError> {
+        match self.tracked.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(ProbeError::Untrack {
+                pid,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Waits until the ring buffer has samples, then drains it (up to a
+    /// batch limit), appending each decoded sample to `out`.
+    ///
+    /// Samples that fail to decode are counted in the returned
+    /// [`ReadStats::decode_errors`], never dropped silently; the first is
+    /// logged with its [`DecodeError`].
+    ///
+    /// Cancel-safe: the only await is the wait for readiness, before any
+    /// sample is taken, so it can sit in a `tokio::select!`.
+    pub async fn read_into(&mut self, out: &mut Vec<Event>) -> Result<ReadStats, ProbeError> {
+        let Probes {
+            ring,
+            decode_warned,
+            ..
+        } = self;
+        let ring = ring.polled()?;
+        let mut guard = ring
+            .readable_mut()
+            .await
+            .map_err(|source| ProbeError::RingWait { source })?;
+
+        let mut stats = ReadStats::default();
+        let mut drained = false;
+        for _ in 0..MAX_BATCH {
+            let Some(sample) = guard.get_inner_mut().next() else {
+                drained = true;
+                break;
+            };
+            match decode(Source::Ebpf, &sample) {
+                Ok((event, _)) => {
+                    out.push(event);
+                    stats.events += 1;
+                }
+                Err(e) => {
+                    stats.decode_errors += 1;
+                    warn_decode_error(decode_warned, &e, sample.len());
+                }
+            }
+        }
+        // Readiness is edge-triggered: clearing it with samples still in
+        // the ring would leave them there until the next sample's wakeup.
+        // tokio clears only if no wakeup arrived since the guard was taken,
+        // so a sample committed after the last `next` is not missed either.
+        if drained {
+            guard.clear_ready();
+        } else {
+            guard.retain_ready();
+        }
+        Ok(stats)
+    }
+
+    /// Events the kernel lost: the sum of `DROPS` over CPUs, counted when
+    /// the ring buffer had no room (or `TRACKED` was full). Monotonic over
+    /// the life of the probes.
+    pub fn kernel_drops(&self) -> Result<u64, ProbeError> {
+        let per_cpu = self
+            .drops
+            .get(&0, 0)
+            .map_err(|source| ProbeError::ReadDrops {
+                source: Box::new(source),
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+impl Ring {
+    /// The ring registered with tokio, registering it on first use.
+    fn polled(&mut self) -> Result<&mut AsyncFd<RingBuf<MapData>>, ProbeError> {
+        if !matches!(self, Ring::Polled(_)) {
+            match std::mem::replace(self, Ring::Lost) {
+                Ring::Idle(ring) => {
+                    if let Err(e) = tokio::runtime::Handle::try_current() {
+                        // Registering would panic; say why instead.
+                        *self = Ring::Idle(ring);
+                        return Err(ProbeError::RingRegister {
+                            source: io::Error::other(e),
+                        });
+                    }
+                    // SAFETY: the AsyncFd owns the RingBuf, which owns the
+                    // map's fd (in its MapData): it stays open, and
+                    // as_raw_fd returns that same fd, until the RingBuf is
+                    // dropped, which AsyncFd does only after deregistering.
+                    let registered =
+                        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+                    match registered {
+                        Ok(polled) => *self = Ring::Polled(polled),
+                        Err(e) => {
+                            let (ring, source) = e.into_parts();
+                            *self = Ring::Idle(ring);
+                            return Err(ProbeError::RingRegister { source });
+                        }
+                    }
+                }
+                other => *self = other,
+            }
+        }
+        match self {
+            Ring::Polled(polled) => Ok(polled),
+            Ring::Idle(_) | Ring::Lost => Err(ProbeError::RingRegister {
+                source: io::Error::other("the ring buffer is not registered"),
+            }),
+        }
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })
+}
+
+fn map_layout(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::MapLayout {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn warn_decode_error(warned: &mut bool, error: &DecodeError, len: usize) {
+    if !*warned {
+        *warned = true;
+        tracing::warn!(
+            %error,
+            sample_bytes = len,
+            "an eBPF ring buffer sample did not decode; it and any later ones are \
+             counted as drops (source DECODE), and only this first one is logged"
+        );
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones
+/// charge the memory cgroup and ignore it. Raising it can fail without
+/// CAP_SYS_RESOURCE, which matters only on those old kernels, where the
+/// load then fails with its own clear error.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass, which outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "cannot raise RLIMIT_MEMLOCK; not needed on kernels >= 5.11"
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! `ipcscope record`: run a command under observation and store the session.
+//!
+//! The command runs with the recorder's stdio and its exit status is handed
+//! back untouched. With the eBPF source the recorder registers itself in the
+//! probes' PID map as a *launcher* just before spawning, so the kernel
+//! starts following the child from its very first instruction (and every
+//! descendant it forks) with no window for a race; the launcher entry is
+//! removed as soon as the child exists, so the recorder's own activity is
+//! never traced.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ipc_events::raw::drop_source;
+use ipc_events::{Event, EventKind, Source};
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::{monotonic_ns, wall_rfc3339};
+use crate::ebpf::{ProbeConfig, Probes};
+use crate::store::{
+    spawn_writer, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig, WriterStats,
+};
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub db: PathBuf,
+    pub name: Option<String>,
+    /// The command and its arguments; must not be empty.
+    pub command: Vec<OsString>,
+    /// Load the eBPF probes (needs CAP_BPF + CAP_PERFMON, or root).
+    pub ebpf: bool,
+}
+
+/// What a recording produced.
+#[derive(Debug, Clone)]
+pub struct RecordOutcome {
+    pub session: SessionId,
+    /// The command's exit status, 128+N when killed by signal N (the
+    /// shell's convention, so `record` can exit with it).
+    pub exit_status: i32,
+    pub writer: WriterStats,
+    /// Events the kernel could not put in the ring buffer.
+    pub kernel_drops: u64,
+}
+
+/// Records `options.command` until it exits.
+pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
+    let program = options
+        .command
+        .first()
+        .context("no command given: use `ipcscope record -- CMD ARGS...`")?;
+
+    // Probes first: a missing privilege should fail before a database or a
+    // process is created.
+    let mut probes = match options.ebpf {
+        true => Some(
+            Probes::load(&ProbeConfig { trace_all: false }).context("loading the eBPF probes")?,
+        ),
+        false => None,
+    };
+
+    let store = Store::open(&options.db, OpenMode::Create).await?;
+    let recorder_pid = std::process::id();
+    let session = store
+        .begin_session(&NewSession {
+            name: options.name.clone(),
+            command: shell_join(&options.command),
+            host: hostname(),
+            started_at: wall_rfc3339(),
+            sources: if probes.is_some() { "ebpf" } else { "none" }.to_owned(),
+            start_mono_ns: monotonic_ns(),
+            recorder_pid,
+        })
+        .await?;
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await?;
+
+    // Take over the signals a terminal sends to the whole foreground group:
+    // the command gets them too and decides for itself; the recorder stays
+    // to write down how it ended.
+    let mut interrupts = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminations =
+        signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+
+    let mut command = Command::new(program);
+    command.args(&options.command[1..]);
+    if let Some(p) = probes.as_mut() {
+        p.track(recorder_pid, true)
+            .context("registering the recorder with the probes")?;
+    }
+    let spawned = command.spawn();
+    if let Some(p) = probes.as_mut() {
+        p.untrack(recorder_pid)
+            .context("unregistering the recorder from the probes")?;
+    }
+    let mut child = spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    let child_pid = child
+        .id()
+        .context("the command exited before it could be observed")?;
+
+    if probes.is_none() {
+        // Without the probes nobody else reports the command's start.
+        ingest
+            .send(started_events(program, child_pid, recorder_pid))
+            .await?;
+    }
+    let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
+
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for the command")?,
+            _ = interrupts.recv() => {}
+            _ = terminations.recv() => {
+                // SAFETY: kill has no memory effects; child_pid is our own
+                // child, not yet reaped, so the pid cannot have been reused.
+                unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+            }
+        }
+    };
+    let exit_status = shell_status(status);
+
+    let (kernel_drops, probes) = match pump {
+        Some((stop, join)) => {
+            let _ = stop.send(());
+            let (drops, probes) = join.await.context("the eBPF reader panicked")??;
+            (drops, Some(probes))
+        }
+        None => {
+            let mut exit = Event::new(
+                monotonic_ns(),
+                child_pid,
+                child_pid,
+                Source::Collector,
+                EventKind::ProcessExit,
+            );
+            exit.aux = exit_status as u64;
+            ingest.send(vec![exit]).await?;
+            (0, None)
+        }
+    };
+    drop(ingest);
+    let writer = writer.finish().await?;
+    store
+        .set_exit_status(session, child_pid, exit_status)
+        .await?;
+    store
+        .finish_session(session, &wall_rfc3339(), monotonic_ns(), Some(exit_status))
+        .await?;
+    store.close().await;
+    drop(probes);
+    Ok(RecordOutcome {
+        session,
+        exit_status,
+        writer,
+        kernel_drops,
+    })
+}
+
+/// The start and exec of the command, as the probes would have reported it.
+/// Derived from what was executed rather than read from `/proc/PID`, which
+/// races both ways: before the exec it shows the recorder, after a quick
+/// exit the exe link is gone.
+fn started_events(program: &OsStr, pid: u32, ppid: u32) -> Vec<Event> {
+    let now = monotonic_ns();
+    let resolved = resolve_program(program);
+    // The kernel names a task after the last component of the path given to
+    // execve, cut to 15 bytes; execvp passes the PATH-resolved path.
+    let comm = Path::new(resolved.as_deref().unwrap_or(Path::new(program)))
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect::<String>())
+        .unwrap_or_default();
+    let mut start = Event::new(now, pid, pid, Source::Collector, EventKind::ProcessStart);
+    start.aux = u64::from(ppid);
+    start.comm = comm.clone();
+    let mut exec = Event::new(now, pid, pid, Source::Collector, EventKind::ProcessExec);
+    exec.comm = comm;
+    exec.path = resolved
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    vec![start, exec]
+}
+
+/// Where execvp finds `program`: itself when it has a slash, else the first
+/// executable file of that name along PATH.
+fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A drop record: `count` events lost by `source` (a [`drop_source`] code).
+fn drop_event(source: u64, count: u64) -> Event {
+    let mut e = Event::new(monotonic_ns(), 0, 0, Source::Collector, EventKind::Drop);
+    e.aux = source;
+    e.size = count;
+    e
+}
+
+/// How often the kernel's drop counter is read.
+const DROP_POLL: Duration = Duration::from_millis(100);
+/// How long to keep reading after the command exits. Its own exit is in
+/// the ring before waitpid returns (the tracepoint fires first), so this
+/// only catches what descendants wrote in their last moments.
+const DRAIN: Duration = Duration::from_millis(50);
+
+/// Moves events from the kernel ring to the writer until told to stop, then
+/// drains; returns the kernel's final drop count and the probes, whose
+/// detaching (an RCU grace period per program) is left until the session
+/// is stored.
+fn spawn_pump(
+    mut probes: Probes,
+    ingest: Ingest,
+) -> (oneshot::Sender<()>, JoinHandle<Result<(u64, Probes)>>) {
+    let (stop_tx, mut stop) = oneshot::channel::<()>();
+    let join = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(4096);
+        let mut drops_stored = 0;
+        let mut tick = tokio::time::interval(DROP_POLL);
+        let drain = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(drain);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                read = probes.read_into(&mut buf) => {
+                    let stats = read.context("reading the eBPF ring buffer")?;
+                    if stats.decode_errors > 0 {
+                        buf.push(drop_event(drop_source::DECODE, stats.decode_errors));
+                    }
+                }
+                _ = tick.tick() => {
+                    let drops = probes.kernel_drops().context("reading the kernel's drop counter")?;
+                    if drops > drops_stored {
+                        buf.push(drop_event(drop_source::EBPF_RING, drops - drops_stored));
+                        drops_stored = drops;
+                    }
+                }
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                }
+                _ = &mut drain => break,
+            }
+            if !buf.is_empty() {
+                ingest
+                    .send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))
+                    .await?;
+            }
+        }
+        let drops = probes
+            .kernel_drops()
+            .context("reading the kernel's drop counter")?;
+        if drops > drops_stored {
+            ingest
+                .send(vec![drop_event(
+                    drop_source::EBPF_RING,
+                    drops - drops_stored,
+                )])
+                .await?;
+        }
+        Ok((drops, probes))
+    });
+    (stop_tx, join)
+}
+
+/// The status a shell would report: the exit code, or 128+N for signal N.
+pub fn shell_status(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    }
+}
+
+/// The command line as a user would type it back into a shell.
+pub fn shell_join(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its full length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_what_a_shell_would_split() {
+        let args: Vec<OsString> = ["sh", "-c", "sleep 0.2; exit 3", "it's", ""]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(
+            shell_join(&args),
+            r#"sh -c 'sleep 0.2; exit 3' 'it'\''s' ''"#
+        );
+    }
+
+    #[test]
+    fn the_command_is_named_as_the_kernel_would() {
+        let events = started_events(OsStr::new("true"), 10, 1);
+        assert_eq!(events[0].comm, "true");
+        assert_eq!(events[0].aux, 1);
+        let exe = events[1].path.as_deref().unwrap();
+        assert!(exe.starts_with('/') && exe.ends_with("/true"), "{exe}");
+        let long = started_events(OsStr::new("/nonexistent/a-very-long-program-name"), 10, 1);
+        assert_eq!(long[0].comm, "a-very-long-pro");
+        assert_eq!(long[1].path, None);
+    }
+
+    #[test]
+    fn signal_deaths_map_to_128_plus_n() {
+        assert_eq!(shell_status(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(shell_status(ExitStatus::from_raw(libc::SIGKILL)), 137);
+    }
+}
