@@ -6,6 +6,8 @@
 //!
 //!     cargo bench -p collector --bench ingest -- [EVENTS] [RUNS]
 //!
+//! It also checks what it measures: both databases must hold every event.
+//!
 //! Defaults: 10,000,000 events, 3 runs each.
 
 use std::time::{Duration, Instant};
@@ -68,6 +70,7 @@ fn run_sqlx(
     dir: &std::path::Path,
     batches: Vec<Vec<Event>>,
 ) -> Duration {
+    let expected: usize = batches.iter().map(Vec::len).sum();
     rt.block_on(async {
         let path = dir.join("sqlx.db");
         let store = Store::open(&path, OpenMode::Create).await.unwrap();
@@ -80,8 +83,12 @@ fn run_sqlx(
             ingest.send(batch).await.unwrap();
         }
         drop(ingest);
-        writer.finish().await.unwrap();
+        let stats = writer.finish().await.unwrap();
         let elapsed = start.elapsed();
+        assert_eq!(
+            stats.events as usize, expected,
+            "the writer stored every event"
+        );
         store.close().await;
         elapsed
     })
@@ -150,7 +157,12 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         }
         tx.commit().unwrap();
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    let stored: usize = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, all.len(), "the baseline stored every event");
+    elapsed
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -159,12 +171,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; take the first two numeric arguments.
-    let mut nums = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse::<usize>().ok());
-    let n = nums.next().unwrap_or(10_000_000);
-    let runs = nums.next().unwrap_or(3);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary without it, as a smoke test of both paths: keep that small.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let mut nums = args.iter().filter_map(|a| a.parse::<usize>().ok());
+    let n = nums.next().unwrap_or(if benching { 10_000_000 } else { 20_000 });
+    let runs = nums.next().unwrap_or(if benching { 3 } else { 1 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
