@@ -205,13 +205,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
             .await?;
             tracing::info!(?outcome, "recorded");
+            let dropped = if outcome.drops.is_empty() {
+                "nothing dropped".to_owned()
+            } else {
+                let parts: Vec<String> = outcome
+                    .drops
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect();
+                format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
+            };
             eprintln!(
-                "ipcscope: session {} recorded: {} events, {} dropped (kernel {}, ingest {})",
-                outcome.session.0,
-                outcome.writer.events,
-                outcome.kernel_drops + outcome.writer.ingest_dropped,
-                outcome.kernel_drops,
-                outcome.writer.ingest_dropped,
+                "ipcscope: session {} recorded: {} events, {dropped}",
+                outcome.session.0, outcome.writer.events,
             );
             // Exit statuses are 0-255; 128+N for signals already fits.
             Ok(ExitCode::from(outcome.exit_status.clamp(0, 255) as u8))

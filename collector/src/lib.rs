@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod ebpf;
 pub mod export;
+pub mod lib_ring;
 pub mod platform;
 pub mod query;
 pub mod record;

@@ -21,11 +21,12 @@ use ipc_events::raw::drop_source;
 use ipc_events::{Event, EventKind, Source};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::{monotonic_ns, wall_rfc3339};
 use crate::ebpf::{ProbeConfig, Probes};
+use crate::lib_ring::{RingListener, SOCKET_ENV};
 use crate::store::{
     spawn_writer, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig, WriterStats,
 };
@@ -49,8 +50,9 @@ pub struct RecordOutcome {
     /// shell's convention, so `record` can exit with it).
     pub exit_status: i32,
     pub writer: WriterStats,
-    /// Events the kernel could not put in the ring buffer.
-    pub kernel_drops: u64,
+    /// Events lost, by `drops.source`, as stored: every source counts its
+    /// own losses (kernel ring, ipc-lib rings, ingest queue, decoding).
+    pub drops: Vec<(String, u64)>,
 }
 
 /// Records `options.command` until it exits.
@@ -77,7 +79,7 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
             command: shell_join(&options.command),
             host: hostname(),
             started_at: wall_rfc3339(),
-            sources: if probes.is_some() { "ebpf" } else { "none" }.to_owned(),
+            sources: if probes.is_some() { "ebpf,lib" } else { "lib" }.to_owned(),
             start_mono_ns: monotonic_ns(),
             recorder_pid,
         })
@@ -91,8 +93,15 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     let mut terminations =
         signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
 
+    // ipc-lib processes find the recorder through this socket and hand it
+    // their event rings.
+    let rings = RingListener::bind(&runtime_dir()).context("opening the ipc-lib ring socket")?;
+    let (stop_rings, rings_stopped) = watch::channel(false);
     let mut command = Command::new(program);
-    command.args(&options.command[1..]);
+    command
+        .args(&options.command[1..])
+        .env(SOCKET_ENV, rings.path());
+    let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped));
     if let Some(p) = probes.as_mut() {
         p.track(recorder_pid, true)
             .context("registering the recorder with the probes")?;
@@ -128,7 +137,7 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     };
     let exit_status = shell_status(status);
 
-    let (kernel_drops, probes) = match pump {
+    let (_kernel_drops, probes) = match pump {
         Some((stop, join)) => {
             let _ = stop.send(());
             let (drops, probes) = join.await.context("the eBPF reader panicked")??;
@@ -147,6 +156,10 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
             (0, None)
         }
     };
+    let _ = stop_rings.send(true);
+    ring_task
+        .await
+        .context("the ipc-lib ring reader panicked")?;
     drop(ingest);
     let writer = writer.finish().await?;
     store
@@ -155,14 +168,25 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     store
         .finish_session(session, &wall_rfc3339(), monotonic_ns(), Some(exit_status))
         .await?;
+    let drops = store.drops_by_source(session).await?;
     store.close().await;
     drop(probes);
     Ok(RecordOutcome {
         session,
         exit_status,
         writer,
-        kernel_drops,
+        drops,
     })
+}
+
+/// Where the ring socket goes: the user's runtime directory (owner-only by
+/// definition) when there is one, else the temporary directory, inside a
+/// directory of our own that is created 0700.
+fn runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// The start and exec of the command, as the probes would have reported it.

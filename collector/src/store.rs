@@ -336,6 +336,24 @@ impl Store {
         Ok(id.map(SessionId))
     }
 
+    /// A session's lost events, summed by `drops.source`.
+    pub async fn drops_by_source(
+        &self,
+        session: SessionId,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT source, sum(count) FROM drops WHERE session_id = ? GROUP BY source ORDER BY source",
+        )
+        .bind(session.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::sql("summing dropped events"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, n)| (s, n.max(0) as u64))
+            .collect())
+    }
+
     /// Whether a session with this id exists.
     pub async fn has_session(&self, session: SessionId) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM sessions WHERE id = ?")

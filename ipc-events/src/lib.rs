@@ -19,6 +19,8 @@ mod channel;
 mod decode;
 #[cfg(feature = "std")]
 mod event;
+#[cfg(feature = "std")]
+pub mod ring;
 
 #[cfg(feature = "std")]
 pub use channel::{ChannelId, ChannelKind, UnknownChannelKind};

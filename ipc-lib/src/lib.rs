@@ -1,5 +1,13 @@
-//! ipc-lib: the instrumented IPC library applications link (channels,
-//! shared-memory regions, semaphores, signals, request/response), whose
-//! every operation is traced exactly into ipcscope.
+//! ipc-lib: the IPC library applications link (channels, shared-memory
+//! regions, semaphores, signals, request/response), whose every operation
+//! is traced exactly into ipcscope.
 //!
-//! Empty until its issue lands: nothing here yet, and nothing pretends.
+//! Tracing sits in [`trace`]: each operation writes one record into a
+//! per-process shared-memory ring that a running `ipcscope record` maps, so
+//! no event costs a syscall, and with no recorder attached an event costs
+//! one relaxed atomic load.
+
+pub mod channel;
+pub mod trace;
+
+pub use channel::{Receiver, Sender};

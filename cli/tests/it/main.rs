@@ -2,6 +2,7 @@
 //! files and, where the machine allows (CI runs as root), the real probes.
 
 mod bad_input;
+mod lib_trace;
 mod record;
 
 use std::path::Path;

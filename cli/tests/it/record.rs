@@ -163,7 +163,7 @@ fn ebpf_record_follows_every_descendant() {
     );
     assert_eq!(
         query(&db, "select sources from sessions")[0]["sources"],
-        "ebpf"
+        "ebpf,lib"
     );
     assert_eq!(query(&db, "select count(*) as n from drops")[0]["n"], 0);
 }

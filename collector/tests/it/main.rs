@@ -2,4 +2,5 @@
 //! where the machine allows it (CI runs as root), the real eBPF probes.
 
 mod ebpf;
+mod lib_ring;
 mod store;

@@ -1,0 +1,118 @@
+//! ipc-lib processes traced through `record`: the rings, end to end.
+
+use std::path::PathBuf;
+
+use crate::{query, stderr};
+
+/// ipc-lib's example, which `cargo test` builds beside this test binary
+/// (target/<profile>/examples). Missing is a failure in CI, a skip with a
+/// message elsewhere (e.g. `cargo test -p cli` alone does not build it).
+fn producer_consumer() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples/producer_consumer");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{} not built: run the whole suite (cargo xtask test)",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not built (cargo test --workspace builds it)",
+        path.display()
+    );
+    None
+}
+
+#[test]
+fn every_send_and_receive_of_an_ipc_lib_channel_is_stored_and_paired_by_id() {
+    let Some(example) = producer_consumer() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let out = crate::ipcscope()
+        .args(["record", "--db", db.to_str().unwrap(), "--no-ebpf", "--"])
+        .arg(&example)
+        .args(["--messages", "3000", "--size", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kinds = query(
+        &db,
+        "select kind, count(*) as n, count(distinct msg_id) as ids, sum(size) as bytes,
+                count(distinct pid) as pids
+         from events where source = 'lib' group by kind order by kind",
+    );
+    assert_eq!(
+        kinds,
+        serde_json::json!([
+            {"kind": "msg_recv", "n": 3000, "ids": 3000, "bytes": 300000, "pids": 1},
+            {"kind": "msg_send", "n": 3000, "ids": 3000, "bytes": 300000, "pids": 1},
+        ])
+    );
+    // Every id sent is received exactly once, by the other process, later.
+    let pairs = query(
+        &db,
+        "select count(*) as n, sum(r.ts_ns >= s.ts_ns) as ordered, sum(r.pid != s.pid) as across
+         from events s join events r on r.msg_id = s.msg_id and r.channel_id = s.channel_id
+         where s.kind = 'msg_send' and r.kind = 'msg_recv'",
+    );
+    assert_eq!(
+        pairs,
+        serde_json::json!([{"n": 3000, "ordered": 3000, "across": 3000}])
+    );
+    assert_eq!(
+        query(
+            &db,
+            "select kind, count(*) as n from channels group by kind"
+        ),
+        serde_json::json!([{"kind": "ipclib_channel", "n": 1}])
+    );
+    assert_eq!(
+        query(&db, "select count(*) as n from drops"),
+        serde_json::json!([{"n": 0}])
+    );
+}
+
+#[test]
+fn a_full_ipc_lib_ring_counts_exactly_what_it_drops() {
+    let Some(example) = producer_consumer() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    // The smallest ring against a fast burst: it must overflow.
+    let out = crate::ipcscope()
+        .args(["record", "--db", db.to_str().unwrap(), "--no-ebpf", "--"])
+        .arg(&example)
+        .args(["--messages", "50000", "--size", "8"])
+        .env("IPCSCOPE_RING_BYTES", "4096")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DROPPED lib_ring"),
+        "record says so: {}",
+        stderr(&out)
+    );
+    let row = &query(
+        &db,
+        "select (select count(*) from events where source = 'lib') as stored,
+                (select coalesce(sum(count), 0) from drops where source = 'lib_ring') as dropped",
+    )[0];
+    let (stored, dropped) = (
+        row["stored"].as_u64().unwrap(),
+        row["dropped"].as_u64().unwrap(),
+    );
+    assert!(
+        dropped > 0,
+        "a 4 KiB ring cannot hold 100,000 events unread: {row}"
+    );
+    assert_eq!(
+        stored + dropped,
+        100_000,
+        "every event is stored or counted: {row}"
+    );
+}

@@ -1,0 +1,454 @@
+//! The collector's side of the ipc-lib event rings.
+//!
+//! `record` listens on an owner-only Unix socket whose path it passes to
+//! the command in [`SOCKET_ENV`]. Each ipc-lib process connects once and
+//! sends its ring's memfd; the collector checks who is calling
+//! (`SO_PEERCRED`: same user only), that the memfd is sealed against
+//! shrinking (otherwise a process could truncate it under our mapping and
+//! crash us with SIGBUS), and the ring header, then maps it and drains it
+//! every millisecond. The connection stays open while the process lives, so
+//! its end is seen at once and its ring drained a last time.
+//!
+//! The writer may be buggy or hostile. [`RingReader`] reads every position
+//! and length once into locals, checks it, and copies records out before
+//! decoding: garbage costs that process its ring (detached, counted), never
+//! the collector, and never another process's data.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ipc_events::raw::{drop_source, RAW_EVENT_SIZE};
+pub use ipc_events::ring::SOCKET_ENV;
+use ipc_events::ring::{
+    Hello, RingHeader, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
+    MIN_CAPACITY, PADDING, SLOT_HEADER, VERSION,
+};
+use ipc_events::{decode, Event, EventKind, Source};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::clock::monotonic_ns;
+use crate::store::Ingest;
+
+/// Why a ring was refused or detached.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("registration from uid {uid} refused: only the recording user ({ours}) may register")]
+    WrongUser { uid: u32, ours: u32 },
+    #[error("registration message malformed ({0} bytes, no fd, or wrong magic/version)")]
+    BadHello(usize),
+    #[error("ring memfd is not sealed against shrinking")]
+    NotSealed,
+    #[error("ring header invalid: {0}")]
+    BadHeader(&'static str),
+    #[error("ring corrupted: {0}")]
+    Corrupt(&'static str),
+    #[error("{action}: {source}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: &'static str) -> impl FnOnce(io::Error) -> RingError {
+    move |source| RingError::Io { action, source }
+}
+
+/// A mapped ring and the consumer's position in it.
+pub struct RingReader {
+    base: NonNull<u8>,
+    len: usize,
+    capacity: u64,
+    /// The owner, from SO_PEERCRED: every event must carry this pid.
+    pid: u32,
+    /// Our own copy of the tail: the header's copy is writable by the owner.
+    tail: u64,
+    dropped_seen: u64,
+    buf: Vec<u8>,
+}
+
+// SAFETY: the mapping is process-wide memory owned by this value; nothing
+// in it is tied to the thread that created it.
+unsafe impl Send for RingReader {}
+
+/// What one drain found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainStats {
+    pub events: u64,
+    /// Records that failed to decode or claimed another pid.
+    pub rejected: u64,
+    /// New refusals the owner counted because its ring was full.
+    pub ring_full: u64,
+}
+
+impl RingReader {
+    /// Maps `fd` after checking its seals, size and header.
+    pub fn map(fd: &OwnedFd, pid: u32) -> Result<RingReader, RingError> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: plain fcntl on an fd we own.
+        let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(RingError::NotSealed);
+        }
+        // SAFETY: fstat writes into the zeroed struct we pass.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(raw, &mut st) } != 0 {
+            return Err(io_err("fstat of the ring")(io::Error::last_os_error()));
+        }
+        let len = st.st_size as usize;
+        if len < HEADER_SIZE + MIN_CAPACITY as usize || len > HEADER_SIZE + MAX_CAPACITY as usize {
+            return Err(RingError::BadHeader("size out of range"));
+        }
+        // SAFETY: mapping `len` bytes of a file that is at least that long
+        // and sealed against shrinking, so every byte stays backed.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                raw,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io_err("mapping the ring")(io::Error::last_os_error()));
+        }
+        let mut reader = RingReader {
+            base: NonNull::new(base.cast()).ok_or(RingError::BadHeader("null mapping"))?,
+            len,
+            capacity: 0,
+            pid,
+            tail: 0,
+            dropped_seen: 0,
+            buf: Vec::with_capacity(512),
+        };
+        let header = reader.header();
+        // Read each field once; the owner can change them at any time.
+        let (magic, version, capacity) = (
+            // SAFETY: the header lies within the mapping (len >= HEADER_SIZE);
+            // volatile because another process writes this memory.
+            unsafe { ptr::read_volatile(&header.magic) },
+            unsafe { ptr::read_volatile(&header.version) },
+            unsafe { ptr::read_volatile(&header.capacity) },
+        );
+        if magic != MAGIC {
+            return Err(RingError::BadHeader("wrong magic"));
+        }
+        if version != VERSION {
+            return Err(RingError::BadHeader("unsupported version"));
+        }
+        if !capacity.is_power_of_two() || HEADER_SIZE + capacity as usize != len {
+            return Err(RingError::BadHeader(
+                "capacity does not match the memfd's size",
+            ));
+        }
+        let tail = header.tail.load(Ordering::Acquire);
+        reader.capacity = u64::from(capacity);
+        reader.tail = tail;
+        Ok(reader)
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned,
+        // and lives as long as self; RingHeader is integers and atomics,
+        // valid for any bit pattern.
+        unsafe { &*self.base.as_ptr().cast::<RingHeader>() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data area starts HEADER_SIZE bytes into the mapping.
+        unsafe { self.base.as_ptr().add(HEADER_SIZE) }
+    }
+
+    /// Copies every committed record out, decodes it into `out`, and frees
+    /// its space. An error means the ring's structure is beyond repair.
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<DrainStats, RingError> {
+        let mut stats = DrainStats::default();
+        let head = self.header().head.load(Ordering::Acquire);
+        if head < self.tail || head - self.tail > self.capacity {
+            return Err(RingError::Corrupt("head outside the ring"));
+        }
+        let data = self.data();
+        while self.tail < head {
+            let off = (self.tail & (self.capacity - 1)) as usize;
+            // SAFETY: off < capacity and is 8-aligned (we only ever advance
+            // by checked multiples of 8), so the word is inside the mapping
+            // and aligned for an AtomicU32.
+            let word = unsafe { &*data.add(off).cast::<AtomicU32>() }.load(Ordering::Acquire);
+            if word & COMMITTED == 0 {
+                break; // a producer is still writing this one
+            }
+            let len = (word & LEN_MASK) as usize;
+            let padding = word & PADDING != 0;
+            if len < SLOT_HEADER
+                || !len.is_multiple_of(8)
+                || off + len > self.capacity as usize
+                || self.tail + len as u64 > head
+                || (!padding && len < SLOT_HEADER + RAW_EVENT_SIZE)
+            {
+                return Err(RingError::Corrupt("record length"));
+            }
+            if !padding {
+                self.buf.clear();
+                self.buf.resize(len - SLOT_HEADER, 0);
+                // SAFETY: [off + SLOT_HEADER, off + len) is inside the data
+                // area (checked above); copying into our own buffer first
+                // means the owner cannot change bytes under the decoder.
+                unsafe {
+                    ptr::copy_nonoverlapping(
+                        data.add(off + SLOT_HEADER),
+                        self.buf.as_mut_ptr(),
+                        len - SLOT_HEADER,
+                    )
+                };
+                match decode(Source::Lib, &self.buf) {
+                    Ok((event, _)) if event.pid == self.pid => {
+                        out.push(event);
+                        stats.events += 1;
+                    }
+                    // Bad bytes or another process's pid: this record is
+                    // lost and counted, the ring's framing is still sound.
+                    Ok(_) | Err(_) => stats.rejected += 1,
+                }
+            }
+            // SAFETY: the same checked range, slot header included. Zeroed
+            // so that a later lap never reads stale bytes as a commit word.
+            unsafe { ptr::write_bytes(data.add(off), 0, len) };
+            self.tail += len as u64;
+        }
+        self.header().tail.store(self.tail, Ordering::Release);
+        let dropped = self.header().dropped.load(Ordering::Relaxed);
+        // A hostile owner can rewind its counter; count only growth.
+        if dropped > self.dropped_seen {
+            stats.ring_full = dropped - self.dropped_seen;
+            self.dropped_seen = dropped;
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        // SAFETY: base/len are exactly what mmap returned.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// How often rings are drained.
+const DRAIN_EVERY: Duration = Duration::from_millis(1);
+
+/// The recorder's registration socket; removed when dropped.
+pub struct RingListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl RingListener {
+    /// Binds a socket in a fresh owner-only directory under `runtime_dir`.
+    pub fn bind(runtime_dir: &Path) -> Result<RingListener, RingError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Unique even if a recorder with this pid crashed and left its
+        // directory behind.
+        let dir = runtime_dir.join(format!(
+            "ipcscope-{}-{}",
+            std::process::id(),
+            monotonic_ns()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("creating the socket directory"))?;
+        let path = dir.join("rings.sock");
+        let listener = UnixListener::bind(&path).map_err(io_err("binding the ring socket"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("restricting the ring socket"))?;
+        Ok(RingListener { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts rings and feeds their events to `ingest` until `stop` turns
+    /// true, then drains every ring one last time.
+    pub async fn run(self, ingest: Ingest, mut stop: watch::Receiver<bool>) {
+        let mut rings = JoinSet::new();
+        let ring_stop = stop.clone();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => match register(&stream).await {
+                        Ok((reader, pid)) => {
+                            rings.spawn(pump(reader, pid, stream, ingest.clone(), ring_stop.clone()));
+                        }
+                        Err(e) => tracing::warn!("ipc-lib ring refused: {e}"),
+                    },
+                    Err(e) => tracing::warn!("accepting an ipc-lib registration: {e}"),
+                },
+                () = stopped(&mut stop) => break,
+            }
+        }
+        while rings.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for RingListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Checks the caller and takes its ring.
+async fn register(stream: &UnixStream) -> Result<(RingReader, u32), RingError> {
+    let cred = stream
+        .peer_cred()
+        .map_err(io_err("reading the peer's credentials"))?;
+    // SAFETY: geteuid has no preconditions.
+    let ours = unsafe { libc::geteuid() };
+    if cred.uid() != ours {
+        return Err(RingError::WrongUser {
+            uid: cred.uid(),
+            ours,
+        });
+    }
+    let pid = cred
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or(RingError::BadHello(0))?;
+    let (hello, fd) = loop {
+        stream
+            .readable()
+            .await
+            .map_err(io_err("waiting for the registration"))?;
+        match recv_with_fd(stream.as_raw_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => break other.map_err(io_err("receiving the registration"))?,
+        }
+    };
+    let Some(fd) = fd else {
+        return Err(RingError::BadHello(hello.len()));
+    };
+    match Hello::from_bytes(&hello) {
+        Some(h) if h.magic == MAGIC && h.version == VERSION && h.pid == pid => {}
+        _ => return Err(RingError::BadHello(hello.len())),
+    }
+    Ok((RingReader::map(&fd, pid)?, pid))
+}
+
+fn recv_with_fd(socket: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut bytes = vec![0u8; HELLO_SIZE];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: msg points at live buffers for the duration of the call;
+    // MSG_CMSG_CLOEXEC keeps received fds out of any child we spawn.
+    let n = unsafe {
+        libc::recvmsg(
+            socket,
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    bytes.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR stay within them, and SCM_RIGHTS data is an array of ints.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                for i in 0..count {
+                    // Every fd received is owned now, so extras get closed.
+                    fds.push(OwnedFd::from_raw_fd(ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let fd = if fds.len() == 1 { fds.pop() } else { None };
+    Ok((bytes, fd))
+}
+
+/// Drains one ring every [`DRAIN_EVERY`] until its process disconnects or
+/// recording stops, then once more.
+async fn pump(
+    mut reader: RingReader,
+    pid: u32,
+    stream: UnixStream,
+    ingest: Ingest,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = false;
+    let mut eof = [0u8; 1];
+    while !last {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // The process never writes after registering, so the socket
+            // turns readable when it has gone (EOF). Readiness can be
+            // spurious: only EOF or a real error ends the ring.
+            _ = stream.readable() => {
+                last = match stream.try_read(&mut eof) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+            }
+            () = stopped(&mut stop) => last = true,
+        }
+        let mut events = Vec::new();
+        let result = reader.drain(&mut events);
+        let stats = result.as_ref().copied().unwrap_or_default();
+        if stats.rejected > 0 {
+            events.push(drop_event(pid, drop_source::DECODE, stats.rejected));
+        }
+        if stats.ring_full > 0 {
+            events.push(drop_event(pid, drop_source::LIB_RING, stats.ring_full));
+        }
+        if let Err(e) = result {
+            tracing::warn!("ipc-lib ring of pid {pid} detached: {e}");
+            events.push(drop_event(pid, drop_source::DECODE, 1));
+            last = true;
+        }
+        if ingest.send(events).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves once `stop` holds true (or its sender is gone). The guard
+/// `wait_for` returns is not Send, so it must not outlive this.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn drop_event(pid: u32, source: u64, count: u64) -> Event {
+    let mut e = Event::new(monotonic_ns(), pid, pid, Source::Collector, EventKind::Drop);
+    e.aux = source;
+    e.size = count;
+    e
+}

@@ -1,0 +1,182 @@
+//! One error type per operation: opening an end, sending, receiving.
+
+use std::io;
+use std::time::Duration;
+
+use super::layout::Mode;
+
+/// Why a [`Sender`](super::Sender) or [`Receiver`](super::Receiver) could
+/// not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The name cannot be a shared-memory object name.
+    #[error("invalid channel name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    /// The requested capacity and message size cannot make a channel.
+    #[error("invalid layout for channel {name:?}: {reason}")]
+    InvalidLayout { name: String, reason: String },
+    /// `create` was asked for and the name is taken.
+    #[error("channel {name:?} already exists")]
+    AlreadyExists { name: String },
+    /// `open` was asked for and there is no such name.
+    #[error("channel {name:?} does not exist")]
+    NotFound { name: String },
+    /// The segment belongs to another user, who could rewrite or truncate it
+    /// at will.
+    #[error("channel {name:?} belongs to uid {owner}, not to this process's uid {uid}")]
+    NotOwner { name: String, owner: u32, uid: u32 },
+    /// The segment does not start with the channel magic: it is something
+    /// else, or was overwritten.
+    #[error("{name:?} is not an ipc-lib channel (magic {found:#018x})")]
+    BadMagic { name: String, found: u64 },
+    /// The channel was made by a build with another segment layout.
+    #[error("channel {name:?} has layout version {found}, this library speaks version {expected}")]
+    VersionMismatch {
+        name: String,
+        found: u32,
+        expected: u32,
+    },
+    /// The existing channel's shape differs from the one asked for.
+    #[error("channel {name:?} exists with {field} {found}, but {expected} was asked for")]
+    LayoutMismatch {
+        name: String,
+        field: &'static str,
+        expected: u64,
+        found: u64,
+    },
+    /// The existing channel is single-producer and multi-producer was asked
+    /// for, or the reverse.
+    #[error("channel {name:?} exists as {found}, but {expected} was asked for")]
+    ModeMismatch {
+        name: String,
+        expected: Mode,
+        found: Mode,
+    },
+    /// The header's fields contradict each other or the segment's size.
+    #[error("channel {name:?} has a corrupt header: {reason}")]
+    CorruptHeader { name: String, reason: String },
+    /// The name exists but its creator did not finish setting it up in time
+    /// (it may have died while doing so).
+    #[error("channel {name:?} was not initialized by its creator within {waited:?}")]
+    NotInitialized { name: String, waited: Duration },
+    /// The end asked for is taken by a live process.
+    #[error("channel {name:?} already has a {role} attached (pid {pid})")]
+    PeerAttached {
+        name: String,
+        role: &'static str,
+        pid: u32,
+    },
+    /// Every sender slot of a multi-producer channel is held by a live
+    /// process.
+    #[error("channel {name:?} has no free sender slot (all {max} are taken)")]
+    NoSenderSlot { name: String, max: usize },
+    /// A system call failed.
+    #[error("{op} failed for channel {name:?}")]
+    Os {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a message was not sent. Nothing of the message is in the channel
+/// after any of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The message is larger than the channel's maximum; it is refused
+    /// whole, never truncated.
+    #[error("message of {len} bytes exceeds the channel's maximum of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The channel is full and the sender was built with
+    /// [`WhenFull::Error`](super::WhenFull::Error), or `try_send` was used.
+    #[error("channel is full")]
+    Full,
+    /// `send_timeout` waited its whole timeout for space.
+    #[error("timed out waiting for space in the channel")]
+    Timeout,
+    /// The receiver closed its end or its process died.
+    #[error("the receiver is gone")]
+    Disconnected,
+    /// The consumer position in shared memory is impossible; someone wrote
+    /// over the header.
+    #[error("channel state is corrupt: {0}")]
+    Corrupt(#[source] Corruption),
+    /// The value could not be serialized.
+    #[error("could not encode the message")]
+    Encode(#[source] CodecError),
+}
+
+/// Why no message was received.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// `try_recv`: no message is waiting.
+    #[error("channel is empty")]
+    Empty,
+    /// `recv_timeout`: no message arrived within the timeout.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The channel is empty and no sender is attached: each one closed its
+    /// end or died. Messages sent before that are all delivered first.
+    #[error("every sender is gone")]
+    Disconnected,
+    /// The next frame failed validation: it was damaged in shared memory.
+    /// The channel cannot be read any further (the frame's length cannot be
+    /// trusted, so the next frame cannot be found) and every later receive
+    /// returns this error again.
+    #[error("corrupt frame at position {pos}: {reason}")]
+    Corrupt {
+        pos: u64,
+        #[source]
+        reason: Corruption,
+    },
+    /// Multi-producer: a sender died between reserving its frame and
+    /// committing it. Frames after the hole cannot be located, so the
+    /// channel is finished, as after [`RecvError::Corrupt`].
+    #[error("sender pid {pid} died while writing the frame at position {pos}")]
+    SenderDiedMidFrame { pos: u64, pid: u32 },
+    /// A typed receive got a message that does not decode as the type asked
+    /// for. The message is consumed; the channel stays usable.
+    #[error("message {msg_id} does not decode as the requested type")]
+    Decode {
+        msg_id: u64,
+        #[source]
+        source: CodecError,
+    },
+}
+
+/// What exactly was wrong with a frame or a position.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The other end's position is behind ours or more than a ring ahead.
+    #[error("positions out of order: head {head}, tail {tail}, capacity {capacity}")]
+    Positions { head: u64, tail: u64, capacity: u64 },
+    /// The frame's commit word does not name this position.
+    #[error("commit word {found:#018x} does not match the frame's position")]
+    Commit { found: u64 },
+    /// The frame's marker is wrong.
+    #[error("frame marker {found:#010x} is not the frame marker")]
+    Marker { found: u32 },
+    /// The frame announces more bytes than any message may have.
+    #[error("frame length {len} exceeds the maximum message size {max}")]
+    Length { len: u64, max: u64 },
+    /// The frame runs past the data the producer published.
+    #[error("frame of {size} bytes runs past the {available} published bytes")]
+    Truncated { size: u64, available: u64 },
+    /// The payload or the header words do not match the checksum.
+    #[error("checksum mismatch: frame says {stored:#018x}, contents give {computed:#018x}")]
+    Checksum { stored: u64, computed: u64 },
+    /// Message id 0 is never issued.
+    #[error("message id 0")]
+    ZeroId,
+}
+
+/// The binary codec's error (postcard), kept opaque so the codec can change
+/// without changing this API.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct CodecError(#[from] postcard::Error);

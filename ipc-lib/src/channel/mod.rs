@@ -1,0 +1,328 @@
+//! Message channels between processes over a named shared-memory segment.
+//!
+//! A channel is a ring of frames in a POSIX shared-memory object
+//! (`/dev/shm/NAME`, created with mode 0600). One process holds the
+//! [`Receiver`]; one [`Sender`] ([`Mode::Spsc`], the default and fastest) or
+//! up to [`layout::MAX_SENDERS`] of them ([`Mode::Mpsc`]) write into it.
+//! Either end may create the channel; the other opens it by name.
+//!
+//! - Messages are byte slices ([`Sender::send`]) or any serde value
+//!   ([`Sender::send_value`], encoded with postcard). A message larger than
+//!   the channel's maximum is refused whole ([`SendError::TooLarge`]).
+//! - A full channel blocks the sender or returns [`SendError::Full`], as the
+//!   sender was built ([`WhenFull`]).
+//! - [`Receiver::recv`] spins briefly and then sleeps on a futex; a sender
+//!   wakes it with a syscall only when it actually sleeps, so a busy channel
+//!   makes none. [`Receiver::try_recv`] and [`Receiver::recv_timeout`] are
+//!   the non-blocking and bounded forms.
+//! - A peer that dies is noticed (pidfd; see `sys::PeerWatch` for why):
+//!   the receiver gets [`RecvError::Disconnected`] after draining what was
+//!   sent, the sender [`SendError::Disconnected`]. Blocked ends check every
+//!   20 ms, so nobody waits forever on a dead process.
+//! - The other process can write anything into the segment at any time.
+//!   Every frame is checked on a private copy (marker, length, bounds,
+//!   checksum); damage is a [`RecvError::Corrupt`], never a panic, an
+//!   out-of-bounds read or undefined behaviour.
+//! - Every send and receive is traced (`msg_send` / `msg_recv` on an
+//!   `ipclib_channel`), with the message id from the frame, so ipcscope
+//!   pairs each receive with its send exactly.
+//!
+//! [`layout`] documents the bytes of the segment.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ipc_lib::channel::{Receiver, Sender};
+//!
+//! let name = format!("doc-channel-{}", std::process::id());
+//! // In one process:
+//! let mut rx = Receiver::builder(&name)
+//!     .capacity(64 * 1024)
+//!     .max_message_size(1024)
+//!     .create()?;
+//! // In another (here the same one, for the example):
+//! let mut tx = Sender::builder(&name).open()?;
+//!
+//! for i in 0..10u32 {
+//!     tx.send(&i.to_le_bytes())?;
+//! }
+//! for i in 0..10u32 {
+//!     assert_eq!(rx.recv_timeout(Duration::from_secs(5))?, i.to_le_bytes());
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+pub mod layout;
+mod receiver;
+mod ring;
+mod segment;
+mod sender;
+mod sys;
+
+pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
+pub use layout::{Layout, Mode};
+pub use receiver::{Receiver, ReceiverBuilder};
+pub use sender::{Sender, SenderBuilder, WhenFull};
+
+/// Removes a channel's name, as the creating end does when it is dropped.
+/// Ends already attached keep working; nothing new can open it. Returns
+/// whether the name existed.
+///
+/// For names left behind by a process that was killed before it could
+/// clean up.
+pub fn remove(name: &str) -> Result<bool, OpenError> {
+    segment::unlink(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// A name no other test, and no other run of this test, uses.
+    fn unique(tag: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "ipclib-unit-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn pair(tag: &str, capacity: usize, max: usize) -> (Sender, Receiver) {
+        let name = unique(tag);
+        let rx = Receiver::builder(&name)
+            .capacity(capacity)
+            .max_message_size(max)
+            .create()
+            .unwrap();
+        let tx = Sender::builder(&name).open().unwrap();
+        (tx, rx)
+    }
+
+    #[test]
+    fn messages_arrive_in_order_with_increasing_ids() {
+        let (mut tx, mut rx) = pair("order", 4096, 100);
+        let mut ids = Vec::new();
+        for i in 0..300u32 {
+            let msg = vec![i as u8; (i % 100) as usize];
+            ids.push(tx.send(&msg).unwrap());
+            let mut got = Vec::new();
+            let id = rx.try_recv_into(&mut got).unwrap();
+            assert_eq!(got, msg);
+            assert_eq!(id, *ids.last().unwrap());
+        }
+        assert_eq!(ids[0], 1);
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn oversized_message_is_refused_whole() {
+        let (mut tx, mut rx) = pair("big", 4096, 64);
+        assert!(matches!(
+            tx.send(&[0; 65]),
+            Err(SendError::TooLarge { len: 65, max: 64 })
+        ));
+        tx.send(&[1; 64]).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), vec![1; 64]);
+        assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
+    }
+
+    #[test]
+    fn full_channel_errors_or_times_out_as_chosen() {
+        let name = unique("full");
+        let mut rx = Receiver::builder(&name)
+            .capacity(128)
+            .max_message_size(32)
+            .create()
+            .unwrap();
+        let mut tx = Sender::builder(&name)
+            .when_full(WhenFull::Error)
+            .open()
+            .unwrap();
+        // Each 32-byte message takes a 64-byte frame: two fit.
+        tx.send(&[1; 32]).unwrap();
+        tx.send(&[2; 32]).unwrap();
+        assert!(matches!(tx.send(&[3; 32]), Err(SendError::Full)));
+        assert!(matches!(
+            tx.send_timeout(&[3; 32], Duration::from_millis(30)),
+            Err(SendError::Timeout)
+        ));
+        assert_eq!(rx.recv().unwrap(), vec![1; 32]);
+        tx.send(&[3; 32]).unwrap();
+        assert_eq!(rx.recv().unwrap(), vec![2; 32]);
+        assert_eq!(rx.recv().unwrap(), vec![3; 32]);
+    }
+
+    #[test]
+    fn blocked_sender_resumes_when_the_receiver_drains() {
+        let (mut tx, mut rx) = pair("block", 256, 64);
+        let t = std::thread::spawn(move || {
+            for i in 0..1000u32 {
+                tx.send(&i.to_le_bytes()).unwrap();
+            }
+        });
+        for i in 0..1000u32 {
+            assert_eq!(
+                rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+                i.to_le_bytes()
+            );
+        }
+        t.join().unwrap();
+        assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+    }
+
+    #[test]
+    fn sleeping_receiver_is_woken_by_a_send() {
+        let name = unique("wake");
+        let mut rx = Receiver::builder(&name).spins(0).create().unwrap();
+        let mut tx = Sender::builder(&name).open().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(b"late").unwrap();
+            tx
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"late");
+        drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn typed_values_round_trip_and_mismatches_are_decode_errors() {
+        let (mut tx, mut rx) = pair("typed", 4096, 256);
+        tx.send_value(&(7u32, "seven".to_string(), vec![1.5f64]))
+            .unwrap();
+        let v: (u32, String, Vec<f64>) = rx.recv_value().unwrap();
+        assert_eq!(v, (7, "seven".into(), vec![1.5]));
+        tx.send(&[0xff]).unwrap();
+        assert!(matches!(
+            rx.try_recv_value::<String>(),
+            Err(RecvError::Decode { .. })
+        ));
+        // A decode failure consumes the message but leaves the channel fine.
+        tx.send_value("ok").unwrap();
+        assert_eq!(rx.try_recv_value::<String>().unwrap(), "ok");
+    }
+
+    #[test]
+    fn second_sender_on_a_single_producer_channel_is_refused() {
+        let (tx, _rx) = pair("twice", 4096, 64);
+        let err = Sender::builder(tx.name()).open().unwrap_err();
+        assert!(
+            matches!(err, OpenError::PeerAttached { role: "sender", .. }),
+            "{err}"
+        );
+        // Once the first one leaves, a new sender may attach.
+        let name = tx.name().to_owned();
+        drop(tx);
+        Sender::builder(&name).open().unwrap();
+    }
+
+    #[test]
+    fn receiver_leaving_disconnects_the_sender() {
+        let (mut tx, rx) = pair("rxgone", 4096, 64);
+        tx.send(b"x").unwrap();
+        drop(rx);
+        assert!(matches!(tx.send(b"y"), Err(SendError::Disconnected)));
+    }
+
+    #[test]
+    fn creator_removes_the_name_when_dropped() {
+        let name = unique("unlink");
+        let rx = Receiver::builder(&name).create().unwrap();
+        assert!(matches!(
+            Receiver::builder(&name).create(),
+            Err(OpenError::AlreadyExists { .. })
+        ));
+        drop(rx);
+        assert!(matches!(
+            Sender::builder(&name).open(),
+            Err(OpenError::NotFound { .. })
+        ));
+        assert!(!remove(&name).unwrap());
+    }
+
+    #[test]
+    fn a_sender_dead_mid_frame_is_reported_rather_than_waited_on() {
+        use layout::{frame_size, slot};
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let name = unique("abandon");
+        let mut rx = Receiver::builder(&name)
+            .capacity(4096)
+            .max_message_size(64)
+            .mode(Mode::Mpsc)
+            .create()
+            .unwrap();
+        let mut tx = Sender::builder(&name).open().unwrap();
+        tx.send(b"before").unwrap();
+
+        // Play a second sender that reserved a frame and was killed before
+        // committing it: its slot names the frame and a dead pid.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let (seg, _) =
+            segment::Segment::open(&name, segment::OpenHow::Open, &Default::default()).unwrap();
+        let h = seg.header();
+        let hole = h.head.fetch_add(frame_size(8) as u64, SeqCst);
+        let s = &h.senders[5];
+        s.busy.store(hole + 1, SeqCst);
+        s.state_pid.store(slot::pack(slot::ATTACHED, dead), SeqCst);
+        h.slots_used.fetch_max(6, SeqCst);
+
+        // The live sender's next message lands behind the hole.
+        tx.send(b"after").unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"before");
+        for _ in 0..2 {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Err(RecvError::SenderDiedMidFrame { pos, pid }) => {
+                    assert_eq!((pos, pid), (hole, dead));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn multi_producer_senders_interleave_without_loss() {
+        let name = unique("mpsc");
+        let mut rx = Receiver::builder(&name)
+            .capacity(1024)
+            .max_message_size(64)
+            .mode(Mode::Mpsc)
+            .create()
+            .unwrap();
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let mut tx = Sender::builder(&name).open().unwrap();
+                std::thread::spawn(move || {
+                    for i in 0..500u32 {
+                        let mut m = vec![t];
+                        m.extend_from_slice(&i.to_le_bytes());
+                        tx.send(&m).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u32; 4];
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let mut m = Vec::new();
+            let id = rx.recv_into(&mut m, Some(Duration::from_secs(10))).unwrap();
+            assert!(ids.insert(id));
+            let t = m[0] as usize;
+            let i = u32::from_le_bytes(m[1..5].try_into().unwrap());
+            // Each sender's messages stay in its own order.
+            assert_eq!(i, next[t]);
+            next[t] += 1;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(RecvError::Disconnected)
+        ));
+    }
+}

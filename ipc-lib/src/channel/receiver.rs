@@ -1,0 +1,424 @@
+//! The receiving end.
+
+use std::time::{Duration, Instant};
+
+use ipc_events::{ChannelKind, EventKind};
+use serde::de::DeserializeOwned;
+
+use super::error::{CodecError, OpenError, RecvError};
+use super::layout::{Layout, Mode, MAX_SENDERS};
+use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
+use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
+use super::sys::PeerWatch;
+use crate::trace;
+
+/// Empty polls between two checks that the senders' processes still live
+/// (see `Sender`'s twin constant): `try_recv` in a loop stays syscall-free
+/// nearly always.
+const LIVENESS_EVERY: u32 = 1024;
+/// Default spins on an empty ring before sleeping: about the cost of a
+/// futex round trip, so a message that is microseconds away is caught
+/// without one.
+const DEFAULT_SPINS: u32 = 200;
+
+/// Builds a [`Receiver`]. Layout settings apply when this end creates the
+/// channel and are checked against the channel when it opens one; settings
+/// left out are taken from the existing channel.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ReceiverBuilder {
+    name: String,
+    req: LayoutRequest,
+    spins: u32,
+    unlink_on_drop: bool,
+}
+
+impl ReceiverBuilder {
+    /// Bytes in the ring (rounded up to a multiple of 8). Default 1 MiB, or
+    /// four of the largest frames if that is more.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.req.capacity = Some(bytes);
+        self
+    }
+
+    /// The largest message, in bytes. Default 64 KiB (less for small rings).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.req.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Single- or multi-producer. Default [`Mode::Spsc`] when creating.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.req.mode = Some(mode);
+        self
+    }
+
+    /// How many times a blocking receive polls an empty ring before it
+    /// sleeps on the futex. 0 sleeps at once; larger values trade CPU for
+    /// latency.
+    pub fn spins(mut self, spins: u32) -> Self {
+        self.spins = spins;
+        self
+    }
+
+    /// Whether dropping this end removes the channel's name, when this end
+    /// created it. Default true.
+    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
+        self.unlink_on_drop = yes;
+        self
+    }
+
+    /// Creates the channel; fails if the name exists.
+    pub fn create(self) -> Result<Receiver, OpenError> {
+        self.build(OpenHow::Create)
+    }
+
+    /// Opens an existing channel; fails if there is none.
+    pub fn open(self) -> Result<Receiver, OpenError> {
+        self.build(OpenHow::Open)
+    }
+
+    /// Opens the channel, creating it first if needed.
+    pub fn open_or_create(self) -> Result<Receiver, OpenError> {
+        self.build(OpenHow::OpenOrCreate)
+    }
+
+    fn build(self, how: OpenHow) -> Result<Receiver, OpenError> {
+        let (mut seg, created) = Segment::open(&self.name, how, &self.req)?;
+        seg.set_unlink_on_drop(created && self.unlink_on_drop);
+        let name = display_name(&self.name).to_owned();
+        let sh = Shared::new(seg, name.clone());
+        let h = sh.header();
+        match ring::claim(&h.receiver) {
+            Claim::Claimed => {}
+            Claim::Live(pid) => {
+                return Err(OpenError::PeerAttached {
+                    name,
+                    role: "receiver",
+                    pid,
+                })
+            }
+            // Receivers have no busy word; an unreachable answer, refused
+            // rather than trusted.
+            Claim::Evidence => {
+                return Err(OpenError::CorruptHeader {
+                    name,
+                    reason: "receiver slot is marked busy".into(),
+                })
+            }
+        }
+        let consumer = match Consumer::new(&sh) {
+            Ok(c) => c,
+            Err((_, reason)) => {
+                ring::release(&h.receiver);
+                return Err(OpenError::CorruptHeader {
+                    name,
+                    reason: reason.to_string(),
+                });
+            }
+        };
+        Ok(Receiver {
+            sh,
+            consumer,
+            spins: self.spins,
+            watches: (0..MAX_SENDERS).map(|_| None).collect(),
+            empty_polls: 0,
+            failed: None,
+            scratch: Vec::new(),
+        })
+    }
+}
+
+/// The receiving end of a shared-memory channel; one per channel.
+///
+/// Receives validate every frame (marker, length, bounds, checksum) on a
+/// private copy before returning it, so a process that scribbles on the
+/// segment causes [`RecvError::Corrupt`], never a panic or a wrong message.
+/// Every successful receive traces a `msg_recv` event with the message id
+/// its sender traced.
+///
+/// [`RecvError::Disconnected`] means no sender is attached right now; a
+/// sender that attaches later (a restarted producer) makes messages flow
+/// again. After `fork`, a child must open its own end.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_lib::channel::{Receiver, RecvError, Sender};
+///
+/// let name = format!("doc-receiver-{}", std::process::id());
+/// let mut rx = Receiver::builder(&name).create()?;
+/// assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
+///
+/// let mut tx = Sender::builder(&name).open()?;
+/// tx.send(b"one")?;
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(5))?, b"one");
+///
+/// // Once every sender is gone and the ring is drained: Disconnected.
+/// tx.send(b"two")?;
+/// drop(tx);
+/// assert_eq!(rx.recv()?, b"two");
+/// assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Receiver {
+    sh: Shared,
+    consumer: Consumer,
+    spins: u32,
+    watches: Vec<Option<PeerWatch>>,
+    empty_polls: u32,
+    /// After corruption or an abandoned frame nothing further can be read;
+    /// every receive repeats the first such error.
+    failed: Option<Failure>,
+    scratch: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+enum Failure {
+    Corrupt(u64, super::error::Corruption),
+    Died(u64, u32),
+}
+
+impl Failure {
+    fn error(&self) -> RecvError {
+        match self {
+            Failure::Corrupt(pos, reason) => RecvError::Corrupt {
+                pos: *pos,
+                reason: reason.clone(),
+            },
+            Failure::Died(pos, pid) => RecvError::SenderDiedMidFrame {
+                pos: *pos,
+                pid: *pid,
+            },
+        }
+    }
+}
+
+impl Receiver {
+    /// Starts building the receiving end of channel `name` (a shared-memory
+    /// object name, with or without a leading `/`).
+    pub fn builder(name: impl Into<String>) -> ReceiverBuilder {
+        ReceiverBuilder {
+            name: name.into(),
+            req: LayoutRequest::default(),
+            spins: DEFAULT_SPINS,
+            unlink_on_drop: true,
+        }
+    }
+
+    /// The channel's name, as traced.
+    pub fn name(&self) -> &str {
+        &self.sh.name
+    }
+
+    /// The channel's layout.
+    pub fn layout(&self) -> Layout {
+        self.sh.layout
+    }
+
+    /// Takes the next message if one is waiting: [`RecvError::Empty`] if
+    /// not, [`RecvError::Disconnected`] if none can come any more. Never
+    /// sleeps, and makes no syscall except for an occasional check that the
+    /// senders live.
+    pub fn try_recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.try_recv_into(&mut out).map(|_| out)
+    }
+
+    /// Waits for the next message: spins briefly, then sleeps on a futex.
+    /// Returns [`RecvError::Disconnected`] once every sender is gone (closed
+    /// or died) and the ring is drained.
+    pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.recv_into(&mut out, None).map(|_| out)
+    }
+
+    /// [`recv`](Self::recv), giving up with [`RecvError::Timeout`] after
+    /// `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.recv_into(&mut out, Some(timeout)).map(|_| out)
+    }
+
+    /// [`try_recv`](Self::try_recv) into a buffer the caller reuses;
+    /// returns the message id. `out` holds exactly the message afterwards.
+    pub fn try_recv_into(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
+        if let Some(id) = self.pop(out)? {
+            return Ok(id);
+        }
+        self.empty_polls += 1;
+        let check = self.empty_polls >= LIVENESS_EVERY;
+        if self.senders_gone(check) {
+            // A message published just before the last sender left.
+            if let Some(id) = self.pop(out)? {
+                return Ok(id);
+            }
+            return Err(self.no_senders());
+        }
+        Err(RecvError::Empty)
+    }
+
+    /// [`recv`](Self::recv) (`timeout` `None`) or
+    /// [`recv_timeout`](Self::recv_timeout) into a buffer the caller reuses;
+    /// returns the message id.
+    pub fn recv_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, RecvError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut spins = 0;
+        let mut last_check: Option<Instant> = None;
+        loop {
+            if let Some(id) = self.pop(out)? {
+                return Ok(id);
+            }
+            // Liveness is asked of the kernel only once a slice has passed
+            // in this call; a clean close shows in the slot at once.
+            let now_check = last_check.is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
+            if now_check {
+                last_check = Some(Instant::now());
+                if let Some(e) = self.abandoned() {
+                    return Err(e);
+                }
+            }
+            if self.senders_gone(now_check) {
+                if let Some(id) = self.pop(out)? {
+                    return Ok(id);
+                }
+                return Err(self.no_senders());
+            }
+            if spins < self.spins {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            last_check.get_or_insert(now);
+            let slice = match deadline {
+                Some(d) if d <= now => return Err(RecvError::Timeout),
+                Some(d) => (d - now).min(LIVENESS_SLICE),
+                None => LIVENESS_SLICE,
+            };
+            let h = self.sh.header();
+            let (consumer, sh) = (&self.consumer, &self.sh);
+            ring::park(&h.data_futex, &h.recv_waiters, slice, || {
+                consumer.ready(sh) || senders_gone(sh, &mut [], false)
+            });
+        }
+    }
+
+    /// Receives one message and decodes it as `T` (the counterpart of
+    /// [`Sender::send_value`](super::Sender::send_value)).
+    pub fn recv_value<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+        self.value(None)
+    }
+
+    /// [`recv_value`](Self::recv_value) with a timeout.
+    pub fn recv_value_timeout<T: DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<T, RecvError> {
+        self.value(Some(timeout))
+    }
+
+    /// [`recv_value`](Self::recv_value) that never waits.
+    pub fn try_recv_value<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = self.try_recv_into(&mut buf).and_then(|id| decode(&buf, id));
+        self.scratch = buf;
+        r
+    }
+
+    fn value<T: DeserializeOwned>(&mut self, timeout: Option<Duration>) -> Result<T, RecvError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = self
+            .recv_into(&mut buf, timeout)
+            .and_then(|id| decode(&buf, id));
+        self.scratch = buf;
+        r
+    }
+
+    /// One step of the ring, with corruption made sticky and the receive
+    /// traced.
+    fn pop(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
+        if let Some(f) = &self.failed {
+            return Err(f.error());
+        }
+        match self.consumer.try_pop(&self.sh, out) {
+            Ok(Some(id)) => {
+                self.empty_polls = 0;
+                trace::emit(
+                    EventKind::MsgRecv,
+                    ChannelKind::IpclibChannel,
+                    &self.sh.name,
+                    out.len() as u64,
+                    id,
+                );
+                Ok(Some(id))
+            }
+            Ok(None) => Ok(None),
+            Err(reason) => {
+                out.clear();
+                let f = Failure::Corrupt(self.consumer.position(), reason);
+                let e = f.error();
+                self.failed = Some(f);
+                Err(e)
+            }
+        }
+    }
+
+    /// The error once no sender is left: Disconnected, unless a sender died
+    /// holding a reserved frame, behind which later messages are stuck.
+    fn no_senders(&mut self) -> RecvError {
+        self.abandoned().unwrap_or(RecvError::Disconnected)
+    }
+
+    /// Multi-producer: the error for a frame whose writer died, made sticky.
+    fn abandoned(&mut self) -> Option<RecvError> {
+        let pid = self.consumer.abandoned(&self.sh, &mut self.watches)?;
+        let f = Failure::Died(self.consumer.position(), pid);
+        let e = f.error();
+        self.failed = Some(f);
+        Some(e)
+    }
+
+    fn senders_gone(&mut self, check: bool) -> bool {
+        if check {
+            self.empty_polls = 0;
+        }
+        senders_gone(&self.sh, &mut self.watches, check)
+    }
+}
+
+/// True when at least one sender attached and none is attached now. Without
+/// `check` only clean closes count (no syscall); with it, deaths too.
+fn senders_gone(sh: &Shared, watches: &mut [Option<PeerWatch>], check: bool) -> bool {
+    let h = sh.header();
+    let mut any = false;
+    for (i, s) in h.senders.iter().enumerate().take(ring::used_slots(h)) {
+        let mut none = None;
+        let w = watches.get_mut(i).unwrap_or(&mut none);
+        match ring::observe(s, w, check) {
+            PeerState::Alive => return false,
+            PeerState::Gone => any = true,
+            PeerState::Never => {}
+        }
+    }
+    any
+}
+
+fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
+    postcard::from_bytes(buf).map_err(|e| RecvError::Decode {
+        msg_id,
+        source: CodecError::from(e),
+    })
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        ring::release(&self.sh.header().receiver);
+        // Senders asleep on a full ring learn now that nobody will drain it.
+        self.sh.wake_everyone();
+    }
+}

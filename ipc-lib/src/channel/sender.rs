@@ -1,0 +1,367 @@
+//! The sending end.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ipc_events::{ChannelKind, EventKind};
+use serde::Serialize;
+
+use super::error::{CodecError, OpenError, SendError};
+use super::layout::{Layout, Mode};
+use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
+use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
+use super::sys::PeerWatch;
+use crate::trace;
+
+/// What [`Sender::send`] does when the channel is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait until the receiver makes room (spinning briefly, then sleeping
+    /// on a futex), or until it is gone.
+    #[default]
+    Block,
+    /// Return [`SendError::Full`] at once.
+    Error,
+}
+
+/// How many sends pass between two checks that the receiver's process still
+/// lives when nothing else prompts one: a check is a syscall, so it is
+/// amortised, and a dead receiver is still reported long before the ring
+/// could fill.
+const LIVENESS_EVERY: u32 = 1024;
+/// Spins on a full ring before sleeping.
+const SPINS: u32 = 100;
+
+/// Builds a [`Sender`]. Layout settings apply when this end creates the
+/// channel and are checked against the channel when it opens one; settings
+/// left out are taken from the existing channel.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SenderBuilder {
+    name: String,
+    req: LayoutRequest,
+    when_full: WhenFull,
+    unlink_on_drop: bool,
+}
+
+impl SenderBuilder {
+    /// Bytes in the ring (rounded up to a multiple of 8). Default 1 MiB, or
+    /// four of the largest frames if that is more.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.req.capacity = Some(bytes);
+        self
+    }
+
+    /// The largest message, in bytes. Default 64 KiB (less for small rings).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.req.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Single- or multi-producer. Default [`Mode::Spsc`] when creating.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.req.mode = Some(mode);
+        self
+    }
+
+    /// What [`Sender::send`] does on a full channel. Default
+    /// [`WhenFull::Block`].
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// Whether dropping this end removes the channel's name, when this end
+    /// created it. Default true: the name does not outlive its creator, and
+    /// the mapping lives on for whoever already opened it.
+    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
+        self.unlink_on_drop = yes;
+        self
+    }
+
+    /// Creates the channel; fails if the name exists.
+    pub fn create(self) -> Result<Sender, OpenError> {
+        self.build(OpenHow::Create)
+    }
+
+    /// Opens an existing channel; fails if there is none.
+    pub fn open(self) -> Result<Sender, OpenError> {
+        self.build(OpenHow::Open)
+    }
+
+    /// Opens the channel, creating it first if needed.
+    pub fn open_or_create(self) -> Result<Sender, OpenError> {
+        self.build(OpenHow::OpenOrCreate)
+    }
+
+    fn build(self, how: OpenHow) -> Result<Sender, OpenError> {
+        let (mut seg, created) = Segment::open(&self.name, how, &self.req)?;
+        seg.set_unlink_on_drop(created && self.unlink_on_drop);
+        let name = display_name(&self.name).to_owned();
+        let sh = Shared::new(seg, name.clone());
+        let h = sh.header();
+        let slots = sh.layout.mode.sender_slots();
+        let mut slot = None;
+        let mut holder = 0;
+        for (i, s) in h.senders.iter().enumerate().take(slots) {
+            match ring::claim(s) {
+                Claim::Claimed => {
+                    h.slots_used.fetch_max(i as u32 + 1, Ordering::AcqRel);
+                    slot = Some(i);
+                    break;
+                }
+                Claim::Live(pid) => holder = pid,
+                Claim::Evidence => {}
+            }
+        }
+        let Some(slot) = slot else {
+            return Err(match sh.layout.mode {
+                Mode::Spsc => OpenError::PeerAttached {
+                    name,
+                    role: "sender",
+                    pid: holder,
+                },
+                Mode::Mpsc => OpenError::NoSenderSlot { name, max: slots },
+            });
+        };
+        let producer = match Producer::new(&sh, slot) {
+            Ok(p) => p,
+            Err(reason) => {
+                ring::release(&h.senders[slot]);
+                return Err(OpenError::CorruptHeader {
+                    name,
+                    reason: reason.to_string(),
+                });
+            }
+        };
+        Ok(Sender {
+            sh,
+            producer,
+            when_full: self.when_full,
+            watch: None,
+            sends_since_check: 0,
+            full_streak: 0,
+            scratch: Vec::new(),
+        })
+    }
+}
+
+/// The sending end of a shared-memory channel.
+///
+/// Every successful send traces a `msg_send` event carrying the message id
+/// that the receiver's `msg_recv` event carries too.
+///
+/// In a [`Mode::Spsc`] channel there is one sender at a time; in a
+/// [`Mode::Mpsc`] channel each sender, in this process or another, opens its
+/// own `Sender`. A sender whose process dies frees its place for a new one.
+/// After `fork`, a child must open its own end: the inherited one still
+/// names the parent's pid.
+///
+/// ```
+/// use ipc_lib::channel::{Receiver, Sender, WhenFull};
+///
+/// let name = format!("doc-sender-{}", std::process::id());
+/// let mut rx = Receiver::builder(&name).capacity(4096).max_message_size(256).create()?;
+/// let mut tx = Sender::builder(&name).when_full(WhenFull::Error).open()?;
+/// let id = tx.send(b"hello")?;
+/// assert_eq!(rx.recv()?, b"hello");
+/// assert!(id >= 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Sender {
+    sh: Shared,
+    producer: Producer,
+    when_full: WhenFull,
+    watch: Option<PeerWatch>,
+    sends_since_check: u32,
+    /// Consecutive `Full` answers; a caller polling a full channel asks the
+    /// kernel about the receiver only on every 64th.
+    full_streak: u32,
+    scratch: Vec<u8>,
+}
+
+/// How long a send may wait for space.
+#[derive(Clone, Copy)]
+enum Wait {
+    No,
+    Until(Option<Instant>),
+}
+
+impl Sender {
+    /// Starts building the sending end of channel `name` (a shared-memory
+    /// object name, with or without a leading `/`).
+    pub fn builder(name: impl Into<String>) -> SenderBuilder {
+        SenderBuilder {
+            name: name.into(),
+            req: LayoutRequest::default(),
+            when_full: WhenFull::default(),
+            unlink_on_drop: true,
+        }
+    }
+
+    /// The channel's name, as traced.
+    pub fn name(&self) -> &str {
+        &self.sh.name
+    }
+
+    /// The channel's layout.
+    pub fn layout(&self) -> Layout {
+        self.sh.layout
+    }
+
+    /// Sends one message and returns its id. On a full channel, blocks or
+    /// returns [`SendError::Full`] as the builder chose
+    /// ([`SenderBuilder::when_full`]).
+    pub fn send(&mut self, msg: &[u8]) -> Result<u64, SendError> {
+        let wait = match self.when_full {
+            WhenFull::Block => Wait::Until(None),
+            WhenFull::Error => Wait::No,
+        };
+        self.send_inner(msg, wait)
+    }
+
+    /// Sends one message if there is room now, whatever the builder chose.
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<u64, SendError> {
+        self.send_inner(msg, Wait::No)
+    }
+
+    /// Sends one message, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<u64, SendError> {
+        self.send_inner(msg, Wait::Until(Instant::now().checked_add(timeout)))
+    }
+
+    /// Serializes `value` (postcard: compact, varint-encoded) and sends it
+    /// as [`send`](Self::send) does. Receive it with
+    /// [`Receiver::recv_value`](super::Receiver::recv_value).
+    ///
+    /// ```
+    /// use ipc_lib::channel::{Receiver, Sender};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    /// struct Job { id: u32, path: String }
+    ///
+    /// let name = format!("doc-typed-{}", std::process::id());
+    /// let mut rx = Receiver::builder(&name).create()?;
+    /// let mut tx = Sender::builder(&name).open()?;
+    /// tx.send_value(&Job { id: 7, path: "/tmp/x".into() })?;
+    /// let job: Job = rx.recv_value()?;
+    /// assert_eq!(job, Job { id: 7, path: "/tmp/x".into() });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<u64, SendError> {
+        let buf = self.encode(value)?;
+        let r = self.send(&buf);
+        self.scratch = buf;
+        r
+    }
+
+    /// [`send_value`](Self::send_value) that never waits for room.
+    pub fn try_send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<u64, SendError> {
+        let buf = self.encode(value)?;
+        let r = self.try_send(&buf);
+        self.scratch = buf;
+        r
+    }
+
+    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, SendError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        postcard::to_extend(value, buf).map_err(|e| SendError::Encode(CodecError::from(e)))
+    }
+
+    fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {
+        let max = self.sh.layout.max_message_size;
+        if msg.len() > max {
+            return Err(SendError::TooLarge {
+                len: msg.len(),
+                max,
+            });
+        }
+        // A clean close is one load away; a death costs a syscall to see, so
+        // it is looked for only every so often and whenever we would wait.
+        self.sends_since_check += 1;
+        let check = self.sends_since_check >= LIVENESS_EVERY;
+        if self.receiver_gone(check) {
+            return Err(SendError::Disconnected);
+        }
+        let mut spins = 0;
+        // Set when the first wait starts: the fast path reads no clock.
+        let mut last_check: Option<Instant> = None;
+        loop {
+            if let Some(id) = self
+                .producer
+                .try_push(&self.sh, msg)
+                .map_err(SendError::Corrupt)?
+            {
+                self.full_streak = 0;
+                trace::emit(
+                    EventKind::MsgSend,
+                    ChannelKind::IpclibChannel,
+                    &self.sh.name,
+                    msg.len() as u64,
+                    id,
+                );
+                return Ok(id);
+            }
+            let deadline = match wait {
+                Wait::No => {
+                    // Full because the receiver died is Disconnected, not a
+                    // reason to retry.
+                    let check = self.full_streak.is_multiple_of(64);
+                    self.full_streak = self.full_streak.wrapping_add(1);
+                    return Err(if self.receiver_gone(check) {
+                        SendError::Disconnected
+                    } else {
+                        SendError::Full
+                    });
+                }
+                Wait::Until(deadline) => deadline,
+            };
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            let since = *last_check.get_or_insert(now);
+            if now.duration_since(since) >= LIVENESS_SLICE {
+                last_check = Some(now);
+                if self.receiver_gone(true) {
+                    return Err(SendError::Disconnected);
+                }
+            }
+            let slice = match deadline {
+                Some(d) if d <= now => return Err(SendError::Timeout),
+                Some(d) => (d - now).min(LIVENESS_SLICE),
+                None => LIVENESS_SLICE,
+            };
+            let h = self.sh.header();
+            let (producer, sh) = (&self.producer, &self.sh);
+            ring::park(&h.space_futex, &h.send_waiters, slice, || {
+                producer.has_space(sh, msg.len())
+                    || ring::observe(&h.receiver, &mut None, false) == PeerState::Gone
+            });
+        }
+    }
+
+    /// Whether the receiver closed its end or (with `check`) its process
+    /// died. A receiver that never attached is not gone: messages wait for
+    /// it.
+    fn receiver_gone(&mut self, check: bool) -> bool {
+        if check {
+            self.sends_since_check = 0;
+        }
+        ring::observe(&self.sh.header().receiver, &mut self.watch, check) == PeerState::Gone
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        ring::release(&self.sh.header().senders[self.producer.slot()]);
+        // A receiver asleep on an empty ring must learn now, not a slice
+        // later, that it may be disconnected.
+        self.sh.wake_everyone();
+    }
+}

@@ -1,0 +1,299 @@
+//! The tracer: operations become [`ipc_events::raw::RawEvent`] records in
+//! this process's event ring (layout: [`ipc_events::ring`]).
+//!
+//! The ring is attached lazily, on the first traced operation: when
+//! `ipcscope record` runs this process it sets [`SOCKET_ENV`], and the
+//! tracer creates a memfd ring, hands its fd to the recorder over that
+//! socket, and from then on writes events with no syscall at all. Without
+//! the variable, or if anything in that fails, tracing is off: one relaxed
+//! load per operation, and the application never notices. A full ring
+//! refuses events and counts them, which the recorder stores as drops:
+//! tracing never blocks.
+//!
+//! After `fork` the child must not write into its parent's ring (the
+//! collector checks that every event's pid is the ring owner's), so an
+//! atfork handler resets the child to re-attach with a ring of its own.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
+
+use ipc_events::raw::{RawEvent, MAX_NAME};
+use ipc_events::ring::{
+    self, Hello, RingHeader, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY, SOCKET_ENV,
+};
+use ipc_events::{ChannelKind, EventKind};
+
+/// Ring size when `IPCSCOPE_RING_BYTES` does not say otherwise: about
+/// 40,000 events, tens of milliseconds of a busy process, which the
+/// collector drains every millisecond.
+const DEFAULT_CAPACITY: u32 = 4 << 20;
+
+const UNKNOWN: u8 = 0;
+const INITIALIZING: u8 = 1;
+const OFF: u8 = 2;
+const ON: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// The mapped ring; valid while STATE is ON.
+static RING: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+static CAPACITY: AtomicU32 = AtomicU32::new(0);
+static PID: AtomicU32 = AtomicU32::new(0);
+/// The registration socket, kept open so the recorder sees this process end.
+static SOCKET: AtomicI32 = AtomicI32::new(-1);
+
+thread_local! {
+    /// This thread's tid and comm, read once: both are syscalls.
+    static THREAD: Cell<Option<(u32, [u8; 16])>> = const { Cell::new(None) };
+}
+
+/// Whether events are being recorded (attaching first if this is the first
+/// question asked).
+#[inline]
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        ON => true,
+        OFF => false,
+        _ => attach_slow(),
+    }
+}
+
+/// Records one operation on a named IPC object: `size` bytes, the frame's
+/// `msg_id` (0 when the operation carries no message).
+#[inline]
+pub(crate) fn emit(kind: EventKind, channel: ChannelKind, name: &str, size: u64, msg_id: u64) {
+    // The tracing crate's view of the same operation, for the application's
+    // own subscribers; cheap when none listens.
+    tracing::trace!(target: "ipc_lib", kind = kind.as_str(), channel = channel.as_str(), name, size, msg_id);
+    if !enabled() {
+        return;
+    }
+    let (tid, comm) = thread_identity();
+    let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
+    let raw = RawEvent {
+        ts_ns: monotonic_ns(),
+        pid: PID.load(Ordering::Relaxed),
+        tid,
+        kind: kind.code(),
+        chan_kind: channel.code(),
+        // Clamped to MAX_NAME (255) above.
+        name_len: name.len() as u16,
+        msg_id,
+        size,
+        comm,
+        ..RawEvent::default()
+    };
+    write(&raw, name);
+}
+
+/// Events this process's ring refused because it was full.
+pub fn dropped() -> u64 {
+    ring().map_or(0, |header| header.dropped.load(Ordering::Relaxed))
+}
+
+fn ring() -> Option<&'static RingHeader> {
+    let base = NonNull::new(RING.load(Ordering::Acquire))?;
+    // SAFETY: RING points at a live MAP_SHARED mapping that is never
+    // unmapped (it lives until the process ends), and its first bytes are a
+    // RingHeader that attach() initialised.
+    Some(unsafe { &*base.as_ptr().cast::<RingHeader>() })
+}
+
+/// Appends a record to the ring; a full ring counts it and moves on.
+fn write(raw: &RawEvent, name: &[u8]) {
+    let base = RING.load(Ordering::Acquire);
+    if base.is_null() {
+        return;
+    }
+    // SAFETY: RING is only ever a live ring mapping that attach() set up
+    // with ring::init and never unmaps; names are clamped to MAX_NAME.
+    unsafe { ring::write(base, raw, name) };
+}
+
+#[cold]
+fn attach_slow() -> bool {
+    match STATE.compare_exchange(UNKNOWN, INITIALIZING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            let on = match std::env::var_os(SOCKET_ENV) {
+                None => false,
+                Some(path) => match attach(&path) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Tracing must never break the application: say why
+                        // once and carry on untraced.
+                        eprintln!(
+                            "ipc-lib: not tracing: cannot attach to ipcscope at {}: {e}",
+                            path.to_string_lossy()
+                        );
+                        false
+                    }
+                },
+            };
+            STATE.store(if on { ON } else { OFF }, Ordering::Release);
+            on
+        }
+        Err(_) => {
+            // Another thread is attaching; it takes microseconds.
+            while STATE.load(Ordering::Acquire) == INITIALIZING {
+                std::thread::yield_now();
+            }
+            STATE.load(Ordering::Acquire) == ON
+        }
+    }
+}
+
+fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
+    let capacity = std::env::var("IPCSCOPE_RING_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(DEFAULT_CAPACITY, |c| {
+            c.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two()
+        });
+    let len = HEADER_SIZE + capacity as usize;
+    // SAFETY: the name is a NUL-terminated literal; memfd_create has no
+    // other preconditions.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"ipcscope-ring".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscall on our own fd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The collector maps this memory: sealing its size means no one (this
+    // process included) can shrink it under that mapping and crash the
+    // collector with SIGBUS. The collector refuses unsealed rings.
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on our own memfd, created with MFD_ALLOW_SEALING.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: mapping len bytes of a file we just sized to len; the result
+    // is checked against MAP_FAILED before use.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = std::process::id();
+    // SAFETY: base is a fresh, zeroed, page-aligned mapping of
+    // HEADER_SIZE + capacity bytes that nothing else references yet, and
+    // capacity was clamped to a power of two in range.
+    unsafe { ring::init(base.cast(), capacity, pid) };
+    let socket = UnixStream::connect(path)?;
+    send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd())?;
+
+    PID.store(pid, Ordering::Relaxed);
+    CAPACITY.store(capacity, Ordering::Relaxed);
+    RING.store(base.cast(), Ordering::Release);
+    SOCKET.store(
+        std::os::fd::IntoRawFd::into_raw_fd(socket),
+        Ordering::Relaxed,
+    );
+    register_atfork();
+    Ok(())
+}
+
+fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: i32) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // Room for one fd, aligned as cmsghdr requires.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
+    debug_assert!(space <= size_of_val(&control));
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `space` writable, aligned bytes, so the
+    // first header and its data fit; CMSG_* only compute addresses in it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+    }
+    // SAFETY: msg and everything it points to live across the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    match sent {
+        n if n == bytes.len() as isize => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short registration write",
+        )),
+    }
+}
+
+fn register_atfork() {
+    static REGISTERED: AtomicU8 = AtomicU8::new(0);
+    if REGISTERED.swap(1, Ordering::Relaxed) == 0 {
+        // SAFETY: the handler is a plain extern "C" fn that only touches
+        // atomics, a thread-local Cell and close(2): all async-signal-safe
+        // enough for the child side of fork.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    }
+}
+
+/// In a forked child: forget the parent's ring and socket, so the first
+/// traced operation attaches a ring of the child's own.
+extern "C" fn after_fork_in_child() {
+    RING.store(ptr::null_mut(), Ordering::Release);
+    let fd = SOCKET.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: fd was our registration socket, inherited by this child;
+        // the parent keeps its own copy.
+        unsafe { libc::close(fd) };
+    }
+    THREAD.with(|t| t.set(None));
+    STATE.store(UNKNOWN, Ordering::Release);
+}
+
+fn thread_identity() -> (u32, [u8; 16]) {
+    THREAD.with(|t| {
+        if let Some(id) = t.get() {
+            return id;
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let mut comm = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
+        unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr()) };
+        t.set(Some((tid, comm)));
+        (tid, comm)
+    })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid and writable; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

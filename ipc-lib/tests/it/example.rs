@@ -1,0 +1,38 @@
+//! The `producer_consumer` example, run as users run it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `cargo test` builds the examples next to the test binaries
+/// (`target/<profile>/examples`), but does not name them in the environment
+/// as it does `[[bin]]` targets.
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.exists().then_some(path)
+}
+
+#[test]
+fn producer_consumer_delivers_every_message_intact() {
+    let Some(bin) = example("producer_consumer") else {
+        // Only `cargo test --test it` alone skips building examples.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "producer_consumer example not built"
+        );
+        eprintln!("producer_consumer example not built; skipped");
+        return;
+    };
+    for (n, size) in [("3000", "100"), ("200", "70000"), ("1000", "0")] {
+        let out = Command::new(&bin)
+            .args(["--messages", n, "--size", size])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "--messages {n} --size {size}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

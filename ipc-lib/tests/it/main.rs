@@ -1,0 +1,13 @@
+//! ipc-lib's integration tests: one binary (see STYLE.md), real processes.
+//!
+//! Tests that need a second process re-execute this binary with
+//! `--exact child::role_entry` and an environment variable naming the role
+//! (see `support::spawn`); in an ordinary run that test does nothing.
+
+mod child;
+mod corruption;
+mod cross_process;
+mod example;
+mod open_layout;
+mod props;
+mod support;

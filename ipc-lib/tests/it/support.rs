@@ -1,0 +1,211 @@
+//! Helpers shared by the integration tests: unique names, child processes,
+//! message patterns, and a "hostile writer" view of a channel segment.
+
+use std::ffi::CString;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ipc_lib::channel::{OpenError, Receiver, Sender};
+
+pub const ROLE_VAR: &str = "IPCLIB_IT_ROLE";
+pub const NAME_VAR: &str = "IPCLIB_IT_NAME";
+pub const ARG_VAR: &str = "IPCLIB_IT_ARG";
+
+/// Long enough for a loaded CI machine, short enough that a broken test
+/// fails rather than hangs.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A channel name no other test, process or run uses.
+pub fn unique_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "ipclib-it-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes the name whatever happens to the test (a child killed before it
+/// could clean up leaves it behind otherwise).
+pub struct NameGuard(pub String);
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        let _ = ipc_lib::channel::remove(&self.0);
+    }
+}
+
+/// Starts this test binary again as a child playing `role` on channel
+/// `name`.
+pub fn spawn(role: &str, name: &str, arg: &str) -> Child {
+    let exe = std::env::current_exe().expect("test binary path");
+    Command::new(exe)
+        .args([
+            "--exact",
+            "child::role_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE_VAR, role)
+        .env(NAME_VAR, name)
+        .env(ARG_VAR, arg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// Waits for a child's exit, bounded; kills it if it overstays.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Retries `open` while the channel does not exist yet (the child creating
+/// it is still starting).
+pub fn open_when_ready<T>(mut open: impl FnMut() -> Result<T, OpenError>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match open() {
+            Ok(t) => return t,
+            Err(OpenError::NotFound { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(e) => panic!("open failed: {e}"),
+        }
+    }
+}
+
+pub fn open_sender(name: &str) -> Sender {
+    open_when_ready(|| Sender::builder(name).open())
+}
+
+pub fn open_receiver(name: &str) -> Receiver {
+    open_when_ready(|| Receiver::builder(name).open())
+}
+
+/// The size of message `i` when sizes vary up to `max`.
+pub fn size_of_msg(i: u64, max: usize) -> usize {
+    ((i.wrapping_mul(2_654_435_761) >> 7) as usize) % (max + 1)
+}
+
+/// Message `i`'s content: its index, then a stream seeded by it, so a
+/// message out of order, truncated or altered is caught.
+pub fn pattern(i: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&i.to_le_bytes()[..len.min(8)]);
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out
+}
+
+/// A test's own mapping of a channel segment, to play the hostile writer:
+/// it writes whatever it likes, with atomic stores so the test itself has no
+/// data race with the channel ends in the same process.
+pub struct Hostile {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Hostile {
+    pub fn map(name: &str) -> Hostile {
+        let path = CString::new(format!("/{name}")).unwrap();
+        // SAFETY: a NUL-terminated path; the fd is closed below.
+        let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR, 0) };
+        assert!(
+            fd >= 0,
+            "shm_open {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: zeroed stat is valid for fstat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and a writable stat.
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        let len = st.st_size as usize;
+        // SAFETY: a fresh shared mapping at a kernel-chosen address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        // SAFETY: the mapping keeps its own reference to the object.
+        unsafe { libc::close(fd) };
+        assert_ne!(p, libc::MAP_FAILED);
+        Hostile { ptr: p.cast(), len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
+        assert!(off.is_multiple_of(8) && off + 8 <= self.len, "offset {off}");
+        // SAFETY: in bounds and 8-aligned (page-aligned mapping); the
+        // mapping lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(off).cast()) }
+    }
+
+    pub fn read_u64(&self, off: usize) -> u64 {
+        self.word(off).load(Ordering::SeqCst)
+    }
+
+    pub fn write_u64(&self, off: usize, v: u64) {
+        self.word(off).store(v, Ordering::SeqCst)
+    }
+
+    /// Writes a 32-bit value into one half of its aligned word.
+    pub fn write_u32(&self, off: usize, v: u32) {
+        let base = off & !7;
+        let shift = (off - base) * 8;
+        let w = self.read_u64(base);
+        let mask = 0xFFFF_FFFFu64 << shift;
+        self.write_u64(base, (w & !mask) | (u64::from(v) << shift));
+    }
+
+    /// XORs one byte, leaving the rest of its word alone.
+    pub fn flip_byte(&self, off: usize, mask: u8) {
+        let base = off & !7;
+        let shift = (off - base) * 8;
+        self.word(base)
+            .fetch_xor(u64::from(mask) << shift, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `map`; no reference outlives
+        // `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+// SAFETY: only raw atomics are reached through the pointer.
+unsafe impl Send for Hostile {}
+// SAFETY: as above.
+unsafe impl Sync for Hostile {}
