@@ -120,7 +120,15 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
     let Some(header) = header else {
         return Err(StoreError::NotSqlite { path: path.into() });
     };
-    if let Some(expected) = header.described_len() {
+    // With a WAL beside it the main file may be shorter than its header
+    // says: a checkpoint writes page 1 before the pages that extend the
+    // file, and a recorder killed mid-checkpoint leaves it so, with every
+    // page still in the WAL. SQLite recovers that; only judge the length
+    // when there is no WAL to recover from.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_pending = fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    if let Some(expected) = header.described_len().filter(|_| !wal_pending) {
         if expected > meta.len() {
             return Err(StoreError::Truncated {
                 path: path.into(),
@@ -364,7 +372,27 @@ impl Store {
         Ok(row.is_some_and(|r| r.len() == 1))
     }
 
+    /// Checkpoints the WAL into the main file, then closes. The checkpoint
+    /// runs on a connection taken out of the pool and closed here, awaited:
+    /// a pooled connection is handed back by a spawned task, which may not
+    /// have run (and closed the SQLite handle) by the time the pool's own
+    /// close returns or the process exits.
     pub async fn close(self) {
+        match self.pool.acquire().await {
+            Ok(mut conn) => {
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut *conn)
+                    .await
+                {
+                    // Not fatal: the WAL keeps every committed page.
+                    tracing::warn!("checkpointing {}: {e}", self.path.display());
+                }
+                if let Err(e) = conn.detach().close().await {
+                    tracing::warn!("closing {}: {e}", self.path.display());
+                }
+            }
+            Err(e) => tracing::warn!("checkpointing {}: {e}", self.path.display()),
+        }
         self.pool.close().await;
     }
 }

@@ -363,6 +363,14 @@ async fn a_full_queue_counts_drops_instead_of_blocking() {
     );
 }
 
+/// A plain SQLite connection standing in for another program, waiting for
+/// locks as a well-behaved one would.
+fn sqlite_shell(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
 fn assert_untouched(path: &Path, before: &[u8]) {
     assert_eq!(std::fs::read(path).unwrap(), before, "file was modified");
     for suffix in ["-wal", "-shm", "-journal"] {
@@ -394,7 +402,7 @@ async fn a_truncated_database_is_refused_untouched() {
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
     store.close().await;
     // Make the page count in the header trustworthy (checkpointed, not WAL).
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = sqlite_shell(&path);
     conn.execute_batch("PRAGMA journal_mode = DELETE;").unwrap();
     drop(conn);
     let full = std::fs::read(&path).unwrap();
@@ -405,13 +413,55 @@ async fn a_truncated_database_is_refused_untouched() {
     assert_untouched(&path, &cut);
 }
 
+/// A recorder killed mid-checkpoint leaves the main file shorter than its
+/// header says, with the pages in the WAL: that database is fine, not
+/// truncated.
+#[tokio::test]
+async fn a_short_main_file_with_its_wal_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    store.close().await;
+    // Keep the WAL (no checkpoint on close), grow the database inside it,
+    // then cut the main file back as an interrupted checkpoint would leave
+    // it: page 1 rewritten with the new size, the rest not yet written.
+    let conn = sqlite_shell(&path);
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+        .unwrap();
+    let grown: Vec<u8> = {
+        conn.execute_batch(
+            "CREATE TABLE scratch (x BLOB); INSERT INTO scratch VALUES (zeroblob(200000));",
+        )
+        .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);")
+            .unwrap();
+        let after = std::fs::read(&path).unwrap();
+        assert!(after.len() > before.len());
+        let mut short = after[..before.len()].to_vec();
+        short[..100].copy_from_slice(&after[..100]);
+        short
+    };
+    std::mem::forget(conn); // a killed process does not close cleanly
+    std::fs::write(&path, &grown).unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL still holds the pages"
+    );
+    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    assert!(store.has_session(session).await.unwrap());
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.db");
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
     store.close().await;
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = sqlite_shell(&path);
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = DELETE; PRAGMA user_version = {};",
         schema_version() + 1
@@ -435,7 +485,7 @@ async fn a_newer_schema_is_refused_untouched() {
 async fn someone_elses_sqlite_database_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = sqlite_shell(&path);
     conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);")
         .unwrap();
     drop(conn);
