@@ -3,15 +3,25 @@
 //! turns what they write into [`Event`]s.
 //!
 //! The kernel does the filtering: a process that is not followed costs one
-//! hash lookup per tracepoint hit and never reaches user space. Following
-//! starts from a pid registered with [`Probes::track`] (typically the
+//! hash lookup per tracepoint hit and never reaches user space.
+//!
+//! What the probes report: the process tree (fork, exec, exit), signals
+//! (generated and delivered), and messages: `read`/`write`/`readv`/
+//! `writev`/`recvfrom`/`sendto`/`recvmsg`/`sendmsg` on pipes, FIFOs and
+//! Unix sockets, identified in the kernel by walking the fd table to the
+//! inode (and the peer's, for a socket). Kernel struct offsets come from
+//! BTF (`btf`) and tracepoint field offsets from tracefs (`format`).
+//!
+//! Following starts from a pid registered with [`Probes::track`] (typically the
 //! recorder itself, as a *launcher*) and the probes extend it to every
 //! process forked below it, in the kernel, before the child first runs.
 
 use std::io;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, TracePoint};
+use aya::programs::raw_trace_point::RawTracePointLink;
+use aya::programs::trace_point::TracePointLink;
+use aya::programs::{ProgramError, RawTracePoint, TracePoint};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use ipc_events::{decode, DecodeError, Event, Source};
@@ -20,19 +30,64 @@ use tokio::io::Interest;
 
 use crate::platform::{self, Capabilities};
 
+mod btf;
 mod format;
 
 /// The compiled probes. aya-build names the object after probe-ebpf's bin
 /// target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
 
-/// The programs in [`OBJECT`] and the tracepoints they attach to, as
-/// `(program, category, tracepoint)`.
-const PROGRAMS: [(&str, &str, &str); 3] = [
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("task_newtask", "task", "task_newtask"),
+/// The tracepoint programs in [`OBJECT`] and the tracepoints each attaches
+/// to, as `(program, category, tracepoints)`. One program serves several
+/// syscalls: they differ only in which tracepoint fired, and the fields it
+/// reads sit at the same offsets in each (checked by `format::offsets`).
+const PROGRAMS: [(&str, &str, &[&str]); 7] = [
+    ("sched_process_exit", "sched", &["sched_process_exit"]),
+    ("sched_process_exec", "sched", &["sched_process_exec"]),
+    ("task_newtask", "task", &["task_newtask"]),
+    ("signal_deliver", "signal", &["signal_deliver"]),
+    (
+        "sys_enter_send",
+        "syscalls",
+        &[
+            "sys_enter_write",
+            "sys_enter_writev",
+            "sys_enter_sendto",
+            "sys_enter_sendmsg",
+        ],
+    ),
+    (
+        "sys_enter_recv",
+        "syscalls",
+        &[
+            "sys_enter_read",
+            "sys_enter_readv",
+            "sys_enter_recvfrom",
+            "sys_enter_recvmsg",
+        ],
+    ),
+    (
+        "sys_exit_msg",
+        "syscalls",
+        &[
+            "sys_exit_write",
+            "sys_exit_writev",
+            "sys_exit_sendto",
+            "sys_exit_sendmsg",
+            "sys_exit_read",
+            "sys_exit_readv",
+            "sys_exit_recvfrom",
+            "sys_exit_recvmsg",
+        ],
+    ),
 ];
+
+/// Raw tracepoint programs, as `(program, tracepoint)`: used where the
+/// tracepoint's published record lacks what the probe needs. signal_generate
+/// names its target task only by pid (a thread id); the raw tracepoint hands
+/// over the `task_struct`, whose tgid the probe reads (its prototype is
+/// checked against BTF in `btf::kernel_offsets`).
+const RAW_PROGRAMS: [(&str, &str); 1] = [("signal_generate", "signal_generate")];
 
 /// `TRACKED` value bits; probe-ebpf's `flag` module holds the same values.
 mod flag {
@@ -115,6 +170,41 @@ pub enum ProbeError {
         /// The size the kernel has; `None` when it has no such field.
         found: Option<u32>,
     },
+    /// Two tracepoints that one program reads put a field at different
+    /// offsets.
+    #[error(
+        "tracepoints {first} and {second} put field `{field}` at different offsets; \
+         the probes read both with one program"
+    )]
+    TracepointOffsetsDiffer {
+        field: &'static str,
+        first: String,
+        second: String,
+    },
+    /// The kernel's BTF could not be read.
+    #[error("cannot read the kernel's type information {}", path.display())]
+    Btf {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's BTF is not in a format this reader understands.
+    #[error("cannot parse the kernel's type information {}: {reason}", path.display())]
+    BtfFormat {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A kernel struct lacks a field the probes read, or it changed type:
+    /// this kernel's layout is one the probes do not know.
+    #[error(
+        "this kernel's {field} is not what the probes read: they expect {expected}, \
+         the kernel has {found}"
+    )]
+    KernelLayout {
+        field: String,
+        expected: String,
+        found: String,
+    },
     /// The embedded object could not be parsed or its maps created.
     #[error("cannot load the embedded eBPF object")]
     Object {
@@ -122,7 +212,7 @@ pub enum ProbeError {
         source: Box<EbpfError>,
     },
     /// The object lacks a program this loader expects: a build mismatch.
-    #[error("the embedded eBPF object has no tracepoint program `{name}`")]
+    #[error("the embedded eBPF object has no (raw) tracepoint program `{name}`")]
     MissingProgram { name: &'static str },
     /// The kernel (usually its verifier) refused a program.
     #[error("the kernel refused eBPF program `{name}`")]
@@ -135,6 +225,7 @@ pub enum ProbeError {
     #[error("cannot attach eBPF program `{name}` to tracepoint {category}:{tracepoint}")]
     Attach {
         name: &'static str,
+        /// `raw` for a raw tracepoint.
         category: &'static str,
         tracepoint: &'static str,
         #[source]
@@ -194,8 +285,37 @@ pub struct Probes {
     /// Whether a decode failure was logged yet: one warning says the
     /// object and the decoder disagree; a thousand say nothing more.
     decode_warned: bool,
-    /// Owns the programs and their tracepoint links.
+    /// The programs' attachments, owned here so that [`Drop`] can detach
+    /// them all at once.
+    links: Vec<Link>,
+    /// Owns the programs.
     _ebpf: Ebpf,
+}
+
+/// One attachment of a program to a tracepoint.
+enum Link {
+    // Held only to be dropped: dropping detaches.
+    TracePoint(#[expect(dead_code, reason = "held to be dropped")] TracePointLink),
+    Raw(#[expect(dead_code, reason = "held to be dropped")] RawTracePointLink),
+}
+
+impl Drop for Probes {
+    /// Detaching a tracepoint waits for the kernel (an RCU grace period,
+    /// about 40 ms here); one after another, the twenty attachments took
+    /// 1.5 s after every recording. Dropped on threads of their own, part
+    /// of the waits overlap (0.8 s in all; the kernel serialises the rest).
+    fn drop(&mut self) {
+        let detaching: Vec<_> = self
+            .links
+            .drain(..)
+            .map(|link| std::thread::Builder::new().spawn(move || drop(link)))
+            .collect();
+        // A thread that could not be spawned dropped its link at once; one
+        // that panicked has nothing left to do.
+        for thread in detaching.into_iter().flatten() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The ring buffer, registered with tokio on first read: loading needs no
@@ -228,19 +348,26 @@ impl Probes {
             source,
         })?;
         let offsets = format::offsets(&tracefs)?;
+        let kernel_offsets = btf::kernel_offsets(std::path::Path::new(platform::BTF_VMLINUX))?;
         raise_memlock_limit();
 
         let trace_all = u8::from(config.trace_all);
         let mut loader = EbpfLoader::new();
         loader.override_global("TRACE_ALL", &trace_all, true);
+        // Fields shared by several tracepoints repeat a global; setting it
+        // again sets the same (checked) value.
         for (field, offset) in format::FIELDS.iter().zip(&offsets) {
+            loader.override_global(field.global, offset, true);
+        }
+        for (field, offset) in btf::KERNEL_FIELDS.iter().zip(&kernel_offsets) {
             loader.override_global(field.global, offset, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|source| ProbeError::Object {
             source: Box::new(source),
         })?;
 
-        for (name, category, tracepoint) in PROGRAMS {
+        let mut links = Vec::new();
+        for (name, category, tracepoints) in PROGRAMS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram { name })?
@@ -251,14 +378,37 @@ impl Probes {
                 name,
                 source: Box::new(source),
             })?;
-            program
-                .attach(category, tracepoint)
-                .map_err(|source| ProbeError::Attach {
+            for tracepoint in tracepoints {
+                let attach_error = |source| ProbeError::Attach {
                     name,
                     category,
                     tracepoint,
                     source: Box::new(source),
-                })?;
+                };
+                let id = program.attach(category, tracepoint).map_err(attach_error)?;
+                links.push(Link::TracePoint(
+                    program.take_link(id).map_err(attach_error)?,
+                ));
+            }
+        }
+        for (name, tracepoint) in RAW_PROGRAMS {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|_| ProbeError::MissingProgram { name })?;
+            program.load().map_err(|source| ProbeError::LoadProgram {
+                name,
+                source: Box::new(source),
+            })?;
+            let attach_error = |source| ProbeError::Attach {
+                name,
+                category: "raw",
+                tracepoint,
+                source: Box::new(source),
+            };
+            let id = program.attach(tracepoint).map_err(attach_error)?;
+            links.push(Link::Raw(program.take_link(id).map_err(attach_error)?));
         }
 
         let tracked =
@@ -272,6 +422,7 @@ impl Probes {
             drops,
             ring: Ring::Idle(ring),
             decode_warned: false,
+            links,
             _ebpf: ebpf,
         })
     }
@@ -363,7 +514,8 @@ impl Probes {
     }
 
     /// Events the kernel lost: the sum of `DROPS` over CPUs, counted when
-    /// the ring buffer had no room (or `TRACKED` was full). Monotonic over
+    /// the ring buffer had no room, `TRACKED` or `PENDING` was full, or a
+    /// tracepoint field or kernel struct could not be read. Monotonic over
     /// the life of the probes.
     pub fn kernel_drops(&self) -> Result<u64, ProbeError> {
         let per_cpu = self

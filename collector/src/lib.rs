@@ -7,6 +7,7 @@
 //! nothing here reaches back into a source.
 
 pub mod clock;
+pub mod correlate;
 pub mod ebpf;
 pub mod export;
 pub mod lib_ring;

@@ -88,6 +88,17 @@ coded_enum! {
 }
 
 impl ChannelKind {
+    /// Socket kinds: identified by the inodes (or ports) of both ends.
+    pub const fn is_socket(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::UnixStream
+                | ChannelKind::UnixDgram
+                | ChannelKind::UnixSeqpacket
+                | ChannelKind::TcpLoopback
+        )
+    }
+
     /// Kinds whose identity is a name string rather than numbers.
     pub const fn is_named(self) -> bool {
         matches!(
@@ -129,14 +140,7 @@ impl ChannelId {
     /// A numerically identified object. Socket-like kinds are symmetric, so
     /// the pair is ordered to make both ends agree.
     pub fn numeric(kind: ChannelKind, a: u64, b: u64) -> Self {
-        let symmetric = matches!(
-            kind,
-            ChannelKind::UnixStream
-                | ChannelKind::UnixDgram
-                | ChannelKind::UnixSeqpacket
-                | ChannelKind::TcpLoopback
-        );
-        let (a, b) = if symmetric && b != 0 && b < a {
+        let (a, b) = if kind.is_socket() && b != 0 && b < a {
             (b, a)
         } else {
             (a, b)

@@ -93,6 +93,10 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
         })
     };
 
+    let endpoint = channel
+        .as_ref()
+        .is_some_and(|c| c.kind().is_socket())
+        .then_some(raw.obj);
     let event = Event {
         ts_ns: raw.ts_ns,
         pid: raw.pid,
@@ -106,6 +110,10 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
         result: raw.result,
         duration_ns: (raw.duration_ns != 0).then_some(raw.duration_ns),
         aux: raw.aux,
+        // Only signal_generate gives obj a meaning without an IPC object.
+        target_pid: (kind == EventKind::SignalGenerate && raw.chan_kind == chan::NONE)
+            .then_some(raw.obj as u32),
+        endpoint,
         path,
         payload: (data_len > 0).then(|| data.to_vec()),
     };
@@ -149,10 +157,14 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     let (chan_kind, obj, obj2, name): (u16, u64, u64, &[u8]) = match &event.channel {
         None => (
             chan::NONE,
-            0,
+            event.target_pid.map_or(0, u64::from),
             0,
             event.path.as_deref().unwrap_or("").as_bytes(),
         ),
+        // The end the event went through comes first, as the probes write it.
+        Some(ChannelId::Numeric { kind, a, b }) if event.endpoint == Some(*b) => {
+            (kind.code(), *b, *a, &[])
+        }
         Some(ChannelId::Numeric { kind, a, b }) => (kind.code(), *a, *b, &[]),
         Some(ChannelId::Named { kind, name }) => (kind.code(), 0, 0, name.as_bytes()),
     };
@@ -216,6 +228,40 @@ mod tests {
         let (event, used) = decode(Source::Lib, &buf).unwrap();
         assert_eq!(event, sample());
         assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn a_signal_keeps_its_target() {
+        let mut e = Event::new(1, 2, 3, Source::Ebpf, EventKind::SignalGenerate);
+        e.aux = 10;
+        e.target_pid = Some(77);
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        assert_eq!(decode(Source::Ebpf, &buf).unwrap().0, e);
+    }
+
+    #[test]
+    fn a_socket_event_keeps_the_end_it_went_through() {
+        for (obj, obj2) in [(20, 10), (10, 20)] {
+            let raw = RawEvent {
+                kind: kind::MSG_SEND,
+                chan_kind: chan::UNIX_STREAM,
+                obj,
+                obj2,
+                size: 5,
+                ..RawEvent::default()
+            };
+            let bytes = raw_bytes(raw);
+            let (e, _) = decode(Source::Ebpf, &bytes).unwrap();
+            assert_eq!(
+                e.channel,
+                Some(ChannelId::numeric(ChannelKind::UnixStream, 10, 20))
+            );
+            assert_eq!(e.endpoint, Some(obj));
+            let mut again = Vec::new();
+            encode(&e, &mut again);
+            assert_eq!(decode(Source::Ebpf, &again).unwrap().0, e);
+        }
     }
 
     #[test]

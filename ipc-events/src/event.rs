@@ -118,6 +118,15 @@ pub struct Event {
     pub duration_ns: Option<u64>,
     /// Kind-specific value; see [`crate::raw::kind`].
     pub aux: u64,
+    /// The process a signal was sent to (`signal_generate`; the raw
+    /// record's `obj`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// For an event on a socket: the inode of the end it went through. The
+    /// channel names both ends in a fixed order, so this is what tells the
+    /// two directions apart (the raw record's `obj`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<u64>,
     /// A path the event names that is not an IPC object: the program a
     /// process executed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +154,8 @@ impl Event {
             result: 0,
             duration_ns: None,
             aux: 0,
+            target_pid: None,
+            endpoint: None,
             path: None,
             payload: None,
         }

@@ -101,7 +101,10 @@ pub mod kind {
     pub const LOCK_ACQUIRE: u16 = 12;
     /// A lock was released.
     pub const LOCK_RELEASE: u16 = 13;
-    /// A signal was sent: `aux` the signal number, `obj` the target pid.
+    /// A signal was sent: `aux` the signal number, `obj` the target pid,
+    /// `obj2` the target thread, `result` what the kernel did with it
+    /// (`enum trace_signal_result`: 0 queued, 1 ignored, 2 merged into a
+    /// pending one, 3 queue full, 4 queued without its info).
     pub const SIGNAL_GENERATE: u16 = 14;
     /// A signal was delivered to `pid`: `aux` the signal number.
     pub const SIGNAL_DELIVER: u16 = 15;
@@ -124,7 +127,8 @@ pub mod chan {
     pub const PIPE: u16 = 1;
     /// `obj` FIFO inode.
     pub const FIFO: u16 = 2;
-    /// `obj` socket inode, `obj2` peer inode.
+    /// `obj` the inode of the socket end the event went through, `obj2`
+    /// its peer's (0 when it has none).
     pub const UNIX_STREAM: u16 = 3;
     pub const UNIX_DGRAM: u16 = 4;
     pub const UNIX_SEQPACKET: u16 = 5;

@@ -2,6 +2,7 @@
 //! files and, where the machine allows (CI runs as root), the real probes.
 
 mod bad_input;
+mod ebpf_ipc;
 mod lib_trace;
 mod record;
 

@@ -23,8 +23,10 @@ pub(super) struct Field {
     pub global: &'static str,
 }
 
-/// Every field the probes read (probe-ebpf's `OFFSET_*` globals).
-pub(super) const FIELDS: [Field; 5] = [
+/// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
+/// that share a global (one program attached to several tracepoints) must
+/// sit at the same offset in each, which [`offsets`] checks.
+pub(super) const FIELDS: [Field; 22] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -60,7 +62,53 @@ pub(super) const FIELDS: [Field; 5] = [
         size: 1,
         global: "OFFSET_EXIT_GROUP_DEAD",
     },
+    Field {
+        category: "signal",
+        event: "signal_deliver",
+        name: "sig",
+        size: 4,
+        global: "OFFSET_DELIVER_SIG",
+    },
+    syscall_fd("sys_enter_read"),
+    syscall_fd("sys_enter_readv"),
+    syscall_fd("sys_enter_recvfrom"),
+    syscall_fd("sys_enter_recvmsg"),
+    syscall_fd("sys_enter_write"),
+    syscall_fd("sys_enter_writev"),
+    syscall_fd("sys_enter_sendto"),
+    syscall_fd("sys_enter_sendmsg"),
+    syscall_ret("sys_exit_read"),
+    syscall_ret("sys_exit_readv"),
+    syscall_ret("sys_exit_recvfrom"),
+    syscall_ret("sys_exit_recvmsg"),
+    syscall_ret("sys_exit_write"),
+    syscall_ret("sys_exit_writev"),
+    syscall_ret("sys_exit_sendto"),
+    syscall_ret("sys_exit_sendmsg"),
 ];
+
+/// The file descriptor argument of a message syscall's entry. Syscall
+/// arguments are recorded as 8-byte words whatever their C type.
+const fn syscall_fd(event: &'static str) -> Field {
+    Field {
+        category: "syscalls",
+        event,
+        name: "fd",
+        size: 8,
+        global: "OFFSET_SYSCALL_FD",
+    }
+}
+
+/// The return value of a message syscall.
+const fn syscall_ret(event: &'static str) -> Field {
+    Field {
+        category: "syscalls",
+        event,
+        name: "ret",
+        size: 8,
+        global: "OFFSET_SYSCALL_RET",
+    }
+}
 
 /// The offset of each of [`FIELDS`] on this kernel, in the same order.
 pub(super) fn offsets(tracefs: &Path) -> Result<[u32; FIELDS.len()], ProbeError> {
@@ -91,6 +139,19 @@ pub(super) fn offsets(tracefs: &Path) -> Result<[u32; FIELDS.len()], ProbeError>
             return Err(layout(Some(size)));
         }
         *slot = offset;
+    }
+    // One program reads every tracepoint that shares a global, so they
+    // must agree on where the field is.
+    for (i, field) in FIELDS.iter().enumerate() {
+        if let Some(j) = FIELDS[..i].iter().position(|f| f.global == field.global) {
+            if out[i] != out[j] {
+                return Err(ProbeError::TracepointOffsetsDiffer {
+                    field: field.name,
+                    first: format!("{}:{}", FIELDS[j].category, FIELDS[j].event),
+                    second: format!("{}:{}", field.category, field.event),
+                });
+            }
+        }
     }
     Ok(out)
 }

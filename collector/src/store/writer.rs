@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_events::raw::drop_source;
-use ipc_events::{ChannelId, Event, EventKind};
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Sqlite, SqliteConnection};
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::{SessionId, Store, StoreError};
+use crate::correlate::{Framing, MessagePairer, Paired, Side, SignalPairer};
 
 /// Columns bound per `events` row; SQLite allows 32766 parameters per
 /// statement, which bounds rows per statement.
@@ -144,6 +145,8 @@ pub async fn spawn_writer(
             .clamp(1, MAX_PARAMS / EVENT_COLUMNS),
         channels: HashMap::new(),
         processes: HashMap::new(),
+        signals: SignalPairer::new(),
+        messages: MessagePairer::new(),
         dropped: Arc::clone(&dropped),
         dropped_stored: 0,
         stats: WriterStats::default(),
@@ -161,6 +164,12 @@ struct Writer {
     channels: HashMap<ChannelId, i64>,
     /// `processes.id` of the live incarnation of each pid.
     processes: HashMap<u32, i64>,
+    /// `signals.id` of each generated signal still waiting for its
+    /// delivery.
+    signals: SignalPairer<i64>,
+    /// Probe-seen sends and receives still waiting for their other side,
+    /// per (`channels.id`, receiving end).
+    messages: MessagePairer<(i64, u64)>,
     dropped: Arc<AtomicU64>,
     dropped_stored: u64,
     stats: WriterStats,
@@ -212,6 +221,10 @@ impl Writer {
         if pending.is_empty() && new_drops == 0 {
             return Ok(());
         }
+        if new_drops > 0 {
+            // Whole batches were refused: message positions are lost.
+            self.messages.lost();
+        }
         let session = self.session.0;
         let mut tx = sqlx::Connection::begin(&mut *self.conn)
             .await
@@ -219,16 +232,47 @@ impl Writer {
 
         // Channel ids and process rows first: events refer to them.
         let mut channel_ids = Vec::with_capacity(pending.len());
+        let mut paired = Vec::new();
         for event in pending.iter() {
-            channel_ids.push(match &event.channel {
+            let channel = match &event.channel {
                 Some(ch) => Some(channel_id(&mut tx, &mut self.channels, session, ch).await?),
                 None => None,
-            });
+            };
+            channel_ids.push(channel);
             match event.kind {
+                EventKind::MsgSend | EventKind::MsgRecv => {
+                    if let Some((key, framing)) = channel.and_then(|id| direction(event, id)) {
+                        let side = Side {
+                            pid: event.pid,
+                            tid: event.tid,
+                            ts_ns: event.ts_ns,
+                            size: event.size,
+                        };
+                        if event.kind == EventKind::MsgSend {
+                            self.messages.send(key, framing, side, &mut paired);
+                        } else {
+                            self.messages.recv(key, framing, side, &mut paired);
+                        }
+                    }
+                }
                 EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
                     track_process(&mut tx, &mut self.processes, session, event).await?;
+                    if event.kind == EventKind::ProcessExit {
+                        self.signals.exited(event.pid);
+                    }
+                }
+                EventKind::SignalGenerate => {
+                    signal_generated(&mut tx, &mut self.signals, session, event).await?;
+                }
+                EventKind::SignalDeliver => {
+                    signal_delivered(&mut tx, &mut self.signals, event).await?;
                 }
                 EventKind::Drop => {
+                    if matches!(event.aux, drop_source::EBPF_RING | drop_source::DECODE) {
+                        // Probe events were lost: positions in the
+                        // channels seen so far no longer line up.
+                        self.messages.lost();
+                    }
                     insert_drop(
                         &mut tx,
                         session,
@@ -275,6 +319,9 @@ impl Writer {
             let (done, encoded) = tokio::join!(execute, encode_next);
             done.map_err(StoreError::sql("inserting events"))?;
             next = encoded?;
+        }
+        for rows in paired.chunks(MESSAGE_ROWS_PER_STATEMENT) {
+            insert_messages(&mut tx, session, rows).await?;
         }
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(pending.len() as i64)
@@ -429,6 +476,134 @@ async fn track_process(
     Ok(())
 }
 
+/// `messages` rows per INSERT: 10 parameters each.
+const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
+
+/// Which direction of which channel a probe-seen send or receive belongs
+/// to, keyed by `(channels.id, inode of the receiving end)` (0 for pipes
+/// and FIFOs, which have one direction), and how it frames messages.
+/// `None` for what is paired elsewhere (ipc-lib messages carry ids) or not
+/// at all (a socket with no known peer: its messages go to an address).
+fn direction(event: &Event, channel: i64) -> Option<((i64, u64), Framing)> {
+    if event.source != Source::Ebpf || event.msg_id.is_some() {
+        return None;
+    }
+    let Some(ChannelId::Numeric { kind, a, b }) = &event.channel else {
+        return None;
+    };
+    let framing = match kind {
+        ChannelKind::Pipe | ChannelKind::Fifo | ChannelKind::UnixStream => Framing::Bytes,
+        ChannelKind::UnixDgram | ChannelKind::UnixSeqpacket => Framing::Records,
+        _ => return None,
+    };
+    if !kind.is_socket() {
+        return Some(((channel, 0), framing));
+    }
+    let end = event.endpoint?;
+    let other = match end {
+        _ if *b == 0 => return None,
+        e if e == *a => *b,
+        e if e == *b => *a,
+        _ => return None,
+    };
+    // A send goes to the other end's queue; a receive takes from its own.
+    let receiving = if event.kind == EventKind::MsgSend {
+        other
+    } else {
+        end
+    };
+    Some(((channel, receiving), framing))
+}
+
+async fn insert_messages(
+    conn: &mut SqliteConnection,
+    session: i64,
+    rows: &[Paired<(i64, u64)>],
+) -> Result<(), StoreError> {
+    let mut sql = String::from(
+        "INSERT INTO messages (session_id, channel_id, sender_pid, sender_tid, receiver_pid, \
+         receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
+    );
+    let mut args = SqliteArguments::default();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
+        let bound: Result<(), sqlx::error::BoxDynError> = (|| {
+            args.add(session)?;
+            args.add(row.channel.0)?;
+            args.add(i64::from(row.send.pid))?;
+            args.add(i64::from(row.send.tid))?;
+            args.add(i64::from(row.recv.pid))?;
+            args.add(i64::from(row.recv.tid))?;
+            args.add(row.send.ts_ns as i64)?;
+            args.add(row.recv.ts_ns as i64)?;
+            // Signed: a negative latency would show a mis-pairing, not
+            // hide it.
+            args.add(row.recv.ts_ns as i64 - row.send.ts_ns as i64)?;
+            args.add(row.send.size as i64)?;
+            Ok(())
+        })();
+        bound.map_err(|e| StoreError::sql("encoding a message")(sqlx::Error::Encode(e)))?;
+    }
+    sqlx::query_with(&sql, args)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql("inserting messages"))?;
+    Ok(())
+}
+
+/// A `signals` row for a generated signal; one the kernel will deliver
+/// waits in `pairer` for its delivery to fill in `delivered_ns`.
+async fn signal_generated(
+    conn: &mut SqliteConnection,
+    pairer: &mut SignalPairer<i64>,
+    session: i64,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let Some(target) = event.target_pid else {
+        // Only the probes make these, and they always name the target.
+        tracing::debug!(
+            ?event,
+            "a signal_generate event without a target; no signals row"
+        );
+        return Ok(());
+    };
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO signals (session_id, sender_pid, target_pid, signo, generated_ns)
+         VALUES (?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(session)
+    .bind(i64::from(event.pid))
+    .bind(i64::from(target))
+    .bind(event.aux as i64)
+    .bind(event.ts_ns as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::sql("recording a signal"))?;
+    pairer.generated(target, event.aux as u32, event.result, id);
+    Ok(())
+}
+
+/// Fills in the delivery time of the signal this delivery delivers.
+async fn signal_delivered(
+    conn: &mut SqliteConnection,
+    pairer: &mut SignalPairer<i64>,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let Some(id) = pairer.delivered(event.pid, event.aux as u32) else {
+        return Ok(());
+    };
+    sqlx::query("UPDATE signals SET delivered_ns = ? WHERE id = ?")
+        .bind(event.ts_ns as i64)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql("recording a signal's delivery"))?;
+    Ok(())
+}
+
 async fn insert_drop(
     conn: &mut SqliteConnection,
     session: i64,
@@ -455,5 +630,119 @@ pub fn drop_source_name(code: u64) -> &'static str {
         drop_source::INGEST => "ingest",
         drop_source::DECODE => "decode",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewSession, OpenMode};
+
+    fn session() -> NewSession {
+        NewSession {
+            name: None,
+            command: "t".into(),
+            host: "h".into(),
+            started_at: "2026-11-22T00:00:00.000Z".into(),
+            sources: "ebpf".into(),
+            start_mono_ns: 0,
+            recorder_pid: 1,
+        }
+    }
+
+    fn signal(ts: u64, kind: EventKind, pid: u32, target: Option<u32>, signo: u64) -> Event {
+        let mut e = Event::new(ts, pid, pid, Source::Ebpf, kind);
+        e.aux = signo;
+        e.target_pid = target;
+        e
+    }
+
+    fn message(ts: u64, kind: EventKind, pid: u32, end: u64, size: u64) -> Event {
+        let mut e = Event::new(ts, pid, pid, Source::Ebpf, kind);
+        e.channel = Some(ChannelId::numeric(ChannelKind::UnixStream, 10, 20));
+        e.endpoint = Some(end);
+        e.size = size;
+        e.result = size as i64;
+        e
+    }
+
+    /// Writes each batch in its own transaction (a row per flush), then
+    /// returns the store.
+    async fn write(dir: &std::path::Path, batches: Vec<Vec<Event>>) -> Store {
+        let store = Store::open(&dir.join("w.db"), OpenMode::Create)
+            .await
+            .unwrap();
+        let session = store.begin_session(&session()).await.unwrap();
+        let config = WriterConfig {
+            rows_per_tx: 1,
+            ..WriterConfig::default()
+        };
+        let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+        for batch in batches {
+            ingest.send(batch).await.unwrap();
+        }
+        drop(ingest);
+        writer.finish().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn signals_rows_get_their_delivery_across_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = EventKind::SignalGenerate;
+        let d = EventKind::SignalDeliver;
+        let mut merged = signal(3, g, 5, Some(6), 10);
+        merged.result = crate::correlate::signal_result::ALREADY_PENDING;
+        let store = write(
+            dir.path(),
+            vec![
+                vec![signal(1, g, 5, Some(6), 10), merged],
+                // A delivery in a later transaction than its generation.
+                vec![signal(4, d, 6, None, 10)],
+                vec![signal(5, g, 6, Some(5), 12)],
+                // A delivery nothing was generated for: no row.
+                vec![signal(6, d, 6, None, 14)],
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT sender_pid, target_pid, signo, generated_ns, delivered_ns
+             FROM signals ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (5, 6, 10, 1, Some(4)),
+                (5, 6, 10, 3, None),
+                (6, 5, 12, 5, None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn socket_messages_are_paired_per_direction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (send, recv) = (EventKind::MsgSend, EventKind::MsgRecv);
+        let store = write(
+            dir.path(),
+            vec![
+                // 7 on end 10 sends 8 bytes to end 20; 8 on end 20 answers 3.
+                vec![message(1, send, 7, 10, 8), message(2, send, 8, 20, 3)],
+                vec![message(3, recv, 8, 20, 5), message(4, recv, 7, 10, 3)],
+                vec![message(5, recv, 8, 20, 3)],
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT sender_pid, receiver_pid, sent_ns, received_ns, latency_ns, size
+             FROM messages ORDER BY received_ns",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(rows, [(8, 7, 2, 4, 2, 3), (7, 8, 1, 5, 4, 8)]);
     }
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use collector::ebpf::{ProbeConfig, Probes};
-use ipc_events::{Event, EventKind};
+use ipc_events::{ChannelKind, Event, EventKind};
 use tokio::time::Instant;
 
 /// Bound on every wait for events; generous for a loaded CI machine.
@@ -173,4 +173,73 @@ async fn an_untracked_process_produces_no_events() {
         leaked.is_empty(),
         "untracked process {untracked_pid} produced events: {leaked:#?}"
     );
+}
+
+#[tokio::test]
+async fn reports_pipe_messages_and_signals_with_their_objects() {
+    let mut probes = load_probes();
+    let mut events = Vec::new();
+
+    // A pipeline: a subshell writes "hello\n" into a pipe, cat reads it
+    // and writes it to /dev/null (a character device: not a message).
+    // Then the shell signals itself, with a handler installed.
+    let mut child = spawn_followed(
+        &mut probes,
+        &[
+            "sh",
+            "-c",
+            r#"echo hello | cat >/dev/null; trap "true" USR1; kill -USR1 $$"#,
+        ],
+    );
+    let sh = child.id();
+    assert!(child.wait().expect("wait for the child").success());
+    let finished = read_until(&mut probes, &mut events, |events| {
+        find(events, EventKind::ProcessExit, sh).is_some()
+    })
+    .await;
+    let pids: Vec<u32> = std::iter::once(sh)
+        .chain(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::ProcessStart && e.aux == u64::from(sh))
+                .map(|e| e.pid),
+        )
+        .collect();
+    let seen = involving(&events, &pids);
+    assert!(finished, "the shell's exit was not reported: {seen:#?}");
+
+    let messages: Vec<&Event> = events
+        .iter()
+        .filter(|e| {
+            pids.contains(&e.pid) && matches!(e.kind, EventKind::MsgSend | EventKind::MsgRecv)
+        })
+        .collect();
+    assert_eq!(messages.len(), 2, "one write, one read: {seen:#?}");
+    let (send, recv) = (messages[0], messages[1]);
+    assert_eq!(send.kind, EventKind::MsgSend, "{seen:#?}");
+    assert_eq!(recv.kind, EventKind::MsgRecv, "{seen:#?}");
+    assert_eq!((send.size, recv.size), (6, 6));
+    assert_eq!(send.result, 6);
+    assert_ne!(send.pid, recv.pid, "writer and reader are two processes");
+    assert_eq!(recv.comm, "cat");
+    let channel = send.channel.as_ref().expect("a send names its channel");
+    assert_eq!(channel.kind(), ChannelKind::Pipe);
+    assert!(channel.name().starts_with("pipe:["), "{channel}");
+    assert_eq!(recv.channel.as_ref(), Some(channel), "one pipe, both ends");
+    assert!(recv.ts_ns >= send.ts_ns);
+    assert!(send.duration_ns.is_some() && recv.duration_ns.is_some());
+
+    let generated = events
+        .iter()
+        .find(|e| e.kind == EventKind::SignalGenerate && e.aux == 10)
+        .unwrap_or_else(|| panic!("no SIGUSR1 generated: {seen:#?}"));
+    assert_eq!((generated.pid, generated.target_pid), (sh, Some(sh)));
+    assert_eq!(generated.result, 0, "queued");
+    let delivered = events
+        .iter()
+        .find(|e| e.kind == EventKind::SignalDeliver && e.aux == 10)
+        .unwrap_or_else(|| panic!("no SIGUSR1 delivered: {seen:#?}"));
+    assert_eq!(delivered.pid, sh);
+    assert!(delivered.ts_ns >= generated.ts_ns);
+    assert_eq!(probes.kernel_drops().expect("read DROPS"), 0);
 }

@@ -1,0 +1,516 @@
+//! Pairing events that belong together: a signal's generation with its
+//! delivery, and a message's send with the receive that took it.
+//!
+//! Correlators see events in the order their source committed them (the
+//! kernel ring's order for the eBPF probes), keep only what is still
+//! unpaired, and name what they paired with an opaque token the caller
+//! chose (the writer uses the stored row's id), so they do no I/O and are
+//! tested on plain event sequences.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// `enum trace_signal_result` from `<trace/events/signal.h>`: what the
+/// kernel did with a generated signal, in signal_generate's `result`.
+pub mod signal_result {
+    /// Queued (the kernel's name, `TRACE_SIGNAL_DELIVERED`, means "will be").
+    pub const QUEUED: i64 = 0;
+    /// The target ignores it: dropped at once.
+    pub const IGNORED: i64 = 1;
+    /// A standard signal already pending: merged into that one.
+    pub const ALREADY_PENDING: i64 = 2;
+    /// A real-time signal over the queue limit: dropped.
+    pub const OVERFLOW_FAIL: i64 = 3;
+    /// Queued without its siginfo (no memory for it).
+    pub const LOSE_INFO: i64 = 4;
+}
+
+/// Whether a generated signal with this `result` will get a delivery of
+/// its own. Ignored, merged and overflowed signals never do, so they are
+/// not waited for: a later delivery belongs to an earlier generation.
+pub fn awaits_delivery(result: i64) -> bool {
+    matches!(result, signal_result::QUEUED | signal_result::LOSE_INFO)
+}
+
+/// `SIGKILL`: what the kernel delivers in place of a fatal signal.
+pub const SIGKILL: u32 = 9;
+
+/// Whether signal `signo`'s default action ends the process (`man 7
+/// signal`: Term and Core, and every real-time signal).
+pub fn kills_by_default(signo: u32) -> bool {
+    matches!(signo, 1..=8 | 10..=16 | 24..=27 | 29..=31 | 32..=64)
+}
+
+/// Pairs signal generations with deliveries, per target process and signal
+/// number, first in first out.
+///
+/// Exact for what the kernel reports: a generation that the kernel says it
+/// merged or dropped is never paired, and a queued one is paired with the
+/// next delivery of that signal in that process. A signal queued and never
+/// delivered (blocked until the process exited) stays unpaired.
+///
+/// One inference: a signal whose default action kills, sent to a process
+/// that keeps that default, is turned by the kernel into a kill of the
+/// whole process at once, and delivered as SIGKILL. So a SIGKILL delivery
+/// with no SIGKILL waiting delivers the oldest waiting signal that kills by
+/// default. (The SIGKILL each other thread of an exiting process receives
+/// finds nothing left to deliver, unless such a signal was blocked and
+/// pending at that moment, which it then wrongly claims.) Other deliveries
+/// with no waiting generation (sent before tracking began) pair with
+/// nothing.
+#[derive(Debug)]
+pub struct SignalPairer<T> {
+    /// Per (target pid, signo), the waiting generations with their arrival
+    /// number.
+    queued: HashMap<(u32, u32), VecDeque<(u64, T)>>,
+    next_seq: u64,
+}
+
+impl<T> Default for SignalPairer<T> {
+    fn default() -> Self {
+        SignalPairer {
+            queued: HashMap::new(),
+            next_seq: 0,
+        }
+    }
+}
+
+impl<T> SignalPairer<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Signal `signo` was generated for process `target`; `token` names it.
+    /// Returns whether it now waits for a delivery.
+    pub fn generated(&mut self, target: u32, signo: u32, result: i64, token: T) -> bool {
+        if !awaits_delivery(result) {
+            return false;
+        }
+        self.next_seq += 1;
+        self.queued
+            .entry((target, signo))
+            .or_default()
+            .push_back((self.next_seq, token));
+        true
+    }
+
+    /// Signal `signo` was delivered to a thread of process `pid`: the
+    /// generation it delivers, if one is waiting.
+    pub fn delivered(&mut self, pid: u32, signo: u32) -> Option<T> {
+        if let Some(token) = self.pop(pid, signo) {
+            return Some(token);
+        }
+        if signo != SIGKILL {
+            return None;
+        }
+        let oldest_fatal = self
+            .queued
+            .iter()
+            .filter(|((target, s), _)| *target == pid && kills_by_default(*s))
+            .filter_map(|(&(_, s), q)| q.front().map(|(seq, _)| (*seq, s)))
+            .min()?;
+        self.pop(pid, oldest_fatal.1)
+    }
+
+    fn pop(&mut self, pid: u32, signo: u32) -> Option<T> {
+        let queue = self.queued.get_mut(&(pid, signo))?;
+        let token = queue.pop_front().map(|(_, t)| t);
+        if queue.is_empty() {
+            self.queued.remove(&(pid, signo));
+        }
+        token
+    }
+
+    /// Process `pid` exited: what it had pending is never delivered, and
+    /// its pid may be reused.
+    pub fn exited(&mut self, pid: u32) {
+        self.queued.retain(|&(target, _), _| target != pid);
+    }
+
+    /// Generations waiting for a delivery.
+    pub fn waiting(&self) -> usize {
+        self.queued.values().map(VecDeque::len).sum()
+    }
+}
+
+/// How a channel carries messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A byte stream (pipes, FIFOs, stream sockets): a receive may take
+    /// part of a send, or several; a send is received by the receive that
+    /// takes its last byte.
+    Bytes,
+    /// Records (datagram and seqpacket sockets): each receive takes one
+    /// send, in order.
+    Records,
+}
+
+/// One side of a message, as the pairer needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Side {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub size: u64,
+}
+
+/// A send paired with the receive that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paired<K> {
+    /// The channel, as the caller keyed it.
+    pub channel: K,
+    pub send: Side,
+    /// The receive that completed the message; its `size` is what that
+    /// receive returned, which may cover other messages too.
+    pub recv: Side,
+}
+
+/// The most unpaired operations one direction of a channel keeps. A
+/// channel whose other end is not traced (a traced program writing to a
+/// pager) never pairs; past this, its oldest sends are forgotten (they
+/// remain in `events`).
+pub const MAX_UNPAIRED: usize = 65_536;
+
+/// Pairs sends with receives per channel direction, by byte position for
+/// byte streams and in order for records.
+///
+/// Exact when every send and receive on a direction is seen, one process
+/// writes it at a time, and nobody peeks (`MSG_PEEK` reads bytes that are
+/// read again). Events may come in either order: a reader's return can
+/// reach the ring before its writer's, so whichever side comes first waits
+/// for the other.
+///
+/// After events were lost, positions no longer line up and cannot be
+/// found again, so rather than pair wrongly, [`MessagePairer::lost`] gives
+/// up on every direction seen so far (directions first seen later pair as
+/// usual). A direction also gives up by itself when a pairing would
+/// receive a message before it was sent, which only a loss can cause.
+#[derive(Debug)]
+pub struct MessagePairer<K> {
+    directions: HashMap<K, Direction>,
+    /// Unpaired operations forgotten because a direction held too many.
+    pub forgotten: u64,
+}
+
+/// What became of a direction when it gave up pairing.
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Pairing,
+    /// Positions are unknown after a loss: nothing more is paired.
+    GaveUp,
+}
+
+/// One direction of one channel: the bytes (or records) sent and received
+/// so far, and the operations not yet paired, each with the position just
+/// past its last byte.
+#[derive(Debug, Default)]
+struct Direction {
+    state: State,
+    sent: u64,
+    received: u64,
+    sends: VecDeque<(u64, Side)>,
+    recvs: VecDeque<(u64, Side)>,
+}
+
+impl<K> Default for MessagePairer<K> {
+    fn default() -> Self {
+        MessagePairer {
+            directions: HashMap::new(),
+            forgotten: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy> MessagePairer<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A send of `side.size` bytes into direction `key`; appends what it
+    /// completes to `out`.
+    pub fn send(&mut self, key: K, framing: Framing, side: Side, out: &mut Vec<Paired<K>>) {
+        let d = self.directions.entry(key).or_default();
+        if matches!(d.state, State::GaveUp) {
+            return;
+        }
+        d.sent += advance(framing, side.size);
+        d.sends.push_back((d.sent, side));
+        self.forgotten += d.trim();
+        d.drain(key, out);
+    }
+
+    /// A receive of `side.size` bytes from direction `key`.
+    pub fn recv(&mut self, key: K, framing: Framing, side: Side, out: &mut Vec<Paired<K>>) {
+        let d = self.directions.entry(key).or_default();
+        if matches!(d.state, State::GaveUp) {
+            return;
+        }
+        d.received += advance(framing, side.size);
+        d.recvs.push_back((d.received, side));
+        self.forgotten += d.trim();
+        d.drain(key, out);
+    }
+
+    /// Events were lost: every direction seen so far gives up.
+    pub fn lost(&mut self) {
+        for d in self.directions.values_mut() {
+            d.give_up();
+        }
+    }
+
+    /// Directions that gave up pairing.
+    pub fn given_up(&self) -> usize {
+        self.directions
+            .values()
+            .filter(|d| matches!(d.state, State::GaveUp))
+            .count()
+    }
+
+    /// Operations waiting for their other side.
+    pub fn waiting(&self) -> usize {
+        self.directions
+            .values()
+            .map(|d| d.sends.len() + d.recvs.len())
+            .sum()
+    }
+}
+
+/// How far an operation moves its side's position: bytes, or one record.
+fn advance(framing: Framing, size: u64) -> u64 {
+    match framing {
+        Framing::Bytes => size,
+        Framing::Records => 1,
+    }
+}
+
+impl Direction {
+    /// Pairs while both sides have operations: the oldest send is complete
+    /// once a receive reaches its last byte, and that receive took it; a
+    /// receive that ends before the oldest send does took only part of it.
+    fn drain<K: Copy>(&mut self, key: K, out: &mut Vec<Paired<K>>) {
+        while let (Some(&(send_end, send)), Some(&(recv_end, recv))) =
+            (self.sends.front(), self.recvs.front())
+        {
+            if send_end <= recv_end {
+                if recv.ts_ns < send.ts_ns {
+                    // Received before it was sent: the positions are off.
+                    self.give_up();
+                    return;
+                }
+                out.push(Paired {
+                    channel: key,
+                    send,
+                    recv,
+                });
+                self.sends.pop_front();
+                if send_end == recv_end {
+                    self.recvs.pop_front();
+                }
+            } else {
+                self.recvs.pop_front();
+            }
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.state = State::GaveUp;
+        self.sends = VecDeque::new();
+        self.recvs = VecDeque::new();
+    }
+
+    /// Keeps each queue within [`MAX_UNPAIRED`]; returns how many were
+    /// dropped.
+    fn trim(&mut self) -> u64 {
+        let mut dropped = 0;
+        for queue in [&mut self.sends, &mut self.recvs] {
+            while queue.len() > MAX_UNPAIRED {
+                queue.pop_front();
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signal_result::*;
+    use super::*;
+
+    const SIGUSR1: u32 = 10;
+    const SIGUSR2: u32 = 12;
+
+    #[test]
+    fn pairs_each_delivery_with_the_oldest_waiting_generation() {
+        let mut p = SignalPairer::new();
+        assert!(p.generated(7, SIGUSR1, QUEUED, "a"));
+        assert!(p.generated(7, SIGUSR2, QUEUED, "b"));
+        assert!(p.generated(7, SIGUSR1, LOSE_INFO, "c"));
+        assert_eq!(p.delivered(7, SIGUSR1), Some("a"));
+        assert_eq!(p.delivered(7, SIGUSR2), Some("b"));
+        assert_eq!(p.delivered(7, SIGUSR1), Some("c"));
+        assert_eq!(p.delivered(7, SIGUSR1), None);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn merged_ignored_and_overflowed_signals_are_never_delivered() {
+        let mut p = SignalPairer::new();
+        assert!(p.generated(7, SIGUSR1, QUEUED, 1));
+        // Two more while the first is pending: the kernel merges them.
+        assert!(!p.generated(7, SIGUSR1, ALREADY_PENDING, 2));
+        assert!(!p.generated(7, SIGUSR1, ALREADY_PENDING, 3));
+        assert!(!p.generated(7, SIGUSR2, IGNORED, 4));
+        assert!(!p.generated(7, 40, OVERFLOW_FAIL, 5));
+        // The one delivery is the first generation's.
+        assert_eq!(p.delivered(7, SIGUSR1), Some(1));
+        assert_eq!(p.delivered(7, SIGUSR1), None);
+        assert_eq!(p.delivered(7, SIGUSR2), None);
+    }
+
+    #[test]
+    fn targets_are_kept_apart_and_forgotten_when_they_exit() {
+        let mut p = SignalPairer::new();
+        p.generated(7, SIGUSR1, QUEUED, 1);
+        p.generated(8, SIGUSR1, QUEUED, 2);
+        assert_eq!(p.delivered(8, SIGUSR1), Some(2));
+        // 7 exits with its signal still blocked; a new process reusing the
+        // pid does not inherit it.
+        p.exited(7);
+        assert_eq!(p.delivered(7, SIGUSR1), None);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn a_delivery_with_no_generation_pairs_with_nothing() {
+        let mut p = SignalPairer::<u32>::new();
+        assert_eq!(p.delivered(7, SIGKILL), None);
+        assert_eq!(p.delivered(7, SIGUSR1), None);
+    }
+
+    fn side(pid: u32, ts_ns: u64, size: u64) -> Side {
+        Side {
+            pid,
+            tid: pid,
+            ts_ns,
+            size,
+        }
+    }
+
+    /// (sender pid, receiver pid, send ts, recv ts) of each pair.
+    fn summary(out: &[Paired<u8>]) -> Vec<(u32, u32, u64, u64)> {
+        out.iter()
+            .map(|p| (p.send.pid, p.recv.pid, p.send.ts_ns, p.recv.ts_ns))
+            .collect()
+    }
+
+    #[test]
+    fn a_byte_stream_send_is_received_by_the_read_that_takes_its_last_byte() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        // Writes of 100 and 50 bytes; reads of 60, 60 and 30.
+        p.send(0, Framing::Bytes, side(1, 10, 100), &mut out);
+        p.send(0, Framing::Bytes, side(1, 20, 50), &mut out);
+        p.recv(0, Framing::Bytes, side(2, 30, 60), &mut out);
+        assert!(out.is_empty(), "60 of the first 100 bytes read");
+        p.recv(0, Framing::Bytes, side(2, 40, 60), &mut out);
+        assert_eq!(summary(&out), [(1, 2, 10, 40)]);
+        p.recv(0, Framing::Bytes, side(3, 50, 30), &mut out);
+        assert_eq!(summary(&out), [(1, 2, 10, 40), (1, 3, 20, 50)]);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn one_read_can_take_several_writes_and_may_be_seen_first() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        // The reader's return reached the ring before the writers'.
+        p.recv(0, Framing::Bytes, side(2, 30, 15), &mut out);
+        p.send(0, Framing::Bytes, side(1, 10, 5), &mut out);
+        p.send(0, Framing::Bytes, side(1, 11, 10), &mut out);
+        assert_eq!(summary(&out), [(1, 2, 10, 30), (1, 2, 11, 30)]);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn records_pair_in_order_whatever_their_sizes() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        p.send(0, Framing::Records, side(1, 10, 100), &mut out);
+        p.send(0, Framing::Records, side(1, 11, 7), &mut out);
+        // A receive with a short buffer truncates the record; still one.
+        p.recv(0, Framing::Records, side(2, 20, 50), &mut out);
+        p.recv(0, Framing::Records, side(2, 21, 7), &mut out);
+        assert_eq!(summary(&out), [(1, 2, 10, 20), (1, 2, 11, 21)]);
+        assert_eq!(out[0].send.size, 100);
+    }
+
+    #[test]
+    fn directions_are_independent() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        p.send(0, Framing::Bytes, side(1, 10, 4), &mut out);
+        p.send(1, Framing::Bytes, side(2, 11, 4), &mut out);
+        p.recv(1, Framing::Bytes, side(1, 12, 4), &mut out);
+        assert_eq!(summary(&out), [(2, 1, 11, 12)]);
+        assert_eq!(p.waiting(), 1);
+    }
+
+    #[test]
+    fn a_direction_nobody_reads_stays_bounded() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        for i in 0..MAX_UNPAIRED as u64 + 10 {
+            p.send(0, Framing::Bytes, side(1, i, 1), &mut out);
+        }
+        assert_eq!(p.waiting(), MAX_UNPAIRED);
+        assert_eq!(p.forgotten, 10);
+    }
+
+    #[test]
+    fn after_a_loss_known_directions_stop_pairing_and_new_ones_do_not() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        p.send(0, Framing::Bytes, side(1, 10, 4), &mut out);
+        p.lost();
+        assert_eq!(p.waiting(), 0);
+        assert_eq!(p.given_up(), 1);
+        p.recv(0, Framing::Bytes, side(2, 20, 4), &mut out);
+        p.send(1, Framing::Records, side(1, 30, 4), &mut out);
+        p.recv(1, Framing::Records, side(2, 31, 4), &mut out);
+        assert_eq!(summary(&out), [(1, 2, 30, 31)]);
+    }
+
+    #[test]
+    fn a_receive_before_its_send_means_positions_are_off() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        // The send of the first record was lost: the receive at 20 took
+        // it, and would otherwise be paired with the send at 30.
+        p.recv(0, Framing::Records, side(2, 20, 4), &mut out);
+        p.send(0, Framing::Records, side(1, 30, 4), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(p.given_up(), 1);
+        p.send(0, Framing::Records, side(1, 40, 4), &mut out);
+        p.recv(0, Framing::Records, side(2, 41, 4), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_fatal_signal_is_delivered_as_sigkill() {
+        const SIGTERM: u32 = 15;
+        const SIGCHLD: u32 = 17;
+        let mut p = SignalPairer::new();
+        p.generated(7, SIGCHLD, QUEUED, "child");
+        p.generated(7, SIGTERM, QUEUED, "term");
+        p.generated(7, SIGUSR1, QUEUED, "usr1");
+        // SIGCHLD does not kill by default; of the two that do, the older
+        // one is the one the kernel turned into the kill.
+        assert_eq!(p.delivered(7, SIGKILL), Some("term"));
+        // A real SIGKILL is paired with itself first.
+        p.generated(7, SIGKILL, QUEUED, "kill");
+        assert_eq!(p.delivered(7, SIGKILL), Some("kill"));
+        assert_eq!(p.delivered(8, SIGKILL), None);
+    }
+}
