@@ -176,7 +176,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let benching = args.iter().any(|a| a == "--bench");
     let mut nums = args.iter().filter_map(|a| a.parse::<usize>().ok());
-    let n = nums.next().unwrap_or(if benching { 10_000_000 } else { 20_000 });
+    let n = nums
+        .next()
+        .unwrap_or(if benching { 10_000_000 } else { 20_000 });
     let runs = nums.next().unwrap_or(if benching { 3 } else { 1 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -38,13 +38,15 @@ enum Task {
 }
 
 /// Debian packages: LLVM 22 and its link dependencies for bpf-linker, and
-/// the tools the test suite drives (sqlite3 to inspect, tmux for the TUI,
-/// stress-ng for real IPC load).
+/// the tools the test suite drives (python3 for the unmodified IPC
+/// workloads, sqlite3 to inspect, tmux for the TUI, stress-ng for real IPC
+/// load).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+    "python3",
     "sqlite3",
     "tmux",
     "stress-ng",

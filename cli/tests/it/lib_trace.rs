@@ -25,6 +25,26 @@ fn producer_consumer() -> Option<PathBuf> {
     None
 }
 
+/// Records the example with `args`, `IPCSCOPE_RING_BYTES` set when given;
+/// returns its stderr after checking it succeeded.
+fn record_example(
+    example: &PathBuf,
+    db: &std::path::Path,
+    args: &[&str],
+    ring_bytes: Option<&str>,
+) -> String {
+    let mut cmd = crate::ipcscope();
+    cmd.args(["record", "--db", db.to_str().unwrap(), "--no-ebpf", "--"])
+        .arg(example)
+        .args(args);
+    if let Some(bytes) = ring_bytes {
+        cmd.env("IPCSCOPE_RING_BYTES", bytes);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
 #[test]
 fn every_send_and_receive_of_an_ipc_lib_channel_is_stored_and_paired_by_id() {
     let Some(example) = producer_consumer() else {
@@ -32,13 +52,12 @@ fn every_send_and_receive_of_an_ipc_lib_channel_is_stored_and_paired_by_id() {
     };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let out = crate::ipcscope()
-        .args(["record", "--db", db.to_str().unwrap(), "--no-ebpf", "--"])
-        .arg(&example)
-        .args(["--messages", "3000", "--size", "100"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    record_example(
+        &example,
+        &db,
+        &["--messages", "3000", "--size", "100"],
+        None,
+    );
     let kinds = query(
         &db,
         "select kind, count(*) as n, count(distinct msg_id) as ids, sum(size) as bytes,

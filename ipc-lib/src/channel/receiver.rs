@@ -34,24 +34,7 @@ pub struct ReceiverBuilder {
 }
 
 impl ReceiverBuilder {
-    /// Bytes in the ring (rounded up to a multiple of 8). Default 1 MiB, or
-    /// four of the largest frames if that is more.
-    pub fn capacity(mut self, bytes: usize) -> Self {
-        self.req.capacity = Some(bytes);
-        self
-    }
-
-    /// The largest message, in bytes. Default 64 KiB (less for small rings).
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.req.max_message_size = Some(bytes);
-        self
-    }
-
-    /// Single- or multi-producer. Default [`Mode::Spsc`] when creating.
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.req.mode = Some(mode);
-        self
-    }
+    builder_options!(Receiver);
 
     /// How many times a blocking receive polls an empty ring before it
     /// sleeps on the futex. 0 sleeps at once; larger values trade CPU for
@@ -59,28 +42,6 @@ impl ReceiverBuilder {
     pub fn spins(mut self, spins: u32) -> Self {
         self.spins = spins;
         self
-    }
-
-    /// Whether dropping this end removes the channel's name, when this end
-    /// created it. Default true.
-    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
-        self.unlink_on_drop = yes;
-        self
-    }
-
-    /// Creates the channel; fails if the name exists.
-    pub fn create(self) -> Result<Receiver, OpenError> {
-        self.build(OpenHow::Create)
-    }
-
-    /// Opens an existing channel; fails if there is none.
-    pub fn open(self) -> Result<Receiver, OpenError> {
-        self.build(OpenHow::Open)
-    }
-
-    /// Opens the channel, creating it first if needed.
-    pub fn open_or_create(self) -> Result<Receiver, OpenError> {
-        self.build(OpenHow::OpenOrCreate)
     }
 
     fn build(self, how: OpenHow) -> Result<Receiver, OpenError> {
