@@ -133,6 +133,72 @@ impl<T> SignalPairer<T> {
     }
 }
 
+/// The most framed messages [`IdPairer`] holds unpaired before it forgets
+/// them (a sender whose receiver is not traced never pairs).
+pub const MAX_UNPAIRED_IDS: usize = 1 << 20;
+
+/// Pairs messages that carry an id in their frame (ipc-lib): exact, and in
+/// whatever order the two sides arrive. They do arrive out of order: the
+/// sender's and the receiver's rings are drained independently.
+#[derive(Debug)]
+pub struct IdPairer<K> {
+    sends: HashMap<(K, u64), Side>,
+    recvs: HashMap<(K, u64), Side>,
+    /// Unpaired sides forgotten to keep memory bounded.
+    pub forgotten: u64,
+}
+
+impl<K> Default for IdPairer<K> {
+    fn default() -> Self {
+        IdPairer {
+            sends: HashMap::new(),
+            recvs: HashMap::new(),
+            forgotten: 0,
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> IdPairer<K> {
+    pub fn send(&mut self, key: K, id: u64, side: Side, out: &mut Vec<Paired<K>>) {
+        match self.recvs.remove(&(key, id)) {
+            Some(recv) => out.push(Paired {
+                channel: key,
+                send: side,
+                recv,
+                msg_id: Some(id),
+            }),
+            None => Self::wait(&mut self.sends, &mut self.forgotten, (key, id), side),
+        }
+    }
+
+    pub fn recv(&mut self, key: K, id: u64, side: Side, out: &mut Vec<Paired<K>>) {
+        match self.sends.remove(&(key, id)) {
+            Some(send) => out.push(Paired {
+                channel: key,
+                send,
+                recv: side,
+                msg_id: Some(id),
+            }),
+            None => Self::wait(&mut self.recvs, &mut self.forgotten, (key, id), side),
+        }
+    }
+
+    fn wait(map: &mut HashMap<(K, u64), Side>, forgotten: &mut u64, at: (K, u64), side: Side) {
+        if map.len() >= MAX_UNPAIRED_IDS {
+            // No order to evict by; starting over keeps memory bounded and
+            // the loss is counted (the events themselves stay stored).
+            *forgotten += map.len() as u64;
+            map.clear();
+        }
+        map.insert(at, side);
+    }
+
+    /// Sides waiting for their other half.
+    pub fn waiting(&self) -> usize {
+        self.sends.len() + self.recvs.len()
+    }
+}
+
 /// How a channel carries messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -163,6 +229,8 @@ pub struct Paired<K> {
     /// The receive that completed the message; its `size` is what that
     /// receive returned, which may cover other messages too.
     pub recv: Side,
+    /// The id from the message's frame, when it had one (ipc-lib).
+    pub msg_id: Option<u64>,
 }
 
 /// The most unpaired operations one direction of a channel keeps. A
@@ -302,6 +370,7 @@ impl Direction {
                     channel: key,
                     send,
                     recv,
+                    msg_id: None,
                 });
                 self.sends.pop_front();
                 if send_end == recv_end {
@@ -495,6 +564,24 @@ mod tests {
         p.send(0, Framing::Records, side(1, 40, 4), &mut out);
         p.recv(0, Framing::Records, side(2, 41, 4), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn framed_messages_pair_by_id_whichever_side_comes_first() {
+        let mut p = IdPairer::default();
+        let mut out = Vec::new();
+        p.recv(1u8, 7, side(20, 200, 8), &mut out);
+        p.send(1u8, 8, side(10, 150, 8), &mut out);
+        assert!(out.is_empty());
+        p.send(1u8, 7, side(10, 100, 8), &mut out);
+        p.send(2u8, 8, side(11, 160, 8), &mut out); // another channel's id 8
+        p.recv(1u8, 8, side(20, 300, 8), &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|m| (m.msg_id, m.send.ts_ns, m.recv.ts_ns))
+            .collect();
+        assert_eq!(got, vec![(Some(7), 100, 200), (Some(8), 150, 300)]);
+        assert_eq!(p.waiting(), 1);
     }
 
     #[test]

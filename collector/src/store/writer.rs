@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::{SessionId, Store, StoreError};
-use crate::correlate::{Framing, MessagePairer, Paired, Side, SignalPairer};
+use crate::correlate::{Framing, IdPairer, MessagePairer, Paired, Side, SignalPairer};
 
 /// Columns bound per `events` row; SQLite allows 32766 parameters per
 /// statement, which bounds rows per statement.
@@ -147,6 +147,7 @@ pub async fn spawn_writer(
         processes: HashMap::new(),
         signals: SignalPairer::new(),
         messages: MessagePairer::new(),
+        framed: IdPairer::default(),
         dropped: Arc::clone(&dropped),
         dropped_stored: 0,
         stats: WriterStats::default(),
@@ -170,6 +171,8 @@ struct Writer {
     /// Probe-seen sends and receives still waiting for their other side,
     /// per (`channels.id`, receiving end).
     messages: MessagePairer<(i64, u64)>,
+    /// Messages with an id in their frame (ipc-lib), paired exactly.
+    framed: IdPairer<(i64, u64)>,
     dropped: Arc<AtomicU64>,
     dropped_stored: u64,
     stats: WriterStats,
@@ -241,13 +244,20 @@ impl Writer {
             channel_ids.push(channel);
             match event.kind {
                 EventKind::MsgSend | EventKind::MsgRecv => {
-                    if let Some((key, framing)) = channel.and_then(|id| direction(event, id)) {
-                        let side = Side {
-                            pid: event.pid,
-                            tid: event.tid,
-                            ts_ns: event.ts_ns,
-                            size: event.size,
-                        };
+                    let side = Side {
+                        pid: event.pid,
+                        tid: event.tid,
+                        ts_ns: event.ts_ns,
+                        size: event.size,
+                    };
+                    if let (Some(id), Some(ch)) = (event.msg_id, channel) {
+                        if event.kind == EventKind::MsgSend {
+                            self.framed.send((ch, 0), id, side, &mut paired);
+                        } else {
+                            self.framed.recv((ch, 0), id, side, &mut paired);
+                        }
+                    } else if let Some((key, framing)) = channel.and_then(|id| direction(event, id))
+                    {
                         if event.kind == EventKind::MsgSend {
                             self.messages.send(key, framing, side, &mut paired);
                         } else {
@@ -521,18 +531,19 @@ async fn insert_messages(
     rows: &[Paired<(i64, u64)>],
 ) -> Result<(), StoreError> {
     let mut sql = String::from(
-        "INSERT INTO messages (session_id, channel_id, sender_pid, sender_tid, receiver_pid, \
-         receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
+        "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, sender_tid, \
+         receiver_pid, receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
     );
     let mut args = SqliteArguments::default();
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?)");
         let bound: Result<(), sqlx::error::BoxDynError> = (|| {
             args.add(session)?;
             args.add(row.channel.0)?;
+            args.add(row.msg_id.map(|m| m as i64))?;
             args.add(i64::from(row.send.pid))?;
             args.add(i64::from(row.send.tid))?;
             args.add(i64::from(row.recv.pid))?;
