@@ -197,6 +197,9 @@ fn test() -> Result<()> {
         ])
         .args(["--", "-D", "warnings"]))
     .context("clippy on the eBPF crate")?;
+    // The end-to-end tests run ipc-lib's examples by path; `cargo test`
+    // builds them only under hashed names, `cargo build` under their own.
+    run(Command::new("cargo").args(["build", "--examples"])).context("building the examples")?;
     let mut totals = TestTotals::default();
     cargo_test(&["--all-targets"], &mut totals).context("tests")?;
     // Doc examples are tests too; --all-targets leaves them out.

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use crate::{query, stderr};
 
-/// ipc-lib's example, which `cargo test` builds beside this test binary
-/// (target/<profile>/examples). Missing is a failure in CI, a skip with a
-/// message elsewhere (e.g. `cargo test -p cli` alone does not build it).
+/// ipc-lib's example, which `cargo build --examples` (run first by `cargo
+/// xtask test`) puts beside this test binary (target/<profile>/examples).
+/// Missing is a failure in CI, a skip with a message elsewhere.
 fn producer_consumer() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let path = exe.parent()?.parent()?.join("examples/producer_consumer");
@@ -15,7 +15,7 @@ fn producer_consumer() -> Option<PathBuf> {
     }
     assert!(
         std::env::var("CI").is_err(),
-        "{} not built: run the whole suite (cargo xtask test)",
+        "{} not built: run `cargo build --examples` first, as `cargo xtask test` does",
         path.display()
     );
     eprintln!(

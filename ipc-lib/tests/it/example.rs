@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// `cargo test` builds the examples next to the test binaries
-/// (`target/<profile>/examples`), but does not name them in the environment
-/// as it does `[[bin]]` targets.
+/// `cargo build --examples` puts the examples beside the test binaries
+/// (`target/<profile>/examples`); `cargo xtask test` does that first.
+/// (`cargo test` builds them too, but only under hashed names.)
 fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let path = exe.parent()?.parent()?.join("examples").join(name);
@@ -15,7 +15,7 @@ fn example(name: &str) -> Option<PathBuf> {
 #[test]
 fn producer_consumer_delivers_every_message_intact() {
     let Some(bin) = example("producer_consumer") else {
-        // Only `cargo test --test it` alone skips building examples.
+        // Skipped only outside CI, when the examples were not built.
         assert!(
             std::env::var_os("CI").is_none(),
             "producer_consumer example not built"
