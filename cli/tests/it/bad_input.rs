@@ -85,3 +85,65 @@ fn record_without_privileges_says_what_is_missing() {
         "nothing is created when the probes cannot load"
     );
 }
+
+#[test]
+fn a_recorder_killed_mid_session_leaves_a_readable_unfinished_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    // A command that outlives the recorder; its argument makes it findable.
+    let marker = format!("{}", 4000 + std::process::id() % 1000);
+    let mut recorder = ipcscope()
+        .args(["record", "--db", db_s, "--no-ebpf", "--", "sleep", &marker])
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the session and the command's start are committed.
+    let mut committed = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if db.exists() {
+            let out = run(&[
+                "query",
+                "--db",
+                db_s,
+                "--format",
+                "json",
+                "select count(*) as n from processes",
+            ]);
+            if out.status.success() && crate::stdout(&out).contains("\"n\":1") {
+                committed = true;
+                break;
+            }
+        }
+    }
+    recorder.kill().unwrap(); // SIGKILL: no chance to finish anything
+    recorder.wait().unwrap();
+    let _ = std::process::Command::new("pkill")
+        .args(["-x", "-f", &format!("sleep {marker}")])
+        .status();
+    assert!(
+        committed,
+        "the session's first rows were committed while recording"
+    );
+
+    let sessions = run(&["sessions", "--db", db_s]);
+    assert!(sessions.status.success(), "{}", stderr(&sessions));
+    assert!(
+        crate::stdout(&sessions).contains("unfinished"),
+        "{}",
+        crate::stdout(&sessions)
+    );
+    let row = &query(
+        &db,
+        "select ended_at, exit_status, event_count from sessions",
+    )[0];
+    assert!(
+        row["ended_at"].is_null() && row["exit_status"].is_null(),
+        "{row}"
+    );
+    assert!(
+        row["event_count"].as_i64().unwrap() >= 2,
+        "the start and exec were stored: {row}"
+    );
+    assert!(run(&["report", "--db", db_s]).status.success());
+}
