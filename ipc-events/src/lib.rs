@@ -20,6 +20,8 @@ mod decode;
 #[cfg(feature = "std")]
 mod event;
 #[cfg(feature = "std")]
+pub mod live;
+#[cfg(feature = "std")]
 pub mod ring;
 
 #[cfg(feature = "std")]

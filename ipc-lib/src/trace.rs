@@ -61,28 +61,89 @@ pub fn enabled() -> bool {
     }
 }
 
+/// One traced operation. Fields a kind does not use stay at their defaults
+/// ([`Op::new`]); `ipc_events::raw::kind` says what each means per kind.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op<'a> {
+    pub kind: EventKind,
+    /// The object touched; `None` for kinds that touch none (signals).
+    pub channel: Option<ChannelKind>,
+    pub name: &'a str,
+    pub size: u64,
+    pub msg_id: u64,
+    pub obj: u64,
+    pub obj2: u64,
+    pub aux: u64,
+    pub result: i64,
+    pub duration_ns: u64,
+}
+
+impl<'a> Op<'a> {
+    pub(crate) const fn new(kind: EventKind, channel: ChannelKind, name: &'a str) -> Self {
+        Op {
+            kind,
+            channel: Some(channel),
+            name,
+            size: 0,
+            msg_id: 0,
+            obj: 0,
+            obj2: 0,
+            aux: 0,
+            result: 0,
+            duration_ns: 0,
+        }
+    }
+}
+
 /// Records one operation on a named IPC object: `size` bytes, the frame's
 /// `msg_id` (0 when the operation carries no message).
 #[inline]
 pub(crate) fn emit(kind: EventKind, channel: ChannelKind, name: &str, size: u64, msg_id: u64) {
+    emit_op(Op {
+        size,
+        msg_id,
+        ..Op::new(kind, channel, name)
+    });
+}
+
+/// Records one operation.
+#[inline]
+pub(crate) fn emit_op(op: Op<'_>) {
     // The tracing crate's view of the same operation, for the application's
     // own subscribers; cheap when none listens.
-    tracing::trace!(target: "ipc_lib", kind = kind.as_str(), channel = channel.as_str(), name, size, msg_id);
+    tracing::trace!(
+        target: "ipc_lib",
+        kind = op.kind.as_str(),
+        channel = op.channel.map_or("", ChannelKind::as_str),
+        name = op.name,
+        size = op.size,
+        msg_id = op.msg_id,
+        aux = op.aux,
+        result = op.result,
+        duration_ns = op.duration_ns,
+    );
     if !enabled() {
         return;
     }
     let (tid, comm) = thread_identity();
-    let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
+    let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
     let raw = RawEvent {
         ts_ns: monotonic_ns(),
         pid: PID.load(Ordering::Relaxed),
         tid,
-        kind: kind.code(),
-        chan_kind: channel.code(),
+        kind: op.kind.code(),
+        chan_kind: op
+            .channel
+            .map_or(ipc_events::raw::chan::NONE, ChannelKind::code),
         // Clamped to MAX_NAME (255) above.
         name_len: name.len() as u16,
-        msg_id,
-        size,
+        obj: op.obj,
+        obj2: op.obj2,
+        msg_id: op.msg_id,
+        size: op.size,
+        result: op.result,
+        duration_ns: op.duration_ns,
+        aux: op.aux,
         comm,
         ..RawEvent::default()
     };
@@ -288,7 +349,9 @@ fn thread_identity() -> (u32, [u8; 16]) {
     })
 }
 
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds: the clock every event is stamped with,
+/// for operations that measure their own duration.
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
