@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::query::Table;
-use collector::record::{record, RecordOptions};
+use collector::record::{record, RecordOptions, RecordOutcome};
 use collector::report;
 use collector::store::{default_db_path, OpenMode, SessionId, Store};
+
+mod demo;
 
 /// See the IPC between your processes: record it, query it, report on it.
 #[derive(Parser, Debug)]
@@ -42,6 +44,30 @@ enum Command {
     /// Check what this machine allows: privileges, BPF, BTF, tracefs,
     /// tracepoints, uprobes. Exits non-zero if recording with eBPF cannot work.
     Doctor,
+    /// Record a built-in multi-process workload on ipc-lib: producers and a
+    /// consumer on a shared-memory channel (more roles as ipc-lib grows).
+    Demo(DemoArgs),
+    /// The demo's conductor (started by `demo`; not for direct use).
+    #[command(name = "__demo", hide = true)]
+    DemoConductor {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// One process of the demo (started by the conductor).
+    #[command(name = "__demo-role", hide = true)]
+    DemoRole { role: demo::Role, demo: u32 },
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    #[command(flatten)]
+    db: DbArg,
+    /// Stop after this long (e.g. `10s`) [default: until Ctrl-C]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Do not load the eBPF probes (they are used when the privileges allow).
+    #[arg(long)]
+    no_ebpf: bool,
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +204,14 @@ fn main() -> ExitCode {
         )
         .with_writer(io::stderr)
         .init();
+    // The demo's own processes are plain ipc-lib programs: no runtime.
+    let command = match cli.command {
+        Command::DemoConductor { duration } => return exit_with(demo::conduct(duration)),
+        Command::DemoRole { role, demo } => {
+            return exit_with(demo::play(role, demo).map(|()| ExitCode::SUCCESS))
+        }
+        other => other,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -185,7 +219,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    exit_with(runtime.block_on(run(command)))
+}
+
+fn exit_with(result: Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ipcscope: {e:#}");
@@ -194,33 +232,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// Records, then says on stderr what was stored and what was lost.
+async fn record_and_summarise(options: RecordOptions) -> Result<RecordOutcome> {
+    let outcome = record(options).await?;
+    tracing::info!(?outcome, "recorded");
+    let dropped = if outcome.drops.is_empty() {
+        "nothing dropped".to_owned()
+    } else {
+        let parts: Vec<String> = outcome
+            .drops
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
+    };
+    eprintln!(
+        "ipcscope: session {} recorded: {} events, {dropped}",
+        outcome.session.0, outcome.writer.events,
+    );
+    Ok(outcome)
+}
+
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Record(args) => {
-            let outcome = record(RecordOptions {
+            let outcome = record_and_summarise(RecordOptions {
                 db: args.db.path()?,
                 name: args.name,
                 command: args.command,
                 ebpf: !args.no_ebpf,
             })
             .await?;
-            tracing::info!(?outcome, "recorded");
-            let dropped = if outcome.drops.is_empty() {
-                "nothing dropped".to_owned()
-            } else {
-                let parts: Vec<String> = outcome
-                    .drops
-                    .iter()
-                    .map(|(s, n)| format!("{s} {n}"))
-                    .collect();
-                format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
-            };
-            eprintln!(
-                "ipcscope: session {} recorded: {} events, {dropped}",
-                outcome.session.0, outcome.writer.events,
-            );
             // Exit statuses are 0-255; 128+N for signals already fits.
             Ok(ExitCode::from(outcome.exit_status.clamp(0, 255) as u8))
+        }
+        Command::Demo(args) => {
+            let exe = std::env::current_exe().context("finding the ipcscope executable")?;
+            let mut command = vec![exe.into_os_string(), "__demo".into()];
+            if let Some(d) = args.duration {
+                command.push(format!("--duration={}", humantime::format_duration(d)).into());
+            }
+            let db = args.db.path()?;
+            let outcome = record_and_summarise(RecordOptions {
+                db: db.clone(),
+                name: Some("demo".to_owned()),
+                command,
+                ebpf: !args.no_ebpf,
+            })
+            .await?;
+            let store = Store::open(&db, OpenMode::Existing).await?;
+            let report = report::build(&mut store.read_only().await?, outcome.session).await?;
+            write_stdout(report.to_text().as_bytes())?;
+            Ok(ExitCode::from(outcome.exit_status.clamp(0, 255) as u8))
+        }
+        Command::DemoConductor { .. } | Command::DemoRole { .. } => {
+            unreachable!("the demo's processes are dispatched before the runtime starts")
         }
         Command::Sessions(args) => {
             let store = args.db.open().await?;

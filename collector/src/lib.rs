@@ -11,6 +11,7 @@ pub mod correlate;
 pub mod ebpf;
 pub mod export;
 pub mod lib_ring;
+pub mod live;
 pub mod platform;
 pub mod query;
 pub mod record;

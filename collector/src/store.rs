@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection};
 
 pub use header::{Header, APPLICATION_ID};
-pub use writer::{spawn_writer, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats};
+pub use writer::{spawn_writer, Committed, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -333,6 +333,40 @@ impl Store {
         .await
         .map_err(StoreError::sql("storing an exit status"))?;
         Ok(())
+    }
+
+    /// Records (or, with `None`, clears) where a session's live feed is
+    /// served.
+    pub async fn set_live_socket(
+        &self,
+        session: SessionId,
+        path: Option<&Path>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET live_socket = ? WHERE id = ?")
+            .bind(path.map(|p| p.to_string_lossy().into_owned()))
+            .bind(session.0)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::sql("recording the live-feed socket"))?;
+        Ok(())
+    }
+
+    /// The newest session still being recorded that serves a live feed (or
+    /// that one session, if given), and where.
+    pub async fn live_socket(
+        &self,
+        session: Option<SessionId>,
+    ) -> Result<Option<(SessionId, PathBuf)>, StoreError> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, live_socket FROM sessions
+             WHERE live_socket IS NOT NULL AND ended_at IS NULL AND (?1 IS NULL OR id = ?1)
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(session.map(|s| s.0))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::sql("looking for a live recording"))?;
+        Ok(row.map(|(id, path)| (SessionId(id), PathBuf::from(path))))
     }
 
     /// The newest session's id, if any.

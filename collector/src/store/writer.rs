@@ -42,6 +42,23 @@ pub struct WriterConfig {
     pub rows_per_tx: usize,
     /// Longest time a row waits to be committed: what a crash can lose.
     pub flush_interval: Duration,
+    /// Where each committed batch goes next (the analysis), if anywhere.
+    /// Bounded: analysis that falls behind holds the writer back rather
+    /// than see a partial stream.
+    pub observer: Option<mpsc::Sender<Committed>>,
+}
+
+/// One committed transaction's worth of what the writer saw, for the
+/// analysis: events with their `channels.id`, and the messages it paired.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub events: Vec<Event>,
+    /// `channels.id` of each event's object, index for index.
+    pub channel_ids: Vec<Option<i64>>,
+    /// Sends paired with receives, keyed `(channels.id, receiving end)`.
+    pub messages: Vec<Paired<(i64, u64)>>,
+    /// Events the ingest queue refused since the previous batch.
+    pub ingest_dropped: u64,
 }
 
 impl Default for WriterConfig {
@@ -51,6 +68,7 @@ impl Default for WriterConfig {
             rows_per_statement: 500,
             rows_per_tx: 50_000,
             flush_interval: Duration::from_millis(100),
+            observer: None,
         }
     }
 }
@@ -152,6 +170,7 @@ pub async fn spawn_writer(
         dropped_stored: 0,
         stats: WriterStats::default(),
         full_insert_sql: String::new(),
+        observer: config.observer.clone(),
     };
     let join = tokio::spawn(writer.run(rx, config));
     Ok((Ingest { tx, dropped }, WriterHandle { join }))
@@ -179,6 +198,7 @@ struct Writer {
     /// The INSERT for a full statement, built once: sqlx caches prepared
     /// statements by their text.
     full_insert_sql: String,
+    observer: Option<mpsc::Sender<Committed>>,
 }
 
 impl Writer {
@@ -347,7 +367,20 @@ impl Writer {
         self.stats.transactions += 1;
         self.stats.ingest_dropped = dropped;
         self.dropped_stored = dropped;
-        pending.clear();
+        match &self.observer {
+            Some(observer) => {
+                let committed = Committed {
+                    events: std::mem::replace(pending, Vec::with_capacity(pending.capacity())),
+                    channel_ids,
+                    messages: paired,
+                    ingest_dropped: new_drops,
+                };
+                // A closed observer (the analysis stopped) leaves storing
+                // unaffected.
+                let _ = observer.send(committed).await;
+            }
+            None => pending.clear(),
+        }
         Ok(())
     }
 }

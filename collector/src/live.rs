@@ -1,0 +1,494 @@
+//! The live feed: a recording serves its aggregates to subscribers (the
+//! TUI, `ipcscope report --live`) over an owner-only Unix socket.
+//!
+//! Protocol and model: [`ipc_events::live`]. A subscriber gets a `Hello`
+//! and a full snapshot, then a delta every tick (10 Hz). Ingest never waits
+//! for a subscriber: each subscriber has at most one frame in flight, written
+//! without blocking; a subscriber that has not taken its frame by the next
+//! tick misses that tick's delta and is sent a fresh snapshot once it has
+//! caught up, so a slow one sees coarser updates and a stuck one costs one
+//! buffered frame.
+//!
+//! Only the recording user may subscribe: the socket is 0600 in a 0700
+//! directory, and each connection's `SO_PEERCRED` uid is checked as well
+//! (the directory could be somebody else's choice, e.g. `--live-dir`).
+
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipc_events::live::{
+    decode_frame, encode_frame, frame_len, Delta, Frame, FrameError, Snapshot, PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::clock::monotonic_ns;
+
+/// How often subscribers get a delta.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// What the feed serves: the analysis state of the recording.
+pub trait FeedSource: Send {
+    /// The whole state now.
+    fn snapshot(&mut self, now_ns: u64) -> Snapshot;
+    /// What changed since the previous call.
+    fn delta(&mut self, now_ns: u64) -> Delta;
+}
+
+/// Why the feed could not be served or read.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: no recording is serving a live feed there (it ended, or was killed)")]
+    NotLive { path: PathBuf },
+    #[error("{path}: the live feed speaks protocol {found}, this ipcscope {PROTOCOL_VERSION}; use matching versions")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: the live feed sent {what}")]
+    Protocol { path: PathBuf, what: String },
+    #[error("{path}: {source}")]
+    Frame {
+        path: PathBuf,
+        #[source]
+        source: FrameError,
+    },
+}
+
+/// The listening side, bound by the recorder.
+#[derive(Debug)]
+pub struct LiveFeed {
+    listener: UnixListener,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl LiveFeed {
+    /// Binds `live.sock` in a new 0700 directory under `runtime_dir`.
+    pub fn bind(runtime_dir: &Path) -> Result<LiveFeed, LiveError> {
+        let dir = runtime_dir.join(format!(
+            "ipcscope-live-{}-{}",
+            std::process::id(),
+            monotonic_ns()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(&dir, "creating the live-feed directory"))?;
+        let path = dir.join("live.sock");
+        let listener =
+            UnixListener::bind(&path).map_err(io_err(&path, "binding the live-feed socket"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&path, "restricting the live-feed socket"))?;
+        Ok(LiveFeed {
+            listener,
+            path,
+            dir,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves subscribers until `stop` carries a value (the command's exit
+    /// status, if it has one), then tells them the recording ended.
+    pub async fn run<S: FeedSource>(
+        self,
+        session_id: i64,
+        source: Arc<Mutex<S>>,
+        mut stop: watch::Receiver<Option<Option<i32>>>,
+    ) {
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let exit_status = loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => match check_peer(&stream) {
+                        Ok(()) => subscribers.push(Subscriber::new(stream, session_id)),
+                        Err(e) => tracing::warn!("live-feed subscriber refused: {e}"),
+                    },
+                    Err(e) => tracing::warn!("accepting a live-feed subscriber: {e}"),
+                },
+                _ = tick.tick() => {
+                    let now = monotonic_ns();
+                    // The source's lock is held only to compute, never while
+                    // writing to a subscriber.
+                    let delta = encode_frame(&Frame::Delta(Box::new(lock(&source).delta(now))));
+                    subscribers.retain_mut(|s| s.tick(&delta, || {
+                        encode_frame(&Frame::Snapshot(Box::new(lock(&source).snapshot(now))))
+                    }));
+                },
+                changed = stop.changed() => {
+                    let status = *stop.borrow();
+                    match (changed, status) {
+                        (_, Some(exit_status)) => break exit_status,
+                        // The recorder went away without saying how it ended.
+                        (Err(_), None) => break None,
+                        (Ok(()), None) => {}
+                    }
+                }
+            }
+        };
+        // A last full state, then the end: best effort, briefly, so a stuck
+        // subscriber cannot hold the recorder up.
+        let now = monotonic_ns();
+        let last = encode_frame(&Frame::Snapshot(Box::new(lock(&source).snapshot(now))));
+        let end = encode_frame(&Frame::End { exit_status });
+        for mut s in subscribers {
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                s.out.extend_from_slice(&last);
+                s.out.extend_from_slice(&end);
+                s.stream.write_all(&s.out).await
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn lock<S>(source: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    // A panic elsewhere poisoned it; the aggregates are still the best
+    // there is, and the feed must not take the recording down.
+    source.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Only the recording's own user may watch it.
+fn check_peer(stream: &UnixStream) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    // SAFETY: geteuid has no preconditions.
+    let ours = unsafe { libc::geteuid() };
+    if cred.uid() != ours {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "uid {} (pid {:?}) is not the recording's uid {ours}",
+                cred.uid(),
+                cred.pid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One connection and the bytes not yet written to it.
+struct Subscriber {
+    stream: UnixStream,
+    out: Vec<u8>,
+    /// Written up to here.
+    at: usize,
+    /// It missed a delta (or is new): send a snapshot when it can take one.
+    needs_snapshot: bool,
+}
+
+impl Subscriber {
+    fn new(stream: UnixStream, session_id: i64) -> Self {
+        Subscriber {
+            stream,
+            out: encode_frame(&Frame::Hello {
+                version: PROTOCOL_VERSION,
+                session_id,
+            }),
+            at: 0,
+            needs_snapshot: true,
+        }
+    }
+
+    /// Queues this tick's frame if the previous one is gone, and writes what
+    /// the socket takes without waiting. Returns false when the subscriber
+    /// has gone.
+    fn tick(&mut self, delta: &[u8], snapshot: impl FnOnce() -> Vec<u8>) -> bool {
+        if !self.flush() {
+            return false;
+        }
+        if self.at < self.out.len() {
+            // Still writing an earlier frame: this delta is skipped, so the
+            // next frame it gets must be whole.
+            self.needs_snapshot = true;
+            return true;
+        }
+        self.out.clear();
+        self.at = 0;
+        if self.needs_snapshot {
+            self.out.extend_from_slice(&snapshot());
+            self.needs_snapshot = false;
+        } else {
+            self.out.extend_from_slice(delta);
+        }
+        self.flush()
+    }
+
+    /// Writes without blocking; false when the peer has gone.
+    fn flush(&mut self) -> bool {
+        while self.at < self.out.len() {
+            match self.stream.try_write(&self.out[self.at..]) {
+                Ok(0) => return false,
+                Ok(n) => self.at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A subscription to a recording's live feed (blocking; run it on a thread
+/// of its own).
+#[derive(Debug)]
+pub struct Subscription {
+    stream: StdUnixStream,
+    path: PathBuf,
+    session_id: i64,
+}
+
+impl Subscription {
+    /// Connects and reads the `Hello`.
+    pub fn connect(path: &Path) -> Result<Subscription, LiveError> {
+        let stream = StdUnixStream::connect(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => LiveError::NotLive {
+                path: path.into(),
+            },
+            _ => LiveError::Io {
+                path: path.into(),
+                action: "connecting to the live feed",
+                source,
+            },
+        })?;
+        let mut sub = Subscription {
+            stream,
+            path: path.into(),
+            session_id: 0,
+        };
+        match sub.next_frame()? {
+            Some(Frame::Hello {
+                version,
+                session_id,
+            }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(LiveError::Version {
+                        path: path.into(),
+                        found: version,
+                    });
+                }
+                sub.session_id = session_id;
+                Ok(sub)
+            }
+            Some(other) => Err(sub.protocol(format!(
+                "{} before its hello",
+                frame_name(&other)
+            ))),
+            None => Err(LiveError::NotLive { path: path.into() }),
+        }
+    }
+
+    pub fn session_id(&self) -> i64 {
+        self.session_id
+    }
+
+    /// The next frame; `None` when the recorder closed the connection.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, LiveError> {
+        let mut header = [0u8; 4];
+        match self.stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(source) => return Err(self.io("reading the live feed", source)),
+        }
+        let len = frame_len(header).map_err(|source| self.frame(source))?;
+        let mut body = vec![0; len];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    self.protocol(format!("a frame cut short (announced {len} bytes)"))
+                }
+                _ => self.io("reading the live feed", source),
+            })?;
+        decode_frame(&body)
+            .map(Some)
+            .map_err(|source| self.frame(source))
+    }
+
+    fn io(&self, action: &'static str, source: io::Error) -> LiveError {
+        LiveError::Io {
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+
+    fn frame(&self, source: FrameError) -> LiveError {
+        LiveError::Frame {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, what: String) -> LiveError {
+        LiveError::Protocol {
+            path: self.path.clone(),
+            what,
+        }
+    }
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello { .. } => "a hello",
+        Frame::Snapshot(_) => "a snapshot",
+        Frame::Delta(_) => "a delta",
+        Frame::End { .. } => "an end",
+    }
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> LiveError {
+    let path = path.to_path_buf();
+    move |source| LiveError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_events::live::Totals;
+
+    /// A source whose every delta counts one more event.
+    #[derive(Default)]
+    struct Counting {
+        events: u64,
+        snapshots: u64,
+    }
+
+    impl FeedSource for Counting {
+        fn snapshot(&mut self, now_ns: u64) -> Snapshot {
+            self.snapshots += 1;
+            Snapshot {
+                session_id: 9,
+                now_ns,
+                totals: Totals {
+                    events: self.events,
+                    ..Totals::default()
+                },
+                ..Snapshot::default()
+            }
+        }
+        fn delta(&mut self, now_ns: u64) -> Delta {
+            self.events += 1;
+            Delta {
+                now_ns,
+                totals: Totals {
+                    events: self.events,
+                    ..Totals::default()
+                },
+                ..Delta::default()
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_gets_hello_snapshot_deltas_and_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = LiveFeed::bind(dir.path()).unwrap();
+        let path = feed.path().to_owned();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let source = Arc::new(Mutex::new(Counting::default()));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let server = tokio::spawn(feed.run(9, Arc::clone(&source), stop_rx));
+
+        let frames = tokio::task::spawn_blocking(move || {
+            let mut sub = Subscription::connect(&path).unwrap();
+            assert_eq!(sub.session_id(), 9);
+            let mut state = match sub.next_frame().unwrap() {
+                Some(Frame::Snapshot(s)) => *s,
+                other => panic!("expected a snapshot, got {other:?}"),
+            };
+            let mut deltas = 0;
+            loop {
+                match sub.next_frame().unwrap() {
+                    Some(Frame::Delta(d)) => {
+                        state.apply(*d);
+                        deltas += 1;
+                    }
+                    Some(Frame::Snapshot(s)) => state = *s,
+                    Some(Frame::End { exit_status }) => return (state, deltas, exit_status),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        tokio::time::sleep(TICK * 5).await;
+        stop_tx.send(Some(Some(3))).unwrap();
+        server.await.unwrap();
+        let (state, deltas, exit_status) = frames.await.unwrap();
+        assert!(deltas >= 2, "only {deltas} deltas in five ticks");
+        assert_eq!(exit_status, Some(3));
+        let events = lock(&source).events;
+        assert_eq!(
+            state.totals.events, events,
+            "the last snapshot holds the final totals"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_never_reads_costs_one_frame_and_never_blocks_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = LiveFeed::bind(dir.path()).unwrap();
+        let path = feed.path().to_owned();
+        let source = Arc::new(Mutex::new(Counting::default()));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let server = tokio::spawn(feed.run(9, Arc::clone(&source), stop_rx));
+
+        // Connected and never read from: its socket buffer fills.
+        let _stuck = StdUnixStream::connect(&path).unwrap();
+        let reader_path = path.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut sub = Subscription::connect(&reader_path).unwrap();
+            let mut frames = 0;
+            while let Some(frame) = sub.next_frame().unwrap() {
+                frames += 1;
+                if matches!(frame, Frame::End { .. }) {
+                    break;
+                }
+            }
+            frames
+        });
+        tokio::time::sleep(TICK * 6).await;
+        stop_tx.send(Some(None)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the feed finished despite a stuck subscriber")
+            .unwrap();
+        let frames = reader.await.unwrap();
+        assert!(
+            frames >= 4,
+            "the reading subscriber kept getting frames: {frames}"
+        );
+    }
+
+    #[test]
+    fn connecting_where_nothing_listens_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Subscription::connect(&dir.path().join("live.sock")).unwrap_err();
+        assert!(matches!(err, LiveError::NotLive { .. }), "{err}");
+        assert!(err.to_string().contains("no recording is serving"));
+    }
+}
