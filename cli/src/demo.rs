@@ -63,7 +63,11 @@ pub fn conduct(duration: Option<Duration>) -> Result<ExitCode> {
     for &role in ROLES {
         let child = Command::new(&exe)
             .arg("__demo-role")
-            .arg(role.to_possible_value().expect("roles have names").get_name())
+            .arg(
+                role.to_possible_value()
+                    .expect("roles have names")
+                    .get_name(),
+            )
             .arg(demo.to_string())
             .spawn()
             .with_context(|| format!("starting the demo's {role:?}"))?;
@@ -108,6 +112,17 @@ pub fn play(role: Role, demo: u32) -> Result<()> {
     install_stop_handlers();
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Named after the role, so every view of the demo tells them apart.
+    let comm = std::ffi::CString::new(format!(
+        "demo-{}",
+        role.to_possible_value()
+            .expect("roles have names")
+            .get_name()
+    ))
+    .expect("role names have no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel keeps
+    // its first 15 bytes).
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     if std::os::unix::process::parent_id() != demo {
         // The conductor died before we set the flag.
         return Ok(());

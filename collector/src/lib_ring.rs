@@ -278,7 +278,12 @@ impl RingListener {
 
     /// Accepts rings and feeds their events to `ingest` until `stop` turns
     /// true, then drains every ring one last time.
-    pub async fn run(self, ingest: Ingest, mut stop: watch::Receiver<bool>) {
+    ///
+    /// Each registering process is reported (its comm and executable, as a
+    /// `process_exec` that the store merges with what it already knows);
+    /// with `report_exits`, for recordings where no other source sees
+    /// processes end, so is its disconnection, as its exit.
+    pub async fn run(self, ingest: Ingest, mut stop: watch::Receiver<bool>, report_exits: bool) {
         let mut rings = JoinSet::new();
         let ring_stop = stop.clone();
         loop {
@@ -286,7 +291,7 @@ impl RingListener {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => match register(&stream).await {
                         Ok((reader, pid)) => {
-                            rings.spawn(pump(reader, pid, stream, ingest.clone(), ring_stop.clone()));
+                            rings.spawn(pump(reader, pid, stream, ingest.clone(), ring_stop.clone(), report_exits));
                         }
                         Err(e) => tracing::warn!("ipc-lib ring refused: {e}"),
                     },
@@ -400,7 +405,11 @@ async fn pump(
     stream: UnixStream,
     ingest: Ingest,
     mut stop: watch::Receiver<bool>,
+    report_exits: bool,
 ) {
+    if ingest.send(vec![process_seen(pid)]).await.is_err() {
+        return;
+    }
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = false;
@@ -434,10 +443,40 @@ async fn pump(
             events.push(drop_event(pid, drop_source::DECODE, 1));
             last = true;
         }
+        let gone = last && !*stop.borrow();
+        if gone && report_exits {
+            events.push(Event::new(
+                monotonic_ns(),
+                pid,
+                pid,
+                Source::Collector,
+                EventKind::ProcessExit,
+            ));
+        }
         if ingest.send(events).await.is_err() {
             return;
         }
     }
+}
+
+/// A registering process as the store knows processes: its comm and
+/// executable, read from /proc while it is certainly alive (it is still
+/// connected).
+fn process_seen(pid: u32) -> Event {
+    let mut e = Event::new(
+        monotonic_ns(),
+        pid,
+        pid,
+        Source::Collector,
+        EventKind::ProcessExec,
+    );
+    e.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or_default();
+    e.path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    e
 }
 
 /// Resolves once `stop` holds true (or its sender is gone). The guard

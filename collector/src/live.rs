@@ -262,9 +262,9 @@ impl Subscription {
     /// Connects and reads the `Hello`.
     pub fn connect(path: &Path) -> Result<Subscription, LiveError> {
         let stream = StdUnixStream::connect(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => LiveError::NotLive {
-                path: path.into(),
-            },
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                LiveError::NotLive { path: path.into() }
+            }
             _ => LiveError::Io {
                 path: path.into(),
                 action: "connecting to the live feed",
@@ -290,10 +290,7 @@ impl Subscription {
                 sub.session_id = session_id;
                 Ok(sub)
             }
-            Some(other) => Err(sub.protocol(format!(
-                "{} before its hello",
-                frame_name(&other)
-            ))),
+            Some(other) => Err(sub.protocol(format!("{} before its hello", frame_name(&other)))),
             None => Err(LiveError::NotLive { path: path.into() }),
         }
     }

@@ -101,7 +101,7 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     command
         .args(&options.command[1..])
         .env(SOCKET_ENV, rings.path());
-    let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped));
+    let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped, probes.is_none()));
     if let Some(p) = probes.as_mut() {
         p.track(recorder_pid, true)
             .context("registering the recorder with the probes")?;

@@ -22,7 +22,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection};
 
 pub use header::{Header, APPLICATION_ID};
-pub use writer::{spawn_writer, Committed, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats};
+pub use writer::{
+    spawn_writer, Committed, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats,
+};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");

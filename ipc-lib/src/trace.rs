@@ -76,6 +76,9 @@ pub(crate) struct Op<'a> {
     pub aux: u64,
     pub result: i64,
     pub duration_ns: u64,
+    /// When it happened, if not now (0): for operations that must be
+    /// stamped before they take effect.
+    pub ts_ns: u64,
 }
 
 impl<'a> Op<'a> {
@@ -91,6 +94,7 @@ impl<'a> Op<'a> {
             aux: 0,
             result: 0,
             duration_ns: 0,
+            ts_ns: 0,
         }
     }
 }
@@ -128,7 +132,10 @@ pub(crate) fn emit_op(op: Op<'_>) {
     let (tid, comm) = thread_identity();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
     let raw = RawEvent {
-        ts_ns: monotonic_ns(),
+        ts_ns: match op.ts_ns {
+            0 => monotonic_ns(),
+            at => at,
+        },
         pid: PID.load(Ordering::Relaxed),
         tid,
         kind: op.kind.code(),
@@ -148,6 +155,17 @@ pub(crate) fn emit_op(op: Op<'_>) {
         ..RawEvent::default()
     };
     write(&raw, name);
+}
+
+/// The time now when tracing is on, else 0 (and no clock read): for
+/// [`Op::ts_ns`].
+#[inline]
+pub(crate) fn now_if_enabled() -> u64 {
+    if enabled() {
+        monotonic_ns()
+    } else {
+        0
+    }
 }
 
 /// Events this process's ring refused because it was full.

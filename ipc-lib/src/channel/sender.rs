@@ -11,7 +11,7 @@ use super::layout::{Layout, Mode};
 use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
 use super::sys::PeerWatch;
-use crate::trace;
+use crate::trace::{self, Op};
 
 /// What [`Sender::send`] does when the channel is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,19 +250,26 @@ impl Sender {
         // Set when the first wait starts: the fast path reads no clock.
         let mut last_check: Option<Instant> = None;
         loop {
+            // Stamped before the message is published: once it is, the
+            // receiver may take it and stamp its receive first, and a send
+            // must never look later than its receive.
+            let sent_ns = trace::now_if_enabled();
             if let Some(id) = self
                 .producer
                 .try_push(&self.sh, msg)
                 .map_err(SendError::Corrupt)?
             {
                 self.full_streak = 0;
-                trace::emit(
-                    EventKind::MsgSend,
-                    ChannelKind::IpclibChannel,
-                    &self.sh.name,
-                    msg.len() as u64,
-                    id,
-                );
+                trace::emit_op(Op {
+                    size: msg.len() as u64,
+                    msg_id: id,
+                    ts_ns: sent_ns,
+                    ..Op::new(
+                        EventKind::MsgSend,
+                        ChannelKind::IpclibChannel,
+                        &self.sh.name,
+                    )
+                });
                 return Ok(id);
             }
             let deadline = match wait {
