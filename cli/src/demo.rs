@@ -98,9 +98,7 @@ pub fn conduct(duration: Option<Duration>) -> Result<ExitCode> {
             failed.push(format!("{role:?} exited with {status}"));
         }
     }
-    for name in ["jobs"] {
-        let _ = ipc_lib::channel::remove(&self::name(demo, name));
-    }
+    let _ = ipc_lib::channel::remove(&name(demo, "jobs"));
     if !failed.is_empty() {
         bail!("the demo workload failed: {}", failed.join("; "));
     }

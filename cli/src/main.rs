@@ -174,6 +174,10 @@ struct ReportArgs {
     session: SessionArg,
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    /// Follow a running recording of this database: its live aggregates
+    /// every second (json: one snapshot per line) until it ends.
+    #[arg(long)]
+    live: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -299,6 +303,21 @@ async fn run(command: Command) -> Result<ExitCode> {
             let mut table = collector::query::run(&mut conn, &args.sql).await?;
             print_table(&mut table, args.format)
         }
+        Command::Report(args) if args.live => {
+            let store = args.db.open().await?;
+            let session = args.session.session.map(SessionId);
+            let Some((_, socket)) = store.live_socket(session).await? else {
+                bail!(
+                    "{}: no recording of this database is running (`ipcscope report` without --live shows recorded sessions)",
+                    store.path().display()
+                );
+            };
+            store.close().await;
+            let format = args.format;
+            tokio::task::spawn_blocking(move || follow_live(&socket, format))
+                .await
+                .context("the live report panicked")?
+        }
         Command::Report(args) => {
             let store = args.db.open().await?;
             let session = args.session.resolve(&store).await?;
@@ -346,6 +365,44 @@ async fn run(command: Command) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// Prints a live recording's state once a second until it ends.
+fn follow_live(socket: &std::path::Path, format: ReportFormat) -> Result<ExitCode> {
+    use ipc_events::live::Frame;
+    let mut feed = collector::live::Subscription::connect(socket)?;
+    let mut state = None;
+    let mut printed = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    loop {
+        let frame = feed.next_frame()?;
+        let ended = matches!(frame, None | Some(Frame::End { .. }));
+        match frame {
+            Some(Frame::Snapshot(s)) => state = Some(*s),
+            Some(Frame::Delta(d)) => {
+                if let Some(s) = state.as_mut() {
+                    s.apply(*d);
+                }
+            }
+            _ => {}
+        }
+        let Some(s) = state.as_ref() else {
+            if ended {
+                bail!("the recording ended before sending its state");
+            }
+            continue;
+        };
+        if ended || printed.elapsed() >= std::time::Duration::from_secs(1) {
+            printed = std::time::Instant::now();
+            let text = match format {
+                ReportFormat::Text => collector::report::live_text(s) + "\n",
+                ReportFormat::Json => serde_json::to_string(s)? + "\n",
+            };
+            write_stdout(text.as_bytes())?;
+        }
+        if ended {
+            return Ok(ExitCode::SUCCESS);
         }
     }
 }

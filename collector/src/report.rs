@@ -4,6 +4,7 @@
 //! report shows is exactly what a user could ask `ipcscope query` for, and
 //! the JSON form is those same rows.
 
+use ipc_events::live::Snapshot;
 use serde_json::{Map, Value as Json};
 use sqlx::SqliteConnection;
 
@@ -159,6 +160,107 @@ impl Report {
     }
 }
 
+/// A live snapshot as text, for `report --live`: the totals, the busiest
+/// channels, waits, and every deadlock.
+pub fn live_text(s: &Snapshot) -> String {
+    let t = &s.totals;
+    let state = if s.live { "recording" } else { "ended" };
+    let mut out = format!(
+        "session {} {:?}: {state}, {}\n\
+         events {} ({:.0}/s)  messages {} ({:.0}/s, {}/s)  processes {}  channels {}  drops {}\n\n",
+        s.session_id,
+        s.session_name,
+        format_ns(s.now_ns.saturating_sub(s.started_ns) as i64),
+        t.events,
+        s.rate_1s.events_per_s,
+        t.messages,
+        s.rate_1s.messages_per_s,
+        format_bytes(s.rate_1s.bytes_per_s as i64),
+        t.processes,
+        t.channels,
+        t.drops,
+    );
+    let mut channels: Vec<_> = s.channels.iter().collect();
+    channels.sort_by(|a, b| b.messages.cmp(&a.messages));
+    let mut table = Table {
+        columns: [
+            "kind",
+            "name",
+            "messages",
+            "msgs_per_s",
+            "bytes_per_s",
+            "p50_ns",
+            "p99_ns",
+            "max_ns",
+            "depth",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: Vec::new(),
+    };
+    for c in channels.iter().take(LIVE_CHANNELS) {
+        let lat = &c.latency.session;
+        table.rows.push(vec![
+            Value::Text(c.channel.kind().to_string()),
+            Value::Text(c.channel.name()),
+            Value::Integer(c.messages as i64),
+            Value::Integer(c.rate_1s.messages_per_s.round() as i64),
+            Value::Integer(c.rate_1s.bytes_per_s.round() as i64),
+            Value::Integer(lat.p50 as i64),
+            Value::Integer(lat.p99 as i64),
+            Value::Integer(lat.max as i64),
+            c.queue_depth
+                .map_or(Value::Null, |d| Value::Integer(d as i64)),
+        ]);
+    }
+    humanise(&mut table);
+    out.push_str(&table.to_aligned());
+    if channels.len() > LIVE_CHANNELS {
+        out.push_str(&format!(
+            "... and {} more channels\n",
+            channels.len() - LIVE_CHANNELS
+        ));
+    }
+    for w in s.waits.iter().filter(|w| w.waiting_now > 0) {
+        out.push_str(&format!(
+            "waiting now: {} on {} (p99 wait {})\n",
+            w.waiting_now,
+            w.channel,
+            format_ns(w.latency.session.p99 as i64)
+        ));
+    }
+    for d in &s.deadlocks {
+        let status = match d.resolved_ns {
+            None => "DEADLOCK".to_owned(),
+            Some(at) => format!(
+                "deadlock (resolved after {})",
+                format_ns(at.saturating_sub(d.detected_ns) as i64)
+            ),
+        };
+        let path: Vec<String> = d
+            .cycle
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} waits for {} {}",
+                    m.pid, m.comm, m.waits_for.kind, m.waits_for.name
+                )
+            })
+            .collect();
+        out.push_str(&format!("{status}: {}\n", path.join(" -> ")));
+    }
+    for i in &s.inversions {
+        out.push_str(&format!(
+            "lock order inversion: pid {} takes {} then {}, pid {} the other way round\n",
+            i.first_pid, i.first.name, i.second.name, i.second_pid
+        ));
+    }
+    out
+}
+
+/// Channels `live_text` lists, busiest first.
+const LIVE_CHANNELS: usize = 10;
+
 /// Durations (`*_ns`) and sizes (`bytes*`) as a person reads them.
 pub fn humanise(table: &mut Table) {
     for (i, col) in table.columns.iter().enumerate() {
@@ -224,6 +326,71 @@ mod tests {
         assert_eq!(format_ns(12_345), "12.3 µs");
         assert_eq!(format_ns(200_400_000), "200 ms");
         assert_eq!(format_ns(4_050_000_000), "4.05 s");
+    }
+
+    #[test]
+    fn a_live_snapshot_shows_channels_busiest_first_and_every_deadlock() {
+        use ipc_events::live::{
+            ChannelStats, CycleMember, Deadlock, Latency, Percentiles, Rates, Resource,
+        };
+        use ipc_events::{ChannelId, ChannelKind};
+        let channel = |id: i64, name: &str, messages: u64| ChannelStats {
+            id,
+            channel: ChannelId::named(ChannelKind::IpclibChannel, name),
+            senders: vec![10],
+            receivers: vec![11],
+            messages,
+            bytes: messages * 64,
+            rate_1s: Rates::default(),
+            rate_10s: Rates::default(),
+            latency: Latency {
+                session: Percentiles {
+                    count: messages,
+                    p50: 1500,
+                    p99: 9000,
+                    max: 20_000,
+                    ..Percentiles::default()
+                },
+                ..Latency::default()
+            },
+            queue_depth: Some(3),
+            recent: Vec::new(),
+        };
+        let member = |pid: u32, sem: &str| CycleMember {
+            pid,
+            tid: pid,
+            comm: format!("locker-{pid}"),
+            waits_for: Resource {
+                channel_id: None,
+                kind: ChannelKind::IpclibSem,
+                name: sem.into(),
+            },
+        };
+        let snapshot = Snapshot {
+            session_id: 4,
+            session_name: "demo".into(),
+            live: true,
+            channels: vec![channel(1, "quiet", 5), channel(2, "busy", 500)],
+            deadlocks: vec![Deadlock {
+                id: 1,
+                detected_ns: 0,
+                resolved_ns: None,
+                cycle: vec![member(20, "a"), member(21, "b")],
+            }],
+            ..Snapshot::default()
+        };
+        let text = live_text(&snapshot);
+        let busy = text.find("busy").expect("busy channel listed");
+        let quiet = text.find("quiet").expect("quiet channel listed");
+        assert!(busy < quiet, "busiest first:\n{text}");
+        assert!(
+            text.contains("1.50 µs") && text.contains("9.00 µs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DEADLOCK: 20 locker-20 waits for ipclib_sem a -> 21 locker-21 waits for ipclib_sem b"),
+            "{text}"
+        );
     }
 
     #[test]
