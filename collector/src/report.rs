@@ -181,7 +181,7 @@ pub fn live_text(s: &Snapshot) -> String {
         t.drops,
     );
     let mut channels: Vec<_> = s.channels.iter().collect();
-    channels.sort_by(|a, b| b.messages.cmp(&a.messages));
+    channels.sort_by_key(|c| std::cmp::Reverse(c.messages));
     let mut table = Table {
         columns: [
             "kind",
