@@ -265,6 +265,8 @@ async fn run(command: Command) -> Result<ExitCode> {
                 name: args.name,
                 command: args.command,
                 ebpf: !args.no_ebpf,
+                ebpf_optional: false,
+                output: None,
             })
             .await?;
             // Exit statuses are 0-255; 128+N for signals already fits.
@@ -282,6 +284,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 name: Some("demo".to_owned()),
                 command,
                 ebpf: !args.no_ebpf,
+                // The demo is about ipc-lib: without privileges it still
+                // shows everything but the kernel's view.
+                ebpf_optional: true,
+                output: None,
             })
             .await?;
             let store = Store::open(&db, OpenMode::Existing).await?;

@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -40,6 +40,22 @@ pub struct RecordOptions {
     pub command: Vec<OsString>,
     /// Load the eBPF probes (needs CAP_BPF + CAP_PERFMON, or root).
     pub ebpf: bool,
+    /// When the probes cannot be loaded, say why and record the ipc-lib
+    /// source alone instead of failing.
+    pub ebpf_optional: bool,
+    /// Send the command's stdout and stderr to this file (created 0600)
+    /// instead of ours: for when a dashboard owns the terminal.
+    pub output: Option<PathBuf>,
+}
+
+/// How a caller steers a recording while it runs.
+#[derive(Debug, Default)]
+pub struct RecordControl {
+    /// Told where the live feed is served, once it is.
+    pub live_ready: Option<oneshot::Sender<PathBuf>>,
+    /// Ends the recording early when it turns true: the command gets
+    /// SIGTERM, as when the recorder itself does.
+    pub stop: Option<watch::Receiver<bool>>,
 }
 
 /// What a recording produced.
@@ -57,6 +73,11 @@ pub struct RecordOutcome {
 
 /// Records `options.command` until it exits.
 pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
+    record_with(options, RecordControl::default()).await
+}
+
+/// [`record`], steered by `control`.
+pub async fn record_with(options: RecordOptions, control: RecordControl) -> Result<RecordOutcome> {
     let program = options
         .command
         .first()
@@ -65,9 +86,16 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     // Probes first: a missing privilege should fail before a database or a
     // process is created.
     let mut probes = match options.ebpf {
-        true => Some(
-            Probes::load(&ProbeConfig { trace_all: false }).context("loading the eBPF probes")?,
-        ),
+        true => match Probes::load(&ProbeConfig { trace_all: false }) {
+            Ok(p) => Some(p),
+            Err(e) if options.ebpf_optional => {
+                eprintln!(
+                    "ipcscope: recording ipc-lib processes only: the eBPF probes did not load: {e:#}"
+                );
+                None
+            }
+            Err(e) => return Err(e).context("loading the eBPF probes"),
+        },
         false => None,
     };
 
@@ -101,6 +129,17 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     command
         .args(&options.command[1..])
         .env(SOCKET_ENV, rings.path());
+    if let Some(path) = &options.output {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open {} for the command's output", path.display()))?;
+        command
+            .stdout(file.try_clone().context("duplicating the output file")?)
+            .stderr(file);
+    }
     let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped, probes.is_none()));
     if let Some(p) = probes.as_mut() {
         p.track(recorder_pid, true)
@@ -124,14 +163,18 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     }
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 
+    let mut stop = control.stop;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
             _ = interrupts.recv() => {}
-            _ = terminations.recv() => {
-                // SAFETY: kill has no memory effects; child_pid is our own
-                // child, not yet reaped, so the pid cannot have been reused.
-                unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+            _ = terminations.recv() => terminate(child_pid),
+            stopped = async { stop.as_mut()?.wait_for(|s| *s).await.ok().map(|_| ()) }, if stop.is_some() => {
+                if stopped.is_some() {
+                    terminate(child_pid);
+                }
+                // Asked once (or the asker is gone): do not ask again.
+                stop = None;
             }
         }
     };
@@ -177,6 +220,13 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
         writer,
         drops,
     })
+}
+
+/// Asks the command to end, as a terminal's owner would.
+fn terminate(child_pid: u32) {
+    // SAFETY: kill has no memory effects; child_pid is our own child, not
+    // yet reaped, so the pid cannot have been reused.
+    unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
 }
 
 /// Where the ring socket goes: the user's runtime directory (owner-only by
