@@ -481,6 +481,61 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_user_cannot_subscribe_even_through_open_permissions() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root (to run a subscriber as another uid), and CI runs as root"
+            );
+            eprintln!("skipped: needs root to run a subscriber as another uid");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let feed = LiveFeed::bind(dir.path()).unwrap();
+        let path = feed.path().to_owned();
+        // Open the directory and socket to everyone, so that only the
+        // SO_PEERCRED check stands between the other user and the feed.
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let source = Arc::new(Mutex::new(Counting::default()));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let server = tokio::spawn(feed.run(9, source, stop_rx));
+
+        let script = "import socket,sys\n\
+                      s=socket.socket(socket.AF_UNIX)\n\
+                      s.settimeout(5)\n\
+                      s.connect(sys.argv[1])\n\
+                      print(len(s.recv(4096)))";
+        let out = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .await
+            .expect("python3 runs (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "uid 65534 connected, and must be closed on without a byte"
+        );
+        stop_tx.send(Some(None)).unwrap();
+        server.await.unwrap();
+    }
+
     #[test]
     fn connecting_where_nothing_listens_says_so() {
         let dir = tempfile::tempdir().unwrap();
