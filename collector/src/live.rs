@@ -536,6 +536,68 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// A feed that sends `bytes` and hangs up, and what a subscriber makes
+    /// of it.
+    fn subscribe_to(bytes: Vec<u8>) -> LiveError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.write_all(&bytes);
+        });
+        let result: Result<(), LiveError> = Subscription::connect(&path).and_then(|mut sub| loop {
+            if sub.next_frame()?.is_none() {
+                break Err(sub.protocol("nothing wrong".into()));
+            }
+        });
+        server.join().unwrap();
+        result.unwrap_err()
+    }
+
+    #[test]
+    fn a_broken_or_hostile_feed_is_a_precise_error() {
+        let hello = encode_frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            session_id: 1,
+        });
+        let huge = [hello.clone(), u32::MAX.to_le_bytes().to_vec()].concat();
+        assert!(
+            matches!(
+                subscribe_to(huge),
+                LiveError::Frame {
+                    source: FrameError::TooLarge(_),
+                    ..
+                }
+            ),
+            "a frame over the limit is refused before anything is allocated"
+        );
+        let garbage = [hello.clone(), 3u32.to_le_bytes().to_vec(), b"{{{".to_vec()].concat();
+        assert!(matches!(
+            subscribe_to(garbage),
+            LiveError::Frame {
+                source: FrameError::Malformed(_),
+                ..
+            }
+        ));
+        let cut = [hello, 100u32.to_le_bytes().to_vec(), b"{".to_vec()].concat();
+        let err = subscribe_to(cut);
+        assert!(
+            err.to_string()
+                .contains("a frame cut short (announced 100 bytes)"),
+            "{err}"
+        );
+        let future = encode_frame(&Frame::Hello {
+            version: PROTOCOL_VERSION + 1,
+            session_id: 1,
+        });
+        assert!(matches!(subscribe_to(future), LiveError::Version { .. }));
+        let headless = encode_frame(&Frame::End { exit_status: None });
+        let err = subscribe_to(headless);
+        assert!(err.to_string().contains("an end before its hello"), "{err}");
+    }
+
     #[test]
     fn connecting_where_nothing_listens_says_so() {
         let dir = tempfile::tempdir().unwrap();

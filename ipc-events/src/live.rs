@@ -371,6 +371,31 @@ pub fn decode_frame(body: &[u8]) -> Result<Frame, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A subscriber reads whatever a broken or hostile peer sends:
+        /// decoding it is an error or a frame, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = frame_len(bytes.get(..4).map_or([0; 4], |h| h.try_into().unwrap()));
+            let _ = decode_frame(&bytes);
+        }
+
+        /// Valid JSON of the wrong shape is an error too, not a panic.
+        #[test]
+        fn mangled_frames_are_errors_or_frames(cut in 0usize..400, flip in any::<u8>()) {
+            let mut bytes = encode_frame(&Frame::Snapshot(Box::new(Snapshot {
+                channels: vec![channel(1, 3)],
+                ..Snapshot::default()
+            })));
+            let body = &mut bytes[4..];
+            let at = cut % body.len();
+            body[at] ^= flip;
+            let _ = decode_frame(body);
+            let _ = decode_frame(&body[..at]);
+        }
+    }
 
     fn channel(id: i64, messages: u64) -> ChannelStats {
         ChannelStats {
