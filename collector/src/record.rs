@@ -180,31 +180,45 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     };
     let exit_status = shell_status(status);
 
-    let (_kernel_drops, probes) = match pump {
-        Some((stop, join)) => {
-            let _ = stop.send(());
-            let (drops, probes) = join.await.context("the eBPF reader panicked")??;
-            (drops, Some(probes))
-        }
-        None => {
-            let mut exit = Event::new(
-                monotonic_ns(),
-                child_pid,
-                child_pid,
-                Source::Collector,
-                EventKind::ProcessExit,
-            );
-            exit.aux = exit_status as u64;
-            ingest.send(vec![exit]).await?;
-            (0, None)
-        }
-    };
-    let _ = stop_rings.send(true);
-    ring_task
-        .await
-        .context("the ipc-lib ring reader panicked")?;
+    // Everything the sources still hold goes to the writer; if the writer
+    // failed (a full disk, say), the sources only see it as gone, so its
+    // own error is the one worth reporting.
+    let drained: Result<Option<Probes>> = async {
+        let probes = match pump {
+            Some((stop, join)) => {
+                let _ = stop.send(());
+                let (_kernel_drops, probes) = join.await.context("the eBPF reader panicked")??;
+                Some(probes)
+            }
+            None => {
+                let mut exit = Event::new(
+                    monotonic_ns(),
+                    child_pid,
+                    child_pid,
+                    Source::Collector,
+                    EventKind::ProcessExit,
+                );
+                exit.aux = exit_status as u64;
+                ingest.send(vec![exit]).await?;
+                None
+            }
+        };
+        let _ = stop_rings.send(true);
+        ring_task
+            .await
+            .context("the ipc-lib ring reader panicked")?;
+        Ok(probes)
+    }
+    .await;
     drop(ingest);
-    let writer = writer.finish().await?;
+    let writer = writer.finish().await.with_context(|| {
+        format!(
+            "storing session {} in {} failed; what was committed before is intact",
+            session.0,
+            options.db.display()
+        )
+    })?;
+    let probes = drained?;
     store
         .set_exit_status(session, child_pid, exit_status)
         .await?;

@@ -63,29 +63,37 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: cannot read the database: {source}")]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("{path}: cannot read the database: {}", describe(error))]
+    Unreadable { path: PathBuf, error: sqlx::Error },
     #[error("{path}: migrating the schema failed: {source}")]
     Migrate {
         path: PathBuf,
         #[source]
         source: sqlx::migrate::MigrateError,
     },
-    #[error("database error while {action}: {source}")]
+    #[error("database error while {action}: {}", describe(error))]
     Sql {
         action: &'static str,
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
+}
+
+/// An sqlx error in one line. Its own Display repeats the database's
+/// message (once in its text, once as its source), and these errors are
+/// printed with their whole chain; so the chain ends here instead.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLite code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
 }
 
 impl StoreError {
     pub(crate) fn sql(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |source| StoreError::Sql { action, source }
+        move |error| StoreError::Sql { action, error }
     }
 }
 
@@ -142,9 +150,9 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
 
     // The header can lag behind a WAL file that was never checkpointed, so
     // ask SQLite itself, read-only.
-    let unreadable = |source| StoreError::Unreadable {
+    let unreadable = |error| StoreError::Unreadable {
         path: path.into(),
-        source,
+        error,
     };
     let mut conn = SqliteConnection::connect_with(&read_only_options(path))
         .await
@@ -233,9 +241,9 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Unreadable {
+            .map_err(|error| StoreError::Unreadable {
                 path: path.into(),
-                source,
+                error,
             })?;
         let current = match inspection {
             Inspection::Ours { version } => version,
@@ -269,9 +277,9 @@ impl Store {
     pub async fn read_only(&self) -> Result<SqliteConnection, StoreError> {
         SqliteConnection::connect_with(&read_only_options(&self.path))
             .await
-            .map_err(|source| StoreError::Unreadable {
+            .map_err(|error| StoreError::Unreadable {
                 path: self.path.clone(),
-                source,
+                error,
             })
     }
 

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod ebpf_ipc;
+mod faults;
 mod lib_trace;
 mod record;
 
