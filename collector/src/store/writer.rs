@@ -166,6 +166,7 @@ pub async fn spawn_writer(
         signals: SignalPairer::new(),
         messages: MessagePairer::new(),
         framed: IdPairer::default(),
+        waits: Waits::default(),
         dropped: Arc::clone(&dropped),
         dropped_stored: 0,
         stats: WriterStats::default(),
@@ -192,6 +193,8 @@ struct Writer {
     messages: MessagePairer<(i64, u64)>,
     /// Messages with an id in their frame (ipc-lib), paired exactly.
     framed: IdPairer<(i64, u64)>,
+    /// Blocking waits in progress.
+    waits: Waits,
     dropped: Arc<AtomicU64>,
     dropped_stored: u64,
     stats: WriterStats,
@@ -289,6 +292,11 @@ impl Writer {
                     track_process(&mut tx, &mut self.processes, session, event).await?;
                     if event.kind == EventKind::ProcessExit {
                         self.signals.exited(event.pid);
+                    }
+                }
+                EventKind::SemWaitBegin | EventKind::SemWaitEnd | EventKind::SemPost => {
+                    if let Some(ch) = channel {
+                        self.waits.event(&mut tx, session, event, ch).await?;
                     }
                 }
                 EventKind::SignalGenerate => {
@@ -598,6 +606,68 @@ async fn insert_messages(
     Ok(())
 }
 
+/// `waits` rows from wait begin/end events: a row is written when a wait
+/// begins, with `end_ns` NULL while the thread is blocked (so a deadlocked
+/// wait shows as one that never ended), and completed when it ends.
+#[derive(Debug, Default)]
+struct Waits {
+    /// `waits.id` of the wait each thread is blocked in.
+    open: HashMap<(u32, u32), i64>,
+    /// The process that last posted each object: whose post ended a wait.
+    last_post: HashMap<i64, u32>,
+}
+
+impl Waits {
+    async fn event(
+        &mut self,
+        conn: &mut SqliteConnection,
+        session: i64,
+        event: &Event,
+        channel: i64,
+    ) -> Result<(), StoreError> {
+        let thread = (event.pid, event.tid);
+        match event.kind {
+            EventKind::SemPost => {
+                self.last_post.insert(channel, event.pid);
+            }
+            EventKind::SemWaitBegin => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
+                     VALUES (?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(session)
+                .bind(i64::from(event.pid))
+                .bind(i64::from(event.tid))
+                .bind(channel)
+                .bind(event.ts_ns as i64)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording a wait"))?;
+                self.open.insert(thread, id);
+            }
+            _ => {
+                // An end with no begin took the object without blocking:
+                // an event, not a wait.
+                let Some(id) = self.open.remove(&thread) else {
+                    return Ok(());
+                };
+                // Only a successful wait was ended by somebody's post.
+                let waker = (event.result == 0)
+                    .then(|| self.last_post.get(&channel).copied())
+                    .flatten();
+                sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
+                    .bind(event.ts_ns as i64)
+                    .bind(waker.map(i64::from))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::sql("ending a wait"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A `signals` row for a generated signal; one the kernel will deliver
 /// waits in `pairer` for its delivery to fill in `delivered_ns`.
 async fn signal_generated(
@@ -728,6 +798,49 @@ mod tests {
         drop(ingest);
         writer.finish().await.unwrap();
         store
+    }
+
+    #[tokio::test]
+    async fn waits_rows_open_when_a_wait_begins_and_close_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let sem = |ts: u64, kind: EventKind, pid: u32, result: i64| {
+            let mut e = Event::new(ts, pid, pid, Source::Lib, kind);
+            e.channel = Some(ChannelId::named(ChannelKind::IpclibSem, "s"));
+            e.result = result;
+            e
+        };
+        let store = write(
+            dir.path(),
+            vec![
+                // Uncontended: no wait.
+                vec![sem(1, EventKind::SemWaitEnd, 7, 0)],
+                // 8 blocks, 7 posts, 8 takes it: woken by 7.
+                vec![sem(2, EventKind::SemWaitBegin, 8, 0)],
+                vec![
+                    sem(3, EventKind::SemPost, 7, 0),
+                    sem(4, EventKind::SemWaitEnd, 8, 0),
+                ],
+                // 9 gives up: nobody woke it.
+                vec![sem(5, EventKind::SemWaitBegin, 9, 0)],
+                vec![sem(6, EventKind::SemWaitEnd, 9, -110)],
+                // 10 is still blocked when the recording ends.
+                vec![sem(7, EventKind::SemWaitBegin, 10, 0)],
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, i64, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT pid, start_ns, end_ns, waker_pid FROM waits ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (8, 2, Some(4), Some(7)),
+                (9, 5, Some(6), None),
+                (10, 7, None, None)
+            ]
+        );
     }
 
     #[tokio::test]
