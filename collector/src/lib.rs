@@ -15,5 +15,6 @@ pub mod live;
 pub mod platform;
 pub mod query;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod store;

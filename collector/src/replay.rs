@@ -1,0 +1,188 @@
+//! Reading a recorded session back as the stream the analysis saw live, so
+//! a replay shows the same screens as the recording did.
+//!
+//! The database holds every event with its `channels.id` and every paired
+//! message, which is what the writer handed the analysis
+//! ([`Committed`]); [`load`] reads one time slice of that back.
+
+use std::collections::HashMap;
+
+use futures_util::TryStreamExt;
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+use sqlx::{Row, SqliteConnection};
+
+use crate::correlate::{Paired, Side};
+use crate::store::{Committed, SessionId, StoreError};
+
+/// What a session covers, in monotonic nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub name: String,
+    pub start_ns: u64,
+    /// The session's end, or its newest event if it never finished.
+    pub end_ns: u64,
+    pub finished: bool,
+}
+
+/// Looks a session up.
+pub async fn session_info(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+) -> Result<SessionInfo, StoreError> {
+    let (name, command, start, end): (Option<String>, String, i64, Option<i64>) = sqlx::query_as(
+        "SELECT name, command, start_mono_ns, end_mono_ns FROM sessions WHERE id = ?",
+    )
+    .bind(session.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::sql("reading the session"))?;
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT max(ts_ns) FROM events WHERE session_id = ?")
+            .bind(session.0)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::sql("finding the session's newest event"))?;
+    let start_ns = start.max(0) as u64;
+    Ok(SessionInfo {
+        id: session,
+        name: name.unwrap_or(command),
+        start_ns,
+        end_ns: end
+            .or(newest)
+            .map_or(start_ns, |e| (e.max(0) as u64).max(start_ns)),
+        finished: end.is_some(),
+    })
+}
+
+/// Channels and process names, read once per replay.
+#[derive(Debug, Default)]
+pub struct Names {
+    channels: HashMap<i64, ChannelId>,
+    comms: HashMap<u32, String>,
+}
+
+impl Names {
+    pub async fn load(
+        conn: &mut SqliteConnection,
+        session: SessionId,
+    ) -> Result<Names, StoreError> {
+        let mut names = Names::default();
+        let channels: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, kind, name FROM channels WHERE session_id = ?")
+                .bind(session.0)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::sql("reading the channels"))?;
+        for (id, kind, name) in channels {
+            // Numeric identities are not stored, only their rendering; a
+            // named id shows the same, and the id is what analysis keys on.
+            let Ok(kind) = kind.parse::<ChannelKind>() else {
+                continue;
+            };
+            names.channels.insert(id, ChannelId::named(kind, name));
+        }
+        let comms: Vec<(i64, Option<String>)> =
+            sqlx::query_as("SELECT pid, comm FROM processes WHERE session_id = ? ORDER BY id")
+                .bind(session.0)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::sql("reading the processes"))?;
+        for (pid, comm) in comms {
+            if let Some(comm) = comm {
+                names.comms.insert(pid as u32, comm);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// The events stamped in `[from_ns, to_ns)` and the messages received in
+/// it, as the writer handed them to the analysis.
+pub async fn load(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    names: &Names,
+    from_ns: u64,
+    to_ns: u64,
+) -> Result<Committed, StoreError> {
+    let mut batch = Committed::default();
+    let mut rows = sqlx::query(
+        "SELECT ts_ns, pid, tid, source_code, kind_code, channel_id, size, msg_id, result,
+                duration_ns, aux, payload
+         FROM events WHERE session_id = ? AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns, id",
+    )
+    .bind(session.0)
+    .bind(from_ns as i64)
+    .bind(to_ns as i64)
+    .fetch(&mut *conn);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(StoreError::sql("reading events"))?
+    {
+        let get = |i: usize| row.try_get::<Option<i64>, _>(i).ok().flatten();
+        let Ok(kind) = EventKind::from_code(get(4).unwrap_or(0) as u16) else {
+            continue;
+        };
+        let source = match get(3) {
+            Some(1) => Source::Lib,
+            Some(2) => Source::Ebpf,
+            _ => Source::Collector,
+        };
+        let pid = get(1).unwrap_or(0) as u32;
+        let mut event = Event::new(
+            get(0).unwrap_or(0) as u64,
+            pid,
+            get(2).unwrap_or(0) as u32,
+            source,
+            kind,
+        );
+        let channel_id = get(5);
+        event.channel = channel_id.and_then(|id| names.channels.get(&id).cloned());
+        event.comm = names.comms.get(&pid).cloned().unwrap_or_default();
+        event.size = get(6).unwrap_or(0) as u64;
+        event.msg_id = get(7).map(|m| m as u64);
+        event.result = get(8).unwrap_or(0);
+        event.duration_ns = get(9).map(|d| d as u64);
+        event.aux = get(10).unwrap_or(0) as u64;
+        event.payload = row.try_get::<Option<Vec<u8>>, _>(11).ok().flatten();
+        batch.events.push(event);
+        batch.channel_ids.push(channel_id);
+    }
+    drop(rows);
+    let messages: Vec<(i64, Option<i64>, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
+                sent_ns, received_ns, size
+         FROM messages WHERE session_id = ? AND received_ns >= ? AND received_ns < ?
+         ORDER BY received_ns, id",
+    )
+    .bind(session.0)
+    .bind(from_ns as i64)
+    .bind(to_ns as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::sql("reading messages"))?;
+    batch.messages = messages
+        .into_iter()
+        .map(
+            |(channel, msg_id, spid, stid, rpid, rtid, sent, received, size)| Paired {
+                channel: (channel, 0),
+                send: Side {
+                    pid: spid as u32,
+                    tid: stid as u32,
+                    ts_ns: sent as u64,
+                    size: size as u64,
+                },
+                recv: Side {
+                    pid: rpid as u32,
+                    tid: rtid as u32,
+                    ts_ns: received as u64,
+                    size: size as u64,
+                },
+                msg_id: msg_id.map(|m| m as u64),
+            },
+        )
+        .collect();
+    Ok(batch)
+}
