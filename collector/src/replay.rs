@@ -97,6 +97,10 @@ impl Names {
     }
 }
 
+/// A `messages` row: channel, msg_id, sender pid and tid, receiver pid and
+/// tid, sent, received, size.
+type MessageRow = (i64, Option<i64>, i64, i64, i64, i64, i64, i64, i64);
+
 /// The events stamped in `[from_ns, to_ns)` and the messages received in
 /// it, as the writer handed them to the analysis.
 pub async fn load(
@@ -151,7 +155,7 @@ pub async fn load(
         batch.channel_ids.push(channel_id);
     }
     drop(rows);
-    let messages: Vec<(i64, Option<i64>, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    let messages: Vec<MessageRow> = sqlx::query_as(
         "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
                 sent_ns, received_ns, size
          FROM messages WHERE session_id = ? AND received_ns >= ? AND received_ns < ?
