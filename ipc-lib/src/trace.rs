@@ -349,6 +349,11 @@ fn thread_identity() -> (u32, [u8; 16]) {
     })
 }
 
+/// The calling thread's id (cached: gettid is a syscall).
+pub(crate) fn current_tid() -> u32 {
+    thread_identity().0
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock every event is stamped with,
 /// for operations that measure their own duration.
 pub(crate) fn monotonic_ns() -> u64 {

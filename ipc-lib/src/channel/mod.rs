@@ -15,7 +15,7 @@
 //!   wakes it with a syscall only when it actually sleeps, so a busy channel
 //!   makes none. [`Receiver::try_recv`] and [`Receiver::recv_timeout`] are
 //!   the non-blocking and bounded forms.
-//! - A peer that dies is noticed (pidfd; see `sys::PeerWatch` for why):
+//! - A peer that dies is noticed (pidfd; see `crate::sys::PeerWatch` for why):
 //!   the receiver gets [`RecvError::Disconnected`] after draining what was
 //!   sent, the sender [`SendError::Disconnected`]. Blocked ends check every
 //!   20 ms, so nobody waits forever on a dead process.
@@ -107,7 +107,6 @@ mod receiver;
 mod ring;
 mod segment;
 mod sender;
-mod sys;
 
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
 pub use layout::{Layout, Mode};
@@ -121,7 +120,7 @@ pub use sender::{Sender, SenderBuilder, WhenFull};
 /// For names left behind by a process that was killed before it could
 /// clean up.
 pub fn remove(name: &str) -> Result<bool, OpenError> {
-    segment::unlink(name)
+    crate::shm::unlink(name)
 }
 
 #[cfg(test)]

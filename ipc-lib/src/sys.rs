@@ -1,6 +1,6 @@
-//! The few system calls the channel needs that std does not wrap: futexes,
-//! pidfds, and the process start time that tells a live peer from a recycled
-//! pid.
+//! The few system calls channels and semaphores need that std does not
+//! wrap: futexes, pidfds, and the process start time that tells a live peer
+//! from a recycled pid.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -37,6 +37,11 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 
 /// Wakes every waiter on `word`.
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    futex_wake(word, i32::MAX);
+}
+
+/// Wakes at most `n` waiters on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not touch
     // memory, it only uses the address as a key.
     unsafe {
@@ -44,7 +49,7 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE,
-            i32::MAX,
+            n,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),
             0u32,
