@@ -63,7 +63,9 @@ pub enum AccessError {
         size: usize,
     },
     /// A typed access at an offset not aligned for its type.
-    #[error("offset {offset} in region {name:?} is not a multiple of {align}, the alignment of {ty}")]
+    #[error(
+        "offset {offset} in region {name:?} is not a multiple of {align}, the alignment of {ty}"
+    )]
     Misaligned {
         name: String,
         offset: usize,
@@ -242,7 +244,8 @@ impl Region {
         // The file is fresh (zero-filled), so only non-zero fields need
         // writing; magic goes last, with Release, so an opener that sees it
         // sees the rest.
-        h.version.store(u64::from(LAYOUT_VERSION), Ordering::Relaxed);
+        h.version
+            .store(u64::from(LAYOUT_VERSION), Ordering::Relaxed);
         h.size.store(size as u64, Ordering::Relaxed);
         h.header_size.store(HEADER_SIZE as u64, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
@@ -255,7 +258,7 @@ impl Region {
         want: Option<usize>,
     ) -> Result<Region, OpenError> {
         let (map, started) =
-            Mapping::attach(name, path, HEADER_SIZE, HEADER_SIZE + MAX_SIZE, "region")?;
+            Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "ipc-lib object")?;
         let mut region = Region {
             map,
             size: 0,
@@ -291,7 +294,9 @@ impl Region {
         // Read once: later changes to the header by anyone are never read.
         let size = h.size.load(Ordering::Relaxed);
         let data = (region.map.len() - HEADER_SIZE) as u64;
-        if size != data {
+        // Checked after the magic (the size is final once it is seen), so
+        // another kind of object is called that, not a bad size.
+        if size != data || size > MAX_SIZE as u64 {
             return Err(corrupt(format!(
                 "size {size} does not match the object's {data} data bytes"
             )));
@@ -355,7 +360,7 @@ impl Region {
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= self.size);
+        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= self.size);
         // SAFETY: in bounds as for `byte`; `offset` is a multiple of 8 and
         // the data area starts 64 bytes into a page-aligned mapping, so the
         // address is 8-aligned.
@@ -385,8 +390,7 @@ impl Region {
         let mut value = std::mem::MaybeUninit::<T>::zeroed();
         // SAFETY: the n bytes of `value` are initialised (zeroed) and
         // exclusively ours for the slice's life.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(value.as_mut_ptr().cast::<u8>(), n) };
+        let bytes = unsafe { std::slice::from_raw_parts_mut(value.as_mut_ptr().cast::<u8>(), n) };
         self.copy_out(offset, bytes);
         self.traced(EventKind::ShmRead, offset, n);
         // SAFETY: every byte was written above, and any bytes are a valid
@@ -410,7 +414,7 @@ impl Region {
     fn check_typed<T>(&self, offset: usize) -> Result<(), AccessError> {
         self.check(offset, size_of::<T>())?;
         let align = std::mem::align_of::<T>();
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(AccessError::Misaligned {
                 name: self.name.clone(),
                 offset,
@@ -501,8 +505,29 @@ mod tests {
 
     #[test]
     fn short_unaligned_ranges_are_all_head() {
-        assert_eq!(split(3, 2), Split { head: 2, words: 0, tail: 0 });
-        assert_eq!(split(3, 20), Split { head: 5, words: 1, tail: 7 });
-        assert_eq!(split(8, 16), Split { head: 0, words: 2, tail: 0 });
+        assert_eq!(
+            split(3, 2),
+            Split {
+                head: 2,
+                words: 0,
+                tail: 0
+            }
+        );
+        assert_eq!(
+            split(3, 20),
+            Split {
+                head: 5,
+                words: 1,
+                tail: 7
+            }
+        );
+        assert_eq!(
+            split(8, 16),
+            Split {
+                head: 0,
+                words: 2,
+                tail: 0
+            }
+        );
     }
 }

@@ -58,7 +58,9 @@ pub const HOLDER_SLOTS: usize = 64;
 /// How often a blocked waiter checks that the holders are alive.
 pub const LIVENESS_CHECK: Duration = Duration::from_millis(20);
 
-const STATE_OFFSET: usize = 64;
+/// Bytes of the header proper.
+const HEADER_SIZE: usize = 64;
+const STATE_OFFSET: usize = HEADER_SIZE;
 const SLOTS_OFFSET: usize = 128;
 const SLOT_SIZE: usize = 32;
 const SEGMENT_SIZE: usize = SLOTS_OFFSET + HOLDER_SLOTS * SLOT_SIZE;
@@ -223,10 +225,10 @@ impl SemaphoreBuilder {
 }
 
 fn header(map: &Mapping) -> &Header {
-    // SAFETY: every mapping this is called on is SEGMENT_SIZE bytes
-    // (`create` makes it so; `Mapping::attach` waited for that size and
-    // refused any other), page-aligned and alive as long as `map`; `Header`
-    // is atomics only, valid for any bits and for concurrent writers.
+    // SAFETY: every mapping this is called on is at least HEADER_SIZE
+    // bytes (`create` makes SEGMENT_SIZE; `attach` maps nothing smaller),
+    // page-aligned and alive as long as `map`; `Header` is atomics only,
+    // valid for any bits and for concurrent writers.
     unsafe { map.ptr().cast::<Header>().as_ref() }
 }
 
@@ -236,7 +238,8 @@ fn create(name: &str, path: std::ffi::CString, initial: u32) -> Result<Mapping, 
     // SAFETY: the mapping is SEGMENT_SIZE bytes, see `Semaphore::state`.
     let state = unsafe { map.ptr().add(STATE_OFFSET).cast::<State>().as_ref() };
     state.count.store(initial, Ordering::Relaxed);
-    h.version.store(u64::from(LAYOUT_VERSION), Ordering::Relaxed);
+    h.version
+        .store(u64::from(LAYOUT_VERSION), Ordering::Relaxed);
     h.slots.store(HOLDER_SLOTS as u64, Ordering::Relaxed);
     h.header_size.store(SLOTS_OFFSET as u64, Ordering::Relaxed);
     // Last, with Release: an opener that sees the magic sees the rest.
@@ -245,9 +248,11 @@ fn create(name: &str, path: std::ffi::CString, initial: u32) -> Result<Mapping, 
 }
 
 fn attach(name: &str, path: std::ffi::CString) -> Result<Mapping, OpenError> {
-    // Waits for the full size, so everything below is in bounds; a larger
-    // object is not a semaphore.
-    let (map, started) = Mapping::attach(name, path, SEGMENT_SIZE, SEGMENT_SIZE, "semaphore")?;
+    // Only the header must be there to tell what the object is: the
+    // creator sizes the object before it stores the magic, so once the
+    // magic is seen the size is final and is checked below.
+    let (map, started) =
+        Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "ipc-lib object")?;
     let h = header(&map);
     let magic = Mapping::wait_magic(&h.magic, name, started)?;
     if magic != MAGIC {
@@ -276,6 +281,15 @@ fn attach(name: &str, path: std::ffi::CString) -> Result<Mapping, OpenError> {
             ),
         });
     }
+    if map.len() != SEGMENT_SIZE {
+        return Err(OpenError::CorruptHeader {
+            name: name.to_owned(),
+            reason: format!(
+                "object of {} bytes, a semaphore has {SEGMENT_SIZE}",
+                map.len()
+            ),
+        });
+    }
     Ok(map)
 }
 
@@ -295,8 +309,8 @@ impl Semaphore {
     }
 
     fn state(&self) -> &State {
-        // SAFETY: the mapping is SEGMENT_SIZE bytes (create makes it so,
-        // attach refuses anything else), STATE_OFFSET is 8-aligned in a
+        // SAFETY: the mapping of a `Semaphore` is SEGMENT_SIZE bytes
+        // (create makes it so, attach refuses anything else), STATE_OFFSET is 8-aligned in a
         // page-aligned mapping, and `State` is atomics only.
         unsafe {
             self.inner

@@ -17,6 +17,10 @@ use crate::channel::OpenError;
 /// yet sized or initialised it.
 pub(crate) const INIT_WAIT: Duration = Duration::from_secs(2);
 
+/// No ipc-lib object is larger (a channel's data area is at most 1 TiB, a
+/// region's too): a bigger one is refused before it is mapped.
+pub(crate) const MAX_OBJECT: usize = 1 << 41;
+
 /// How a builder finds its object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpenHow {

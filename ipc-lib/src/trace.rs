@@ -118,6 +118,8 @@ pub(crate) fn emit_op(op: Op<'_>) {
         name = op.name,
         size = op.size,
         msg_id = op.msg_id,
+        obj = op.obj,
+        obj2 = op.obj2,
         aux = op.aux,
         result = op.result,
         duration_ns = op.duration_ns,

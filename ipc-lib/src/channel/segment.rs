@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::error::OpenError;
 use super::layout::{self, Header, Layout, Mode, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
-pub(crate) use crate::shm::{display_name, OpenHow};
 use crate::shm::{self, Mapping};
+pub(crate) use crate::shm::{display_name, OpenHow};
 
 /// What the caller asked the layout to be; `None` fields are taken from an
 /// existing channel, or defaulted when creating one.

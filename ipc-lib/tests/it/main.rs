@@ -10,4 +10,6 @@ mod cross_process;
 mod example;
 mod open_layout;
 mod props;
+mod region;
+mod sem;
 mod support;
