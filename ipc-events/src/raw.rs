@@ -95,8 +95,9 @@ pub mod kind {
     /// names: "T blocked on S, held by H".
     pub const SEM_WAIT_BEGIN: u16 = 7;
     /// The wait ended: `result` 0 when acquired (then the event's thread
-    /// holds a count of S), a negative errno when it gave up (`-ETIMEDOUT`:
-    /// timeout or cancelled), `duration_ns` waited (0 for an acquire that
+    /// holds a count of S), a negative errno when it gave up (`-ETIMEDOUT`
+    /// timed out, `-ECANCELED` an async wait was dropped), `duration_ns`
+    /// waited (0 for an acquire that
     /// did not block: every acquire has one, not every one a begin).
     /// ipc-lib: `aux` the holder slot taken plus one (0: the table was
     /// full, the holder is not named).

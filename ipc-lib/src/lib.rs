@@ -12,6 +12,8 @@
 
 pub mod channel;
 pub mod region;
+#[cfg(feature = "tokio")]
+mod rt;
 pub mod sem;
 mod shm;
 mod sys;

@@ -402,6 +402,34 @@ impl Semaphore {
             .ok_or(WaitError::Timeout)
     }
 
+    /// Takes a count, waiting without blocking the async runtime: tried
+    /// inline first, and only a wait that must sleep moves to tokio's
+    /// blocking pool (see `rt` for why). Dropping the future abandons the
+    /// wait within [`crate::rt::CANCEL_SLICE`]; a count taken in that
+    /// window is released at once, so cancelling never loses a count. For
+    /// a timeout, wrap it in `tokio::time::timeout`.
+    ///
+    /// A wait that sleeps is traced, and its holder slot names, the
+    /// blocking-pool thread that slept, not the task.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&self) -> Result<Permit, WaitError> {
+        if let Some(p) = self.try_take() {
+            return Ok(self.acquired(p, 0));
+        }
+        let sem = self.clone();
+        // If this future is dropped after the count was taken, the permit
+        // is dropped with the task's output, which releases it.
+        let waited = crate::rt::off_runtime(move |cancelled| {
+            sem.wait_until(None, &|| cancelled.load(Ordering::Acquire))
+        });
+        match waited.await {
+            Some(Some(permit)) => Ok(permit),
+            // `Some(None)` is a cancelled wait, which only dropping this
+            // future causes: no one is left to see it.
+            _ => Err(WaitError::RuntimeShutdown),
+        }
+    }
+
     /// Adds one to the count, waking one waiter. This is a post from no
     /// holder (the signalling use); a [`Permit`] releases its own count.
     pub fn post(&self) -> Result<(), PostError> {
@@ -491,11 +519,14 @@ impl Semaphore {
         st.waiters.fetch_add(1, Ordering::SeqCst);
         let taken = loop {
             if let Some(p) = self.try_take() {
-                break Some(p);
+                break Ok(p);
             }
             let now = Instant::now();
-            if cancelled() || deadline.is_some_and(|d| now >= d) {
-                break None;
+            if cancelled() {
+                break Err(libc::ECANCELED);
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                break Err(libc::ETIMEDOUT);
             }
             self.recover_dead();
             let slice = deadline.map_or(LIVENESS_CHECK, |d| (d - now).min(LIVENESS_CHECK));
@@ -506,10 +537,10 @@ impl Semaphore {
         st.waiters.fetch_sub(1, Ordering::SeqCst);
         let waited = trace::monotonic_ns().saturating_sub(started);
         match taken {
-            Some(p) => Some(self.acquired(p, waited)),
-            None => {
+            Ok(p) => Some(self.acquired(p, waited)),
+            Err(errno) => {
                 trace::emit_op(Op {
-                    result: -i64::from(libc::ETIMEDOUT),
+                    result: -i64::from(errno),
                     duration_ns: waited,
                     ..Op::new(EventKind::SemWaitEnd, ChannelKind::IpclibSem, self.name())
                 });

@@ -115,6 +115,9 @@ pub enum SendError {
     /// The value could not be serialized.
     #[error("could not encode the message")]
     Encode(#[source] CodecError),
+    /// An async send: the runtime shut down while it waited for room.
+    #[error("the async runtime shut down during the send")]
+    RuntimeShutdown,
 }
 
 /// Why no message was received.
@@ -154,6 +157,9 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
+    /// An async receive: the runtime shut down while it waited.
+    #[error("the async runtime shut down during the receive")]
+    RuntimeShutdown,
 }
 
 /// What exactly was wrong with a frame or a position.

@@ -101,6 +101,8 @@ macro_rules! builder_options {
     };
 }
 
+#[cfg(feature = "tokio")]
+mod aio;
 mod error;
 pub mod layout;
 mod receiver;
@@ -108,6 +110,8 @@ mod ring;
 mod segment;
 mod sender;
 
+#[cfg(feature = "tokio")]
+pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
 pub use layout::{Layout, Mode};
 pub use receiver::{Receiver, ReceiverBuilder};

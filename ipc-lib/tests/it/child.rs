@@ -154,6 +154,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
         }
         other => crate::region::role(other, name, arg)
             .or_else(|| crate::sem::role(other, name, arg))
+            .or_else(|| crate::aio::role(other, name, arg))
             .unwrap_or_else(|| Err(format!("unknown role {other:?}"))),
     }
 }
