@@ -60,3 +60,20 @@ fn shared_counter_counts_exactly() {
         );
     }
 }
+
+#[test]
+fn sem_cost_runs_and_checks_its_own_results() {
+    let Some(bin) = example("sem_cost") else {
+        return;
+    };
+    let out = Command::new(&bin)
+        .args(["--iterations", "1000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ns per pair"));
+}
