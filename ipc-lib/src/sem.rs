@@ -9,7 +9,7 @@
 //! offset 64    count u32 (the futex word), waiters u32,
 //!              owner_deaths u64 (counts recovered from dead holders)
 //! offset 128   HOLDER_SLOTS slots of 32 bytes: owner u64 (pid << 32 | tid,
-//!              0 when free), start_time u64 (the pid's start time, so a
+//!              0 when free, u64::MAX while being recovered), start_time u64 (the pid's start time, so a
 //!              recycled pid is not mistaken for the holder), since_ns u64
 //!              (CLOCK_MONOTONIC when taken), reserved u64
 //! ```
@@ -91,6 +91,10 @@ struct Slot {
 const _: () = assert!(std::mem::size_of::<Header>() <= STATE_OFFSET);
 const _: () = assert!(STATE_OFFSET + std::mem::size_of::<State>() <= SLOTS_OFFSET);
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+
+/// A slot's owner word while a recoverer clears it: no claimer takes it
+/// (they take only free, zero slots) and no pid is `u32::MAX`.
+const RECOVERING: u64 = u64::MAX;
 
 fn owner_word(pid: u32, tid: u32) -> u64 {
     (u64::from(pid) << 32) | u64::from(tid)
@@ -357,7 +361,7 @@ impl Semaphore {
             .iter()
             .filter_map(|s| {
                 let owner = s.owner.load(Ordering::Acquire);
-                (owner != 0).then(|| {
+                (owner != 0 && owner != RECOVERING).then(|| {
                     let (pid, tid) = split_owner(owner);
                     Holder {
                         pid,
@@ -440,10 +444,16 @@ impl Semaphore {
 
     fn add_count(&self) -> Result<(), PostError> {
         let st = self.state();
+        // SeqCst on the count and on `waiters`, here and in `wait_until`:
+        // either the waiter's re-check sees this count or this load sees
+        // the waiter, so no wake-up is lost.
         st.count
-            .fetch_update(Ordering::Release, Ordering::Relaxed, |c| c.checked_add(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_add(1))
             .map_err(|_| PostError::Overflow { max: u32::MAX })?;
         if st.waiters.load(Ordering::SeqCst) > 0 {
+            // One count satisfies one waiter. A woken waiter that gives up
+            // instead (timeout, cancel) leaves the count to the others,
+            // who re-check at least every LIVENESS_CHECK.
             sys::futex_wake(&st.count, 1);
         }
         Ok(())
@@ -454,7 +464,7 @@ impl Semaphore {
     fn try_take(&self) -> Option<Option<usize>> {
         self.state()
             .count
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |c| c.checked_sub(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
             .ok()?;
         Some(self.claim_slot())
     }
@@ -476,7 +486,7 @@ impl Semaphore {
                 {
                     return false;
                 }
-                s.start_time.store(sys::my_start_time(), Ordering::Relaxed);
+                s.start_time.store(sys::my_start_time(), Ordering::Release);
                 s.since_ns.store(trace::monotonic_ns(), Ordering::Release);
                 true
             })
@@ -554,22 +564,27 @@ impl Semaphore {
     fn recover_dead(&self) {
         for (i, s) in self.slots().iter().enumerate() {
             let owner = s.owner.load(Ordering::Acquire);
-            if owner == 0 {
+            if owner == 0 || owner == RECOVERING {
                 continue;
             }
             let (pid, tid) = split_owner(owner);
-            let start_time = s.start_time.load(Ordering::Relaxed);
+            // Zero (unknown) or this owner's, never a previous owner's:
+            // every slot is freed with its start time cleared first (see
+            // `free_slot`), and the owner word orders the two.
+            let start_time = s.start_time.load(Ordering::Acquire);
             if PeerWatch::new(pid, start_time).alive() {
                 continue;
             }
             // Only one recoverer wins the slot, so the count is posted back
-            // once.
+            // once; it clears the start time before it frees the slot.
             if s.owner
-                .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(owner, RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
+            s.start_time.store(0, Ordering::Relaxed);
+            s.owner.store(0, Ordering::Release);
             self.state().owner_deaths.fetch_add(1, Ordering::AcqRel);
             // A full count cannot be: the dead holder's count is missing
             // from it. Should a hostile writer have made it so, the count
@@ -637,6 +652,9 @@ impl Permit {
             return (sys::my_pid(), trace::current_tid());
         };
         let s = &self.sem.slots()[i];
+        // Cleared first, so whoever sees the slot claimed next never pairs
+        // the new owner with this start time (it would call it dead).
+        s.start_time.store(0, Ordering::Relaxed);
         let owner = s.owner.swap(0, Ordering::AcqRel);
         split_owner(owner)
     }

@@ -117,9 +117,10 @@ pub use layout::{Layout, Mode};
 pub use receiver::{Receiver, ReceiverBuilder};
 pub use sender::{Sender, SenderBuilder, WhenFull};
 
-/// Removes a channel's name, as the creating end does when it is dropped.
-/// Ends already attached keep working; nothing new can open it. Returns
-/// whether the name existed.
+/// Removes the name of a channel (or of any ipc-lib object: region,
+/// semaphore), as the creating end does when it is dropped. Ends already
+/// attached keep working; nothing new can open it. Returns whether the name
+/// existed.
 ///
 /// For names left behind by a process that was killed before it could
 /// clean up.
