@@ -672,10 +672,16 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
-    #[test]
-    fn owner_words_round_trip() {
-        assert_eq!(split_owner(owner_word(7, 9)), (7, 9));
-        assert_eq!(split_owner(owner_word(u32::MAX, 1)), (u32::MAX, 1));
-        assert_ne!(owner_word(1, 0), 0);
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every real holder has a non-zero word that is not the
+        /// recovering mark, and the word gives back its pid and tid.
+        #[test]
+        fn owner_words_round_trip(pid in 1u32..=i32::MAX as u32, tid: u32) {
+            let w = owner_word(pid, tid);
+            prop_assert_eq!(split_owner(w), (pid, tid));
+            prop_assert!(w != 0 && w != RECOVERING);
+        }
     }
 }
