@@ -409,7 +409,7 @@ impl Semaphore {
     /// Takes a count, waiting without blocking the async runtime: tried
     /// inline first, and only a wait that must sleep moves to tokio's
     /// blocking pool (see `rt` for why). Dropping the future abandons the
-    /// wait within [`crate::rt::CANCEL_SLICE`]; a count taken in that
+    /// wait within 50 ms (its blocking slice); a count taken in that
     /// window is released at once, so cancelling never loses a count. For
     /// a timeout, wrap it in `tokio::time::timeout`.
     ///
