@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use ipc_lib::region::Region;
 use ipc_lib::sem::{PostError, Semaphore, WaitError, HOLDER_SLOTS};
 
+use ipc_lib::OpenError;
+
 use crate::support::{
-    capture_ops, open_when_ready, spawn, unique_name, wait_bounded, NameGuard, PATIENCE,
+    capture_ops, open_when_ready, spawn, unique_name, wait_bounded, Hostile, NameGuard, PATIENCE,
 };
 
 /// The region beside semaphore `name`.
@@ -236,4 +238,40 @@ fn two_processes_incrementing_under_the_semaphore_lose_nothing() {
     assert_eq!(r.read_value::<u64>(0).unwrap(), 2 * n);
     assert_eq!(sem.count(), 1);
     assert!(sem.holders().is_empty());
+}
+
+#[test]
+fn opening_a_missing_taken_or_damaged_semaphore_is_a_precise_error() {
+    let name = unique_name("sem-open");
+    let _g = NameGuard(name.clone());
+    assert!(matches!(
+        Semaphore::builder(&name).open(),
+        Err(OpenError::NotFound { .. })
+    ));
+    let sem = Semaphore::builder(&name).initial(2).create().unwrap();
+    assert!(matches!(
+        Semaphore::builder(&name).create(),
+        Err(OpenError::AlreadyExists { .. })
+    ));
+    // open_or_create opens, and an initial count is then ignored.
+    let again = Semaphore::builder(&name)
+        .initial(9)
+        .open_or_create()
+        .unwrap();
+    assert_eq!(again.count(), 2);
+    drop(sem);
+
+    let hostile = Hostile::map(&name);
+    hostile.write_u64(16, 3);
+    let err = Semaphore::builder(&name).open().unwrap_err();
+    assert!(
+        matches!(err, OpenError::CorruptHeader { .. })
+            && err.to_string().contains("3 holder slots"),
+        "{err}"
+    );
+    hostile.write_u64(8, 7);
+    assert!(matches!(
+        Semaphore::builder(&name).open(),
+        Err(OpenError::VersionMismatch { found: 7, .. })
+    ));
 }
