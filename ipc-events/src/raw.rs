@@ -106,7 +106,9 @@ pub mod kind {
     /// holder whose count is released ("T released S"; 0/0 for a post by
     /// no holder, the signalling use), `aux` its slot plus one. `result`
     /// `-EOWNERDEAD`: holder `obj`/`obj2` died holding the count and the
-    /// event's process recovered it.
+    /// event's process recovered it. ipc-lib stamps a post before the
+    /// count is added and an acquire after it is taken, so a release is
+    /// always earlier than the acquire it made possible.
     pub const SEM_POST: u16 = 9;
     /// A futex wait: `duration_ns`, `aux` the owner tid when known.
     pub const FUTEX_WAIT: u16 = 10;

@@ -437,13 +437,29 @@ impl Semaphore {
     /// Adds one to the count, waking one waiter. This is a post from no
     /// holder (the signalling use); a [`Permit`] releases its own count.
     pub fn post(&self) -> Result<(), PostError> {
-        self.add_count()?;
-        self.trace_post(0, 0, 0, 0);
-        Ok(())
+        self.post_for(0, 0, 0, 0)
     }
 
-    fn add_count(&self) -> Result<(), PostError> {
+    /// Traces a post on behalf of holder `pid`/`tid` in `slot` (plus one;
+    /// zeros: no holder), then adds the count and wakes a waiter.
+    ///
+    /// The event goes first so its timestamp precedes any acquire the count
+    /// makes possible: a wait-for graph built from the trace never sees a
+    /// count taken before it was released. The price: a post that then
+    /// fails (the count reached `u32::MAX` between the check and the add,
+    /// which only a flood of posts can do) leaves its event behind.
+    fn post_for(&self, pid: u32, tid: u32, slot: usize, result: i64) -> Result<(), PostError> {
         let st = self.state();
+        if st.count.load(Ordering::Relaxed) == u32::MAX {
+            return Err(PostError::Overflow { max: u32::MAX });
+        }
+        trace::emit_op(Op {
+            obj: u64::from(pid),
+            obj2: u64::from(tid),
+            aux: slot as u64,
+            result,
+            ..Op::new(EventKind::SemPost, ChannelKind::IpclibSem, self.name())
+        });
         // SeqCst on the count and on `waiters`, here and in `wait_until`:
         // either the waiter's re-check sees this count or this load sees
         // the waiter, so no wake-up is lost.
@@ -589,19 +605,8 @@ impl Semaphore {
             // A full count cannot be: the dead holder's count is missing
             // from it. Should a hostile writer have made it so, the count
             // stays at the maximum, which is what the post would give.
-            let _ = self.add_count();
-            self.trace_post(pid, tid, i + 1, -i64::from(libc::EOWNERDEAD));
+            let _ = self.post_for(pid, tid, i + 1, -i64::from(libc::EOWNERDEAD));
         }
-    }
-
-    fn trace_post(&self, pid: u32, tid: u32, slot: usize, result: i64) {
-        trace::emit_op(Op {
-            obj: u64::from(pid),
-            obj2: u64::from(tid),
-            aux: slot as u64,
-            result,
-            ..Op::new(EventKind::SemPost, ChannelKind::IpclibSem, self.name())
-        });
     }
 }
 
@@ -640,10 +645,8 @@ impl Permit {
         }
         self.done = true;
         let (pid, tid) = self.free_slot();
-        self.sem.add_count()?;
         self.sem
-            .trace_post(pid, tid, self.slot.map_or(0, |s| s + 1), 0);
-        Ok(())
+            .post_for(pid, tid, self.slot.map_or(0, |s| s + 1), 0)
     }
 
     /// Clears this permit's slot, returning the holder it named.
