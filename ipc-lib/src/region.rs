@@ -195,17 +195,36 @@ impl RegionBuilder {
     fn open_how(self, how: OpenHow) -> Result<Region, OpenError> {
         let path = shm::shm_name(&self.name)?;
         let name = shm::display_name(&self.name).to_owned();
-        let (mut region, _) = shm::open_with(
-            how,
-            || Region::create(&name, path.clone(), self.size),
-            || Region::attach(&name, path.clone(), self.size),
-        )?;
+        let attach = || Region::attach(&name, path.clone(), self.size);
+        let mut region = match (how, self.size) {
+            // Without a size nothing can be created, so only an existing
+            // region will do; missing, it is the size that is wanted.
+            (OpenHow::OpenOrCreate, None) => attach().map_err(|e| match e {
+                OpenError::NotFound { .. } => no_size(&name),
+                e => e,
+            })?,
+            _ => {
+                shm::open_with(
+                    how,
+                    || Region::create(&name, path.clone(), self.size),
+                    attach,
+                )?
+                .0
+            }
+        };
         region.map.set_unlink_on_drop(self.unlink_on_drop);
         trace::emit_op(Op {
             size: region.size as u64,
             ..Op::new(EventKind::ShmMap, ChannelKind::IpclibShm, &region.name)
         });
         Ok(region)
+    }
+}
+
+fn no_size(name: &str) -> OpenError {
+    OpenError::InvalidLayout {
+        name: name.to_owned(),
+        reason: "a new region needs a size".into(),
     }
 }
 
@@ -228,7 +247,7 @@ impl Region {
             name: name.to_owned(),
             reason,
         };
-        let size = size.ok_or_else(|| invalid("a new region needs a size".into()))?;
+        let size = size.ok_or_else(|| no_size(name))?;
         if size == 0 || size > MAX_SIZE {
             return Err(invalid(format!(
                 "region size {size} is not between 1 and {MAX_SIZE} bytes"

@@ -134,8 +134,10 @@ fn opening_with_another_size_or_kind_of_object_is_a_precise_error() {
     }
     let err = Region::builder(&name).size(4096).create().unwrap_err();
     assert!(matches!(err, OpenError::AlreadyExists { .. }), "{err:?}");
-    // open_or_create opens, and checks the size like open.
+    // open_or_create opens, with or without a size, and checks the size
+    // like open.
     assert!(Region::builder(&name).size(4096).open_or_create().is_ok());
+    assert_eq!(Region::builder(&name).open_or_create().unwrap().len(), 4096);
     assert!(Region::builder(&name).size(1).open_or_create().is_err());
     // A region is not a semaphore.
     assert!(matches!(
@@ -198,6 +200,7 @@ fn other_objects_and_missing_names_are_not_regions() {
     ));
     for bad in [
         Region::builder(&missing).create(),
+        Region::builder(&missing).open_or_create(),
         Region::builder(&missing).size(0).create(),
     ] {
         assert!(
