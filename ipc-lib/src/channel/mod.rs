@@ -23,6 +23,9 @@
 //!   Every frame is checked on a private copy (marker, length, bounds,
 //!   checksum); damage is a [`RecvError::Corrupt`], never a panic, an
 //!   out-of-bounds read or undefined behaviour.
+//! - With the `tokio` feature, `Receiver::into_async` and
+//!   `Sender::into_async` give ends whose `recv`/`send` are futures that
+//!   never block a runtime worker thread (see `AsyncReceiver`).
 //! - Every send and receive is traced (`msg_send` / `msg_recv` on an
 //!   `ipclib_channel`), with the message id from the frame, so ipcscope
 //!   pairs each receive with its send exactly.
