@@ -79,19 +79,36 @@ pub mod kind {
     pub const MSG_SEND: u16 = 1;
     /// A message arrived: `size` bytes, `msg_id` when framed.
     pub const MSG_RECV: u16 = 2;
-    /// A shared-memory object was mapped: `size` bytes.
+    /// A shared-memory object was mapped: `size` bytes (for an ipc-lib
+    /// region, its data bytes).
     pub const SHM_MAP: u16 = 3;
-    /// A shared-memory object was unmapped.
+    /// A shared-memory object was unmapped (ipc-lib: `size` bytes, as
+    /// mapped).
     pub const SHM_UNMAP: u16 = 4;
     /// Read of `size` bytes at offset `aux`.
     pub const SHM_READ: u16 = 5;
     /// Write of `size` bytes at offset `aux`.
     pub const SHM_WRITE: u16 = 6;
-    /// A thread started waiting on a semaphore.
+    /// A thread (the event's `pid`/`tid`) found the count zero and
+    /// blocks. ipc-lib semaphores: `obj`/`obj2` the pid/tid of one current
+    /// holder (0/0 when none is known), `aux` how many holders the table
+    /// names: "T blocked on S, held by H".
     pub const SEM_WAIT_BEGIN: u16 = 7;
-    /// The wait ended: `result` 0 when acquired, `duration_ns` waited.
+    /// The wait ended: `result` 0 when acquired (then the event's thread
+    /// holds a count of S), a negative errno when it gave up (`-ETIMEDOUT`
+    /// timed out, `-ECANCELED` an async wait was dropped), `duration_ns`
+    /// waited (0 for an acquire that
+    /// did not block: every acquire has one, not every one a begin).
+    /// ipc-lib: `aux` the holder slot taken plus one (0: the table was
+    /// full, the holder is not named).
     pub const SEM_WAIT_END: u16 = 8;
-    /// A semaphore was posted.
+    /// A semaphore was posted. ipc-lib: `obj`/`obj2` the pid/tid of the
+    /// holder whose count is released ("T released S"; 0/0 for a post by
+    /// no holder, the signalling use), `aux` its slot plus one. `result`
+    /// `-EOWNERDEAD`: holder `obj`/`obj2` died holding the count and the
+    /// event's process recovered it. ipc-lib stamps a post before the
+    /// count is added and an acquire after it is taken, so a release is
+    /// always earlier than the acquire it made possible.
     pub const SEM_POST: u16 = 9;
     /// A futex wait: `duration_ns`, `aux` the owner tid when known.
     pub const FUTEX_WAIT: u16 = 10;

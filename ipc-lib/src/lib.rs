@@ -6,8 +6,19 @@
 //! per-process shared-memory ring that a running `ipcscope record` maps, so
 //! no event costs a syscall, and with no recorder attached an event costs
 //! one relaxed atomic load.
+//!
+//! Every object is a named shared-memory object (see `shm`), so they share
+//! one [`OpenError`] and one [`remove`].
 
 pub mod channel;
+pub mod region;
+#[cfg(feature = "tokio")]
+mod rt;
+pub mod sem;
+mod shm;
+mod sys;
 pub mod trace;
 
-pub use channel::{Receiver, Sender};
+pub use channel::{remove, OpenError, Receiver, Sender};
+pub use region::Region;
+pub use sem::Semaphore;

@@ -122,6 +122,8 @@ pub(crate) fn emit_op(op: Op<'_>) {
         name = op.name,
         size = op.size,
         msg_id = op.msg_id,
+        obj = op.obj,
+        obj2 = op.obj2,
         aux = op.aux,
         result = op.result,
         duration_ns = op.duration_ns,
@@ -365,6 +367,11 @@ fn thread_identity() -> (u32, [u8; 16]) {
         t.set(Some((tid, comm)));
         (tid, comm)
     })
+}
+
+/// The calling thread's id (cached: gettid is a syscall).
+pub(crate) fn current_tid() -> u32 {
+    thread_identity().0
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock every event is stamped with,

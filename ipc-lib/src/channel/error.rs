@@ -5,40 +5,48 @@ use std::time::Duration;
 
 use super::layout::Mode;
 
-/// Why a [`Sender`](super::Sender) or [`Receiver`](super::Receiver) could
-/// not be created or opened.
+/// Why a [`Sender`](super::Sender), a [`Receiver`](super::Receiver), a
+/// [`Region`](crate::region::Region) or a
+/// [`Semaphore`](crate::sem::Semaphore) could not be created or opened.
+/// Each is a named shared-memory object, hence the shared error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
     /// The name cannot be a shared-memory object name.
-    #[error("invalid channel name {name:?}: {reason}")]
+    #[error("invalid ipc-lib object name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    /// The requested capacity and message size cannot make a channel.
-    #[error("invalid layout for channel {name:?}: {reason}")]
+    /// The requested shape (channel capacity and message size, region
+    /// size, semaphore count) cannot make the object.
+    #[error("invalid layout for {name:?}: {reason}")]
     InvalidLayout { name: String, reason: String },
     /// `create` was asked for and the name is taken.
-    #[error("channel {name:?} already exists")]
+    #[error("{name:?} already exists")]
     AlreadyExists { name: String },
     /// `open` was asked for and there is no such name.
-    #[error("channel {name:?} does not exist")]
+    #[error("{name:?} does not exist")]
     NotFound { name: String },
-    /// The segment belongs to another user, who could rewrite or truncate it
+    /// The object belongs to another user, who could rewrite or truncate it
     /// at will.
-    #[error("channel {name:?} belongs to uid {owner}, not to this process's uid {uid}")]
+    #[error("{name:?} belongs to uid {owner}, not to this process's uid {uid}")]
     NotOwner { name: String, owner: u32, uid: u32 },
-    /// The segment does not start with the channel magic: it is something
-    /// else, or was overwritten.
-    #[error("{name:?} is not an ipc-lib channel (magic {found:#018x})")]
-    BadMagic { name: String, found: u64 },
-    /// The channel was made by a build with another segment layout.
-    #[error("channel {name:?} has layout version {found}, this library speaks version {expected}")]
+    /// The object does not start with the magic of the `kind` asked for
+    /// (`channel`, `region`, `semaphore`): it is something else, or was
+    /// overwritten.
+    #[error("{name:?} is not an ipc-lib {kind} (magic {found:#018x})")]
+    BadMagic {
+        name: String,
+        kind: &'static str,
+        found: u64,
+    },
+    /// The object was made by a build with another layout.
+    #[error("{name:?} has layout version {found}, this library speaks version {expected}")]
     VersionMismatch {
         name: String,
         found: u32,
         expected: u32,
     },
-    /// The existing channel's shape differs from the one asked for.
-    #[error("channel {name:?} exists with {field} {found}, but {expected} was asked for")]
+    /// The existing object's shape differs from the one asked for.
+    #[error("{name:?} exists with {field} {found}, but {expected} was asked for")]
     LayoutMismatch {
         name: String,
         field: &'static str,
@@ -53,12 +61,12 @@ pub enum OpenError {
         expected: Mode,
         found: Mode,
     },
-    /// The header's fields contradict each other or the segment's size.
-    #[error("channel {name:?} has a corrupt header: {reason}")]
+    /// The header's fields contradict each other or the object's size.
+    #[error("{name:?} has a corrupt header: {reason}")]
     CorruptHeader { name: String, reason: String },
     /// The name exists but its creator did not finish setting it up in time
     /// (it may have died while doing so).
-    #[error("channel {name:?} was not initialized by its creator within {waited:?}")]
+    #[error("{name:?} was not initialized by its creator within {waited:?}")]
     NotInitialized { name: String, waited: Duration },
     /// The end asked for is taken by a live process.
     #[error("channel {name:?} already has a {role} attached (pid {pid})")]
@@ -72,7 +80,7 @@ pub enum OpenError {
     #[error("channel {name:?} has no free sender slot (all {max} are taken)")]
     NoSenderSlot { name: String, max: usize },
     /// A system call failed.
-    #[error("{op} failed for channel {name:?}")]
+    #[error("{op} failed for {name:?}")]
     Os {
         name: String,
         op: &'static str,
@@ -107,6 +115,9 @@ pub enum SendError {
     /// The value could not be serialized.
     #[error("could not encode the message")]
     Encode(#[source] CodecError),
+    /// An async send: the runtime shut down while it waited for room.
+    #[error("the async runtime shut down during the send")]
+    RuntimeShutdown,
 }
 
 /// Why no message was received.
@@ -146,6 +157,9 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
+    /// An async receive: the runtime shut down while it waited.
+    #[error("the async runtime shut down during the receive")]
+    RuntimeShutdown,
 }
 
 /// What exactly was wrong with a frame or a position.

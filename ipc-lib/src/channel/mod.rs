@@ -15,7 +15,7 @@
 //!   wakes it with a syscall only when it actually sleeps, so a busy channel
 //!   makes none. [`Receiver::try_recv`] and [`Receiver::recv_timeout`] are
 //!   the non-blocking and bounded forms.
-//! - A peer that dies is noticed (pidfd; see `sys::PeerWatch` for why):
+//! - A peer that dies is noticed (pidfd; see `crate::sys::PeerWatch` for why):
 //!   the receiver gets [`RecvError::Disconnected`] after draining what was
 //!   sent, the sender [`SendError::Disconnected`]. Blocked ends check every
 //!   20 ms, so nobody waits forever on a dead process.
@@ -23,6 +23,9 @@
 //!   Every frame is checked on a private copy (marker, length, bounds,
 //!   checksum); damage is a [`RecvError::Corrupt`], never a panic, an
 //!   out-of-bounds read or undefined behaviour.
+//! - With the `tokio` feature, `Receiver::into_async` and
+//!   `Sender::into_async` give ends whose `recv`/`send` are futures that
+//!   never block a runtime worker thread (see `AsyncReceiver`).
 //! - Every send and receive is traced (`msg_send` / `msg_recv` on an
 //!   `ipclib_channel`), with the message id from the frame, so ipcscope
 //!   pairs each receive with its send exactly.
@@ -101,27 +104,31 @@ macro_rules! builder_options {
     };
 }
 
+#[cfg(feature = "tokio")]
+mod aio;
 mod error;
 pub mod layout;
 mod receiver;
 mod ring;
 mod segment;
 mod sender;
-mod sys;
 
+#[cfg(feature = "tokio")]
+pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
 pub use layout::{Layout, Mode};
 pub use receiver::{Receiver, ReceiverBuilder};
 pub use sender::{Sender, SenderBuilder, WhenFull};
 
-/// Removes a channel's name, as the creating end does when it is dropped.
-/// Ends already attached keep working; nothing new can open it. Returns
-/// whether the name existed.
+/// Removes the name of a channel (or of any ipc-lib object: region,
+/// semaphore), as the creating end does when it is dropped. Ends already
+/// attached keep working; nothing new can open it. Returns whether the name
+/// existed.
 ///
 /// For names left behind by a process that was killed before it could
 /// clean up.
 pub fn remove(name: &str) -> Result<bool, OpenError> {
-    segment::unlink(name)
+    crate::shm::unlink(name)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::error::{CodecError, OpenError, RecvError};
 use super::layout::{Layout, Mode, MAX_SENDERS};
 use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
-use super::sys::PeerWatch;
+use crate::sys::PeerWatch;
 use crate::trace;
 
 /// Empty polls between two checks that the senders' processes still live

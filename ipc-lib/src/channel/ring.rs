@@ -16,7 +16,7 @@ use super::layout::{
     frame_size, len_word, slot, Checksum, Header, Layout, Mode, PeerSlot, FRAME_MARKER,
 };
 use super::segment::Segment;
-use super::sys::{self, PeerWatch};
+use crate::sys::{self, PeerWatch};
 
 /// How long a blocked end sleeps before it checks that its peer still
 /// lives. Bounds how late a peer's death is noticed; a clean close wakes the

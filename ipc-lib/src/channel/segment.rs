@@ -2,26 +2,13 @@
 //! validating someone else's, mapping and unmapping.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::error::OpenError;
 use super::layout::{self, Header, Layout, Mode, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
-
-/// How long an opener waits for a creator that has made the name but not
-/// yet sized or initialized it.
-const INIT_WAIT: Duration = Duration::from_secs(2);
-
-/// How a builder finds its segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OpenHow {
-    Create,
-    Open,
-    OpenOrCreate,
-}
+use crate::shm::{self, Mapping};
+pub(crate) use crate::shm::{display_name, OpenHow};
 
 /// What the caller asked the layout to be; `None` fields are taken from an
 /// existing channel, or defaulted when creating one.
@@ -61,45 +48,8 @@ impl LayoutRequest {
 /// aliasing rules.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Mapping,
     layout: Layout,
-    shm_name: CString,
-    unlink_on_drop: bool,
-}
-
-// SAFETY: the mapping is process-wide, and everything reachable through
-// `Segment` is atomics (`Header` and `[AtomicU64]`), so sharing or moving the
-// pointer between threads is as safe as sharing those atomics.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` hands out only shared references to atomics.
-unsafe impl Sync for Segment {}
-
-/// `name` (with or without one leading `/`) as the path shm_open takes.
-pub(crate) fn shm_name(name: &str) -> Result<CString, OpenError> {
-    let bare = name.strip_prefix('/').unwrap_or(name);
-    let invalid = |reason: &'static str| OpenError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    };
-    if bare.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if bare.len() > 250 {
-        return Err(invalid("it is longer than 250 bytes"));
-    }
-    if bare.contains('/') {
-        return Err(invalid("it contains '/' after the first character"));
-    }
-    if bare == "." || bare == ".." {
-        return Err(invalid("it is '.' or '..'"));
-    }
-    CString::new(format!("/{bare}")).map_err(|_| invalid("it contains a NUL byte"))
-}
-
-/// The name as traced and shown: without the leading `/`.
-pub(crate) fn display_name(name: &str) -> &str {
-    name.strip_prefix('/').unwrap_or(name)
 }
 
 impl Segment {
@@ -110,18 +60,13 @@ impl Segment {
         how: OpenHow,
         req: &LayoutRequest,
     ) -> Result<(Segment, bool), OpenError> {
-        let path = shm_name(name)?;
-        let name = display_name(name).to_owned();
-        match how {
-            OpenHow::Create => Self::create(&name, path, req).map(|s| (s, true)),
-            OpenHow::Open => Self::attach(&name, path, req).map(|s| (s, false)),
-            OpenHow::OpenOrCreate => match Self::create(&name, path.clone(), req) {
-                Err(OpenError::AlreadyExists { .. }) => {
-                    Self::attach(&name, path, req).map(|s| (s, false))
-                }
-                other => other.map(|s| (s, true)),
-            },
-        }
+        let path = shm::shm_name(name)?;
+        let name = display_name(name);
+        shm::open_with(
+            how,
+            || Self::create(name, path.clone(), req),
+            || Self::attach(name, path.clone(), req),
+        )
     }
 
     fn create(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {
@@ -130,58 +75,8 @@ impl Segment {
             name: name.to_owned(),
             reason,
         })?;
-        let os = |op: &'static str| {
-            let source = io::Error::last_os_error();
-            OpenError::Os {
-                name: name.to_owned(),
-                op,
-                source,
-            }
-        };
-        // SAFETY: `path` is a NUL-terminated string that outlives the call.
-        let fd = unsafe {
-            libc::shm_open(
-                path.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600 as libc::mode_t,
-            )
-        };
-        if fd < 0 {
-            return Err(match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EEXIST) => OpenError::AlreadyExists {
-                    name: name.to_owned(),
-                },
-                _ => os("shm_open"),
-            });
-        }
-        // SAFETY: shm_open just returned this fd and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // From here on a failure must not leave a half-made name behind.
-        let unlink = |e: OpenError| {
-            // SAFETY: as for shm_open above.
-            unsafe { libc::shm_unlink(path.as_ptr()) };
-            e
-        };
-        let size = layout.segment_size();
-        // SAFETY: a valid fd and a size that fits off_t (capacity is at most
-        // 1 TiB).
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
-            return Err(unlink(os("ftruncate")));
-        }
-        let ptr = map(&fd, size).map_err(|source| {
-            unlink(OpenError::Os {
-                name: name.to_owned(),
-                op: "mmap",
-                source,
-            })
-        })?;
-        let seg = Segment {
-            ptr,
-            len: size,
-            layout,
-            shm_name: path,
-            unlink_on_drop: false,
-        };
+        let map = Mapping::create(name, path, layout.segment_size())?;
+        let seg = Segment { map, layout };
         let h = seg.header();
         // The file is fresh (zero-filled by ftruncate), so only non-zero
         // fields need writing; magic goes last, with Release, so an opener
@@ -193,71 +88,22 @@ impl Segment {
             .store(layout.max_message_size as u64, Ordering::Relaxed);
         h.header_size.store(HEADER_SIZE as u64, Ordering::Relaxed);
         h.commit_key
-            .store(super::sys::random_u64() | 1, Ordering::Relaxed);
+            .store(crate::sys::random_u64() | 1, Ordering::Relaxed);
         h.next_msg_id.store(1, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
         Ok(seg)
     }
 
     fn attach(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {
-        let os = |op: &'static str, source: io::Error| OpenError::Os {
-            name: name.to_owned(),
-            op,
-            source,
-        };
-        // SAFETY: `path` is a NUL-terminated string that outlives the call.
-        let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) => OpenError::NotFound {
-                    name: name.to_owned(),
-                },
-                _ => os("shm_open", e),
-            });
-        }
-        // SAFETY: shm_open just returned this fd and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-
-        // The creator makes the name before it sizes the file: wait for the
-        // size, bounded.
-        let started = Instant::now();
-        let st = loop {
-            let st = fstat(&fd).map_err(|e| os("fstat", e))?;
-            // SAFETY: geteuid cannot fail and touches no memory.
-            let uid = unsafe { libc::geteuid() };
-            if st.st_uid != uid {
-                // Another user's segment could be truncated under us (SIGBUS)
-                // or rewritten at will; refuse it rather than trust it.
-                return Err(OpenError::NotOwner {
-                    name: name.to_owned(),
-                    owner: st.st_uid,
-                    uid,
-                });
-            }
-            if st.st_size as u64 >= HEADER_SIZE as u64 {
-                break st;
-            }
-            if started.elapsed() > INIT_WAIT {
-                return Err(OpenError::NotInitialized {
-                    name: name.to_owned(),
-                    waited: INIT_WAIT,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let size = st.st_size as u64;
-        if size > (HEADER_SIZE + layout::MAX_CAPACITY) as u64 {
-            return Err(OpenError::CorruptHeader {
-                name: name.to_owned(),
-                reason: format!("segment of {size} bytes is larger than any channel"),
-            });
-        }
-        let size = size as usize;
-        let ptr = map(&fd, size).map_err(|e| os("mmap", e))?;
+        let (map, started) = Mapping::attach(
+            name,
+            path,
+            HEADER_SIZE,
+            HEADER_SIZE + layout::MAX_CAPACITY,
+            "channel",
+        )?;
         let mut seg = Segment {
-            ptr,
-            len: size,
+            map,
             // Replaced below once the header is validated; nothing reads it
             // before then.
             layout: Layout {
@@ -265,8 +111,6 @@ impl Segment {
                 max_message_size: 0,
                 mode: Mode::Spsc,
             },
-            shm_name: path,
-            unlink_on_drop: false,
         };
         seg.layout = seg.validate(name, req, started)?;
         Ok(seg)
@@ -283,22 +127,11 @@ impl Segment {
         started: Instant,
     ) -> Result<Layout, OpenError> {
         let h = self.header();
-        let magic = loop {
-            let m = h.magic.load(Ordering::Acquire);
-            if m != 0 {
-                break m;
-            }
-            if started.elapsed() > INIT_WAIT {
-                return Err(OpenError::NotInitialized {
-                    name: name.to_owned(),
-                    waited: INIT_WAIT,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let magic = Mapping::wait_magic(&h.magic, name, started)?;
         if magic != MAGIC {
             return Err(OpenError::BadMagic {
                 name: name.to_owned(),
+                kind: "channel",
                 found: magic,
             });
         }
@@ -325,10 +158,10 @@ impl Segment {
                 "header size {header_size}, expected {HEADER_SIZE}"
             )));
         }
-        if capacity != (self.len - HEADER_SIZE) as u64 {
+        if capacity != (self.map.len() - HEADER_SIZE) as u64 {
             return Err(corrupt(format!(
                 "capacity {capacity} does not match the segment's {} data bytes",
-                self.len - HEADER_SIZE
+                self.map.len() - HEADER_SIZE
             )));
         }
         let layout = Layout {
@@ -369,7 +202,7 @@ impl Segment {
 
     /// Removes the name when this segment is dropped (the creator's choice).
     pub(crate) fn set_unlink_on_drop(&mut self, yes: bool) {
-        self.unlink_on_drop = yes;
+        self.map.set_unlink_on_drop(yes);
     }
 
     pub(crate) fn layout(&self) -> Layout {
@@ -381,7 +214,7 @@ impl Segment {
         // mapping), page-aligned, lives as long as `self`, and `Header` is
         // made only of atomics, for which any bit pattern is valid and
         // concurrent writes by other processes are not a data race.
-        unsafe { self.ptr.cast::<Header>().as_ref() }
+        unsafe { self.map.ptr().cast::<Header>().as_ref() }
     }
 
     /// The data area as words.
@@ -393,89 +226,16 @@ impl Segment {
         // no longer than the mapping.
         unsafe {
             std::slice::from_raw_parts(
-                self.ptr.as_ptr().add(HEADER_SIZE).cast::<AtomicU64>(),
-                (self.len - HEADER_SIZE) / 8,
+                self.map.ptr().as_ptr().add(HEADER_SIZE).cast::<AtomicU64>(),
+                (self.map.len() - HEADER_SIZE) / 8,
             )
         }
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no
-        // reference into the mapping outlives `self` (they all borrow it).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if self.unlink_on_drop {
-            // SAFETY: a NUL-terminated name that outlives the call. Failure
-            // (someone removed it already) is fine.
-            unsafe { libc::shm_unlink(self.shm_name.as_ptr()) };
-        }
-    }
-}
-
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid fd and a pointer to a writable `stat`.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-fn map(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh shared mapping of a valid fd; the kernel picks the
-    // address, so nothing existing is replaced.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
-}
-
-/// Removes a channel's name (see [`super::remove`]).
-pub(crate) fn unlink(name: &str) -> Result<bool, OpenError> {
-    let path = shm_name(name)?;
-    // SAFETY: a NUL-terminated name that outlives the call.
-    if unsafe { libc::shm_unlink(path.as_ptr()) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => Ok(false),
-        _ => Err(OpenError::Os {
-            name: display_name(name).to_owned(),
-            op: "shm_unlink",
-            source: e,
-        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked_before_they_reach_the_kernel() {
-        assert_eq!(shm_name("jobs").unwrap().to_str().unwrap(), "/jobs");
-        assert_eq!(shm_name("/jobs").unwrap().to_str().unwrap(), "/jobs");
-        for bad in ["", "/", "a/b", "//a", "..", "a\0b"] {
-            assert!(
-                matches!(shm_name(bad), Err(OpenError::InvalidName { .. })),
-                "{bad:?}"
-            );
-        }
-        assert!(shm_name(&"x".repeat(251)).is_err());
-    }
 
     #[test]
     fn default_layout_fits_its_largest_message() {

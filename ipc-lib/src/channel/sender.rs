@@ -10,7 +10,7 @@ use super::error::{CodecError, OpenError, SendError};
 use super::layout::{Layout, Mode};
 use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
-use super::sys::PeerWatch;
+use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
 /// What [`Sender::send`] does when the channel is full.

@@ -152,6 +152,9 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             let _ = std::io::stdin().read_to_end(&mut sink);
             Ok(())
         }
-        other => Err(format!("unknown role {other:?}")),
+        other => crate::region::role(other, name, arg)
+            .or_else(|| crate::sem::role(other, name, arg))
+            .or_else(|| crate::aio::role(other, name, arg))
+            .unwrap_or_else(|| Err(format!("unknown role {other:?}"))),
     }
 }

@@ -1,4 +1,4 @@
-//! The `producer_consumer` example, run as users run it.
+//! The examples, run as users run them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -6,21 +6,21 @@ use std::process::Command;
 /// `cargo build --examples` puts the examples beside the test binaries
 /// (`target/<profile>/examples`); `cargo xtask test` does that first.
 /// (`cargo test` builds them too, but only under hashed names.)
+/// Outside CI, a test whose example was not built is skipped (`None`).
 fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.exists().then_some(path)
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{name} example not built");
+    eprintln!("{name} example not built; skipped");
+    None
 }
 
 #[test]
 fn producer_consumer_delivers_every_message_intact() {
     let Some(bin) = example("producer_consumer") else {
-        // Skipped only outside CI, when the examples were not built.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "producer_consumer example not built"
-        );
-        eprintln!("producer_consumer example not built; skipped");
         return;
     };
     for (n, size) in [("3000", "100"), ("200", "70000"), ("1000", "0")] {
@@ -35,4 +35,45 @@ fn producer_consumer_delivers_every_message_intact() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn shared_counter_counts_exactly() {
+    let Some(bin) = example("shared_counter") else {
+        return;
+    };
+    for (procs, increments) in [("4", "5000"), ("1", "1000"), ("3", "0")] {
+        let out = Command::new(&bin)
+            .args(["--procs", procs, "--increments", increments])
+            .output()
+            .unwrap();
+        let expected: u64 = procs.parse::<u64>().unwrap() * increments.parse::<u64>().unwrap();
+        assert!(
+            out.status.success(),
+            "--procs {procs} --increments {increments}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("final count: {expected}")
+        );
+    }
+}
+
+#[test]
+fn sem_cost_runs_and_checks_its_own_results() {
+    let Some(bin) = example("sem_cost") else {
+        return;
+    };
+    let out = Command::new(&bin)
+        .args(["--iterations", "1000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ns per pair"));
 }

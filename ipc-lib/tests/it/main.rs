@@ -4,10 +4,13 @@
 //! `--exact child::role_entry` and an environment variable naming the role
 //! (see `support::spawn`); in an ordinary run that test does nothing.
 
+mod aio;
 mod child;
 mod corruption;
 mod cross_process;
 mod example;
 mod open_layout;
 mod props;
+mod region;
+mod sem;
 mod support;

@@ -209,3 +209,81 @@ impl Drop for Hostile {
 unsafe impl Send for Hostile {}
 // SAFETY: as above.
 unsafe impl Sync for Hostile {}
+
+/// One traced operation as ipc-lib reports it to `tracing` subscribers:
+/// the same fields it writes into the recorder's ring.
+#[derive(Clone, Debug, Default)]
+pub struct TracedOp {
+    pub kind: String,
+    pub channel: String,
+    pub name: String,
+    pub size: u64,
+    pub obj: u64,
+    pub obj2: u64,
+    pub aux: u64,
+    pub result: i64,
+    pub duration_ns: u64,
+}
+
+impl tracing::field::Visit for TracedOp {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "kind" => self.kind = value.to_owned(),
+            "channel" => self.channel = value.to_owned(),
+            "name" => self.name = value.to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "size" => self.size = value,
+            "obj" => self.obj = value,
+            "obj2" => self.obj2 = value,
+            "aux" => self.aux = value,
+            "duration_ns" => self.duration_ns = value,
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == "result" {
+            self.result = value;
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// A `tracing` subscriber that keeps ipc-lib's operations.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<TracedOp>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.target() == "ipc_lib"
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut op = TracedOp::default();
+        event.record(&mut op);
+        if let Ok(mut ops) = self.0.lock() {
+            ops.push(op);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Runs `f` on this thread and returns what it returned with every ipc-lib
+/// operation it traced, in order.
+pub fn capture_ops<T>(f: impl FnOnce() -> T) -> (T, Vec<TracedOp>) {
+    let cap = Capture::default();
+    let out = tracing::subscriber::with_default(cap.clone(), f);
+    let ops = cap.0.lock().map(|v| v.clone()).unwrap_or_default();
+    (out, ops)
+}

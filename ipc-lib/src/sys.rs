@@ -1,10 +1,10 @@
-//! The few system calls the channel needs that std does not wrap: futexes,
-//! pidfds, and the process start time that tells a live peer from a recycled
-//! pid.
+//! The few system calls channels and semaphores need that std does not
+//! wrap: futexes, pidfds, and the process start time that tells a live peer
+//! from a recycled pid.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,6 +37,11 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 
 /// Wakes every waiter on `word`.
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    futex_wake(word, i32::MAX);
+}
+
+/// Wakes at most `n` waiters on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not touch
     // memory, it only uses the address as a key.
     unsafe {
@@ -44,7 +49,7 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE,
-            i32::MAX,
+            n,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),
             0u32,
@@ -52,9 +57,31 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
     }
 }
 
-/// This process's id.
+/// This process's id, cached: glibc no longer caches getpid, and a
+/// semaphore acquire asks for it each time (a syscall would be most of an
+/// uncontended acquire's cost). A fork handler clears the cache in the
+/// child.
 pub(crate) fn my_pid() -> u32 {
-    std::process::id()
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    REGISTERED.call_once(|| {
+        // SAFETY: the handler is a plain extern "C" fn that stores one
+        // atomic, which is async-signal-safe.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// In a forked child: the cached pid is the parent's.
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
 }
 
 /// This process's start time, read once.
@@ -240,6 +267,27 @@ mod tests {
         child.wait().unwrap();
         let mut gone = PeerWatch::new(pid, 0);
         assert!(!gone.alive());
+    }
+
+    #[test]
+    fn a_forked_child_knows_its_own_pid() {
+        assert_eq!(my_pid(), std::process::id());
+        // SAFETY: the child only reads atomics, calls getpid and _exit, all
+        // async-signal-safe, so forking a threaded test process is sound.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            let ok = my_pid() == unsafe { libc::getpid() } as u32;
+            // SAFETY: _exit ends the child without running the parent's
+            // atexit handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(child > 0);
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(my_pid(), std::process::id());
     }
 
     #[test]

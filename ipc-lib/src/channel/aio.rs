@@ -1,0 +1,119 @@
+//! Async (tokio) channel ends: the same channel, received from and sent to
+//! without ever blocking a runtime worker thread (see `crate::rt` for how
+//! and why).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::error::{RecvError, SendError};
+use super::receiver::Receiver;
+use super::sender::Sender;
+use crate::rt::{off_runtime, CANCEL_SLICE};
+
+/// The receiving end of a channel, for async code: [`Receiver::into_async`].
+///
+/// Cancel safe: dropping a [`recv`](AsyncReceiver::recv) future loses no
+/// message; one that arrives as the future is dropped is kept for the next
+/// `recv`.
+#[derive(Debug)]
+pub struct AsyncReceiver {
+    state: Arc<Mutex<RecvState>>,
+}
+
+#[derive(Debug)]
+struct RecvState {
+    rx: Receiver,
+    /// What a blocking wait received; taken by the next `recv`, whether or
+    /// not the `recv` that started the wait is still there.
+    received: Option<Result<Vec<u8>, RecvError>>,
+}
+
+impl Receiver {
+    /// This end, for async code.
+    pub fn into_async(self) -> AsyncReceiver {
+        AsyncReceiver {
+            state: Arc::new(Mutex::new(RecvState {
+                rx: self,
+                received: None,
+            })),
+        }
+    }
+}
+
+impl AsyncReceiver {
+    /// Waits for the next message, as [`Receiver::recv`] does.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        loop {
+            // Only a wait abandoned by a dropped `recv` can hold the lock,
+            // and it lets go within CANCEL_SLICE.
+            let mut state = self.state.clone().lock_owned().await;
+            if let Some(r) = state.received.take() {
+                return r;
+            }
+            match state.rx.try_recv() {
+                Err(RecvError::Empty) => {}
+                other => return other,
+            }
+            let done = off_runtime(move |cancelled: &AtomicBool| {
+                while !cancelled.load(Ordering::Acquire) {
+                    match state.rx.recv_timeout(CANCEL_SLICE) {
+                        Err(RecvError::Timeout) => {}
+                        other => {
+                            state.received = Some(other);
+                            return;
+                        }
+                    }
+                }
+            });
+            if done.await.is_none() {
+                return Err(RecvError::RuntimeShutdown);
+            }
+        }
+    }
+}
+
+/// The sending end of a channel, for async code: [`Sender::into_async`].
+///
+/// Not cancel safe: a [`send`](AsyncSender::send) future dropped while it
+/// waits for room may or may not have sent its message.
+#[derive(Debug)]
+pub struct AsyncSender {
+    tx: Arc<Mutex<Sender>>,
+}
+
+impl Sender {
+    /// This end, for async code.
+    pub fn into_async(self) -> AsyncSender {
+        AsyncSender {
+            tx: Arc::new(Mutex::new(self)),
+        }
+    }
+}
+
+impl AsyncSender {
+    /// Sends one message, waiting for room as [`Sender::send`] does;
+    /// returns its message id.
+    pub async fn send(&mut self, msg: Vec<u8>) -> Result<u64, SendError> {
+        let mut tx = self.tx.clone().lock_owned().await;
+        match tx.try_send(&msg) {
+            Err(SendError::Full) => {}
+            other => return other,
+        }
+        off_runtime(move |cancelled: &AtomicBool| {
+            while !cancelled.load(Ordering::Acquire) {
+                match tx.send_timeout(&msg, CANCEL_SLICE) {
+                    Err(SendError::Timeout) => {}
+                    other => return Some(other),
+                }
+            }
+            None
+        })
+        .await
+        .flatten()
+        // `None` inside is a cancelled wait, which only dropping this
+        // future causes; outside, the runtime shut down.
+        .unwrap_or(Err(SendError::RuntimeShutdown))
+    }
+}

@@ -1,0 +1,344 @@
+//! Named shared-memory objects as every ipc-lib object uses them: the name
+//! check, creating one (mode 0600, never half-made), attaching to someone
+//! else's (same owner only, sized and initialised within a bounded wait),
+//! and unmapping. Channels, regions and semaphores each put their own header
+//! on top; what they share lives here so they cannot drift apart.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::channel::OpenError;
+
+/// How long an opener waits for a creator that has made the name but not
+/// yet sized or initialised it.
+pub(crate) const INIT_WAIT: Duration = Duration::from_secs(2);
+
+/// No ipc-lib object is larger (a channel's data area is at most 1 TiB, a
+/// region's too): a bigger one is refused before it is mapped.
+pub(crate) const MAX_OBJECT: usize = 1 << 41;
+
+/// How a builder finds its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenHow {
+    Create,
+    Open,
+    OpenOrCreate,
+}
+
+/// `name` (with or without one leading `/`) as the path shm_open takes.
+pub(crate) fn shm_name(name: &str) -> Result<CString, OpenError> {
+    let bare = display_name(name);
+    let invalid = |reason: &'static str| OpenError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    if bare.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if bare.len() > 250 {
+        return Err(invalid("it is longer than 250 bytes"));
+    }
+    if bare.contains('/') {
+        return Err(invalid("it contains '/' after the first character"));
+    }
+    if bare == "." || bare == ".." {
+        return Err(invalid("it is '.' or '..'"));
+    }
+    CString::new(format!("/{bare}")).map_err(|_| invalid("it contains a NUL byte"))
+}
+
+/// The name as traced and shown: without the leading `/`.
+pub(crate) fn display_name(name: &str) -> &str {
+    name.strip_prefix('/').unwrap_or(name)
+}
+
+/// Runs `create`, `attach` or the one then the other, per `how`; the bool
+/// says whether this call created the object.
+pub(crate) fn open_with<T>(
+    how: OpenHow,
+    create: impl FnOnce() -> Result<T, OpenError>,
+    attach: impl FnOnce() -> Result<T, OpenError>,
+) -> Result<(T, bool), OpenError> {
+    match how {
+        OpenHow::Create => create().map(|t| (t, true)),
+        OpenHow::Open => attach().map(|t| (t, false)),
+        OpenHow::OpenOrCreate => match create() {
+            Err(OpenError::AlreadyExists { .. }) => attach().map(|t| (t, false)),
+            other => other.map(|t| (t, true)),
+        },
+    }
+}
+
+/// A mapped shared-memory object. It hands out raw bytes only; the owner
+/// decides how they are viewed (always through atomics: other processes
+/// write them concurrently and are not bound by Rust's aliasing rules).
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    path: CString,
+    unlink_on_drop: bool,
+}
+
+// SAFETY: the mapping is process-wide and its owners reach its bytes only
+// through atomics, so moving or sharing the pointer between threads is as
+// safe as sharing those atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Creates `path` exclusively with mode 0600, sized `size` bytes (zero
+    /// filled). On any failure the name is removed again, so no half-made
+    /// object is left for an opener to find.
+    pub(crate) fn create(name: &str, path: CString, size: usize) -> Result<Mapping, OpenError> {
+        let os = |op: &'static str| {
+            let source = io::Error::last_os_error();
+            OpenError::Os {
+                name: name.to_owned(),
+                op,
+                source,
+            }
+        };
+        let size_off = libc::off_t::try_from(size).map_err(|_| OpenError::InvalidLayout {
+            name: name.to_owned(),
+            reason: format!("{size} bytes is too large for a shared-memory object"),
+        })?;
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        let fd = unsafe {
+            libc::shm_open(
+                path.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600 as libc::mode_t,
+            )
+        };
+        if fd < 0 {
+            return Err(match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EEXIST) => OpenError::AlreadyExists {
+                    name: name.to_owned(),
+                },
+                _ => os("shm_open"),
+            });
+        }
+        // SAFETY: shm_open just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let unlink = |e: OpenError| {
+            // SAFETY: as for shm_open above.
+            unsafe { libc::shm_unlink(path.as_ptr()) };
+            e
+        };
+        // SAFETY: a valid fd and a size that fits off_t (checked above).
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size_off) } != 0 {
+            return Err(unlink(os("ftruncate")));
+        }
+        let ptr = map(&fd, size).map_err(|source| {
+            unlink(OpenError::Os {
+                name: name.to_owned(),
+                op: "mmap",
+                source,
+            })
+        })?;
+        Ok(Mapping {
+            ptr,
+            len: size,
+            path,
+            unlink_on_drop: false,
+        })
+    }
+
+    /// Opens and maps an existing `path`, waiting (bounded) until its
+    /// creator has sized it to at least `min` bytes. Refuses another user's
+    /// object, and one larger than `max` bytes (`what` names the kind of
+    /// object in that error). Returns the mapping and when the wait started,
+    /// for [`Mapping::wait_magic`].
+    pub(crate) fn attach(
+        name: &str,
+        path: CString,
+        min: usize,
+        max: usize,
+        what: &str,
+    ) -> Result<(Mapping, Instant), OpenError> {
+        let os = |op: &'static str, source: io::Error| OpenError::Os {
+            name: name.to_owned(),
+            op,
+            source,
+        };
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) => OpenError::NotFound {
+                    name: name.to_owned(),
+                },
+                _ => os("shm_open", e),
+            });
+        }
+        // SAFETY: shm_open just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+
+        // The creator makes the name before it sizes the file: wait for the
+        // size, bounded.
+        let started = Instant::now();
+        let st = loop {
+            let st = fstat(&fd).map_err(|e| os("fstat", e))?;
+            // SAFETY: geteuid cannot fail and touches no memory.
+            let uid = unsafe { libc::geteuid() };
+            if st.st_uid != uid {
+                // Another user's object could be truncated under us (SIGBUS)
+                // or rewritten at will; refuse it rather than trust it.
+                return Err(OpenError::NotOwner {
+                    name: name.to_owned(),
+                    owner: st.st_uid,
+                    uid,
+                });
+            }
+            if st.st_size as u64 >= min as u64 {
+                break st;
+            }
+            if started.elapsed() > INIT_WAIT {
+                return Err(OpenError::NotInitialized {
+                    name: name.to_owned(),
+                    waited: INIT_WAIT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let size = st.st_size as u64;
+        if size > max as u64 {
+            return Err(OpenError::CorruptHeader {
+                name: name.to_owned(),
+                reason: format!("object of {size} bytes is larger than any {what}"),
+            });
+        }
+        let size = size as usize;
+        let ptr = map(&fd, size).map_err(|e| os("mmap", e))?;
+        let mapping = Mapping {
+            ptr,
+            len: size,
+            path,
+            unlink_on_drop: false,
+        };
+        Ok((mapping, started))
+    }
+
+    /// Waits (bounded from `started`) for the creator to publish `magic`,
+    /// which it stores last with Release, and returns it.
+    pub(crate) fn wait_magic(
+        magic: &AtomicU64,
+        name: &str,
+        started: Instant,
+    ) -> Result<u64, OpenError> {
+        loop {
+            let m = magic.load(Ordering::Acquire);
+            if m != 0 {
+                return Ok(m);
+            }
+            if started.elapsed() > INIT_WAIT {
+                return Err(OpenError::NotInitialized {
+                    name: name.to_owned(),
+                    waited: INIT_WAIT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The first byte; page-aligned.
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Removes the name when this mapping is dropped (the creator's choice).
+    pub(crate) fn set_unlink_on_drop(&mut self, yes: bool) {
+        self.unlink_on_drop = yes;
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no
+        // reference into the mapping outlives `self` (they all borrow it).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if self.unlink_on_drop {
+            // SAFETY: a NUL-terminated name that outlives the call. Failure
+            // (someone removed it already) is fine.
+            unsafe { libc::shm_unlink(self.path.as_ptr()) };
+        }
+    }
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a pointer to a writable `stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn map(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping of a valid fd; the kernel picks the
+    // address, so nothing existing is replaced.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Removes an object's name: `Ok(false)` when there was none. Mappings
+/// already made stay valid.
+pub(crate) fn unlink(name: &str) -> Result<bool, OpenError> {
+    let path = shm_name(name)?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    if unsafe { libc::shm_unlink(path.as_ptr()) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        _ => Err(OpenError::Os {
+            name: display_name(name).to_owned(),
+            op: "shm_unlink",
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_they_reach_the_kernel() {
+        assert_eq!(shm_name("jobs").unwrap().to_str().unwrap(), "/jobs");
+        assert_eq!(shm_name("/jobs").unwrap().to_str().unwrap(), "/jobs");
+        for bad in ["", "/", "a/b", "//a", "..", "a\0b"] {
+            assert!(
+                matches!(shm_name(bad), Err(OpenError::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(shm_name(&"x".repeat(251)).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The async (tokio) API on a current-thread runtime: while a wait is
+//! pending the one runtime thread keeps running other tasks, which it could
+//! not if the wait blocked it; dropped waits lose nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_lib::channel::{Receiver, RecvError, Sender};
+use ipc_lib::sem::Semaphore;
+use tokio::time::timeout;
+
+use crate::support::{
+    open_when_ready, pattern, size_of_msg, spawn, unique_name, wait_bounded, NameGuard, PATIENCE,
+};
+
+/// Child roles for these tests; `None` when `role` is not one of them.
+pub fn role(role: &str, name: &str, arg: &str) -> Option<Result<(), String>> {
+    Some(match role {
+        // Posts once after ARG milliseconds.
+        "sem-post-after" => (|| {
+            let ms = arg.parse().map_err(|_| format!("bad arg {arg:?}"))?;
+            let sem = open_when_ready(|| Semaphore::builder(name).open());
+            std::thread::sleep(Duration::from_millis(ms));
+            sem.post().map_err(|e| e.to_string())
+        })(),
+        _ => return None,
+    })
+}
+
+/// A task that counts 2 ms ticks: proof that the runtime thread is free.
+fn ticker() -> Arc<AtomicU64> {
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t = ticks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    ticks
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wait_async_leaves_the_runtime_free_until_another_process_posts() {
+    let name = unique_name("aio-sem");
+    let _g = NameGuard(name.clone());
+    let sem = Semaphore::builder(&name).create().unwrap();
+    let ticks = ticker();
+    let mut child = spawn("sem-post-after", &name, "300");
+    let permit = timeout(PATIENCE, sem.wait_async())
+        .await
+        .expect("the child's post arrives")
+        .unwrap();
+    // 300 ms of 2 ms ticks, with ample slack for a loaded machine: a wait
+    // that blocked the only runtime thread would leave this at 0 or 1.
+    let n = ticks.load(Ordering::Relaxed);
+    assert!(n >= 20, "only {n} ticks while waiting");
+    assert!(wait_bounded(&mut child, PATIENCE).success());
+    assert_eq!(sem.holders().len(), 1);
+    drop(permit);
+    assert_eq!(sem.count(), 1);
+    // The fast path: a count is there, so no thread hop is needed.
+    let again = sem.wait_async().await.unwrap();
+    again.forget();
+    assert_eq!(sem.count(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_wait_async_takes_no_count() {
+    let name = unique_name("aio-cancel");
+    let _g = NameGuard(name.clone());
+    let sem = Semaphore::builder(&name).create().unwrap();
+    assert!(timeout(Duration::from_millis(30), sem.wait_async())
+        .await
+        .is_err());
+    sem.post().unwrap();
+    // The abandoned wait stops within its slice; if it took the count in
+    // that time, it released it. Either way the count comes back to 1.
+    let settled = timeout(PATIENCE, async {
+        while sem.count() != 1 || !sem.holders().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "count {}", sem.count());
+    assert!(sem.try_wait().is_ok());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_ends_exchange_messages_with_blocking_processes() {
+    // A child sends; we receive asynchronously.
+    let name = unique_name("aio-recv");
+    let _g = NameGuard(name.clone());
+    let mut rx = Receiver::builder(&name)
+        .capacity(16 * 1024)
+        .max_message_size(1000)
+        .create()
+        .unwrap()
+        .into_async();
+    let ticks = ticker();
+    let n = 3000u64;
+    let mut child = spawn("send-n", &name, &format!("{n},1000"));
+    for i in 0..n {
+        let got = timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(got, pattern(i, size_of_msg(i, 1000)), "message {i}");
+    }
+    assert!(matches!(
+        timeout(PATIENCE, rx.recv()).await.unwrap(),
+        Err(RecvError::Disconnected)
+    ));
+    assert!(wait_bounded(&mut child, PATIENCE).success());
+    assert!(ticks.load(Ordering::Relaxed) > 0);
+
+    // We send asynchronously into a small channel, so sends wait for room;
+    // the child checks every message.
+    let name = unique_name("aio-send");
+    let _g = NameGuard(name.clone());
+    let mut tx = Sender::builder(&name)
+        .capacity(4 * 1024)
+        .max_message_size(500)
+        .create()
+        .unwrap()
+        .into_async();
+    let mut child = spawn("recv-verify-n", &name, &format!("{n},500"));
+    for i in 0..n {
+        timeout(PATIENCE, tx.send(pattern(i, size_of_msg(i, 500))))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    drop(tx);
+    assert!(wait_bounded(&mut child, PATIENCE).success());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_recv_loses_no_message() {
+    let name = unique_name("aio-recv-cancel");
+    let _g = NameGuard(name.clone());
+    let mut rx = Receiver::builder(&name).create().unwrap().into_async();
+    let mut tx = Sender::builder(&name).open().unwrap();
+    let n = 40u64;
+    // Messages sent around the moment receives are dropped: each lands in
+    // the channel or in a wait that was abandoned, never nowhere.
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            std::thread::sleep(Duration::from_millis(i % 7));
+            tx.send(&i.to_le_bytes()).unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while (got.len() as u64) < n && tokio::time::Instant::now() < deadline {
+        let short = Duration::from_millis(got.len() as u64 % 4);
+        if let Ok(r) = timeout(short, rx.recv()).await {
+            got.push(u64::from_le_bytes(r.unwrap().try_into().unwrap()));
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
