@@ -8,6 +8,8 @@
 //! one relaxed atomic load.
 
 pub mod channel;
+pub mod socket;
 pub mod trace;
+pub mod transport;
 
 pub use channel::{Receiver, Sender};

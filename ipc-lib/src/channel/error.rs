@@ -107,6 +107,14 @@ pub enum SendError {
     /// The value could not be serialized.
     #[error("could not encode the message")]
     Encode(#[source] CodecError),
+    /// A system call failed in a way that says nothing about the peer
+    /// (socket transport: e.g. the kernel is out of buffers).
+    #[error("{op} failed")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why no message was received.
@@ -145,6 +153,14 @@ pub enum RecvError {
         msg_id: u64,
         #[source]
         source: CodecError,
+    },
+    /// A system call failed in a way that says nothing about the senders
+    /// (socket transport: e.g. the kernel is out of memory).
+    #[error("{op} failed")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
     },
 }
 

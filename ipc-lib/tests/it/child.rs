@@ -26,7 +26,7 @@ fn role_entry() {
     std::process::exit(i32::from(result.is_err()));
 }
 
-fn nums(arg: &str) -> Vec<u64> {
+pub fn nums(arg: &str) -> Vec<u64> {
     arg.split(',').filter_map(|s| s.parse().ok()).collect()
 }
 
@@ -152,6 +152,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             let _ = std::io::stdin().read_to_end(&mut sink);
             Ok(())
         }
+        sock if sock.starts_with("sock-") => crate::socket::play(sock, name, arg),
         other => Err(format!("unknown role {other:?}")),
     }
 }

@@ -10,4 +10,5 @@ mod cross_process;
 mod example;
 mod open_layout;
 mod props;
+mod socket;
 mod support;

@@ -1,0 +1,126 @@
+//! The sending end: one connected socket.
+
+use std::time::Duration;
+
+use ipc_events::{ChannelKind, EventKind};
+
+use super::frame::{Header, DATA};
+use super::{next_id, Conn, Wait, DEFAULT_OPEN_TIMEOUT};
+use crate::channel::{OpenError, SendError, WhenFull};
+use crate::trace::{self, Op};
+use crate::transport::MessageSender;
+
+/// Builds a [`SocketSender`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SocketSenderBuilder {
+    name: String,
+    when_full: WhenFull,
+    open_timeout: Duration,
+}
+
+impl SocketSenderBuilder {
+    /// What `send` does when the socket is full. Default
+    /// [`WhenFull::Block`].
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// How long `open` waits for the receiver to accept. Default
+    /// [`DEFAULT_OPEN_TIMEOUT`](super::DEFAULT_OPEN_TIMEOUT).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Connects to the channel's receiver: [`OpenError::NotFound`] when
+    /// none listens, [`OpenError::NotOwner`] when it runs as another user.
+    pub fn open(self) -> Result<SocketSender, OpenError> {
+        let (conn, name, max) = Conn::open(&self.name, self.open_timeout)?;
+        Ok(SocketSender {
+            name,
+            conn,
+            max,
+            pid: std::process::id(),
+            when_full: self.when_full,
+        })
+    }
+}
+
+/// The sending end of a socket channel. Sends are through
+/// [`MessageSender`]: `send`, `try_send`, `send_timeout`, `send_value`.
+///
+/// A receiver that closed its end or died makes sends fail with
+/// [`SendError::Disconnected`] (the kernel reports it; no signal is
+/// raised). After `fork`, a child must open its own sender: ids carry the
+/// pid of the process that opened it.
+#[derive(Debug)]
+pub struct SocketSender {
+    name: String,
+    conn: Conn,
+    max: usize,
+    pid: u32,
+    when_full: WhenFull,
+}
+
+impl SocketSender {
+    /// Starts building the sending end of socket channel `name`.
+    pub fn builder(name: impl Into<String>) -> SocketSenderBuilder {
+        SocketSenderBuilder {
+            name: name.into(),
+            when_full: WhenFull::default(),
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+        }
+    }
+
+    /// The channel's name, as traced.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The largest message the receiver takes.
+    pub fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    /// The receiver's process id.
+    pub fn receiver_pid(&self) -> u32 {
+        self.conn.peer_pid
+    }
+
+    fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {
+        let id = next_id(self.pid);
+        let head = Header {
+            magic: DATA,
+            len: 0,
+            msg_id: id,
+            reply_to: 0,
+        };
+        self.conn.send_frame(head, msg, wait, self.max)?;
+        trace::emit_op(Op {
+            size: msg.len() as u64,
+            msg_id: id,
+            ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
+        });
+        Ok(id)
+    }
+}
+
+impl MessageSender for SocketSender {
+    fn send(&mut self, msg: &[u8]) -> Result<u64, SendError> {
+        let wait = match self.when_full {
+            WhenFull::Block => Wait::Until(None),
+            WhenFull::Error => Wait::No,
+        };
+        self.send_inner(msg, wait)
+    }
+
+    fn try_send(&mut self, msg: &[u8]) -> Result<u64, SendError> {
+        self.send_inner(msg, Wait::No)
+    }
+
+    fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<u64, SendError> {
+        self.send_inner(msg, Wait::timeout(timeout))
+    }
+}
