@@ -8,6 +8,7 @@
 //! one relaxed atomic load.
 
 pub mod channel;
+pub mod rpc;
 pub mod socket;
 pub mod trace;
 pub mod transport;

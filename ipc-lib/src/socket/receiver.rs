@@ -262,7 +262,7 @@ impl SocketReceiver {
     /// Takes the next DATA frame into `out`, waiting until `deadline`
     /// (`Some(now)`: not at all). `Empty` when not waiting, `Timeout` when
     /// the deadline passed.
-    pub(crate) fn next_frame(
+    fn next_frame(
         &mut self,
         out: &mut Vec<u8>,
         deadline: Option<Instant>,
@@ -347,20 +347,20 @@ impl SocketReceiver {
         }
     }
 
-    /// [`next_frame`](Self::next_frame) as a traced channel receive.
-    fn recv_traced(
+    /// [`next_frame`](Self::next_frame), traced as a channel receive.
+    pub(crate) fn recv_frame(
         &mut self,
         out: &mut Vec<u8>,
         deadline: Option<Instant>,
         waiting: bool,
-    ) -> Result<u64, RecvError> {
+    ) -> Result<Received, RecvError> {
         let r = self.next_frame(out, deadline, waiting)?;
         trace::emit_op(Op {
             size: out.len() as u64,
             msg_id: r.header.msg_id,
             ..Op::new(EventKind::MsgRecv, ChannelKind::IpclibChannel, &self.name)
         });
-        Ok(r.header.msg_id)
+        Ok(r)
     }
 }
 
@@ -371,11 +371,14 @@ impl MessageReceiver for SocketReceiver {
         timeout: Option<Duration>,
     ) -> Result<u64, RecvError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        self.recv_traced(out, deadline, true)
+        Ok(self.recv_frame(out, deadline, true)?.header.msg_id)
     }
 
     fn try_recv_into(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
-        self.recv_traced(out, Some(Instant::now()), false)
+        Ok(self
+            .recv_frame(out, Some(Instant::now()), false)?
+            .header
+            .msg_id)
     }
 }
 

@@ -302,9 +302,4 @@ impl Epoll {
             Err(e) => Err(e),
         }
     }
-
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.0.as_fd()
-    }
 }

@@ -153,6 +153,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             Ok(())
         }
         sock if sock.starts_with("sock-") => crate::socket::play(sock, name, arg),
+        rpc if rpc.starts_with("rpc-") => crate::rpc::play(rpc, name, arg),
         other => Err(format!("unknown role {other:?}")),
     }
 }

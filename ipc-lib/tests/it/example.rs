@@ -36,3 +36,31 @@ fn producer_consumer_delivers_every_message_intact() {
         );
     }
 }
+
+#[test]
+fn rpc_example_pairs_every_reply_with_its_call() {
+    let Some(bin) = example("rpc") else {
+        assert!(std::env::var_os("CI").is_none(), "rpc example not built");
+        eprintln!("rpc example not built; skipped");
+        return;
+    };
+    for calls in ["2000", "0"] {
+        let out = Command::new(&bin)
+            .args(["--calls", calls])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "--calls {calls}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if calls != "0" {
+            assert!(
+                stdout.contains("2000 calls, every answer correct"),
+                "{stdout}"
+            );
+        }
+    }
+}

@@ -10,5 +10,6 @@ mod cross_process;
 mod example;
 mod open_layout;
 mod props;
+mod rpc;
 mod socket;
 mod support;
