@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod rpc;
+pub mod signal;
 pub mod socket;
 pub mod trace;
 pub mod transport;

@@ -154,6 +154,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
         }
         sock if sock.starts_with("sock-") => crate::socket::play(sock, name, arg),
         rpc if rpc.starts_with("rpc-") => crate::rpc::play(rpc, name, arg),
+        sig if sig.starts_with("sig-") => crate::signal::play(sig, name, arg),
         other => Err(format!("unknown role {other:?}")),
     }
 }

@@ -11,5 +11,6 @@ mod example;
 mod open_layout;
 mod props;
 mod rpc;
+mod signal;
 mod socket;
 mod support;
