@@ -7,6 +7,8 @@
 //! no event costs a syscall, and with no recorder attached an event costs
 //! one relaxed atomic load.
 
+#[cfg(feature = "tokio")]
+mod asyncio;
 pub mod channel;
 pub mod rpc;
 pub mod signal;

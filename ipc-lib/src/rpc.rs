@@ -224,6 +224,16 @@ impl Server {
     }
 
     fn answer(&mut self, request: &Request, magic: u32, body: &[u8]) -> Result<u64, SendError> {
+        self.answer_with(request, magic, body, Wait::timeout(self.reply_timeout))
+    }
+
+    fn answer_with(
+        &mut self,
+        request: &Request,
+        magic: u32,
+        body: &[u8],
+        wait: Wait,
+    ) -> Result<u64, SendError> {
         let conn = self
             .socket
             .conn(request.fd, request.serial)
@@ -236,7 +246,7 @@ impl Server {
             reply_to: request.id,
         };
         let max = self.socket.max_message_size();
-        conn.send_frame(head, body, Wait::timeout(self.reply_timeout), max)?;
+        conn.send_frame(head, body, wait, max)?;
         trace_reply(
             EventKind::MsgSend,
             self.socket.name(),
@@ -302,6 +312,129 @@ impl Server {
     }
 }
 
+#[cfg(feature = "tokio")]
+impl Server {
+    /// [`next_request`](Self::next_request) for async code (no timeout:
+    /// wrap it in `tokio::time::timeout` for one).
+    pub async fn next_request_async(&mut self) -> Result<Request, RecvError> {
+        let mut payload = Vec::new();
+        let r = self.socket.recv_frame_async(&mut payload).await?;
+        Ok(Request {
+            id: r.header.msg_id,
+            fd: r.fd,
+            serial: r.serial,
+            payload,
+        })
+    }
+
+    /// [`reply`](Self::reply) for async code: waits for room in the
+    /// client's socket (which only a client that stopped reading lets
+    /// fill) without blocking the thread.
+    pub async fn reply_async(
+        &mut self,
+        request: &Request,
+        response: &[u8],
+    ) -> Result<u64, SendError> {
+        use tokio::io::Interest;
+
+        match self.answer_with(request, REPLY, response, Wait::No) {
+            Err(SendError::Full) => {}
+            r => return r,
+        }
+        let fd = self
+            .socket
+            .conn(request.fd, request.serial)
+            .ok_or(SendError::Disconnected)?
+            .fd
+            .as_raw_fd();
+        // SAFETY: the connection is only closed by a receive on the
+        // server, which needs `&mut self`, held by this call for the
+        // registration's whole life.
+        let reg = unsafe { crate::asyncio::take(&mut None, fd, Interest::WRITABLE) }.map_err(
+            |source| SendError::Os {
+                op: "tokio register",
+                source,
+            },
+        )?;
+        crate::asyncio::retry(
+            &reg,
+            Interest::WRITABLE,
+            || match self.answer_with(request, REPLY, response, Wait::No) {
+                Err(SendError::Full) => Ok(None),
+                r => r.map(Some),
+            },
+            |source| SendError::Os {
+                op: "tokio ready",
+                source,
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Client {
+    /// [`call`](Self::call) for async code: never blocks the thread.
+    pub async fn call_async(
+        &mut self,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        use tokio::io::Interest;
+
+        let fd = self.conn.fd.as_raw_fd();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        // SAFETY: the registration lives in self.registration or in this
+        // call, and self.registration is declared (so dropped) before
+        // `conn`, which owns fd.
+        let reg = unsafe { crate::asyncio::take(&mut self.registration, fd, both) }.map_err(
+            |source| CallError::Os {
+                op: "tokio register",
+                source,
+            },
+        )?;
+        let os = |source| CallError::Os {
+            op: "tokio ready",
+            source,
+        };
+        let exchange = async {
+            let id = crate::asyncio::retry(
+                &reg,
+                Interest::WRITABLE,
+                || match self.send_request(request, Wait::No) {
+                    Err(CallError::Send(SendError::Full)) => Ok(None),
+                    r => r.map(Some),
+                },
+                os,
+            )
+            .await?;
+            crate::asyncio::retry(&reg, Interest::READABLE, || self.take_reply(id), os).await
+        };
+        let r = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(CallError::Timeout));
+        self.registration = Some(reg);
+        r
+    }
+
+    /// [`call_value`](Self::call_value) for async code.
+    pub async fn call_value_async<Req, Resp>(
+        &mut self,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        decode_reply(&self.call_async(&encode(request)?, timeout).await?)
+    }
+}
+
+fn decode_reply<T: DeserializeOwned>(reply: &[u8]) -> Result<T, CallError> {
+    postcard::from_bytes(reply).map_err(|e| CallError::Decode(CodecError::from(e)))
+}
+
 /// An error and its sources, joined, for a fault message.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -326,6 +459,10 @@ fn trace_reply(kind: EventKind, name: &str, size: usize, id: u64, request: u64) 
 /// The calling side: one connection to a server.
 #[derive(Debug)]
 pub struct Client {
+    /// The socket registered with tokio, made on first async use; before
+    /// `conn`, so it is deregistered before the socket closes.
+    #[cfg(feature = "tokio")]
+    registration: Option<crate::asyncio::Registration>,
     name: String,
     conn: Conn,
     max: usize,
@@ -346,6 +483,8 @@ impl Client {
     pub fn connect_timeout(name: &str, timeout: Duration) -> Result<Client, OpenError> {
         let (conn, name, max) = Conn::open(name, timeout)?;
         Ok(Client {
+            #[cfg(feature = "tokio")]
+            registration: None,
             name,
             conn,
             max,
@@ -374,6 +513,22 @@ impl Client {
     /// its reply.
     pub fn call(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         let deadline = Instant::now().checked_add(timeout);
+        let id = self.send_request(request, Wait::Until(deadline))?;
+        loop {
+            if let Some(reply) = self.take_reply(id)? {
+                return Ok(reply);
+            }
+            let left = sys::remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                return Err(CallError::Timeout);
+            }
+            sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
+                .map_err(|source| CallError::Os { op: "poll", source })?;
+        }
+    }
+
+    /// Sends one request frame, traced; returns its id.
+    fn send_request(&mut self, request: &[u8], wait: Wait) -> Result<u64, CallError> {
         let id = next_id(self.pid);
         let head = Header {
             magic: DATA,
@@ -381,26 +536,23 @@ impl Client {
             msg_id: id,
             reply_to: 0,
         };
-        self.conn
-            .send_frame(head, request, Wait::Until(deadline), self.max)?;
+        self.conn.send_frame(head, request, wait, self.max)?;
         trace::emit_op(Op {
             size: request.len() as u64,
             msg_id: id,
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
+        Ok(id)
+    }
+
+    /// The reply to request `id` if it has come (late replies to earlier
+    /// calls are set aside on the way); never waits.
+    fn take_reply(&mut self, id: u64) -> Result<Option<Vec<u8>>, CallError> {
         loop {
             let n = match sys::recv_trunc(self.conn.fd.as_raw_fd(), &mut self.buf) {
                 Ok(0) => return Err(CallError::Disconnected),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = sys::remaining(deadline);
-                    if left == Some(Duration::ZERO) {
-                        return Err(CallError::Timeout);
-                    }
-                    sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
-                        .map_err(|source| CallError::Os { op: "poll", source })?;
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
                     return Err(CallError::Disconnected)
                 }
@@ -435,7 +587,7 @@ impl Client {
                     message: String::from_utf8_lossy(body).into_owned(),
                 });
             }
-            return Ok(body.to_vec());
+            return Ok(Some(body.to_vec()));
         }
     }
 
@@ -449,8 +601,7 @@ impl Client {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let reply = self.call(&encode(request)?, timeout)?;
-        postcard::from_bytes(&reply).map_err(|e| CallError::Decode(CodecError::from(e)))
+        decode_reply(&self.call(&encode(request)?, timeout)?)
     }
 }
 

@@ -234,6 +234,13 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
 /// back the action the signal had before.
 #[derive(Debug)]
 pub struct Signals {
+    /// `epoll` registered with tokio, made on first async use; declared
+    /// before `epoll` so it is deregistered before that closes.
+    #[cfg(feature = "tokio")]
+    registration: Option<crate::asyncio::Registration>,
+    /// One descriptor over all our pipes, for tokio to watch.
+    #[cfg(feature = "tokio")]
+    epoll: Option<crate::socket::sys::Epoll>,
     /// The signals taken, with their pipes' read ends.
     taken: Vec<(Signal, libc::c_int)>,
     /// Where the last search for a record stopped, so that one busy signal
@@ -281,7 +288,14 @@ impl Signals {
                 }
             }
         }
-        Ok(Signals { taken, next: 0 })
+        Ok(Signals {
+            #[cfg(feature = "tokio")]
+            registration: None,
+            #[cfg(feature = "tokio")]
+            epoll: None,
+            taken,
+            next: 0,
+        })
     }
 
     /// The signals this stream takes.
@@ -388,6 +402,43 @@ impl Signals {
             }));
         }
         Ok(None)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Signals {
+    /// [`recv`](Self::recv) for async code: waits on the reactor, never
+    /// blocking the thread. Call it in a loop for a stream of signals.
+    pub async fn recv_async(&mut self) -> Result<Delivered, SignalError> {
+        use tokio::io::Interest;
+
+        let os = |op| move |source| SignalError::Os { op, source };
+        let epoll = match self.epoll.take() {
+            Some(e) => e,
+            None => {
+                let e = crate::socket::sys::Epoll::new().map_err(os("epoll_create1"))?;
+                for (_, fd) in &self.taken {
+                    e.add(*fd).map_err(os("epoll_ctl"))?;
+                }
+                e
+            }
+        };
+        let fd = epoll.raw();
+        self.epoll = Some(epoll);
+        // SAFETY: the registration lives in self.registration or in this
+        // call; self.registration is declared (so dropped) before
+        // self.epoll, which owns fd and is not replaced once set.
+        let reg = unsafe { crate::asyncio::take(&mut self.registration, fd, Interest::READABLE) }
+            .map_err(os("tokio register"))?;
+        let r = crate::asyncio::retry(
+            &reg,
+            Interest::READABLE,
+            || self.read_one(),
+            os("tokio ready"),
+        )
+        .await;
+        self.registration = Some(reg);
+        r
     }
 }
 

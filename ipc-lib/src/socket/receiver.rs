@@ -70,6 +70,8 @@ impl SocketReceiverBuilder {
                 .map_err(os(&name, "spawning the accept thread"))?
         };
         Ok(SocketReceiver {
+            #[cfg(feature = "tokio")]
+            registration: None,
             name,
             shared,
             acceptor: Some(acceptor),
@@ -176,6 +178,10 @@ impl Shared {
 /// `msg_recv` with the id its sender traced.
 #[derive(Debug)]
 pub struct SocketReceiver {
+    /// The epoll set registered with tokio, made on first async use; before
+    /// `shared`, so it is deregistered before the set closes.
+    #[cfg(feature = "tokio")]
+    registration: Option<crate::asyncio::Registration>,
     name: String,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -361,6 +367,54 @@ impl SocketReceiver {
             ..Op::new(EventKind::MsgRecv, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(r)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl SocketReceiver {
+    /// [`recv_frame`](Self::recv_frame) for async code: waits on the
+    /// reactor, never blocking the thread.
+    pub(crate) async fn recv_frame_async(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Received, RecvError> {
+        use crate::asyncio;
+        use tokio::io::Interest;
+
+        let fd = self.shared.epoll.raw();
+        let os = |op| move |source| RecvError::Os { op, source };
+        // SAFETY: the registration lives in self.registration or in this
+        // call, and self.registration is declared (so dropped) before the
+        // field that owns fd.
+        let reg = unsafe { asyncio::take(&mut self.registration, fd, Interest::READABLE) }
+            .map_err(os("tokio register"))?;
+        let r = asyncio::retry(
+            &reg,
+            Interest::READABLE,
+            || match self.recv_frame(out, Some(Instant::now()), false) {
+                Err(RecvError::Empty) => Ok(None),
+                r => r.map(Some),
+            },
+            os("tokio ready"),
+        )
+        .await;
+        self.registration = Some(reg);
+        r
+    }
+
+    /// [`recv`](MessageReceiver::recv) for async code.
+    pub async fn recv_async(&mut self) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.recv_frame_async(&mut out).await.map(|_| out)
+    }
+
+    /// [`recv_value`](MessageReceiver::recv_value) for async code.
+    pub async fn recv_value_async<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<T, RecvError> {
+        let mut out = Vec::new();
+        let r = self.recv_frame_async(&mut out).await?;
+        crate::transport::decode(&out, r.header.msg_id)
     }
 }
 

@@ -39,6 +39,8 @@ impl SocketSenderBuilder {
     pub fn open(self) -> Result<SocketSender, OpenError> {
         let (conn, name, max) = Conn::open(&self.name, self.open_timeout)?;
         Ok(SocketSender {
+            #[cfg(feature = "tokio")]
+            registration: None,
             name,
             conn,
             max,
@@ -57,6 +59,10 @@ impl SocketSenderBuilder {
 /// pid of the process that opened it.
 #[derive(Debug)]
 pub struct SocketSender {
+    /// The socket registered with tokio, made on first async use. Before
+    /// `conn`, so it is dropped (deregistered) before the socket closes.
+    #[cfg(feature = "tokio")]
+    registration: Option<crate::asyncio::Registration>,
     name: String,
     conn: Conn,
     max: usize,
@@ -104,6 +110,51 @@ impl SocketSender {
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl SocketSender {
+    /// [`send`](MessageSender::send) for async code: waits for room
+    /// without blocking the thread.
+    pub async fn send_async(&mut self, msg: &[u8]) -> Result<u64, SendError> {
+        use crate::asyncio;
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+
+        let fd = self.conn.fd.as_raw_fd();
+        // SAFETY: the registration lives in self.registration or in this
+        // call, and self.registration is declared (so dropped) before the
+        // field that owns fd.
+        let reg = unsafe { asyncio::take(&mut self.registration, fd, Interest::WRITABLE) }
+            .map_err(|source| SendError::Os {
+                op: "tokio register",
+                source,
+            })?;
+        let r = asyncio::retry(
+            &reg,
+            Interest::WRITABLE,
+            || match self.send_inner(msg, Wait::No) {
+                Err(SendError::Full) => Ok(None),
+                r => r.map(Some),
+            },
+            |source| SendError::Os {
+                op: "tokio ready",
+                source,
+            },
+        )
+        .await;
+        self.registration = Some(reg);
+        r
+    }
+
+    /// [`send_value`](MessageSender::send_value) for async code.
+    pub async fn send_value_async<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<u64, SendError> {
+        let buf = crate::transport::encode(value)?;
+        self.send_async(&buf).await
     }
 }
 

@@ -4,6 +4,7 @@
 //! `--exact child::role_entry` and an environment variable naming the role
 //! (see `support::spawn`); in an ordinary run that test does nothing.
 
+mod asyncio;
 mod child;
 mod corruption;
 mod cross_process;

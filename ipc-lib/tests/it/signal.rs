@@ -28,9 +28,13 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
                 }
             }
         }
-        // Sends signal ARG to its parent.
+        // Sends signal SIGNO to its parent, after DELAY ms if given.
         "sig-to-parent" => {
-            let signo = nums(arg).first().copied().unwrap_or(0) as i32;
+            let v = nums(arg);
+            let signo = v.first().copied().unwrap_or(0) as i32;
+            std::thread::sleep(std::time::Duration::from_millis(
+                v.get(1).copied().unwrap_or(0),
+            ));
             let s = Signal::new(signo).map_err(|e| e.to_string())?;
             // SAFETY: getppid cannot fail.
             let parent = unsafe { libc::getppid() } as u32;

@@ -27,6 +27,20 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        // Waits DELAY ms, then sends N messages of the pattern (sizes up
+        // to 64).
+        "sock-send-after" => {
+            let [delay, n] = nums(arg)[..] else {
+                return Err(format!("bad arg {arg:?}"));
+            };
+            let mut tx = open_when_ready(|| SocketSender::builder(name).open());
+            std::thread::sleep(Duration::from_millis(delay));
+            for i in 0..n {
+                tx.send(&pattern(i, size_of_msg(i, 64)))
+                    .map_err(|e| format!("send {i}: {e}"))?;
+            }
+            Ok(())
+        }
         // Sends until the receiver is gone (the parent kills it).
         "sock-send-forever" => {
             let mut tx = open_when_ready(|| SocketSender::builder(name).open());
