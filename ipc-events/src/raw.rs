@@ -75,9 +75,12 @@ pub const fn record_len(name_len: usize, data_len: usize) -> usize {
 
 /// Event kinds. `obj`, `obj2`, `aux` and `size` meanings are given per kind.
 pub mod kind {
-    /// A message left the sender: `size` bytes, `msg_id` when framed.
+    /// A message left the sender: `size` bytes, `msg_id` when framed. For
+    /// an ipc-lib rpc reply, `aux` is the `msg_id` of the request it
+    /// answers (0 for every other message).
     pub const MSG_SEND: u16 = 1;
-    /// A message arrived: `size` bytes, `msg_id` when framed.
+    /// A message arrived: `size` bytes, `msg_id` when framed; `aux` as for
+    /// [`MSG_SEND`].
     pub const MSG_RECV: u16 = 2;
     /// A shared-memory object was mapped: `size` bytes (for an ipc-lib
     /// region, its data bytes).

@@ -10,6 +10,8 @@
 //! Every object is a named shared-memory object (see `shm`), so they share
 //! one [`OpenError`] and one [`remove`].
 
+#[cfg(feature = "tokio")]
+mod asyncio;
 pub mod channel;
 pub mod region;
 #[cfg(feature = "tokio")]
@@ -17,7 +19,11 @@ mod rt;
 pub mod sem;
 mod shm;
 mod sys;
+pub mod rpc;
+pub mod signal;
+pub mod socket;
 pub mod trace;
+pub mod transport;
 
 pub use channel::{remove, OpenError, Receiver, Sender};
 pub use region::Region;

@@ -97,6 +97,14 @@ impl<'a> Op<'a> {
             ts_ns: 0,
         }
     }
+
+    /// An operation that touches no IPC object (signals).
+    pub(crate) const fn without_object(kind: EventKind) -> Self {
+        Op {
+            channel: None,
+            ..Op::new(kind, ChannelKind::IpclibChannel, "")
+        }
+    }
 }
 
 /// Records one operation on a named IPC object: `size` bytes, the frame's

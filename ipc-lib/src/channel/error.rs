@@ -118,6 +118,14 @@ pub enum SendError {
     /// An async send: the runtime shut down while it waited for room.
     #[error("the async runtime shut down during the send")]
     RuntimeShutdown,
+    /// A system call failed in a way that says nothing about the peer
+    /// (socket transport: e.g. the kernel is out of buffers).
+    #[error("{op} failed")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why no message was received.
@@ -160,6 +168,14 @@ pub enum RecvError {
     /// An async receive: the runtime shut down while it waited.
     #[error("the async runtime shut down during the receive")]
     RuntimeShutdown,
+    /// A system call failed in a way that says nothing about the senders
+    /// (socket transport: e.g. the kernel is out of memory).
+    #[error("{op} failed")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What exactly was wrong with a frame or a position.

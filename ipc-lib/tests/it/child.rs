@@ -26,7 +26,7 @@ fn role_entry() {
     std::process::exit(i32::from(result.is_err()));
 }
 
-fn nums(arg: &str) -> Vec<u64> {
+pub fn nums(arg: &str) -> Vec<u64> {
     arg.split(',').filter_map(|s| s.parse().ok()).collect()
 }
 
@@ -152,6 +152,9 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             let _ = std::io::stdin().read_to_end(&mut sink);
             Ok(())
         }
+        sock if sock.starts_with("sock-") => crate::socket::play(sock, name, arg),
+        rpc if rpc.starts_with("rpc-") => crate::rpc::play(rpc, name, arg),
+        sig if sig.starts_with("sig-") => crate::signal::play(sig, name, arg),
         other => crate::region::role(other, name, arg)
             .or_else(|| crate::sem::role(other, name, arg))
             .or_else(|| crate::aio::role(other, name, arg))

@@ -77,3 +77,31 @@ fn sem_cost_runs_and_checks_its_own_results() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ns per pair"));
 }
+
+#[test]
+fn rpc_example_pairs_every_reply_with_its_call() {
+    let Some(bin) = example("rpc") else {
+        assert!(std::env::var_os("CI").is_none(), "rpc example not built");
+        eprintln!("rpc example not built; skipped");
+        return;
+    };
+    for calls in ["2000", "0"] {
+        let out = Command::new(&bin)
+            .args(["--calls", calls])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "--calls {calls}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if calls != "0" {
+            assert!(
+                stdout.contains("2000 calls, every answer correct"),
+                "{stdout}"
+            );
+        }
+    }
+}

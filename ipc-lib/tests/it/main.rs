@@ -5,6 +5,7 @@
 //! (see `support::spawn`); in an ordinary run that test does nothing.
 
 mod aio;
+mod asyncio;
 mod child;
 mod corruption;
 mod cross_process;
@@ -13,4 +14,7 @@ mod open_layout;
 mod props;
 mod region;
 mod sem;
+mod rpc;
+mod signal;
+mod socket;
 mod support;

@@ -1,0 +1,166 @@
+//! The bytes of one socket frame: a 24-byte header, then the payload.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic     what the frame is (DATA, REPLY, FAULT, HELLO)
+//!      4     4  len       payload bytes that follow the header
+//!      8     8  msg_id    the message id (HELLO: the receiver's maximum
+//!                         message size)
+//!     16     8  reply_to  REPLY / FAULT: the msg_id of the request answered;
+//!                         0 otherwise
+//! ```
+//!
+//! All little-endian. SOCK_SEQPACKET keeps one frame per datagram, so the
+//! header's `len` must equal the datagram's length less the header: the
+//! receiver checks that, the magic, the maximum, and that ids are not 0,
+//! before it believes a word of the frame.
+
+use crate::channel::Corruption;
+
+/// Header bytes before the payload.
+pub(crate) const HEADER_LEN: usize = 24;
+
+/// A message on a channel, or a request to an rpc server ("IPCD").
+pub(crate) const DATA: u32 = u32::from_le_bytes(*b"IPCD");
+/// An rpc server's answer ("IPCR").
+pub(crate) const REPLY: u32 = u32::from_le_bytes(*b"IPCR");
+/// An rpc server could not handle the request ("IPCF"); the payload is the
+/// reason, in UTF-8.
+pub(crate) const FAULT: u32 = u32::from_le_bytes(*b"IPCF");
+/// The receiver's greeting to a new sender ("IPCH"), carrying its maximum
+/// message size in `msg_id`.
+pub(crate) const HELLO: u32 = u32::from_le_bytes(*b"IPCH");
+
+/// A frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub magic: u32,
+    pub len: u32,
+    pub msg_id: u64,
+    pub reply_to: u64,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0; HEADER_LEN];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.msg_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.reply_to.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks the header of a datagram whose real length was
+    /// `real_len` (more than `bytes` holds when it was cut short): one of
+    /// the `accept`ed magics, a payload of at most `max` bytes that fills
+    /// the datagram exactly, a nonzero id.
+    pub(crate) fn check(
+        bytes: &[u8],
+        real_len: usize,
+        accept: &[u32],
+        max: usize,
+    ) -> Result<Header, Corruption> {
+        let Some(b) = bytes.get(..HEADER_LEN) else {
+            return Err(Corruption::Truncated {
+                size: HEADER_LEN as u64,
+                available: real_len as u64,
+            });
+        };
+        let word = |r: std::ops::Range<usize>| {
+            let mut w = [0u8; 8];
+            w[..r.len()].copy_from_slice(&b[r]);
+            u64::from_le_bytes(w)
+        };
+        let h = Header {
+            magic: word(0..4) as u32,
+            len: word(4..8) as u32,
+            msg_id: word(8..16),
+            reply_to: word(16..24),
+        };
+        if !accept.contains(&h.magic) {
+            return Err(Corruption::Marker { found: h.magic });
+        }
+        if h.len as usize > max {
+            return Err(Corruption::Length {
+                len: u64::from(h.len),
+                max: max as u64,
+            });
+        }
+        let size = HEADER_LEN + h.len as usize;
+        if size != real_len {
+            return Err(Corruption::Truncated {
+                size: size as u64,
+                available: real_len as u64,
+            });
+        }
+        if h.msg_id == 0 {
+            return Err(Corruption::ZeroId);
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(h: Header, payload: &[u8]) -> Vec<u8> {
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    const H: Header = Header {
+        magic: DATA,
+        len: 3,
+        msg_id: 7,
+        reply_to: 0,
+    };
+
+    #[test]
+    fn a_well_formed_frame_decodes_to_its_header() {
+        let f = frame(H, b"abc");
+        assert_eq!(Header::check(&f, f.len(), &[DATA], 3), Ok(H));
+    }
+
+    #[test]
+    fn every_lie_in_a_header_is_named() {
+        let f = frame(H, b"abc");
+        assert_eq!(
+            Header::check(&f[..10], 10, &[DATA], 3),
+            Err(Corruption::Truncated {
+                size: 24,
+                available: 10
+            })
+        );
+        assert_eq!(
+            Header::check(&f, f.len(), &[REPLY, FAULT], 3),
+            Err(Corruption::Marker { found: DATA })
+        );
+        assert_eq!(
+            Header::check(&f, f.len(), &[DATA], 2),
+            Err(Corruption::Length { len: 3, max: 2 })
+        );
+        // The header says 3 bytes; the datagram has 5, or was cut to 1.
+        let long = frame(H, b"abcde");
+        assert_eq!(
+            Header::check(&long, long.len(), &[DATA], 10),
+            Err(Corruption::Truncated {
+                size: 27,
+                available: 29
+            })
+        );
+        assert_eq!(
+            Header::check(&f[..25], 25, &[DATA], 10),
+            Err(Corruption::Truncated {
+                size: 27,
+                available: 25
+            })
+        );
+        let zero = frame(Header { msg_id: 0, ..H }, b"abc");
+        assert_eq!(
+            Header::check(&zero, zero.len(), &[DATA], 3),
+            Err(Corruption::ZeroId)
+        );
+    }
+}
