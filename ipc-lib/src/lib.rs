@@ -14,14 +14,14 @@
 mod asyncio;
 pub mod channel;
 pub mod region;
+pub mod rpc;
 #[cfg(feature = "tokio")]
 mod rt;
 pub mod sem;
 mod shm;
-mod sys;
-pub mod rpc;
 pub mod signal;
 pub mod socket;
+mod sys;
 pub mod trace;
 pub mod transport;
 
