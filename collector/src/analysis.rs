@@ -15,10 +15,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+mod analyzer;
 pub mod latency;
 pub mod lockorder;
 pub mod throughput;
 pub mod waitgraph;
+
+pub use analyzer::{Analyzer, AnalyzerConfig, DeadlockChange, PairLatency};
 
 /// A hash map for the hot path's small integer keys (pids, tids, channel
 /// ids). SipHash's flooding resistance buys nothing here: the keys are ids
