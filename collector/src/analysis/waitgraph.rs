@@ -31,9 +31,9 @@
 //! so `tick` also runs the full sweep, linear in the blocked threads and
 //! their edges, whenever the graph changed since the last one.
 
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 
-use super::FastMap;
+use super::{FastMap, FxHasher};
 
 /// A thread, as the kernel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,8 +144,9 @@ pub struct WaitGraph<R> {
     /// Scratch space for walks, kept to avoid allocating per check.
     stack: Vec<Ix>,
     path: Vec<Ix>,
-    /// Cycles found, by their canonical (thread, since) sequence.
-    tracked: FastMap<Vec<(Thread, u64)>, Tracked<R>>,
+    /// Cycles found, by the hash of their canonical (thread, since)
+    /// sequence: finding one already known then allocates nothing.
+    tracked: FastMap<u64, Vec<Tracked<R>>>,
     next_id: u64,
     /// Whether anything changed since the last sweep.
     dirty: bool,
@@ -307,7 +308,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         if gone.is_empty() {
             return ended;
         }
-        for tracked in self.tracked.values_mut() {
+        for tracked in self.tracked.values_mut().flatten() {
             if tracked.members.iter().any(|m| m.thread.pid == pid) {
                 tracked.broken_ns.get_or_insert(ts_ns);
             }
@@ -364,39 +365,62 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             self.sweep();
         }
         let mut changes = Vec::new();
-        let keys: Vec<Vec<(Thread, u64)>> = self.tracked.keys().cloned().collect();
-        for key in keys {
-            if !self.still_holds(&key) {
-                if let Some(Tracked { id: Some(id), .. }) = self.tracked.get(&key) {
-                    let resolved_ns = self.broken_at(&self.tracked[&key]).min(now_ns);
-                    changes.push(GraphChange::Resolved {
-                        id: *id,
-                        resolved_ns,
-                    });
-                }
-                self.tracked.remove(&key);
-                continue;
-            }
-            let Some(tracked) = self.tracked.get_mut(&key) else {
+        let mut due = Vec::new();
+        let hashes: Vec<u64> = self.tracked.keys().copied().collect();
+        for hash in hashes {
+            let Some(bucket) = self.tracked.remove(&hash) else {
                 continue;
             };
-            let newest = tracked.members.iter().map(|m| m.since_ns).max();
-            let due = newest.unwrap_or(0).saturating_add(self.threshold_ns);
-            if tracked.id.is_none() && now_ns >= due {
-                let id = self.next_id;
-                self.next_id += 1;
-                tracked.id = Some(id);
-                changes.push(GraphChange::Detected {
-                    id,
-                    detected_ns: now_ns,
-                    cycle: tracked.members.clone(),
-                });
+            let mut kept = Vec::with_capacity(bucket.len());
+            for tracked in bucket {
+                if !self.still_holds(&tracked) {
+                    if let Some(id) = tracked.id {
+                        let resolved_ns = self.broken_at(&tracked).min(now_ns);
+                        changes.push(GraphChange::Resolved { id, resolved_ns });
+                    }
+                    continue;
+                }
+                if tracked.id.is_none() && now_ns >= self.due(&tracked) {
+                    due.push((tracked.members[0].thread, tracked.members[0].since_ns, hash));
+                }
+                kept.push(tracked);
             }
+            if !kept.is_empty() {
+                self.tracked.insert(hash, kept);
+            }
+        }
+        // Ids in a stable order, whatever the map's.
+        due.sort_unstable();
+        for (thread, since_ns, hash) in due {
+            let Some(tracked) = self.tracked.get_mut(&hash).and_then(|b| {
+                b.iter_mut().find(|t| {
+                    t.id.is_none()
+                        && t.members[0].thread == thread
+                        && t.members[0].since_ns == since_ns
+                })
+            }) else {
+                continue;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            tracked.id = Some(id);
+            changes.push(GraphChange::Detected {
+                id,
+                detected_ns: now_ns,
+                cycle: tracked.members.clone(),
+            });
         }
         changes.sort_by_key(|c| match c {
             GraphChange::Detected { id, .. } | GraphChange::Resolved { id, .. } => *id,
         });
         changes
+    }
+
+    /// When every member of a cycle will have been blocked for the
+    /// threshold.
+    fn due(&self, tracked: &Tracked<R>) -> u64 {
+        let newest = tracked.members.iter().map(|m| m.since_ns).max();
+        newest.unwrap_or(0).saturating_add(self.threshold_ns)
     }
 
     /// When the earliest candidate will have been blocked for the
@@ -405,9 +429,9 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     pub fn next_due(&self) -> Option<u64> {
         self.tracked
             .values()
+            .flatten()
             .filter(|t| t.id.is_none())
-            .filter_map(|t| t.members.iter().map(|m| m.since_ns).max())
-            .map(|since| since.saturating_add(self.threshold_ns))
+            .map(|t| self.due(t))
             .min()
     }
 
@@ -415,12 +439,17 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     pub fn deadlocks(&self) -> impl Iterator<Item = (u64, &[Member<R>])> {
         self.tracked
             .values()
+            .flatten()
             .filter_map(|t| t.id.map(|id| (id, t.members.as_slice())))
     }
 
     /// Cycles found and not yet confirmed or dropped.
     pub fn candidates(&self) -> usize {
-        self.tracked.values().filter(|t| t.id.is_none()).count()
+        self.tracked
+            .values()
+            .flatten()
+            .filter(|t| t.id.is_none())
+            .count()
     }
 
     /// Threads blocked now.
@@ -525,8 +554,8 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             return false;
         }
         let stamp = self.next_stamp();
-        if let Some(cycle) = self.walk(t, stamp, stamp) {
-            self.track(cycle);
+        if let Some(from) = self.walk(t, stamp, stamp) {
+            self.track(from);
         }
         true
     }
@@ -539,17 +568,16 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     }
 
     /// Follows first releasers from a stuck `start` until a thread repeats;
-    /// returns the cycle, or None when the walk ran into one seen by an
-    /// earlier walk of the same sweep (stamps `>= first`), whose cycle is
-    /// already known.
-    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Option<Vec<Ix>> {
+    /// the cycle is then `self.path[from..]`, and `from` is returned. None
+    /// when the walk ran into one seen by an earlier walk of the same
+    /// sweep (stamps `>= first`), whose cycle is already known.
+    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Option<usize> {
         self.path.clear();
         let mut t = start;
         loop {
             let node = &mut self.thread_nodes[t as usize];
             if node.seen == stamp {
-                let from = node.pos as usize;
-                return Some(self.path[from..].to_vec());
+                return Some(node.pos as usize);
             }
             if node.seen >= first {
                 return None;
@@ -564,28 +592,50 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
-    /// Starts watching a cycle (thread indices, each waiting for something
-    /// the next releases), unless it is watched already.
-    fn track(&mut self, cycle: Vec<Ix>) {
-        let mut members: Vec<Member<R>> = cycle
-            .iter()
-            .filter_map(|&t| {
-                let node = &self.thread_nodes[t as usize];
-                let wait = node.wait?;
-                Some(Member {
-                    thread: node.key,
-                    waits_for: self.resource_nodes[wait.res as usize].key,
-                    since_ns: wait.since_ns,
-                })
+    /// A blocked thread as a cycle member.
+    fn member(&self, t: Ix) -> Option<Member<R>> {
+        let node = &self.thread_nodes[t as usize];
+        let wait = node.wait?;
+        Some(Member {
+            thread: node.key,
+            waits_for: self.resource_nodes[wait.res as usize].key,
+            since_ns: wait.since_ns,
+        })
+    }
+
+    /// Starts watching the cycle `self.path[from..]` (each thread waits
+    /// for what the next releases), unless it is watched already; the
+    /// check for that allocates nothing. One form for every rotation: the
+    /// smallest thread first.
+    fn track(&mut self, from: usize) {
+        let cycle = &self.path[from..];
+        let len = cycle.len();
+        let Some(first) = (0..len).min_by_key(|&i| self.thread_nodes[cycle[i] as usize].key) else {
+            return;
+        };
+        let rotated = || (0..len).map(move |i| cycle[(first + i) % len]);
+        let mut hasher = FxHasher::default();
+        for t in rotated() {
+            let node = &self.thread_nodes[t as usize];
+            let since = node.wait.map_or(0, |w| w.since_ns);
+            hasher.write_u64((u64::from(node.key.pid) << 32) | u64::from(node.key.tid));
+            hasher.write_u64(since);
+        }
+        let hash = hasher.finish();
+        let known = self.tracked.get(&hash).is_some_and(|bucket| {
+            bucket.iter().any(|t| {
+                t.members.len() == len
+                    && t.members.iter().zip(rotated()).all(|(m, ix)| {
+                        let node = &self.thread_nodes[ix as usize];
+                        m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
+                    })
             })
-            .collect();
-        // One form for every rotation: the smallest thread first.
-        let first = (0..members.len())
-            .min_by_key(|&i| members[i].thread)
-            .unwrap_or(0);
-        members.rotate_left(first);
-        let key: Vec<(Thread, u64)> = members.iter().map(|m| (m.thread, m.since_ns)).collect();
-        self.tracked.entry(key).or_insert(Tracked {
+        });
+        if known {
+            return;
+        }
+        let members: Vec<Member<R>> = rotated().filter_map(|t| self.member(t)).collect();
+        self.tracked.entry(hash).or_default().push(Tracked {
             id: None,
             members,
             broken_ns: None,
@@ -644,8 +694,8 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let first = self.stamp + 1;
         for &t in stuck {
             let stamp = self.next_stamp();
-            if let Some(cycle) = self.walk(t, first, stamp) {
-                self.track(cycle);
+            if let Some(from) = self.walk(t, first, stamp) {
+                self.track(from);
             }
         }
     }
@@ -653,10 +703,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// Whether a watched cycle is still a stuck cycle: each member still in
     /// the same wait, the next one still a releaser of it, and the first
     /// one stuck (which makes them all stuck).
-    fn still_holds(&mut self, key: &[(Thread, u64)]) -> bool {
-        let Some(tracked) = self.tracked.get(key) else {
-            return false;
-        };
+    fn still_holds(&mut self, tracked: &Tracked<R>) -> bool {
         if tracked.broken_ns.is_some() {
             return false;
         }
@@ -771,6 +818,31 @@ mod tests {
         assert_eq!(cycle[1].waits_for, 100);
         assert!(g.tick(500 * MS).is_empty(), "reported once");
         assert_eq!(g.deadlocks().count(), 1);
+    }
+
+    #[test]
+    fn ticking_at_10_hz_detects_within_100_ms_of_the_threshold() {
+        for phase in [0, 1, 37 * MS, 99 * MS] {
+            let mut g = WaitGraph::new(DEFAULT_THRESHOLD_NS);
+            ring(&mut g, 3, true);
+            let due = 10 * MS + DEFAULT_THRESHOLD_NS;
+            let mut now = phase;
+            let detected_ns = loop {
+                if let Some(GraphChange::Detected { detected_ns, .. }) = g.tick(now).first() {
+                    break *detected_ns;
+                }
+                assert!(now < 10 * due, "never detected");
+                now += 100 * MS;
+            };
+            assert!(detected_ns >= due, "phase {phase}: before the threshold");
+            assert!(detected_ns - due < 100 * MS, "phase {phase}: late");
+        }
+        // Ticking at next_due detects at the threshold exactly.
+        let mut g = WaitGraph::new(DEFAULT_THRESHOLD_NS);
+        ring(&mut g, 3, true);
+        let due = g.next_due().unwrap();
+        assert_eq!(detected(&g.tick(due)).len(), 1);
+        assert_eq!(g.next_due(), None);
     }
 
     #[test]
