@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 
 use ipc_events::live::{
     ChannelStats, CycleMember, Deadlock, Delta, DropCount, LockOrderInversion, MessageSample,
-    Percentiles, Process, Resource, SignalStats, Snapshot, Totals, WaitStats,
+    Percentiles, Process, Rates, Resource, SignalStats, Snapshot, Totals, WaitStats,
 };
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind};
 
@@ -113,6 +113,22 @@ struct WaitState {
     changed: u64,
 }
 
+/// A process: what the feed shows, and its traffic.
+#[derive(Debug)]
+struct ProcessState {
+    info: Process,
+    changed: u64,
+    rate: Throughput,
+}
+
+/// A process's traffic: all its events, and the messages it sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessRates {
+    pub pid: u32,
+    pub rate_1s: Rates,
+    pub rate_10s: Rates,
+}
+
 #[derive(Debug, Default)]
 struct SignalState {
     count: u64,
@@ -133,7 +149,7 @@ pub struct Analyzer {
     seq: u64,
     totals: Totals,
     rate: Throughput,
-    processes: FastMap<u32, (Process, u64)>,
+    processes: FastMap<u32, ProcessState>,
     /// Names of threads that took part in waits: deadlock members.
     comms: FastMap<Thread, String>,
     seen_channels: FastMap<i64, ()>,
@@ -458,21 +474,23 @@ impl Analyzer {
 
     fn saw_process(&mut self, e: &Event) {
         let seq = self.seq;
-        match self.processes.get_mut(&e.pid) {
-            Some((p, changed)) => {
-                let renamed = e.kind == EventKind::ProcessExec || p.comm.is_empty();
-                if renamed && !e.comm.is_empty() && p.comm != e.comm {
-                    e.comm.clone_into(&mut p.comm);
-                    *changed = seq;
+        let p = match self.processes.get_mut(&e.pid) {
+            Some(p) => {
+                let info = &mut p.info;
+                let renamed = e.kind == EventKind::ProcessExec || info.comm.is_empty();
+                if renamed && !e.comm.is_empty() && info.comm != e.comm {
+                    e.comm.clone_into(&mut info.comm);
+                    p.changed = seq;
                 }
                 if e.kind == EventKind::ProcessStart {
-                    p.ppid = e.aux as u32;
-                    *changed = seq;
+                    info.ppid = e.aux as u32;
+                    p.changed = seq;
                 }
+                p
             }
             None => {
                 self.totals.processes += 1;
-                let p = Process {
+                let info = Process {
                     pid: e.pid,
                     ppid: if e.kind == EventKind::ProcessStart {
                         e.aux as u32
@@ -482,16 +500,25 @@ impl Analyzer {
                     comm: e.comm.clone(),
                     exited: false,
                 };
-                self.processes.insert(e.pid, (p, seq));
+                self.processes.entry(e.pid).or_insert(ProcessState {
+                    info,
+                    changed: seq,
+                    rate: Throughput::new(),
+                })
             }
-        }
+        };
+        let (messages, bytes) = match e.kind {
+            EventKind::MsgSend => (1, e.size),
+            _ => (0, 0),
+        };
+        p.rate.record(e.ts_ns, 1, messages, bytes);
     }
 
     fn process_exited(&mut self, e: &Event) {
         let seq = self.seq;
-        if let Some((p, changed)) = self.processes.get_mut(&e.pid) {
-            p.exited = true;
-            *changed = seq;
+        if let Some(p) = self.processes.get_mut(&e.pid) {
+            p.info.exited = true;
+            p.changed = seq;
         }
         for (_, res) in self.graph.process_exited(e.pid, e.ts_ns) {
             if let Some(w) = self.touch_wait(res, e.ts_ns) {
@@ -623,7 +650,7 @@ impl Analyzer {
         let comm = self
             .comms
             .get(&m.thread)
-            .or_else(|| self.processes.get(&m.thread.pid).map(|(p, _)| &p.comm))
+            .or_else(|| self.processes.get(&m.thread.pid).map(|p| &p.info.comm))
             .cloned()
             .unwrap_or_default();
         let waits_for = self.resource(m.waits_for).unwrap_or(Resource {
@@ -738,8 +765,24 @@ impl Analyzer {
         let mut out: Vec<Process> = self
             .processes
             .values()
-            .filter(|(_, seq)| include(*seq))
-            .map(|(p, _)| p.clone())
+            .filter(|p| include(p.changed))
+            .map(|p| p.info.clone())
+            .collect();
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+
+    /// Each process's rates over the last second and ten seconds (the
+    /// live model has no place for them yet).
+    pub fn process_rates(&self, now_ns: u64) -> Vec<ProcessRates> {
+        let mut out: Vec<ProcessRates> = self
+            .processes
+            .iter()
+            .map(|(&pid, p)| ProcessRates {
+                pid,
+                rate_1s: p.rate.rate_1s(now_ns),
+                rate_10s: p.rate.rate_10s(now_ns),
+            })
             .collect();
         out.sort_by_key(|p| p.pid);
         out
@@ -1072,6 +1115,12 @@ mod tests {
         assert_eq!(c.recent.len(), 7);
         assert_eq!(snap.totals.messages, 10);
         assert_eq!(snap.recent_events.len(), 17);
+        let procs = a.process_rates(2 * S);
+        let rates: Vec<_> = procs
+            .iter()
+            .map(|p| (p.pid, p.rate_1s.events_per_s, p.rate_1s.bytes_per_s))
+            .collect();
+        assert_eq!(rates, [(1, 10.0, 1000.0), (2, 7.0, 0.0)]);
         let pairs = a.pair_latencies();
         assert_eq!(pairs.len(), 1);
         assert_eq!((pairs[0].sender_pid, pairs[0].receiver_pid), (1, 2));
