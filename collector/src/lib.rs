@@ -6,6 +6,7 @@
 //! two together. Data flows one way: source -> writer -> database, and
 //! nothing here reaches back into a source.
 
+pub mod analysis;
 pub mod clock;
 pub mod correlate;
 pub mod ebpf;

@@ -29,6 +29,9 @@ pub use writer::{
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// The analysis names drops as the `drops` table does.
+pub(crate) use writer::drop_source_name;
+
 /// The schema version this build writes: the newest migration's number
 /// (each migration sets `user_version` to its own number).
 pub fn schema_version() -> i64 {
