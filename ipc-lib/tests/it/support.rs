@@ -287,3 +287,12 @@ pub fn capture_ops<T>(f: impl FnOnce() -> T) -> (T, Vec<TracedOp>) {
     let ops = cap.0.lock().map(|v| v.clone()).unwrap_or_default();
     (out, ops)
 }
+
+/// Captures ipc-lib's operations from every thread of this process (a
+/// child's: in the test harness, other tests' threads would mix in) and
+/// returns a way to read what was captured so far.
+pub fn capture_process_wide() -> impl Fn() -> Vec<TracedOp> {
+    let cap = Capture::default();
+    tracing::subscriber::set_global_default(cap.clone()).expect("no subscriber set yet");
+    move || cap.0.lock().map(|v| v.clone()).unwrap_or_default()
+}
