@@ -543,6 +543,9 @@ impl Semaphore {
         });
         let st = self.state();
         st.waiters.fetch_add(1, Ordering::SeqCst);
+        // Holders' liveness costs syscalls per holder, so it is asked once
+        // per LIVENESS_CHECK of waiting, not at every wake-up.
+        let mut last_check = Instant::now();
         let taken = loop {
             if let Some(p) = self.try_take() {
                 break Ok(p);
@@ -554,7 +557,10 @@ impl Semaphore {
             if deadline.is_some_and(|d| now >= d) {
                 break Err(libc::ETIMEDOUT);
             }
-            self.recover_dead();
+            if now.duration_since(last_check) >= LIVENESS_CHECK {
+                last_check = now;
+                self.recover_dead();
+            }
             let slice = deadline.map_or(LIVENESS_CHECK, |d| (d - now).min(LIVENESS_CHECK));
             // Sleeps only while the count is still zero; a post in between
             // changes the word and the wait returns at once.

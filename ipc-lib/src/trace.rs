@@ -367,6 +367,10 @@ fn thread_identity() -> (u32, [u8; 16]) {
         if let Some(id) = t.get() {
             return id;
         }
+        // The cache must not outlive a fork (semaphore holders are named
+        // by it even when tracing is off), so the fork handler that clears
+        // it is registered with the first cached value.
+        register_atfork();
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let mut comm = [0u8; 16];
@@ -392,4 +396,29 @@ pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: ts is valid and writable; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_knows_its_own_thread_id() {
+        // SAFETY: gettid has no preconditions.
+        assert_eq!(current_tid(), unsafe { libc::gettid() } as u32);
+        // SAFETY: the child reads a thread-local Cell, calls gettid and
+        // _exit; nothing it touches can be held by another thread.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            let ok = current_tid() == unsafe { libc::gettid() } as u32;
+            // SAFETY: ends the child without the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(child > 0);
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 }

@@ -11,7 +11,8 @@ use ipc_lib::sem::Semaphore;
 use tokio::time::timeout;
 
 use crate::support::{
-    open_when_ready, pattern, size_of_msg, spawn, unique_name, wait_bounded, NameGuard, PATIENCE,
+    capture_process_wide, open_when_ready, pattern, size_of_msg, spawn, unique_name, wait_bounded,
+    NameGuard, PATIENCE,
 };
 
 /// Child roles for these tests; `None` when `role` is not one of them.
@@ -24,8 +25,40 @@ pub fn role(role: &str, name: &str, arg: &str) -> Option<Result<(), String>> {
             std::thread::sleep(Duration::from_millis(ms));
             sem.post().map_err(|e| e.to_string())
         })(),
+        // Drops an async wait, then checks that the abandoned blocking wait
+        // ends by itself and says why in the trace.
+        "sem-drop-async-wait" => dropped_wait_is_traced(name),
         _ => return None,
     })
+}
+
+fn dropped_wait_is_traced(name: &str) -> Result<(), String> {
+    let captured = capture_process_wide();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sem = Semaphore::builder(name).open().map_err(|e| e.to_string())?;
+    let timed_out = rt.block_on(async {
+        timeout(Duration::from_millis(20), sem.wait_async())
+            .await
+            .is_err()
+    });
+    if !timed_out {
+        return Err("the wait took a count that no one posted".into());
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let ops = captured();
+        let ends: Vec<_> = ops.iter().filter(|o| o.kind == "sem_wait_end").collect();
+        match ends[..] {
+            [end] if end.result == -i64::from(libc::ECANCELED) => return Ok(()),
+            [] if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => return Err(format!("traced: {ops:?}")),
+        }
+    }
 }
 
 /// A task that counts 2 ms ticks: proof that the runtime thread is free.
@@ -158,4 +191,13 @@ async fn a_dropped_recv_loses_no_message() {
     }
     sender.join().unwrap();
     assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_abandoned_async_wait_ends_and_is_traced_as_cancelled() {
+    let name = unique_name("aio-cancel-trace");
+    let _g = NameGuard(name.clone());
+    let _sem = Semaphore::builder(&name).create().unwrap();
+    let mut child = spawn("sem-drop-async-wait", &name, "");
+    assert!(wait_bounded(&mut child, PATIENCE).success());
 }

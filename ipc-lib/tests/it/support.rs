@@ -282,8 +282,29 @@ impl tracing::Subscriber for Capture {
 /// Runs `f` on this thread and returns what it returned with every ipc-lib
 /// operation it traced, in order.
 pub fn capture_ops<T>(f: impl FnOnce() -> T) -> (T, Vec<TracedOp>) {
+    // tracing caches each callsite's interest process-wide. With a single
+    // registered dispatcher, a callsite first reached on another test's
+    // thread (no subscriber there) is cached as "never" and this capture
+    // would see nothing. A second dispatcher that lives for the whole run
+    // makes tracing ask every live one, and it always says yes to ipc_lib.
+    static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    KEEP.get_or_init(|| tracing::Dispatch::new(Capture::default()));
     let cap = Capture::default();
-    let out = tracing::subscriber::with_default(cap.clone(), f);
+    let out = tracing::subscriber::with_default(cap.clone(), || {
+        // Both dispatchers are registered by now, so this asks them both:
+        // it undoes a "never" cached in the instant before they were.
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let ops = cap.0.lock().map(|v| v.clone()).unwrap_or_default();
     (out, ops)
+}
+
+/// Captures ipc-lib's operations from every thread of this process (a
+/// child's: in the test harness, other tests' threads would mix in) and
+/// returns a way to read what was captured so far.
+pub fn capture_process_wide() -> impl Fn() -> Vec<TracedOp> {
+    let cap = Capture::default();
+    tracing::subscriber::set_global_default(cap.clone()).expect("no subscriber set yet");
+    move || cap.0.lock().map(|v| v.clone()).unwrap_or_default()
 }
