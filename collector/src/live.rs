@@ -40,15 +40,23 @@ pub trait FeedSource: Send {
     fn delta(&mut self, now_ns: u64) -> Delta;
 }
 
+impl FeedSource for crate::analysis::Analyzer {
+    fn snapshot(&mut self, now_ns: u64) -> Snapshot {
+        crate::analysis::Analyzer::snapshot(self, now_ns)
+    }
+    fn delta(&mut self, now_ns: u64) -> Delta {
+        crate::analysis::Analyzer::delta(self, now_ns)
+    }
+}
+
 /// Why the feed could not be served or read.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    #[error("{path}: {action}: {source}")]
+    #[error("{path}: {action}: {error}")]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{path}: no recording is serving a live feed there (it ended, or was killed)")]
     NotLive { path: PathBuf },
@@ -56,12 +64,8 @@ pub enum LiveError {
     Version { path: PathBuf, found: u32 },
     #[error("{path}: the live feed sent {what}")]
     Protocol { path: PathBuf, what: String },
-    #[error("{path}: {source}")]
-    Frame {
-        path: PathBuf,
-        #[source]
-        source: FrameError,
-    },
+    #[error("{path}: {error}")]
+    Frame { path: PathBuf, error: FrameError },
 }
 
 /// The listening side, bound by the recorder.
@@ -147,9 +151,10 @@ impl LiveFeed {
         let end = encode_frame(&Frame::End { exit_status });
         for mut s in subscribers {
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                // Whatever of the frame in flight is unwritten goes first.
                 s.out.extend_from_slice(&last);
                 s.out.extend_from_slice(&end);
-                s.stream.write_all(&s.out).await
+                s.stream.write_all(&s.out[s.at..]).await
             })
             .await;
         }
@@ -268,7 +273,7 @@ impl Subscription {
             _ => LiveError::Io {
                 path: path.into(),
                 action: "connecting to the live feed",
-                source,
+                error: source,
             },
         })?;
         let mut sub = Subscription {
@@ -322,18 +327,18 @@ impl Subscription {
             .map_err(|source| self.frame(source))
     }
 
-    fn io(&self, action: &'static str, source: io::Error) -> LiveError {
+    fn io(&self, action: &'static str, error: io::Error) -> LiveError {
         LiveError::Io {
             path: self.path.clone(),
             action,
-            source,
+            error,
         }
     }
 
-    fn frame(&self, source: FrameError) -> LiveError {
+    fn frame(&self, error: FrameError) -> LiveError {
         LiveError::Frame {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -359,7 +364,7 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> LiveEr
     move |source| LiveError::Io {
         path,
         action,
-        source,
+        error: source,
     }
 }
 

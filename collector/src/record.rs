@@ -8,12 +8,14 @@
 //! removed as soon as the child exists, so the recorder's own activity is
 //! never traced.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,14 +23,17 @@ use ipc_events::raw::drop_source;
 use ipc_events::{Event, EventKind, Source};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::analysis::{Analyzer, AnalyzerConfig, DeadlockChange};
 use crate::clock::{monotonic_ns, wall_rfc3339};
 use crate::ebpf::{ProbeConfig, Probes};
 use crate::lib_ring::{RingListener, SOCKET_ENV};
+use crate::live::LiveFeed;
 use crate::store::{
-    spawn_writer, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig, WriterStats,
+    spawn_writer, Committed, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
+    WriterStats,
 };
 
 /// What to record.
@@ -101,6 +106,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
 
     let store = Store::open(&options.db, OpenMode::Create).await?;
     let recorder_pid = std::process::id();
+    let start_mono_ns = monotonic_ns();
     let session = store
         .begin_session(&NewSession {
             name: options.name.clone(),
@@ -108,11 +114,44 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             host: hostname(),
             started_at: wall_rfc3339(),
             sources: if probes.is_some() { "ebpf,lib" } else { "lib" }.to_owned(),
-            start_mono_ns: monotonic_ns(),
+            start_mono_ns,
             recorder_pid,
         })
         .await?;
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default()).await?;
+    // What the writer commits goes on to the analysis, which the live feed
+    // and the deadlock detector read.
+    let analyzer = Arc::new(Mutex::new(Analyzer::new(
+        session.0,
+        options
+            .name
+            .clone()
+            .unwrap_or_else(|| shell_join(&options.command)),
+        start_mono_ns,
+        AnalyzerConfig::default(),
+    )));
+    let (observer, committed) = mpsc::channel(ANALYSIS_QUEUE);
+    let (ingest, writer) = spawn_writer(
+        &store,
+        session,
+        WriterConfig {
+            observer: Some(observer),
+            ..WriterConfig::default()
+        },
+    )
+    .await?;
+    let analysis = tokio::spawn(analyse(
+        Arc::clone(&analyzer),
+        committed,
+        store.clone(),
+        session,
+    ));
+    let feed = LiveFeed::bind(&runtime_dir()).context("opening the live-feed socket")?;
+    store.set_live_socket(session, Some(feed.path())).await?;
+    if let Some(ready) = control.live_ready {
+        let _ = ready.send(feed.path().to_owned());
+    }
+    let (stop_feed, feed_stopped) = watch::channel(None);
+    let feed_task = tokio::spawn(feed.run(session.0, Arc::clone(&analyzer), feed_stopped));
 
     // Take over the signals a terminal sends to the whole foreground group:
     // the command gets them too and decides for itself; the recorder stays
@@ -219,6 +258,16 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         )
     })?;
     let probes = drained?;
+    // The writer is done, so the analysis has seen everything: its last
+    // word on deadlocks is stored before the feed's last snapshot.
+    analysis
+        .await
+        .context("the analysis panicked")?
+        .context("storing the analysis")?;
+    lock(&analyzer).finish();
+    let _ = stop_feed.send(Some(Some(exit_status)));
+    feed_task.await.context("the live feed panicked")?;
+    store.set_live_socket(session, None).await?;
     store
         .set_exit_status(session, child_pid, exit_status)
         .await?;
@@ -234,6 +283,66 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         writer,
         drops,
     })
+}
+
+/// Committed batches the analysis may fall behind by before the writer
+/// waits for it.
+const ANALYSIS_QUEUE: usize = 64;
+/// How often deadlock candidates are checked against the threshold: well
+/// inside the 100 ms by which a deadlock must be reported once due.
+const DETECT_EVERY: Duration = Duration::from_millis(20);
+
+/// Feeds committed batches to the analyzer and stores the deadlocks it
+/// finds and sees end, until the writer finishes.
+async fn analyse(
+    analyzer: Arc<Mutex<Analyzer>>,
+    mut committed: mpsc::Receiver<Committed>,
+    store: Store,
+    session: SessionId,
+) -> Result<()> {
+    // Analyzer ids of stored deadlocks, with their `deadlocks.id`.
+    let mut rows: HashMap<i64, i64> = HashMap::new();
+    let mut detect = tokio::time::interval(DETECT_EVERY);
+    detect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let finished = tokio::select! {
+            batch = committed.recv() => match batch {
+                Some(c) => {
+                    lock(&analyzer).committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+                    false
+                }
+                None => true,
+            },
+            _ = detect.tick() => false,
+        };
+        let changes = lock(&analyzer).tick(monotonic_ns());
+        for change in changes {
+            match change {
+                DeadlockChange::Detected(d) => {
+                    let cycle = serde_json::to_string(&d.cycle)?;
+                    tracing::warn!(cycle = %cycle, "deadlock detected");
+                    let row = store
+                        .insert_deadlock(session, d.detected_ns, &cycle)
+                        .await?;
+                    rows.insert(d.id, row);
+                }
+                DeadlockChange::Resolved { id, resolved_ns } => {
+                    if let Some(row) = rows.get(&id) {
+                        store.resolve_deadlock(*row, resolved_ns).await?;
+                    }
+                }
+            }
+        }
+        if finished {
+            return Ok(());
+        }
+    }
+}
+
+fn lock(analyzer: &Mutex<Analyzer>) -> std::sync::MutexGuard<'_, Analyzer> {
+    // Poisoned only by a panic in the analysis, which its task reports;
+    // the state is still the best there is for the feed's last words.
+    analyzer.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Asks the command to end, as a terminal's owner would.

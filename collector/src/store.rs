@@ -382,6 +382,36 @@ impl Store {
         Ok(row.map(|(id, path)| (SessionId(id), PathBuf::from(path))))
     }
 
+    /// Stores a detected deadlock; returns its `deadlocks.id`. `cycle` is
+    /// the JSON array the schema documents.
+    pub async fn insert_deadlock(
+        &self,
+        session: SessionId,
+        detected_ns: u64,
+        cycle: &str,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO deadlocks (session_id, detected_ns, cycle) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(session.0)
+        .bind(detected_ns as i64)
+        .bind(cycle)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::sql("recording a deadlock"))
+    }
+
+    /// Marks a stored deadlock resolved.
+    pub async fn resolve_deadlock(&self, id: i64, resolved_ns: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deadlocks SET resolved_ns = ? WHERE id = ?")
+            .bind(resolved_ns as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::sql("recording a deadlock's end"))?;
+        Ok(())
+    }
+
     /// The newest session's id, if any.
     pub async fn latest_session(&self) -> Result<Option<SessionId>, StoreError> {
         let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM sessions")

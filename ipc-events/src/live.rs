@@ -337,7 +337,7 @@ pub enum FrameError {
     #[error("live-feed frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
     #[error("live-feed frame is not valid: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(serde_json::Error),
 }
 
 /// A frame as it goes on the wire: length, then JSON.
@@ -365,7 +365,7 @@ pub fn decode_frame(body: &[u8]) -> Result<Frame, FrameError> {
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
-    Ok(serde_json::from_slice(body)?)
+    serde_json::from_slice(body).map_err(FrameError::Malformed)
 }
 
 #[cfg(test)]
