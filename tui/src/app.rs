@@ -813,7 +813,7 @@ mod tests {
         app.update(Action::FilterChar(':'));
         assert_eq!(
             app.filter_error().map(|e| e.to_string()).as_deref(),
-            Some("unknown filter field \"o\": use pid:, comm:, kind: or chan:")
+            Some("unknown field \"o\": use pid: comm: kind: chan:")
         );
         assert_eq!(app.channel_rows().len(), 2, "the last good filter holds");
         app.update(Action::FilterCommit);

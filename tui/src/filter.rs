@@ -11,7 +11,7 @@ use ipc_events::ChannelKind;
 /// A filter term that could not be understood.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
-    #[error("unknown filter field {field:?}: use pid:, comm:, kind: or chan:")]
+    #[error("unknown field {field:?}: use pid: comm: kind: chan:")]
     UnknownField { field: String },
     #[error("pid:{value} is not a process id")]
     BadPid { value: String },

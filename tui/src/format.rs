@@ -54,6 +54,12 @@ pub fn offset(ts_ns: u64, start_ns: u64) -> String {
     )
 }
 
+/// A channel for a table cell: its name first, since a narrow column cuts
+/// the end off, then its kind: `"jobs (ipclib_channel)"`.
+pub fn channel(c: &ipc_events::ChannelId) -> String {
+    format!("{} ({})", c.name(), c.kind())
+}
+
 /// A signal number as its name where it has a common one.
 pub fn signal(signo: u32) -> String {
     let name = match signo {

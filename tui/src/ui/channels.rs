@@ -82,7 +82,7 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let r = w.rates(c, elapsed);
         let l = w.latency(&c.latency);
         Row::new(vec![
-            c.channel.to_string(),
+            format::channel(&c.channel),
             format!("{}→{}", pids(&c.senders), pids(&c.receivers)),
             format::per_s(r.messages_per_s),
             format::bytes_per_s(r.bytes_per_s),
@@ -130,7 +130,7 @@ fn draw_detail(frame: &mut Frame<'_>, area: Rect, app: &App, c: &ChannelStats) {
         Line::from(pct("10s", &c.latency.last_10s)),
     ];
     frame.render_widget(
-        Paragraph::new(lines).block(block(format!("{} (Esc back)", c.channel))),
+        Paragraph::new(lines).block(block(format!("{} (Esc back)", format::channel(&c.channel)))),
         info,
     );
 

@@ -42,7 +42,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             e.tid.to_string(),
             e.comm.clone(),
             e.kind.to_string(),
-            e.channel.as_ref().map_or(String::new(), |c| c.to_string()),
+            e.channel.as_ref().map_or(String::new(), |c| c.name()),
             format::bytes(e.size),
             result,
         ])

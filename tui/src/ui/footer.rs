@@ -12,6 +12,7 @@ use crate::app::{App, FeedState};
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let red = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
     let mut left = Vec::new();
+    let typing = app.filter_line().0.is_some();
     match app.filter_line() {
         (Some(typing), _) => {
             left.push(Span::styled("/", Style::new().fg(Color::Yellow)));
@@ -45,7 +46,12 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let p99 = app.frame_times.quantile(0.99).map_or(String::new(), |d| {
         format!("draw p99 {:.1}ms ", d.as_secs_f64() * 1e3)
     });
-    let right = format!("{p99}? help q quit");
+    // While a filter is typed the whole line is its: the hints can wait.
+    let right = if typing {
+        String::new()
+    } else {
+        format!("{p99}? help q quit")
+    };
     let [l, r] = Layout::horizontal([
         Constraint::Min(0),
         Constraint::Length(right.chars().count() as u16),

@@ -114,7 +114,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let c = rows[i];
         let r = w.rates(c, elapsed);
         Row::new(vec![
-            c.channel.to_string(),
+            format::channel(&c.channel),
             format::per_s(r.messages_per_s),
             format::bytes_per_s(r.bytes_per_s),
             format::duration_ns(w.latency(&c.latency).p99),

@@ -13,7 +13,10 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.signal_rows();
     let comms = app.comms();
     TableView {
-        block: block(format!("Signals ({} pairs)", rows.len())),
+        block: block(format!(
+            "Signals by sender, target and number: {}",
+            rows.len()
+        )),
         head: header(&[
             "From", "To", "Signal", "count", "deliv", "p50", "p99", "max",
         ]),

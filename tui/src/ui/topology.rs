@@ -43,7 +43,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Row::new(vec![
             who(&comms, e.from),
             format!("→ {}", who(&comms, e.to)),
-            e.channel.channel.to_string(),
+            format::channel(&e.channel.channel),
             format::per_s(r.messages_per_s),
             format::bytes_per_s(r.bytes_per_s),
             format::count(e.channel.messages),

@@ -50,7 +50,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let r = rows[i];
         let l = w.latency(&r.latency);
         Row::new(vec![
-            r.channel.to_string(),
+            format::channel(&r.channel),
             format::count(r.waits),
             r.waiting_now.to_string(),
             format::duration_ns(r.total_ns),
@@ -61,7 +61,10 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     });
 
     let (title, buckets) = match rows.get(selected) {
-        Some(r) => (format!("Waits on {}", r.channel), &r.latency.histogram[..]),
+        Some(r) => (
+            format!("Waits on {}", format::channel(&r.channel)),
+            &r.latency.histogram[..],
+        ),
         None => ("Waits".to_owned(), &[][..]),
     };
     let hist_block = block(title);

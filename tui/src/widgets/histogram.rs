@@ -21,9 +21,9 @@ impl<'a> Histogram<'a> {
     }
 }
 
-/// `"≤" + "999 ms"`, the widest bound label.
-const LABEL: usize = 8;
-/// `"12.3k"` and a space.
+/// `"≤" + "20.0 µs"` and a space: the widest bound label.
+const LABEL: usize = 9;
+/// A space and `"12.3k"`.
 const COUNT: usize = 6;
 
 impl Widget for Histogram<'_> {
@@ -68,7 +68,7 @@ impl Widget for Histogram<'_> {
             buf.set_stringn(
                 x,
                 y,
-                format!("{:>w$}", format::count(bucket.count), w = COUNT - 1),
+                format!("{:>COUNT$}", format::count(bucket.count)),
                 usize::from(area.right().saturating_sub(x)),
                 Style::new(),
             );
@@ -103,12 +103,12 @@ mod tests {
             },
         ];
         let mut expected = Buffer::with_lines([
-            "≤1.00 µs ██████████    10",
+            "≤1.00 µs █████████     10",
             "≤2.00 ms █████          5",
             "≤4.00 ms █              1",
         ]);
         for y in 0..3 {
-            for x in 9..20 {
+            for x in 9..19 {
                 expected[(x, y)].set_fg(Color::Cyan);
             }
         }
@@ -124,8 +124,8 @@ mod tests {
             })
             .collect();
         let buf = render(&buckets, 20, 2);
-        let first: String = (0..8).map(|x| buf[(x, 0)].symbol()).collect();
-        assert_eq!(first, "≤3.00 µs");
+        let first: String = (0..9).map(|x| buf[(x, 0)].symbol()).collect();
+        assert_eq!(first, "≤3.00 µs ");
     }
 
     #[test]
