@@ -96,6 +96,10 @@ impl<S: ReplaySource> ReplayFeed<S> {
             last: Instant::now(),
         }
     }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
 }
 
 impl<S: ReplaySource> Feed for ReplayFeed<S> {

@@ -9,6 +9,8 @@ use ipc_events::live::{
 };
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
+use crate::ReplaySource;
+
 const S: u64 = 1_000_000_000;
 /// When the sample session started (monotonic ns).
 pub const START_NS: u64 = 1_000 * S;
@@ -240,4 +242,52 @@ pub fn large_snapshot(channels: usize) -> Snapshot {
         })
         .collect();
     s
+}
+
+/// A recorded session in memory: [`snapshot_with_deadlock`] at every whole
+/// second for `seconds`, the `jobs` channel at 100 messages a second, the
+/// deadlock active from 20 s to 25 s. Every position asked for is logged,
+/// and `fail_at` makes one second fail as a database error would.
+#[derive(Debug)]
+pub struct SampleSession {
+    seconds: u64,
+    pub fail_at: Option<u64>,
+    /// The whole seconds asked for, in order.
+    pub asked: Vec<u64>,
+}
+
+impl SampleSession {
+    pub fn new(seconds: u64) -> Self {
+        SampleSession {
+            seconds,
+            fail_at: None,
+            asked: Vec::new(),
+        }
+    }
+}
+
+impl ReplaySource for SampleSession {
+    fn span(&self) -> (u64, u64) {
+        (START_NS, START_NS + self.seconds * S)
+    }
+
+    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot> {
+        let (start, end) = self.span();
+        if !(start..=end).contains(&t_ns) {
+            anyhow::bail!("{t_ns} is outside the session ({start}..={end})");
+        }
+        let sec = (t_ns - start) / S;
+        self.asked.push(sec);
+        if self.fail_at == Some(sec) {
+            anyhow::bail!("database is locked");
+        }
+        let mut s = snapshot_with_deadlock((20..25).contains(&sec));
+        s.deadlocks.retain(|_| sec >= 20);
+        s.live = false;
+        s.now_ns = t_ns;
+        s.channels[0].messages = sec * 100;
+        s.seconds.truncate(sec as usize);
+        s.recent_events.retain(|e| e.ts_ns <= t_ns);
+        Ok(s)
+    }
 }

@@ -1,9 +1,7 @@
 //! The run loop on a `TestBackend`: a live feed over a real channel from a
 //! real thread, and a replay over an in-memory session.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,8 +13,8 @@ use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use tui::app::{App, FeedState, Screen};
-use tui::run::{drive, Input, Inputs, LiveFeed, ReplayFeed};
-use tui::test_data::{snapshot_with_deadlock, START_NS};
+use tui::run::{drive, Feed, Input, Inputs, LiveFeed, ReplayFeed};
+use tui::test_data::{snapshot_with_deadlock, SampleSession, START_NS};
 use tui::{Options, ReplaySource};
 
 use crate::text;
@@ -172,52 +170,10 @@ fn a_feed_of_another_protocol_version_is_a_clear_error() {
     );
 }
 
-/// A recorded session in memory: the state at each whole second, and a
-/// hole at one second where the source fails.
-struct Session {
-    states: Vec<Snapshot>,
-    asked: Rc<RefCell<Vec<u64>>>,
-}
-
-impl Session {
-    fn new(seconds: u64) -> Self {
-        let states = (0..=seconds)
-            .map(|i| {
-                let mut s = snapshot_with_deadlock(false);
-                s.now_ns = START_NS + i * S;
-                s.channels[0].messages = i * 100;
-                s
-            })
-            .collect();
-        Session {
-            states,
-            asked: Rc::default(),
-        }
-    }
-}
-
-impl ReplaySource for Session {
-    fn span(&self) -> (u64, u64) {
-        (START_NS, self.states.last().map_or(START_NS, |s| s.now_ns))
-    }
-
-    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot> {
-        self.asked.borrow_mut().push((t_ns - START_NS) / S);
-        let i = ((t_ns - START_NS) / S) as usize;
-        if i == 1 {
-            return Err(anyhow!("database is locked"));
-        }
-        self.states
-            .get(i)
-            .cloned()
-            .ok_or_else(|| anyhow!("no state at {t_ns}"))
-    }
-}
-
 #[test]
 fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
-    let session = Session::new(30);
-    let asked = Rc::clone(&session.asked);
+    let mut session = SampleSession::new(30);
+    session.fail_at = Some(1);
     let mut app = App::replay(session.span());
     let mut script = Script::new(&[
         KeyCode::Char(']'),
@@ -227,16 +183,17 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
         KeyCode::Char('q'),
     ]);
     let mut term = terminal();
+    let mut feed = ReplayFeed::new(session);
     drive(
         &mut term,
         &mut app,
-        &mut ReplayFeed::new(session),
+        &mut feed,
         &mut script,
         &Options::default(),
     )
     .unwrap();
     assert_eq!(
-        *asked.borrow(),
+        feed.source().asked,
         [0, 10, 30, 0, 1],
         "one load per cursor move"
     );
@@ -249,7 +206,7 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
 
 #[test]
 fn a_playing_replay_moves_with_the_clock() {
-    let session = Session::new(30);
+    let session = SampleSession::new(30);
     let mut app = App::replay(session.span());
     // Play at 2x for a dozen 50 ms frames: over half a second of session
     // time, far from the 30 s end even on a slow machine.
@@ -285,4 +242,34 @@ impl Inputs for Slow {
         }
         Ok(next)
     }
+}
+
+#[test]
+fn every_screen_follows_the_replay_cursor() {
+    let session = SampleSession::new(30);
+    let mut app = App::replay(session.span());
+    let mut feed = ReplayFeed::new(session);
+    let mut at = |app: &mut App, action: Option<tui::action::Action>| {
+        if let Some(a) = action {
+            app.update(a);
+        }
+        feed.pump(app).unwrap();
+        crate::text(&crate::render(app, 80, 24))
+    };
+    use tui::action::Action::{GoTo, Seek};
+    let start = at(&mut app, None);
+    assert!(start.contains("⏸ 1x +0.000s ●"));
+    assert!(!start.contains("DEADLOCK"));
+    let during = at(&mut app, Some(Seek(22)));
+    assert!(
+        during.contains(" DEADLOCK (1 active) since +20.000s"),
+        "{during}"
+    );
+    let waits = at(&mut app, Some(GoTo(Screen::Waits)));
+    assert!(waits.contains("ACTIVE for 2.00 s"), "{waits}");
+    let after = at(&mut app, Some(Seek(5)));
+    assert!(after.contains("resolved after 5.00 s"), "{after}");
+    let channels = at(&mut app, Some(GoTo(Screen::Channels)));
+    assert_eq!(app.view().unwrap().channels[0].messages, 2_700);
+    assert!(channels.contains("Channels 3"));
 }
