@@ -111,7 +111,8 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
     let mut lines = vec![
         ("Tab / S-Tab / 1-6", "switch screen"),
         ("Up Down j k", "move the selection"),
-        ("PgUp PgDn Home End", "move by a page, to the ends"),
+        ("PgUp PgDn", "move by a page"),
+        ("Home End", "move to the first / last row"),
         ("Enter / Esc", "open the selected channel / go back"),
         ("/", "filter: pid:N comm:X kind:X chan:X or text"),
         ("s / r", "sort channels by the next column / reverse"),
@@ -121,7 +122,9 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
         ("q / Ctrl-C", "quit"),
     ];
     if replay {
+        lines.remove(3);
         lines.splice(
+            // Replace the live pause line; Home and End seek instead.
             7..8,
             [
                 ("p / Space", "play or pause the replay"),
@@ -201,5 +204,13 @@ mod tests {
         let has_seek = |replay| help(replay).iter().any(|(k, _)| *k == "[ ]");
         assert!(!has_seek(false));
         assert!(has_seek(true));
+        let keys = |replay| -> Vec<&str> { help(replay).iter().map(|(k, _)| *k).collect() };
+        assert!(keys(false).contains(&"p") && keys(false).contains(&"Home End"));
+        assert!(!keys(true).contains(&"p"), "p plays a replay instead");
+        assert_eq!(
+            keys(true).iter().filter(|k| k.contains("Home")).count(),
+            1,
+            "Home and End listed once, as seeks"
+        );
     }
 }

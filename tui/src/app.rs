@@ -29,6 +29,7 @@ pub enum Screen {
 }
 
 impl Screen {
+    /// Every screen, in Tab order.
     pub const ALL: [Screen; 6] = [
         Screen::Overview,
         Screen::Channels,
@@ -38,6 +39,7 @@ impl Screen {
         Screen::Events,
     ];
 
+    /// The screen's name in the tab bar.
     pub fn title(self) -> &'static str {
         match self {
             Screen::Overview => "Overview",
@@ -49,6 +51,7 @@ impl Screen {
         }
     }
 
+    /// The screen's position in [`Screen::ALL`].
     pub fn index(self) -> usize {
         Screen::ALL.iter().position(|s| *s == self).unwrap_or(0)
     }
@@ -73,6 +76,7 @@ pub enum SortKey {
 }
 
 impl SortKey {
+    /// Every sort column, in the order `s` cycles through them.
     pub const ALL: [SortKey; 8] = [
         SortKey::MsgRate,
         SortKey::ByteRate,
@@ -84,6 +88,7 @@ impl SortKey {
         SortKey::Name,
     ];
 
+    /// The column's name in titles.
     pub fn label(self) -> &'static str {
         match self {
             SortKey::MsgRate => "msg/s",
@@ -107,6 +112,7 @@ pub enum Window {
 }
 
 impl Window {
+    /// The window's name in titles.
     pub fn label(self) -> &'static str {
         match self {
             Window::Last1s => "1s",
@@ -138,8 +144,10 @@ impl Window {
         match self {
             Window::Last1s => c.rate_1s,
             Window::Last10s => c.rate_10s,
+            // Nothing can be averaged over no time (a replay at its start).
+            Window::Session if elapsed_ns == 0 => Rates::default(),
             Window::Session => {
-                let secs = (elapsed_ns as f64 / 1e9).max(1e-9);
+                let secs = elapsed_ns as f64 / 1e9;
                 Rates {
                     events_per_s: 0.0,
                     messages_per_s: c.messages as f64 / secs,
@@ -155,11 +163,10 @@ impl Window {
 pub enum FeedState {
     /// No snapshot yet.
     Waiting,
+    /// Snapshots are arriving (or, in a replay, loading).
     Running,
     /// The recording ended ([`Frame::End`]).
-    Ended {
-        exit_status: Option<i32>,
-    },
+    Ended { exit_status: Option<i32> },
     /// The feed went away without an end frame.
     Lost,
 }
@@ -170,14 +177,17 @@ pub enum FeedError {
     #[error(
         "the live feed speaks protocol version {got}, this dashboard version {PROTOCOL_VERSION}"
     )]
+    /// The feed speaks another protocol version.
     Version { got: u32 },
     #[error("the live feed sent a delta before its first snapshot")]
+    /// A delta came with no snapshot to apply it to.
     DeltaBeforeSnapshot,
 }
 
 /// One sender -> receiver pair over one channel: a topology edge.
 #[derive(Clone, Copy, Debug)]
 pub struct Edge<'a> {
+    /// The sending process.
     pub from: u32,
     pub to: u32,
     pub channel: &'a ChannelStats,
@@ -460,18 +470,22 @@ impl App {
         self.selected[screen.index()].min(last)
     }
 
+    /// Whether the user asked to quit.
     pub fn should_quit(&self) -> bool {
         self.quit
     }
 
+    /// The screen shown.
     pub fn screen(&self) -> Screen {
         self.screen
     }
 
+    /// Whether the help overlay is up.
     pub fn help_shown(&self) -> bool {
         self.help
     }
 
+    /// Where the feed stands.
     pub fn feed(&self) -> FeedState {
         self.feed
     }
@@ -481,14 +495,17 @@ impl App {
         self.frozen.is_some()
     }
 
+    /// The replay timeline; `None` for a live feed.
     pub fn timeline(&self) -> Option<&Timeline> {
         self.replay.as_ref()
     }
 
+    /// The channel sort column, and whether it is reversed.
     pub fn sort(&self) -> (SortKey, bool) {
         (self.sort, self.reversed)
     }
 
+    /// The window the tables' rates and latencies cover.
     pub fn window(&self) -> Window {
         self.window
     }
@@ -498,10 +515,12 @@ impl App {
         (self.filter_input.as_deref(), &self.filter_text)
     }
 
+    /// Why the filter being typed does not parse.
     pub fn filter_error(&self) -> Option<&FilterError> {
         self.filter_error.as_ref()
     }
 
+    /// A non-fatal problem to show (a replay load that failed).
     pub fn status(&self) -> Option<&str> {
         self.status.as_deref()
     }
@@ -711,6 +730,15 @@ mod tests {
         for a in actions {
             app.update(*a);
         }
+    }
+
+    #[test]
+    fn session_rates_average_over_the_elapsed_time() {
+        let c = channel(1, "a", 100, 7.0);
+        let r = Window::Session.rates(&c, 10_000_000_000);
+        assert_eq!((r.messages_per_s, r.bytes_per_s), (10.0, 640.0));
+        assert_eq!(Window::Session.rates(&c, 0), Rates::default());
+        assert_eq!(Window::Last1s.rates(&c, 0).messages_per_s, 7.0);
     }
 
     #[test]

@@ -12,10 +12,13 @@ use ipc_events::ChannelKind;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error("unknown field {field:?}: use pid: comm: kind: chan:")]
+    /// `field:` is not one of the filter's fields.
     UnknownField { field: String },
     #[error("pid:{value} is not a process id")]
+    /// `pid:` followed by something that is not a number.
     BadPid { value: String },
     #[error("{field}: needs a value")]
+    /// A field with nothing after its colon.
     Empty { field: String },
 }
 
@@ -37,9 +40,13 @@ pub struct Filter {
 /// What a row offers to be matched against.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fields<'a> {
+    /// Process (and thread) ids the row involves.
     pub pids: &'a [u32],
+    /// Their command names.
     pub comms: &'a [&'a str],
+    /// Event and channel kinds.
     pub kinds: &'a [&'a str],
+    /// The channel's name.
     pub chan: &'a str,
 }
 
@@ -81,6 +88,7 @@ impl Filter {
         Ok(Filter { terms })
     }
 
+    /// Whether the filter has no terms (and so matches everything).
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }

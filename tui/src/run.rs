@@ -44,6 +44,7 @@ pub trait ReplaySource {
 
 /// Where the dashboard's state comes from; one step per frame.
 pub trait Feed {
+    /// Brings `app` up to date; an error ends the dashboard.
     fn pump(&mut self, app: &mut App) -> anyhow::Result<()>;
 }
 
@@ -58,6 +59,7 @@ impl LiveFeed {
     /// the dashboard delays the next redraw by at most this much.
     const BUDGET: Duration = Duration::from_millis(25);
 
+    /// A feed of the frames a caller's thread sends on `frames`.
     pub fn new(frames: Receiver<Frame>) -> Self {
         LiveFeed {
             frames,
@@ -90,6 +92,7 @@ pub struct ReplayFeed<S> {
 }
 
 impl<S: ReplaySource> ReplayFeed<S> {
+    /// A replay of `source`.
     pub fn new(source: S) -> Self {
         ReplayFeed {
             source,
@@ -97,6 +100,7 @@ impl<S: ReplaySource> ReplayFeed<S> {
         }
     }
 
+    /// The source replayed.
     pub fn source(&self) -> &S {
         &self.source
     }
@@ -120,6 +124,7 @@ impl<S: ReplaySource> Feed for ReplayFeed<S> {
 /// What the user did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// A key was pressed.
     Key(KeyEvent),
     /// The terminal changed size (or something else worth a redraw).
     Redraw,

@@ -251,12 +251,14 @@ pub fn large_snapshot(channels: usize) -> Snapshot {
 #[derive(Debug)]
 pub struct SampleSession {
     seconds: u64,
+    /// The second whose load fails, if any.
     pub fail_at: Option<u64>,
     /// The whole seconds asked for, in order.
     pub asked: Vec<u64>,
 }
 
 impl SampleSession {
+    /// A session `seconds` long that never fails.
     pub fn new(seconds: u64) -> Self {
         SampleSession {
             seconds,

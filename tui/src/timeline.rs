@@ -32,14 +32,17 @@ impl Timeline {
         }
     }
 
+    /// The session's start and end (monotonic ns).
     pub fn span(&self) -> (u64, u64) {
         (self.start_ns, self.end_ns)
     }
 
+    /// The moment shown (monotonic ns).
     pub fn cursor(&self) -> u64 {
         self.cursor_ns
     }
 
+    /// Whether the cursor moves with the clock.
     pub fn playing(&self) -> bool {
         self.playing
     }
@@ -57,10 +60,12 @@ impl Timeline {
         self.playing = !self.playing;
     }
 
+    /// The next speed up, if there is one.
     pub fn faster(&mut self) {
         self.speed = (self.speed + 1).min(SPEEDS.len() - 1);
     }
 
+    /// The next speed down, if there is one.
     pub fn slower(&mut self) {
         self.speed = self.speed.saturating_sub(1);
     }
@@ -75,10 +80,12 @@ impl Timeline {
         };
     }
 
+    /// Moves the cursor to the start.
     pub fn to_start(&mut self) {
         self.cursor_ns = self.start_ns;
     }
 
+    /// Moves the cursor to the end.
     pub fn to_end(&mut self) {
         self.cursor_ns = self.end_ns;
     }

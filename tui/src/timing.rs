@@ -14,6 +14,7 @@ impl FrameTimes {
     /// How many frames are kept: about 25 s at 10 Hz.
     pub const KEEP: usize = 256;
 
+    /// An empty ring.
     pub fn new() -> Self {
         FrameTimes {
             ring: Vec::with_capacity(Self::KEEP),

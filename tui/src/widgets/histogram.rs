@@ -16,6 +16,7 @@ pub struct Histogram<'a> {
 }
 
 impl<'a> Histogram<'a> {
+    /// A histogram of `buckets`, fastest first.
     pub fn new(buckets: &'a [Bucket]) -> Self {
         Histogram { buckets }
     }

@@ -16,6 +16,7 @@ pub struct TimelineBar<'a> {
 }
 
 impl<'a> TimelineBar<'a> {
+    /// The bar for `timeline`.
     pub fn new(timeline: &'a Timeline) -> Self {
         TimelineBar { timeline }
     }
