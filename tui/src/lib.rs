@@ -24,6 +24,8 @@ pub mod timeline;
 pub mod timing;
 pub mod ui;
 pub mod widgets;
+pub mod wire;
 
 pub use run::{run_live, run_replay, Options, ReplaySource};
 pub use term::TerminalGuard;
+pub use wire::read_frames;

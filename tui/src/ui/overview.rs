@@ -51,8 +51,15 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let t = &s.totals;
     let label = |l: &'static str| Span::styled(l, Style::new().fg(Color::Cyan));
     let drops = if t.drops > 0 {
+        // Lost events are never silent: how many, and where they were lost.
+        let by_source: Vec<String> = s
+            .drops
+            .iter()
+            .filter(|d| d.count > 0)
+            .map(|d| format!("{} {}", d.source, format::count(d.count)))
+            .collect();
         Span::styled(
-            format::count(t.drops),
+            format!("{} ({})", format::count(t.drops), by_source.join(", ")),
             Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         )
     } else {
@@ -69,11 +76,11 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ]),
         Line::from(vec![
             label("processes "),
-            Span::raw(format!("{:<6}", t.processes)),
+            Span::raw(format!("{}  ", t.processes)),
             label("channels "),
-            Span::raw(format!("{:<6}", t.channels)),
+            Span::raw(format!("{}  ", t.channels)),
             label("messages "),
-            Span::raw(format!("{:<8}", format::count(t.messages))),
+            Span::raw(format!("{}  ", format::count(t.messages))),
             label("drops "),
             drops,
         ]),

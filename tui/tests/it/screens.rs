@@ -1,6 +1,6 @@
 //! Whole screens at 80x24 (and bigger, and smaller) through `TestBackend`.
 
-use ipc_events::live::{Frame, Snapshot, PROTOCOL_VERSION};
+use ipc_events::live::{DropCount, Frame, Snapshot, PROTOCOL_VERSION};
 use ratatui::style::Color;
 use tui::action::Action;
 use tui::app::{App, Screen};
@@ -33,7 +33,7 @@ fn overview_at_80x24() {
             "1 Overview 2 Channels 3 Topology 4 Waits 5 Signals 6 Events                 LIVE",
             "┌Session 7 demo────────────────────────────────────────────────────────────────┐",
             "│events/s 2.58k   messages/s 1.29k   bytes/s 82.7 kB/s                         │",
-            "│processes 3     channels 3     messages 12.9k   drops 0                       │",
+            "│processes 3  channels 3  messages 12.9k  drops 0                              │",
             "└──────────────────────────────────────────────────────────────────────────────┘",
             "┌messages/s, last 30 s (peak 1.27k)────────────────────────────────────────────┐",
             "│                      ▁▂▃▄▅▆▇█                                                │",
@@ -75,6 +75,35 @@ fn the_deadlock_banner_shows_exactly_while_one_is_active() {
     let resolved = render(&live(snapshot_with_deadlock(false)), 80, 24);
     assert!(!text(&resolved).contains("DEADLOCK"));
     assert_ne!(resolved[(waits_tab as u16, 0)].fg, Color::Red);
+}
+
+#[test]
+fn lost_events_show_in_red_with_their_sources() {
+    let mut s = snapshot_with_deadlock(false);
+    s.totals.drops = 12;
+    s.drops = vec![
+        DropCount {
+            source: "ebpf_ring".to_owned(),
+            count: 10,
+        },
+        DropCount {
+            source: "lib_ring".to_owned(),
+            count: 2,
+        },
+        DropCount {
+            source: "ingest".to_owned(),
+            count: 0,
+        },
+    ];
+    let buf = render(&live(s), 80, 24);
+    let line = &lines(&buf)[3];
+    assert!(
+        line.contains("drops 12 (ebpf_ring 10, lib_ring 2)"),
+        "{line}"
+    );
+    let x = line.find("12 (").unwrap();
+    let x = line[..x].chars().count() as u16;
+    assert_eq!(buf[(x, 3)].fg, Color::Red);
 }
 
 #[test]
