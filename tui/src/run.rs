@@ -4,7 +4,9 @@
 //! ratatui's `TestBackend`).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,8 +14,10 @@ use ipc_events::live::{Frame, Snapshot};
 use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyEvent};
 use ratatui::Terminal;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::SigId;
 
-use crate::action::map_key;
+use crate::action::{map_key, Action};
 use crate::app::App;
 use crate::term::TerminalGuard;
 use crate::ui;
@@ -128,6 +132,8 @@ pub enum Input {
     Key(KeyEvent),
     /// The terminal changed size (or something else worth a redraw).
     Redraw,
+    /// A signal asked the program to end.
+    Quit,
 }
 
 /// Where keys come from.
@@ -136,11 +142,50 @@ pub trait Inputs {
     fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Input>>;
 }
 
-/// The real terminal's keyboard.
-pub struct TerminalInputs;
+/// The real terminal's keyboard, and the signals that ask a program to
+/// end: SIGTERM, SIGHUP, SIGQUIT and a SIGINT sent with `kill` (raw mode
+/// makes Ctrl-C a key). Each becomes [`Input::Quit`], so the dashboard
+/// ends through its normal path and the terminal is restored; without
+/// this their default action would kill the process in raw mode.
+pub struct TerminalInputs {
+    stop: Arc<AtomicBool>,
+    handlers: Vec<SigId>,
+}
+
+impl TerminalInputs {
+    /// Signals that end the dashboard.
+    pub const SIGNALS: [i32; 4] = [SIGTERM, SIGHUP, SIGQUIT, SIGINT];
+
+    /// Starts listening for the quitting signals, until dropped.
+    pub fn new() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handlers = Self::SIGNALS
+            .iter()
+            .map(|&sig| {
+                signal_hook::flag::register(sig, Arc::clone(&stop))
+                    .with_context(|| format!("handling signal {sig}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(TerminalInputs { stop, handlers })
+    }
+}
+
+impl Drop for TerminalInputs {
+    fn drop(&mut self) {
+        // Give the signals back to whoever handled them before (or to
+        // their default action) once the dashboard is gone.
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
 
 impl Inputs for TerminalInputs {
     fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Input>> {
+        // Taken, not just read: each signal asks once.
+        if self.stop.swap(false, Ordering::Relaxed) {
+            return Ok(Some(Input::Quit));
+        }
         if !event::poll(timeout).context("polling the terminal for input")? {
             return Ok(None);
         }
@@ -168,7 +213,8 @@ fn on_terminal(mut app: App, feed: &mut impl Feed, opts: Options) -> anyhow::Res
     let _guard = TerminalGuard::enter(io::stdout()).context("setting up the terminal")?;
     let mut terminal =
         Terminal::new(CrosstermBackend::new(io::stdout())).context("setting up the terminal")?;
-    drive(&mut terminal, &mut app, feed, &mut TerminalInputs, &opts)
+    let mut inputs = TerminalInputs::new()?;
+    drive(&mut terminal, &mut app, feed, &mut inputs, &opts)
 }
 
 /// The loop: pump the feed, draw, wait for keys until the next redraw;
@@ -199,15 +245,46 @@ where
         // Take every key that arrives before the deadline; after one, only
         // those already waiting, so the screen answers at once.
         while let Some(input) = inputs.next(timeout)? {
-            if let Input::Key(key) = input {
-                if let Some(action) = map_key(key, app.key_context()) {
-                    app.update(action);
+            match input {
+                Input::Key(key) => {
+                    if let Some(action) = map_key(key, app.key_context()) {
+                        app.update(action);
+                    }
                 }
+                Input::Quit => app.update(Action::Quit),
+                Input::Redraw => {}
+            }
+            if app.should_quit() {
+                break;
             }
             timeout = Duration::ZERO;
         }
         if app.should_quit() {
             return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_termination_signal_becomes_a_quit() {
+        let mut inputs = TerminalInputs::new().unwrap();
+        for sig in [SIGTERM, SIGHUP] {
+            // SAFETY: raise only delivers a signal to this thread; the
+            // handler registered above only sets a flag.
+            assert_eq!(unsafe { libc::raise(sig) }, 0);
+            assert_eq!(
+                inputs.next(Duration::ZERO).unwrap(),
+                Some(Input::Quit),
+                "signal {sig}"
+            );
+            assert!(
+                !inputs.stop.load(Ordering::Relaxed),
+                "one signal, one quit: the loop must not spin on it"
+            );
         }
     }
 }

@@ -273,3 +273,25 @@ fn every_screen_follows_the_replay_cursor() {
     assert_eq!(app.view().unwrap().channels[0].messages, 2_700);
     assert!(channels.contains("Channels 3"));
 }
+
+/// Inputs that never run dry, as a stuck signal flag once did.
+struct QuitForever;
+
+impl Inputs for QuitForever {
+    fn next(&mut self, _timeout: Duration) -> anyhow::Result<Option<Input>> {
+        Ok(Some(Input::Quit))
+    }
+}
+
+#[test]
+fn a_quit_ends_the_loop_even_if_inputs_keep_coming() {
+    let (_tx, rx) = mpsc::channel();
+    drive(
+        &mut terminal(),
+        &mut App::live(),
+        &mut LiveFeed::new(rx),
+        &mut QuitForever,
+        &Options::default(),
+    )
+    .unwrap();
+}
