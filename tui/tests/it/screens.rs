@@ -267,3 +267,20 @@ fn control_bytes_from_another_process_never_reach_the_terminal() {
         assert!(!all.contains('\x1b') && !all.contains('\x07'), "{all:?}");
     }
 }
+
+#[test]
+fn pausing_and_the_latency_window_show_in_the_frame() {
+    let mut app = live(snapshot_with_deadlock(false));
+    app.update(Action::TogglePause);
+    let paused = text(&render(&app, 80, 24));
+    assert!(paused.lines().next().unwrap().ends_with("PAUSED"));
+
+    // 10 s -> session: jobs averages 12,000 messages over 30 s.
+    app.update(Action::NextWindow);
+    let channels = on(&mut app, Screen::Channels);
+    assert!(channels.contains("window session"), "{channels}");
+    assert!(
+        channels.contains("101→102     400    25.6 kB/s"),
+        "{channels}"
+    );
+}
