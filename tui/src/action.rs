@@ -113,7 +113,10 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
         ("Up Down j k", "move the selection"),
         ("PgUp PgDn", "move by a page"),
         ("Home End", "move to the first / last row"),
-        ("Enter / Esc", "open the selected channel / go back"),
+        (
+            "Enter / Esc",
+            "open the selected channel, edge or event / back",
+        ),
         ("/", "filter: pid:N comm:X kind:X chan:X or text"),
         ("s / r", "sort channels by the next column / reverse"),
         ("w", "latency window: 1 s, 10 s, session"),

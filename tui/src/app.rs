@@ -216,6 +216,8 @@ pub struct App {
     filter_error: Option<FilterError>,
     help: bool,
     detail: Option<i64>,
+    /// The event opened on the Events screen.
+    event_detail: Option<Event>,
     /// A message for the user that is not fatal (a replay load failure).
     status: Option<String>,
     quit: bool,
@@ -245,6 +247,7 @@ impl App {
             filter_error: None,
             help: false,
             detail: None,
+            event_detail: None,
             status: None,
             quit: false,
             page: 10,
@@ -350,12 +353,7 @@ impl App {
             Action::PageDown => self.move_selection(self.page as isize),
             Action::Top => self.move_selection(isize::MIN / 2),
             Action::Bottom => self.move_selection(isize::MAX / 2),
-            Action::Enter => {
-                if self.screen == Screen::Channels && self.detail.is_none() {
-                    let i = self.selected(Screen::Channels);
-                    self.detail = self.channel_rows().get(i).map(|c| c.id);
-                }
-            }
+            Action::Enter => self.enter(),
             Action::Back => self.back(),
             Action::TogglePause => match &mut self.replay {
                 Some(t) => t.toggle_play(),
@@ -398,6 +396,31 @@ impl App {
         }
     }
 
+    fn enter(&mut self) {
+        match self.screen {
+            Screen::Channels if self.detail.is_none() => {
+                let i = self.selected(Screen::Channels);
+                self.detail = self.channel_rows().get(i).map(|c| c.id);
+            }
+            // An edge leads to its channel's drill-down.
+            Screen::Topology => {
+                let i = self.selected(Screen::Topology);
+                if let Some(id) = self.edges().get(i).map(|e| e.channel.id) {
+                    self.detail = Some(id);
+                    self.screen = Screen::Channels;
+                }
+            }
+            Screen::Events => {
+                let i = self.selected(Screen::Events);
+                // A copy: the log moves on under it, the details stay.
+                self.event_detail = self.event_rows().get(i).map(|e| (*e).clone());
+                self.follow_events = false;
+                self.selected[Screen::Events.index()] = i;
+            }
+            _ => {}
+        }
+    }
+
     fn back(&mut self) {
         if self.filter_input.take().is_some() {
             // Cancel the edit: the committed filter parsed once, so it
@@ -406,6 +429,8 @@ impl App {
             self.filter_error = None;
         } else if self.help {
             self.help = false;
+        } else if self.screen == Screen::Events && self.event_detail.is_some() {
+            self.event_detail = None;
         } else if self.detail.is_some() {
             self.detail = None;
         } else if !self.filter_text.is_empty() {
@@ -528,6 +553,11 @@ impl App {
     /// The state shown: the frozen one while paused, else the newest.
     pub fn view(&self) -> Option<&Snapshot> {
         self.frozen.as_ref().or(self.snapshot.as_ref())
+    }
+
+    /// The event opened on the Events screen.
+    pub fn event_detail(&self) -> Option<&Event> {
+        self.event_detail.as_ref()
     }
 
     /// The channel drilled into, while it still exists.
@@ -714,6 +744,7 @@ mod tests {
     use super::*;
     use crate::test_data::{channel, snapshot_with_deadlock};
     use ipc_events::live::Delta;
+    use ipc_events::EventKind;
 
     fn live_app(s: Snapshot) -> App {
         let mut app = App::live();
@@ -874,6 +905,44 @@ mod tests {
         assert_eq!(app.detail_channel().unwrap().id, 2);
         app.update(Action::Back);
         assert!(app.detail_channel().is_none());
+    }
+
+    #[test]
+    fn enter_opens_an_edge_s_channel_and_an_event_s_details() {
+        let mut app = live_app(snapshot_with_deadlock(false));
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Topology), Action::Down, Action::Enter],
+        );
+        assert_eq!(app.screen(), Screen::Channels);
+        assert_eq!(app.detail_channel().unwrap().channel.name(), "results");
+
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Events), Action::Up, Action::Enter],
+        );
+        let opened = app.event_detail().unwrap().clone();
+        assert_eq!(opened, app.view().unwrap().recent_events[48]);
+        app.on_frame(Frame::Delta(Box::new(Delta {
+            events: vec![Event::new(
+                1,
+                9,
+                9,
+                ipc_events::Source::Lib,
+                EventKind::MsgSend,
+            )],
+            ..Delta::default()
+        })))
+        .unwrap();
+        assert_eq!(
+            app.event_detail(),
+            Some(&opened),
+            "new events do not move it"
+        );
+        app.update(Action::Back);
+        assert!(app.event_detail().is_none());
+        app.update(Action::GoTo(Screen::Channels));
+        assert!(app.detail_channel().is_some(), "each Esc closes one thing");
     }
 
     #[test]

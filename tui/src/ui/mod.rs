@@ -2,6 +2,7 @@
 //! and one file per screen. Nothing here changes state.
 
 mod channels;
+mod event;
 mod events;
 mod footer;
 mod help;
@@ -50,6 +51,9 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         frame.render_widget(TimelineBar::new(t), timeline);
     }
     footer::draw(frame, footer, app);
+    if let (Screen::Events, Some(e), Some(s)) = (app.screen(), app.event_detail(), app.view()) {
+        event::draw(frame, body, e, s.started_ns);
+    }
     if app.help_shown() {
         help::draw(frame, body, app);
     }

@@ -284,3 +284,28 @@ fn pausing_and_the_latency_window_show_in_the_frame() {
         "{channels}"
     );
 }
+
+#[test]
+fn enter_on_the_log_opens_the_event_with_every_field() {
+    let mut s = snapshot_with_deadlock(false);
+    let last = s.recent_events.last_mut().unwrap();
+    last.path = Some("/usr/bin/evil\x1b[2J".to_owned());
+    last.payload = Some(b"ping\x00".to_vec());
+    last.duration_ns = Some(1_500);
+    let mut app = live(s);
+    app.update(Action::GoTo(Screen::Events));
+    app.update(Action::Enter);
+    let screen = text(&render(&app, 80, 24));
+    assert!(screen.contains("Event (Esc closes)"), "{screen}");
+    assert!(screen.contains("process    consumer pid 102 tid 102"));
+    assert!(screen.contains("channel    jobs (ipclib_channel)"));
+    assert!(screen.contains("message id 24"));
+    assert!(screen.contains("blocked    1.50 µs"));
+    assert!(screen.contains("payload    ping."));
+    assert!(
+        screen.contains("path       /usr/bin/evil[2J"),
+        "the escape is dropped"
+    );
+    app.update(Action::Back);
+    assert!(!text(&render(&app, 80, 24)).contains("Event (Esc closes)"));
+}
