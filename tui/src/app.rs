@@ -189,7 +189,9 @@ pub enum FeedError {
 pub struct Edge<'a> {
     /// The sending process.
     pub from: u32,
+    /// The receiving process.
     pub to: u32,
+    /// What they talk through; its volumes are the whole channel's.
     pub channel: &'a ChannelStats,
 }
 
