@@ -309,3 +309,72 @@ fn enter_on_the_log_opens_the_event_with_every_field() {
     app.update(Action::Back);
     assert!(!text(&render(&app, 80, 24)).contains("Event (Esc closes)"));
 }
+
+/// Values no sane recorder sends, but a broken or hostile peer might:
+/// nothing of it may panic or reach the terminal raw.
+fn hostile_snapshot() -> Snapshot {
+    let mut s = snapshot_with_deadlock(true);
+    s.started_ns = u64::MAX - 5;
+    s.now_ns = 3;
+    s.session_name = "名前🦀".repeat(50);
+    s.rate_1s.events_per_s = f64::NAN;
+    s.rate_1s.messages_per_s = f64::INFINITY;
+    s.rate_1s.bytes_per_s = -1.0;
+    s.totals.drops = u64::MAX;
+    s.drops[0].count = u64::MAX;
+    for sec in &mut s.seconds {
+        sec.messages = u64::MAX - sec.start_ns % 7;
+    }
+    for c in &mut s.channels {
+        c.senders.clear();
+        c.receivers = vec![u32::MAX; 40];
+        c.messages = u64::MAX;
+        c.rate_10s.messages_per_s = f64::NEG_INFINITY;
+        c.latency.session.max = u64::MAX;
+        c.latency.histogram.iter_mut().for_each(|b| {
+            b.count = u64::MAX;
+            b.upper_ns = u64::MAX;
+        });
+        for m in &mut c.recent {
+            m.sent_ns = u64::MAX;
+            m.latency_ns = u64::MAX;
+            m.payload = Some(vec![0xff; 10_000]);
+        }
+    }
+    s.channels[0].recent.clear();
+    s.channels[1].latency.histogram.clear();
+    s.deadlocks[0].cycle.clear();
+    s.deadlocks[0].detected_ns = u64::MAX;
+    s.waits[0].latency.histogram.clear();
+    s.signals[0].signo = u32::MAX;
+    for e in &mut s.recent_events {
+        e.comm = "\u{202e}🦀\u{0}".repeat(20);
+        e.ts_ns = 0;
+        e.result = i64::MIN;
+        e.duration_ns = Some(u64::MAX);
+    }
+    s
+}
+
+#[test]
+fn a_hostile_snapshot_renders_everywhere_without_panicking() {
+    let mut app = live(hostile_snapshot());
+    for screen in Screen::ALL {
+        for enter in [false, true] {
+            app.update(Action::GoTo(screen));
+            if enter {
+                app.update(Action::Enter);
+            }
+            for (w, h) in [(1, 1), (10, 3), (80, 24), (250, 80)] {
+                let buf = render(&app, w, h);
+                assert!(!text(&buf).contains('\0'), "{screen:?} {w}x{h}");
+            }
+            app.update(Action::Back);
+        }
+    }
+    app.update(Action::ToggleHelp);
+    render(&app, 80, 24);
+    let mut replay = App::replay((u64::MAX, 0));
+    replay.set_replay_snapshot(u64::MAX, hostile_snapshot());
+    render(&replay, 80, 24);
+}
