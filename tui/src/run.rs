@@ -1,0 +1,290 @@
+//! The run loop: feed -> [`App`] -> draw, at a steady redraw rate, with
+//! keys read in between. [`run_live`] and [`run_replay`] set up the real
+//! terminal around [`drive`], which works on any backend (the tests use
+//! ratatui's `TestBackend`).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ipc_events::live::{Frame, Snapshot};
+use ratatui::backend::{Backend, CrosstermBackend};
+use ratatui::crossterm::event::{self, Event as TermEvent, KeyEvent};
+use ratatui::Terminal;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::SigId;
+
+use crate::action::{map_key, Action};
+use crate::app::App;
+use crate::term::TerminalGuard;
+use crate::ui;
+
+/// How the dashboard runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Time between redraws; 50 ms (20 Hz) by default.
+    pub redraw: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            redraw: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A recorded session the dashboard can show at any moment of.
+pub trait ReplaySource {
+    /// The session's first and last timestamps (monotonic ns).
+    fn span(&self) -> (u64, u64);
+    /// The session's state as of `t_ns`, as the live feed would have shown
+    /// it then.
+    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot>;
+}
+
+/// Where the dashboard's state comes from; one step per frame.
+pub trait Feed {
+    /// Brings `app` up to date; an error ends the dashboard.
+    fn pump(&mut self, app: &mut App) -> anyhow::Result<()>;
+}
+
+/// The live feed: frames a caller's thread sends.
+pub struct LiveFeed {
+    frames: Receiver<Frame>,
+    closed: bool,
+}
+
+impl LiveFeed {
+    /// The longest one frame spends applying frames, so a feed faster than
+    /// the dashboard delays the next redraw by at most this much.
+    const BUDGET: Duration = Duration::from_millis(25);
+
+    /// A feed of the frames a caller's thread sends on `frames`.
+    pub fn new(frames: Receiver<Frame>) -> Self {
+        LiveFeed {
+            frames,
+            closed: false,
+        }
+    }
+}
+
+impl Feed for LiveFeed {
+    fn pump(&mut self, app: &mut App) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !self.closed && start.elapsed() < Self::BUDGET {
+            match self.frames.try_recv() {
+                Ok(frame) => app.on_frame(frame)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    app.on_feed_closed();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A replay: moves the cursor with the wall clock and loads the state at it.
+pub struct ReplayFeed<S> {
+    source: S,
+    last: Instant,
+}
+
+impl<S: ReplaySource> ReplayFeed<S> {
+    /// A replay of `source`.
+    pub fn new(source: S) -> Self {
+        ReplayFeed {
+            source,
+            last: Instant::now(),
+        }
+    }
+
+    /// The source replayed.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+}
+
+impl<S: ReplaySource> Feed for ReplayFeed<S> {
+    fn pump(&mut self, app: &mut App) -> anyhow::Result<()> {
+        let now = Instant::now();
+        app.tick(now - self.last);
+        self.last = now;
+        if let Some(t) = app.replay_wants() {
+            match self.source.snapshot_at(t) {
+                Ok(s) => app.set_replay_snapshot(t, s),
+                Err(e) => app.set_replay_error(t, &e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the user did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A key was pressed.
+    Key(KeyEvent),
+    /// The terminal changed size (or something else worth a redraw).
+    Redraw,
+    /// A signal asked the program to end.
+    Quit,
+}
+
+/// Where keys come from.
+pub trait Inputs {
+    /// The next input, waiting at most `timeout`.
+    fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Input>>;
+}
+
+/// The real terminal's keyboard, and the signals that ask a program to
+/// end: SIGTERM, SIGHUP, SIGQUIT and a SIGINT sent with `kill` (raw mode
+/// makes Ctrl-C a key). Each becomes [`Input::Quit`], so the dashboard
+/// ends through its normal path and the terminal is restored; without
+/// this their default action would kill the process in raw mode.
+pub struct TerminalInputs {
+    stop: Arc<AtomicBool>,
+    handlers: Vec<SigId>,
+}
+
+impl TerminalInputs {
+    /// Signals that end the dashboard.
+    pub const SIGNALS: [i32; 4] = [SIGTERM, SIGHUP, SIGQUIT, SIGINT];
+
+    /// Starts listening for the quitting signals, until dropped.
+    pub fn new() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handlers = Self::SIGNALS
+            .iter()
+            .map(|&sig| {
+                signal_hook::flag::register(sig, Arc::clone(&stop))
+                    .with_context(|| format!("handling signal {sig}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(TerminalInputs { stop, handlers })
+    }
+}
+
+impl Drop for TerminalInputs {
+    fn drop(&mut self) {
+        // Give the signals back to whoever handled them before (or to
+        // their default action) once the dashboard is gone.
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+impl Inputs for TerminalInputs {
+    fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Input>> {
+        // Taken, not just read: each signal asks once.
+        if self.stop.swap(false, Ordering::Relaxed) {
+            return Ok(Some(Input::Quit));
+        }
+        if !event::poll(timeout).context("polling the terminal for input")? {
+            return Ok(None);
+        }
+        Ok(match event::read().context("reading terminal input")? {
+            TermEvent::Key(k) => Some(Input::Key(k)),
+            _ => Some(Input::Redraw),
+        })
+    }
+}
+
+/// Shows a live recording: `frames` come from a thread the caller owns
+/// (which ends the feed by sending [`Frame::End`] or dropping its sender).
+/// Returns when the user quits, or with an error for a feed it cannot show.
+pub fn run_live(frames: Receiver<Frame>, opts: Options) -> anyhow::Result<()> {
+    on_terminal(App::live(), &mut LiveFeed::new(frames), opts)
+}
+
+/// Replays a recorded session from `source`, with the timeline.
+pub fn run_replay(source: impl ReplaySource, opts: Options) -> anyhow::Result<()> {
+    let app = App::replay(source.span());
+    on_terminal(app, &mut ReplayFeed::new(source), opts)
+}
+
+fn on_terminal(mut app: App, feed: &mut impl Feed, opts: Options) -> anyhow::Result<()> {
+    let _guard = TerminalGuard::enter(io::stdout()).context("setting up the terminal")?;
+    let mut terminal =
+        Terminal::new(CrosstermBackend::new(io::stdout())).context("setting up the terminal")?;
+    let mut inputs = TerminalInputs::new()?;
+    drive(&mut terminal, &mut app, feed, &mut inputs, &opts)
+}
+
+/// The loop: pump the feed, draw, wait for keys until the next redraw;
+/// until the user quits.
+pub fn drive<B>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    feed: &mut impl Feed,
+    inputs: &mut impl Inputs,
+    opts: &Options,
+) -> anyhow::Result<()>
+where
+    B: Backend,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    loop {
+        let started = Instant::now();
+        feed.pump(app)?;
+        let size = terminal.size().context("reading the terminal size")?;
+        app.set_page(ui::page_rows(size.height, app.timeline().is_some()));
+        terminal
+            .draw(|f| ui::draw(f, app))
+            .context("drawing the dashboard")?;
+        // A frame's cost is taking in the feed and drawing it.
+        app.frame_times.record(started.elapsed());
+        let deadline = started + opts.redraw;
+        let mut timeout = deadline.saturating_duration_since(Instant::now());
+        // Take every key that arrives before the deadline; after one, only
+        // those already waiting, so the screen answers at once.
+        while let Some(input) = inputs.next(timeout)? {
+            match input {
+                Input::Key(key) => {
+                    if let Some(action) = map_key(key, app.key_context()) {
+                        app.update(action);
+                    }
+                }
+                Input::Quit => app.update(Action::Quit),
+                Input::Redraw => {}
+            }
+            if app.should_quit() {
+                break;
+            }
+            timeout = Duration::ZERO;
+        }
+        if app.should_quit() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_termination_signal_becomes_a_quit() {
+        let mut inputs = TerminalInputs::new().unwrap();
+        for sig in [SIGTERM, SIGHUP] {
+            // SAFETY: raise only delivers a signal to this thread; the
+            // handler registered above only sets a flag.
+            assert_eq!(unsafe { libc::raise(sig) }, 0);
+            assert_eq!(
+                inputs.next(Duration::ZERO).unwrap(),
+                Some(Input::Quit),
+                "signal {sig}"
+            );
+            assert!(
+                !inputs.stop.load(Ordering::Relaxed),
+                "one signal, one quit: the loop must not spin on it"
+            );
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Signals: who signalled whom, with what, how often and how fast.
+
+use ratatui::layout::{Constraint, Rect};
+use ratatui::widgets::Row;
+use ratatui::Frame;
+
+use super::channels::who;
+use super::{block, header, TableView};
+use crate::app::{App, Screen};
+use crate::format;
+
+pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let rows = app.signal_rows();
+    let comms = app.comms();
+    TableView {
+        block: block(format!(
+            "Signals by sender, target and number: {}",
+            rows.len()
+        )),
+        head: header(&[
+            "From", "To", "Signal", "count", "deliv", "p50", "p99", "max",
+        ]),
+        widths: &[
+            Constraint::Min(12),
+            Constraint::Min(12),
+            Constraint::Length(10),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ],
+        len: rows.len(),
+        selected: Some(app.selected(Screen::Signals)),
+    }
+    .render(frame, area, |i| {
+        let g = rows[i];
+        Row::new(vec![
+            who(&comms, g.sender_pid),
+            who(&comms, g.target_pid),
+            format::signal(g.signo),
+            format::count(g.count),
+            format::count(g.delivered),
+            format::duration_ns(g.latency.p50),
+            format::duration_ns(g.latency.p99),
+            format::duration_ns(g.latency.max),
+        ])
+    });
+}

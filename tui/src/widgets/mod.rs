@@ -1,0 +1,5 @@
+//! Widgets of our own, one per file: the ones ratatui does not have.
+
+pub mod cycle;
+pub mod histogram;
+pub mod timeline;
