@@ -572,7 +572,7 @@ mod tests {
             matches!(
                 subscribe_to(huge),
                 LiveError::Frame {
-                    source: FrameError::TooLarge(_),
+                    error: FrameError::TooLarge(_),
                     ..
                 }
             ),
@@ -582,7 +582,7 @@ mod tests {
         assert!(matches!(
             subscribe_to(garbage),
             LiveError::Frame {
-                source: FrameError::Malformed(_),
+                error: FrameError::Malformed(_),
                 ..
             }
         ));
