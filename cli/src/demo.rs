@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use ipc_lib::channel::{Mode, Receiver, RecvError, SendError, Sender, WhenFull};
+use ipc_lib::rpc::{CallError, Client, Server};
+use ipc_lib::signal::{self, SignalError, Signals, SIGUSR1};
+use ipc_lib::socket::{SocketReceiver, SocketSender};
+use ipc_lib::transport::{MessageReceiver, MessageSender};
+use ipc_lib::{Region, Semaphore};
 
 /// One process of the workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -23,10 +28,48 @@ pub enum Role {
     Producer,
     /// Takes jobs from the job channel.
     Consumer,
+    /// Sends status updates over a Unix-socket channel.
+    Reporter,
+    /// Collects the status updates.
+    Collector,
+    /// Answers requests (request/response over a socket).
+    Server,
+    /// Calls the server.
+    Client,
+    /// Increments a shared counter under a semaphore.
+    Counter,
+    /// Waits for signals.
+    Listener,
+    /// Signals the listener.
+    Signaller,
+    /// Takes lock A, then lock B.
+    LockerA,
+    /// Takes lock B, then lock A: with `LockerA`, a deadlock.
+    LockerB,
 }
 
-/// What the conductor starts: two producers feeding one consumer.
-const ROLES: &[Role] = &[Role::Consumer, Role::Producer, Role::Producer];
+/// What the conductor starts, in order: whoever creates an object comes
+/// before those that open it.
+const ROLES: &[Role] = &[
+    Role::Consumer,
+    Role::Producer,
+    Role::Producer,
+    Role::Collector,
+    Role::Reporter,
+    Role::Server,
+    Role::Client,
+    Role::Counter,
+    Role::Counter,
+    Role::Counter,
+    Role::Listener,
+    Role::Signaller,
+];
+
+/// Added with `--deadlock`.
+const DEADLOCKERS: &[Role] = &[Role::LockerA, Role::LockerB];
+
+/// Every shared-memory object the demo creates, removed when it ends.
+const SHM_OBJECTS: &[&str] = &["jobs", "counter", "counter-lock", "lock-a", "lock-b"];
 
 /// Set by SIGTERM/SIGINT: time to stop.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -54,21 +97,28 @@ fn name(demo: u32, object: &str) -> String {
 }
 
 /// Runs the conductor: every role, until stopped or `duration` is up.
-pub fn conduct(duration: Option<Duration>) -> Result<ExitCode> {
+pub fn conduct(duration: Option<Duration>, deadlock: bool) -> Result<ExitCode> {
     install_stop_handlers();
     let demo = std::process::id();
     let exe = std::env::current_exe().context("finding the ipcscope executable")?;
-    // The consumer creates the job channel; the producers retry opening it.
     let mut children: Vec<(Role, Child)> = Vec::new();
-    for &role in ROLES {
-        let child = Command::new(&exe)
+    let roles = ROLES.iter().chain(if deadlock { DEADLOCKERS } else { &[] });
+    for &role in roles {
+        let mut command = Command::new(&exe);
+        command
             .arg("__demo-role")
-            .arg(
-                role.to_possible_value()
-                    .expect("roles have names")
-                    .get_name(),
-            )
-            .arg(demo.to_string())
+            .arg(role_name(role))
+            .arg(demo.to_string());
+        if role == Role::Signaller {
+            // The listener was started just before it.
+            let listener = children
+                .iter()
+                .find(|(r, _)| *r == Role::Listener)
+                .map(|(_, c)| c.id())
+                .context("the signaller needs its listener")?;
+            command.arg(listener.to_string());
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting the demo's {role:?}"))?;
         children.push((role, child));
@@ -88,46 +138,65 @@ pub fn conduct(duration: Option<Duration>) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for (_, child) in &mut children {
+    for (role, child) in &mut children {
+        // Deadlocked processes cannot act on a polite request.
+        let signal = match role {
+            Role::LockerA | Role::LockerB => libc::SIGKILL,
+            _ => libc::SIGTERM,
+        };
         // SAFETY: kill has no memory effects; the pid is our unreaped child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
     for (role, child) in &mut children {
         let status = child.wait()?;
-        if !status.success() && failed.is_empty() {
+        let deadlocked = matches!(role, Role::LockerA | Role::LockerB);
+        if !status.success() && !deadlocked && failed.is_empty() {
             failed.push(format!("{role:?} exited with {status}"));
         }
     }
-    let _ = ipc_lib::channel::remove(&name(demo, "jobs"));
+    for object in SHM_OBJECTS {
+        let _ = ipc_lib::remove(&name(demo, object));
+    }
     if !failed.is_empty() {
         bail!("the demo workload failed: {}", failed.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn role_name(role: Role) -> String {
+    role.to_possible_value()
+        .expect("roles have names")
+        .get_name()
+        .to_owned()
+}
+
 /// Runs one role until the conductor stops it.
-pub fn play(role: Role, demo: u32) -> Result<()> {
+pub fn play(role: Role, demo: u32, peer: Option<u32>) -> Result<()> {
     install_stop_handlers();
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    // Named after the role, so every view of the demo tells them apart.
-    let comm = std::ffi::CString::new(format!(
-        "demo-{}",
-        role.to_possible_value()
-            .expect("roles have names")
-            .get_name()
-    ))
-    .expect("role names have no NUL");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel keeps
-    // its first 15 bytes).
-    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     if std::os::unix::process::parent_id() != demo {
         // The conductor died before we set the flag.
         return Ok(());
     }
+    // Named after the role, so every view of the demo tells them apart.
+    let comm = std::ffi::CString::new(format!("demo-{}", role_name(role)))
+        .expect("role names have no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel keeps
+    // its first 15 bytes).
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     match role {
         Role::Producer => producer(demo),
         Role::Consumer => consumer(demo),
+        Role::Reporter => reporter(demo),
+        Role::Collector => collector(demo),
+        Role::Server => server(demo),
+        Role::Client => client(demo),
+        Role::Counter => counter(demo),
+        Role::Listener => listener(),
+        Role::Signaller => signaller(peer.context("the signaller needs the listener's pid")?),
+        Role::LockerA => locker(demo, "lock-a", "lock-b"),
+        Role::LockerB => locker(demo, "lock-b", "lock-a"),
     }
 }
 
@@ -162,15 +231,172 @@ fn consumer(demo: u32) -> Result<()> {
         .max_message_size(4096)
         .create()
         .with_context(|| format!("creating the job channel {name}"))?;
+    drain(&mut rx, "a job")
+}
+
+/// Status updates over a socket channel: a steady trickle.
+fn reporter(demo: u32) -> Result<()> {
+    let name = name(demo, "status");
+    let mut tx = retry_open(|| SocketSender::builder(&name).open())?;
+    let mut n: u64 = 0;
+    while !stopping() {
+        let update = format!("status {n}: all good");
+        match tx.send(update.as_bytes()) {
+            Ok(_) => n += 1,
+            Err(SendError::Disconnected) if stopping() => return Ok(()),
+            Err(e) => return Err(e).context("sending a status update"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn collector(demo: u32) -> Result<()> {
+    let name = name(demo, "status");
+    let mut rx = SocketReceiver::builder(&name)
+        .create()
+        .with_context(|| format!("creating the status channel {name}"))?;
+    drain(&mut rx, "a status update")
+}
+
+/// Receives until stopped; the senders leaving first is how a demo ends.
+fn drain(rx: &mut impl MessageReceiver, what: &str) -> Result<()> {
     while !stopping() {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(_) | Err(RecvError::Timeout) => {}
-            // The producers stopped first: they were told to at the same
-            // moment, and a failing one says so through its own status.
             Err(RecvError::Disconnected) => return Ok(()),
-            Err(e) => return Err(e).context("receiving a job"),
+            Err(e) => return Err(e).with_context(|| format!("receiving {what}")),
         }
     }
+    Ok(())
+}
+
+/// Squares numbers, slowly enough to show in the latency.
+fn server(demo: u32) -> Result<()> {
+    let name = name(demo, "squares");
+    let mut server = Server::builder(&name)
+        .create()
+        .with_context(|| format!("creating the rpc server {name}"))?;
+    while !stopping() {
+        let request = match server.next_request(Some(Duration::from_millis(100))) {
+            Ok(r) => r,
+            Err(RecvError::Timeout | RecvError::Disconnected) => continue,
+            Err(e) => return Err(e).context("taking a request"),
+        };
+        let x: u64 = request.value().context("decoding a request")?;
+        server
+            .reply_value(&request, &x.wrapping_mul(x))
+            .context("replying")?;
+    }
+    Ok(())
+}
+
+fn client(demo: u32) -> Result<()> {
+    let name = name(demo, "squares");
+    let mut client = retry_open(|| Client::connect(&name))?;
+    let mut x: u64 = 0;
+    while !stopping() {
+        match client.call_value::<u64, u64>(&x, Duration::from_secs(2)) {
+            Ok(y) if y == x.wrapping_mul(x) => x += 1,
+            Ok(y) => bail!("asked for {x} squared, got {y}"),
+            Err(CallError::Disconnected) if stopping() => return Ok(()),
+            Err(e) => return Err(e).context("calling the server"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// A read-modify-write of a shared counter that only the lock makes exact.
+fn counter(demo: u32) -> Result<()> {
+    let region = retry_open(|| {
+        Region::builder(name(demo, "counter"))
+            .size(8)
+            .open_or_create()
+    })?;
+    let lock = retry_open(|| {
+        Semaphore::builder(name(demo, "counter-lock"))
+            .initial(1)
+            .open_or_create()
+    })?;
+    while !stopping() {
+        let held = lock
+            .wait_timeout(Duration::from_millis(100))
+            .map_err(|e| anyhow::anyhow!("taking the counter lock: {e}"));
+        let held = match held {
+            Ok(permit) => permit,
+            Err(_) if stopping() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let n: u64 = region.read_value(0).context("reading the counter")?;
+        // Hold the lock a little, so the others wait for it.
+        std::thread::sleep(Duration::from_micros(200));
+        region
+            .write_value(0, n + 1)
+            .context("writing the counter")?;
+        drop(held);
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    Ok(())
+}
+
+fn listener() -> Result<()> {
+    let mut signals = Signals::new(&[SIGUSR1]).context("listening for SIGUSR1")?;
+    while !stopping() {
+        match signals.recv_timeout(Duration::from_millis(100)) {
+            Ok(_) | Err(SignalError::Timeout) => {}
+            Err(e) => return Err(e).context("waiting for a signal"),
+        }
+    }
+    Ok(())
+}
+
+fn signaller(listener: u32) -> Result<()> {
+    // SIGUSR1 kills a process that does not catch it yet: wait until the
+    // listener's handler is in place.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !catches(listener, libc::SIGUSR1) {
+        if stopping() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the listener (pid {listener}) never started catching SIGUSR1");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    while !stopping() {
+        signal::send(listener, SIGUSR1).context("signalling the listener")?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Whether process `pid` has a handler for `signo` (its `SigCgt` mask).
+fn catches(pid: u32, signo: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signo - 1)) != 0)
+}
+
+/// Takes `first`, waits for the other locker to take its own, then takes
+/// `second`: in opposite orders, the two never get past this.
+fn locker(demo: u32, first: &str, second: &str) -> Result<()> {
+    let open = |object: &str| {
+        retry_open(|| {
+            Semaphore::builder(name(demo, object))
+                .initial(1)
+                .open_or_create()
+        })
+    };
+    let (first, second) = (open(first)?, open(second)?);
+    let _holding = first.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let _both = second.wait();
     Ok(())
 }
 

@@ -2,14 +2,14 @@
 //! the `collector` (and later `tui`) libraries, where it is tested.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use collector::query::Table;
-use collector::record::{record, RecordOptions, RecordOutcome};
+use collector::record::{record, record_with, RecordControl, RecordOptions, RecordOutcome};
 use collector::report;
 use collector::store::{default_db_path, OpenMode, SessionId, Store};
 
@@ -44,18 +44,37 @@ enum Command {
     /// Check what this machine allows: privileges, BPF, BTF, tracefs,
     /// tracepoints, uprobes. Exits non-zero if recording with eBPF cannot work.
     Doctor,
-    /// Record a built-in multi-process workload on ipc-lib: producers and a
-    /// consumer on a shared-memory channel (more roles as ipc-lib grows).
+    /// The dashboard: a running recording of the database, live; else a
+    /// recorded session, replayed with a timeline.
+    Tui(TuiArgs),
+    /// Record a built-in multi-process workload on ipc-lib and watch it on
+    /// the dashboard: producers and a consumer on a shared-memory channel, a
+    /// socket channel, an RPC pair, a semaphore-guarded counter, signals
+    /// and, with --deadlock, two processes that deadlock.
     Demo(DemoArgs),
     /// The demo's conductor (started by `demo`; not for direct use).
     #[command(name = "__demo", hide = true)]
     DemoConductor {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
+        #[arg(long)]
+        deadlock: bool,
     },
     /// One process of the demo (started by the conductor).
     #[command(name = "__demo-role", hide = true)]
-    DemoRole { role: demo::Role, demo: u32 },
+    DemoRole {
+        role: demo::Role,
+        demo: u32,
+        peer: Option<u32>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct TuiArgs {
+    #[command(flatten)]
+    db: DbArg,
+    #[command(flatten)]
+    session: SessionArg,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +87,14 @@ struct DemoArgs {
     /// Do not load the eBPF probes (they are used when the privileges allow).
     #[arg(long)]
     no_ebpf: bool,
+    /// Add two processes that take two semaphores in opposite orders and
+    /// deadlock.
+    #[arg(long)]
+    deadlock: bool,
+    /// No dashboard: print the report when the demo ends (the default when
+    /// stdout is not a terminal).
+    #[arg(long)]
+    no_tui: bool,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +130,10 @@ struct RecordArgs {
     /// itself is seen, not its descendants).
     #[arg(long)]
     no_ebpf: bool,
+    /// Watch the recording on the dashboard while it runs. The command's
+    /// output goes to a file beside the database, named on exit.
+    #[arg(long)]
+    tui: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -210,9 +241,11 @@ fn main() -> ExitCode {
         .init();
     // The demo's own processes are plain ipc-lib programs: no runtime.
     let command = match cli.command {
-        Command::DemoConductor { duration } => return exit_with(demo::conduct(duration)),
-        Command::DemoRole { role, demo } => {
-            return exit_with(demo::play(role, demo).map(|()| ExitCode::SUCCESS))
+        Command::DemoConductor { duration, deadlock } => {
+            return exit_with(demo::conduct(duration, deadlock))
+        }
+        Command::DemoRole { role, demo, peer } => {
+            return exit_with(demo::play(role, demo, peer).map(|()| ExitCode::SUCCESS))
         }
         other => other,
     };
@@ -236,9 +269,92 @@ fn exit_with(result: Result<ExitCode>) -> ExitCode {
     }
 }
 
+/// Where a recording shown on the dashboard puts its command's output.
+fn output_log(db: &std::path::Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".output.log");
+    db.with_file_name(name)
+}
+
+/// Records with the dashboard showing the live feed; quitting the
+/// dashboard ends the recording (the command gets SIGTERM).
+async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
+    let output = options.output.clone();
+    let (ready, socket) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let control = RecordControl {
+        live_ready: Some(ready),
+        stop: Some(stopped),
+    };
+    let recording = tokio::spawn(record_with(options, control));
+    let shown = match socket.await {
+        Ok(socket) => {
+            let feed = collector::live::Subscription::connect(&socket)?;
+            dashboard_live(feed).await
+        }
+        // It failed before serving anything: its error says why.
+        Err(_) => Ok(()),
+    };
+    let _ = stop.send(true);
+    let outcome = recording.await.context("the recorder panicked")??;
+    shown?;
+    summarise(&outcome);
+    if let Some(path) = output {
+        eprintln!("ipcscope: the command's output is in {}", path.display());
+    }
+    Ok(outcome)
+}
+
+/// The dashboard on a live feed, until the user quits.
+async fn dashboard_live(mut feed: collector::live::Subscription) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The subscription already read the hello; the dashboard checks it too.
+    let hello = ipc_events::live::Frame::Hello {
+        version: ipc_events::live::PROTOCOL_VERSION,
+        session_id: feed.session_id(),
+    };
+    let _ = tx.send(hello);
+    // Blocked on the socket until the recording ends; it is not waited for,
+    // so quitting the dashboard never waits on the recorder.
+    std::thread::spawn(move || {
+        while let Ok(Some(frame)) = feed.next_frame() {
+            if tx.send(frame).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || tui::run_live(rx, tui::Options::default()))
+        .await
+        .context("the dashboard panicked")?
+}
+
+/// A recorded session for the dashboard's timeline.
+struct DbReplay {
+    replay: collector::replay::Replay,
+    runtime: tokio::runtime::Handle,
+}
+
+impl tui::ReplaySource for DbReplay {
+    fn span(&self) -> (u64, u64) {
+        let info = self.replay.info();
+        (info.start_ns, info.end_ns)
+    }
+
+    fn snapshot_at(&mut self, t_ns: u64) -> Result<ipc_events::live::Snapshot> {
+        // The dashboard runs on a blocking thread, where waiting on the
+        // runtime is allowed.
+        Ok(self.runtime.block_on(self.replay.snapshot_at(t_ns))?)
+    }
+}
+
 /// Records, then says on stderr what was stored and what was lost.
 async fn record_and_summarise(options: RecordOptions) -> Result<RecordOutcome> {
     let outcome = record(options).await?;
+    summarise(&outcome);
+    Ok(outcome)
+}
+
+fn summarise(outcome: &RecordOutcome) {
     tracing::info!(?outcome, "recorded");
     let dropped = if outcome.drops.is_empty() {
         "nothing dropped".to_owned()
@@ -254,21 +370,24 @@ async fn record_and_summarise(options: RecordOptions) -> Result<RecordOutcome> {
         "ipcscope: session {} recorded: {} events, {dropped}",
         outcome.session.0, outcome.writer.events,
     );
-    Ok(outcome)
 }
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Record(args) => {
-            let outcome = record_and_summarise(RecordOptions {
-                db: args.db.path()?,
+            let db = args.db.path()?;
+            let options = RecordOptions {
+                output: args.tui.then(|| output_log(&db)),
+                db,
                 name: args.name,
                 command: args.command,
                 ebpf: !args.no_ebpf,
                 ebpf_optional: false,
-                output: None,
-            })
-            .await?;
+            };
+            let outcome = match args.tui {
+                true => record_on_dashboard(options).await?,
+                false => record_and_summarise(options).await?,
+            };
             // Exit statuses are 0-255; 128+N for signals already fits.
             Ok(ExitCode::from(outcome.exit_status.clamp(0, 255) as u8))
         }
@@ -278,8 +397,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             if let Some(d) = args.duration {
                 command.push(format!("--duration={}", humantime::format_duration(d)).into());
             }
+            if args.deadlock {
+                command.push("--deadlock".into());
+            }
             let db = args.db.path()?;
-            let outcome = record_and_summarise(RecordOptions {
+            let dashboard = !args.no_tui && io::stdout().is_terminal();
+            let options = RecordOptions {
+                output: dashboard.then(|| output_log(&db)),
                 db: db.clone(),
                 name: Some("demo".to_owned()),
                 command,
@@ -287,13 +411,46 @@ async fn run(command: Command) -> Result<ExitCode> {
                 // The demo is about ipc-lib: without privileges it still
                 // shows everything but the kernel's view.
                 ebpf_optional: true,
-                output: None,
-            })
-            .await?;
-            let store = Store::open(&db, OpenMode::Existing).await?;
-            let report = report::build(&mut store.read_only().await?, outcome.session).await?;
-            write_stdout(report.to_text().as_bytes())?;
+            };
+            let outcome = match dashboard {
+                true => record_on_dashboard(options).await?,
+                false => {
+                    let outcome = record_and_summarise(options).await?;
+                    let store = Store::open(&db, OpenMode::Existing).await?;
+                    let report =
+                        report::build(&mut store.read_only().await?, outcome.session).await?;
+                    write_stdout(report.to_text().as_bytes())?;
+                    outcome
+                }
+            };
             Ok(ExitCode::from(outcome.exit_status.clamp(0, 255) as u8))
+        }
+        Command::Tui(args) => {
+            let store = args.db.open().await?;
+            if let Some((_, socket)) = store
+                .live_socket(args.session.session.map(SessionId))
+                .await?
+            {
+                match collector::live::Subscription::connect(&socket) {
+                    Ok(feed) => {
+                        store.close().await;
+                        return dashboard_live(feed).await.map(|()| ExitCode::SUCCESS);
+                    }
+                    // The recorder was killed: its session is replayed.
+                    Err(collector::live::LiveError::NotLive { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let session = args.session.resolve(&store).await?;
+            let replay = collector::replay::Replay::open(store, session).await?;
+            let source = DbReplay {
+                replay,
+                runtime: tokio::runtime::Handle::current(),
+            };
+            tokio::task::spawn_blocking(move || tui::run_replay(source, tui::Options::default()))
+                .await
+                .context("the dashboard panicked")??;
+            Ok(ExitCode::SUCCESS)
         }
         Command::DemoConductor { .. } | Command::DemoRole { .. } => {
             unreachable!("the demo's processes are dispatched before the runtime starts")

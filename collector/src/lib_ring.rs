@@ -443,7 +443,9 @@ async fn pump(
             events.push(drop_event(pid, drop_source::DECODE, 1));
             last = true;
         }
-        let gone = last && !*stop.borrow();
+        // Gone when its socket says so, even if the recording is stopping
+        // at the same moment (its end may be why it stops).
+        let gone = last && matches!(stream.try_read(&mut eof), Ok(0));
         if gone && report_exits {
             events.push(Event::new(
                 monotonic_ns(),

@@ -320,7 +320,7 @@ async fn analyse(
             match change {
                 DeadlockChange::Detected(d) => {
                     let cycle = serde_json::to_string(&d.cycle)?;
-                    tracing::warn!(cycle = %cycle, "deadlock detected");
+                    tracing::info!(cycle = %cycle, "deadlock detected");
                     let row = store
                         .insert_deadlock(session, d.detected_ns, &cycle)
                         .await?;

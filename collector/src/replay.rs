@@ -3,7 +3,8 @@
 //!
 //! The database holds every event with its `channels.id` and every paired
 //! message, which is what the writer handed the analysis
-//! ([`Committed`]); [`load`] reads one time slice of that back.
+//! ([`Committed`]); [`load`] reads one time slice of that back, and
+//! [`Replay`] feeds it to a fresh analysis up to any moment.
 
 use std::collections::HashMap;
 
@@ -11,8 +12,11 @@ use futures_util::TryStreamExt;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::{Row, SqliteConnection};
 
+use ipc_events::live::Snapshot;
+
+use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side};
-use crate::store::{Committed, SessionId, StoreError};
+use crate::store::{Committed, SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,4 +193,75 @@ pub async fn load(
         )
         .collect();
     Ok(batch)
+}
+
+/// How far the analysis is fed per step: deadlocks are confirmed at step
+/// boundaries, so this is how late a replay may show one.
+const STEP_NS: u64 = 100_000_000;
+
+/// A recorded session, analysed up to any moment: what the dashboard's
+/// timeline shows. Moving forward feeds what happened since; moving back
+/// starts the analysis over (it holds no history to rewind).
+pub struct Replay {
+    store: Store,
+    info: SessionInfo,
+    names: Names,
+    analyzer: Analyzer,
+    /// Everything before this has been fed.
+    fed_ns: u64,
+}
+
+impl Replay {
+    pub async fn open(store: Store, session: SessionId) -> Result<Replay, StoreError> {
+        let mut conn = store.read_only().await?;
+        let info = session_info(&mut conn, session).await?;
+        let names = Names::load(&mut conn, session).await?;
+        Ok(Replay {
+            analyzer: fresh_analyzer(&info),
+            fed_ns: info.start_ns,
+            store,
+            info,
+            names,
+        })
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// The session's state as of `t_ns` (clamped to the session).
+    pub async fn snapshot_at(&mut self, t_ns: u64) -> Result<Snapshot, StoreError> {
+        let t = t_ns.clamp(self.info.start_ns, self.info.end_ns);
+        if t < self.fed_ns {
+            self.analyzer = fresh_analyzer(&self.info);
+            self.fed_ns = self.info.start_ns;
+        }
+        // Up to and including t: the session's last event is at end_ns.
+        let until = t + 1;
+        let mut conn = self.store.read_only().await?;
+        while self.fed_ns < until {
+            let to = (self.fed_ns + STEP_NS).min(until);
+            let batch = load(&mut conn, self.info.id, &self.names, self.fed_ns, to).await?;
+            self.analyzer.committed(
+                batch.events,
+                &batch.channel_ids,
+                &batch.messages,
+                batch.ingest_dropped,
+            );
+            self.analyzer.tick(to);
+            self.fed_ns = to;
+        }
+        let mut snapshot = self.analyzer.snapshot(t);
+        snapshot.live = false;
+        Ok(snapshot)
+    }
+}
+
+fn fresh_analyzer(info: &SessionInfo) -> Analyzer {
+    Analyzer::new(
+        info.id.0,
+        info.name.clone(),
+        info.start_ns,
+        AnalyzerConfig::default(),
+    )
 }
