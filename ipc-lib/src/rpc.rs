@@ -246,13 +246,14 @@ impl Server {
             reply_to: request.id,
         };
         let max = self.socket.max_message_size();
+        let sent_ns = trace::now_if_enabled();
         conn.send_frame(head, body, wait, max)?;
         trace_reply(
             EventKind::MsgSend,
             self.socket.name(),
             body.len(),
-            id,
-            request.id,
+            (id, request.id),
+            sent_ns,
         );
         Ok(id)
     }
@@ -447,11 +448,13 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn trace_reply(kind: EventKind, name: &str, size: usize, id: u64, request: u64) {
+/// Traces a reply `(id, request id)`; `ts_ns` as [`Op::ts_ns`].
+fn trace_reply(kind: EventKind, name: &str, size: usize, (id, request): (u64, u64), ts_ns: u64) {
     trace::emit_op(Op {
         size: size as u64,
         msg_id: id,
         aux: request,
+        ts_ns,
         ..Op::new(kind, ChannelKind::IpclibChannel, name)
     });
 }
@@ -536,10 +539,14 @@ impl Client {
             msg_id: id,
             reply_to: 0,
         };
+        // Stamped before it is sent: the server may stamp its receive
+        // before this thread runs again.
+        let sent_ns = trace::now_if_enabled();
         self.conn.send_frame(head, request, wait, self.max)?;
         trace::emit_op(Op {
             size: request.len() as u64,
             msg_id: id,
+            ts_ns: sent_ns,
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)
@@ -575,8 +582,8 @@ impl Client {
                 EventKind::MsgRecv,
                 &self.name,
                 body.len(),
-                h.msg_id,
-                h.reply_to,
+                (h.msg_id, h.reply_to),
+                0,
             );
             if h.reply_to != id {
                 self.late += 1;

@@ -2,6 +2,7 @@
 //! files and, where the machine allows (CI runs as root), the real probes.
 
 mod bad_input;
+mod demo;
 mod ebpf_ipc;
 mod faults;
 mod lib_trace;

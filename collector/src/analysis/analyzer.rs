@@ -322,7 +322,10 @@ impl Analyzer {
                 self.wait_event(e, thread, id);
             }
             (EventKind::SignalGenerate, _, _) => self.signal_generated(e),
-            (EventKind::SignalDeliver, _, _) => self.signal_delivered(e),
+            // A handler running is a delivery, for sources that see no
+            // delivery (ipc-lib without the probes); after one, it pairs
+            // with nothing.
+            (EventKind::SignalDeliver | EventKind::SignalHandle, _, _) => self.signal_delivered(e),
             (EventKind::ProcessExit, _, _) => self.process_exited(e),
             (EventKind::Drop, _, _) => self.dropped(drop_name(e.aux), e.size),
             _ => {}

@@ -231,17 +231,29 @@ impl Writer {
                 }
                 // Every sender is gone: write what is left and stop.
                 Some(None) => {
-                    self.flush(&mut pending).await?;
+                    self.flush(&mut pending, true).await?;
                     return Ok(self.stats);
                 }
                 None => {}
             }
-            self.flush(&mut pending).await?;
-            deadline = None;
+            self.flush(&mut pending, false).await?;
+            // Events held back for ordering are written on the next round
+            // even if nothing else comes.
+            deadline = (!pending.is_empty()).then(|| Instant::now() + config.flush_interval);
         }
     }
 
-    async fn flush(&mut self, pending: &mut Vec<Event>) -> Result<(), StoreError> {
+    /// Writes what `pending` holds in time order, except (unless `last`)
+    /// events too recent to be sure nothing older is still on its way,
+    /// which stay in `pending`.
+    async fn flush(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
+        let held = hold_back(pending, last, crate::clock::monotonic_ns());
+        let result = self.write(pending).await;
+        pending.extend(held);
+        result
+    }
+
+    async fn write(&mut self, pending: &mut Vec<Event>) -> Result<(), StoreError> {
         let dropped = self.dropped.load(Ordering::Relaxed);
         let new_drops = dropped - self.dropped_stored;
         if pending.is_empty() && new_drops == 0 {
@@ -302,7 +314,10 @@ impl Writer {
                 EventKind::SignalGenerate => {
                     signal_generated(&mut tx, &mut self.signals, session, event).await?;
                 }
-                EventKind::SignalDeliver => {
+                // A handler running is a delivery for sources that see no
+                // delivery (ipc-lib alone); after a delivery it pairs with
+                // nothing.
+                EventKind::SignalDeliver | EventKind::SignalHandle => {
                     signal_delivered(&mut tx, &mut self.signals, event).await?;
                 }
                 EventKind::Drop => {
@@ -391,6 +406,27 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// How long an event is held back so that events from other sources that
+/// happened before it, but arrive later, are written (and paired) first.
+/// Each ipc-lib ring and the kernel ring is drained separately, every
+/// millisecond, so a signal's handling can arrive before its sending.
+const REORDER_NS: u64 = 10_000_000;
+/// Events stamped further than this in the future are not real times (a
+/// broken or hostile writer): holding them back would hold them forever.
+const FUTURE_NS: u64 = 1_000_000_000;
+
+/// Sorts `pending` by time and takes out the events to write later: those
+/// stamped within [`REORDER_NS`] of `now_ns` (none when `last`).
+fn hold_back(pending: &mut Vec<Event>, last: bool, now_ns: u64) -> Vec<Event> {
+    pending.sort_by_key(|e| e.ts_ns);
+    if last {
+        return Vec::new();
+    }
+    let from = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_sub(REORDER_NS));
+    let to = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_add(FUTURE_NS));
+    pending.drain(from..to).collect()
 }
 
 /// The arguments of one multi-row INSERT. Built directly and sized once:
@@ -798,6 +834,24 @@ mod tests {
         drop(ingest);
         writer.finish().await.unwrap();
         store
+    }
+
+    #[test]
+    fn recent_events_wait_for_their_elders_and_the_rest_go_in_time_order() {
+        let now = 100 * REORDER_NS;
+        let at = |ts: u64| Event::new(ts, 1, 1, Source::Lib, EventKind::MsgSend);
+        let times = |v: &[Event]| v.iter().map(|e| e.ts_ns).collect::<Vec<_>>();
+        let future = now + 2 * FUTURE_NS;
+        let mut pending = vec![at(now - 1), at(5), at(future), at(now - REORDER_NS), at(3)];
+        let held = hold_back(&mut pending, false, now);
+        assert_eq!(times(&pending), [3, 5, now - REORDER_NS, future]);
+        assert_eq!(times(&held), [now - 1]);
+        let mut pending = vec![at(now - 1), at(5)];
+        assert!(
+            hold_back(&mut pending, true, now).is_empty(),
+            "the last flush writes all"
+        );
+        assert_eq!(times(&pending), [5, now - 1]);
     }
 
     #[tokio::test]
