@@ -33,30 +33,67 @@ fn percentile(mut v: Vec<u64>, q: f64) -> u64 {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// A chain of `n` threads: thread i holds resource i and, for i > 1,
-/// waits for resource i - 1. The edge measured is thread 1 blocking on
-/// resource n, whose check walks all n threads. Closing: the ring is
-/// stuck, and its cycle is taken as a candidate. Open: resource 1 also has
-/// a running holder, found at the end of the walk. Returns the p99 of
-/// `samples` arrivals, in ns.
-fn incremental_p99(n: u32, samples: usize, closing: bool) -> u64 {
+/// The shape of the graph an arriving edge is checked in.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// A chain of `n` blocked threads ending at a running one: not stuck.
+    Open,
+    /// The edge closes a ring of `n`: stuck, and its cycle (already known
+    /// after the first sample) is looked up.
+    Closing,
+    /// A ring of `n` whose last resource also has a running holder: the
+    /// first-releaser walk finds a cycle, and the full check of all `n`
+    /// threads finds the way out. The worst case.
+    SharedEnd,
+}
+
+impl Shape {
+    fn describe(self) -> &'static str {
+        match self {
+            Shape::Open => "open chain",
+            Shape::Closing => "closing a ring (check + known cycle)",
+            Shape::SharedEnd => "ring with a running co-holder (walk + full check)",
+        }
+    }
+}
+
+/// The edge measured is thread 1 blocking, and its check walks `n`
+/// threads. Returns the p99 of `samples` arrivals, in ns.
+fn incremental_p99(n: u32, samples: usize, shape: Shape) -> u64 {
     let mut g: WaitGraph<u64> = WaitGraph::new(200 * MS);
-    for i in 1..=n {
-        g.acquire(th(i), u64::from(i), 0);
-    }
-    for i in 2..=n {
-        g.block(th(i), u64::from(i - 1), 1);
-    }
-    let target = u64::from(n);
-    if !closing {
-        g.acquire(th(u32::MAX), 1, 0);
-    }
+    let target = match shape {
+        // Thread i holds resource i; threads 2..n wait for the next one's,
+        // thread n runs; thread 1 waits for resource 2.
+        Shape::Open => {
+            for i in 2..=n {
+                g.acquire(th(i), u64::from(i), 0);
+            }
+            for i in 2..n {
+                g.block(th(i), u64::from(i + 1), 1);
+            }
+            2
+        }
+        // Thread i holds resource i and waits for resource i - 1; thread 1
+        // waits for resource n.
+        Shape::Closing | Shape::SharedEnd => {
+            for i in 1..=n {
+                g.acquire(th(i), u64::from(i), 0);
+            }
+            for i in 2..=n {
+                g.block(th(i), u64::from(i - 1), 1);
+            }
+            if shape == Shape::SharedEnd {
+                g.acquire(th(u32::MAX), 1, 0);
+            }
+            u64::from(n)
+        }
+    };
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
         let stuck = g.block(th(1), target, 2);
         times.push(start.elapsed().as_nanos() as u64);
-        assert_eq!(stuck, closing, "chain of {n}");
+        assert_eq!(stuck, shape == Shape::Closing, "chain of {n}");
         g.unblock(th(1), 3);
     }
     percentile(times, 0.99)
@@ -217,17 +254,13 @@ fn main() {
         (200, 2_000, 20_000)
     };
 
-    for closing in [false, true] {
-        let what = if closing {
-            "closing a ring (check + cycle)"
-        } else {
-            "open chain (check only)"
-        };
+    for shape in [Shape::Open, Shape::Closing, Shape::SharedEnd] {
+        let what = shape.describe();
         let mut line = format!("incremental check p99, {what}, median of {runs}:");
         for n in [1u32, 2, 4, 8, 16, 32, 64] {
             let p99 = median(
                 (0..runs)
-                    .map(|_| incremental_p99(n, samples, closing))
+                    .map(|_| incremental_p99(n, samples, shape))
                     .collect(),
             );
             line.push_str(&format!(" n={n} {p99} ns;"));

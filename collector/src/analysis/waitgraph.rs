@@ -81,6 +81,26 @@ pub enum GraphChange<R> {
 /// Dense index of a thread or resource node.
 type Ix = u32;
 
+/// How a first-releaser walk ended.
+enum Walk {
+    /// In a cycle, `path[from..]`; `single` when every resource on the
+    /// walk had exactly one releaser.
+    Cycle { from: usize, single: bool },
+    /// At a thread that is not blocked, or a resource with no releaser.
+    Free,
+    /// At a thread an earlier walk of the same sweep went through.
+    Known,
+}
+
+/// One member's share of a cycle's hash; a cycle's hash is the sum of its
+/// members', so every rotation of it has the same.
+fn member_hash(thread: Thread, since_ns: u64) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_u64((u64::from(thread.pid) << 32) | u64::from(thread.tid));
+    h.write_u64(since_ns);
+    h.finish()
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Wait {
     res: Ix,
@@ -144,6 +164,9 @@ pub struct WaitGraph<R> {
     /// Scratch space for walks, kept to avoid allocating per check.
     stack: Vec<Ix>,
     path: Vec<Ix>,
+    /// `path_hash[i]`: the sum of the member hashes of `path[..i]`, so a
+    /// cycle's (rotation-free) hash is a difference.
+    path_hash: Vec<u64>,
     /// Cycles found, by the hash of their canonical (thread, since)
     /// sequence: finding one already known then allocates nothing.
     tracked: FastMap<u64, Vec<Tracked<R>>>,
@@ -166,6 +189,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             stamp: 0,
             stack: Vec::new(),
             path: Vec::new(),
+            path_hash: Vec::new(),
             tracked: FastMap::default(),
             next_id: 1,
             dirty: false,
@@ -549,15 +573,25 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         true
     }
 
+    /// The incremental check of an arriving edge at `t`, taking the cycle
+    /// it closes as a candidate. The first-releaser walk comes first: it
+    /// ends at a running thread (not stuck) or in a cycle. When every
+    /// resource on it had one releaser, the walk was the whole reach and
+    /// the cycle is stuck; otherwise the full check decides.
     fn check_and_track(&mut self, t: Ix) -> bool {
-        if !self.stuck(t) {
-            return false;
-        }
         let stamp = self.next_stamp();
-        if let Some(from) = self.walk(t, stamp, stamp) {
-            self.track(from);
+        match self.walk(t, stamp, stamp) {
+            Walk::Free => false,
+            Walk::Cycle { from, single } => {
+                if !single && !self.stuck(t) {
+                    return false;
+                }
+                self.track(from);
+                true
+            }
+            // Only a sweep's walks meet earlier ones.
+            Walk::Known => self.stuck(t),
         }
-        true
     }
 
     /// All waiters of a resource share its fate: checking one is enough.
@@ -567,28 +601,40 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
-    /// Follows first releasers from a stuck `start` until a thread repeats;
-    /// the cycle is then `self.path[from..]`, and `from` is returned. None
-    /// when the walk ran into one seen by an earlier walk of the same
-    /// sweep (stamps `>= first`), whose cycle is already known.
-    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Option<usize> {
+    /// Follows first releasers from `start` until a thread repeats, a
+    /// thread runs, or a resource has no releaser.
+    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Walk {
         self.path.clear();
+        self.path_hash.clear();
+        self.path_hash.push(0);
+        let mut single = true;
         let mut t = start;
         loop {
             let node = &mut self.thread_nodes[t as usize];
             if node.seen == stamp {
-                return Some(node.pos as usize);
+                return Walk::Cycle {
+                    from: node.pos as usize,
+                    single,
+                };
             }
             if node.seen >= first {
-                return None;
+                return Walk::Known;
             }
+            let Some(wait) = node.wait else {
+                return Walk::Free;
+            };
             node.seen = stamp;
             node.pos = self.path.len() as u32;
+            let hash = member_hash(node.key, wait.since_ns);
             self.path.push(t);
-            // A stuck thread waits on a resource whose releasers are all
-            // stuck; the `?`s only guard against a caller's mistake.
-            let wait = node.wait?;
-            t = self.resource_nodes[wait.res as usize].releasers.first()?.0;
+            let sum = self.path_hash.last().copied().unwrap_or(0);
+            self.path_hash.push(sum.wrapping_add(hash));
+            let releasers = &self.resource_nodes[wait.res as usize].releasers;
+            single &= releasers.len() == 1;
+            match releasers.first() {
+                Some(&(next, _)) => t = next,
+                None => return Walk::Free,
+            }
         }
     }
 
@@ -605,36 +651,37 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
 
     /// Starts watching the cycle `self.path[from..]` (each thread waits
     /// for what the next releases), unless it is watched already; the
-    /// check for that allocates nothing. One form for every rotation: the
-    /// smallest thread first.
+    /// check for that allocates nothing. Stored in one form for every
+    /// rotation: the smallest thread first.
     fn track(&mut self, from: usize) {
         let cycle = &self.path[from..];
         let len = cycle.len();
-        let Some(first) = (0..len).min_by_key(|&i| self.thread_nodes[cycle[i] as usize].key) else {
+        let hash = self.path_hash[self.path.len()].wrapping_sub(self.path_hash[from]);
+        let nodes = &self.thread_nodes;
+        let same = |t: &Tracked<R>| {
+            if t.members.len() != len {
+                return false;
+            }
+            let Some(start) = cycle
+                .iter()
+                .position(|&ix| nodes[ix as usize].key == t.members[0].thread)
+            else {
+                return false;
+            };
+            t.members.iter().enumerate().all(|(i, m)| {
+                let node = &nodes[cycle[(start + i) % len] as usize];
+                m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
+            })
+        };
+        if self.tracked.get(&hash).is_some_and(|b| b.iter().any(same)) {
+            return;
+        }
+        let Some(first) = (0..len).min_by_key(|&i| nodes[cycle[i] as usize].key) else {
             return;
         };
-        let rotated = || (0..len).map(move |i| cycle[(first + i) % len]);
-        let mut hasher = FxHasher::default();
-        for t in rotated() {
-            let node = &self.thread_nodes[t as usize];
-            let since = node.wait.map_or(0, |w| w.since_ns);
-            hasher.write_u64((u64::from(node.key.pid) << 32) | u64::from(node.key.tid));
-            hasher.write_u64(since);
-        }
-        let hash = hasher.finish();
-        let known = self.tracked.get(&hash).is_some_and(|bucket| {
-            bucket.iter().any(|t| {
-                t.members.len() == len
-                    && t.members.iter().zip(rotated()).all(|(m, ix)| {
-                        let node = &self.thread_nodes[ix as usize];
-                        m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
-                    })
-            })
-        });
-        if known {
-            return;
-        }
-        let members: Vec<Member<R>> = rotated().filter_map(|t| self.member(t)).collect();
+        let members: Vec<Member<R>> = (0..len)
+            .filter_map(|i| self.member(cycle[(first + i) % len]))
+            .collect();
         self.tracked.entry(hash).or_default().push(Tracked {
             id: None,
             members,
@@ -694,7 +741,8 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let first = self.stamp + 1;
         for &t in stuck {
             let stamp = self.next_stamp();
-            if let Some(from) = self.walk(t, first, stamp) {
+            // From a stuck thread the walk can only end in a cycle.
+            if let Walk::Cycle { from, .. } = self.walk(t, first, stamp) {
                 self.track(from);
             }
         }
@@ -1019,7 +1067,10 @@ mod tests {
             for (i, &(op, t, r)) in ops.iter().enumerate() {
                 let ts = i as u64;
                 match op {
-                    0 | 1 => { g.block(th(t), r, ts); }
+                    0 | 1 => {
+                        let stuck = g.block(th(t), r, ts);
+                        prop_assert_eq!(stuck, g.sweep().contains(&th(t)), "block {} on {}", t, r);
+                    }
                     2 => { g.unblock(th(t), ts); }
                     3 => g.acquire(th(t), r, ts),
                     _ => { g.release(th(t), r, ts); }
