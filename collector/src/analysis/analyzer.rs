@@ -731,7 +731,7 @@ impl Analyzer {
         let events = self
             .recent
             .iter()
-            .skip(self.recent.len() - self.unsent_events)
+            .skip(self.recent.len().saturating_sub(self.unsent_events))
             .cloned()
             .collect();
         let delta = Delta {
@@ -985,6 +985,36 @@ mod tests {
         assert_eq!(delta.deadlocks[0].resolved_ns, Some(500 * MS));
         let a_waits = delta.waits.iter().find(|w| w.id == 10).unwrap();
         assert_eq!(a_waits.waiting_now, 0, "the killed waiter no longer waits");
+    }
+
+    #[test]
+    fn the_live_feed_can_own_it_on_another_task() {
+        fn send<T: Send>() {}
+        send::<Analyzer>();
+    }
+
+    #[test]
+    fn a_holder_named_by_ipc_lib_completes_a_cycle_taken_before_the_recording() {
+        let mut a = analyzer();
+        // 100 took "a" before anything was recorded; 200 holds "b".
+        feed(
+            &mut a,
+            vec![sem_event(0, EventKind::SemWaitEnd, 200, "b", 0)],
+        );
+        feed(
+            &mut a,
+            vec![sem_event(1, EventKind::SemWaitBegin, 200, "a", 0)],
+        );
+        a.holder_hint(sem_id("a"), Thread::new(100, 100), 1);
+        feed(
+            &mut a,
+            vec![sem_event(2, EventKind::SemWaitBegin, 100, "b", 0)],
+        );
+        let changes = a.tick(S);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        // A hint for a semaphore with a known holder changes nothing.
+        a.holder_hint(sem_id("b"), Thread::new(300, 300), 2);
+        assert!(a.tick(2 * S).is_empty());
     }
 
     #[test]

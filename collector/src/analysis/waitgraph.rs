@@ -1092,6 +1092,69 @@ mod tests {
     }
 
     #[test]
+    fn a_large_random_graph_agrees_with_the_sweep_throughout() {
+        // 400 groups of 8 threads and 8 resources (a closure spanning
+        // thousands of threads is rarely all blocked), 60,000 operations
+        // from a fixed generator (splitmix64), checked every 5,000.
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move |bound: u64| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        };
+        let mut g = WaitGraph::new(0);
+        let mut stuck_seen = 0;
+        for i in 0..60_000u64 {
+            let group = next(400);
+            let t = th((group * 8 + next(8)) as u32);
+            let r = group * 8 + next(8);
+            match next(40) {
+                0..=13 => g.acquire(t, r, i),
+                14..=31 => {
+                    g.block(t, r, i);
+                }
+                32..=35 => {
+                    g.release(t, r, i);
+                }
+                36..=38 => {
+                    g.unblock(t, i);
+                }
+                _ => {
+                    g.process_exited(t.pid, i);
+                }
+            }
+            if i % 5000 == 4999 {
+                let swept: std::collections::HashSet<Thread> = g.sweep().into_iter().collect();
+                stuck_seen += swept.len();
+                for pid in 0..3200 {
+                    assert_eq!(
+                        g.is_stuck(th(pid)),
+                        swept.contains(&th(pid)),
+                        "thread {pid} at {i}"
+                    );
+                }
+                // Deadlocks that broke since are resolved by the tick; the
+                // rest, and the new ones, are all stuck.
+                let changes = g.tick(i);
+                for (_, cycle) in g.deadlocks() {
+                    assert!(cycle.iter().all(|m| swept.contains(&m.thread)));
+                }
+                assert_eq!(
+                    swept.is_empty(),
+                    g.deadlocks().next().is_none(),
+                    "{changes:?}"
+                );
+            }
+        }
+        assert!(
+            stuck_seen > 100,
+            "the generator made deadlocks: {stuck_seen}"
+        );
+    }
+
+    #[test]
     fn a_large_graph_of_many_rings_finds_each_ring_once() {
         let mut g = WaitGraph::new(0);
         // 1000 rings of 50 threads, every fifth left open.
