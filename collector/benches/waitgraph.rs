@@ -10,10 +10,11 @@
 //! test that every path works, and still checks what it measures.
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use collector::analysis::waitgraph::{Thread, WaitGraph};
+use collector::analysis::waitgraph::{GraphChange, Thread, WaitGraph, DEFAULT_THRESHOLD_NS};
 use collector::analysis::{Analyzer, AnalyzerConfig};
+use collector::clock::monotonic_ns;
 use collector::correlate::{Paired, Side};
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
@@ -151,6 +152,36 @@ fn tick_ms(edges: u32) -> (f64, usize) {
     (elapsed.as_secs_f64() * 1e3, changes.len())
 }
 
+/// Real time from a deadlock's threshold passing to its detection: two
+/// threads deadlock now (monotonic clock), and the caller ticks either
+/// every `period` or, with `None`, at `next_due`. Returns the lag in ns.
+fn detection_lag_ns(threshold_ns: u64, period: Option<Duration>) -> u64 {
+    let mut g: WaitGraph<u64> = WaitGraph::new(threshold_ns);
+    // The tick phase is whatever the moment is: ticks are not aligned
+    // with the deadlock forming.
+    let start = monotonic_ns();
+    g.acquire(th(1), 1, start);
+    g.acquire(th(2), 2, start);
+    g.block(th(1), 2, start);
+    let formed = monotonic_ns();
+    g.block(th(2), 1, formed);
+    let due = formed + threshold_ns;
+    loop {
+        match (period, g.next_due()) {
+            (None, Some(at)) => {
+                std::thread::sleep(Duration::from_nanos(at.saturating_sub(monotonic_ns())))
+            }
+            (Some(p), _) => std::thread::sleep(p),
+            (None, None) => panic!("the cycle is not a candidate"),
+        }
+        let now = monotonic_ns();
+        if let Some(GraphChange::Detected { .. }) = g.tick(now).first() {
+            assert!(now >= due, "detected before the threshold");
+            return now - due;
+        }
+    }
+}
+
 /// Messages over 16 ipc-lib channels between 8 processes, with a
 /// semaphore taken and posted around every fourth message, one contended
 /// wait in eight of those: (batches of events with channel ids, pairs).
@@ -274,6 +305,24 @@ fn main() {
     let tick = median(ticks.into_iter().map(|t| t.0).collect());
     println!(
         "tick that sweeps {edges} edges and confirms {deadlocks} deadlocks: {tick:.2} ms (median of {runs})"
+    );
+    let threshold = if benching {
+        DEFAULT_THRESHOLD_NS
+    } else {
+        20 * MS
+    };
+    let tick_10hz: Vec<u64> = (0..runs)
+        .map(|_| detection_lag_ns(threshold, Some(Duration::from_millis(100))))
+        .collect();
+    let at_due: Vec<u64> = (0..runs)
+        .map(|_| detection_lag_ns(threshold, None))
+        .collect();
+    println!(
+        "detection after a {} ms threshold: ticking at 10 Hz max {:.1} ms, median {:.1} ms; ticking at next_due max {} us (of {runs})",
+        threshold / MS,
+        *tick_10hz.iter().max().expect("runs >= 1") as f64 / 1e6,
+        median(tick_10hz) as f64 / 1e6,
+        at_due.iter().max().expect("runs >= 1") / 1000,
     );
     let ingest = median((0..runs).map(|_| ingest_ns(events)).collect());
     println!("analyzer ingest: {ingest:.0} ns/event over {events} events (median of {runs})");
