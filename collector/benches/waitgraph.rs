@@ -153,27 +153,29 @@ fn tick_ms(edges: u32) -> (f64, usize) {
 }
 
 /// Real time from a deadlock's threshold passing to its detection: two
-/// threads deadlock now (monotonic clock), and the caller ticks either
-/// every `period` or, with `None`, at `next_due`. Returns the lag in ns.
-fn detection_lag_ns(threshold_ns: u64, period: Option<Duration>) -> u64 {
+/// threads deadlock `phase` after the ticking started, and the caller
+/// ticks every `period` (on a fixed schedule, as the live feed does) or,
+/// with `None`, at `next_due`. Returns the lag in ns.
+fn detection_lag_ns(threshold_ns: u64, period: Option<Duration>, phase: Duration) -> u64 {
     let mut g: WaitGraph<u64> = WaitGraph::new(threshold_ns);
-    // The tick phase is whatever the moment is: ticks are not aligned
-    // with the deadlock forming.
     let start = monotonic_ns();
-    g.acquire(th(1), 1, start);
-    g.acquire(th(2), 2, start);
-    g.block(th(1), 2, start);
+    std::thread::sleep(phase);
     let formed = monotonic_ns();
+    g.acquire(th(1), 1, formed);
+    g.acquire(th(2), 2, formed);
+    g.block(th(1), 2, formed);
     g.block(th(2), 1, formed);
     let due = formed + threshold_ns;
+    let mut ticks = 0u64;
     loop {
-        match (period, g.next_due()) {
-            (None, Some(at)) => {
-                std::thread::sleep(Duration::from_nanos(at.saturating_sub(monotonic_ns())))
+        let next = match period {
+            Some(p) => {
+                ticks += 1;
+                start + ticks * p.as_nanos() as u64
             }
-            (Some(p), _) => std::thread::sleep(p),
-            (None, None) => panic!("the cycle is not a candidate"),
-        }
+            None => g.next_due().expect("the cycle is a candidate"),
+        };
+        std::thread::sleep(Duration::from_nanos(next.saturating_sub(monotonic_ns())));
         let now = monotonic_ns();
         if let Some(GraphChange::Detected { .. }) = g.tick(now).first() {
             assert!(now >= due, "detected before the threshold");
@@ -311,11 +313,13 @@ fn main() {
     } else {
         20 * MS
     };
+    // Phases spread over the tick period: 0, 37, 74, 11, 48 ms...
+    let phase = |run: usize| Duration::from_millis((run as u64 * 37) % 100);
     let tick_10hz: Vec<u64> = (0..runs)
-        .map(|_| detection_lag_ns(threshold, Some(Duration::from_millis(100))))
+        .map(|run| detection_lag_ns(threshold, Some(Duration::from_millis(100)), phase(run)))
         .collect();
     let at_due: Vec<u64> = (0..runs)
-        .map(|_| detection_lag_ns(threshold, None))
+        .map(|run| detection_lag_ns(threshold, None, phase(run)))
         .collect();
     println!(
         "detection after a {} ms threshold: ticking at 10 Hz max {:.1} ms, median {:.1} ms; ticking at next_due max {} us (of {runs})",

@@ -156,7 +156,7 @@ pub struct Analyzer {
     channels: FastMap<i64, ChannelState>,
     pairs: FastMap<(i64, u32, u32), WindowedHistogram>,
     /// Messages on channels no event named (the caller's ordering bug).
-    pub unattributed_messages: u64,
+    unattributed_messages: u64,
     waits: FastMap<i64, WaitState>,
     signals: FastMap<(u32, u32, u32), SignalState>,
     /// Generations waiting for delivery: (sender, signo, generated_ns).
@@ -664,6 +664,12 @@ impl Analyzer {
             comm,
             waits_for,
         }
+    }
+
+    /// Paired messages on channels no event had named, so not counted
+    /// anywhere else: zero when the caller feeds events before messages.
+    pub fn unattributed_messages(&self) -> u64 {
+        self.unattributed_messages
     }
 
     /// Inversions found so far.
@@ -1190,6 +1196,16 @@ mod tests {
         assert_eq!(s2.processes, want.processes);
         assert_eq!(s2.totals, want.totals);
         assert_eq!(s2.recent_events, want.recent_events);
+    }
+
+    #[test]
+    fn a_message_on_a_channel_no_event_named_is_counted_not_lost() {
+        let mut a = analyzer();
+        assert!(!a.message(&paired(1, 2)));
+        assert_eq!(a.unattributed_messages(), 1);
+        a.event(&msg(1, EventKind::MsgSend, 1, 1), Some(1));
+        assert!(a.message(&paired(1, 2)));
+        assert_eq!(a.unattributed_messages(), 1);
     }
 
     #[test]

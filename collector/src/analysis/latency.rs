@@ -78,6 +78,7 @@ impl Default for WindowedHistogram {
 }
 
 impl WindowedHistogram {
+    /// Empty: no values, no seconds allocated.
     pub fn new() -> Self {
         Self::default()
     }

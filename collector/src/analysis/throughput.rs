@@ -41,6 +41,7 @@ impl Default for Throughput {
 }
 
 impl Throughput {
+    /// Nothing counted yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -43,6 +43,7 @@ pub struct Thread {
 }
 
 impl Thread {
+    /// Thread `tid` of process `pid`.
     pub const fn new(pid: u32, tid: u32) -> Self {
         Thread { pid, tid }
     }
@@ -196,6 +197,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
+    /// How long a cycle must last to be a deadlock.
     pub fn threshold_ns(&self) -> u64 {
         self.threshold_ns
     }
