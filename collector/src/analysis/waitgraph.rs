@@ -372,14 +372,18 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// Every stuck thread, by the full sweep; registers the cycles among
     /// them as candidates. Linear in the blocked threads and their edges.
     pub fn sweep(&mut self) -> Vec<Thread> {
-        let stuck = self.sweep_marks();
-        self.dirty = false;
-        let threads = stuck
+        let stuck = self.sweep_and_track();
+        stuck
             .iter()
             .map(|&t| self.thread_nodes[t as usize].key)
-            .collect();
+            .collect()
+    }
+
+    fn sweep_and_track(&mut self) -> Vec<Ix> {
+        let stuck = self.sweep_marks();
+        self.dirty = false;
         self.track_cycles_of(&stuck);
-        threads
+        stuck
     }
 
     /// Confirms candidates blocked past the threshold and resolves
@@ -388,7 +392,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// [`WaitGraph::next_due`]): detection is at most one tick late.
     pub fn tick(&mut self, now_ns: u64) -> Vec<GraphChange<R>> {
         if self.dirty {
-            self.sweep();
+            self.sweep_and_track();
         }
         let mut changes = Vec::new();
         let mut due = Vec::new();
