@@ -43,8 +43,8 @@ enum Shape {
     /// after the first sample) is looked up.
     Closing,
     /// A ring of `n` whose last resource also has a running holder: the
-    /// first-releaser walk finds a cycle, and the full check of all `n`
-    /// threads finds the way out. The worst case.
+    /// first-releaser walk finds a cycle but passed a shared resource, and
+    /// the rest of the check finds the way out through its other holder.
     SharedEnd,
 }
 
@@ -53,7 +53,7 @@ impl Shape {
         match self {
             Shape::Open => "open chain",
             Shape::Closing => "closing a ring (check + known cycle)",
-            Shape::SharedEnd => "ring with a running co-holder (walk + full check)",
+            Shape::SharedEnd => "ring with a running co-holder (walk + rest of the check)",
         }
     }
 }

@@ -583,13 +583,14 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// it closes as a candidate. The first-releaser walk comes first: it
     /// ends at a running thread (not stuck) or in a cycle. When every
     /// resource on it had one releaser, the walk was the whole reach and
-    /// the cycle is stuck; otherwise the full check decides.
+    /// the cycle is stuck; otherwise the check goes on from the other
+    /// releasers the walk passed, its own threads already known.
     fn check_and_track(&mut self, t: Ix) -> bool {
         let stamp = self.next_stamp();
-        match self.walk(t, stamp, stamp) {
+        match self.walk(t, stamp, stamp, true) {
             Walk::Free => false,
             Walk::Cycle { from, single } => {
-                if !single && !self.stuck(t) {
+                if !single && !self.rest_stuck(stamp) {
                     return false;
                 }
                 self.track(from);
@@ -600,6 +601,32 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
+    /// Finishes the check a walk with `stamp` began: the threads it left
+    /// on the stack, and all they reach, are blocked on resources with
+    /// releasers.
+    fn rest_stuck(&mut self, stamp: u64) -> bool {
+        while let Some(t) = self.stack.pop() {
+            let node = &mut self.thread_nodes[t as usize];
+            if node.mark == stamp {
+                continue;
+            }
+            node.mark = stamp;
+            let Some(wait) = node.wait else {
+                return false;
+            };
+            let releasers = &self.resource_nodes[wait.res as usize].releasers;
+            if releasers.is_empty() {
+                return false;
+            }
+            for &(h, _) in releasers {
+                if self.thread_nodes[h as usize].mark != stamp {
+                    self.stack.push(h);
+                }
+            }
+        }
+        true
+    }
+
     /// All waiters of a resource share its fate: checking one is enough.
     fn check_waiters(&mut self, res: Ix) {
         if let Some(&w) = self.resource_nodes[res as usize].waiters.first() {
@@ -608,11 +635,16 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     }
 
     /// Follows first releasers from `start` until a thread repeats, a
-    /// thread runs, or a resource has no releaser.
-    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Walk {
+    /// thread runs, or a resource has no releaser. With `check`, marks the
+    /// threads walked and stacks the other releasers passed, for
+    /// [`WaitGraph::rest_stuck`].
+    fn walk(&mut self, start: Ix, first: u64, stamp: u64, check: bool) -> Walk {
         self.path.clear();
         self.path_hash.clear();
         self.path_hash.push(0);
+        if check {
+            self.stack.clear();
+        }
         let mut single = true;
         let mut t = start;
         loop {
@@ -630,6 +662,9 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
                 return Walk::Free;
             };
             node.seen = stamp;
+            if check {
+                node.mark = stamp;
+            }
             node.pos = self.path.len() as u32;
             let hash = member_hash(node.key, wait.since_ns);
             self.path.push(t);
@@ -637,6 +672,9 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             self.path_hash.push(sum.wrapping_add(hash));
             let releasers = &self.resource_nodes[wait.res as usize].releasers;
             single &= releasers.len() == 1;
+            if check && releasers.len() > 1 {
+                self.stack.extend(releasers[1..].iter().map(|&(h, _)| h));
+            }
             match releasers.first() {
                 Some(&(next, _)) => t = next,
                 None => return Walk::Free,
@@ -748,7 +786,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         for &t in stuck {
             let stamp = self.next_stamp();
             // From a stuck thread the walk can only end in a cycle.
-            if let Walk::Cycle { from, .. } = self.walk(t, first, stamp) {
+            if let Walk::Cycle { from, .. } = self.walk(t, first, stamp, false) {
                 self.track(from);
             }
         }
