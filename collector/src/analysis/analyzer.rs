@@ -261,7 +261,10 @@ impl Analyzer {
         let seq = self.seq;
         self.totals.events += 1;
         self.rate.record(e.ts_ns, 1, 0, 0);
-        self.saw_process(e);
+        // A drop record is the collector's, about a source: no process.
+        if e.kind != EventKind::Drop {
+            self.saw_process(e);
+        }
         if let Some(id) = channel_id {
             if self.seen_channels.insert(id, ()).is_none() {
                 self.totals.channels += 1;
@@ -330,7 +333,6 @@ impl Analyzer {
     }
 
     fn wait_event(&mut self, e: &Event, thread: Thread, id: i64) {
-        let seq = self.seq;
         match e.kind {
             EventKind::SemWaitBegin => {
                 self.end_wait(thread, e.ts_ns, None);
@@ -359,7 +361,6 @@ impl Analyzer {
                         self.lock_order.forget(id);
                     }
                 }
-                self.touch_wait(id, e.ts_ns);
             }
             EventKind::LockAcquire => {
                 if let Some(d) = e.duration_ns {
@@ -375,9 +376,7 @@ impl Analyzer {
             }
             _ => {}
         }
-        if let Some(w) = self.waits.get_mut(&id) {
-            w.changed = seq;
-        }
+        self.touch_wait(id, e.ts_ns);
     }
 
     /// The state of what `id` names, marked changed at `ts_ns`. Every id
@@ -1228,6 +1227,8 @@ mod tests {
             .map(|d| (d.source.as_str(), d.count))
             .collect();
         assert_eq!(drops, [("ebpf_ring", 42), ("ingest", 3)]);
+        let pids: Vec<u32> = snap.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [7, 8], "a drop record names no process");
         assert_eq!(snap.signals.len(), 1);
         let s = &snap.signals[0];
         assert_eq!(
