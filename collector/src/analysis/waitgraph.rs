@@ -7,20 +7,23 @@
 //! channel. A blocked thread is *stuck* when every releaser of what it
 //! waits for is stuck too (AND over the releasers: one releaser still
 //! running may free it). With one holder per resource that is a plain
-//! cycle. A resource with no known releaser frees nobody's proof: anyone
-//! might post it, so its waiters are never called stuck.
+//! cycle. A resource with no known releaser proves nothing (anyone might
+//! post it), so its waiters are never called stuck.
 //!
 //! Stuck is the greatest fixed point of that rule, and it has a local
 //! form that makes the incremental check cheap: a thread is stuck exactly
 //! when every thread reachable from it (through what it waits for and
 //! that resource's releasers) is blocked on a resource with releasers. If
 //! some reachable thread runs, every thread on the path to it depends on
-//! it. So an edge that arrives is checked by one walk from it, bounded by
-//! what it reaches (a chain of 64 is 64 steps over dense indices).
+//! it. So an edge that arrives is checked by walking from it over dense
+//! indices: along first releasers (the whole reach when no resource on
+//! the way is shared), then through the other releasers it passed. A
+//! chain of 64 is 64 steps.
 //!
 //! A stuck set contains at least one cycle; the one reported follows each
-//! thread to the first releaser of its resource (a function, so every
-//! walk in one knot reaches the same cycle). A cycle found is a
+//! thread to the first releaser of its resource (a function, so the walks
+//! of all the threads that lead into one cycle find that same cycle, and
+//! it is reported once). A cycle found is a
 //! *candidate*; [`WaitGraph::tick`] confirms it as a deadlock once every
 //! member has been blocked for the threshold, reports it once with a
 //! stable id, and reports its resolution when any member stops waiting,
