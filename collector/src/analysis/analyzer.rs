@@ -137,7 +137,8 @@ struct SignalState {
     changed: u64,
 }
 
-/// The whole analysis of one session.
+/// The whole analysis of one session. Sums of sizes and durations, which
+/// traced processes report, saturate rather than overflow.
 #[derive(Debug)]
 pub struct Analyzer {
     config: AnalyzerConfig,
@@ -289,11 +290,11 @@ impl Analyzer {
                 c.changed = seq;
                 if e.kind == EventKind::MsgSend {
                     c.sends += 1;
-                    c.bytes += e.size;
+                    c.bytes = c.bytes.saturating_add(e.size);
                     c.rate.record(e.ts_ns, 1, 1, e.size);
                     add_pid(&mut c.senders, e.pid);
                     self.totals.messages += 1;
-                    self.totals.bytes += e.size;
+                    self.totals.bytes = self.totals.bytes.saturating_add(e.size);
                     self.rate.record(e.ts_ns, 0, 1, e.size);
                 } else {
                     c.recvs += 1;
@@ -393,7 +394,7 @@ impl Analyzer {
         self.totals.waits += 1;
         if let Some(w) = self.touch_wait(id, ts_ns) {
             w.waits += 1;
-            w.total_ns += duration_ns;
+            w.total_ns = w.total_ns.saturating_add(duration_ns);
             w.latency.record(ts_ns, duration_ns);
         }
     }
@@ -558,9 +559,9 @@ impl Analyzer {
     /// `count` events lost by `source` (a `drops.source` name).
     pub fn dropped(&mut self, source: &str, count: u64) {
         self.seq += 1;
-        self.totals.drops += count;
+        self.totals.drops = self.totals.drops.saturating_add(count);
         match self.drops.iter_mut().find(|d| d.source == source) {
-            Some(d) => d.count += count,
+            Some(d) => d.count = d.count.saturating_add(count),
             None => self.drops.push(DropCount {
                 source: source.to_owned(),
                 count,
@@ -892,6 +893,7 @@ mod tests {
     use crate::correlate::Side;
     use ipc_events::raw::drop_source;
     use ipc_events::Source;
+    use proptest::prelude::*;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
@@ -990,6 +992,74 @@ mod tests {
         assert_eq!(delta.deadlocks[0].resolved_ns, Some(500 * MS));
         let a_waits = delta.waits.iter().find(|w| w.id == 10).unwrap();
         assert_eq!(a_waits.waiting_now, 0, "the killed waiter no longer waits");
+    }
+
+    /// Events come from traced processes, which may write anything into
+    /// their rings: any sequence of valid events, in any order, with any
+    /// times, results and sizes, must be taken without a panic, and the
+    /// state must stay consistent with what was fed.
+    fn any_event() -> impl Strategy<Value = (Event, Option<i64>)> {
+        (
+            0usize..EventKind::ALL.len(),
+            prop_oneof![3 => 0u64..5 * S, 1 => any::<u64>()],
+            1u32..6,
+            0i64..4,
+            any::<i64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            1u32..6,
+        )
+            .prop_map(|(kind, ts, pid, chan, result, size, duration, target)| {
+                let kind = EventKind::ALL[kind];
+                let mut e = Event::new(ts, pid, pid, Source::Lib, kind);
+                e.result = result;
+                e.size = size;
+                e.duration_ns = duration;
+                e.aux = u64::from(target) + 8;
+                e.target_pid = Some(target);
+                e.msg_id = Some(size);
+                let id = (kind.needs_channel() || chan == 0).then_some(chan);
+                e.channel = id.map(|c| {
+                    let kind = if c % 2 == 0 {
+                        ChannelKind::IpclibSem
+                    } else {
+                        ChannelKind::IpclibChannel
+                    };
+                    ChannelId::named(kind, format!("o{c}"))
+                });
+                (e, id)
+            })
+    }
+
+    proptest! {
+        // Each case grows histograms to an hour's range: keep it quick.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_event_sequence_is_taken_without_a_panic(
+            events in proptest::collection::vec(any_event(), 0..400),
+            now in 0u64..10 * S,
+        ) {
+            let mut a = analyzer();
+            let n = events.len() as u64;
+            let (events, ids): (Vec<Event>, Vec<Option<i64>>) = events.into_iter().unzip();
+            let drops: u64 = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Drop)
+                .fold(0u64, |sum, e| sum.saturating_add(e.size));
+            a.committed(events, &ids, &[paired(1, 0)], 0);
+            a.tick(now);
+            let snap = a.snapshot(now);
+            prop_assert_eq!(snap.totals.events, n);
+            prop_assert_eq!(snap.totals.drops, drops);
+            for d in a.tick(now + 10 * S) {
+                if let DeadlockChange::Detected(d) = d {
+                    prop_assert!(!d.cycle.is_empty());
+                }
+            }
+            let delta = a.delta(now + 10 * S);
+            let mut rebuilt = snap;
+            rebuilt.apply(delta);
+        }
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let node = &mut self.resource_nodes[res as usize];
         node.changed_ns = ts_ns;
         match node.releasers.iter_mut().find(|(h, _)| *h == t) {
-            Some((_, count)) => *count += 1,
+            Some((_, count)) => *count = count.saturating_add(1),
             None => {
                 node.releasers.push((t, 1));
                 self.thread_nodes[t as usize].holds.push(res);
