@@ -705,16 +705,21 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let len = cycle.len();
         let hash = self.path_hash[self.path.len()].wrapping_sub(self.path_hash[from]);
         let nodes = &self.thread_nodes;
+        let threads = &self.threads;
         let same = |t: &Tracked<R>| {
             if t.members.len() != len {
                 return false;
             }
-            let Some(start) = cycle
-                .iter()
-                .position(|&ix| nodes[ix as usize].key == t.members[0].thread)
-            else {
+            // Where the stored first member is in this walk: its `pos`,
+            // if the walk's cycle holds it.
+            let Some(&ix) = threads.get(&t.members[0].thread) else {
                 return false;
             };
+            let pos = nodes[ix as usize].pos as usize;
+            if !(from..from + len).contains(&pos) || cycle[pos - from] != ix {
+                return false;
+            }
+            let start = pos - from;
             t.members.iter().enumerate().all(|(i, m)| {
                 let node = &nodes[cycle[(start + i) % len] as usize];
                 m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
@@ -938,6 +943,31 @@ mod tests {
         let due = g.next_due().unwrap();
         assert_eq!(detected(&g.tick(due)).len(), 1);
         assert_eq!(g.next_due(), None);
+    }
+
+    #[test]
+    fn a_cycle_found_again_is_watched_once() {
+        let mut g = WaitGraph::new(200 * MS);
+        ring(&mut g, 3, true);
+        assert_eq!(g.candidates(), 1);
+        // The same waits seen again (a rotation: found from thread 3).
+        g.unblock(th(3), 10 * MS);
+        assert!(g.block(th(3), 1, 10 * MS));
+        // A holder taking another count re-checks the waiters.
+        g.acquire(th(2), 2, 11 * MS);
+        assert_eq!(g.candidates(), 1);
+        assert_eq!(detected(&g.tick(300 * MS)).len(), 1);
+        // Its threads waiting anew make it another cycle.
+        g.unblock(th(3), 400 * MS);
+        g.block(th(3), 1, 400 * MS);
+        assert_eq!(
+            g.tick(401 * MS),
+            [GraphChange::Resolved {
+                id: 1,
+                resolved_ns: 400 * MS
+            }]
+        );
+        assert_eq!(g.candidates(), 1);
     }
 
     #[test]
