@@ -9,6 +9,25 @@
 //! few hash lookups per event and allocates only for things seen for the
 //! first time (a process, a channel, a thread that waits).
 //!
+//! Wiring, with the writer's per-commit observer and the live feed's
+//! `FeedSource` (the analyzer behind the feed's `Arc<Mutex<_>>`):
+//!
+//! ```ignore
+//! // On each committed batch from the writer:
+//! analyzer.committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+//! // Every 100 ms (or at analyzer.next_due()), before the feed's delta:
+//! for change in analyzer.tick(monotonic_ns()) {
+//!     match change {
+//!         // INSERT INTO deadlocks (session_id, detected_ns, cycle), with
+//!         // cycle = serde_json::to_string(&d.cycle); remember d.id -> row.
+//!         DeadlockChange::Detected(d) => {}
+//!         // UPDATE deadlocks SET resolved_ns = ? WHERE id = row of `id`.
+//!         DeadlockChange::Resolved { id, resolved_ns } => {}
+//!     }
+//! }
+//! // FeedSource::snapshot / delta: Analyzer::snapshot / Analyzer::delta.
+//! ```
+//!
 //! Semaphores (ipc-lib's, and later the probes' futex and SysV waits in
 //! the same shape) feed the wait-for graph: a wait begin blocks the thread
 //! on the semaphore, a successful end makes it a holder, a post by a
