@@ -112,11 +112,6 @@ impl WindowedHistogram {
         }
     }
 
-    /// Values recorded in the whole session.
-    pub fn count(&self) -> u64 {
-        self.session.len()
-    }
-
     /// The whole session's percentiles.
     pub fn session(&self) -> Percentiles {
         self.percentiles_of(&self.session, true)

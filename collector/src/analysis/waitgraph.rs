@@ -200,11 +200,6 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
-    /// How long a cycle must last to be a deadlock.
-    pub fn threshold_ns(&self) -> u64 {
-        self.threshold_ns
-    }
-
     /// `thread` blocked on `resource` at `since_ns` (a thread waits for one
     /// thing at a time: a previous wait ends). Returns whether this made
     /// it stuck, in which case its cycle is now a candidate.
@@ -311,15 +306,6 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             .into_iter()
             .flat_map(|&r| &self.resource_nodes[r as usize].releasers)
             .map(|&(t, _)| self.thread_nodes[t as usize].key)
-    }
-
-    /// Whether `thread` holds a count of `resource`.
-    pub fn holds(&self, thread: Thread, resource: R) -> bool {
-        let (Some(&t), Some(&r)) = (self.threads.get(&thread), self.resources.get(&resource))
-        else {
-            return false;
-        };
-        self.thread_nodes[t as usize].holds.contains(&r)
     }
 
     /// Every thread of process `pid` is gone at `ts_ns`: its waits end and
@@ -483,11 +469,6 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             .flatten()
             .filter(|t| t.id.is_none())
             .count()
-    }
-
-    /// Threads blocked now.
-    pub fn blocked(&self) -> usize {
-        self.blocked.len()
     }
 
     fn thread(&mut self, key: Thread) -> Ix {
