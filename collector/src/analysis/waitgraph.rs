@@ -237,17 +237,20 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let res = self.resource(resource);
         let node = &mut self.resource_nodes[res as usize];
         node.changed_ns = ts_ns;
+        self.dirty = true;
         match node.releasers.iter_mut().find(|(h, _)| *h == t) {
             Some((_, count)) => *count = count.saturating_add(1),
             None => {
                 node.releasers.push((t, 1));
+                let first = node.releasers.len() == 1;
                 self.thread_nodes[t as usize].holds.push(res);
+                // A first releaser can make the waiters stuck; any other
+                // can only free them.
+                if first {
+                    self.check_waiters(res);
+                }
             }
         }
-        self.dirty = true;
-        // A first releaser can make the waiters stuck; any other can only
-        // free them.
-        self.check_waiters(res);
     }
 
     /// `thread` gave back one count of `resource`. Returns whether it held
@@ -934,7 +937,7 @@ mod tests {
         // The same waits seen again (a rotation: found from thread 3).
         g.unblock(th(3), 10 * MS);
         assert!(g.block(th(3), 1, 10 * MS));
-        // A holder taking another count re-checks the waiters.
+        // A holder taking another count changes nothing.
         g.acquire(th(2), 2, 11 * MS);
         assert_eq!(g.candidates(), 1);
         assert_eq!(detected(&g.tick(300 * MS)).len(), 1);
