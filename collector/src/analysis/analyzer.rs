@@ -9,6 +9,25 @@
 //! few hash lookups per event and allocates only for things seen for the
 //! first time (a process, a channel, a thread that waits).
 //!
+//! Wiring, with the writer's per-commit observer and the live feed's
+//! `FeedSource` (the analyzer behind the feed's `Arc<Mutex<_>>`):
+//!
+//! ```ignore
+//! // On each committed batch from the writer:
+//! analyzer.committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+//! // Every 100 ms (or at analyzer.next_due()), before the feed's delta:
+//! for change in analyzer.tick(monotonic_ns()) {
+//!     match change {
+//!         // INSERT INTO deadlocks (session_id, detected_ns, cycle), with
+//!         // cycle = serde_json::to_string(&d.cycle); remember d.id -> row.
+//!         DeadlockChange::Detected(d) => {}
+//!         // UPDATE deadlocks SET resolved_ns = ? WHERE id = row of `id`.
+//!         DeadlockChange::Resolved { id, resolved_ns } => {}
+//!     }
+//! }
+//! // FeedSource::snapshot / delta: Analyzer::snapshot / Analyzer::delta.
+//! ```
+//!
 //! Semaphores (ipc-lib's, and later the probes' futex and SysV waits in
 //! the same shape) feed the wait-for graph: a wait begin blocks the thread
 //! on the semaphore, a successful end makes it a holder, a post by a
@@ -137,7 +156,8 @@ struct SignalState {
     changed: u64,
 }
 
-/// The whole analysis of one session.
+/// The whole analysis of one session. Sums of sizes and durations, which
+/// traced processes report, saturate rather than overflow.
 #[derive(Debug)]
 pub struct Analyzer {
     config: AnalyzerConfig,
@@ -156,7 +176,7 @@ pub struct Analyzer {
     channels: FastMap<i64, ChannelState>,
     pairs: FastMap<(i64, u32, u32), WindowedHistogram>,
     /// Messages on channels no event named (the caller's ordering bug).
-    pub unattributed_messages: u64,
+    unattributed_messages: u64,
     waits: FastMap<i64, WaitState>,
     signals: FastMap<(u32, u32, u32), SignalState>,
     /// Generations waiting for delivery: (sender, signo, generated_ns).
@@ -261,7 +281,10 @@ impl Analyzer {
         let seq = self.seq;
         self.totals.events += 1;
         self.rate.record(e.ts_ns, 1, 0, 0);
-        self.saw_process(e);
+        // A drop record is the collector's, about a source: no process.
+        if e.kind != EventKind::Drop {
+            self.saw_process(e);
+        }
         if let Some(id) = channel_id {
             if self.seen_channels.insert(id, ()).is_none() {
                 self.totals.channels += 1;
@@ -286,11 +309,11 @@ impl Analyzer {
                 c.changed = seq;
                 if e.kind == EventKind::MsgSend {
                     c.sends += 1;
-                    c.bytes += e.size;
+                    c.bytes = c.bytes.saturating_add(e.size);
                     c.rate.record(e.ts_ns, 1, 1, e.size);
                     add_pid(&mut c.senders, e.pid);
                     self.totals.messages += 1;
-                    self.totals.bytes += e.size;
+                    self.totals.bytes = self.totals.bytes.saturating_add(e.size);
                     self.rate.record(e.ts_ns, 0, 1, e.size);
                 } else {
                     c.recvs += 1;
@@ -333,7 +356,6 @@ impl Analyzer {
     }
 
     fn wait_event(&mut self, e: &Event, thread: Thread, id: i64) {
-        let seq = self.seq;
         match e.kind {
             EventKind::SemWaitBegin => {
                 self.end_wait(thread, e.ts_ns, None);
@@ -362,7 +384,6 @@ impl Analyzer {
                         self.lock_order.forget(id);
                     }
                 }
-                self.touch_wait(id, e.ts_ns);
             }
             EventKind::LockAcquire => {
                 if let Some(d) = e.duration_ns {
@@ -378,9 +399,7 @@ impl Analyzer {
             }
             _ => {}
         }
-        if let Some(w) = self.waits.get_mut(&id) {
-            w.changed = seq;
-        }
+        self.touch_wait(id, e.ts_ns);
     }
 
     /// The state of what `id` names, marked changed at `ts_ns`. Every id
@@ -397,7 +416,7 @@ impl Analyzer {
         self.totals.waits += 1;
         if let Some(w) = self.touch_wait(id, ts_ns) {
             w.waits += 1;
-            w.total_ns += duration_ns;
+            w.total_ns = w.total_ns.saturating_add(duration_ns);
             w.latency.record(ts_ns, duration_ns);
         }
     }
@@ -562,9 +581,9 @@ impl Analyzer {
     /// `count` events lost by `source` (a `drops.source` name).
     pub fn dropped(&mut self, source: &str, count: u64) {
         self.seq += 1;
-        self.totals.drops += count;
+        self.totals.drops = self.totals.drops.saturating_add(count);
         match self.drops.iter_mut().find(|d| d.source == source) {
-            Some(d) => d.count += count,
+            Some(d) => d.count = d.count.saturating_add(count),
             None => self.drops.push(DropCount {
                 source: source.to_owned(),
                 count,
@@ -669,6 +688,12 @@ impl Analyzer {
         }
     }
 
+    /// Paired messages on channels no event had named, so not counted
+    /// anywhere else: zero when the caller feeds events before messages.
+    pub fn unattributed_messages(&self) -> u64 {
+        self.unattributed_messages
+    }
+
     /// Inversions found so far.
     pub fn inversions(&self) -> &[LockOrderInversion] {
         &self.inversions
@@ -734,7 +759,7 @@ impl Analyzer {
         let events = self
             .recent
             .iter()
-            .skip(self.recent.len() - self.unsent_events)
+            .skip(self.recent.len().saturating_sub(self.unsent_events))
             .cloned()
             .collect();
         let delta = Delta {
@@ -890,6 +915,7 @@ mod tests {
     use crate::correlate::Side;
     use ipc_events::raw::drop_source;
     use ipc_events::Source;
+    use proptest::prelude::*;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
@@ -988,6 +1014,104 @@ mod tests {
         assert_eq!(delta.deadlocks[0].resolved_ns, Some(500 * MS));
         let a_waits = delta.waits.iter().find(|w| w.id == 10).unwrap();
         assert_eq!(a_waits.waiting_now, 0, "the killed waiter no longer waits");
+    }
+
+    /// Events come from traced processes, which may write anything into
+    /// their rings: any sequence of valid events, in any order, with any
+    /// times, results and sizes, must be taken without a panic, and the
+    /// state must stay consistent with what was fed.
+    fn any_event() -> impl Strategy<Value = (Event, Option<i64>)> {
+        (
+            0usize..EventKind::ALL.len(),
+            prop_oneof![3 => 0u64..5 * S, 1 => any::<u64>()],
+            1u32..6,
+            0i64..4,
+            any::<i64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            1u32..6,
+        )
+            .prop_map(|(kind, ts, pid, chan, result, size, duration, target)| {
+                let kind = EventKind::ALL[kind];
+                let mut e = Event::new(ts, pid, pid, Source::Lib, kind);
+                e.result = result;
+                e.size = size;
+                e.duration_ns = duration;
+                e.aux = u64::from(target) + 8;
+                e.target_pid = Some(target);
+                e.msg_id = Some(size);
+                let id = (kind.needs_channel() || chan == 0).then_some(chan);
+                e.channel = id.map(|c| {
+                    let kind = if c % 2 == 0 {
+                        ChannelKind::IpclibSem
+                    } else {
+                        ChannelKind::IpclibChannel
+                    };
+                    ChannelId::named(kind, format!("o{c}"))
+                });
+                (e, id)
+            })
+    }
+
+    proptest! {
+        // Each case grows histograms to an hour's range: keep it quick.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_event_sequence_is_taken_without_a_panic(
+            events in proptest::collection::vec(any_event(), 0..400),
+            now in 0u64..10 * S,
+        ) {
+            let mut a = analyzer();
+            let n = events.len() as u64;
+            let (events, ids): (Vec<Event>, Vec<Option<i64>>) = events.into_iter().unzip();
+            let drops: u64 = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Drop)
+                .fold(0u64, |sum, e| sum.saturating_add(e.size));
+            a.committed(events, &ids, &[paired(1, 0)], 0);
+            a.tick(now);
+            let snap = a.snapshot(now);
+            prop_assert_eq!(snap.totals.events, n);
+            prop_assert_eq!(snap.totals.drops, drops);
+            for d in a.tick(now + 10 * S) {
+                if let DeadlockChange::Detected(d) = d {
+                    prop_assert!(!d.cycle.is_empty());
+                }
+            }
+            let delta = a.delta(now + 10 * S);
+            let mut rebuilt = snap;
+            rebuilt.apply(delta);
+        }
+    }
+
+    #[test]
+    fn the_live_feed_can_own_it_on_another_task() {
+        fn send<T: Send>() {}
+        send::<Analyzer>();
+    }
+
+    #[test]
+    fn a_holder_named_by_ipc_lib_completes_a_cycle_taken_before_the_recording() {
+        let mut a = analyzer();
+        // 100 took "a" before anything was recorded; 200 holds "b".
+        feed(
+            &mut a,
+            vec![sem_event(0, EventKind::SemWaitEnd, 200, "b", 0)],
+        );
+        feed(
+            &mut a,
+            vec![sem_event(1, EventKind::SemWaitBegin, 200, "a", 0)],
+        );
+        a.holder_hint(sem_id("a"), Thread::new(100, 100), 1);
+        feed(
+            &mut a,
+            vec![sem_event(2, EventKind::SemWaitBegin, 100, "b", 0)],
+        );
+        let changes = a.tick(S);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        // A hint for a semaphore with a known holder changes nothing.
+        a.holder_hint(sem_id("b"), Thread::new(300, 300), 2);
+        assert!(a.tick(2 * S).is_empty());
     }
 
     #[test]
@@ -1166,6 +1290,16 @@ mod tests {
     }
 
     #[test]
+    fn a_message_on_a_channel_no_event_named_is_counted_not_lost() {
+        let mut a = analyzer();
+        assert!(!a.message(&paired(1, 2)));
+        assert_eq!(a.unattributed_messages(), 1);
+        a.event(&msg(1, EventKind::MsgSend, 1, 1), Some(1));
+        assert!(a.message(&paired(1, 2)));
+        assert_eq!(a.unattributed_messages(), 1);
+    }
+
+    #[test]
     fn drops_and_signals_are_counted() {
         let mut a = analyzer();
         let mut drop = Event::new(5, 0, 0, Source::Collector, EventKind::Drop);
@@ -1185,6 +1319,8 @@ mod tests {
             .map(|d| (d.source.as_str(), d.count))
             .collect();
         assert_eq!(drops, [("ebpf_ring", 42), ("ingest", 3)]);
+        let pids: Vec<u32> = snap.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [7, 8], "a drop record names no process");
         assert_eq!(snap.signals.len(), 1);
         let s = &snap.signals[0];
         assert_eq!(

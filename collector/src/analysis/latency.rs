@@ -78,6 +78,7 @@ impl Default for WindowedHistogram {
 }
 
 impl WindowedHistogram {
+    /// Empty: no values, no seconds allocated.
     pub fn new() -> Self {
         Self::default()
     }
@@ -109,11 +110,6 @@ impl WindowedHistogram {
                 *slot = Some(Slot { second, values });
             }
         }
-    }
-
-    /// Values recorded in the whole session.
-    pub fn count(&self) -> u64 {
-        self.session.len()
     }
 
     /// The whole session's percentiles.

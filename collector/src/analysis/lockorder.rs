@@ -55,6 +55,7 @@ impl<R> Default for LockOrder<R> {
 }
 
 impl<R: Copy + Eq + Hash> LockOrder<R> {
+    /// No orders seen yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -41,6 +41,7 @@ impl Default for Throughput {
 }
 
 impl Throughput {
+    /// Nothing counted yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -62,9 +63,10 @@ impl Throughput {
                 ..Second::default()
             };
         }
-        slot.events += events;
-        slot.messages += messages;
-        slot.bytes += bytes;
+        // Counts come from traced processes: saturate, never overflow.
+        slot.events = slot.events.saturating_add(events);
+        slot.messages = slot.messages.saturating_add(messages);
+        slot.bytes = slot.bytes.saturating_add(bytes);
     }
 
     /// Second `second`'s counts (zero when nothing happened then).
@@ -84,12 +86,12 @@ impl Throughput {
     /// Mean rates over the `n` complete seconds before `now_ns`.
     pub fn rates(&self, now_ns: u64, n: u64) -> Rates {
         let now = now_ns / NS_PER_S;
-        let (mut events, mut messages, mut bytes) = (0, 0, 0);
+        let (mut events, mut messages, mut bytes) = (0u128, 0u128, 0u128);
         for s in now.saturating_sub(n)..now {
             let c = self.second(s);
-            events += c.events;
-            messages += c.messages;
-            bytes += c.bytes;
+            events += u128::from(c.events);
+            messages += u128::from(c.messages);
+            bytes += u128::from(c.bytes);
         }
         let n = n.max(1) as f64;
         Rates {

@@ -7,20 +7,23 @@
 //! channel. A blocked thread is *stuck* when every releaser of what it
 //! waits for is stuck too (AND over the releasers: one releaser still
 //! running may free it). With one holder per resource that is a plain
-//! cycle. A resource with no known releaser frees nobody's proof: anyone
-//! might post it, so its waiters are never called stuck.
+//! cycle. A resource with no known releaser proves nothing (anyone might
+//! post it), so its waiters are never called stuck.
 //!
 //! Stuck is the greatest fixed point of that rule, and it has a local
 //! form that makes the incremental check cheap: a thread is stuck exactly
 //! when every thread reachable from it (through what it waits for and
 //! that resource's releasers) is blocked on a resource with releasers. If
 //! some reachable thread runs, every thread on the path to it depends on
-//! it. So an edge that arrives is checked by one walk from it, bounded by
-//! what it reaches (a chain of 64 is 64 steps over dense indices).
+//! it. So an edge that arrives is checked by walking from it over dense
+//! indices: along first releasers (the whole reach when no resource on
+//! the way is shared), then through the other releasers it passed. A
+//! chain of 64 is 64 steps.
 //!
 //! A stuck set contains at least one cycle; the one reported follows each
-//! thread to the first releaser of its resource (a function, so every
-//! walk in one knot reaches the same cycle). A cycle found is a
+//! thread to the first releaser of its resource (a function, so the walks
+//! of all the threads that lead into one cycle find that same cycle, and
+//! it is reported once). A cycle found is a
 //! *candidate*; [`WaitGraph::tick`] confirms it as a deadlock once every
 //! member has been blocked for the threshold, reports it once with a
 //! stable id, and reports its resolution when any member stops waiting,
@@ -43,6 +46,7 @@ pub struct Thread {
 }
 
 impl Thread {
+    /// Thread `tid` of process `pid`.
     pub const fn new(pid: u32, tid: u32) -> Self {
         Thread { pid, tid }
     }
@@ -80,6 +84,26 @@ pub enum GraphChange<R> {
 
 /// Dense index of a thread or resource node.
 type Ix = u32;
+
+/// How a first-releaser walk ended.
+enum Walk {
+    /// In a cycle, `path[from..]`; `single` when every resource on the
+    /// walk had exactly one releaser.
+    Cycle { from: usize, single: bool },
+    /// At a thread that is not blocked, or a resource with no releaser.
+    Free,
+    /// At a thread an earlier walk of the same sweep went through.
+    Known,
+}
+
+/// One member's share of a cycle's hash; a cycle's hash is the sum of its
+/// members', so every rotation of it has the same.
+fn member_hash(thread: Thread, since_ns: u64) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_u64((u64::from(thread.pid) << 32) | u64::from(thread.tid));
+    h.write_u64(since_ns);
+    h.finish()
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Wait {
@@ -144,6 +168,9 @@ pub struct WaitGraph<R> {
     /// Scratch space for walks, kept to avoid allocating per check.
     stack: Vec<Ix>,
     path: Vec<Ix>,
+    /// `path_hash[i]`: the sum of the member hashes of `path[..i]`, so a
+    /// cycle's (rotation-free) hash is a difference.
+    path_hash: Vec<u64>,
     /// Cycles found, by the hash of their canonical (thread, since)
     /// sequence: finding one already known then allocates nothing.
     tracked: FastMap<u64, Vec<Tracked<R>>>,
@@ -166,14 +193,11 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             stamp: 0,
             stack: Vec::new(),
             path: Vec::new(),
+            path_hash: Vec::new(),
             tracked: FastMap::default(),
             next_id: 1,
             dirty: false,
         }
-    }
-
-    pub fn threshold_ns(&self) -> u64 {
-        self.threshold_ns
     }
 
     /// `thread` blocked on `resource` at `since_ns` (a thread waits for one
@@ -213,17 +237,20 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let res = self.resource(resource);
         let node = &mut self.resource_nodes[res as usize];
         node.changed_ns = ts_ns;
+        self.dirty = true;
         match node.releasers.iter_mut().find(|(h, _)| *h == t) {
-            Some((_, count)) => *count += 1,
+            Some((_, count)) => *count = count.saturating_add(1),
             None => {
                 node.releasers.push((t, 1));
+                let first = node.releasers.len() == 1;
                 self.thread_nodes[t as usize].holds.push(res);
+                // A first releaser can make the waiters stuck; any other
+                // can only free them.
+                if first {
+                    self.check_waiters(res);
+                }
             }
         }
-        self.dirty = true;
-        // A first releaser can make the waiters stuck; any other can only
-        // free them.
-        self.check_waiters(res);
     }
 
     /// `thread` gave back one count of `resource`. Returns whether it held
@@ -284,15 +311,6 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             .map(|&(t, _)| self.thread_nodes[t as usize].key)
     }
 
-    /// Whether `thread` holds a count of `resource`.
-    pub fn holds(&self, thread: Thread, resource: R) -> bool {
-        let (Some(&t), Some(&r)) = (self.threads.get(&thread), self.resources.get(&resource))
-        else {
-            return false;
-        };
-        self.thread_nodes[t as usize].holds.contains(&r)
-    }
-
     /// Every thread of process `pid` is gone at `ts_ns`: its waits end and
     /// what it held has no releaser left in it. Deadlocks it was part of
     /// resolve at `ts_ns`. Returns the waits that ended. Linear in the
@@ -346,14 +364,18 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// Every stuck thread, by the full sweep; registers the cycles among
     /// them as candidates. Linear in the blocked threads and their edges.
     pub fn sweep(&mut self) -> Vec<Thread> {
-        let stuck = self.sweep_marks();
-        self.dirty = false;
-        let threads = stuck
+        let stuck = self.sweep_and_track();
+        stuck
             .iter()
             .map(|&t| self.thread_nodes[t as usize].key)
-            .collect();
+            .collect()
+    }
+
+    fn sweep_and_track(&mut self) -> Vec<Ix> {
+        let stuck = self.sweep_marks();
+        self.dirty = false;
         self.track_cycles_of(&stuck);
-        threads
+        stuck
     }
 
     /// Confirms candidates blocked past the threshold and resolves
@@ -362,7 +384,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// [`WaitGraph::next_due`]): detection is at most one tick late.
     pub fn tick(&mut self, now_ns: u64) -> Vec<GraphChange<R>> {
         if self.dirty {
-            self.sweep();
+            self.sweep_and_track();
         }
         let mut changes = Vec::new();
         let mut due = Vec::new();
@@ -450,11 +472,6 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             .flatten()
             .filter(|t| t.id.is_none())
             .count()
-    }
-
-    /// Threads blocked now.
-    pub fn blocked(&self) -> usize {
-        self.blocked.len()
     }
 
     fn thread(&mut self, key: Thread) -> Ix {
@@ -549,13 +566,50 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         true
     }
 
+    /// The incremental check of an arriving edge at `t`, taking the cycle
+    /// it closes as a candidate. The first-releaser walk comes first: it
+    /// ends at a running thread (not stuck) or in a cycle. When every
+    /// resource on it had one releaser, the walk was the whole reach and
+    /// the cycle is stuck; otherwise the check goes on from the other
+    /// releasers the walk passed, its own threads already known.
     fn check_and_track(&mut self, t: Ix) -> bool {
-        if !self.stuck(t) {
-            return false;
-        }
         let stamp = self.next_stamp();
-        if let Some(from) = self.walk(t, stamp, stamp) {
-            self.track(from);
+        match self.walk(t, stamp, stamp, true) {
+            Walk::Free => false,
+            Walk::Cycle { from, single } => {
+                if !single && !self.rest_stuck(stamp) {
+                    return false;
+                }
+                self.track(from);
+                true
+            }
+            // Only a sweep's walks meet earlier ones.
+            Walk::Known => self.stuck(t),
+        }
+    }
+
+    /// Finishes the check a walk with `stamp` began: the threads it left
+    /// on the stack, and all they reach, are blocked on resources with
+    /// releasers.
+    fn rest_stuck(&mut self, stamp: u64) -> bool {
+        while let Some(t) = self.stack.pop() {
+            let node = &mut self.thread_nodes[t as usize];
+            if node.mark == stamp {
+                continue;
+            }
+            node.mark = stamp;
+            let Some(wait) = node.wait else {
+                return false;
+            };
+            let releasers = &self.resource_nodes[wait.res as usize].releasers;
+            if releasers.is_empty() {
+                return false;
+            }
+            for &(h, _) in releasers {
+                if self.thread_nodes[h as usize].mark != stamp {
+                    self.stack.push(h);
+                }
+            }
         }
         true
     }
@@ -567,28 +621,51 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         }
     }
 
-    /// Follows first releasers from a stuck `start` until a thread repeats;
-    /// the cycle is then `self.path[from..]`, and `from` is returned. None
-    /// when the walk ran into one seen by an earlier walk of the same
-    /// sweep (stamps `>= first`), whose cycle is already known.
-    fn walk(&mut self, start: Ix, first: u64, stamp: u64) -> Option<usize> {
+    /// Follows first releasers from `start` until a thread repeats, a
+    /// thread runs, or a resource has no releaser. With `check`, marks the
+    /// threads walked and stacks the other releasers passed, for
+    /// [`WaitGraph::rest_stuck`].
+    fn walk(&mut self, start: Ix, first: u64, stamp: u64, check: bool) -> Walk {
         self.path.clear();
+        self.path_hash.clear();
+        self.path_hash.push(0);
+        if check {
+            self.stack.clear();
+        }
+        let mut single = true;
         let mut t = start;
         loop {
             let node = &mut self.thread_nodes[t as usize];
             if node.seen == stamp {
-                return Some(node.pos as usize);
+                return Walk::Cycle {
+                    from: node.pos as usize,
+                    single,
+                };
             }
             if node.seen >= first {
-                return None;
+                return Walk::Known;
             }
+            let Some(wait) = node.wait else {
+                return Walk::Free;
+            };
             node.seen = stamp;
+            if check {
+                node.mark = stamp;
+            }
             node.pos = self.path.len() as u32;
+            let hash = member_hash(node.key, wait.since_ns);
             self.path.push(t);
-            // A stuck thread waits on a resource whose releasers are all
-            // stuck; the `?`s only guard against a caller's mistake.
-            let wait = node.wait?;
-            t = self.resource_nodes[wait.res as usize].releasers.first()?.0;
+            let sum = self.path_hash.last().copied().unwrap_or(0);
+            self.path_hash.push(sum.wrapping_add(hash));
+            let releasers = &self.resource_nodes[wait.res as usize].releasers;
+            single &= releasers.len() == 1;
+            if check && releasers.len() > 1 {
+                self.stack.extend(releasers[1..].iter().map(|&(h, _)| h));
+            }
+            match releasers.first() {
+                Some(&(next, _)) => t = next,
+                None => return Walk::Free,
+            }
         }
     }
 
@@ -605,36 +682,42 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
 
     /// Starts watching the cycle `self.path[from..]` (each thread waits
     /// for what the next releases), unless it is watched already; the
-    /// check for that allocates nothing. One form for every rotation: the
-    /// smallest thread first.
+    /// check for that allocates nothing. Stored in one form for every
+    /// rotation: the smallest thread first.
     fn track(&mut self, from: usize) {
         let cycle = &self.path[from..];
         let len = cycle.len();
-        let Some(first) = (0..len).min_by_key(|&i| self.thread_nodes[cycle[i] as usize].key) else {
+        let hash = self.path_hash[self.path.len()].wrapping_sub(self.path_hash[from]);
+        let nodes = &self.thread_nodes;
+        let threads = &self.threads;
+        let same = |t: &Tracked<R>| {
+            if t.members.len() != len {
+                return false;
+            }
+            // Where the stored first member is in this walk: its `pos`,
+            // if the walk's cycle holds it.
+            let Some(&ix) = threads.get(&t.members[0].thread) else {
+                return false;
+            };
+            let pos = nodes[ix as usize].pos as usize;
+            if !(from..from + len).contains(&pos) || cycle[pos - from] != ix {
+                return false;
+            }
+            let start = pos - from;
+            t.members.iter().enumerate().all(|(i, m)| {
+                let node = &nodes[cycle[(start + i) % len] as usize];
+                m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
+            })
+        };
+        if self.tracked.get(&hash).is_some_and(|b| b.iter().any(same)) {
+            return;
+        }
+        let Some(first) = (0..len).min_by_key(|&i| nodes[cycle[i] as usize].key) else {
             return;
         };
-        let rotated = || (0..len).map(move |i| cycle[(first + i) % len]);
-        let mut hasher = FxHasher::default();
-        for t in rotated() {
-            let node = &self.thread_nodes[t as usize];
-            let since = node.wait.map_or(0, |w| w.since_ns);
-            hasher.write_u64((u64::from(node.key.pid) << 32) | u64::from(node.key.tid));
-            hasher.write_u64(since);
-        }
-        let hash = hasher.finish();
-        let known = self.tracked.get(&hash).is_some_and(|bucket| {
-            bucket.iter().any(|t| {
-                t.members.len() == len
-                    && t.members.iter().zip(rotated()).all(|(m, ix)| {
-                        let node = &self.thread_nodes[ix as usize];
-                        m.thread == node.key && node.wait.is_some_and(|w| w.since_ns == m.since_ns)
-                    })
-            })
-        });
-        if known {
-            return;
-        }
-        let members: Vec<Member<R>> = rotated().filter_map(|t| self.member(t)).collect();
+        let members: Vec<Member<R>> = (0..len)
+            .filter_map(|i| self.member(cycle[(first + i) % len]))
+            .collect();
         self.tracked.entry(hash).or_default().push(Tracked {
             id: None,
             members,
@@ -694,7 +777,8 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         let first = self.stamp + 1;
         for &t in stuck {
             let stamp = self.next_stamp();
-            if let Some(from) = self.walk(t, first, stamp) {
+            // From a stuck thread the walk can only end in a cycle.
+            if let Walk::Cycle { from, .. } = self.walk(t, first, stamp, false) {
                 self.track(from);
             }
         }
@@ -843,6 +927,31 @@ mod tests {
         let due = g.next_due().unwrap();
         assert_eq!(detected(&g.tick(due)).len(), 1);
         assert_eq!(g.next_due(), None);
+    }
+
+    #[test]
+    fn a_cycle_found_again_is_watched_once() {
+        let mut g = WaitGraph::new(200 * MS);
+        ring(&mut g, 3, true);
+        assert_eq!(g.candidates(), 1);
+        // The same waits seen again (a rotation: found from thread 3).
+        g.unblock(th(3), 10 * MS);
+        assert!(g.block(th(3), 1, 10 * MS));
+        // A holder taking another count changes nothing.
+        g.acquire(th(2), 2, 11 * MS);
+        assert_eq!(g.candidates(), 1);
+        assert_eq!(detected(&g.tick(300 * MS)).len(), 1);
+        // Its threads waiting anew make it another cycle.
+        g.unblock(th(3), 400 * MS);
+        g.block(th(3), 1, 400 * MS);
+        assert_eq!(
+            g.tick(401 * MS),
+            [GraphChange::Resolved {
+                id: 1,
+                resolved_ns: 400 * MS
+            }]
+        );
+        assert_eq!(g.candidates(), 1);
     }
 
     #[test]
@@ -1019,7 +1128,10 @@ mod tests {
             for (i, &(op, t, r)) in ops.iter().enumerate() {
                 let ts = i as u64;
                 match op {
-                    0 | 1 => { g.block(th(t), r, ts); }
+                    0 | 1 => {
+                        let stuck = g.block(th(t), r, ts);
+                        prop_assert_eq!(stuck, g.sweep().contains(&th(t)), "block {} on {}", t, r);
+                    }
                     2 => { g.unblock(th(t), ts); }
                     3 => g.acquire(th(t), r, ts),
                     _ => { g.release(th(t), r, ts); }
@@ -1038,6 +1150,69 @@ mod tests {
             // Every stuck thread leads to a reported cycle.
             prop_assert_eq!(swept.is_empty(), changes.is_empty());
         }
+    }
+
+    #[test]
+    fn a_large_random_graph_agrees_with_the_sweep_throughout() {
+        // 400 groups of 8 threads and 8 resources (a closure spanning
+        // thousands of threads is rarely all blocked), 60,000 operations
+        // from a fixed generator (splitmix64), checked every 5,000.
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move |bound: u64| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        };
+        let mut g = WaitGraph::new(0);
+        let mut stuck_seen = 0;
+        for i in 0..60_000u64 {
+            let group = next(400);
+            let t = th((group * 8 + next(8)) as u32);
+            let r = group * 8 + next(8);
+            match next(40) {
+                0..=13 => g.acquire(t, r, i),
+                14..=31 => {
+                    g.block(t, r, i);
+                }
+                32..=35 => {
+                    g.release(t, r, i);
+                }
+                36..=38 => {
+                    g.unblock(t, i);
+                }
+                _ => {
+                    g.process_exited(t.pid, i);
+                }
+            }
+            if i % 5000 == 4999 {
+                let swept: std::collections::HashSet<Thread> = g.sweep().into_iter().collect();
+                stuck_seen += swept.len();
+                for pid in 0..3200 {
+                    assert_eq!(
+                        g.is_stuck(th(pid)),
+                        swept.contains(&th(pid)),
+                        "thread {pid} at {i}"
+                    );
+                }
+                // Deadlocks that broke since are resolved by the tick; the
+                // rest, and the new ones, are all stuck.
+                let changes = g.tick(i);
+                for (_, cycle) in g.deadlocks() {
+                    assert!(cycle.iter().all(|m| swept.contains(&m.thread)));
+                }
+                assert_eq!(
+                    swept.is_empty(),
+                    g.deadlocks().next().is_none(),
+                    "{changes:?}"
+                );
+            }
+        }
+        assert!(
+            stuck_seen > 100,
+            "the generator made deadlocks: {stuck_seen}"
+        );
     }
 
     #[test]
