@@ -246,13 +246,14 @@ impl Server {
             reply_to: request.id,
         };
         let max = self.socket.max_message_size();
-        conn.send_frame(head, body, wait, max)?;
+        let at = conn.send_frame(head, body, wait, max)?;
         trace_reply(
             EventKind::MsgSend,
             self.socket.name(),
             body.len(),
             id,
             request.id,
+            Some(at),
         );
         Ok(id)
     }
@@ -447,11 +448,20 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn trace_reply(kind: EventKind, name: &str, size: usize, id: u64, request: u64) {
+/// Traces a reply's send (stamped `at_ns`) or receive (now).
+fn trace_reply(
+    kind: EventKind,
+    name: &str,
+    size: usize,
+    id: u64,
+    request: u64,
+    at_ns: Option<u64>,
+) {
     trace::emit_op(Op {
         size: size as u64,
         msg_id: id,
         aux: request,
+        at_ns,
         ..Op::new(kind, ChannelKind::IpclibChannel, name)
     });
 }
@@ -536,10 +546,11 @@ impl Client {
             msg_id: id,
             reply_to: 0,
         };
-        self.conn.send_frame(head, request, wait, self.max)?;
+        let at = self.conn.send_frame(head, request, wait, self.max)?;
         trace::emit_op(Op {
             size: request.len() as u64,
             msg_id: id,
+            at_ns: Some(at),
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)
@@ -577,6 +588,7 @@ impl Client {
                 body.len(),
                 h.msg_id,
                 h.reply_to,
+                None,
             );
             if h.reply_to != id {
                 self.late += 1;

@@ -76,6 +76,10 @@ pub(crate) struct Op<'a> {
     pub aux: u64,
     pub result: i64,
     pub duration_ns: u64,
+    /// When the operation took effect, if not now: a send is stamped with
+    /// the moment before its syscall, since the receiver may have traced
+    /// its receive before the sender gets to trace anything after it.
+    pub at_ns: Option<u64>,
 }
 
 impl<'a> Op<'a> {
@@ -91,6 +95,7 @@ impl<'a> Op<'a> {
             aux: 0,
             result: 0,
             duration_ns: 0,
+            at_ns: None,
         }
     }
 
@@ -136,7 +141,7 @@ pub(crate) fn emit_op(op: Op<'_>) {
     let (tid, comm) = thread_identity();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
     let raw = RawEvent {
-        ts_ns: monotonic_ns(),
+        ts_ns: op.at_ns.unwrap_or_else(monotonic_ns),
         pid: PID.load(Ordering::Relaxed),
         tid,
         kind: op.kind.code(),

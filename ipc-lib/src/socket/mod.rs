@@ -210,13 +210,15 @@ impl Conn {
 
     /// Sends one frame: `head` (its `len` is set from `body`) and `body`,
     /// waiting for room as `wait` says. `max` is what `TooLarge` reports.
+    /// Returns the time (monotonic ns) just before the `sendmsg` that
+    /// delivered it, the send's timestamp for tracing.
     pub(crate) fn send_frame(
         &self,
         head: Header,
         body: &[u8],
         wait: Wait,
         max: usize,
-    ) -> Result<(), SendError> {
+    ) -> Result<u64, SendError> {
         let too_large = SendError::TooLarge {
             len: body.len(),
             max,
@@ -230,8 +232,9 @@ impl Conn {
         }
         .encode();
         loop {
+            let at = crate::trace::monotonic_ns();
             let err = match sys::send_parts(self.fd.as_raw_fd(), &head, body) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(at),
                 Err(e) => e,
             };
             match err.raw_os_error() {

@@ -103,10 +103,11 @@ impl SocketSender {
             msg_id: id,
             reply_to: 0,
         };
-        self.conn.send_frame(head, msg, wait, self.max)?;
+        let at = self.conn.send_frame(head, msg, wait, self.max)?;
         trace::emit_op(Op {
             size: msg.len() as u64,
             msg_id: id,
+            at_ns: Some(at),
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)
