@@ -561,12 +561,9 @@ impl Client {
     fn take_reply(&mut self, id: u64) -> Result<Option<Vec<u8>>, CallError> {
         loop {
             let n = match sys::recv_trunc(self.conn.fd.as_raw_fd(), &mut self.buf) {
-                Ok(0) => return Err(CallError::Disconnected),
-                Ok(n) => n,
+                Ok(sys::Datagram::End) => return Err(CallError::Disconnected),
+                Ok(sys::Datagram::Bytes(n)) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                    return Err(CallError::Disconnected)
-                }
                 Err(source) => return Err(CallError::Os { op: "recv", source }),
             };
             let got = n.min(self.buf.len());
