@@ -525,15 +525,18 @@ impl Client {
         let deadline = Instant::now().checked_add(timeout);
         let id = self.send_request(request, Wait::Until(deadline))?;
         loop {
-            if let Some(reply) = self.take_reply(id)? {
-                return Ok(reply);
-            }
+            // Wait first: the reply is hardly ever back already, and a
+            // receive that finds nothing would be a wasted syscall.
             let left = sys::remaining(deadline);
-            if left == Some(Duration::ZERO) {
+            let ready = sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
+                .map_err(|source| CallError::Os { op: "poll", source })?;
+            if ready != 0 {
+                if let Some(reply) = self.take_reply(id)? {
+                    return Ok(reply);
+                }
+            } else if left == Some(Duration::ZERO) {
                 return Err(CallError::Timeout);
             }
-            sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
-                .map_err(|source| CallError::Os { op: "poll", source })?;
         }
     }
 
