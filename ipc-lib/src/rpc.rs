@@ -246,14 +246,14 @@ impl Server {
             reply_to: request.id,
         };
         let max = self.socket.max_message_size();
-        let sent_ns = trace::now_if_enabled();
-        conn.send_frame(head, body, wait, max)?;
+        let at = conn.send_frame(head, body, wait, max)?;
         trace_reply(
             EventKind::MsgSend,
             self.socket.name(),
             body.len(),
-            (id, request.id),
-            sent_ns,
+            id,
+            request.id,
+            Some(at),
         );
         Ok(id)
     }
@@ -448,13 +448,20 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Traces a reply `(id, request id)`; `ts_ns` as [`Op::ts_ns`].
-fn trace_reply(kind: EventKind, name: &str, size: usize, (id, request): (u64, u64), ts_ns: u64) {
+/// Traces a reply's send (stamped `at_ns`) or receive (now).
+fn trace_reply(
+    kind: EventKind,
+    name: &str,
+    size: usize,
+    id: u64,
+    request: u64,
+    at_ns: Option<u64>,
+) {
     trace::emit_op(Op {
         size: size as u64,
         msg_id: id,
         aux: request,
-        ts_ns,
+        at_ns,
         ..Op::new(kind, ChannelKind::IpclibChannel, name)
     });
 }
@@ -518,15 +525,18 @@ impl Client {
         let deadline = Instant::now().checked_add(timeout);
         let id = self.send_request(request, Wait::Until(deadline))?;
         loop {
-            if let Some(reply) = self.take_reply(id)? {
-                return Ok(reply);
-            }
+            // Wait first: the reply is hardly ever back already, and a
+            // receive that finds nothing would be a wasted syscall.
             let left = sys::remaining(deadline);
-            if left == Some(Duration::ZERO) {
+            let ready = sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
+                .map_err(|source| CallError::Os { op: "poll", source })?;
+            if ready != 0 {
+                if let Some(reply) = self.take_reply(id)? {
+                    return Ok(reply);
+                }
+            } else if left == Some(Duration::ZERO) {
                 return Err(CallError::Timeout);
             }
-            sys::poll_one(self.conn.fd.as_fd(), libc::POLLIN, left)
-                .map_err(|source| CallError::Os { op: "poll", source })?;
         }
     }
 
@@ -539,14 +549,11 @@ impl Client {
             msg_id: id,
             reply_to: 0,
         };
-        // Stamped before it is sent: the server may stamp its receive
-        // before this thread runs again.
-        let sent_ns = trace::now_if_enabled();
-        self.conn.send_frame(head, request, wait, self.max)?;
+        let at = self.conn.send_frame(head, request, wait, self.max)?;
         trace::emit_op(Op {
             size: request.len() as u64,
             msg_id: id,
-            ts_ns: sent_ns,
+            at_ns: Some(at),
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)
@@ -557,12 +564,9 @@ impl Client {
     fn take_reply(&mut self, id: u64) -> Result<Option<Vec<u8>>, CallError> {
         loop {
             let n = match sys::recv_trunc(self.conn.fd.as_raw_fd(), &mut self.buf) {
-                Ok(0) => return Err(CallError::Disconnected),
-                Ok(n) => n,
+                Ok(sys::Datagram::End) => return Err(CallError::Disconnected),
+                Ok(sys::Datagram::Bytes(n)) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                    return Err(CallError::Disconnected)
-                }
                 Err(source) => return Err(CallError::Os { op: "recv", source }),
             };
             let got = n.min(self.buf.len());
@@ -582,8 +586,9 @@ impl Client {
                 EventKind::MsgRecv,
                 &self.name,
                 body.len(),
-                (h.msg_id, h.reply_to),
-                0,
+                h.msg_id,
+                h.reply_to,
+                None,
             );
             if h.reply_to != id {
                 self.late += 1;

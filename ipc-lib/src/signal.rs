@@ -135,16 +135,16 @@ pub fn send(pid: u32, signal: Signal) -> Result<(), SignalError> {
     if target == 0 {
         return Err(SignalError::InvalidPid { pid });
     }
-    // Stamped before the kill: the target may handle it first.
-    let sent_ns = trace::now_if_enabled();
+    // Stamped before the kill: the target may handle it before we return.
+    let at = monotonic_ns();
     // SAFETY: kill has no memory preconditions; a positive pid names one
     // process.
     let r = unsafe { libc::kill(target, signal.0) };
     let err = (r != 0).then(io::Error::last_os_error);
     trace::emit_op(Op {
-        ts_ns: sent_ns,
         obj: u64::from(pid),
         aux: signal.0 as u64,
+        at_ns: Some(at),
         result: err
             .as_ref()
             .and_then(io::Error::raw_os_error)

@@ -76,9 +76,10 @@ pub(crate) struct Op<'a> {
     pub aux: u64,
     pub result: i64,
     pub duration_ns: u64,
-    /// When it happened, if not now (0): for operations that must be
-    /// stamped before they take effect.
-    pub ts_ns: u64,
+    /// When the operation took effect, if not now: a send is stamped with
+    /// the moment before its syscall, since the receiver may have traced
+    /// its receive before the sender gets to trace anything after it.
+    pub at_ns: Option<u64>,
 }
 
 impl<'a> Op<'a> {
@@ -94,7 +95,7 @@ impl<'a> Op<'a> {
             aux: 0,
             result: 0,
             duration_ns: 0,
-            ts_ns: 0,
+            at_ns: None,
         }
     }
 
@@ -142,10 +143,7 @@ pub(crate) fn emit_op(op: Op<'_>) {
     let (tid, comm) = thread_identity();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
     let raw = RawEvent {
-        ts_ns: match op.ts_ns {
-            0 => monotonic_ns(),
-            at => at,
-        },
+        ts_ns: op.at_ns.unwrap_or_else(monotonic_ns),
         pid: PID.load(Ordering::Relaxed),
         tid,
         kind: op.kind.code(),
@@ -167,15 +165,11 @@ pub(crate) fn emit_op(op: Op<'_>) {
     write(&raw, name);
 }
 
-/// The time now when tracing is on, else 0 (and no clock read): for
-/// [`Op::ts_ns`].
+/// The time now when tracing is on (and no clock read when it is off): for
+/// [`Op::at_ns`].
 #[inline]
-pub(crate) fn now_if_enabled() -> u64 {
-    if enabled() {
-        monotonic_ns()
-    } else {
-        0
-    }
+pub(crate) fn now_if_enabled() -> Option<u64> {
+    enabled().then(monotonic_ns)
 }
 
 /// Events this process's ring refused because it was full.

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use crate::{query, stderr};
 
-/// ipc-lib's example, which `cargo build --examples` (run first by `cargo
+/// An ipc-lib example, which `cargo build --examples` (run first by `cargo
 /// xtask test`) puts beside this test binary (target/<profile>/examples).
 /// Missing is a failure in CI, a skip with a message elsewhere.
-fn producer_consumer() -> Option<PathBuf> {
+fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples/producer_consumer");
+    let path = exe.parent()?.parent()?.join("examples").join(name);
     if path.exists() {
         return Some(path);
     }
@@ -23,6 +23,10 @@ fn producer_consumer() -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+fn producer_consumer() -> Option<PathBuf> {
+    example("producer_consumer")
 }
 
 /// Records the example with `args`, `IPCSCOPE_RING_BYTES` set when given;
@@ -133,5 +137,36 @@ fn a_full_ipc_lib_ring_counts_exactly_what_it_drops() {
         stored + dropped,
         100_000,
         "every event is stored or counted: {row}"
+    );
+}
+
+#[test]
+fn rpc_requests_and_replies_over_sockets_are_paired_and_ordered() {
+    let Some(example) = example("rpc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    record_example(&example, &db, &["--calls", "500"], None);
+    // Requests one way, replies the other, each message received once by
+    // the other process and never before it was sent.
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n, count(distinct msg_id) as ids,
+                    sum(latency_ns >= 0) as ordered, sum(receiver_pid != sender_pid) as across
+             from messages"
+        ),
+        serde_json::json!([{"n": 1000, "ids": 1000, "ordered": 1000, "across": 1000}])
+    );
+    // Each reply's send names, in aux, a request sent before it.
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n from events r
+             join events q on q.msg_id = r.aux and q.kind = 'msg_send' and q.aux = 0
+             where r.kind = 'msg_send' and r.aux != 0 and q.ts_ns <= r.ts_ns"
+        ),
+        serde_json::json!([{"n": 500}])
     );
 }

@@ -263,7 +263,7 @@ impl Sender {
                 trace::emit_op(Op {
                     size: msg.len() as u64,
                     msg_id: id,
-                    ts_ns: sent_ns,
+                    at_ns: sent_ns,
                     ..Op::new(
                         EventKind::MsgSend,
                         ChannelKind::IpclibChannel,

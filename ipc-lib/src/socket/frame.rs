@@ -163,4 +163,36 @@ mod tests {
             Err(Corruption::ZeroId)
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, the check answers without panicking, and
+        /// says yes only to a frame that is consistent in every field.
+        #[test]
+        fn any_datagram_is_judged_and_only_consistent_ones_pass(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            cut in 0usize..40,
+            max in 0usize..64,
+        ) {
+            // A datagram of `bytes.len() + cut` bytes of which the buffer
+            // kept `bytes`.
+            let real = bytes.len() + cut;
+            if let Ok(h) = Header::check(&bytes, real, &[DATA, REPLY], max) {
+                proptest::prop_assert_eq!(HEADER_LEN + h.len as usize, real);
+                proptest::prop_assert!(h.len as usize <= max);
+                proptest::prop_assert!(h.msg_id != 0);
+                proptest::prop_assert!(h.magic == DATA || h.magic == REPLY);
+            }
+        }
+
+        #[test]
+        fn encoded_headers_check_back(
+            len in 0u32..64,
+            msg_id in 1u64..,
+            reply_to in proptest::prelude::any::<u64>(),
+        ) {
+            let h = Header { magic: REPLY, len, msg_id, reply_to };
+            let f = frame(h, &vec![0; len as usize]);
+            proptest::prop_assert_eq!(Header::check(&f, f.len(), &[REPLY], 64), Ok(h));
+        }
+    }
 }

@@ -162,14 +162,15 @@ impl Conn {
             });
         }
         sys::set_nonblocking(&fd).map_err(os(&shown, "fcntl"))?;
+        sys::set_passcred(&fd).map_err(os(&shown, "SO_PASSCRED"))?;
         let deadline = Instant::now().checked_add(timeout);
         let mut buf = [0u8; HEADER_LEN + 1];
         loop {
             match sys::recv_trunc(fd.as_raw_fd(), &mut buf) {
                 // The receiver closed the connection before greeting us: it
                 // went away (or did not accept us).
-                Ok(0) => return Err(OpenError::NotFound { name: shown }),
-                Ok(n) => {
+                Ok(sys::Datagram::End) => return Err(OpenError::NotFound { name: shown }),
+                Ok(sys::Datagram::Bytes(n)) => {
                     let got = buf.len().min(n);
                     let h = Header::check(&buf[..got], n, &[HELLO], 0).map_err(|reason| {
                         OpenError::CorruptHeader {
@@ -200,9 +201,6 @@ impl Conn {
                     }
                     sys::poll_one(fd.as_fd(), libc::POLLIN, left).map_err(os(&shown, "poll"))?;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                    return Err(OpenError::NotFound { name: shown })
-                }
                 Err(e) => return Err(os(&shown, "recv")(e)),
             }
         }
@@ -210,13 +208,15 @@ impl Conn {
 
     /// Sends one frame: `head` (its `len` is set from `body`) and `body`,
     /// waiting for room as `wait` says. `max` is what `TooLarge` reports.
+    /// Returns the time (monotonic ns) just before the `sendmsg` that
+    /// delivered it, the send's timestamp for tracing.
     pub(crate) fn send_frame(
         &self,
         head: Header,
         body: &[u8],
         wait: Wait,
         max: usize,
-    ) -> Result<(), SendError> {
+    ) -> Result<u64, SendError> {
         let too_large = SendError::TooLarge {
             len: body.len(),
             max,
@@ -230,8 +230,9 @@ impl Conn {
         }
         .encode();
         loop {
+            let at = crate::trace::monotonic_ns();
             let err = match sys::send_parts(self.fd.as_raw_fd(), &head, body) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(at),
                 Err(e) => e,
             };
             match err.raw_os_error() {
@@ -453,6 +454,32 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_gone_before_it_was_accepted_is_still_heard() {
+        let name = unique("early");
+        let mut rx = SocketReceiver::builder(&name).create().unwrap();
+        // Whether the accept thread is quicker than the close varies from
+        // round to round; either way nothing may be lost.
+        for i in 1..=50u64 {
+            let peer = raw_peer(&name);
+            let head = frame::Header {
+                magic: frame::DATA,
+                len: 8,
+                msg_id: i,
+                reply_to: 0,
+            };
+            sys::send_parts(peer.as_raw_fd(), &head.encode(), &i.to_le_bytes()).unwrap();
+            drop(peer);
+            let mut got = Vec::new();
+            assert_eq!(rx.recv_into(&mut got, Some(PATIENCE)).unwrap(), i);
+            assert_eq!(got, i.to_le_bytes());
+            assert!(matches!(
+                rx.recv_timeout(PATIENCE),
+                Err(RecvError::Disconnected)
+            ));
+        }
+    }
+
+    #[test]
     fn garbage_from_one_peer_is_an_error_that_spares_the_others() {
         let (mut tx, mut rx) = pair("hostile", 64);
         let name = rx.name().to_owned();
@@ -463,6 +490,14 @@ mod tests {
             reply_to: 0,
         };
         let cases: Vec<(Vec<u8>, Corruption)> = vec![
+            // Empty: not to be mistaken for the peer leaving.
+            (
+                Vec::new(),
+                Corruption::Truncated {
+                    size: 24,
+                    available: 0,
+                },
+            ),
             (
                 b"not a frame".to_vec(),
                 Corruption::Truncated {
@@ -514,7 +549,7 @@ mod tests {
             // The hostile peer was cut off; the honest sender is fine.
             assert_eq!(
                 sys::recv_trunc(peer.as_raw_fd(), &mut [0; 64]).ok(),
-                Some(24),
+                Some(sys::Datagram::Bytes(24)),
                 "greeting"
             );
             assert_eq!(

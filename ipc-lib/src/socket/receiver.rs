@@ -55,6 +55,9 @@ impl SocketReceiverBuilder {
             Err(e) => return Err(os(&name, "bind")(e)),
         }
         sys::set_nonblocking(&listener).map_err(os(&name, "fcntl"))?;
+        // Set on the listener too, so that connections waiting to be
+        // accepted have it for what they queue meanwhile.
+        sys::set_passcred(&listener).map_err(os(&name, "SO_PASSCRED"))?;
         let shared = Arc::new(Shared {
             listener,
             epoll: sys::Epoll::new().map_err(os(&name, "epoll_create1"))?,
@@ -152,6 +155,7 @@ impl Shared {
 
     fn greet(&self, fd: OwnedFd) -> io::Result<Conn> {
         let (peer_pid, uid) = sys::peer_cred(&fd)?;
+        sys::set_passcred(&fd)?;
         if uid != sys::euid() {
             return Err(io::Error::other(format!(
                 "pid {peer_pid} runs as uid {uid}, not as this process's"
@@ -163,7 +167,12 @@ impl Shared {
             msg_id: self.max as u64,
             reply_to: 0,
         };
-        sys::send_parts(fd.as_raw_fd(), &hello.encode(), &[])?;
+        match sys::send_parts(fd.as_raw_fd(), &hello.encode(), &[]) {
+            // A sender that already left still had its say: what it sent
+            // before leaving is queued here and must be read.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {}
+            r => r.map(drop)?,
+        }
         self.epoll.add(fd.as_raw_fd())?;
         Ok(Conn { fd, peer_pid })
     }
@@ -291,7 +300,7 @@ impl SocketReceiver {
                     op: "epoll_wait",
                     source,
                 })?;
-            let Some((fd, events)) = ready else {
+            let Some(fd) = ready else {
                 if sys::remaining(deadline) == Some(Duration::ZERO) {
                     return Err(if waiting {
                         RecvError::Timeout
@@ -309,23 +318,13 @@ impl SocketReceiver {
                 continue;
             };
             match sys::recv_trunc(fd, &mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => self.close(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(source) => {
                     self.close(fd);
                     return Err(RecvError::Os { op: "recv", source });
                 }
-                Ok(0) => {
-                    self.close(fd);
-                    // An empty datagram, not the end of the stream: garbage.
-                    if events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 == 0 {
-                        return Err(self.corrupt(crate::channel::Corruption::Truncated {
-                            size: HEADER_LEN as u64,
-                            available: 0,
-                        }));
-                    }
-                }
-                Ok(n) => {
+                Ok(sys::Datagram::End) => self.close(fd),
+                Ok(sys::Datagram::Bytes(n)) => {
                     let got = n.min(self.buf.len());
                     match Header::check(&self.buf[..got], n, &[DATA], self.shared.max) {
                         Ok(header) => {

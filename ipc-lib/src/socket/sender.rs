@@ -103,14 +103,11 @@ impl SocketSender {
             msg_id: id,
             reply_to: 0,
         };
-        // Stamped before it is sent: the receiver may stamp its receive
-        // before this thread runs again.
-        let sent_ns = trace::now_if_enabled();
-        self.conn.send_frame(head, msg, wait, self.max)?;
+        let at = self.conn.send_frame(head, msg, wait, self.max)?;
         trace::emit_op(Op {
             size: msg.len() as u64,
             msg_id: id,
-            ts_ns: sent_ns,
+            at_ns: Some(at),
             ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
         });
         Ok(id)

@@ -159,24 +159,80 @@ pub(crate) fn send_parts(fd: RawFd, head: &[u8], body: &[u8]) -> io::Result<usiz
     }
 }
 
-/// Receives one datagram into `buf` without waiting, and returns its real
-/// length (MSG_TRUNC), which is larger than `buf` when it was cut short.
-/// `Ok(0)` is the end of the stream, or an empty datagram.
-pub(crate) fn recv_trunc(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// What one receive found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Datagram {
+    /// A datagram of this real length (MSG_TRUNC: more than the buffer
+    /// holds when it was cut short; 0 for an empty one).
+    Bytes(usize),
+    /// The peer closed its end and everything it sent has been read.
+    End,
+}
+
+/// Asks the kernel to attach the sender's credentials to every datagram
+/// this socket receives. Not for the credentials themselves: a datagram
+/// then comes with control data, which tells an empty datagram (garbage
+/// from a hostile peer) from the end of the stream, both of which `recv`
+/// reports as 0 bytes.
+pub(crate) fn set_passcred(fd: &OwnedFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option of the size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// One `recvmsg` without waiting: the real length and whether control
+/// data (the credentials) came with it.
+fn recvmsg(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<(usize, bool)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
     loop {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let r = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            )
-        };
+        // SAFETY: msg names one iovec over buf, valid for writes of its
+        // length, and no control buffer.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, flags | libc::MSG_DONTWAIT) };
         match cvt_len(r) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
+            // The peer closed with data of ours unread. The kernel reports
+            // that once, ahead of what is still queued for us: read on.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => continue,
+            // Control data that did not fit our (absent) buffer.
+            r => return r.map(|n| (n, msg.msg_flags & libc::MSG_CTRUNC != 0)),
         }
+    }
+}
+
+/// Receives one datagram into `buf` without waiting (`WouldBlock` when
+/// none is there). The socket must have [`set_passcred`].
+pub(crate) fn recv_trunc(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    match recvmsg(fd, buf, libc::MSG_TRUNC)? {
+        (0, false) => {}
+        (n, _) => return Ok(Datagram::Bytes(n)),
+    }
+    // 0 bytes and no credentials: the end, or an empty datagram queued
+    // before the receiving side was accepted (and so before it asked for
+    // credentials). Look at what follows without taking it: more data,
+    // or nothing yet from a peer still connected, means it was a datagram.
+    // Empty datagrams followed by the peer leaving stay indistinguishable
+    // from the end; they carry nothing to lose.
+    match recvmsg(fd, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC) {
+        Ok((0, false)) => Ok(Datagram::End),
+        Ok(_) => Ok(Datagram::Bytes(0)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Datagram::Bytes(0)),
+        Err(e) => Err(e),
     }
 }
 
@@ -295,15 +351,15 @@ impl Epoll {
         };
     }
 
-    /// One ready descriptor and its events, or `None` on timeout or a
-    /// signal. Level-triggered epoll queues a descriptor still ready at the
-    /// back, so taking one at a time serves senders in turn.
-    pub(crate) fn wait_one(&self, timeout: Option<Duration>) -> io::Result<Option<(RawFd, u32)>> {
+    /// One ready descriptor, or `None` on timeout or a signal.
+    /// Level-triggered epoll queues a descriptor still ready at the back,
+    /// so taking one at a time serves senders in turn.
+    pub(crate) fn wait_one(&self, timeout: Option<Duration>) -> io::Result<Option<RawFd>> {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: room for exactly the one event asked for.
         match cvt(unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ev, 1, millis(timeout)) }) {
             Ok(0) => Ok(None),
-            Ok(_) => Ok(Some((ev.u64 as RawFd, ev.events))),
+            Ok(_) => Ok(Some(ev.u64 as RawFd)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(e) => Err(e),
         }

@@ -67,7 +67,8 @@ fn a_signal_from_a_child_names_the_child() {
     let s = Signal::new(libc::SIGRTMIN() + 10).unwrap();
     let mut signals = Signals::new(&[s]).unwrap();
     let mut child = spawn("sig-to-parent", "", &s.number().to_string());
-    let got = signals.recv_timeout(PATIENCE).unwrap();
+    // The blocking iterator form.
+    let got = signals.forever().next().unwrap();
     assert_eq!(got.signal, s);
     assert_eq!(got.sender_pid, Some(child.id()));
     assert!(wait_bounded(&mut child, PATIENCE).success());

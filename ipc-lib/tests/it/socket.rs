@@ -41,6 +41,28 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        // Connects with a bare socket and sends garbage of every sort,
+        // then leaves.
+        "sock-hostile" => {
+            let fd = raw_connect(name)?;
+            let mut frames: Vec<Vec<u8>> = vec![Vec::new(), b"IPCD".to_vec(), vec![0xff; 100_000]];
+            // A plausible header whose length lies.
+            let mut lie = b"IPCD".to_vec();
+            lie.extend_from_slice(&1000u32.to_le_bytes());
+            lie.extend_from_slice(&[1; 16]);
+            frames.push(lie);
+            for f in frames {
+                // SAFETY: f is valid for reads of its length.
+                let r = unsafe { libc::send(fd, f.as_ptr().cast(), f.len(), libc::MSG_NOSIGNAL) };
+                // Cut off after the first: EPIPE is the receiver's answer.
+                if r < 0 {
+                    break;
+                }
+            }
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
         // Sends until the receiver is gone (the parent kills it).
         "sock-send-forever" => {
             let mut tx = open_when_ready(|| SocketSender::builder(name).open());
@@ -70,6 +92,61 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
         }
         other => Err(format!("unknown role {other:?}")),
     }
+}
+
+/// A bare SOCK_SEQPACKET connection to socket channel `name`.
+fn raw_connect(name: &str) -> Result<i32, String> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = format!("ipcscope/{name}");
+    for (d, s) in addr.sun_path[1..].iter_mut().zip(path.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + path.len();
+    // SAFETY: a valid address of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&raw const addr).cast(), len as libc::socklen_t) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(fd)
+}
+
+#[test]
+fn a_hostile_process_sending_garbage_is_an_error_not_a_panic() {
+    let name = unique_name("sock-hostile");
+    let mut rx = SocketReceiver::builder(&name)
+        .max_message_size(64)
+        .create()
+        .unwrap();
+    let mut honest = SocketSender::builder(&name).open().unwrap();
+    let mut child = spawn("sock-hostile", &name, "");
+    // The empty datagram is the first thing wrong; the peer is cut off
+    // then, and whatever else it sent goes with it.
+    match rx.recv_timeout(PATIENCE) {
+        Err(RecvError::Corrupt { reason, .. }) => assert_eq!(
+            reason,
+            ipc_lib::channel::Corruption::Truncated {
+                size: 24,
+                available: 0
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(wait_bounded(&mut child, PATIENCE).success());
+    assert_eq!(rx.senders(), 1);
+    honest.send(b"still here").unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), b"still here");
+    drop(honest);
+    assert!(matches!(
+        rx.recv_timeout(PATIENCE),
+        Err(RecvError::Disconnected)
+    ));
 }
 
 #[test]
