@@ -6,10 +6,13 @@
 //! hash lookup per tracepoint hit and never reaches user space.
 //!
 //! What the probes report: the process tree (fork, exec, exit), signals
-//! (generated and delivered), and messages: `read`/`write`/`readv`/
+//! (generated and delivered), messages (`read`/`write`/`readv`/
 //! `writev`/`recvfrom`/`sendto`/`recvmsg`/`sendmsg` on pipes, FIFOs and
 //! Unix sockets, identified in the kernel by walking the fd table to the
-//! inode (and the peer's, for a socket). Kernel struct offsets come from
+//! inode (and the peer's, for a socket); `mq_timedsend`/`mq_timedreceive`
+//! on POSIX message queues, named by their dentry; `msgsnd`/`msgrcv` on
+//! SysV queues, by id and key) and waits (futex waits and SysV `semop`,
+//! reported when they begin and when they end). Kernel struct offsets come from
 //! BTF (`btf`) and tracepoint field offsets from tracefs (`format`).
 //!
 //! Following starts from a pid registered with [`Probes::track`] (typically the
@@ -24,6 +27,7 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
+use ipc_events::raw::sysv_class;
 use ipc_events::{decode, DecodeError, Event, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -41,7 +45,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 /// to, as `(program, category, tracepoints)`. One program serves several
 /// syscalls: they differ only in which tracepoint fired, and the fields it
 /// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 7] = [
+const PROGRAMS: [(&str, &str, &[&str]); 15] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("task_newtask", "task", &["task_newtask"]),
@@ -66,20 +70,44 @@ const PROGRAMS: [(&str, &str, &[&str]); 7] = [
             "sys_enter_recvmsg",
         ],
     ),
+    ("sys_enter_mq_send", "syscalls", &["sys_enter_mq_timedsend"]),
     (
-        "sys_exit_msg",
+        "sys_enter_mq_recv",
         "syscalls",
-        &[
-            "sys_exit_write",
-            "sys_exit_writev",
-            "sys_exit_sendto",
-            "sys_exit_sendmsg",
-            "sys_exit_read",
-            "sys_exit_readv",
-            "sys_exit_recvfrom",
-            "sys_exit_recvmsg",
-        ],
+        &["sys_enter_mq_timedreceive"],
     ),
+    ("sys_enter_msgsnd", "syscalls", &["sys_enter_msgsnd"]),
+    ("sys_enter_msgrcv", "syscalls", &["sys_enter_msgrcv"]),
+    ("sys_enter_msgget", "syscalls", &["sys_enter_msgget"]),
+    ("sys_enter_semget", "syscalls", &["sys_enter_semget"]),
+    ("sys_enter_futex", "syscalls", &["sys_enter_futex"]),
+    (
+        "sys_enter_semop",
+        "syscalls",
+        &["sys_enter_semop", "sys_enter_semtimedop"],
+    ),
+    ("sys_exit", "syscalls", EXITS),
+];
+
+/// Every syscall exit `sys_exit` reports: one per entry program above.
+const EXITS: &[&str] = &[
+    "sys_exit_write",
+    "sys_exit_writev",
+    "sys_exit_sendto",
+    "sys_exit_sendmsg",
+    "sys_exit_read",
+    "sys_exit_readv",
+    "sys_exit_recvfrom",
+    "sys_exit_recvmsg",
+    "sys_exit_mq_timedsend",
+    "sys_exit_mq_timedreceive",
+    "sys_exit_msgsnd",
+    "sys_exit_msgrcv",
+    "sys_exit_msgget",
+    "sys_exit_semget",
+    "sys_exit_futex",
+    "sys_exit_semop",
+    "sys_exit_semtimedop",
 ];
 
 /// Raw tracepoint programs, as `(program, tracepoint)`: used where the
@@ -255,6 +283,20 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// `/proc/sysvipc/{msg,sem}` could not be read or parsed.
+    #[error("cannot read the existing SysV objects from {path}")]
+    SysvList {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The probes' id -> key map of SysV objects could not be filled.
+    #[error("cannot add SysV id {id} to the probes' SYSV_KEYS map")]
+    SysvKeys {
+        id: u32,
+        #[source]
+        source: Box<MapError>,
+    },
     /// The kernel's drop counter could not be read.
     #[error("cannot read the probes' DROPS counter")]
     ReadDrops {
@@ -417,6 +459,10 @@ impl Probes {
             PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(map_layout("DROPS"))?;
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_layout("EVENTS"))?;
+        let mut sysv_keys: HashMap<_, u64, u32> =
+            HashMap::try_from(take_map(&mut ebpf, "SYSV_KEYS")?)
+                .map_err(map_layout("SYSV_KEYS"))?;
+        preload_sysv_keys(&mut sysv_keys)?;
         Ok(Probes {
             tracked,
             drops,
@@ -568,6 +614,66 @@ impl Ring {
     }
 }
 
+/// The SysV objects of this IPC namespace, as `/proc/sysvipc` lists them.
+const SYSV_LISTS: [(&str, u64); 2] = [
+    ("/proc/sysvipc/msg", sysv_class::MSG),
+    ("/proc/sysvipc/sem", sysv_class::SEM),
+];
+
+/// Tells the probes the keys of the SysV objects that exist now: they
+/// learn the keys of later ones from msgget/semget, but an object created
+/// before recording (`-p PID`) is named only through this list.
+fn preload_sysv_keys(map: &mut HashMap<MapData, u64, u32>) -> Result<(), ProbeError> {
+    for (path, class) in SYSV_LISTS {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            // A kernel without SysV IPC has neither the lists nor objects.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ProbeError::SysvList { path, source }),
+        };
+        let entries =
+            parse_sysv_list(&text).map_err(|source| ProbeError::SysvList { path, source })?;
+        for (key, id) in entries {
+            map.insert((class << 32) | u64::from(id), key, 0)
+                .map_err(|source| ProbeError::SysvKeys {
+                    id,
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// `(key, id)` of each object in a `/proc/sysvipc/{msg,sem,shm}` listing:
+/// a header line, then one line per object starting with its key (a
+/// signed decimal `key_t`) and its id.
+fn parse_sysv_list(text: &str) -> Result<Vec<(u32, u32)>, io::Error> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(id)) = (words.next(), words.next()) else {
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {line:?} has no key and id"),
+            ));
+        };
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {line:?}: {what} is not a number"),
+            )
+        };
+        // key_t is an int; the probes keep its 32 bits.
+        let key = key.parse::<i32>().map_err(|_| bad("the key"))? as u32;
+        let id = id.parse::<u32>().map_err(|_| bad("the id"))?;
+        out.push((key, id));
+    }
+    Ok(out)
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })
 }
@@ -606,5 +712,35 @@ fn raise_memlock_limit() {
             error = %io::Error::last_os_error(),
             "cannot raise RLIMIT_MEMLOCK; not needed on kernels >= 5.11"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysv_lists_give_each_objects_key_and_id() {
+        let msg = "       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid      stime      rtime      ctime
+         0          3   600           0          0     0     0     0     0     0     0          0          0 1700000000
+1234567890         14   666          16          2   100   101     0     0     0     0 1700000001 1700000002 1700000000
+       -17          9   600           0          0     0     0     0     0     0     0          0          0 1700000000
+";
+        assert_eq!(
+            parse_sysv_list(msg).unwrap(),
+            [(0, 3), (1_234_567_890, 14), ((-17i32) as u32, 9)]
+        );
+        assert_eq!(
+            parse_sysv_list("       key      semid perms\n").unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn a_garbled_sysv_list_is_an_error_naming_the_line() {
+        let err = parse_sysv_list("key msqid\nx 3 600\n").unwrap_err();
+        assert!(err.to_string().contains("\"x 3 600\": the key"), "{err}");
+        let err = parse_sysv_list("key msqid\n5\n").unwrap_err();
+        assert!(err.to_string().contains("no key and id"), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod ebpf_ipc;
+mod ebpf_queues;
 mod lib_trace;
 mod record;
 

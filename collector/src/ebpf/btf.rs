@@ -44,7 +44,7 @@ const fn field(
 }
 
 /// Every struct field the probes read (probe-ebpf's `KOFF_*` globals).
-pub(super) const KERNEL_FIELDS: [KernelField; 18] = [
+pub(super) const KERNEL_FIELDS: [KernelField; 20] = [
     field("task_struct", "tgid", 4, "KOFF_TASK_TGID"),
     field("task_struct", "pid", 4, "KOFF_TASK_PID"),
     field("task_struct", "files", 8, "KOFF_TASK_FILES"),
@@ -53,6 +53,8 @@ pub(super) const KERNEL_FIELDS: [KernelField; 18] = [
     field("fdtable", "fd", 8, "KOFF_FDT_FD"),
     field("file", "f_inode", 8, "KOFF_FILE_INODE"),
     field("file", "private_data", 8, "KOFF_FILE_PRIVATE_DATA"),
+    field("file", "f_path.dentry", 8, "KOFF_FILE_DENTRY"),
+    field("dentry", "d_name.name", 8, "KOFF_DENTRY_NAME"),
     field("inode", "i_mode", 2, "KOFF_INODE_MODE"),
     field("inode", "i_ino", 8, "KOFF_INODE_INO"),
     field("inode", "i_sb", 8, "KOFF_INODE_SB"),

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 22] = [
+pub(super) const FIELDS: [Field; 51] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -85,6 +85,35 @@ pub(super) const FIELDS: [Field; 22] = [
     syscall_ret("sys_exit_writev"),
     syscall_ret("sys_exit_sendto"),
     syscall_ret("sys_exit_sendmsg"),
+    syscall_ret("sys_exit_mq_timedsend"),
+    syscall_ret("sys_exit_mq_timedreceive"),
+    syscall_ret("sys_exit_msgsnd"),
+    syscall_ret("sys_exit_msgrcv"),
+    syscall_ret("sys_exit_msgget"),
+    syscall_ret("sys_exit_semget"),
+    syscall_ret("sys_exit_futex"),
+    syscall_ret("sys_exit_semop"),
+    syscall_ret("sys_exit_semtimedop"),
+    syscall_arg("sys_enter_mq_timedsend", "mqdes", 0),
+    syscall_arg("sys_enter_mq_timedsend", "msg_len", 2),
+    syscall_arg("sys_enter_mq_timedsend", "msg_prio", 3),
+    syscall_arg("sys_enter_mq_timedreceive", "mqdes", 0),
+    syscall_arg("sys_enter_mq_timedreceive", "u_msg_prio", 3),
+    syscall_arg("sys_enter_msgsnd", "msqid", 0),
+    syscall_arg("sys_enter_msgsnd", "msgp", 1),
+    syscall_arg("sys_enter_msgsnd", "msgsz", 2),
+    syscall_arg("sys_enter_msgrcv", "msqid", 0),
+    syscall_arg("sys_enter_msgrcv", "msgp", 1),
+    syscall_arg("sys_enter_msgget", "key", 0),
+    syscall_arg("sys_enter_semget", "key", 0),
+    syscall_arg("sys_enter_futex", "uaddr", 0),
+    syscall_arg("sys_enter_futex", "op", 1),
+    syscall_arg("sys_enter_semop", "semid", 0),
+    syscall_arg("sys_enter_semop", "tsops", 1),
+    syscall_arg("sys_enter_semop", "nsops", 2),
+    syscall_arg("sys_enter_semtimedop", "semid", 0),
+    syscall_arg("sys_enter_semtimedop", "tsops", 1),
+    syscall_arg("sys_enter_semtimedop", "nsops", 2),
 ];
 
 /// The file descriptor argument of a message syscall's entry. Syscall
@@ -99,7 +128,26 @@ const fn syscall_fd(event: &'static str) -> Field {
     }
 }
 
-/// The return value of a message syscall.
+/// Argument `index` (0-3) of a syscall's entry, called `name` there:
+/// read through the positional `OFFSET_SYSCALL_ARG*` globals, so every
+/// syscall sharing one must put it at the same offset (checked).
+const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> Field {
+    const GLOBALS: [&str; 4] = [
+        "OFFSET_SYSCALL_ARG0",
+        "OFFSET_SYSCALL_ARG1",
+        "OFFSET_SYSCALL_ARG2",
+        "OFFSET_SYSCALL_ARG3",
+    ];
+    Field {
+        category: "syscalls",
+        event,
+        name,
+        size: 8,
+        global: GLOBALS[index],
+    }
+}
+
+/// The return value of a syscall.
 const fn syscall_ret(event: &'static str) -> Field {
     Field {
         category: "syscalls",

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_events::raw::drop_source;
+use ipc_events::raw::{drop_source, WAIT_BEGUN};
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteArguments;
@@ -148,6 +148,7 @@ pub async fn spawn_writer(
         signals: SignalPairer::new(),
         messages: MessagePairer::new(),
         framed: IdPairer::default(),
+        waits: HashMap::new(),
         dropped: Arc::clone(&dropped),
         dropped_stored: 0,
         stats: WriterStats::default(),
@@ -173,6 +174,9 @@ struct Writer {
     messages: MessagePairer<(i64, u64)>,
     /// Messages with an id in their frame (ipc-lib), paired exactly.
     framed: IdPairer<(i64, u64)>,
+    /// `waits.id` of each probe-seen wait that has begun and not yet
+    /// ended, by thread id (a thread is in one syscall at a time).
+    waits: HashMap<u32, i64>,
     dropped: Arc<AtomicU64>,
     dropped_stored: u64,
     stats: WriterStats,
@@ -276,6 +280,11 @@ impl Writer {
                 }
                 EventKind::SignalDeliver => {
                     signal_delivered(&mut tx, &mut self.signals, event).await?;
+                }
+                EventKind::FutexWait | EventKind::SemWaitBegin | EventKind::SemWaitEnd
+                    if event.source == Source::Ebpf =>
+                {
+                    record_wait(&mut tx, &mut self.waits, session, event, channel).await?;
                 }
                 EventKind::Drop => {
                     if matches!(event.aux, drop_source::EBPF_RING | drop_source::DECODE) {
@@ -492,13 +501,20 @@ const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
 /// Which direction of which channel a probe-seen send or receive belongs
 /// to, keyed by `(channels.id, inode of the receiving end)` (0 for pipes
 /// and FIFOs, which have one direction), and how it frames messages.
-/// `None` for what is paired elsewhere (ipc-lib messages carry ids) or not
-/// at all (a socket with no known peer: its messages go to an address).
+/// Message queues are keyed by priority (POSIX) or `mtype` (SysV), the
+/// event's `aux`: a queue is FIFO within each, whichever one a receiver
+/// asks for. `None` for what is paired elsewhere (ipc-lib messages carry
+/// ids) or not at all (a socket with no known peer: its messages go to an
+/// address).
 fn direction(event: &Event, channel: i64) -> Option<((i64, u64), Framing)> {
     if event.source != Source::Ebpf || event.msg_id.is_some() {
         return None;
     }
-    let Some(ChannelId::Numeric { kind, a, b }) = &event.channel else {
+    let id = event.channel.as_ref()?;
+    if matches!(id.kind(), ChannelKind::Mq | ChannelKind::SysvMsg) {
+        return Some(((channel, event.aux), Framing::Records));
+    }
+    let ChannelId::Numeric { kind, a, b } = id else {
         return None;
     };
     let framing = match kind {
@@ -562,6 +578,65 @@ async fn insert_messages(
         .execute(&mut *conn)
         .await
         .map_err(StoreError::sql("inserting messages"))?;
+    Ok(())
+}
+
+/// A `waits` row for a probe-seen wait: inserted open (`end_ns` NULL)
+/// when it begins, so a thread blocked right now shows as blocked, and
+/// closed when it ends. An end whose begin was not seen (lost, or before
+/// the recording) gets a whole row from its duration.
+async fn record_wait(
+    conn: &mut SqliteConnection,
+    open: &mut HashMap<u32, i64>,
+    session: i64,
+    event: &Event,
+    channel: Option<i64>,
+) -> Result<(), StoreError> {
+    let begins = match event.kind {
+        EventKind::SemWaitBegin => true,
+        EventKind::FutexWait => event.result == WAIT_BEGUN,
+        _ => false,
+    };
+    if begins {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(session)
+        .bind(i64::from(event.pid))
+        .bind(i64::from(event.tid))
+        .bind(channel)
+        .bind(event.ts_ns as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::sql("recording a wait"))?;
+        // A begin left open means its end was lost; that row stays open.
+        open.insert(event.tid, id);
+        return Ok(());
+    }
+    if let Some(id) = open.remove(&event.tid) {
+        sqlx::query("UPDATE waits SET end_ns = ? WHERE id = ?")
+            .bind(event.ts_ns as i64)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording the end of a wait"))?;
+        return Ok(());
+    }
+    let start = event.ts_ns.saturating_sub(event.duration_ns.unwrap_or(0));
+    sqlx::query(
+        "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(session)
+    .bind(i64::from(event.pid))
+    .bind(i64::from(event.tid))
+    .bind(channel)
+    .bind(start as i64)
+    .bind(event.ts_ns as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(StoreError::sql("recording a wait"))?;
     Ok(())
 }
 
