@@ -831,4 +831,70 @@ mod tests {
         .unwrap();
         assert_eq!(rows, [(8, 7, 2, 4, 2, 3), (7, 8, 1, 5, 4, 8)]);
     }
+
+    fn wait(ts: u64, kind: EventKind, tid: u32, result: i64, duration: Option<u64>) -> Event {
+        let mut e = Event::new(ts, 7, tid, Source::Ebpf, kind);
+        e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
+        e.result = result;
+        e.duration_ns = duration;
+        e
+    }
+
+    #[tokio::test]
+    async fn waits_open_at_their_begin_and_close_at_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = EventKind::FutexWait;
+        let store = write(
+            dir.path(),
+            vec![
+                vec![wait(10, f, 1, WAIT_BEGUN, None)],
+                // Its end in a later transaction; thread 2 never returns.
+                vec![
+                    wait(30, f, 1, 0, Some(20)),
+                    wait(40, f, 2, WAIT_BEGUN, None),
+                ],
+                // An end whose begin was never seen: a whole row.
+                vec![wait(100, f, 3, -110, Some(25))],
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, i64, Option<i64>)> =
+            sqlx::query_as("SELECT tid, start_ns, end_ns FROM waits ORDER BY tid")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, [(1, 10, Some(30)), (2, 40, None), (3, 75, Some(100))]);
+    }
+
+    #[tokio::test]
+    async fn queue_messages_pair_in_order_per_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let queued = |ts: u64, kind: EventKind, pid: u32, size: u64, prio: u64| {
+            let mut e = Event::new(ts, pid, pid, Source::Ebpf, kind);
+            e.channel = Some(ChannelId::named(ChannelKind::Mq, "/q"));
+            e.size = size;
+            e.aux = prio;
+            e
+        };
+        let (send, recv) = (EventKind::MsgSend, EventKind::MsgRecv);
+        let store = write(
+            dir.path(),
+            vec![vec![
+                queued(1, send, 5, 10, 0),
+                queued(2, send, 5, 20, 7),
+                queued(3, send, 5, 30, 0),
+                // The highest priority first, then the rest in order.
+                queued(4, recv, 6, 20, 7),
+                queued(5, recv, 6, 10, 0),
+                queued(6, recv, 6, 30, 0),
+            ]],
+        )
+        .await;
+        let rows: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT sent_ns, received_ns, size FROM messages ORDER BY sent_ns")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, [(1, 5, 10), (2, 4, 20), (3, 6, 30)]);
+    }
 }
