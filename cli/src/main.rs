@@ -77,8 +77,16 @@ struct RecordArgs {
     /// itself is seen, not its descendants).
     #[arg(long)]
     no_ebpf: bool,
+    /// Also follow this running process and its descendants (repeatable).
+    /// Without a command, record until Ctrl-C or until they all exit.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Follow every process on the machine (but ipcscope itself).
+    /// Without a command, record until Ctrl-C.
+    #[arg(long, conflicts_with = "pids")]
+    all: bool,
     /// The command to run, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
@@ -202,6 +210,8 @@ async fn run(command: Command) -> Result<ExitCode> {
                 name: args.name,
                 command: args.command,
                 ebpf: !args.no_ebpf,
+                pids: args.pids,
+                all: args.all,
             })
             .await?;
             tracing::info!(?outcome, "recorded");

@@ -36,6 +36,9 @@ use crate::platform::{self, Capabilities};
 
 mod btf;
 mod format;
+mod targets;
+
+pub use targets::running_process_events;
 
 /// The compiled probes. aya-build names the object after probe-ebpf's bin
 /// target.
@@ -133,7 +136,8 @@ const MAX_BATCH: usize = 16 * 1024;
 /// How to load the probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
-    /// Report every process on the machine, not only the tracked ones.
+    /// Report every process on the machine, not only the tracked ones
+    /// (except the process that loads the probes, never reported).
     pub trace_all: bool,
 }
 
@@ -283,6 +287,12 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// `/proc` could not be listed to find the processes running.
+    #[error("cannot list the running processes in /proc")]
+    ProcessTable {
+        #[source]
+        source: io::Error,
+    },
     /// `/proc/sysvipc/{msg,sem}` could not be read or parsed.
     #[error("cannot read the existing SysV objects from {path}")]
     SysvList {
@@ -394,8 +404,11 @@ impl Probes {
         raise_memlock_limit();
 
         let trace_all = u8::from(config.trace_all);
+        let me = std::process::id();
         let mut loader = EbpfLoader::new();
         loader.override_global("TRACE_ALL", &trace_all, true);
+        // This process reads the ring; it must never report itself.
+        loader.override_global("EXCLUDED_TGID", &me, true);
         // Fields shared by several tracepoints repeat a global; setting it
         // again sets the same (checked) value.
         for (field, offset) in format::FIELDS.iter().zip(&offsets) {
@@ -488,6 +501,45 @@ impl Probes {
                 pid,
                 source: Box::new(source),
             })
+    }
+
+    /// Follows each of `roots` and every process below it, those it forks
+    /// from now on (in the kernel) and those it already has (from
+    /// `/proc`). Returns every pid followed.
+    ///
+    /// The roots are tracked first, so any fork from then on is caught in
+    /// the kernel; `/proc` is then walked until it shows no process below
+    /// them that is not followed yet, which catches one forked by a
+    /// descendant between a walk and its tracking.
+    pub fn follow(&mut self, roots: &[u32]) -> Result<Vec<u32>, ProbeError> {
+        let mut followed: Vec<u32> = Vec::new();
+        for &pid in roots {
+            self.track(pid, false)?;
+            followed.push(pid);
+        }
+        // Each round tracks what the last one missed; a tree that keeps
+        // forking faster than that is caught by the kernel after all.
+        for _ in 0..8 {
+            let table =
+                targets::process_table().map_err(|source| ProbeError::ProcessTable { source })?;
+            let new: Vec<u32> = targets::descendants(&table, roots)
+                .into_iter()
+                .filter(|pid| !followed.contains(pid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                self.track(pid, false)?;
+                followed.push(pid);
+            }
+        }
+        Ok(followed)
+    }
+
+    /// Every process running now, as `(pid, ppid)` from `/proc`.
+    pub fn running_processes() -> Result<Vec<(u32, u32)>, ProbeError> {
+        targets::process_table().map_err(|source| ProbeError::ProcessTable { source })
     }
 
     /// Stops following `pid`; processes it already forked stay followed.

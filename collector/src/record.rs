@@ -7,6 +7,10 @@
 //! descendant it forks) with no window for a race; the launcher entry is
 //! removed as soon as the child exists, so the recorder's own activity is
 //! never traced.
+//!
+//! Without a command, `pids` (each with its descendants, present and
+//! future) or `all` (every process but the recorder) are followed until
+//! SIGINT or SIGTERM, or until every `pids` target has exited.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ipc_events::raw::drop_source;
 use ipc_events::{Event, EventKind, Source};
 use tokio::process::Command;
@@ -25,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::{monotonic_ns, wall_rfc3339};
-use crate::ebpf::{ProbeConfig, Probes};
+use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{RingListener, SOCKET_ENV};
 use crate::store::{
     spawn_writer, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig, WriterStats,
@@ -36,10 +40,17 @@ use crate::store::{
 pub struct RecordOptions {
     pub db: PathBuf,
     pub name: Option<String>,
-    /// The command and its arguments; must not be empty.
+    /// The command and its arguments; may be empty when `pids` or `all`
+    /// say what to follow.
     pub command: Vec<OsString>,
     /// Load the eBPF probes (needs CAP_BPF + CAP_PERFMON, or root).
     pub ebpf: bool,
+    /// Running processes to follow, each with its descendants (those it
+    /// has and those it will fork). Needs the probes.
+    pub pids: Vec<u32>,
+    /// Follow every process on the machine but the recorder. Needs the
+    /// probes.
+    pub all: bool,
 }
 
 /// What a recording produced.
@@ -47,7 +58,8 @@ pub struct RecordOptions {
 pub struct RecordOutcome {
     pub session: SessionId,
     /// The command's exit status, 128+N when killed by signal N (the
-    /// shell's convention, so `record` can exit with it).
+    /// shell's convention, so `record` can exit with it); 0 without a
+    /// command.
     pub exit_status: i32,
     pub writer: WriterStats,
     /// Events lost, by `drops.source`, as stored: every source counts its
@@ -55,18 +67,20 @@ pub struct RecordOutcome {
     pub drops: Vec<(String, u64)>,
 }
 
-/// Records `options.command` until it exits.
+/// Records `options.command` until it exits (or, without one, the
+/// processes `options.pids` / `options.all` name until told to stop).
 pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
-    let program = options
-        .command
-        .first()
-        .context("no command given: use `ipcscope record -- CMD ARGS...`")?;
+    check_targets(&options)?;
+    let program = options.command.first();
 
     // Probes first: a missing privilege should fail before a database or a
     // process is created.
     let mut probes = match options.ebpf {
         true => Some(
-            Probes::load(&ProbeConfig { trace_all: false }).context("loading the eBPF probes")?,
+            Probes::load(&ProbeConfig {
+                trace_all: options.all,
+            })
+            .context("loading the eBPF probes")?,
         ),
         false => None,
     };
@@ -76,7 +90,7 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     let session = store
         .begin_session(&NewSession {
             name: options.name.clone(),
-            command: shell_join(&options.command),
+            command: session_command(&options),
             host: hostname(),
             started_at: wall_rfc3339(),
             sources: if probes.is_some() { "ebpf,lib" } else { "lib" }.to_owned(),
@@ -97,45 +111,97 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
     // their event rings.
     let rings = RingListener::bind(&runtime_dir()).context("opening the ipc-lib ring socket")?;
     let (stop_rings, rings_stopped) = watch::channel(false);
-    let mut command = Command::new(program);
-    command
-        .args(&options.command[1..])
-        .env(SOCKET_ENV, rings.path());
+    let ring_path = rings.path().to_owned();
     let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped));
-    if let Some(p) = probes.as_mut() {
-        p.track(recorder_pid, true)
-            .context("registering the recorder with the probes")?;
-    }
-    let spawned = command.spawn();
-    if let Some(p) = probes.as_mut() {
-        p.untrack(recorder_pid)
-            .context("unregistering the recorder from the probes")?;
-    }
-    let mut child = spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
-    let child_pid = child
-        .id()
-        .context("the command exited before it could be observed")?;
 
-    if probes.is_none() {
-        // Without the probes nobody else reports the command's start.
-        ingest
-            .send(started_events(program, child_pid, recorder_pid))
-            .await?;
+    // Processes already running are followed before the command starts,
+    // and reported as the probes would have had they seen them start.
+    if let Some(p) = probes.as_mut() {
+        let running = if options.all {
+            Probes::running_processes()?
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .filter(|&pid| pid != recorder_pid)
+                .collect()
+        } else {
+            p.follow(&options.pids)
+                .context("following the processes given with -p")?
+        };
+        let events: Vec<Event> = running
+            .into_iter()
+            .flat_map(running_process_events)
+            .collect();
+        if program.is_none() {
+            eprintln!(
+                "ipcscope: following {} processes; Ctrl-C to stop",
+                events.len() / 2
+            );
+        }
+        ingest.send(events).await?;
+    }
+
+    let mut child = None;
+    if let Some(program) = program {
+        let mut command = Command::new(program);
+        command
+            .args(&options.command[1..])
+            .env(SOCKET_ENV, &ring_path);
+        if let Some(p) = probes.as_mut() {
+            p.track(recorder_pid, true)
+                .context("registering the recorder with the probes")?;
+        }
+        let spawned = command.spawn();
+        if let Some(p) = probes.as_mut() {
+            p.untrack(recorder_pid)
+                .context("unregistering the recorder from the probes")?;
+        }
+        let spawned =
+            spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+        let pid = spawned
+            .id()
+            .context("the command exited before it could be observed")?;
+        if probes.is_none() {
+            // Without the probes nobody else reports the command's start.
+            ingest
+                .send(started_events(program, pid, recorder_pid))
+                .await?;
+        }
+        child = Some((spawned, pid));
     }
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.context("waiting for the command")?,
-            _ = interrupts.recv() => {}
-            _ = terminations.recv() => {
-                // SAFETY: kill has no memory effects; child_pid is our own
-                // child, not yet reaped, so the pid cannot have been reused.
-                unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+    let exit_status = match child.as_mut() {
+        Some((child, child_pid)) => {
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status.context("waiting for the command")?,
+                    _ = interrupts.recv() => {}
+                    _ = terminations.recv() => {
+                        // SAFETY: kill has no memory effects; child_pid is
+                        // our own child, not yet reaped, so the pid cannot
+                        // have been reused.
+                        unsafe { libc::kill(*child_pid as i32, libc::SIGTERM) };
+                    }
+                }
+            };
+            Some(shell_status(status))
+        }
+        None => {
+            let mut poll = tokio::time::interval(TARGETS_POLL);
+            loop {
+                tokio::select! {
+                    _ = interrupts.recv() => break,
+                    _ = terminations.recv() => break,
+                    _ = poll.tick() => {
+                        if !options.pids.is_empty() && !options.pids.iter().any(|&p| is_running(p)) {
+                            break;
+                        }
+                    }
+                }
             }
+            None
         }
     };
-    let exit_status = shell_status(status);
 
     let (_kernel_drops, probes) = match pump {
         Some((stop, join)) => {
@@ -144,15 +210,17 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
             (drops, Some(probes))
         }
         None => {
-            let mut exit = Event::new(
-                monotonic_ns(),
-                child_pid,
-                child_pid,
-                Source::Collector,
-                EventKind::ProcessExit,
-            );
-            exit.aux = exit_status as u64;
-            ingest.send(vec![exit]).await?;
+            if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
+                let mut exit = Event::new(
+                    monotonic_ns(),
+                    *child_pid,
+                    *child_pid,
+                    Source::Collector,
+                    EventKind::ProcessExit,
+                );
+                exit.aux = status as u64;
+                ingest.send(vec![exit]).await?;
+            }
             (0, None)
         }
     };
@@ -162,21 +230,76 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
         .context("the ipc-lib ring reader panicked")?;
     drop(ingest);
     let writer = writer.finish().await?;
+    if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
+        store.set_exit_status(session, *child_pid, status).await?;
+    }
     store
-        .set_exit_status(session, child_pid, exit_status)
-        .await?;
-    store
-        .finish_session(session, &wall_rfc3339(), monotonic_ns(), Some(exit_status))
+        .finish_session(session, &wall_rfc3339(), monotonic_ns(), exit_status)
         .await?;
     let drops = store.drops_by_source(session).await?;
     store.close().await;
     drop(probes);
     Ok(RecordOutcome {
         session,
-        exit_status,
+        exit_status: exit_status.unwrap_or(0),
         writer,
         drops,
     })
+}
+
+/// How often, without a command, the recorder checks whether the `-p`
+/// targets are still running.
+const TARGETS_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `options` name something to record, in a way that can work.
+fn check_targets(options: &RecordOptions) -> Result<()> {
+    if options.command.is_empty() && options.pids.is_empty() && !options.all {
+        bail!(
+            "nothing to record: give a command (`ipcscope record -- CMD ARGS...`), \
+             processes (`-p PID`), or `--all`"
+        );
+    }
+    if !options.ebpf && (options.all || !options.pids.is_empty()) {
+        bail!("-p and --all follow processes with the eBPF probes, which --no-ebpf turns off");
+    }
+    if options.all && !options.pids.is_empty() {
+        bail!("--all already follows every process; -p cannot narrow it");
+    }
+    for &pid in &options.pids {
+        if pid == 0 || !is_running(pid) {
+            bail!("-p {pid}: no such process");
+        }
+        if pid == std::process::id() {
+            bail!("-p {pid}: that is ipcscope itself, which never records itself");
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` exists (and is not a zombie waiting for its
+/// parent: it does nothing more).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// What `sessions.command` says was recorded: the command, else the
+/// targets as they were given.
+fn session_command(options: &RecordOptions) -> String {
+    if !options.command.is_empty() {
+        return shell_join(&options.command);
+    }
+    if options.all {
+        return "--all".to_owned();
+    }
+    options
+        .pids
+        .iter()
+        .map(|p| format!("-p {p}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where the ring socket goes: the user's runtime directory (owner-only by

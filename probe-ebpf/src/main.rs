@@ -59,6 +59,12 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[no_mangle]
 static TRACE_ALL: Global<u8> = Global::new(0);
 
+/// The process that loaded the probes (the recorder), never traced even
+/// under `TRACE_ALL`: its own writes, futexes and ring reads would
+/// otherwise feed back into the ring without end.
+#[no_mangle]
+static EXCLUDED_TGID: Global<u32> = Global::new(0);
+
 /// tgid -> `flag` bits. Big enough for a large build's process tree; an
 /// insert into a full map fails and the child goes untraced, which is
 /// reported as a drop.
@@ -1088,7 +1094,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // Pids are reused: a stale entry would trace an unrelated process.
         let _ = TRACKED.remove(tgid);
     }
-    if !trace_all && flags & flag::TRACED == 0 {
+    if !traced_with(tgid, flags) {
         return Ok(());
     }
     emit(&RawEvent {
@@ -1122,7 +1128,19 @@ fn flags_of(tgid: u32) -> u8 {
 
 /// Whether this process's own events are reported.
 fn is_traced(tgid: u32) -> bool {
-    TRACE_ALL.load() != 0 || flags_of(tgid) & flag::TRACED != 0
+    // Under TRACE_ALL no lookup: every process but one is traced.
+    if TRACE_ALL.load() != 0 {
+        return tgid != EXCLUDED_TGID.load();
+    }
+    flags_of(tgid) & flag::TRACED != 0
+}
+
+/// [`is_traced`] for a process whose `TRACKED` flags are already known.
+fn traced_with(tgid: u32, flags: u8) -> bool {
+    if TRACE_ALL.load() != 0 {
+        return tgid != EXCLUDED_TGID.load();
+    }
+    flags & flag::TRACED != 0
 }
 
 fn now() -> u64 {

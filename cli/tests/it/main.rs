@@ -4,6 +4,7 @@
 mod bad_input;
 mod ebpf_ipc;
 mod ebpf_queues;
+mod ebpf_targets;
 mod ebpf_waits;
 mod lib_trace;
 mod record;
