@@ -12,6 +12,7 @@ use collector::query::Table;
 use collector::record::{record, RecordOptions};
 use collector::report;
 use collector::store::{default_db_path, OpenMode, SessionId, Store};
+use ipc_events::raw::MAX_PAYLOAD;
 
 /// See the IPC between your processes: record it, query it, report on it.
 #[derive(Parser, Debug)]
@@ -85,6 +86,11 @@ struct RecordArgs {
     /// Without a command, record until Ctrl-C.
     #[arg(long, conflicts_with = "pids")]
     all: bool,
+    /// Keep the first N bytes of each message the probes see (0-4096;
+    /// 0, the default, keeps none), in `events.payload`.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=MAX_PAYLOAD as i64))]
+    payload_bytes: u16,
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -212,6 +218,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ebpf: !args.no_ebpf,
                 pids: args.pids,
                 all: args.all,
+                payload_bytes: args.payload_bytes,
             })
             .await?;
             tracing::info!(?outcome, "recorded");

@@ -27,7 +27,7 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use ipc_events::raw::sysv_class;
+use ipc_events::raw::{sysv_class, MAX_PAYLOAD};
 use ipc_events::{decode, DecodeError, Event, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -48,7 +48,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 /// to, as `(program, category, tracepoints)`. One program serves several
 /// syscalls: they differ only in which tracepoint fired, and the fields it
 /// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 15] = [
+const PROGRAMS: [(&str, &str, &[&str]); 19] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("task_newtask", "task", &["task_newtask"]),
@@ -56,23 +56,17 @@ const PROGRAMS: [(&str, &str, &[&str]); 15] = [
     (
         "sys_enter_send",
         "syscalls",
-        &[
-            "sys_enter_write",
-            "sys_enter_writev",
-            "sys_enter_sendto",
-            "sys_enter_sendmsg",
-        ],
+        &["sys_enter_write", "sys_enter_sendto"],
     ),
+    ("sys_enter_sendv", "syscalls", &["sys_enter_writev"]),
+    ("sys_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
     (
         "sys_enter_recv",
         "syscalls",
-        &[
-            "sys_enter_read",
-            "sys_enter_readv",
-            "sys_enter_recvfrom",
-            "sys_enter_recvmsg",
-        ],
+        &["sys_enter_read", "sys_enter_recvfrom"],
     ),
+    ("sys_enter_recvv", "syscalls", &["sys_enter_readv"]),
+    ("sys_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
     ("sys_enter_mq_send", "syscalls", &["sys_enter_mq_timedsend"]),
     (
         "sys_enter_mq_recv",
@@ -139,6 +133,9 @@ pub struct ProbeConfig {
     /// Report every process on the machine, not only the tracked ones
     /// (except the process that loads the probes, never reported).
     pub trace_all: bool,
+    /// Bytes of each message to capture as its payload (at most
+    /// [`MAX_PAYLOAD`]; more is an error); 0 captures none.
+    pub payload_bytes: u16,
 }
 
 /// What one [`Probes::read_into`] call produced.
@@ -287,6 +284,9 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// More payload was asked for than a record can carry.
+    #[error("cannot capture {requested} bytes of payload per message: at most {MAX_PAYLOAD}")]
+    PayloadTooLarge { requested: u16 },
     /// `/proc` could not be listed to find the processes running.
     #[error("cannot list the running processes in /proc")]
     ProcessTable {
@@ -403,12 +403,19 @@ impl Probes {
         let kernel_offsets = btf::kernel_offsets(std::path::Path::new(platform::BTF_VMLINUX))?;
         raise_memlock_limit();
 
+        if usize::from(config.payload_bytes) > MAX_PAYLOAD {
+            return Err(ProbeError::PayloadTooLarge {
+                requested: config.payload_bytes,
+            });
+        }
+        let payload_bytes = u32::from(config.payload_bytes);
         let trace_all = u8::from(config.trace_all);
         let me = std::process::id();
         let mut loader = EbpfLoader::new();
         loader.override_global("TRACE_ALL", &trace_all, true);
         // This process reads the ring; it must never report itself.
         loader.override_global("EXCLUDED_TGID", &me, true);
+        loader.override_global("PAYLOAD_BYTES", &payload_bytes, true);
         // Fields shared by several tracepoints repeat a global; setting it
         // again sets the same (checked) value.
         for (field, offset) in format::FIELDS.iter().zip(&offsets) {

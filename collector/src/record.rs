@@ -51,6 +51,10 @@ pub struct RecordOptions {
     /// Follow every process on the machine but the recorder. Needs the
     /// probes.
     pub all: bool,
+    /// Keep the first this many bytes of each message the probes see (at
+    /// most `ipc_events::raw::MAX_PAYLOAD`, which loading the probes
+    /// checks); 0 keeps none.
+    pub payload_bytes: u16,
 }
 
 /// What a recording produced.
@@ -70,7 +74,7 @@ pub struct RecordOutcome {
 /// Records `options.command` until it exits (or, without one, the
 /// processes `options.pids` / `options.all` name until told to stop).
 pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
-    check_targets(&options)?;
+    check_options(&options)?;
     let program = options.command.first();
 
     // Probes first: a missing privilege should fail before a database or a
@@ -79,6 +83,7 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
         true => Some(
             Probes::load(&ProbeConfig {
                 trace_all: options.all,
+                payload_bytes: options.payload_bytes,
             })
             .context("loading the eBPF probes")?,
         ),
@@ -252,7 +257,10 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
 const TARGETS_POLL: Duration = Duration::from_millis(100);
 
 /// Whether `options` name something to record, in a way that can work.
-fn check_targets(options: &RecordOptions) -> Result<()> {
+fn check_options(options: &RecordOptions) -> Result<()> {
+    if !options.ebpf && options.payload_bytes > 0 {
+        bail!("--payload-bytes keeps what the eBPF probes see, which --no-ebpf turns off");
+    }
     if options.command.is_empty() && options.pids.is_empty() && !options.all {
         bail!(
             "nothing to record: give a command (`ipcscope record -- CMD ARGS...`), \

@@ -39,7 +39,8 @@ use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use aya_ebpf::{EbpfContext, Global};
 use ipc_events::raw::{
-    chan, kind, sysv_class, RawEvent, MAX_NAME, RECORD_ALIGN, SYSV_KEY_UNKNOWN, WAIT_BEGUN,
+    chan, kind, sysv_class, RawEvent, MAX_NAME, MAX_PAYLOAD, RECORD_ALIGN, SYSV_KEY_UNKNOWN,
+    WAIT_BEGUN,
 };
 
 /// `TRACKED` value bits. The collector (`collector::ebpf`) writes the same
@@ -58,6 +59,11 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// (`EbpfLoader::override_global`); read-only once loaded.
 #[no_mangle]
 static TRACE_ALL: Global<u8> = Global::new(0);
+
+/// How many bytes of each message to capture (`--payload-bytes`, at most
+/// MAX_PAYLOAD); 0 captures none and skips finding the buffers at all.
+#[no_mangle]
+static PAYLOAD_BYTES: Global<u32> = Global::new(0);
 
 /// The process that loaded the probes (the recorder), never traced even
 /// under `TRACE_ALL`: its own writes, futexes and ring reads would
@@ -94,6 +100,11 @@ struct Pending {
     addr: u64,
     /// A message queue's dentry, whose name the exit reads.
     dentry: u64,
+    /// The user buffer holding the message (its first part, for the
+    /// vectored calls), when payload capture is on; else 0.
+    buf: u64,
+    /// How many bytes `buf` holds.
+    buf_len: u64,
     /// The event's `aux`, when the entry knows it.
     aux: u64,
     /// One of [`op`]: what the exit does.
@@ -162,8 +173,18 @@ struct NamedRecord {
     name: [u8; MAX_NAME + 1],
 }
 
+/// A message record with a payload: the header, then the queue's name
+/// (for an mq) and right after it the first bytes of the message. Fixed
+/// size like [`NamedRecord`]; reserved only when payload capture is on.
+#[repr(C)]
+struct PayloadRecord {
+    header: RawEvent,
+    area: [u8; MAX_NAME + 1 + MAX_PAYLOAD],
+}
+
 // The ring's reservations are 8-byte aligned and sized in multiples of 8.
 const _: () = assert!(core::mem::size_of::<NamedRecord>().is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(core::mem::size_of::<PayloadRecord>().is_multiple_of(RECORD_ALIGN));
 
 // Where this kernel puts the tracepoint fields the programs read. Tracepoint
 // layouts are not a promised ABI, so the loader reads the real offsets from
@@ -357,19 +378,59 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// write, writev, sendto, sendmsg.
+// The message syscalls on fds, one program per way of passing the
+// buffer, so that payload capture knows where the bytes are without
+// telling syscalls apart by (architecture-specific) number.
+
+/// write, sendto: `(fd, buf, len, ...)`.
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_SEND).is_err() {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Plain).is_err() {
         count_drop();
     }
     0
 }
 
-/// read, readv, recvfrom, recvmsg.
+/// writev: `(fd, iov, iovcnt)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn sys_enter_sendv(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Iovec).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// sendmsg: `(fd, msghdr, flags)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Msghdr).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// read, recvfrom.
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_recv(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_RECV).is_err() {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Plain).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// readv.
+#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
+pub fn sys_enter_recvv(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Iovec).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// recvmsg.
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Msghdr).is_err() {
         count_drop();
     }
     0
@@ -513,7 +574,7 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
 /// the fd is certainly open, keeps the exit down to one lookup and makes
 /// every other file (regular files, ttys, network sockets) cost nothing
 /// more than this walk.
-fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
+fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(());
@@ -530,15 +591,67 @@ fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
     } else {
         op::FD_RECV
     };
+    let (buf, buf_len) = user_buffer(ctx, buf_at);
     remember(
         tid,
         Pending {
             obj,
             obj2,
+            buf,
+            buf_len,
             ..Pending::new(op, msg_kind, chan_kind)
         },
     );
     Ok(())
+}
+
+/// How a message syscall passes its buffer.
+#[derive(Clone, Copy)]
+enum BufAt {
+    /// Argument 1 is the buffer, argument 2 its length.
+    Plain,
+    /// Argument 1 is a `struct iovec` array.
+    Iovec,
+    /// Argument 1 is a `struct user_msghdr`, whose `msg_iov` is one.
+    Msghdr,
+}
+
+/// `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// `offsetof(struct user_msghdr, msg_iov)`: after the name pointer and
+/// its (padded) int length. User ABI, not a kernel layout.
+const MSGHDR_IOV: u64 = 16;
+
+/// Where the message's bytes are when payload capture is on: the buffer
+/// and its length, the first iovec's for the vectored calls (so a message
+/// split over several iovecs is captured up to the end of the first).
+/// `(0, 0)` when capture is off or the arguments cannot be read: the
+/// message is still reported, without its bytes.
+fn user_buffer(ctx: &TracePointContext, buf_at: BufAt) -> (u64, u64) {
+    if PAYLOAD_BYTES.load() == 0 {
+        return (0, 0);
+    }
+    let found = || -> Result<(u64, u64), i64> {
+        let arg1 = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        let iov = match buf_at {
+            BufAt::Plain => return Ok((arg1, arg(ctx, &OFFSET_SYSCALL_ARG2)?)),
+            BufAt::Iovec => arg1,
+            // SAFETY: bpf_probe_read_user faults safely on any address.
+            BufAt::Msghdr => unsafe { bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const u64) }
+                .map_err(i64::from)?,
+        };
+        // SAFETY: as above.
+        let first: Iovec =
+            unsafe { bpf_probe_read_user(iov as *const Iovec) }.map_err(i64::from)?;
+        Ok((first.base, first.len))
+    };
+    found().unwrap_or((0, 0))
 }
 
 /// The entry of mq_timedsend / mq_timedreceive on a POSIX message queue.
@@ -569,6 +682,10 @@ fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
         dentry,
         ..Pending::new(op::MQ_RECV, msg_kind, chan::MQ)
     };
+    if PAYLOAD_BYTES.load() != 0 {
+        pending.buf = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+    }
     if msg_kind == kind::MSG_SEND {
         pending.op = op::MQ_SEND;
         pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
@@ -597,6 +714,11 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
         obj2: u64::from(id),
         ..Pending::new(op::SYSV_RECV, msg_kind, chan::SYSV_MSG)
     };
+    if PAYLOAD_BYTES.load() != 0 {
+        // The bytes follow the `long mtype`.
+        pending.buf = msgp + 8;
+        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+    }
     if msg_kind == kind::MSG_SEND {
         pending.op = op::SYSV_SEND;
         pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
@@ -772,18 +894,27 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         op::FUTEX_WAIT | op::SEMOP => {}
         _ => return Ok(()),
     }
+    let mut mq_name = None;
     if pending.chan_kind == chan::MQ {
         // SAFETY: the dentry of the queue's file, which the syscall held;
         // the offset is from BTF; bpf_probe_read_kernel faults safely.
-        let name: *const u8 =
-            unsafe { read_field(pending.dentry as *const u8, &KOFF_DENTRY_NAME) }?;
-        // The inode and dentry are not part of the event: a queue is its
-        // name.
+        mq_name = Some(unsafe { read_field(pending.dentry as *const u8, &KOFF_DENTRY_NAME) }?);
+        // The inode is not part of the event: a queue is its name.
         event.obj = 0;
-        return emit_named(event, name, true);
     }
-    emit(&event);
-    Ok(())
+    let payload = (PAYLOAD_BYTES.load() as u64)
+        .min(event.size)
+        .min(pending.buf_len);
+    match mq_name {
+        _ if pending.buf != 0 && payload > 0 => {
+            emit_with_payload(event, mq_name, pending.buf, payload as usize)
+        }
+        Some(name) => emit_named(event, name, true),
+        None => {
+            emit(&event);
+            Ok(())
+        }
+    }
 }
 
 impl Pending {
@@ -796,6 +927,8 @@ impl Pending {
             size: 0,
             addr: 0,
             dentry: 0,
+            buf: 0,
+            buf_len: 0,
             aux: 0,
             op,
             kind,
@@ -1022,32 +1155,102 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// Writes `header` with the NUL-terminated kernel string at `src` as its
-/// name, counting the record as dropped when the ring is full.
-///
-/// `mq`: the string is a message queue's dentry name, which gets the
-/// leading `/` that `mq_open` names carry (names longer than MAX_NAME - 1
-/// bytes are cut), and which must be read: without it the record is
-/// discarded and the error returned. Otherwise (an exec's path) a failed
-/// copy leaves the name empty rather than losing the event.
+/// name (see [`copy_name`] for `mq`), counting the record as dropped when
+/// the ring is full.
 fn emit_named(mut header: RawEvent, src: *const u8, mq: bool) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<NamedRecord>(0) else {
         count_drop();
         return Ok(());
     };
     let record = entry.as_mut_ptr();
-    // The raw helper rather than aya's slice wrapper: it writes through a
-    // pointer, so no reference to the uninitialised reservation is made.
     // SAFETY: `record` points at a live reservation of NamedRecord's size,
-    // and each copy is bounded by what is left of its `name` area. The
-    // helper NUL-terminates what it copies and faults safely on a bad
-    // source.
+    // whose `name` area has the MAX_NAME + 1 bytes copy_name needs.
+    let copied = unsafe { copy_name(ptr::addr_of_mut!((*record).name).cast(), src, mq) };
+    let len = match copied {
+        Ok(len) => len,
+        Err(e) => {
+            entry.discard(0);
+            return Err(e);
+        }
+    };
+    header.name_len = len as u16;
+    // SAFETY: as above; `header` lies within the reservation, and
+    // ptr::write does not read the uninitialised memory it replaces.
+    unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
+    entry.submit(0);
+    Ok(())
+}
+
+/// Writes `header` with the first `n` bytes of the user buffer at `buf`
+/// as its payload, after the queue name at `mq_name` if any (see
+/// [`copy_name`]). A buffer that cannot be read leaves the payload empty
+/// rather than losing the event.
+fn emit_with_payload(
+    mut header: RawEvent,
+    mq_name: Option<*const u8>,
+    buf: u64,
+    n: usize,
+) -> Result<(), i64> {
+    let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
+        count_drop();
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a live reservation of PayloadRecord's
+    // size; its area holds a name (at most MAX_NAME bytes, plus the NUL
+    // the copy writes) and then MAX_PAYLOAD bytes.
+    let area = unsafe { ptr::addr_of_mut!((*record).area) }.cast::<u8>();
+    let mut name_len = 0;
+    if let Some(src) = mq_name {
+        // SAFETY: as above.
+        match unsafe { copy_name(area, src, true) } {
+            Ok(len) => name_len = len,
+            Err(e) => {
+                entry.discard(0);
+                return Err(e);
+            }
+        }
+    }
+    // Masked as well as bounded, so the verifier sees both limits.
+    let at = name_len.min(MAX_NAME) & 0x1ff;
+    let n = n.min(MAX_PAYLOAD) & 0x1fff;
+    // SAFETY: `at` + `n` <= MAX_NAME + MAX_PAYLOAD, inside the area (as
+    // above); the helper faults safely on a bad source, zeroing what it
+    // could not copy.
+    let read =
+        unsafe { generated::bpf_probe_read_user(area.add(at).cast(), n as u32, buf as *const _) };
+    header.name_len = name_len as u16;
+    header.data_len = if read == 0 { n as u16 } else { 0 };
+    // SAFETY: as above; `header` lies within the reservation.
+    unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
+    entry.submit(0);
+    Ok(())
+}
+
+/// Copies the NUL-terminated kernel string at `src` to `area` and returns
+/// its length (the NUL not counted).
+///
+/// `mq`: the string is a message queue's dentry name, which gets the
+/// leading `/` that `mq_open` names carry (names longer than MAX_NAME - 1
+/// bytes are cut), and which must be read: without it the error is
+/// returned and the record must go. Otherwise (an exec's path) a failed
+/// copy is an empty name rather than a lost event.
+///
+/// # Safety
+///
+/// `area` must be writable for MAX_NAME + 1 bytes.
+unsafe fn copy_name(area: *mut u8, src: *const u8, mq: bool) -> Result<usize, i64> {
+    // The raw helper rather than aya's slice wrapper: it writes through a
+    // pointer, so no reference to an uninitialised reservation is made.
+    // SAFETY: each copy is bounded by what is left of the area (the
+    // caller's contract); the helper NUL-terminates what it copies and
+    // faults safely on a bad source.
     let copied = unsafe {
-        let name = ptr::addr_of_mut!((*record).name).cast::<u8>();
         if mq {
-            ptr::write(name, b'/');
-            generated::bpf_probe_read_kernel_str(name.add(1).cast(), MAX_NAME as u32, src.cast())
+            ptr::write(area, b'/');
+            generated::bpf_probe_read_kernel_str(area.add(1).cast(), MAX_NAME as u32, src.cast())
         } else {
-            generated::bpf_probe_read_kernel_str(name.cast(), (MAX_NAME + 1) as u32, src.cast())
+            generated::bpf_probe_read_kernel_str(area.cast(), (MAX_NAME + 1) as u32, src.cast())
         }
     };
     // `copied` counts the NUL.
@@ -1056,20 +1259,13 @@ fn emit_named(mut header: RawEvent, src: *const u8, mq: bool) -> Result<(), i64>
     } else {
         0
     };
-    if mq {
-        if len == 0 {
-            entry.discard(0);
-            return Err(copied);
-        }
-        header.name_len = (len + 1).min(MAX_NAME) as u16;
-    } else {
-        header.name_len = len as u16;
+    if !mq {
+        return Ok(len);
     }
-    // SAFETY: as above; `header` lies within the reservation, and
-    // ptr::write does not read the uninitialised memory it replaces.
-    unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
-    entry.submit(0);
-    Ok(())
+    if len == 0 {
+        return Err(copied);
+    }
+    Ok((len + 1).min(MAX_NAME))
 }
 
 /// A task ends; only the last thread of a process (`group_dead`) ends the

@@ -26,7 +26,7 @@ const N: u64 = 50;
 /// writes and reads a regular file and writes /dev/null, neither of which
 /// is IPC. Over a socket, the child then replies with 4 bytes. Exits 3 if
 /// the child did not receive every byte.
-const MESSAGES: &str = r#"
+pub const MESSAGES: &str = r#"
 import os, socket, sys, tempfile
 
 mode, n, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]

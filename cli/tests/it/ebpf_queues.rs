@@ -19,7 +19,7 @@ const N: u64 = 60;
 /// (type) matches each receive with its send. Prints the queue's name
 /// (mq) or key and id (SysV); exits 3 if the child did not receive every
 /// byte.
-const QUEUES: &str = r#"
+pub const QUEUES: &str = r#"
 import ctypes, os, sys
 
 mode, n = sys.argv[1], int(sys.argv[2])

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod ebpf_ipc;
+mod ebpf_payload;
 mod ebpf_queues;
 mod ebpf_targets;
 mod ebpf_waits;

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 51] = [
+pub(super) const FIELDS: [Field; 67] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -94,16 +94,32 @@ pub(super) const FIELDS: [Field; 51] = [
     syscall_ret("sys_exit_futex"),
     syscall_ret("sys_exit_semop"),
     syscall_ret("sys_exit_semtimedop"),
+    syscall_arg("sys_enter_write", "buf", 1),
+    syscall_arg("sys_enter_write", "count", 2),
+    syscall_arg("sys_enter_sendto", "buff", 1),
+    syscall_arg("sys_enter_sendto", "len", 2),
+    syscall_arg("sys_enter_writev", "vec", 1),
+    syscall_arg("sys_enter_sendmsg", "msg", 1),
+    syscall_arg("sys_enter_read", "buf", 1),
+    syscall_arg("sys_enter_read", "count", 2),
+    syscall_arg("sys_enter_recvfrom", "ubuf", 1),
+    syscall_arg("sys_enter_recvfrom", "size", 2),
+    syscall_arg("sys_enter_readv", "vec", 1),
+    syscall_arg("sys_enter_recvmsg", "msg", 1),
     syscall_arg("sys_enter_mq_timedsend", "mqdes", 0),
     syscall_arg("sys_enter_mq_timedsend", "msg_len", 2),
     syscall_arg("sys_enter_mq_timedsend", "msg_prio", 3),
     syscall_arg("sys_enter_mq_timedreceive", "mqdes", 0),
+    syscall_arg("sys_enter_mq_timedsend", "u_msg_ptr", 1),
     syscall_arg("sys_enter_mq_timedreceive", "u_msg_prio", 3),
+    syscall_arg("sys_enter_mq_timedreceive", "u_msg_ptr", 1),
+    syscall_arg("sys_enter_mq_timedreceive", "msg_len", 2),
     syscall_arg("sys_enter_msgsnd", "msqid", 0),
     syscall_arg("sys_enter_msgsnd", "msgp", 1),
     syscall_arg("sys_enter_msgsnd", "msgsz", 2),
     syscall_arg("sys_enter_msgrcv", "msqid", 0),
     syscall_arg("sys_enter_msgrcv", "msgp", 1),
+    syscall_arg("sys_enter_msgrcv", "msgsz", 2),
     syscall_arg("sys_enter_msgget", "key", 0),
     syscall_arg("sys_enter_semget", "key", 0),
     syscall_arg("sys_enter_futex", "uaddr", 0),
