@@ -191,3 +191,91 @@ fn sysv_msg_messages_are_captured_and_paired() {
         );
     }
 }
+
+/// stress-ng's POSIX mq stressor, recorded: the sends captured are the
+/// bogo ops stress-ng reports (one `mq_send` each), and every receive
+/// (stress-ng kills its receiver when done, so some messages may still
+/// be queued) is paired, after its send, with a send of the same bytes
+/// (kept as payload at both ends). stress-ng gives each message a random
+/// priority, so receives come far out of send order: pairing in plain
+/// send order would receive messages before they were sent.
+#[test]
+fn stress_ng_mq_sends_match_its_own_count_and_pair_exactly() {
+    if !need_root("stress_ng_mq_sends_match_its_own_count_and_pair_exactly") {
+        return;
+    }
+    const OPS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sn.db");
+    let yaml = dir.path().join("sn.yaml");
+    let out = crate::run(&[
+        "record",
+        "--db",
+        db.to_str().unwrap(),
+        "--payload-bytes",
+        "8",
+        "--",
+        "stress-ng",
+        "--mq",
+        "1",
+        "--mq-ops",
+        &OPS.to_string(),
+        // Metrics are written to the YAML report only when asked for.
+        "--metrics-brief",
+        "--yaml",
+        yaml.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    // `- stressor: mq` then, a line or more below, `bogo-ops: N`.
+    let yaml = std::fs::read_to_string(&yaml).unwrap();
+    let after = &yaml[yaml.find("stressor: mq").expect("stress-ng reports mq")..];
+    let reported: u64 = after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bogo-ops:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(reported, OPS);
+
+    let channels = query(&db, "select id, name from channels where kind = 'mq'");
+    assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
+    assert!(
+        channels[0]["name"].as_str().unwrap().starts_with('/'),
+        "{channels}"
+    );
+    let ch = channels[0]["id"].as_i64().unwrap();
+    let counts = query(
+        &db,
+        &format!(
+            "select kind, count(*) as n, count(distinct pid) as pids, sum(length(payload) = 8) as kept
+             from events where channel_id = {ch} group by kind order by kind"
+        ),
+    );
+    let recvs = counts[0]["n"].as_u64().unwrap();
+    assert_eq!(counts[0]["kind"], "msg_recv");
+    assert!(recvs > 0 && recvs <= OPS, "{counts}");
+    assert_eq!(
+        counts[1],
+        json!({"kind": "msg_send", "n": OPS, "pids": 1, "kept": OPS})
+    );
+    let paired = query(
+        &db,
+        &format!(
+            "select count(*) as n, sum(m.latency_ns > 0) as after,
+                    sum(s.payload = r.payload) as same,
+                    count(distinct s.aux) > 1 as priorities
+             from messages m
+             join events s on s.kind = 'msg_send' and s.ts_ns = m.sent_ns
+                          and s.tid = m.sender_tid and s.channel_id = {ch}
+             join events r on r.kind = 'msg_recv' and r.ts_ns = m.received_ns
+                          and r.tid = m.receiver_tid and r.channel_id = {ch}
+             where m.channel_id = {ch}"
+        ),
+    );
+    assert_eq!(
+        paired,
+        json!([{"n": recvs, "after": recvs, "same": recvs, "priorities": 1}])
+    );
+    assert_eq!(query(&db, "select count(*) as n from drops")[0]["n"], 0);
+}
