@@ -48,7 +48,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 /// to, as `(program, category, tracepoints)`. One program serves several
 /// syscalls: they differ only in which tracepoint fired, and the fields it
 /// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 19] = [
+const PROGRAMS: [(&str, &str, &[&str]); 18] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("task_newtask", "task", &["task_newtask"]),
@@ -83,36 +83,20 @@ const PROGRAMS: [(&str, &str, &[&str]); 19] = [
         "syscalls",
         &["sys_enter_semop", "sys_enter_semtimedop"],
     ),
-    ("sys_exit", "syscalls", EXITS),
-];
-
-/// Every syscall exit `sys_exit` reports: one per entry program above.
-const EXITS: &[&str] = &[
-    "sys_exit_write",
-    "sys_exit_writev",
-    "sys_exit_sendto",
-    "sys_exit_sendmsg",
-    "sys_exit_read",
-    "sys_exit_readv",
-    "sys_exit_recvfrom",
-    "sys_exit_recvmsg",
-    "sys_exit_mq_timedsend",
-    "sys_exit_mq_timedreceive",
-    "sys_exit_msgsnd",
-    "sys_exit_msgrcv",
-    "sys_exit_msgget",
-    "sys_exit_semget",
-    "sys_exit_futex",
-    "sys_exit_semop",
-    "sys_exit_semtimedop",
 ];
 
 /// Raw tracepoint programs, as `(program, tracepoint)`: used where the
-/// tracepoint's published record lacks what the probe needs. signal_generate
-/// names its target task only by pid (a thread id); the raw tracepoint hands
-/// over the `task_struct`, whose tgid the probe reads (its prototype is
-/// checked against BTF in `btf::kernel_offsets`).
-const RAW_PROGRAMS: [(&str, &str); 1] = [("signal_generate", "signal_generate")];
+/// tracepoint's published record lacks what the probe needs, or costs
+/// too much to build. signal_generate names its target task only by pid
+/// (a thread id); the raw tracepoint hands over the `task_struct`, whose
+/// tgid the probe reads. sys_exit (raw_syscalls) ends every syscall the
+/// entry programs above remember, without a record built per exit of
+/// every process. Their prototypes are checked against BTF in
+/// `btf::kernel_offsets`.
+const RAW_PROGRAMS: [(&str, &str); 2] = [
+    ("signal_generate", "signal_generate"),
+    ("sys_exit", "sys_exit"),
+];
 
 /// `TRACKED` value bits; probe-ebpf's `flag` module holds the same values.
 mod flag {

@@ -214,9 +214,6 @@ static OFFSET_DELIVER_SIG: Global<u32> = Global::new(8);
 /// sendmsg} `fd`, the same in all eight (checked by the loader).
 #[no_mangle]
 static OFFSET_SYSCALL_FD: Global<u32> = Global::new(16);
-/// syscalls:sys_exit_* `long ret`, the same in every syscall.
-#[no_mangle]
-static OFFSET_SYSCALL_RET: Global<u32> = Global::new(16);
 /// Syscall arguments by position, for the syscalls whose first argument
 /// is not an fd (`OFFSET_SYSCALL_FD` is argument 0 of every syscall):
 /// mq_timedsend/mq_timedreceive `mqdes`, msgsnd/msgrcv `msqid`,
@@ -501,9 +498,13 @@ pub fn sys_enter_semop(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The exit of every syscall above.
-#[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
+/// The exit of every syscall, through the raw `sys_exit` tracepoint
+/// (`raw_syscalls`): the per-syscall `syscalls:sys_exit_*` tracepoints
+/// would build a record for every exit of every process, traced or not,
+/// before the program could look at it; here the first thing that runs
+/// is the `PENDING` lookup, which fails for any syscall not entered above.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     if try_sys_exit(&ctx).is_err() {
         count_drop();
     }
@@ -843,7 +844,7 @@ fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
 /// value says happened. Failed messages (EAGAIN included) and end-of-file
 /// move nothing and are not messages; a wait is reported however it
 /// ended, since its begin was.
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = current_ids();
     // SAFETY: the value is copied out at once; only this thread writes its
     // own entry.
@@ -851,7 +852,8 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = PENDING.remove(tid);
-    let ret: i64 = arg(ctx, &OFFSET_SYSCALL_RET)? as i64;
+    // `TP_PROTO(struct pt_regs *regs, long ret)` (checked by the loader).
+    let ret: i64 = ctx.arg(1);
     let exit_ns = now();
     let mut event = pending.event(tgid, tid, exit_ns);
     event.result = ret;

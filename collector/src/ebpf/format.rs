@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 67] = [
+pub(super) const FIELDS: [Field; 50] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -77,23 +77,6 @@ pub(super) const FIELDS: [Field; 67] = [
     syscall_fd("sys_enter_writev"),
     syscall_fd("sys_enter_sendto"),
     syscall_fd("sys_enter_sendmsg"),
-    syscall_ret("sys_exit_read"),
-    syscall_ret("sys_exit_readv"),
-    syscall_ret("sys_exit_recvfrom"),
-    syscall_ret("sys_exit_recvmsg"),
-    syscall_ret("sys_exit_write"),
-    syscall_ret("sys_exit_writev"),
-    syscall_ret("sys_exit_sendto"),
-    syscall_ret("sys_exit_sendmsg"),
-    syscall_ret("sys_exit_mq_timedsend"),
-    syscall_ret("sys_exit_mq_timedreceive"),
-    syscall_ret("sys_exit_msgsnd"),
-    syscall_ret("sys_exit_msgrcv"),
-    syscall_ret("sys_exit_msgget"),
-    syscall_ret("sys_exit_semget"),
-    syscall_ret("sys_exit_futex"),
-    syscall_ret("sys_exit_semop"),
-    syscall_ret("sys_exit_semtimedop"),
     syscall_arg("sys_enter_write", "buf", 1),
     syscall_arg("sys_enter_write", "count", 2),
     syscall_arg("sys_enter_sendto", "buff", 1),
@@ -160,17 +143,6 @@ const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> F
         name,
         size: 8,
         global: GLOBALS[index],
-    }
-}
-
-/// The return value of a syscall.
-const fn syscall_ret(event: &'static str) -> Field {
-    Field {
-        category: "syscalls",
-        event,
-        name: "ret",
-        size: 8,
-        global: "OFFSET_SYSCALL_RET",
     }
 }
 
