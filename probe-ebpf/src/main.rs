@@ -220,10 +220,12 @@ static OFFSET_SYSCALL_FD: Global<u32> = Global::new(16);
 /// msgget/semget `key`, futex `uaddr`, semop/semtimedop `semid`.
 #[no_mangle]
 static OFFSET_SYSCALL_ARG0: Global<u32> = Global::new(16);
-/// `u_msg_ptr`, `msgp`, `op` (futex), `tsops`.
+/// `u_msg_ptr`, `msgp`, `op` (futex), `tsops`, and the message buffer of
+/// the fd calls (`buf`, `buff`, `ubuf`, `vec`, `msg`).
 #[no_mangle]
 static OFFSET_SYSCALL_ARG1: Global<u32> = Global::new(24);
-/// `msg_len` (mq_timedsend), `msgsz` (msgsnd), `nsops`.
+/// `msg_len` (both mq calls), `msgsz` (msgsnd, msgrcv), `nsops`, and the
+/// buffer length of the plain fd calls (`count`, `len`, `size`).
 #[no_mangle]
 static OFFSET_SYSCALL_ARG2: Global<u32> = Global::new(32);
 /// `msg_prio` (mq_timedsend), `u_msg_prio` (mq_timedreceive).
