@@ -95,6 +95,39 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
 
+/// The parent holds a process-shared priority-inheritance pthread mutex
+/// for `hold` seconds while its forked child tries to lock it. Exits 5 or
+/// 6 if the mutex cannot be made or taken.
+const PI_MUTEX: &str = r#"
+import ctypes, mmap, os, sys, time
+
+hold = float(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+# A process-shared priority-inheritance mutex in shared memory: its
+# futex word holds the owner's tid, and a contended lock is FUTEX_LOCK_PI.
+shared = mmap.mmap(-1, 64)
+mutex = ctypes.c_char.from_buffer(shared)
+attr = ctypes.create_string_buffer(8)
+PTHREAD_PROCESS_SHARED, PTHREAD_PRIO_INHERIT = 1, 1
+for rc in (libc.pthread_mutexattr_init(attr),
+           libc.pthread_mutexattr_setpshared(attr, PTHREAD_PROCESS_SHARED),
+           libc.pthread_mutexattr_setprotocol(attr, PTHREAD_PRIO_INHERIT),
+           libc.pthread_mutex_init(ctypes.byref(mutex), attr)):
+    if rc != 0:
+        sys.exit(5)
+if libc.pthread_mutex_lock(ctypes.byref(mutex)) != 0:
+    sys.exit(6)
+pid = os.fork()
+if pid == 0:
+    rc = libc.pthread_mutex_lock(ctypes.byref(mutex))  # blocks: held by the parent
+    libc.pthread_mutex_unlock(ctypes.byref(mutex))
+    os._exit(rc)
+time.sleep(hold)
+libc.pthread_mutex_unlock(ctypes.byref(mutex))
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
 /// How the probes write a `semop` of one operation `sem_op` on semaphore
 /// 0 in `aux` (ipc_events::raw::kind::SEM_WAIT_BEGIN).
 fn semop_aux(sem_op: i16) -> u64 {
@@ -249,4 +282,31 @@ fn a_contended_futex_wait_is_captured_with_its_duration() {
         &format!("select count(*) as n from waits where pid = {parent} and end_ns - start_ns >= 150000000"),
     );
     assert_eq!(parents[0]["n"], 0);
+}
+
+#[test]
+fn a_pi_mutex_wait_names_the_owner() {
+    if !need_root("a_pi_mutex_wait_names_the_owner") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = record_python_with(dir.path(), PI_MUTEX, &["0.2"], &[]);
+    let (parent, child) = parent_and_child(&db);
+    // The child's one wait, begun and ended, each naming the parent (a
+    // single thread: its tid is its pid) as the mutex's owner, read from
+    // the futex word.
+    let waits = query(
+        &db,
+        "select e.pid, e.aux as owner, e.result = -9223372036854775808 as begun,
+                e.duration_ns >= 150000000 as long
+         from events e join channels c on c.id = e.channel_id
+         where c.kind = 'futex' order by e.ts_ns",
+    );
+    assert_eq!(
+        waits,
+        json!([
+            {"pid": child, "owner": parent, "begun": 1, "long": null},
+            {"pid": child, "owner": parent, "begun": 0, "long": 1},
+        ])
+    );
 }
