@@ -231,6 +231,9 @@ static OFFSET_SYSCALL_ARG2: Global<u32> = Global::new(32);
 /// `msg_prio` (mq_timedsend), `u_msg_prio` (mq_timedreceive).
 #[no_mangle]
 static OFFSET_SYSCALL_ARG3: Global<u32> = Global::new(40);
+/// `msgflg` (msgrcv).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG4: Global<u32> = Global::new(48);
 
 // Where this kernel puts the struct fields the probes walk. aya-ebpf has no
 // CO-RE relocations, so the loader reads them from the kernel's BTF
@@ -322,6 +325,9 @@ const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
 const FUTEX_LOCK_PI2: u64 = 13;
 /// The owner's tid in a PI futex word (`FUTEX_TID_MASK`).
 const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// msgrcv's `MSG_COPY` (`<linux/msg.h>`).
+const MSG_COPY: u64 = 0o40000;
 
 /// `struct sembuf` from `<linux/sem.h>`: one semaphore operation.
 #[repr(C)]
@@ -721,6 +727,11 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
         // The bytes follow the `long mtype`.
         pending.buf = msgp + 8;
         pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+    }
+    if msg_kind == kind::MSG_RECV && arg(ctx, &OFFSET_SYSCALL_ARG4)? & MSG_COPY != 0 {
+        // A copy of the message at an index, left in the queue: no
+        // message moves, and counting it would shift the pairing.
+        return Ok(());
     }
     if msg_kind == kind::MSG_SEND {
         pending.op = op::SYSV_SEND;

@@ -16,11 +16,12 @@ const N: u64 = 60;
 /// 10 messages, so the child takes the highest priority first. SysV:
 /// types `1 + i % 3`, received lowest type first (`msgtyp` -3). Either
 /// way receives come out of send order, and only pairing per priority
-/// (type) matches each receive with its send. Prints the queue's name
+/// (type) matches each receive with its send. The SysV child first copies
+/// a message with `MSG_COPY`, which leaves it queued and is no receive. Prints the queue's name
 /// (mq) or key and id (SysV); exits 3 if the child did not receive every
 /// byte.
 pub const QUEUES: &str = r#"
-import ctypes, os, sys
+import ctypes, errno, os, sys, time
 
 mode, n = sys.argv[1], int(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
@@ -61,6 +62,15 @@ pid = os.fork()
 if pid == 0:
     got = 0
     buf = ctypes.create_string_buffer(2048) if mode == "mq" else Msg()
+    if mode != "mq":
+        # A copy of the first message (MSG_COPY | IPC_NOWAIT), which
+        # stays queued: not a receive. Kernels without MSG_COPY say ENOSYS.
+        for _ in range(10000):
+            if libc.msgrcv(q, ctypes.byref(buf), 2048, 0, 0o40000 | 0o4000) >= 0:
+                break
+            if ctypes.get_errno() != errno.ENOMSG:
+                break
+            time.sleep(0.001)
     for i in range(n):
         got += check(recv(buf), "receive")
     os._exit(0 if got == sum(size(i) for i in range(n)) else 3)

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 50] = [
+pub(super) const FIELDS: [Field; 51] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -103,6 +103,7 @@ pub(super) const FIELDS: [Field; 50] = [
     syscall_arg("sys_enter_msgrcv", "msqid", 0),
     syscall_arg("sys_enter_msgrcv", "msgp", 1),
     syscall_arg("sys_enter_msgrcv", "msgsz", 2),
+    syscall_arg("sys_enter_msgrcv", "msgflg", 4),
     syscall_arg("sys_enter_msgget", "key", 0),
     syscall_arg("sys_enter_semget", "key", 0),
     syscall_arg("sys_enter_futex", "uaddr", 0),
@@ -127,15 +128,16 @@ const fn syscall_fd(event: &'static str) -> Field {
     }
 }
 
-/// Argument `index` (0-3) of a syscall's entry, called `name` there:
+/// Argument `index` (0-4) of a syscall's entry, called `name` there:
 /// read through the positional `OFFSET_SYSCALL_ARG*` globals, so every
 /// syscall sharing one must put it at the same offset (checked).
 const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> Field {
-    const GLOBALS: [&str; 4] = [
+    const GLOBALS: [&str; 5] = [
         "OFFSET_SYSCALL_ARG0",
         "OFFSET_SYSCALL_ARG1",
         "OFFSET_SYSCALL_ARG2",
         "OFFSET_SYSCALL_ARG3",
+        "OFFSET_SYSCALL_ARG4",
     ];
     Field {
         category: "syscalls",
