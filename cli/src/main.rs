@@ -12,6 +12,7 @@ use collector::query::Table;
 use collector::record::{record, record_with, RecordControl, RecordOptions, RecordOutcome};
 use collector::report;
 use collector::store::{default_db_path, OpenMode, SessionId, Store};
+use ipc_events::raw::MAX_PAYLOAD;
 
 mod demo;
 
@@ -134,8 +135,21 @@ struct RecordArgs {
     /// output goes to a file beside the database, named on exit.
     #[arg(long)]
     tui: bool,
+    /// Also follow this running process and its descendants (repeatable).
+    /// Without a command, record until Ctrl-C or until they all exit.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Follow every process on the machine (but ipcscope itself).
+    /// Without a command, record until Ctrl-C.
+    #[arg(long, conflicts_with = "pids")]
+    all: bool,
+    /// Keep the first N bytes of each message the probes see (0-4096;
+    /// 0, the default, keeps none), in `events.payload`.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=MAX_PAYLOAD as i64))]
+    payload_bytes: u16,
     /// The command to run, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
@@ -383,6 +397,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 command: args.command,
                 ebpf: !args.no_ebpf,
                 ebpf_optional: false,
+                pids: args.pids,
+                all: args.all,
+                payload_bytes: args.payload_bytes,
             };
             let outcome = match args.tui {
                 true => record_on_dashboard(options).await?,
@@ -411,6 +428,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 // The demo is about ipc-lib: without privileges it still
                 // shows everything but the kernel's view.
                 ebpf_optional: true,
+                pids: Vec::new(),
+                all: false,
+                payload_bytes: 0,
             };
             let outcome = match dashboard {
                 true => record_on_dashboard(options).await?,

@@ -6,10 +6,13 @@
 //! hash lookup per tracepoint hit and never reaches user space.
 //!
 //! What the probes report: the process tree (fork, exec, exit), signals
-//! (generated and delivered), and messages: `read`/`write`/`readv`/
+//! (generated and delivered), messages (`read`/`write`/`readv`/
 //! `writev`/`recvfrom`/`sendto`/`recvmsg`/`sendmsg` on pipes, FIFOs and
 //! Unix sockets, identified in the kernel by walking the fd table to the
-//! inode (and the peer's, for a socket). Kernel struct offsets come from
+//! inode (and the peer's, for a socket); `mq_timedsend`/`mq_timedreceive`
+//! on POSIX message queues, named by their dentry; `msgsnd`/`msgrcv` on
+//! SysV queues, by id and key) and waits (futex waits and SysV `semop`,
+//! reported when they begin and when they end). Kernel struct offsets come from
 //! BTF (`btf`) and tracepoint field offsets from tracefs (`format`).
 //!
 //! Following starts from a pid registered with [`Probes::track`] (typically the
@@ -24,6 +27,7 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
+use ipc_events::raw::{sysv_class, MAX_PAYLOAD};
 use ipc_events::{decode, DecodeError, Event, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -32,6 +36,9 @@ use crate::platform::{self, Capabilities};
 
 mod btf;
 mod format;
+mod targets;
+
+pub use targets::running_process_events;
 
 /// The compiled probes. aya-build names the object after probe-ebpf's bin
 /// target.
@@ -41,7 +48,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 /// to, as `(program, category, tracepoints)`. One program serves several
 /// syscalls: they differ only in which tracepoint fired, and the fields it
 /// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 7] = [
+const PROGRAMS: [(&str, &str, &[&str]); 18] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("task_newtask", "task", &["task_newtask"]),
@@ -49,45 +56,47 @@ const PROGRAMS: [(&str, &str, &[&str]); 7] = [
     (
         "sys_enter_send",
         "syscalls",
-        &[
-            "sys_enter_write",
-            "sys_enter_writev",
-            "sys_enter_sendto",
-            "sys_enter_sendmsg",
-        ],
+        &["sys_enter_write", "sys_enter_sendto"],
     ),
+    ("sys_enter_sendv", "syscalls", &["sys_enter_writev"]),
+    ("sys_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
     (
         "sys_enter_recv",
         "syscalls",
-        &[
-            "sys_enter_read",
-            "sys_enter_readv",
-            "sys_enter_recvfrom",
-            "sys_enter_recvmsg",
-        ],
+        &["sys_enter_read", "sys_enter_recvfrom"],
     ),
+    ("sys_enter_recvv", "syscalls", &["sys_enter_readv"]),
+    ("sys_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("sys_enter_mq_send", "syscalls", &["sys_enter_mq_timedsend"]),
     (
-        "sys_exit_msg",
+        "sys_enter_mq_recv",
         "syscalls",
-        &[
-            "sys_exit_write",
-            "sys_exit_writev",
-            "sys_exit_sendto",
-            "sys_exit_sendmsg",
-            "sys_exit_read",
-            "sys_exit_readv",
-            "sys_exit_recvfrom",
-            "sys_exit_recvmsg",
-        ],
+        &["sys_enter_mq_timedreceive"],
+    ),
+    ("sys_enter_msgsnd", "syscalls", &["sys_enter_msgsnd"]),
+    ("sys_enter_msgrcv", "syscalls", &["sys_enter_msgrcv"]),
+    ("sys_enter_msgget", "syscalls", &["sys_enter_msgget"]),
+    ("sys_enter_semget", "syscalls", &["sys_enter_semget"]),
+    ("sys_enter_futex", "syscalls", &["sys_enter_futex"]),
+    (
+        "sys_enter_semop",
+        "syscalls",
+        &["sys_enter_semop", "sys_enter_semtimedop"],
     ),
 ];
 
 /// Raw tracepoint programs, as `(program, tracepoint)`: used where the
-/// tracepoint's published record lacks what the probe needs. signal_generate
-/// names its target task only by pid (a thread id); the raw tracepoint hands
-/// over the `task_struct`, whose tgid the probe reads (its prototype is
-/// checked against BTF in `btf::kernel_offsets`).
-const RAW_PROGRAMS: [(&str, &str); 1] = [("signal_generate", "signal_generate")];
+/// tracepoint's published record lacks what the probe needs, or costs
+/// too much to build. signal_generate names its target task only by pid
+/// (a thread id); the raw tracepoint hands over the `task_struct`, whose
+/// tgid the probe reads. sys_exit (raw_syscalls) ends every syscall the
+/// entry programs above remember, without a record built per exit of
+/// every process. Their prototypes are checked against BTF in
+/// `btf::kernel_offsets`.
+const RAW_PROGRAMS: [(&str, &str); 2] = [
+    ("signal_generate", "signal_generate"),
+    ("sys_exit", "sys_exit"),
+];
 
 /// `TRACKED` value bits; probe-ebpf's `flag` module holds the same values.
 mod flag {
@@ -105,8 +114,12 @@ const MAX_BATCH: usize = 16 * 1024;
 /// How to load the probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
-    /// Report every process on the machine, not only the tracked ones.
+    /// Report every process on the machine, not only the tracked ones
+    /// (except the process that loads the probes, never reported).
     pub trace_all: bool,
+    /// Bytes of each message to capture as its payload (at most
+    /// [`MAX_PAYLOAD`]; more is an error); 0 captures none.
+    pub payload_bytes: u16,
 }
 
 /// What one [`Probes::read_into`] call produced.
@@ -255,6 +268,29 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// More payload was asked for than a record can carry.
+    #[error("cannot capture {requested} bytes of payload per message: at most {MAX_PAYLOAD}")]
+    PayloadTooLarge { requested: u16 },
+    /// `/proc` could not be listed to find the processes running.
+    #[error("cannot list the running processes in /proc")]
+    ProcessTable {
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/sysvipc/{msg,sem}` could not be read or parsed.
+    #[error("cannot read the existing SysV objects from {path}")]
+    SysvList {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The probes' id -> key map of SysV objects could not be filled.
+    #[error("cannot add SysV id {id} to the probes' SYSV_KEYS map")]
+    SysvKeys {
+        id: u32,
+        #[source]
+        source: Box<MapError>,
+    },
     /// The kernel's drop counter could not be read.
     #[error("cannot read the probes' DROPS counter")]
     ReadDrops {
@@ -351,9 +387,19 @@ impl Probes {
         let kernel_offsets = btf::kernel_offsets(std::path::Path::new(platform::BTF_VMLINUX))?;
         raise_memlock_limit();
 
+        if usize::from(config.payload_bytes) > MAX_PAYLOAD {
+            return Err(ProbeError::PayloadTooLarge {
+                requested: config.payload_bytes,
+            });
+        }
+        let payload_bytes = u32::from(config.payload_bytes);
         let trace_all = u8::from(config.trace_all);
+        let me = std::process::id();
         let mut loader = EbpfLoader::new();
         loader.override_global("TRACE_ALL", &trace_all, true);
+        // This process reads the ring; it must never report itself.
+        loader.override_global("EXCLUDED_TGID", &me, true);
+        loader.override_global("PAYLOAD_BYTES", &payload_bytes, true);
         // Fields shared by several tracepoints repeat a global; setting it
         // again sets the same (checked) value.
         for (field, offset) in format::FIELDS.iter().zip(&offsets) {
@@ -417,6 +463,10 @@ impl Probes {
             PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(map_layout("DROPS"))?;
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_layout("EVENTS"))?;
+        let mut sysv_keys: HashMap<_, u64, u32> =
+            HashMap::try_from(take_map(&mut ebpf, "SYSV_KEYS")?)
+                .map_err(map_layout("SYSV_KEYS"))?;
+        preload_sysv_keys(&mut sysv_keys)?;
         Ok(Probes {
             tracked,
             drops,
@@ -442,6 +492,45 @@ impl Probes {
                 pid,
                 source: Box::new(source),
             })
+    }
+
+    /// Follows each of `roots` and every process below it, those it forks
+    /// from now on (in the kernel) and those it already has (from
+    /// `/proc`). Returns every pid followed.
+    ///
+    /// The roots are tracked first, so any fork from then on is caught in
+    /// the kernel; `/proc` is then walked until it shows no process below
+    /// them that is not followed yet, which catches one forked by a
+    /// descendant between a walk and its tracking.
+    pub fn follow(&mut self, roots: &[u32]) -> Result<Vec<u32>, ProbeError> {
+        let mut followed: Vec<u32> = Vec::new();
+        for &pid in roots {
+            self.track(pid, false)?;
+            followed.push(pid);
+        }
+        // Each round tracks what the last one missed; a tree that keeps
+        // forking faster than that is caught by the kernel after all.
+        for _ in 0..8 {
+            let table =
+                targets::process_table().map_err(|source| ProbeError::ProcessTable { source })?;
+            let new: Vec<u32> = targets::descendants(&table, roots)
+                .into_iter()
+                .filter(|pid| !followed.contains(pid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                self.track(pid, false)?;
+                followed.push(pid);
+            }
+        }
+        Ok(followed)
+    }
+
+    /// Every process running now, as `(pid, ppid)` from `/proc`.
+    pub fn running_processes() -> Result<Vec<(u32, u32)>, ProbeError> {
+        targets::process_table().map_err(|source| ProbeError::ProcessTable { source })
     }
 
     /// Stops following `pid`; processes it already forked stay followed.
@@ -568,6 +657,66 @@ impl Ring {
     }
 }
 
+/// The SysV objects of this IPC namespace, as `/proc/sysvipc` lists them.
+const SYSV_LISTS: [(&str, u64); 2] = [
+    ("/proc/sysvipc/msg", sysv_class::MSG),
+    ("/proc/sysvipc/sem", sysv_class::SEM),
+];
+
+/// Tells the probes the keys of the SysV objects that exist now: they
+/// learn the keys of later ones from msgget/semget, but an object created
+/// before recording (`-p PID`) is named only through this list.
+fn preload_sysv_keys(map: &mut HashMap<MapData, u64, u32>) -> Result<(), ProbeError> {
+    for (path, class) in SYSV_LISTS {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            // A kernel without SysV IPC has neither the lists nor objects.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ProbeError::SysvList { path, source }),
+        };
+        let entries =
+            parse_sysv_list(&text).map_err(|source| ProbeError::SysvList { path, source })?;
+        for (key, id) in entries {
+            map.insert((class << 32) | u64::from(id), key, 0)
+                .map_err(|source| ProbeError::SysvKeys {
+                    id,
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// `(key, id)` of each object in a `/proc/sysvipc/{msg,sem,shm}` listing:
+/// a header line, then one line per object starting with its key (a
+/// signed decimal `key_t`) and its id.
+fn parse_sysv_list(text: &str) -> Result<Vec<(u32, u32)>, io::Error> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(id)) = (words.next(), words.next()) else {
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {line:?} has no key and id"),
+            ));
+        };
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {line:?}: {what} is not a number"),
+            )
+        };
+        // key_t is an int; the probes keep its 32 bits.
+        let key = key.parse::<i32>().map_err(|_| bad("the key"))? as u32;
+        let id = id.parse::<u32>().map_err(|_| bad("the id"))?;
+        out.push((key, id));
+    }
+    Ok(out)
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })
 }
@@ -606,5 +755,35 @@ fn raise_memlock_limit() {
             error = %io::Error::last_os_error(),
             "cannot raise RLIMIT_MEMLOCK; not needed on kernels >= 5.11"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysv_lists_give_each_objects_key_and_id() {
+        let msg = "       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid      stime      rtime      ctime
+         0          3   600           0          0     0     0     0     0     0     0          0          0 1700000000
+1234567890         14   666          16          2   100   101     0     0     0     0 1700000001 1700000002 1700000000
+       -17          9   600           0          0     0     0     0     0     0     0          0          0 1700000000
+";
+        assert_eq!(
+            parse_sysv_list(msg).unwrap(),
+            [(0, 3), (1_234_567_890, 14), ((-17i32) as u32, 9)]
+        );
+        assert_eq!(
+            parse_sysv_list("       key      semid perms\n").unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn a_garbled_sysv_list_is_an_error_naming_the_line() {
+        let err = parse_sysv_list("key msqid\nx 3 600\n").unwrap_err();
+        assert!(err.to_string().contains("\"x 3 600\": the key"), "{err}");
+        let err = parse_sysv_list("key msqid\n5\n").unwrap_err();
+        assert!(err.to_string().contains("no key and id"), "{err}");
     }
 }

@@ -129,7 +129,7 @@ pub fn checks() -> Vec<Check> {
         ),
     });
 
-    out.push(match Probes::load(&ProbeConfig { trace_all: false }) {
+    out.push(match Probes::load(&ProbeConfig::default()) {
         Ok(probes) => {
             drop(probes);
             Check::new(

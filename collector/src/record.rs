@@ -18,7 +18,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ipc_events::raw::drop_source;
 use ipc_events::{Event, EventKind, Source};
 use tokio::process::Command;
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::analysis::{Analyzer, AnalyzerConfig, DeadlockChange};
 use crate::clock::{monotonic_ns, wall_rfc3339};
-use crate::ebpf::{ProbeConfig, Probes};
+use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
 use crate::store::{
@@ -41,7 +41,8 @@ use crate::store::{
 pub struct RecordOptions {
     pub db: PathBuf,
     pub name: Option<String>,
-    /// The command and its arguments; must not be empty.
+    /// The command and its arguments; may be empty when `pids` or `all`
+    /// say what to record.
     pub command: Vec<OsString>,
     /// Load the eBPF probes (needs CAP_BPF + CAP_PERFMON, or root).
     pub ebpf: bool,
@@ -51,6 +52,16 @@ pub struct RecordOptions {
     /// Send the command's stdout and stderr to this file (created 0600)
     /// instead of ours: for when a dashboard owns the terminal.
     pub output: Option<PathBuf>,
+    /// Running processes to follow, each with its descendants (those it
+    /// has and those it will fork). Needs the probes.
+    pub pids: Vec<u32>,
+    /// Follow every process on the machine but the recorder. Needs the
+    /// probes.
+    pub all: bool,
+    /// Keep the first this many bytes of each message the probes see (at
+    /// most `ipc_events::raw::MAX_PAYLOAD`, which loading the probes
+    /// checks); 0 keeps none.
+    pub payload_bytes: u16,
 }
 
 /// How a caller steers a recording while it runs.
@@ -83,15 +94,17 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
 
 /// [`record`], steered by `control`.
 pub async fn record_with(options: RecordOptions, control: RecordControl) -> Result<RecordOutcome> {
-    let program = options
-        .command
-        .first()
-        .context("no command given: use `ipcscope record -- CMD ARGS...`")?;
+    check_options(&options)?;
+    let program = options.command.first();
 
     // Probes first: a missing privilege should fail before a database or a
     // process is created.
+    let config = ProbeConfig {
+        trace_all: options.all,
+        payload_bytes: options.payload_bytes,
+    };
     let mut probes = match options.ebpf {
-        true => match Probes::load(&ProbeConfig { trace_all: false }) {
+        true => match Probes::load(&config) {
             Ok(p) => Some(p),
             Err(e) if options.ebpf_optional => {
                 eprintln!(
@@ -110,7 +123,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     let session = store
         .begin_session(&NewSession {
             name: options.name.clone(),
-            command: shell_join(&options.command),
+            command: session_command(&options),
             host: hostname(),
             started_at: wall_rfc3339(),
             sources: if probes.is_some() { "ebpf,lib" } else { "lib" }.to_owned(),
@@ -125,7 +138,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         options
             .name
             .clone()
-            .unwrap_or_else(|| shell_join(&options.command)),
+            .unwrap_or_else(|| session_command(&options)),
         start_mono_ns,
         AnalyzerConfig::default(),
     )));
@@ -164,60 +177,114 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     // their event rings.
     let rings = RingListener::bind(&runtime_dir()).context("opening the ipc-lib ring socket")?;
     let (stop_rings, rings_stopped) = watch::channel(false);
-    let mut command = Command::new(program);
-    command
-        .args(&options.command[1..])
-        .env(SOCKET_ENV, rings.path());
-    if let Some(path) = &options.output {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open {} for the command's output", path.display()))?;
-        command
-            .stdout(file.try_clone().context("duplicating the output file")?)
-            .stderr(file);
-    }
+    let ring_path = rings.path().to_owned();
     let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped, probes.is_none()));
-    if let Some(p) = probes.as_mut() {
-        p.track(recorder_pid, true)
-            .context("registering the recorder with the probes")?;
-    }
-    let spawned = command.spawn();
-    if let Some(p) = probes.as_mut() {
-        p.untrack(recorder_pid)
-            .context("unregistering the recorder from the probes")?;
-    }
-    let mut child = spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
-    let child_pid = child
-        .id()
-        .context("the command exited before it could be observed")?;
 
-    if probes.is_none() {
-        // Without the probes nobody else reports the command's start.
-        ingest
-            .send(started_events(program, child_pid, recorder_pid))
-            .await?;
+    // Processes already running are followed before the command starts,
+    // and reported as the probes would have had they seen them start.
+    if let Some(p) = probes.as_mut() {
+        let running = if options.all {
+            Probes::running_processes()?
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .filter(|&pid| pid != recorder_pid)
+                .collect()
+        } else {
+            p.follow(&options.pids)
+                .context("following the processes given with -p")?
+        };
+        let events: Vec<Event> = running
+            .into_iter()
+            .flat_map(running_process_events)
+            .collect();
+        if program.is_none() {
+            eprintln!(
+                "ipcscope: following {} processes; Ctrl-C to stop",
+                events.len() / 2
+            );
+        }
+        ingest.send(events).await?;
+    }
+
+    let mut child = None;
+    if let Some(program) = program {
+        let mut command = Command::new(program);
+        command
+            .args(&options.command[1..])
+            .env(SOCKET_ENV, &ring_path);
+        if let Some(path) = &options.output {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| {
+                    format!("cannot open {} for the command's output", path.display())
+                })?;
+            command
+                .stdout(file.try_clone().context("duplicating the output file")?)
+                .stderr(file);
+        }
+        if let Some(p) = probes.as_mut() {
+            p.track(recorder_pid, true)
+                .context("registering the recorder with the probes")?;
+        }
+        let spawned = command.spawn();
+        if let Some(p) = probes.as_mut() {
+            p.untrack(recorder_pid)
+                .context("unregistering the recorder from the probes")?;
+        }
+        let spawned =
+            spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+        let pid = spawned
+            .id()
+            .context("the command exited before it could be observed")?;
+        if probes.is_none() {
+            // Without the probes nobody else reports the command's start.
+            ingest
+                .send(started_events(program, pid, recorder_pid))
+                .await?;
+        }
+        child = Some((spawned, pid));
     }
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 
     let mut stop = control.stop;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.context("waiting for the command")?,
-            _ = interrupts.recv() => {}
-            _ = terminations.recv() => terminate(child_pid),
-            stopped = async { stop.as_mut()?.wait_for(|s| *s).await.ok().map(|_| ()) }, if stop.is_some() => {
-                if stopped.is_some() {
-                    terminate(child_pid);
+    let exit_status = match child.as_mut() {
+        Some((child, child_pid)) => {
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status.context("waiting for the command")?,
+                    _ = interrupts.recv() => {}
+                    _ = terminations.recv() => terminate(*child_pid),
+                    stopped = async { stop.as_mut()?.wait_for(|s| *s).await.ok().map(|_| ()) }, if stop.is_some() => {
+                        if stopped.is_some() {
+                            terminate(*child_pid);
+                        }
+                        // Asked once (or the asker is gone): do not ask again.
+                        stop = None;
+                    }
                 }
-                // Asked once (or the asker is gone): do not ask again.
-                stop = None;
+            };
+            Some(shell_status(status))
+        }
+        None => {
+            let mut poll = tokio::time::interval(TARGETS_POLL);
+            loop {
+                tokio::select! {
+                    _ = interrupts.recv() => break,
+                    _ = terminations.recv() => break,
+                    Some(()) = async { stop.as_mut()?.wait_for(|s| *s).await.ok().map(|_| ()) }, if stop.is_some() => break,
+                    _ = poll.tick() => {
+                        if !options.pids.is_empty() && !options.pids.iter().any(|&p| is_running(p)) {
+                            break;
+                        }
+                    }
+                }
             }
+            None
         }
     };
-    let exit_status = shell_status(status);
 
     // Everything the sources still hold goes to the writer; if the writer
     // failed (a full disk, say), the sources only see it as gone, so its
@@ -230,15 +297,17 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                 Some(probes)
             }
             None => {
-                let mut exit = Event::new(
-                    monotonic_ns(),
-                    child_pid,
-                    child_pid,
-                    Source::Collector,
-                    EventKind::ProcessExit,
-                );
-                exit.aux = exit_status as u64;
-                ingest.send(vec![exit]).await?;
+                if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
+                    let mut exit = Event::new(
+                        monotonic_ns(),
+                        *child_pid,
+                        *child_pid,
+                        Source::Collector,
+                        EventKind::ProcessExit,
+                    );
+                    exit.aux = status as u64;
+                    ingest.send(vec![exit]).await?;
+                }
                 None
             }
         };
@@ -265,21 +334,21 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         .context("the analysis panicked")?
         .context("storing the analysis")?;
     lock(&analyzer).finish();
-    let _ = stop_feed.send(Some(Some(exit_status)));
+    let _ = stop_feed.send(Some(exit_status));
     feed_task.await.context("the live feed panicked")?;
     store.set_live_socket(session, None).await?;
+    if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
+        store.set_exit_status(session, *child_pid, status).await?;
+    }
     store
-        .set_exit_status(session, child_pid, exit_status)
-        .await?;
-    store
-        .finish_session(session, &wall_rfc3339(), monotonic_ns(), Some(exit_status))
+        .finish_session(session, &wall_rfc3339(), monotonic_ns(), exit_status)
         .await?;
     let drops = store.drops_by_source(session).await?;
     store.close().await;
     drop(probes);
     Ok(RecordOutcome {
         session,
-        exit_status,
+        exit_status: exit_status.unwrap_or(0),
         writer,
         drops,
     })
@@ -350,6 +419,64 @@ fn terminate(child_pid: u32) {
     // SAFETY: kill has no memory effects; child_pid is our own child, not
     // yet reaped, so the pid cannot have been reused.
     unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+}
+
+/// How often, without a command, the recorder checks whether the `-p`
+/// targets are still running.
+const TARGETS_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `options` name something to record, in a way that can work.
+fn check_options(options: &RecordOptions) -> Result<()> {
+    if !options.ebpf && options.payload_bytes > 0 {
+        bail!("--payload-bytes keeps what the eBPF probes see, which --no-ebpf turns off");
+    }
+    if options.command.is_empty() && options.pids.is_empty() && !options.all {
+        bail!(
+            "nothing to record: give a command (`ipcscope record -- CMD ARGS...`), \
+             processes (`-p PID`), or `--all`"
+        );
+    }
+    if !options.ebpf && (options.all || !options.pids.is_empty()) {
+        bail!("-p and --all follow processes with the eBPF probes, which --no-ebpf turns off");
+    }
+    if options.all && !options.pids.is_empty() {
+        bail!("--all already follows every process; -p cannot narrow it");
+    }
+    for &pid in &options.pids {
+        if pid == 0 || !is_running(pid) {
+            bail!("-p {pid}: no such process");
+        }
+        if pid == std::process::id() {
+            bail!("-p {pid}: that is ipcscope itself, which never records itself");
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` exists (and is not a zombie waiting for its
+/// parent: it does nothing more).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// What `sessions.command` says was recorded: the command, else the
+/// targets as they were given.
+fn session_command(options: &RecordOptions) -> String {
+    if !options.command.is_empty() {
+        return shell_join(&options.command);
+    }
+    if options.all {
+        return "--all".to_owned();
+    }
+    options
+        .pids
+        .iter()
+        .map(|p| format!("-p {p}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where the ring socket goes: the user's runtime directory (owner-only by

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raw::chan;
+use crate::raw::{chan, SYSV_KEY_UNKNOWN};
 
 /// Defines an enum together with its raw code and its stable name, once, so
 /// the three can never drift apart.
@@ -177,6 +177,9 @@ impl ChannelId {
                     }
                 }
                 ChannelKind::TcpLoopback => format!("127.0.0.1:{a}<->127.0.0.1:{b}"),
+                ChannelKind::SysvMsg | ChannelKind::SysvSem if *a == SYSV_KEY_UNKNOWN => {
+                    format!("key=? id={b}")
+                }
                 ChannelKind::SysvMsg | ChannelKind::SysvSem => format!("key={a:#x} id={b}"),
                 ChannelKind::Futex if *b == 0 => format!("futex:{a:#x}"),
                 ChannelKind::Futex => format!("futex:{a:#x}@{b}"),

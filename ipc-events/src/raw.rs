@@ -77,7 +77,9 @@ pub const fn record_len(name_len: usize, data_len: usize) -> usize {
 pub mod kind {
     /// A message left the sender: `size` bytes, `msg_id` when framed. For
     /// an ipc-lib rpc reply, `aux` is the `msg_id` of the request it
-    /// answers (0 for every other message).
+    /// answers. On a POSIX message queue `aux` is the message's priority,
+    /// on a SysV queue its `mtype`: each queue is FIFO per priority (per
+    /// type), so messages pair in order within one. 0 otherwise.
     pub const MSG_SEND: u16 = 1;
     /// A message arrived: `size` bytes, `msg_id` when framed; `aux` as for
     /// [`MSG_SEND`].
@@ -95,7 +97,10 @@ pub mod kind {
     /// A thread (the event's `pid`/`tid`) found the count zero and
     /// blocks. ipc-lib semaphores: `obj`/`obj2` the pid/tid of one current
     /// holder (0/0 when none is known), `aux` how many holders the table
-    /// names: "T blocked on S, held by H".
+    /// names: "T blocked on S, held by H". For a SysV semaphore (`semop`),
+    /// `aux` packs the first operation: `sem_num` in bits 0..16, `sem_op`
+    /// (an i16) in bits 16..32, and the number of operations in bits
+    /// 32..48; the same for its end and for a post.
     pub const SEM_WAIT_BEGIN: u16 = 7;
     /// The wait ended: `result` 0 when acquired (then the event's thread
     /// holds a count of S), a negative errno when it gave up (`-ETIMEDOUT`
@@ -113,7 +118,10 @@ pub mod kind {
     /// count is added and an acquire after it is taken, so a release is
     /// always earlier than the acquire it made possible.
     pub const SEM_POST: u16 = 9;
-    /// A futex wait: `duration_ns`, `aux` the owner tid when known.
+    /// A futex wait: `duration_ns`, `aux` the owner tid when known (the
+    /// word of a PI futex names it; 0 when unknown). Reported twice by the
+    /// probes: when it begins, with `result` [`super::WAIT_BEGUN`], and
+    /// when it ends, with the call's result.
     pub const FUTEX_WAIT: u16 = 10;
     /// A futex wake: `size` waiters woken.
     pub const FUTEX_WAKE: u16 = 11;
@@ -156,13 +164,14 @@ pub mod chan {
     pub const TCP_LOOPBACK: u16 = 6;
     /// Named: POSIX message queue name.
     pub const MQ: u16 = 7;
-    /// `obj` SysV key, `obj2` SysV id.
+    /// `obj` SysV key ([`super::SYSV_KEY_UNKNOWN`] when the probes did not
+    /// learn it), `obj2` SysV id.
     pub const SYSV_MSG: u16 = 8;
     /// Named: shm object name (or `memfd:...`, or a SysV key rendered).
     pub const SHM: u16 = 9;
     /// Named: POSIX named semaphore.
     pub const SEM: u16 = 10;
-    /// `obj` SysV key, `obj2` SysV id.
+    /// `obj` SysV key (or [`super::SYSV_KEY_UNKNOWN`]), `obj2` SysV id.
     pub const SYSV_SEM: u16 = 11;
     /// `obj` futex address, `obj2` the pid whose address space it is in
     /// (0 for a shared futex).
@@ -173,6 +182,23 @@ pub mod chan {
     pub const IPCLIB_SHM: u16 = 14;
     /// Named: ipc-lib semaphore.
     pub const IPCLIB_SEM: u16 = 15;
+}
+
+/// The `result` of a wait's begin record ([`kind::FUTEX_WAIT`]): the call
+/// has not returned. No syscall returns this.
+pub const WAIT_BEGUN: i64 = i64::MIN;
+
+/// A SysV object's `obj` when its key is unknown: it was created before
+/// the probes loaded and after the loader read `/proc/sysvipc`, or by a
+/// process not traced. Keys are 32-bit, so this is no key.
+pub const SYSV_KEY_UNKNOWN: u64 = u64::MAX;
+
+/// Which SysV id space an id is in, as the probes key their id -> key map.
+pub mod sysv_class {
+    /// Message queues (`msgget`).
+    pub const MSG: u64 = 1;
+    /// Semaphore sets (`semget`).
+    pub const SEM: u64 = 2;
 }
 
 /// Which source lost events, in [`kind::DROP`]'s `aux`.

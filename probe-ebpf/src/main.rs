@@ -11,10 +11,13 @@
 //! whole process tree is followed from its first instruction with no race.
 //!
 //! Besides the process tree, the programs report signals (generated, by
-//! sender or target, and delivered) and messages: the eight read/write/
-//! send/recv syscalls on pipes, FIFOs and Unix sockets. A syscall's entry
-//! resolves its fd to the IPC object in the kernel and remembers it in
-//! `PENDING`; its exit reports the bytes the return value says moved.
+//! sender or target, and delivered), messages (the eight read/write/
+//! send/recv syscalls on pipes, FIFOs and Unix sockets; POSIX message
+//! queues; SysV message queues) and waits (futexes, SysV semaphores). A
+//! syscall's entry resolves its IPC object in the kernel and remembers it
+//! in `PENDING`; its exit reports what the return value says happened.
+//! Waits are also reported at their entry, so a thread blocked right now
+//! is known before (or without) its return.
 //!
 //! Programs are thin wrappers over `try_*` functions; nothing here panics,
 //! and an event the ring has no room for is counted in `DROPS`, never lost
@@ -29,13 +32,16 @@ use core::ptr;
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-    bpf_probe_read_kernel, generated,
+    bpf_probe_read_kernel, bpf_probe_read_user, generated,
 };
 use aya_ebpf::macros::{map, raw_tracepoint, tracepoint};
-use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use aya_ebpf::{EbpfContext, Global};
-use ipc_events::raw::{chan, kind, RawEvent, MAX_NAME, RECORD_ALIGN};
+use ipc_events::raw::{
+    chan, kind, sysv_class, RawEvent, MAX_NAME, MAX_PAYLOAD, RECORD_ALIGN, SYSV_KEY_UNKNOWN,
+    WAIT_BEGUN,
+};
 
 /// `TRACKED` value bits. The collector (`collector::ebpf`) writes the same
 /// values; keep the two in step.
@@ -54,6 +60,17 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[no_mangle]
 static TRACE_ALL: Global<u8> = Global::new(0);
 
+/// How many bytes of each message to capture (`--payload-bytes`, at most
+/// MAX_PAYLOAD); 0 captures none and skips finding the buffers at all.
+#[no_mangle]
+static PAYLOAD_BYTES: Global<u32> = Global::new(0);
+
+/// The process that loaded the probes (the recorder), never traced even
+/// under `TRACE_ALL`: its own writes, futexes and ring reads would
+/// otherwise feed back into the ring without end.
+#[no_mangle]
+static EXCLUDED_TGID: Global<u32> = Global::new(0);
+
 /// tgid -> `flag` bits. Big enough for a large build's process tree; an
 /// insert into a full map fails and the child goes untraced, which is
 /// reported as a drop.
@@ -65,9 +82,9 @@ static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// A message syscall between its entry and its exit: what the entry
-/// learned about the file descriptor, for the exit to report once the
-/// return value says how much moved. Keyed by thread id.
+/// A syscall between its entry and its exit: what the entry learned, for
+/// the exit to report once the return value says what happened. Keyed by
+/// thread id.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Pending {
@@ -75,18 +92,66 @@ struct Pending {
     ts_ns: u64,
     obj: u64,
     obj2: u64,
-    /// `kind::MSG_SEND` or `kind::MSG_RECV`.
+    /// Bytes moved by a call that returns 0 on success (mq_timedsend,
+    /// msgsnd), as its length argument said.
+    size: u64,
+    /// A user address the exit reads, which the kernel fills in
+    /// (mq_timedreceive's priority, msgrcv's mtype).
+    addr: u64,
+    /// A message queue's dentry, whose name the exit reads.
+    dentry: u64,
+    /// The user buffer holding the message (its first part, for the
+    /// vectored calls), when payload capture is on; else 0.
+    buf: u64,
+    /// How many bytes `buf` holds.
+    buf_len: u64,
+    /// The event's `aux`, when the entry knows it.
+    aux: u64,
+    /// One of [`op`]: what the exit does.
+    op: u16,
+    /// The event kind the exit reports.
     kind: u16,
     chan_kind: u16,
-    _pad: u32,
+    _pad: u16,
 }
 
-/// Thread id -> the message syscall it is in. Only syscalls on IPC objects
-/// of traced processes are entered here; an entry whose exit never comes
+/// What a syscall's exit does with its [`Pending`] entry.
+mod op {
+    /// A send on an fd (pipe, FIFO, Unix socket): `ret` bytes.
+    pub const FD_SEND: u16 = 1;
+    /// A receive on an fd: `ret` bytes.
+    pub const FD_RECV: u16 = 2;
+    /// mq_timedsend: 0 on success, `size` bytes.
+    pub const MQ_SEND: u16 = 3;
+    /// mq_timedreceive: `ret` bytes, priority at `addr`.
+    pub const MQ_RECV: u16 = 4;
+    /// msgsnd: 0 on success, `size` bytes.
+    pub const SYSV_SEND: u16 = 5;
+    /// msgrcv: `ret` bytes, mtype at `addr`.
+    pub const SYSV_RECV: u16 = 6;
+    /// msgget / semget: `ret` is the id of key `obj`.
+    pub const SYSV_GET: u16 = 7;
+    /// A futex wait; its begin was reported at the entry.
+    pub const FUTEX_WAIT: u16 = 8;
+    /// A semop that may block; its begin was reported at the entry.
+    pub const SEMOP: u16 = 9;
+}
+
+/// Thread id -> the syscall it is in. Only syscalls on IPC objects of
+/// traced processes are entered here; an entry whose exit never comes
 /// (the thread died in the call) is removed when the thread exits. A full
 /// map loses the message, which is counted as a drop.
 #[map]
 static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// SysV id (with its `sysv_class` in the high word) -> the key it was
+/// created from. The kernel keeps the key only behind the IPC namespace's
+/// idr, which a probe cannot walk; so the probes learn it from the
+/// msgget/semget calls of traced processes, and the loader adds the
+/// objects that existed before (from `/proc/sysvipc`). LRU: ids of
+/// removed objects age out.
+#[map]
+static SYSV_KEYS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// DROPS[0]: events lost in the kernel: no room in `EVENTS`, a child that
 /// could not be added to a full `TRACKED`, a message syscall that could not
@@ -96,19 +161,30 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// An exec record: the header and room for the program's path. The ring
-/// only takes reservations of a size known to the verifier, so the area is
-/// fixed and `name_len` says how much of it is the path; the decoder reads
-/// `name_len` bytes and ignores the rest.
+/// A record with a name: the header and room for an exec's program path
+/// or a message queue's name. The ring only takes reservations of a size
+/// known to the verifier, so the area is fixed and `name_len` says how
+/// much of it is the name; the decoder reads `name_len` bytes and ignores
+/// the rest.
 #[repr(C)]
-struct ExecRecord {
+struct NamedRecord {
     header: RawEvent,
-    /// MAX_NAME bytes of path plus the NUL the kernel's string copy writes.
-    path: [u8; MAX_NAME + 1],
+    /// MAX_NAME bytes of name plus the NUL the kernel's string copy writes.
+    name: [u8; MAX_NAME + 1],
+}
+
+/// A message record with a payload: the header, then the queue's name
+/// (for an mq) and right after it the first bytes of the message. Fixed
+/// size like [`NamedRecord`]; reserved only when payload capture is on.
+#[repr(C)]
+struct PayloadRecord {
+    header: RawEvent,
+    area: [u8; MAX_NAME + 1 + MAX_PAYLOAD],
 }
 
 // The ring's reservations are 8-byte aligned and sized in multiples of 8.
-const _: () = assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(core::mem::size_of::<NamedRecord>().is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(core::mem::size_of::<PayloadRecord>().is_multiple_of(RECORD_ALIGN));
 
 // Where this kernel puts the tracepoint fields the programs read. Tracepoint
 // layouts are not a promised ABI, so the loader reads the real offsets from
@@ -138,9 +214,26 @@ static OFFSET_DELIVER_SIG: Global<u32> = Global::new(8);
 /// sendmsg} `fd`, the same in all eight (checked by the loader).
 #[no_mangle]
 static OFFSET_SYSCALL_FD: Global<u32> = Global::new(16);
-/// syscalls:sys_exit_* `long ret`, the same in all eight.
+/// Syscall arguments by position, for the syscalls whose first argument
+/// is not an fd (`OFFSET_SYSCALL_FD` is argument 0 of every syscall):
+/// mq_timedsend/mq_timedreceive `mqdes`, msgsnd/msgrcv `msqid`,
+/// msgget/semget `key`, futex `uaddr`, semop/semtimedop `semid`.
 #[no_mangle]
-static OFFSET_SYSCALL_RET: Global<u32> = Global::new(16);
+static OFFSET_SYSCALL_ARG0: Global<u32> = Global::new(16);
+/// `u_msg_ptr`, `msgp`, `op` (futex), `tsops`, and the message buffer of
+/// the fd calls (`buf`, `buff`, `ubuf`, `vec`, `msg`).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG1: Global<u32> = Global::new(24);
+/// `msg_len` (both mq calls), `msgsz` (msgsnd, msgrcv), `nsops`, and the
+/// buffer length of the plain fd calls (`count`, `len`, `size`).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG2: Global<u32> = Global::new(32);
+/// `msg_prio` (mq_timedsend), `u_msg_prio` (mq_timedreceive).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG3: Global<u32> = Global::new(40);
+/// `msgflg` (msgrcv).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG4: Global<u32> = Global::new(48);
 
 // Where this kernel puts the struct fields the probes walk. aya-ebpf has no
 // CO-RE relocations, so the loader reads them from the kernel's BTF
@@ -167,6 +260,12 @@ static KOFF_FDT_FD: Global<u32> = Global::new(0);
 /// `file.f_inode`.
 #[no_mangle]
 static KOFF_FILE_INODE: Global<u32> = Global::new(0);
+/// `file.f_path.dentry`.
+#[no_mangle]
+static KOFF_FILE_DENTRY: Global<u32> = Global::new(0);
+/// `dentry.d_name.name`.
+#[no_mangle]
+static KOFF_DENTRY_NAME: Global<u32> = Global::new(0);
 /// `file.private_data` (the `struct socket` of a socket's file).
 #[no_mangle]
 static KOFF_FILE_PRIVATE_DATA: Global<u32> = Global::new(0);
@@ -208,10 +307,36 @@ const S_IFSOCK: u16 = 0o140000;
 /// pipefs's `s_magic`: an anonymous pipe, where a FIFO lives on the
 /// filesystem that holds its path.
 const PIPEFS_MAGIC: u64 = 0x5049_5045;
+/// mqueue's `s_magic`: a POSIX message queue's file.
+const MQUEUE_MAGIC: u64 = 0x1980_0202;
 const AF_UNIX: u16 = 1;
 const SOCK_STREAM: i16 = 1;
 const SOCK_DGRAM: i16 = 2;
 const SOCK_SEQPACKET: i16 = 5;
+
+/// Futex operations from `<linux/futex.h>`: the command is the op without
+/// its flags.
+const FUTEX_PRIVATE_FLAG: u64 = 128;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
+const FUTEX_LOCK_PI2: u64 = 13;
+/// The owner's tid in a PI futex word (`FUTEX_TID_MASK`).
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// msgrcv's `MSG_COPY` (`<linux/msg.h>`).
+const MSG_COPY: u64 = 0o40000;
+
+/// `struct sembuf` from `<linux/sem.h>`: one semaphore operation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SemBuf {
+    sem_num: u16,
+    sem_op: i16,
+    sem_flg: i16,
+}
 
 // The programs return 0 whatever happens: for a tracepoint, anything else
 // asks the kernel to also hand the event to perf, which nobody reads. A
@@ -258,27 +383,136 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// write, writev, sendto, sendmsg.
+// The message syscalls on fds, one program per way of passing the
+// buffer, so that payload capture knows where the bytes are without
+// telling syscalls apart by (architecture-specific) number.
+
+/// write, sendto: `(fd, buf, len, ...)`.
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_SEND).is_err() {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Plain).is_err() {
         count_drop();
     }
     0
 }
 
-/// read, readv, recvfrom, recvmsg.
+/// writev: `(fd, iov, iovcnt)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn sys_enter_sendv(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Iovec).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// sendmsg: `(fd, msghdr, flags)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Msghdr).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// read, recvfrom.
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_recv(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_RECV).is_err() {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Plain).is_err() {
         count_drop();
     }
     0
 }
 
-/// The exit of all eight message syscalls.
-#[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn sys_exit_msg(ctx: TracePointContext) -> u32 {
+/// readv.
+#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
+pub fn sys_enter_recvv(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Iovec).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// recvmsg.
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Msghdr).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mq_timedsend")]
+pub fn sys_enter_mq_send(ctx: TracePointContext) -> u32 {
+    if try_mq_enter(&ctx, kind::MSG_SEND).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mq_timedreceive")]
+pub fn sys_enter_mq_recv(ctx: TracePointContext) -> u32 {
+    if try_mq_enter(&ctx, kind::MSG_RECV).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_msgsnd")]
+pub fn sys_enter_msgsnd(ctx: TracePointContext) -> u32 {
+    if try_sysv_msg_enter(&ctx, kind::MSG_SEND).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_msgrcv")]
+pub fn sys_enter_msgrcv(ctx: TracePointContext) -> u32 {
+    if try_sysv_msg_enter(&ctx, kind::MSG_RECV).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_msgget")]
+pub fn sys_enter_msgget(ctx: TracePointContext) -> u32 {
+    if try_sysv_get_enter(&ctx, sysv_class::MSG).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_semget")]
+pub fn sys_enter_semget(ctx: TracePointContext) -> u32 {
+    if try_sysv_get_enter(&ctx, sysv_class::SEM).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_futex")]
+pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
+    if try_futex_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// semop and semtimedop, whose first three arguments are the same.
+#[tracepoint(category = "syscalls", name = "sys_enter_semop")]
+pub fn sys_enter_semop(ctx: TracePointContext) -> u32 {
+    if try_semop_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// The exit of every syscall, through the raw `sys_exit` tracepoint
+/// (`raw_syscalls`): the per-syscall `syscalls:sys_exit_*` tracepoints
+/// would build a record for every exit of every process, traced or not,
+/// before the program could look at it; here the first thing that runs
+/// is the `PENDING` lookup, which fails for any syscall not entered above.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     if try_sys_exit(&ctx).is_err() {
         count_drop();
     }
@@ -349,35 +583,281 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
 /// the fd is certainly open, keeps the exit down to one lookup and makes
 /// every other file (regular files, ttys, network sockets) cost nothing
 /// more than this walk.
-fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
+fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(());
     }
-    // SAFETY: the offset is that of the syscall's `fd` word; read_at goes
-    // through bpf_probe_read_kernel, which faults safely.
-    let fd: u64 = unsafe { ctx.read_at(offset(&OFFSET_SYSCALL_FD)) }.map_err(i64::from)?;
-    let Some((chan_kind, obj, obj2)) = ipc_object(fd as u32)? else {
+    let fd = arg(ctx, &OFFSET_SYSCALL_FD)?;
+    let Some(file) = fd_file(fd as u32)? else {
         return Ok(());
     };
-    let pending = Pending {
-        ts_ns: now(),
-        obj,
-        obj2,
-        kind: msg_kind,
-        chan_kind,
-        _pad: 0,
+    let Some((chan_kind, obj, obj2)) = ipc_object(file)? else {
+        return Ok(());
     };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        count_drop();
+    let op = if msg_kind == kind::MSG_SEND {
+        op::FD_SEND
+    } else {
+        op::FD_RECV
+    };
+    let (buf, buf_len) = user_buffer(ctx, buf_at);
+    remember(
+        tid,
+        Pending {
+            obj,
+            obj2,
+            buf,
+            buf_len,
+            ..Pending::new(op, msg_kind, chan_kind)
+        },
+    );
+    Ok(())
+}
+
+/// How a message syscall passes its buffer.
+#[derive(Clone, Copy)]
+enum BufAt {
+    /// Argument 1 is the buffer, argument 2 its length.
+    Plain,
+    /// Argument 1 is a `struct iovec` array.
+    Iovec,
+    /// Argument 1 is a `struct user_msghdr`, whose `msg_iov` is one.
+    Msghdr,
+}
+
+/// `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// `offsetof(struct user_msghdr, msg_iov)`: after the name pointer and
+/// its (padded) int length. User ABI, not a kernel layout.
+const MSGHDR_IOV: u64 = 16;
+
+/// Where the message's bytes are when payload capture is on: the buffer
+/// and its length, the first iovec's for the vectored calls (so a message
+/// split over several iovecs is captured up to the end of the first).
+/// `(0, 0)` when capture is off or the arguments cannot be read: the
+/// message is still reported, without its bytes.
+fn user_buffer(ctx: &TracePointContext, buf_at: BufAt) -> (u64, u64) {
+    if PAYLOAD_BYTES.load() == 0 {
+        return (0, 0);
+    }
+    let found = || -> Result<(u64, u64), i64> {
+        let arg1 = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        let iov = match buf_at {
+            BufAt::Plain => return Ok((arg1, arg(ctx, &OFFSET_SYSCALL_ARG2)?)),
+            BufAt::Iovec => arg1,
+            // SAFETY: bpf_probe_read_user faults safely on any address.
+            BufAt::Msghdr => unsafe { bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const u64) }
+                .map_err(i64::from)?,
+        };
+        // SAFETY: as above.
+        let first: Iovec =
+            unsafe { bpf_probe_read_user(iov as *const Iovec) }.map_err(i64::from)?;
+        Ok((first.base, first.len))
+    };
+    found().unwrap_or((0, 0))
+}
+
+/// The entry of mq_timedsend / mq_timedreceive on a POSIX message queue.
+/// The queue is named by its dentry, read at the exit: a name does not
+/// fit in `PENDING`, and the syscall holds the file (so the dentry) open.
+fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let fd = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+    let Some(file) = fd_file(fd as u32)? else {
+        return Ok(());
+    };
+    // SAFETY (the reads): `file` is a kernel pointer from the fd table,
+    // the offsets are from BTF, and bpf_probe_read_kernel faults safely.
+    let inode: *const u8 = unsafe { read_field(file, &KOFF_FILE_INODE) }?;
+    let sb: *const u8 = unsafe { read_field(inode, &KOFF_INODE_SB) }?;
+    let magic: u64 = unsafe { read_field(sb, &KOFF_SB_MAGIC) }?;
+    if magic != MQUEUE_MAGIC {
+        // mq_* on another fd fails with EBADF: nothing moves.
+        return Ok(());
+    }
+    let ino: u64 = unsafe { read_field(inode, &KOFF_INODE_INO) }?;
+    let dentry: u64 = unsafe { read_field(file, &KOFF_FILE_DENTRY) }?;
+    let mut pending = Pending {
+        obj: ino,
+        dentry,
+        ..Pending::new(op::MQ_RECV, msg_kind, chan::MQ)
+    };
+    if PAYLOAD_BYTES.load() != 0 {
+        pending.buf = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+    }
+    if msg_kind == kind::MSG_SEND {
+        pending.op = op::MQ_SEND;
+        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+        pending.aux = arg(ctx, &OFFSET_SYSCALL_ARG3)? & 0xffff_ffff;
+    } else {
+        // `unsigned int *u_msg_prio`, filled in by the kernel.
+        pending.addr = arg(ctx, &OFFSET_SYSCALL_ARG3)?;
+    }
+    remember(tid, pending);
+    Ok(())
+}
+
+/// The entry of msgsnd / msgrcv. The queue is its id and the key it was
+/// created from, when known (`SYSV_KEYS`).
+fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    // `int msqid`, in a syscall argument word.
+    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
+    // `struct msgbuf *msgp`, which starts with the `long mtype`.
+    let msgp = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+    let mut pending = Pending {
+        obj: sysv_key(sysv_class::MSG, id),
+        obj2: u64::from(id),
+        ..Pending::new(op::SYSV_RECV, msg_kind, chan::SYSV_MSG)
+    };
+    if PAYLOAD_BYTES.load() != 0 {
+        // The bytes follow the `long mtype`.
+        pending.buf = msgp + 8;
+        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+    }
+    if msg_kind == kind::MSG_RECV && arg(ctx, &OFFSET_SYSCALL_ARG4)? & MSG_COPY != 0 {
+        // A copy of the message at an index, left in the queue: no
+        // message moves, and counting it would shift the pairing.
+        return Ok(());
+    }
+    if msg_kind == kind::MSG_SEND {
+        pending.op = op::SYSV_SEND;
+        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+        // A bad pointer fails the call (EFAULT), which is then not
+        // reported; so an unreadable mtype is never used.
+        // SAFETY: bpf_probe_read_user faults safely on any address.
+        let mtype: i64 = unsafe { bpf_probe_read_user(msgp as *const i64) }.unwrap_or(0);
+        pending.aux = mtype as u64;
+    } else {
+        pending.addr = msgp;
+    }
+    remember(tid, pending);
+    Ok(())
+}
+
+/// The entry of msgget / semget: the exit learns which id `key` names.
+fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    // `key_t key`: an int, kept as its 32 bits.
+    let key = arg(ctx, &OFFSET_SYSCALL_ARG0)? & 0xffff_ffff;
+    remember(
+        tid,
+        Pending {
+            obj: key,
+            aux: class,
+            ..Pending::new(op::SYSV_GET, 0, chan::NONE)
+        },
+    );
+    Ok(())
+}
+
+/// The entry of a futex call that waits (FUTEX_WAIT, WAIT_BITSET,
+/// WAIT_REQUEUE_PI, LOCK_PI, LOCK_PI2): reported at once as begun, so a
+/// thread blocked now (perhaps forever, in a deadlock) is known.
+fn try_futex_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let futex_op = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+    let cmd = futex_op & !(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
+    let pi = matches!(cmd, FUTEX_LOCK_PI | FUTEX_LOCK_PI2);
+    if !pi && !matches!(cmd, FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI) {
+        return Ok(());
+    }
+    let uaddr = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+    // A private futex is an address in this process only.
+    let obj2 = if futex_op & FUTEX_PRIVATE_FLAG != 0 {
+        u64::from(tgid)
+    } else {
+        0
+    };
+    // A PI futex word holds its owner's tid (glibc's PI mutexes); other
+    // futex words hold whatever their user keeps there, so no owner.
+    let owner = if pi {
+        // SAFETY: bpf_probe_read_user faults safely on any address.
+        unsafe { bpf_probe_read_user(uaddr as *const u32) }.map_or(0, |w| w & FUTEX_TID_MASK)
+    } else {
+        0
+    };
+    let pending = Pending {
+        obj: uaddr,
+        obj2,
+        aux: u64::from(owner),
+        ..Pending::new(op::FUTEX_WAIT, kind::FUTEX_WAIT, chan::FUTEX)
+    };
+    remember(tid, pending);
+    emit(&RawEvent {
+        result: WAIT_BEGUN,
+        ..pending.event(tgid, tid, pending.ts_ns)
+    });
+    Ok(())
+}
+
+/// The entry of semop / semtimedop. The first operation says what the
+/// call is: a single increment is a post, anything else may block and is
+/// reported at once as a wait begun.
+fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
+    let tsops = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+    let nsops = arg(ctx, &OFFSET_SYSCALL_ARG2)? & 0xffff;
+    // SAFETY: bpf_probe_read_user faults safely on any address; an
+    // unreadable array fails the call with EFAULT, reported as its result.
+    let first = unsafe { bpf_probe_read_user(tsops as *const SemBuf) }.unwrap_or(SemBuf {
+        sem_num: 0,
+        sem_op: 0,
+        sem_flg: 0,
+    });
+    let post = nsops == 1 && first.sem_op > 0;
+    let pending = Pending {
+        obj: sysv_key(sysv_class::SEM, id),
+        obj2: u64::from(id),
+        aux: u64::from(first.sem_num) | (u64::from(first.sem_op as u16) << 16) | (nsops << 32),
+        ..Pending::new(
+            op::SEMOP,
+            if post {
+                kind::SEM_POST
+            } else {
+                kind::SEM_WAIT_END
+            },
+            chan::SYSV_SEM,
+        )
+    };
+    remember(tid, pending);
+    if !post {
+        emit(&RawEvent {
+            kind: kind::SEM_WAIT_BEGIN,
+            ..pending.event(tgid, tid, pending.ts_ns)
+        });
     }
     Ok(())
 }
 
-/// The exit of a message syscall entered on an IPC object: a message of
-/// `ret` bytes when `ret` > 0. Errors (EAGAIN included) and end-of-file
-/// move nothing and are not messages.
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// The exit of a syscall entered in `PENDING`: reports what the return
+/// value says happened. Failed messages (EAGAIN included) and end-of-file
+/// move nothing and are not messages; a wait is reported however it
+/// ended, since its begin was.
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = current_ids();
     // SAFETY: the value is copied out at once; only this thread writes its
     // own entry.
@@ -385,47 +865,142 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = PENDING.remove(tid);
-    // SAFETY: the offset is that of the syscall's `long ret`; read_at goes
-    // through bpf_probe_read_kernel, which faults safely.
-    let ret: i64 = unsafe { ctx.read_at(offset(&OFFSET_SYSCALL_RET)) }.map_err(i64::from)?;
-    if ret <= 0 {
-        return Ok(());
-    }
+    // `TP_PROTO(struct pt_regs *regs, long ret)` (checked by the loader).
+    let ret: i64 = ctx.arg(1);
     let exit_ns = now();
+    let mut event = pending.event(tgid, tid, exit_ns);
+    event.result = ret;
     // A send is stamped when it started and a receive when it completed:
     // whatever the scheduling, a receive then never precedes the send whose
     // bytes it returns.
-    let ts_ns = if pending.kind == kind::MSG_SEND {
-        pending.ts_ns
-    } else {
-        exit_ns
-    };
-    emit(&RawEvent {
-        ts_ns,
-        pid: tgid,
-        tid,
-        kind: pending.kind,
-        chan_kind: pending.chan_kind,
-        obj: pending.obj,
-        obj2: pending.obj2,
-        size: ret as u64,
-        result: ret,
-        duration_ns: exit_ns.saturating_sub(pending.ts_ns),
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        ..RawEvent::default()
-    });
-    Ok(())
+    if pending.kind == kind::MSG_SEND {
+        event.ts_ns = pending.ts_ns;
+    }
+    match pending.op {
+        op::FD_SEND | op::FD_RECV if ret > 0 => event.size = ret as u64,
+        op::MQ_SEND | op::SYSV_SEND if ret == 0 => event.size = pending.size,
+        // Zero-length messages exist on both kinds of queue.
+        op::MQ_RECV if ret >= 0 => {
+            event.size = ret as u64;
+            // NULL when the caller did not ask; then read as priority 0.
+            if pending.addr != 0 {
+                // SAFETY: bpf_probe_read_user faults safely on any address.
+                let prio: u32 = unsafe { bpf_probe_read_user(pending.addr as *const u32) }
+                    .map_err(i64::from)?;
+                event.aux = u64::from(prio);
+            }
+        }
+        op::SYSV_RECV if ret >= 0 => {
+            event.size = ret as u64;
+            // SAFETY: bpf_probe_read_user faults safely on any address.
+            let mtype: i64 =
+                unsafe { bpf_probe_read_user(pending.addr as *const i64) }.map_err(i64::from)?;
+            event.aux = mtype as u64;
+        }
+        op::SYSV_GET => {
+            if ret >= 0 {
+                let id = (pending.aux << 32) | (ret as u64 & 0xffff_ffff);
+                if SYSV_KEYS.insert(id, pending.obj as u32, 0).is_err() {
+                    count_drop();
+                }
+            }
+            return Ok(());
+        }
+        op::FUTEX_WAIT | op::SEMOP => {}
+        _ => return Ok(()),
+    }
+    let mut mq_name = None;
+    if pending.chan_kind == chan::MQ {
+        // SAFETY: the dentry of the queue's file, which the syscall held;
+        // the offset is from BTF; bpf_probe_read_kernel faults safely.
+        mq_name = Some(unsafe { read_field(pending.dentry as *const u8, &KOFF_DENTRY_NAME) }?);
+        // The inode is not part of the event: a queue is its name.
+        event.obj = 0;
+    }
+    let payload = (PAYLOAD_BYTES.load() as u64)
+        .min(event.size)
+        .min(pending.buf_len);
+    match mq_name {
+        _ if pending.buf != 0 && payload > 0 => {
+            emit_with_payload(event, mq_name, pending.buf, payload as usize)
+        }
+        Some(name) => emit_named(event, name, true),
+        None => {
+            emit(&event);
+            Ok(())
+        }
+    }
 }
 
-/// The IPC object behind the current task's file descriptor `fd`, as
-/// `(chan kind, obj, obj2)`; `None` for anything else (no such fd, regular
-/// files, ttys, non-Unix sockets).
+impl Pending {
+    /// An entry made now.
+    fn new(op: u16, kind: u16, chan_kind: u16) -> Pending {
+        Pending {
+            ts_ns: now(),
+            obj: 0,
+            obj2: 0,
+            size: 0,
+            addr: 0,
+            dentry: 0,
+            buf: 0,
+            buf_len: 0,
+            aux: 0,
+            op,
+            kind,
+            chan_kind,
+            _pad: 0,
+        }
+    }
+
+    /// The event this entry reports, stamped `ts_ns`, with the time since
+    /// the entry as its duration.
+    fn event(&self, tgid: u32, tid: u32, ts_ns: u64) -> RawEvent {
+        RawEvent {
+            ts_ns,
+            pid: tgid,
+            tid,
+            kind: self.kind,
+            chan_kind: self.chan_kind,
+            obj: self.obj,
+            obj2: self.obj2,
+            aux: self.aux,
+            duration_ns: ts_ns.saturating_sub(self.ts_ns),
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..RawEvent::default()
+        }
+    }
+}
+
+/// Enters `pending` for thread `tid`'s exit; a full map loses it, counted.
+fn remember(tid: u32, pending: Pending) {
+    if PENDING.insert(tid, pending, 0).is_err() {
+        count_drop();
+    }
+}
+
+/// The key SysV object `id` of `class` was created from.
+fn sysv_key(class: u64, id: u32) -> u64 {
+    // SAFETY: a plain u32 copied out at once.
+    unsafe { SYSV_KEYS.get((class << 32) | u64::from(id)) }
+        .map_or(SYSV_KEY_UNKNOWN, |key| u64::from(*key))
+}
+
+/// A syscall tracepoint's argument (or return) word at `field`'s offset.
+fn arg(ctx: &TracePointContext, field: &Global<u32>) -> Result<u64, i64> {
+    // SAFETY: the offset is that of an 8-byte word of the tracepoint's
+    // record (checked by the loader); read_at goes through
+    // bpf_probe_read_kernel, which faults safely.
+    unsafe { ctx.read_at(offset(field)) }.map_err(i64::from)
+}
+
+/// The `struct file` behind the current task's file descriptor `fd`, or
+/// `None` when there is none.
 ///
 /// Walks `current->files->fdt->fd[fd]` as `fcheck` does, without the RCU
 /// read lock a kernel caller would take: the task is in a syscall on that
 /// fd, and every read goes through bpf_probe_read_kernel, which returns an
 /// error rather than faulting if a concurrent close freed something.
-fn ipc_object(fd: u32) -> Result<Option<(u16, u64, u64)>, i64> {
+fn fd_file(fd: u32) -> Result<Option<*const u8>, i64> {
     // SAFETY (all reads below): each pointer is a kernel pointer read from
     // the field before it, starting from the current task; the offsets are
     // those fields' from BTF; bpf_probe_read_kernel faults safely on a bad
@@ -443,9 +1018,16 @@ fn ipc_object(fd: u32) -> Result<Option<(u16, u64, u64)>, i64> {
     let fd_array: *const *const u8 = unsafe { read_field(fdt, &KOFF_FDT_FD) }?;
     let file: *const u8 =
         unsafe { bpf_probe_read_kernel(fd_array.wrapping_add(fd as usize)) }.map_err(i64::from)?;
-    if file.is_null() {
-        return Ok(None);
-    }
+    Ok((!file.is_null()).then_some(file))
+}
+
+/// The IPC object `file` is, as `(chan kind, obj, obj2)`; `None` for
+/// anything else (regular files, ttys, non-Unix sockets).
+fn ipc_object(file: *const u8) -> Result<Option<(u16, u64, u64)>, i64> {
+    // SAFETY (all reads below): each pointer is a kernel pointer read from
+    // the field before it, starting from a file of the fd table; the
+    // offsets are those fields' from BTF; bpf_probe_read_kernel faults
+    // safely on a bad address.
     let inode: *const u8 = unsafe { read_field(file, &KOFF_FILE_INODE) }?;
     let mode: u16 = unsafe { read_field(inode, &KOFF_INODE_MODE) }?;
     match mode & S_IFMT {
@@ -567,50 +1149,138 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: the offset is that of sched_process_exec's __data_loc word;
     // read_at goes through bpf_probe_read_kernel, which faults safely.
     let loc: u32 = unsafe { ctx.read_at(offset(&OFFSET_EXEC_FILENAME)) }.map_err(i64::from)?;
-    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
-        count_drop();
-        return Ok(());
-    };
-    let record = entry.as_mut_ptr();
     // The __data_loc offset is relative to the start of the record.
     let filename = ctx
         .as_ptr()
         .cast::<u8>()
         .wrapping_add((loc & 0xffff) as usize);
-    // The raw helper rather than aya's slice wrapper: it writes through a
-    // pointer, so no reference to the uninitialised reservation is made.
-    // SAFETY: `record` points at a live reservation of ExecRecord's size, and
-    // the copy is bounded by the size of its `path` area. The helper
-    // NUL-terminates what it copies and faults safely on a bad source.
-    let copied = unsafe {
-        generated::bpf_probe_read_kernel_str(
-            ptr::addr_of_mut!((*record).path).cast(),
-            (MAX_NAME + 1) as u32,
-            filename.cast(),
-        )
+    emit_named(
+        RawEvent {
+            ts_ns: now(),
+            pid: tgid,
+            tid,
+            kind: kind::PROCESS_EXEC,
+            chan_kind: chan::NONE,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..RawEvent::default()
+        },
+        filename,
+        false,
+    )
+}
+
+/// Writes `header` with the NUL-terminated kernel string at `src` as its
+/// name (see [`copy_name`] for `mq`), counting the record as dropped when
+/// the ring is full.
+fn emit_named(mut header: RawEvent, src: *const u8, mq: bool) -> Result<(), i64> {
+    let Some(mut entry) = EVENTS.reserve::<NamedRecord>(0) else {
+        count_drop();
+        return Ok(());
     };
-    // `copied` counts the NUL; a failed copy leaves the path empty rather
-    // than losing the exec.
-    let path_len = if copied > 1 {
-        (copied as usize - 1).min(MAX_NAME)
-    } else {
-        0
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a live reservation of NamedRecord's size,
+    // whose `name` area has the MAX_NAME + 1 bytes copy_name needs.
+    let copied = unsafe { copy_name(ptr::addr_of_mut!((*record).name).cast(), src, mq) };
+    let len = match copied {
+        Ok(len) => len,
+        Err(e) => {
+            entry.discard(0);
+            return Err(e);
+        }
     };
-    let header = RawEvent {
-        ts_ns: now(),
-        pid: tgid,
-        tid,
-        kind: kind::PROCESS_EXEC,
-        chan_kind: chan::NONE,
-        name_len: path_len as u16,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        ..RawEvent::default()
-    };
+    header.name_len = len as u16;
     // SAFETY: as above; `header` lies within the reservation, and
     // ptr::write does not read the uninitialised memory it replaces.
     unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
     entry.submit(0);
     Ok(())
+}
+
+/// Writes `header` with the first `n` bytes of the user buffer at `buf`
+/// as its payload, after the queue name at `mq_name` if any (see
+/// [`copy_name`]). A buffer that cannot be read leaves the payload empty
+/// rather than losing the event.
+fn emit_with_payload(
+    mut header: RawEvent,
+    mq_name: Option<*const u8>,
+    buf: u64,
+    n: usize,
+) -> Result<(), i64> {
+    let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
+        count_drop();
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a live reservation of PayloadRecord's
+    // size; its area holds a name (at most MAX_NAME bytes, plus the NUL
+    // the copy writes) and then MAX_PAYLOAD bytes.
+    let area = unsafe { ptr::addr_of_mut!((*record).area) }.cast::<u8>();
+    let mut name_len = 0;
+    if let Some(src) = mq_name {
+        // SAFETY: as above.
+        match unsafe { copy_name(area, src, true) } {
+            Ok(len) => name_len = len,
+            Err(e) => {
+                entry.discard(0);
+                return Err(e);
+            }
+        }
+    }
+    // Masked as well as bounded, so the verifier sees both limits.
+    let at = name_len.min(MAX_NAME) & 0x1ff;
+    let n = n.min(MAX_PAYLOAD) & 0x1fff;
+    // SAFETY: `at` + `n` <= MAX_NAME + MAX_PAYLOAD, inside the area (as
+    // above); the helper faults safely on a bad source, zeroing what it
+    // could not copy.
+    let read =
+        unsafe { generated::bpf_probe_read_user(area.add(at).cast(), n as u32, buf as *const _) };
+    header.name_len = name_len as u16;
+    header.data_len = if read == 0 { n as u16 } else { 0 };
+    // SAFETY: as above; `header` lies within the reservation.
+    unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
+    entry.submit(0);
+    Ok(())
+}
+
+/// Copies the NUL-terminated kernel string at `src` to `area` and returns
+/// its length (the NUL not counted).
+///
+/// `mq`: the string is a message queue's dentry name, which gets the
+/// leading `/` that `mq_open` names carry (names longer than MAX_NAME - 1
+/// bytes are cut), and which must be read: without it the error is
+/// returned and the record must go. Otherwise (an exec's path) a failed
+/// copy is an empty name rather than a lost event.
+///
+/// # Safety
+///
+/// `area` must be writable for MAX_NAME + 1 bytes.
+unsafe fn copy_name(area: *mut u8, src: *const u8, mq: bool) -> Result<usize, i64> {
+    // The raw helper rather than aya's slice wrapper: it writes through a
+    // pointer, so no reference to an uninitialised reservation is made.
+    // SAFETY: each copy is bounded by what is left of the area (the
+    // caller's contract); the helper NUL-terminates what it copies and
+    // faults safely on a bad source.
+    let copied = unsafe {
+        if mq {
+            ptr::write(area, b'/');
+            generated::bpf_probe_read_kernel_str(area.add(1).cast(), MAX_NAME as u32, src.cast())
+        } else {
+            generated::bpf_probe_read_kernel_str(area.cast(), (MAX_NAME + 1) as u32, src.cast())
+        }
+    };
+    // `copied` counts the NUL.
+    let len = if copied > 1 {
+        (copied as usize - 1).min(MAX_NAME)
+    } else {
+        0
+    };
+    if !mq {
+        return Ok(len);
+    }
+    if len == 0 {
+        return Err(copied);
+    }
+    Ok((len + 1).min(MAX_NAME))
 }
 
 /// A task ends; only the last thread of a process (`group_dead`) ends the
@@ -635,7 +1305,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // Pids are reused: a stale entry would trace an unrelated process.
         let _ = TRACKED.remove(tgid);
     }
-    if !trace_all && flags & flag::TRACED == 0 {
+    if !traced_with(tgid, flags) {
         return Ok(());
     }
     emit(&RawEvent {
@@ -669,7 +1339,19 @@ fn flags_of(tgid: u32) -> u8 {
 
 /// Whether this process's own events are reported.
 fn is_traced(tgid: u32) -> bool {
-    TRACE_ALL.load() != 0 || flags_of(tgid) & flag::TRACED != 0
+    // Under TRACE_ALL no lookup: every process but one is traced.
+    if TRACE_ALL.load() != 0 {
+        return tgid != EXCLUDED_TGID.load();
+    }
+    flags_of(tgid) & flag::TRACED != 0
+}
+
+/// [`is_traced`] for a process whose `TRACKED` flags are already known.
+fn traced_with(tgid: u32, flags: u8) -> bool {
+    if TRACE_ALL.load() != 0 {
+        return tgid != EXCLUDED_TGID.load();
+    }
+    flags & flag::TRACED != 0
 }
 
 fn now() -> u64 {

@@ -26,7 +26,7 @@ const N: u64 = 50;
 /// writes and reads a regular file and writes /dev/null, neither of which
 /// is IPC. Over a socket, the child then replies with 4 bytes. Exits 3 if
 /// the child did not receive every byte.
-const MESSAGES: &str = r#"
+pub const MESSAGES: &str = r#"
 import os, socket, sys, tempfile
 
 mode, n, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -169,7 +169,7 @@ os.waitpid(pid, 0)
 "#;
 
 /// The python3 interpreter itself, past any shim.
-fn python() -> &'static Path {
+pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let out = Command::new("python3")
@@ -183,17 +183,23 @@ fn python() -> &'static Path {
 
 /// Records `python3 SCRIPT ARGS` into a new database in `dir`.
 fn record_python(dir: &Path, script: &str, args: &[&str]) -> PathBuf {
+    record_python_with(dir, script, args, &[]).0
+}
+
+/// Records `python3 SCRIPT ARGS` with the `record` options `opts` into a
+/// new database in `dir`; returns it and what the workload printed.
+pub fn record_python_with(
+    dir: &Path,
+    script: &str,
+    args: &[&str],
+    opts: &[&str],
+) -> (PathBuf, String) {
     let db = dir.join("ipc.db");
     let file = dir.join("workload.py");
     std::fs::write(&file, script).unwrap();
-    let mut argv = vec![
-        "record",
-        "--db",
-        db.to_str().unwrap(),
-        "--",
-        python().to_str().unwrap(),
-        file.to_str().unwrap(),
-    ];
+    let mut argv = vec!["record", "--db", db.to_str().unwrap()];
+    argv.extend_from_slice(opts);
+    argv.extend_from_slice(&["--", python().to_str().unwrap(), file.to_str().unwrap()]);
     argv.extend_from_slice(args);
     let out = run(&argv);
     assert!(
@@ -201,11 +207,11 @@ fn record_python(dir: &Path, script: &str, args: &[&str]) -> PathBuf {
         "the workload failed under record: {}",
         stderr(&out)
     );
-    db
+    (db, crate::stdout(&out))
 }
 
 /// The recorded command's pid and its one child's.
-fn parent_and_child(db: &Path) -> (i64, i64) {
+pub fn parent_and_child(db: &Path) -> (i64, i64) {
     let procs = query(db, "select pid, ppid from processes order by started_ns");
     let procs = procs.as_array().unwrap();
     assert_eq!(procs.len(), 2, "python3 and its forked child: {procs:?}");

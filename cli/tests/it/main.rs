@@ -4,6 +4,10 @@
 mod bad_input;
 mod demo;
 mod ebpf_ipc;
+mod ebpf_payload;
+mod ebpf_queues;
+mod ebpf_targets;
+mod ebpf_waits;
 mod faults;
 mod lib_trace;
 mod record;

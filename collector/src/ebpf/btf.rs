@@ -44,7 +44,7 @@ const fn field(
 }
 
 /// Every struct field the probes read (probe-ebpf's `KOFF_*` globals).
-pub(super) const KERNEL_FIELDS: [KernelField; 18] = [
+pub(super) const KERNEL_FIELDS: [KernelField; 20] = [
     field("task_struct", "tgid", 4, "KOFF_TASK_TGID"),
     field("task_struct", "pid", 4, "KOFF_TASK_PID"),
     field("task_struct", "files", 8, "KOFF_TASK_FILES"),
@@ -53,6 +53,8 @@ pub(super) const KERNEL_FIELDS: [KernelField; 18] = [
     field("fdtable", "fd", 8, "KOFF_FDT_FD"),
     field("file", "f_inode", 8, "KOFF_FILE_INODE"),
     field("file", "private_data", 8, "KOFF_FILE_PRIVATE_DATA"),
+    field("file", "f_path.dentry", 8, "KOFF_FILE_DENTRY"),
+    field("dentry", "d_name.name", 8, "KOFF_DENTRY_NAME"),
     field("inode", "i_mode", 2, "KOFF_INODE_MODE"),
     field("inode", "i_ino", 8, "KOFF_INODE_INO"),
     field("inode", "i_sb", 8, "KOFF_INODE_SB"),
@@ -66,20 +68,28 @@ pub(super) const KERNEL_FIELDS: [KernelField; 18] = [
     field("socket_alloc", "vfs_inode", 0, "KOFF_SOCKET_ALLOC_INODE"),
 ];
 
-/// The raw tracepoint the probes read by argument position, and what each
-/// argument must be: `TP_PROTO(int sig, struct kernel_siginfo *info,
-/// struct task_struct *task, int group, int result)`. Raw tracepoint
-/// arguments are a prototype, not a published record, so it is checked.
-pub(super) const SIGNAL_GENERATE_PROTO: (&str, [Param; 5]) = (
-    "btf_trace_signal_generate",
-    [
-        Param::Int(4),
-        Param::PtrTo("kernel_siginfo"),
-        Param::PtrTo("task_struct"),
-        Param::Int(4),
-        Param::Int(4),
-    ],
-);
+/// The raw tracepoints the probes read by argument position, and what
+/// each argument must be. Raw tracepoint arguments are a prototype, not a
+/// published record, so they are checked.
+pub(super) const RAW_PROTOS: [(&str, &[Param]); 2] = [
+    // TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct
+    // *task, int group, int result)
+    (
+        "btf_trace_signal_generate",
+        &[
+            Param::Int(4),
+            Param::PtrTo("kernel_siginfo"),
+            Param::PtrTo("task_struct"),
+            Param::Int(4),
+            Param::Int(4),
+        ],
+    ),
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    (
+        "btf_trace_sys_exit",
+        &[Param::PtrTo("pt_regs"), Param::Int(8)],
+    ),
+];
 
 /// What a raw tracepoint argument must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +101,7 @@ pub(super) enum Param {
 }
 
 /// The offset of each of [`KERNEL_FIELDS`] on the running kernel, in the
-/// same order, after checking the signal_generate prototype.
+/// same order, after checking the raw tracepoint prototypes.
 pub(super) fn kernel_offsets(vmlinux: &Path) -> Result<[u32; KERNEL_FIELDS.len()], ProbeError> {
     let data = std::fs::read(vmlinux).map_err(|source| ProbeError::Btf {
         path: vmlinux.to_path_buf(),
@@ -126,13 +136,14 @@ pub(super) fn kernel_offsets(vmlinux: &Path) -> Result<[u32; KERNEL_FIELDS.len()
         }
         *slot = found.offset;
     }
-    let (name, params) = SIGNAL_GENERATE_PROTO;
-    if let Err(found) = btf.check_raw_tracepoint(name, &params) {
-        return Err(ProbeError::KernelLayout {
-            field: format!("raw tracepoint prototype {name}"),
-            expected: format!("{params:?}"),
-            found,
-        });
+    for (name, params) in RAW_PROTOS {
+        if let Err(found) = btf.check_raw_tracepoint(name, params) {
+            return Err(ProbeError::KernelLayout {
+                field: format!("raw tracepoint prototype {name}"),
+                expected: format!("{params:?}"),
+                found,
+            });
+        }
     }
     Ok(out)
 }

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 22] = [
+pub(super) const FIELDS: [Field; 51] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -77,14 +77,43 @@ pub(super) const FIELDS: [Field; 22] = [
     syscall_fd("sys_enter_writev"),
     syscall_fd("sys_enter_sendto"),
     syscall_fd("sys_enter_sendmsg"),
-    syscall_ret("sys_exit_read"),
-    syscall_ret("sys_exit_readv"),
-    syscall_ret("sys_exit_recvfrom"),
-    syscall_ret("sys_exit_recvmsg"),
-    syscall_ret("sys_exit_write"),
-    syscall_ret("sys_exit_writev"),
-    syscall_ret("sys_exit_sendto"),
-    syscall_ret("sys_exit_sendmsg"),
+    syscall_arg("sys_enter_write", "buf", 1),
+    syscall_arg("sys_enter_write", "count", 2),
+    syscall_arg("sys_enter_sendto", "buff", 1),
+    syscall_arg("sys_enter_sendto", "len", 2),
+    syscall_arg("sys_enter_writev", "vec", 1),
+    syscall_arg("sys_enter_sendmsg", "msg", 1),
+    syscall_arg("sys_enter_read", "buf", 1),
+    syscall_arg("sys_enter_read", "count", 2),
+    syscall_arg("sys_enter_recvfrom", "ubuf", 1),
+    syscall_arg("sys_enter_recvfrom", "size", 2),
+    syscall_arg("sys_enter_readv", "vec", 1),
+    syscall_arg("sys_enter_recvmsg", "msg", 1),
+    syscall_arg("sys_enter_mq_timedsend", "mqdes", 0),
+    syscall_arg("sys_enter_mq_timedsend", "msg_len", 2),
+    syscall_arg("sys_enter_mq_timedsend", "msg_prio", 3),
+    syscall_arg("sys_enter_mq_timedreceive", "mqdes", 0),
+    syscall_arg("sys_enter_mq_timedsend", "u_msg_ptr", 1),
+    syscall_arg("sys_enter_mq_timedreceive", "u_msg_prio", 3),
+    syscall_arg("sys_enter_mq_timedreceive", "u_msg_ptr", 1),
+    syscall_arg("sys_enter_mq_timedreceive", "msg_len", 2),
+    syscall_arg("sys_enter_msgsnd", "msqid", 0),
+    syscall_arg("sys_enter_msgsnd", "msgp", 1),
+    syscall_arg("sys_enter_msgsnd", "msgsz", 2),
+    syscall_arg("sys_enter_msgrcv", "msqid", 0),
+    syscall_arg("sys_enter_msgrcv", "msgp", 1),
+    syscall_arg("sys_enter_msgrcv", "msgsz", 2),
+    syscall_arg("sys_enter_msgrcv", "msgflg", 4),
+    syscall_arg("sys_enter_msgget", "key", 0),
+    syscall_arg("sys_enter_semget", "key", 0),
+    syscall_arg("sys_enter_futex", "uaddr", 0),
+    syscall_arg("sys_enter_futex", "op", 1),
+    syscall_arg("sys_enter_semop", "semid", 0),
+    syscall_arg("sys_enter_semop", "tsops", 1),
+    syscall_arg("sys_enter_semop", "nsops", 2),
+    syscall_arg("sys_enter_semtimedop", "semid", 0),
+    syscall_arg("sys_enter_semtimedop", "tsops", 1),
+    syscall_arg("sys_enter_semtimedop", "nsops", 2),
 ];
 
 /// The file descriptor argument of a message syscall's entry. Syscall
@@ -99,14 +128,23 @@ const fn syscall_fd(event: &'static str) -> Field {
     }
 }
 
-/// The return value of a message syscall.
-const fn syscall_ret(event: &'static str) -> Field {
+/// Argument `index` (0-4) of a syscall's entry, called `name` there:
+/// read through the positional `OFFSET_SYSCALL_ARG*` globals, so every
+/// syscall sharing one must put it at the same offset (checked).
+const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> Field {
+    const GLOBALS: [&str; 5] = [
+        "OFFSET_SYSCALL_ARG0",
+        "OFFSET_SYSCALL_ARG1",
+        "OFFSET_SYSCALL_ARG2",
+        "OFFSET_SYSCALL_ARG3",
+        "OFFSET_SYSCALL_ARG4",
+    ];
     Field {
         category: "syscalls",
         event,
-        name: "ret",
+        name,
         size: 8,
-        global: "OFFSET_SYSCALL_RET",
+        global: GLOBALS[index],
     }
 }
 

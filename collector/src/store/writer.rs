@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_events::raw::drop_source;
+use ipc_events::raw::{drop_source, WAIT_BEGUN};
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteArguments;
@@ -306,10 +306,11 @@ impl Writer {
                         self.signals.exited(event.pid);
                     }
                 }
-                EventKind::SemWaitBegin | EventKind::SemWaitEnd | EventKind::SemPost => {
-                    if let Some(ch) = channel {
-                        self.waits.event(&mut tx, session, event, ch).await?;
-                    }
+                EventKind::SemWaitBegin
+                | EventKind::SemWaitEnd
+                | EventKind::SemPost
+                | EventKind::FutexWait => {
+                    self.waits.event(&mut tx, session, event, channel).await?;
                 }
                 EventKind::SignalGenerate => {
                     signal_generated(&mut tx, &mut self.signals, session, event).await?;
@@ -569,13 +570,20 @@ const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
 /// Which direction of which channel a probe-seen send or receive belongs
 /// to, keyed by `(channels.id, inode of the receiving end)` (0 for pipes
 /// and FIFOs, which have one direction), and how it frames messages.
-/// `None` for what is paired elsewhere (ipc-lib messages carry ids) or not
-/// at all (a socket with no known peer: its messages go to an address).
+/// Message queues are keyed by priority (POSIX) or `mtype` (SysV), the
+/// event's `aux`: a queue is FIFO within each, whichever one a receiver
+/// asks for. `None` for what is paired elsewhere (ipc-lib messages carry
+/// ids) or not at all (a socket with no known peer: its messages go to an
+/// address).
 fn direction(event: &Event, channel: i64) -> Option<((i64, u64), Framing)> {
     if event.source != Source::Ebpf || event.msg_id.is_some() {
         return None;
     }
-    let Some(ChannelId::Numeric { kind, a, b }) = &event.channel else {
+    let id = event.channel.as_ref()?;
+    if matches!(id.kind(), ChannelKind::Mq | ChannelKind::SysvMsg) {
+        return Some(((channel, event.aux), Framing::Records));
+    }
+    let ChannelId::Numeric { kind, a, b } = id else {
         return None;
     };
     let framing = match kind {
@@ -642,12 +650,16 @@ async fn insert_messages(
     Ok(())
 }
 
-/// `waits` rows from wait begin/end events: a row is written when a wait
-/// begins, with `end_ns` NULL while the thread is blocked (so a deadlocked
-/// wait shows as one that never ended), and completed when it ends.
+/// `waits` rows from wait begin/end events, from either source: a row is
+/// written when a wait begins, with `end_ns` NULL while the thread is
+/// blocked (so a thread blocked right now, or deadlocked, shows as one
+/// whose wait never ended), and completed when it ends. An end whose begin
+/// was not seen (lost, or before the recording) gets a whole row from its
+/// duration; one with no duration took the object without blocking.
 #[derive(Debug, Default)]
 struct Waits {
-    /// `waits.id` of the wait each thread is blocked in.
+    /// `waits.id` of the wait each thread is blocked in (a thread is in
+    /// one wait at a time).
     open: HashMap<(u32, u32), i64>,
     /// The process that last posted each object: whose post ended a wait.
     last_post: HashMap<i64, u32>,
@@ -659,47 +671,69 @@ impl Waits {
         conn: &mut SqliteConnection,
         session: i64,
         event: &Event,
-        channel: i64,
+        channel: Option<i64>,
     ) -> Result<(), StoreError> {
         let thread = (event.pid, event.tid);
-        match event.kind {
+        let begins = match event.kind {
             EventKind::SemPost => {
-                self.last_post.insert(channel, event.pid);
+                if let Some(ch) = channel {
+                    self.last_post.insert(ch, event.pid);
+                }
+                return Ok(());
             }
-            EventKind::SemWaitBegin => {
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
-                     VALUES (?, ?, ?, ?, ?) RETURNING id",
-                )
-                .bind(session)
-                .bind(i64::from(event.pid))
-                .bind(i64::from(event.tid))
-                .bind(channel)
-                .bind(event.ts_ns as i64)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(StoreError::sql("recording a wait"))?;
-                self.open.insert(thread, id);
-            }
-            _ => {
-                // An end with no begin took the object without blocking:
-                // an event, not a wait.
-                let Some(id) = self.open.remove(&thread) else {
-                    return Ok(());
-                };
-                // Only a successful wait was ended by somebody's post.
-                let waker = (event.result == 0)
-                    .then(|| self.last_post.get(&channel).copied())
-                    .flatten();
-                sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
-                    .bind(event.ts_ns as i64)
-                    .bind(waker.map(i64::from))
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(StoreError::sql("ending a wait"))?;
-            }
+            EventKind::SemWaitBegin => true,
+            EventKind::FutexWait => event.result == WAIT_BEGUN,
+            _ => false,
+        };
+        if begins {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
+                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(session)
+            .bind(i64::from(event.pid))
+            .bind(i64::from(event.tid))
+            .bind(channel)
+            .bind(event.ts_ns as i64)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording a wait"))?;
+            // A begin left open means its end was lost; that row stays open.
+            self.open.insert(thread, id);
+            return Ok(());
         }
+        // Only a successful wait was ended by somebody's post.
+        let waker = (event.result == 0)
+            .then(|| channel.and_then(|ch| self.last_post.get(&ch).copied()))
+            .flatten()
+            .map(i64::from);
+        if let Some(id) = self.open.remove(&thread) {
+            sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
+                .bind(event.ts_ns as i64)
+                .bind(waker)
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::sql("ending a wait"))?;
+            return Ok(());
+        }
+        let Some(waited) = event.duration_ns.filter(|&d| d > 0) else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session)
+        .bind(i64::from(event.pid))
+        .bind(i64::from(event.tid))
+        .bind(channel)
+        .bind(event.ts_ns.saturating_sub(waited) as i64)
+        .bind(event.ts_ns as i64)
+        .bind(waker)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql("recording a wait"))?;
         Ok(())
     }
 }
@@ -955,5 +989,71 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rows, [(8, 7, 2, 4, 2, 3), (7, 8, 1, 5, 4, 8)]);
+    }
+
+    fn wait(ts: u64, kind: EventKind, tid: u32, result: i64, duration: Option<u64>) -> Event {
+        let mut e = Event::new(ts, 7, tid, Source::Ebpf, kind);
+        e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
+        e.result = result;
+        e.duration_ns = duration;
+        e
+    }
+
+    #[tokio::test]
+    async fn waits_open_at_their_begin_and_close_at_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = EventKind::FutexWait;
+        let store = write(
+            dir.path(),
+            vec![
+                vec![wait(10, f, 1, WAIT_BEGUN, None)],
+                // Its end in a later transaction; thread 2 never returns.
+                vec![
+                    wait(30, f, 1, 0, Some(20)),
+                    wait(40, f, 2, WAIT_BEGUN, None),
+                ],
+                // An end whose begin was never seen: a whole row.
+                vec![wait(100, f, 3, -110, Some(25))],
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, i64, Option<i64>)> =
+            sqlx::query_as("SELECT tid, start_ns, end_ns FROM waits ORDER BY tid")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, [(1, 10, Some(30)), (2, 40, None), (3, 75, Some(100))]);
+    }
+
+    #[tokio::test]
+    async fn queue_messages_pair_in_order_per_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let queued = |ts: u64, kind: EventKind, pid: u32, size: u64, prio: u64| {
+            let mut e = Event::new(ts, pid, pid, Source::Ebpf, kind);
+            e.channel = Some(ChannelId::named(ChannelKind::Mq, "/q"));
+            e.size = size;
+            e.aux = prio;
+            e
+        };
+        let (send, recv) = (EventKind::MsgSend, EventKind::MsgRecv);
+        let store = write(
+            dir.path(),
+            vec![vec![
+                queued(1, send, 5, 10, 0),
+                queued(2, send, 5, 20, 7),
+                queued(3, send, 5, 30, 0),
+                // The highest priority first, then the rest in order.
+                queued(4, recv, 6, 20, 7),
+                queued(5, recv, 6, 10, 0),
+                queued(6, recv, 6, 30, 0),
+            ]],
+        )
+        .await;
+        let rows: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT sent_ns, received_ns, size FROM messages ORDER BY sent_ns")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, [(1, 5, 10), (2, 4, 20), (3, 6, 30)]);
     }
 }
