@@ -116,10 +116,15 @@ pub async fn load(
 ) -> Result<Committed, StoreError> {
     let mut batch = Committed::default();
     let mut rows = sqlx::query(
-        "SELECT ts_ns, pid, tid, source_code, kind_code, channel_id, size, msg_id, result,
-                duration_ns, aux, payload
-         FROM events WHERE session_id = ? AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns, id",
+        // A signal's target is kept in `signals`, not `events`.
+        "SELECT e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, e.size,
+                e.msg_id, e.result, e.duration_ns, e.aux, e.payload, s.target_pid
+         FROM events e LEFT JOIN signals s
+           ON e.kind_code = ? AND s.session_id = e.session_id AND s.generated_ns = e.ts_ns
+              AND s.sender_pid = e.pid AND s.signo = e.aux
+         WHERE e.session_id = ? AND e.ts_ns >= ? AND e.ts_ns < ? ORDER BY e.ts_ns, e.id",
     )
+    .bind(i64::from(EventKind::SignalGenerate.code()))
     .bind(session.0)
     .bind(from_ns as i64)
     .bind(to_ns as i64)
@@ -155,6 +160,7 @@ pub async fn load(
         event.duration_ns = get(9).map(|d| d as u64);
         event.aux = get(10).unwrap_or(0) as u64;
         event.payload = row.try_get::<Option<Vec<u8>>, _>(11).ok().flatten();
+        event.target_pid = get(12).map(|p| p as u32);
         batch.events.push(event);
         batch.channel_ids.push(channel_id);
     }

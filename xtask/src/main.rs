@@ -32,9 +32,14 @@ enum Task {
     /// Setup, then the whole check: rustfmt, clippy (host and eBPF) and every
     /// test. What CI runs.
     Test,
-    /// Setup, build, then record a sample multi-process command and report on
-    /// it: the main job, end to end.
-    Demo,
+    /// Setup, build, then `ipcscope demo --deadlock`: a multi-process ipc-lib
+    /// workload recorded and shown live on the dashboard (`q` quits). The
+    /// main job, end to end.
+    Demo {
+        /// More arguments for `ipcscope demo`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Debian packages: LLVM 22 and its link dependencies for bpf-linker, and
@@ -69,10 +74,10 @@ fn main() -> Result<()> {
             setup()?;
             test()
         }
-        Task::Demo => {
+        Task::Demo { args } => {
             setup()?;
             build()?;
-            demo()
+            demo(&args)
         }
     }
 }
@@ -249,23 +254,18 @@ fn count_before(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn demo() -> Result<()> {
+/// `ipcscope demo` on the dashboard: the built-in multi-process workload,
+/// recorded live (eBPF too when root), with the two deadlocking processes;
+/// `q` ends it. Extra arguments go to `ipcscope demo` (e.g. `--no-tui
+/// --duration 10s`).
+fn demo(args: &[String]) -> Result<()> {
     let ipcscope = Path::new("target/release/ipcscope");
-    // A small process tree that talks over pipes: what `record` is for.
-    let sample = "for i in 1 2 3; do (seq 1 2000 | sort -r | wc -l >/dev/null) & done; wait";
-    let mut record = Command::new(ipcscope);
-    record.args(["record", "--name", "sample"]);
-    if !is_root() {
-        eprintln!(
-            "xtask: not root, so recording without eBPF (--no-ebpf): only the top command is seen"
-        );
-        record.arg("--no-ebpf");
-    }
-    run(record.args(["--", "sh", "-c", sample])).context("recording the sample")?;
-    run(Command::new(ipcscope).arg("report")).context("reporting on the sample")?;
+    run(Command::new(ipcscope)
+        .args(["demo", "--deadlock"])
+        .args(args))
+    .context("running the demo")?;
     eprintln!(
-        "xtask: explore it with `{} sessions` and `{} query \"select * from processes\"`",
-        ipcscope.display(),
+        "xtask: replay it with `{0} tui`, or ask `{0} report` and `{0} query \"select * from deadlocks\"`",
         ipcscope.display()
     );
     Ok(())

@@ -11,6 +11,7 @@ mod ebpf_waits;
 mod faults;
 mod lib_trace;
 mod record;
+mod tui;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,170 @@
+//! The dashboard in a real terminal: tmux runs it, `capture-pane` reads
+//! the screen, `send-keys` types.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{query, run, stderr};
+
+/// A tmux server of the test's own, killed when the test ends.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` in a 100x30 terminal; `None` (a skip) without tmux
+    /// outside CI.
+    fn start(tag: &str, command: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "tmux is missing (cargo xtask setup installs it)"
+            );
+            eprintln!("SKIPPED: tmux is not installed");
+            return None;
+        }
+        let tmux = Tmux {
+            socket: format!("ipcscope-test-{tag}-{}", std::process::id()),
+        };
+        let status = tmux
+            .cmd()
+            .args(["new-session", "-d", "-x", "100", "-y", "30", command])
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux new-session");
+        Some(tmux)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    fn screen(&self) -> String {
+        let out = self.cmd().args(["capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = self.cmd().arg("send-keys").args(keys).status().unwrap();
+        assert!(status.success(), "tmux send-keys {keys:?}");
+    }
+
+    /// Waits until the screen shows every one of `texts`.
+    fn wait_for(&self, texts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if texts.iter().all(|t| screen.contains(t)) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {texts:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// Waits for the exit status the tmux command line writes to `path`.
+fn exit_status(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(code) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "the dashboard did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ipcscope_in(dir: &Path, args: &str) -> (String, PathBuf) {
+    let status = dir.join("status");
+    let line = format!(
+        "{} {args}; echo $? > {}",
+        env!("CARGO_BIN_EXE_ipcscope"),
+        status.display()
+    );
+    (line, status)
+}
+
+#[test]
+fn a_recorded_session_replays_on_every_screen_and_q_quits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let db = db.to_str().unwrap();
+    let out = run(&[
+        "demo",
+        "--no-ebpf",
+        "--no-tui",
+        "--deadlock",
+        "--duration",
+        "2s",
+        "--db",
+        db,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (line, status) = ipcscope_in(dir.path(), &format!("tui --db {db}"));
+    let Some(tmux) = Tmux::start("replay", &line) else {
+        return;
+    };
+    tmux.wait_for(&["1 Overview", "2 Channels", "REPLAY"]);
+    // To the end of the session: everything that happened is on screen.
+    tmux.keys(&["End"]);
+    // The conductor and its fourteen roles.
+    tmux.wait_for(&["Session 1 demo", "processes 15"]);
+    tmux.keys(&["2"]);
+    tmux.wait_for(&["-jobs", "-squares", "-status"]);
+    tmux.keys(&["4"]);
+    tmux.wait_for(&["-counter-lock", "demo-locker-a", "demo-locker-b"]);
+    tmux.keys(&["5"]);
+    tmux.wait_for(&["demo-signaller", "demo-listener", "SIGUSR1"]);
+    tmux.keys(&["q"]);
+    assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
+}
+
+#[test]
+fn the_demo_on_the_live_dashboard_shows_its_deadlock_and_q_ends_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let db_arg = db.to_str().unwrap();
+    let (line, status) = ipcscope_in(
+        dir.path(),
+        &format!("demo --no-ebpf --deadlock --db {db_arg}"),
+    );
+    let Some(tmux) = Tmux::start("live", &line) else {
+        return;
+    };
+    let screen = tmux.wait_for(&["LIVE", "DEADLOCK", "demo-locker-"]);
+    assert!(
+        screen.contains("-jobs"),
+        "the busiest channel is listed:\n{screen}"
+    );
+    tmux.keys(&["q"]);
+    assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
+    // Quitting ended the recording, which stored what the dashboard showed.
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n, count(ended_at) as ended from sessions"
+        ),
+        serde_json::json!([{"n": 1, "ended": 1}])
+    );
+    assert_eq!(
+        query(&db, "select count(*) as n from deadlocks"),
+        serde_json::json!([{"n": 1}])
+    );
+}
