@@ -41,7 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{CodecError, Corruption, OpenError, RecvError, SendError};
-use crate::socket::frame::{Header, DATA, FAULT, HEADER_LEN, REPLY};
+use crate::socket::frame::{Header, FAULT, HEADER_LEN, REPLY};
 use crate::socket::{
     next_id, sys, Conn, SocketReceiver, SocketReceiverBuilder, Wait, DEFAULT_OPEN_TIMEOUT,
 };
@@ -542,21 +542,9 @@ impl Client {
 
     /// Sends one request frame, traced; returns its id.
     fn send_request(&mut self, request: &[u8], wait: Wait) -> Result<u64, CallError> {
-        let id = next_id(self.pid);
-        let head = Header {
-            magic: DATA,
-            len: 0,
-            msg_id: id,
-            reply_to: 0,
-        };
-        let at = self.conn.send_frame(head, request, wait, self.max)?;
-        trace::emit_op(Op {
-            size: request.len() as u64,
-            msg_id: id,
-            at_ns: Some(at),
-            ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
-        });
-        Ok(id)
+        Ok(self
+            .conn
+            .send_message(&self.name, self.pid, request, wait, self.max)?)
     }
 
     /// The reply to request `id` if it has come (late replies to earlier

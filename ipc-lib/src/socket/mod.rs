@@ -206,6 +206,38 @@ impl Conn {
         }
     }
 
+    /// Sends `msg` as a data frame with a fresh id from process `pid`,
+    /// traced as a send on channel `name`; returns the id. What a channel
+    /// send and an rpc request share.
+    pub(crate) fn send_message(
+        &mut self,
+        name: &str,
+        pid: u32,
+        msg: &[u8],
+        wait: Wait,
+        max: usize,
+    ) -> Result<u64, SendError> {
+        let id = next_id(pid);
+        let head = Header {
+            magic: frame::DATA,
+            len: 0,
+            msg_id: id,
+            reply_to: 0,
+        };
+        let at = self.send_frame(head, msg, wait, max)?;
+        crate::trace::emit_op(crate::trace::Op {
+            size: msg.len() as u64,
+            msg_id: id,
+            at_ns: Some(at),
+            ..crate::trace::Op::new(
+                ipc_events::EventKind::MsgSend,
+                ipc_events::ChannelKind::IpclibChannel,
+                name,
+            )
+        });
+        Ok(id)
+    }
+
     /// Sends one frame: `head` (its `len` is set from `body`) and `body`,
     /// waiting for room as `wait` says. `max` is what `TooLarge` reports.
     /// Returns the time (monotonic ns) just before the `sendmsg` that

@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
-use ipc_events::{ChannelKind, EventKind};
-
-use super::frame::{Header, DATA};
-use super::{next_id, Conn, Wait, DEFAULT_OPEN_TIMEOUT};
+use super::{Conn, Wait, DEFAULT_OPEN_TIMEOUT};
 use crate::channel::{OpenError, SendError, WhenFull};
-use crate::trace::{self, Op};
 use crate::transport::MessageSender;
 
 /// Builds a [`SocketSender`].
@@ -96,21 +92,8 @@ impl SocketSender {
     }
 
     fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {
-        let id = next_id(self.pid);
-        let head = Header {
-            magic: DATA,
-            len: 0,
-            msg_id: id,
-            reply_to: 0,
-        };
-        let at = self.conn.send_frame(head, msg, wait, self.max)?;
-        trace::emit_op(Op {
-            size: msg.len() as u64,
-            msg_id: id,
-            at_ns: Some(at),
-            ..Op::new(EventKind::MsgSend, ChannelKind::IpclibChannel, &self.name)
-        });
-        Ok(id)
+        self.conn
+            .send_message(&self.name, self.pid, msg, wait, self.max)
     }
 }
 
