@@ -170,27 +170,7 @@ impl RegionBuilder {
         self
     }
 
-    /// Removes the name when this handle is dropped (other mappings stay
-    /// valid). Off by default.
-    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
-        self.unlink_on_drop = yes;
-        self
-    }
-
-    /// Creates a new region; fails if the name exists.
-    pub fn create(self) -> Result<Region, OpenError> {
-        self.open_how(OpenHow::Create)
-    }
-
-    /// Opens an existing region.
-    pub fn open(self) -> Result<Region, OpenError> {
-        self.open_how(OpenHow::Open)
-    }
-
-    /// Opens the region, creating it first if the name does not exist.
-    pub fn open_or_create(self) -> Result<Region, OpenError> {
-        self.open_how(OpenHow::OpenOrCreate)
-    }
+    shm::open_methods!(Region, "region");
 
     fn open_how(self, how: OpenHow) -> Result<Region, OpenError> {
         let path = shm::shm_name(&self.name)?;

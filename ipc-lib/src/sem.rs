@@ -187,28 +187,7 @@ impl SemaphoreBuilder {
         self
     }
 
-    /// Removes the name when this handle (and every clone) is dropped.
-    /// Off by default.
-    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
-        self.unlink_on_drop = yes;
-        self
-    }
-
-    /// Creates a new semaphore; fails if the name exists.
-    pub fn create(self) -> Result<Semaphore, OpenError> {
-        self.open_how(OpenHow::Create)
-    }
-
-    /// Opens an existing semaphore.
-    pub fn open(self) -> Result<Semaphore, OpenError> {
-        self.open_how(OpenHow::Open)
-    }
-
-    /// Opens the semaphore, creating it first (with the initial count) if
-    /// the name does not exist.
-    pub fn open_or_create(self) -> Result<Semaphore, OpenError> {
-        self.open_how(OpenHow::OpenOrCreate)
-    }
+    shm::open_methods!(Semaphore, "semaphore");
 
     fn open_how(self, how: OpenHow) -> Result<Semaphore, OpenError> {
         let path = shm::shm_name(&self.name)?;

@@ -325,6 +325,35 @@ pub(crate) fn unlink(name: &str) -> Result<bool, OpenError> {
     }
 }
 
+/// The open methods every named-object builder has, written once: each
+/// builder has `unlink_on_drop: bool` and an `open_how(self, OpenHow)`.
+macro_rules! open_methods {
+    ($object:ty, $what:literal) => {
+        /// Removes the name when this handle is dropped (mappings others
+        /// already hold stay valid). Off by default.
+        pub fn unlink_on_drop(mut self, yes: bool) -> Self {
+            self.unlink_on_drop = yes;
+            self
+        }
+
+        #[doc = concat!("Creates a new ", $what, "; fails if the name exists.")]
+        pub fn create(self) -> Result<$object, OpenError> {
+            self.open_how(OpenHow::Create)
+        }
+
+        #[doc = concat!("Opens an existing ", $what, ".")]
+        pub fn open(self) -> Result<$object, OpenError> {
+            self.open_how(OpenHow::Open)
+        }
+
+        #[doc = concat!("Opens the ", $what, ", creating it first if the name does not exist.")]
+        pub fn open_or_create(self) -> Result<$object, OpenError> {
+            self.open_how(OpenHow::OpenOrCreate)
+        }
+    };
+}
+pub(crate) use open_methods;
+
 #[cfg(test)]
 mod tests {
     use super::*;
