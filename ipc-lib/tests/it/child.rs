@@ -44,13 +44,17 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        // Multi-producer: sends N messages tagged with TAG (a byte) and
-        // their index, so the receiver can check each sender's order.
+        // Multi-producer: sends its TAG alone to say it is attached, waits
+        // for the parent to close our stdin, then sends N messages tagged
+        // with TAG (a byte) and their index, so the receiver can check each
+        // sender's order.
         "send-tagged" => {
             let [tag, n, max] = nums(arg)[..] else {
                 return Err(format!("bad arg {arg:?}"));
             };
             let mut tx = open_sender(name);
+            tx.send(&[tag as u8]).map_err(|e| format!("hello: {e}"))?;
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
             for i in 0..n {
                 let mut m = vec![tag as u8];
                 m.extend_from_slice(&i.to_le_bytes());

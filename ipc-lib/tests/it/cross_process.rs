@@ -194,8 +194,21 @@ fn senders_in_several_processes_share_a_multi_producer_channel() {
     let mut children: Vec<_> = (0..3)
         .map(|tag| spawn("send-tagged", &name, &format!("{tag},{n},{max}")))
         .collect();
-    let mut next = [0u64; 3];
+    // Disconnected means that no sender is attached *now*, so a sender
+    // that finished before a slow-starting one attached would end the
+    // stream: every sender says hello before any of them starts.
     let mut buf = Vec::new();
+    let mut hellos = [false; 3];
+    for _ in 0..3 {
+        rx.recv_into(&mut buf, Some(PATIENCE)).expect("hello");
+        assert_eq!(buf.len(), 1, "a hello is the tag alone");
+        hellos[buf[0] as usize] = true;
+    }
+    assert_eq!(hellos, [true; 3]);
+    for c in &mut children {
+        drop(c.stdin.take());
+    }
+    let mut next = [0u64; 3];
     for k in 0..3 * n {
         rx.recv_into(&mut buf, Some(PATIENCE))
             .unwrap_or_else(|e| panic!("message {k}: {e}"));
