@@ -27,13 +27,14 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use ipc_events::raw::{sysv_class, MAX_PAYLOAD};
+use ipc_events::raw::{sysv_class, PendingCall, MAX_PAYLOAD};
 use ipc_events::{decode, DecodeError, Event, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::platform::{self, Capabilities};
 
+pub mod blocked;
 mod btf;
 mod format;
 mod targets;
@@ -316,6 +317,8 @@ pub enum ProbeError {
 /// them.
 pub struct Probes {
     tracked: HashMap<MapData, u32, u8>,
+    /// The syscalls traced threads are in right now, by thread id.
+    pending: HashMap<MapData, u32, PendingCall>,
     drops: PerCpuArray<MapData, u64>,
     ring: Ring,
     /// Whether a decode failure was logged yet: one warning says the
@@ -467,8 +470,11 @@ impl Probes {
             HashMap::try_from(take_map(&mut ebpf, "SYSV_KEYS")?)
                 .map_err(map_layout("SYSV_KEYS"))?;
         preload_sysv_keys(&mut sysv_keys)?;
+        let pending =
+            HashMap::try_from(take_map(&mut ebpf, "PENDING")?).map_err(map_layout("PENDING"))?;
         Ok(Probes {
             tracked,
+            pending,
             drops,
             ring: Ring::Idle(ring),
             decode_warned: false,
@@ -600,6 +606,16 @@ impl Probes {
             guard.retain_ready();
         }
         Ok(stats)
+    }
+
+    /// The syscalls on IPC objects that traced threads are in right now,
+    /// by thread id, as the probes entered them. An entry that stays is a
+    /// thread blocked in its call (see [`blocked`]).
+    pub fn in_flight(&self) -> Vec<(u32, PendingCall)> {
+        // An entry removed while the walk passes it ends the walk's view of
+        // it with an error; the calls still in flight are what matters, so
+        // such entries are skipped rather than failing the scan.
+        self.pending.iter().filter_map(Result::ok).collect()
     }
 
     /// Events the kernel lost: the sum of `DROPS` over CPUs, counted when

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::analysis::{Analyzer, AnalyzerConfig, DeadlockChange};
 use crate::clock::{monotonic_ns, wall_rfc3339};
+use crate::ebpf::blocked::{self, BlockedReceives};
 use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
@@ -556,6 +557,8 @@ fn spawn_pump(
         let mut buf = Vec::with_capacity(4096);
         let mut drops_stored = 0;
         let mut tick = tokio::time::interval(DROP_POLL);
+        let mut scan = tokio::time::interval(blocked::SCAN_EVERY);
+        let mut blocked = BlockedReceives::default();
         let drain = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain);
         let mut stopping = false;
@@ -573,6 +576,12 @@ fn spawn_pump(
                         buf.push(drop_event(drop_source::EBPF_RING, drops - drops_stored));
                         drops_stored = drops;
                     }
+                }
+                // A short walk of /proc at most, and only for receives
+                // newly blocked long enough: the ring holds seconds of
+                // events meanwhile.
+                _ = scan.tick() => {
+                    blocked.scan(&probes.in_flight(), monotonic_ns(), Path::new("/proc"), &mut buf);
                 }
                 _ = &mut stop, if !stopping => {
                     stopping = true;

@@ -177,15 +177,25 @@ impl ChannelId {
                     }
                 }
                 ChannelKind::TcpLoopback => format!("127.0.0.1:{a}<->127.0.0.1:{b}"),
-                ChannelKind::SysvMsg | ChannelKind::SysvSem if *a == SYSV_KEY_UNKNOWN => {
-                    format!("key=? id={b}")
+                ChannelKind::SysvMsg => format!("{} id={b}", sysv_key(*a)),
+                ChannelKind::SysvSem => {
+                    format!("{} id={} sem={}", sysv_key(*a), b & 0xffff_ffff, b >> 32)
                 }
-                ChannelKind::SysvMsg | ChannelKind::SysvSem => format!("key={a:#x} id={b}"),
                 ChannelKind::Futex if *b == 0 => format!("futex:{a:#x}"),
                 ChannelKind::Futex => format!("futex:{a:#x}@{b}"),
                 other => format!("{other}:{a}:{b}"),
             },
         }
+    }
+}
+
+/// A SysV key as `ipcs` shows it, or `key=?` when the probes never learnt
+/// it.
+fn sysv_key(key: u64) -> String {
+    if key == SYSV_KEY_UNKNOWN {
+        "key=?".to_owned()
+    } else {
+        format!("key={key:#x}")
     }
 }
 
@@ -231,6 +241,14 @@ mod tests {
         assert_eq!(
             ChannelId::named(ChannelKind::Mq, "/jobs").to_string(),
             "mq /jobs"
+        );
+        assert_eq!(
+            ChannelId::numeric(ChannelKind::SysvSem, 0x5e7, 3 | (2 << 32)).name(),
+            "key=0x5e7 id=3 sem=2"
+        );
+        assert_eq!(
+            ChannelId::numeric(ChannelKind::SysvMsg, SYSV_KEY_UNKNOWN, 9).name(),
+            "key=? id=9"
         );
     }
 }

@@ -64,10 +64,23 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
         });
     }
 
-    let kind = EventKind::from_code(raw.kind).map_err(|_| DecodeError::UnknownKind(raw.kind))?;
     let name = &bytes[RAW_EVENT_SIZE..RAW_EVENT_SIZE + name_len];
     let data = &bytes[RAW_EVENT_SIZE + name_len..needed];
+    let event = decode_parts(source, &raw, name, data)?;
+    Ok((event, record_len(name_len, data_len).min(bytes.len())))
+}
 
+/// Decodes a record already split into its header, name and payload (a
+/// record the collector builds itself, from the probes' maps). The caller
+/// guarantees the lengths; the values are checked as [`decode`] checks
+/// them.
+pub fn decode_parts(
+    source: Source,
+    raw: &RawEvent,
+    name: &[u8],
+    data: &[u8],
+) -> Result<Event, DecodeError> {
+    let kind = EventKind::from_code(raw.kind).map_err(|_| DecodeError::UnknownKind(raw.kind))?;
     let mut path = None;
     let channel = if raw.chan_kind == chan::NONE {
         if kind.needs_channel() {
@@ -115,9 +128,10 @@ pub fn decode(source: Source, bytes: &[u8]) -> Result<(Event, usize), DecodeErro
             .then_some(raw.obj as u32),
         endpoint,
         path,
-        payload: (data_len > 0).then(|| data.to_vec()),
+        payload: (!data.is_empty()).then(|| data.to_vec()),
+        releasers: Vec::new(),
     };
-    Ok((event, record_len(name_len, data_len).min(bytes.len())))
+    Ok(event)
 }
 
 /// Decodes every record in a stream, stopping at the first bad one: after a

@@ -30,6 +30,8 @@ coded_enum! {
         ProcessExec = kind::PROCESS_EXEC, "process_exec";
         ProcessExit = kind::PROCESS_EXIT, "process_exit";
         Drop = kind::DROP, "drop";
+        RecvWaitBegin = kind::RECV_WAIT_BEGIN, "recv_wait_begin";
+        RecvWaitEnd = kind::RECV_WAIT_END, "recv_wait_end";
     }
 }
 
@@ -51,6 +53,8 @@ impl EventKind {
                 | EventKind::FutexWake
                 | EventKind::LockAcquire
                 | EventKind::LockRelease
+                | EventKind::RecvWaitBegin
+                | EventKind::RecvWaitEnd
         )
     }
 }
@@ -135,6 +139,13 @@ pub struct Event {
     /// for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Vec<u8>>,
+    /// For a `recv_wait_begin`: every thread (pid, tid) that could end the
+    /// wait by sending, as the collector found them in `/proc` when it saw
+    /// the wait: the threads of the processes holding the other end open
+    /// for writing. Empty when anyone might send (a queue, an unconnected
+    /// datagram socket). Analysis input, not stored in `events`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releasers: Vec<(u32, u32)>,
 }
 
 impl Event {
@@ -158,6 +169,7 @@ impl Event {
             endpoint: None,
             path: None,
             payload: None,
+            releasers: Vec::new(),
         }
     }
 }

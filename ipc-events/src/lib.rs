@@ -27,6 +27,6 @@ pub mod ring;
 #[cfg(feature = "std")]
 pub use channel::{ChannelId, ChannelKind, UnknownChannelKind};
 #[cfg(feature = "std")]
-pub use decode::{decode, decode_all, encode, DecodeError};
+pub use decode::{decode, decode_all, decode_parts, encode, DecodeError};
 #[cfg(feature = "std")]
 pub use event::{Event, EventKind, Source, UnknownEventKind};

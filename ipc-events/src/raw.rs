@@ -66,6 +66,115 @@ const _: () = assert!(core::mem::align_of::<RawEvent>() == RECORD_ALIGN);
 // its fields) and every bit pattern of its integer fields is valid.
 unsafe impl aya::Pod for RawEvent {}
 
+/// A syscall between its entry and its exit, as the probes keep it in
+/// their `PENDING` map (thread id -> entry): what the entry learned, for
+/// the exit to report once the return value says what happened. The
+/// loader reads the map too: a receive whose entry has stood for a while
+/// is a thread blocked in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// When the syscall was entered (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub obj: u64,
+    pub obj2: u64,
+    /// Bytes moved by a call that returns 0 on success (mq_timedsend,
+    /// msgsnd), as its length argument said.
+    pub size: u64,
+    /// A user address the exit reads, which the kernel fills in
+    /// (mq_timedreceive's priority, msgrcv's mtype).
+    pub addr: u64,
+    /// A message queue's dentry (a kernel address), whose name the exit
+    /// reads.
+    pub dentry: u64,
+    /// The user buffer holding the message (its first part, for the
+    /// vectored calls), when payload capture is on; else 0.
+    pub buf: u64,
+    /// How many bytes `buf` holds.
+    pub buf_len: u64,
+    /// The event's `aux`, when the entry knows it.
+    pub aux: u64,
+    /// The process the thread belongs to.
+    pub tgid: u32,
+    /// One of [`op`]: what the exit does.
+    pub op: u16,
+    /// The event kind the exit reports.
+    pub kind: u16,
+    pub chan_kind: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Size of [`PendingCall`] in bytes.
+pub const PENDING_CALL_SIZE: usize = 88;
+const _: () = assert!(core::mem::size_of::<PendingCall>() == PENDING_CALL_SIZE);
+
+#[cfg(feature = "user")]
+// SAFETY: PendingCall is repr(C), has no padding (the size assertion above
+// sums its fields) and every bit pattern of its integer fields is valid.
+unsafe impl aya::Pod for PendingCall {}
+
+impl PendingCall {
+    /// An entry of thread group `tgid` made at `ts_ns`.
+    pub const fn new(ts_ns: u64, tgid: u32, op: u16, kind: u16, chan_kind: u16) -> Self {
+        PendingCall {
+            ts_ns,
+            obj: 0,
+            obj2: 0,
+            size: 0,
+            addr: 0,
+            dentry: 0,
+            buf: 0,
+            buf_len: 0,
+            aux: 0,
+            tgid,
+            op,
+            kind,
+            chan_kind,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The event this entry reports for thread `tid`, stamped `ts_ns`,
+    /// with the time since the entry as its duration.
+    pub fn event(&self, tid: u32, ts_ns: u64, comm: [u8; 16]) -> RawEvent {
+        RawEvent {
+            ts_ns,
+            pid: self.tgid,
+            tid,
+            kind: self.kind,
+            chan_kind: self.chan_kind,
+            obj: self.obj,
+            obj2: self.obj2,
+            aux: self.aux,
+            duration_ns: ts_ns.saturating_sub(self.ts_ns),
+            comm,
+            ..RawEvent::default()
+        }
+    }
+}
+
+/// What a syscall's exit does with its [`PendingCall`].
+pub mod op {
+    /// A send on an fd (pipe, FIFO, Unix socket): `ret` bytes.
+    pub const FD_SEND: u16 = 1;
+    /// A receive on an fd: `ret` bytes.
+    pub const FD_RECV: u16 = 2;
+    /// mq_timedsend: 0 on success, `size` bytes.
+    pub const MQ_SEND: u16 = 3;
+    /// mq_timedreceive: `ret` bytes, priority at `addr`.
+    pub const MQ_RECV: u16 = 4;
+    /// msgsnd: 0 on success, `size` bytes.
+    pub const SYSV_SEND: u16 = 5;
+    /// msgrcv: `ret` bytes, mtype at `addr`.
+    pub const SYSV_RECV: u16 = 6;
+    /// msgget / semget: `ret` is the id of key `obj`.
+    pub const SYSV_GET: u16 = 7;
+    /// A futex wait; its begin was reported at the entry.
+    pub const FUTEX_WAIT: u16 = 8;
+    /// A semop that may block; its begin was reported at the entry.
+    pub const SEMOP: u16 = 9;
+}
+
 /// Total bytes a record with these name and payload lengths occupies in a
 /// stream, padding included.
 pub const fn record_len(name_len: usize, data_len: usize) -> usize {
@@ -146,6 +255,18 @@ pub mod kind {
     pub const PROCESS_EXIT: u16 = 19;
     /// `size` events were lost by the source named in `aux`.
     pub const DROP: u16 = 20;
+    /// A thread has been blocked in a receive (`read`, `recv*`,
+    /// `msgrcv`...) on the object since `ts_ns`. The collector makes these
+    /// from the probes' in-flight syscalls, for receives that stay blocked
+    /// long enough to be seen; the event's `releasers` are the threads
+    /// that hold the other end open and so could end the wait. The
+    /// receive's own `msg_recv`, or a [`RECV_WAIT_END`], ends it.
+    pub const RECV_WAIT_BEGIN: u16 = 21;
+    /// The blocked receive of [`RECV_WAIT_BEGIN`] returned without a
+    /// message (end of file, an error, a signal), or the thread was no
+    /// longer in it when the collector looked: `duration_ns` it was
+    /// blocked, as far as the collector saw.
+    pub const RECV_WAIT_END: u16 = 22;
 }
 
 /// IPC object kinds, as stored in `channels.kind`.
@@ -171,7 +292,11 @@ pub mod chan {
     pub const SHM: u16 = 9;
     /// Named: POSIX named semaphore.
     pub const SEM: u16 = 10;
-    /// `obj` SysV key (or [`super::SYSV_KEY_UNKNOWN`]), `obj2` SysV id.
+    /// One semaphore of a SysV set: `obj` the set's key (or
+    /// [`super::SYSV_KEY_UNKNOWN`]), `obj2` the set's id in bits 0..32 and
+    /// the semaphore's number in the set in bits 32..48 (each semaphore of
+    /// a set is a resource of its own: a process can hold one and wait for
+    /// another).
     pub const SYSV_SEM: u16 = 11;
     /// `obj` futex address, `obj2` the pid whose address space it is in
     /// (0 for a shared futex).

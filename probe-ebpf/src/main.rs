@@ -39,8 +39,8 @@ use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use aya_ebpf::{EbpfContext, Global};
 use ipc_events::raw::{
-    chan, kind, sysv_class, RawEvent, MAX_NAME, MAX_PAYLOAD, RECORD_ALIGN, SYSV_KEY_UNKNOWN,
-    WAIT_BEGUN,
+    chan, kind, op, sysv_class, PendingCall, RawEvent, MAX_NAME, MAX_PAYLOAD, RECORD_ALIGN,
+    SYSV_KEY_UNKNOWN, WAIT_BEGUN,
 };
 
 /// `TRACKED` value bits. The collector (`collector::ebpf`) writes the same
@@ -82,67 +82,12 @@ static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// A syscall between its entry and its exit: what the entry learned, for
-/// the exit to report once the return value says what happened. Keyed by
-/// thread id.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Pending {
-    /// When the syscall was entered.
-    ts_ns: u64,
-    obj: u64,
-    obj2: u64,
-    /// Bytes moved by a call that returns 0 on success (mq_timedsend,
-    /// msgsnd), as its length argument said.
-    size: u64,
-    /// A user address the exit reads, which the kernel fills in
-    /// (mq_timedreceive's priority, msgrcv's mtype).
-    addr: u64,
-    /// A message queue's dentry, whose name the exit reads.
-    dentry: u64,
-    /// The user buffer holding the message (its first part, for the
-    /// vectored calls), when payload capture is on; else 0.
-    buf: u64,
-    /// How many bytes `buf` holds.
-    buf_len: u64,
-    /// The event's `aux`, when the entry knows it.
-    aux: u64,
-    /// One of [`op`]: what the exit does.
-    op: u16,
-    /// The event kind the exit reports.
-    kind: u16,
-    chan_kind: u16,
-    _pad: u16,
-}
-
-/// What a syscall's exit does with its [`Pending`] entry.
-mod op {
-    /// A send on an fd (pipe, FIFO, Unix socket): `ret` bytes.
-    pub const FD_SEND: u16 = 1;
-    /// A receive on an fd: `ret` bytes.
-    pub const FD_RECV: u16 = 2;
-    /// mq_timedsend: 0 on success, `size` bytes.
-    pub const MQ_SEND: u16 = 3;
-    /// mq_timedreceive: `ret` bytes, priority at `addr`.
-    pub const MQ_RECV: u16 = 4;
-    /// msgsnd: 0 on success, `size` bytes.
-    pub const SYSV_SEND: u16 = 5;
-    /// msgrcv: `ret` bytes, mtype at `addr`.
-    pub const SYSV_RECV: u16 = 6;
-    /// msgget / semget: `ret` is the id of key `obj`.
-    pub const SYSV_GET: u16 = 7;
-    /// A futex wait; its begin was reported at the entry.
-    pub const FUTEX_WAIT: u16 = 8;
-    /// A semop that may block; its begin was reported at the entry.
-    pub const SEMOP: u16 = 9;
-}
-
 /// Thread id -> the syscall it is in. Only syscalls on IPC objects of
 /// traced processes are entered here; an entry whose exit never comes
 /// (the thread died in the call) is removed when the thread exits. A full
 /// map loses the message, which is counted as a drop.
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(16384, 0);
 
 /// SysV id (with its `sysv_class` in the high word) -> the key it was
 /// created from. The kernel keeps the key only behind the IPC namespace's
@@ -603,12 +548,12 @@ fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16, buf_at: BufAt) -> Resul
     let (buf, buf_len) = user_buffer(ctx, buf_at);
     remember(
         tid,
-        Pending {
+        PendingCall {
             obj,
             obj2,
             buf,
             buf_len,
-            ..Pending::new(op, msg_kind, chan_kind)
+            ..entry(tgid, op, msg_kind, chan_kind)
         },
     );
     Ok(())
@@ -686,10 +631,10 @@ fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
     }
     let ino: u64 = unsafe { read_field(inode, &KOFF_INODE_INO) }?;
     let dentry: u64 = unsafe { read_field(file, &KOFF_FILE_DENTRY) }?;
-    let mut pending = Pending {
+    let mut pending = PendingCall {
         obj: ino,
         dentry,
-        ..Pending::new(op::MQ_RECV, msg_kind, chan::MQ)
+        ..entry(tgid, op::MQ_RECV, msg_kind, chan::MQ)
     };
     if PAYLOAD_BYTES.load() != 0 {
         pending.buf = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
@@ -718,10 +663,10 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
     let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
     // `struct msgbuf *msgp`, which starts with the `long mtype`.
     let msgp = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
-    let mut pending = Pending {
+    let mut pending = PendingCall {
         obj: sysv_key(sysv_class::MSG, id),
         obj2: u64::from(id),
-        ..Pending::new(op::SYSV_RECV, msg_kind, chan::SYSV_MSG)
+        ..entry(tgid, op::SYSV_RECV, msg_kind, chan::SYSV_MSG)
     };
     if PAYLOAD_BYTES.load() != 0 {
         // The bytes follow the `long mtype`.
@@ -758,10 +703,10 @@ fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
     let key = arg(ctx, &OFFSET_SYSCALL_ARG0)? & 0xffff_ffff;
     remember(
         tid,
-        Pending {
+        PendingCall {
             obj: key,
             aux: class,
-            ..Pending::new(op::SYSV_GET, 0, chan::NONE)
+            ..entry(tgid, op::SYSV_GET, 0, chan::NONE)
         },
     );
     Ok(())
@@ -796,16 +741,16 @@ fn try_futex_enter(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         0
     };
-    let pending = Pending {
+    let pending = PendingCall {
         obj: uaddr,
         obj2,
         aux: u64::from(owner),
-        ..Pending::new(op::FUTEX_WAIT, kind::FUTEX_WAIT, chan::FUTEX)
+        ..entry(tgid, op::FUTEX_WAIT, kind::FUTEX_WAIT, chan::FUTEX)
     };
     remember(tid, pending);
     emit(&RawEvent {
         result: WAIT_BEGUN,
-        ..pending.event(tgid, tid, pending.ts_ns)
+        ..event_of(&pending, tid, pending.ts_ns)
     });
     Ok(())
 }
@@ -829,11 +774,12 @@ fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
         sem_flg: 0,
     });
     let post = nsops == 1 && first.sem_op > 0;
-    let pending = Pending {
+    let pending = PendingCall {
         obj: sysv_key(sysv_class::SEM, id),
-        obj2: u64::from(id),
+        obj2: u64::from(id) | (u64::from(first.sem_num) << 32),
         aux: u64::from(first.sem_num) | (u64::from(first.sem_op as u16) << 16) | (nsops << 32),
-        ..Pending::new(
+        ..entry(
+            tgid,
             op::SEMOP,
             if post {
                 kind::SEM_POST
@@ -847,7 +793,7 @@ fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
     if !post {
         emit(&RawEvent {
             kind: kind::SEM_WAIT_BEGIN,
-            ..pending.event(tgid, tid, pending.ts_ns)
+            ..event_of(&pending, tid, pending.ts_ns)
         });
     }
     Ok(())
@@ -858,7 +804,7 @@ fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
 /// move nothing and are not messages; a wait is reported however it
 /// ended, since its begin was.
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
+    let (_, tid) = current_ids();
     // SAFETY: the value is copied out at once; only this thread writes its
     // own entry.
     let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
@@ -868,7 +814,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // `TP_PROTO(struct pt_regs *regs, long ret)` (checked by the loader).
     let ret: i64 = ctx.arg(1);
     let exit_ns = now();
-    let mut event = pending.event(tgid, tid, exit_ns);
+    let mut event = event_of(&pending, tid, exit_ns);
     event.result = ret;
     // A send is stamped when it started and a receive when it completed:
     // whatever the scheduling, a receive then never precedes the send whose
@@ -932,47 +878,18 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
 }
 
-impl Pending {
-    /// An entry made now.
-    fn new(op: u16, kind: u16, chan_kind: u16) -> Pending {
-        Pending {
-            ts_ns: now(),
-            obj: 0,
-            obj2: 0,
-            size: 0,
-            addr: 0,
-            dentry: 0,
-            buf: 0,
-            buf_len: 0,
-            aux: 0,
-            op,
-            kind,
-            chan_kind,
-            _pad: 0,
-        }
-    }
+/// An entry of the current process made now.
+fn entry(tgid: u32, op: u16, kind: u16, chan_kind: u16) -> PendingCall {
+    PendingCall::new(now(), tgid, op, kind, chan_kind)
+}
 
-    /// The event this entry reports, stamped `ts_ns`, with the time since
-    /// the entry as its duration.
-    fn event(&self, tgid: u32, tid: u32, ts_ns: u64) -> RawEvent {
-        RawEvent {
-            ts_ns,
-            pid: tgid,
-            tid,
-            kind: self.kind,
-            chan_kind: self.chan_kind,
-            obj: self.obj,
-            obj2: self.obj2,
-            aux: self.aux,
-            duration_ns: ts_ns.saturating_sub(self.ts_ns),
-            comm: bpf_get_current_comm().unwrap_or_default(),
-            ..RawEvent::default()
-        }
-    }
+/// The event `pending` reports for thread `tid`, stamped `ts_ns`.
+fn event_of(pending: &PendingCall, tid: u32, ts_ns: u64) -> RawEvent {
+    pending.event(tid, ts_ns, bpf_get_current_comm().unwrap_or_default())
 }
 
 /// Enters `pending` for thread `tid`'s exit; a full map loses it, counted.
-fn remember(tid: u32, pending: Pending) {
+fn remember(tid: u32, pending: PendingCall) {
     if PENDING.insert(tid, pending, 0).is_err() {
         count_drop();
     }

@@ -151,7 +151,7 @@ fn sysv_semaphore_waits_and_posts_are_captured_exactly() {
     );
     assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
     assert_eq!(channels[0]["kind"], "sysv_sem");
-    assert_eq!(channels[0]["name"], format!("key={key} id={id}"));
+    assert_eq!(channels[0]["name"], format!("key={key} id={id} sem=0"));
     let ch = channels[0]["id"].as_i64().unwrap();
 
     let (post, wait) = (semop_aux(1), semop_aux(-1));

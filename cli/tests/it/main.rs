@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod demo;
+mod ebpf_deadlocks;
 mod ebpf_ipc;
 mod ebpf_payload;
 mod ebpf_queues;

@@ -181,7 +181,15 @@ pub struct Analyzer {
     signals: FastMap<(u32, u32, u32), SignalState>,
     /// Generations waiting for delivery: (sender, signo, generated_ns).
     signal_pairer: SignalPairer<(u32, u32, u64)>,
+    /// The wait-for graph. Its resources are channel ids, except that a
+    /// blocked receive waits on one end of a channel (the two directions
+    /// of a socket pair have different senders): those get keys of their
+    /// own, negative so they never meet a channel id.
     graph: WaitGraph<i64>,
+    /// (channel id, end read through) -> graph key of a blocked receive.
+    recv_keys: FastMap<(i64, u64), i64>,
+    /// Graph key of a blocked receive -> its channel id.
+    recv_channels: FastMap<i64, i64>,
     lock_order: LockOrder<i64>,
     deadlocks: Vec<(Deadlock, u64)>,
     inversions: Vec<LockOrderInversion>,
@@ -223,6 +231,8 @@ impl Analyzer {
             waits: FastMap::default(),
             signals: FastMap::default(),
             signal_pairer: SignalPairer::new(),
+            recv_keys: FastMap::default(),
+            recv_channels: FastMap::default(),
             lock_order: LockOrder::new(),
             deadlocks: Vec::new(),
             inversions: Vec::new(),
@@ -319,6 +329,35 @@ impl Analyzer {
                     c.recvs += 1;
                     c.rate.record(e.ts_ns, 1, 0, 0);
                     add_pid(&mut c.receivers, e.pid);
+                    // The receive the thread was blocked in returned.
+                    let waited_here = self
+                        .graph
+                        .waiting(thread)
+                        .is_some_and(|(res, _)| self.recv_channels.get(&res) == Some(&id));
+                    if waited_here {
+                        self.end_wait(thread, e.ts_ns, e.duration_ns);
+                    }
+                }
+            }
+            (EventKind::RecvWaitBegin, Some(id), Some(ch)) => {
+                self.name_thread(thread, &e.comm);
+                self.waits.entry(id).or_insert_with(|| WaitState {
+                    channel: ch.clone(),
+                    waits: 0,
+                    waiting_now: 0,
+                    total_ns: 0,
+                    latency: WindowedHistogram::new(),
+                    lock_like: false,
+                    last_ns: 0,
+                    changed: seq,
+                });
+                self.recv_blocked(e, thread, id);
+            }
+            (EventKind::RecvWaitEnd, Some(id), _) => {
+                let key = self.recv_keys.get(&(id, e.endpoint.unwrap_or(0)));
+                let since = e.ts_ns.saturating_sub(e.duration_ns.unwrap_or(0));
+                if key.is_some_and(|&k| self.graph.waiting(thread) == Some((k, since))) {
+                    self.end_wait(thread, e.ts_ns, e.duration_ns);
                 }
             }
             (
@@ -402,9 +441,33 @@ impl Analyzer {
         self.touch_wait(id, e.ts_ns);
     }
 
-    /// The state of what `id` names, marked changed at `ts_ns`. Every id
+    /// `thread` has been blocked receiving on channel `id` since the
+    /// event's time; the event names who could send.
+    fn recv_blocked(&mut self, e: &Event, thread: Thread, id: i64) {
+        let next = -(self.recv_keys.len() as i64) - 1;
+        let key = *self
+            .recv_keys
+            .entry((id, e.endpoint.unwrap_or(0)))
+            .or_insert(next);
+        self.recv_channels.insert(key, id);
+        self.end_wait(thread, e.ts_ns, None);
+        self.graph.block(thread, key, e.ts_ns);
+        let releasers: Vec<Thread> = e
+            .releasers
+            .iter()
+            .map(|&(pid, tid)| Thread::new(pid, tid))
+            .collect();
+        self.graph.set_releasers(key, &releasers, e.ts_ns);
+        if let Some(w) = self.touch_wait(key, e.ts_ns) {
+            w.waiting_now += 1;
+        }
+    }
+
+    /// The state of what `id` names (a graph key: a blocked receive's
+    /// counts under its channel's), marked changed at `ts_ns`. Every id
     /// the graph knows was first seen in a wait event, which created it.
     fn touch_wait(&mut self, id: i64, ts_ns: u64) -> Option<&mut WaitState> {
+        let id = self.recv_channels.get(&id).copied().unwrap_or(id);
         let seq = self.seq;
         let w = self.waits.get_mut(&id)?;
         w.changed = seq;
@@ -472,6 +535,7 @@ impl Analyzer {
     }
 
     fn resource(&self, id: i64) -> Option<Resource> {
+        let id = self.recv_channels.get(&id).copied().unwrap_or(id);
         let channel = self
             .waits
             .get(&id)
@@ -1352,5 +1416,89 @@ mod tests {
         a.committed(batch(8), &[None; 8], &[], 0);
         assert_eq!(a.delta(3).events.len(), 5, "capped");
         assert_eq!(a.snapshot(3).recent_events.len(), 5);
+    }
+
+    /// A `recv_wait_begin` of `pid`'s main thread on end `end` of the
+    /// socket pair (10, 20), which the threads `releasers` could end.
+    fn recv_blocked(ts: u64, pid: u32, end: u64, releasers: &[u32]) -> Event {
+        let mut e = Event::new(ts, pid, pid, Source::Ebpf, EventKind::RecvWaitBegin);
+        e.comm = format!("proc{pid}");
+        e.channel = Some(ChannelId::numeric(ChannelKind::UnixStream, 10, 20));
+        e.endpoint = Some(end);
+        e.releasers = releasers.iter().map(|&p| (p, p)).collect();
+        e
+    }
+
+    /// The socket pair is channel 7.
+    fn feed_socket(a: &mut Analyzer, events: Vec<Event>) {
+        let ids = vec![Some(7); events.len()];
+        a.committed(events, &ids, &[], 0);
+    }
+
+    #[test]
+    fn two_processes_each_reading_what_only_the_other_sends_are_a_deadlock() {
+        let mut a = analyzer();
+        // Each end of one socket pair is read by one process and held by
+        // the other: two resources, though one channel.
+        feed_socket(&mut a, vec![recv_blocked(10 * MS, 100, 10, &[200])]);
+        feed_socket(&mut a, vec![recv_blocked(20 * MS, 200, 20, &[100])]);
+        let changes = a.tick(300 * MS);
+        let [DeadlockChange::Detected(d)] = &changes[..] else {
+            panic!("{changes:?}")
+        };
+        let named: Vec<_> = d
+            .cycle
+            .iter()
+            .map(|m| (m.pid, m.waits_for.channel_id, m.waits_for.kind))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (100, Some(7), ChannelKind::UnixStream),
+                (200, Some(7), ChannelKind::UnixStream)
+            ]
+        );
+        let snap = a.snapshot(300 * MS);
+        let w = snap.waits.iter().find(|w| w.id == 7).unwrap();
+        assert_eq!(w.waiting_now, 2, "counted under the channel");
+
+        // An end for a receive that began at another time is not this
+        // one's: nothing changes.
+        let mut stale = recv_blocked(400 * MS, 200, 20, &[]);
+        stale.kind = EventKind::RecvWaitEnd;
+        stale.duration_ns = Some(100 * MS);
+        feed_socket(&mut a, vec![stale.clone()]);
+        assert!(a.tick(400 * MS).is_empty());
+
+        // 200's receive returned with a message: the deadlock is over.
+        let mut got = Event::new(450 * MS, 200, 200, Source::Ebpf, EventKind::MsgRecv);
+        got.channel = stale.channel.clone();
+        got.size = 1;
+        feed_socket(&mut a, vec![got]);
+        let changes = a.tick(450 * MS);
+        assert!(
+            matches!(changes[..], [DeadlockChange::Resolved { resolved_ns, .. }] if resolved_ns == 450 * MS),
+            "{changes:?}"
+        );
+        // 100's wait ends without a message (end of file).
+        stale.pid = 100;
+        stale.tid = 100;
+        stale.endpoint = Some(10);
+        stale.ts_ns = 500 * MS;
+        stale.duration_ns = Some(490 * MS);
+        feed_socket(&mut a, vec![stale]);
+        let snap = a.snapshot(500 * MS);
+        let w = snap.waits.iter().find(|w| w.id == 7).unwrap();
+        assert_eq!((w.waits, w.waiting_now), (2, 0), "{w:?}");
+    }
+
+    #[test]
+    fn a_receive_nobody_else_could_end_is_no_deadlock() {
+        let mut a = analyzer();
+        // No releasers: anyone might send (a queue), or the only writer
+        // is the reader itself (the self-pipe trick).
+        feed_socket(&mut a, vec![recv_blocked(10 * MS, 100, 10, &[])]);
+        feed_socket(&mut a, vec![recv_blocked(20 * MS, 200, 20, &[100])]);
+        assert!(a.tick(10_000 * MS).is_empty());
     }
 }

@@ -279,6 +279,9 @@ impl Writer {
             channel_ids.push(channel);
             match event.kind {
                 EventKind::MsgSend | EventKind::MsgRecv => {
+                    if self.waits.ends_receive(event, channel) {
+                        self.waits.event(&mut tx, session, event, channel).await?;
+                    }
                     let side = Side {
                         pid: event.pid,
                         tid: event.tid,
@@ -309,7 +312,9 @@ impl Writer {
                 EventKind::SemWaitBegin
                 | EventKind::SemWaitEnd
                 | EventKind::SemPost
-                | EventKind::FutexWait => {
+                | EventKind::FutexWait
+                | EventKind::RecvWaitBegin
+                | EventKind::RecvWaitEnd => {
                     self.waits.event(&mut tx, session, event, channel).await?;
                 }
                 EventKind::SignalGenerate => {
@@ -656,16 +661,36 @@ async fn insert_messages(
 /// whose wait never ended), and completed when it ends. An end whose begin
 /// was not seen (lost, or before the recording) gets a whole row from its
 /// duration; one with no duration took the object without blocking.
+/// A blocked receive (`recv_wait_begin`) ends with the receive's message
+/// or with its `recv_wait_end`.
 #[derive(Debug, Default)]
 struct Waits {
-    /// `waits.id` of the wait each thread is blocked in (a thread is in
-    /// one wait at a time).
-    open: HashMap<(u32, u32), i64>,
+    /// The wait each thread is blocked in (a thread is in one wait at a
+    /// time).
+    open: HashMap<(u32, u32), OpenWait>,
     /// The process that last posted each object: whose post ended a wait.
     last_post: HashMap<i64, u32>,
 }
 
+/// A `waits` row whose end is still to come.
+#[derive(Debug, Clone, Copy)]
+struct OpenWait {
+    id: i64,
+    channel: Option<i64>,
+    start_ns: u64,
+}
+
 impl Waits {
+    /// Whether `event` can end a wait of its thread's: it is a message
+    /// received on the object the thread was blocked receiving from.
+    fn ends_receive(&self, event: &Event, channel: Option<i64>) -> bool {
+        event.kind == EventKind::MsgRecv
+            && self
+                .open
+                .get(&(event.pid, event.tid))
+                .is_some_and(|w| w.channel == channel)
+    }
+
     async fn event(
         &mut self,
         conn: &mut SqliteConnection,
@@ -681,8 +706,17 @@ impl Waits {
                 }
                 return Ok(());
             }
-            EventKind::SemWaitBegin => true,
+            EventKind::SemWaitBegin | EventKind::RecvWaitBegin => true,
             EventKind::FutexWait => event.result == WAIT_BEGUN,
+            // The end of the blocked receive that began `duration_ns`
+            // earlier, and of no later wait of the thread's.
+            EventKind::RecvWaitEnd => {
+                let start = event.ts_ns.saturating_sub(event.duration_ns.unwrap_or(0));
+                if self.open.get(&thread).is_none_or(|w| w.start_ns != start) {
+                    return Ok(());
+                }
+                false
+            }
             _ => false,
         };
         if begins {
@@ -699,7 +733,14 @@ impl Waits {
             .await
             .map_err(StoreError::sql("recording a wait"))?;
             // A begin left open means its end was lost; that row stays open.
-            self.open.insert(thread, id);
+            self.open.insert(
+                thread,
+                OpenWait {
+                    id,
+                    channel,
+                    start_ns: event.ts_ns,
+                },
+            );
             return Ok(());
         }
         // Only a successful wait was ended by somebody's post.
@@ -707,11 +748,11 @@ impl Waits {
             .then(|| channel.and_then(|ch| self.last_post.get(&ch).copied()))
             .flatten()
             .map(i64::from);
-        if let Some(id) = self.open.remove(&thread) {
+        if let Some(open) = self.open.remove(&thread) {
             sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
                 .bind(event.ts_ns as i64)
                 .bind(waker)
-                .bind(id)
+                .bind(open.id)
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::sql("ending a wait"))?;
