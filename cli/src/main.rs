@@ -16,6 +16,16 @@ use ipc_events::raw::MAX_PAYLOAD;
 
 mod demo;
 
+/// `eprintln!` that cannot panic. After a hangup stderr is often the dead
+/// terminal the dashboard ran on, where `eprintln!` panics; a recording
+/// ended by that hangup still has its session to store and its status to
+/// exit with, and the line is lost either way.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// See the IPC between your processes: record it, query it, report on it.
 #[derive(Parser, Debug)]
 #[command(name = "ipcscope", version, about, long_about = None)]
@@ -252,6 +262,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(io::stderr)
+        // Its report of a failed write is an `eprintln!`, which panics on
+        // a hung-up terminal (see `say!`).
+        .log_internal_errors(false)
         .init();
     // The demo's own processes are plain ipc-lib programs: no runtime.
     let command = match cli.command {
@@ -266,7 +279,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ipcscope: cannot start the async runtime: {e}");
+            say!("ipcscope: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -277,7 +290,7 @@ fn exit_with(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ipcscope: {e:#}");
+            say!("ipcscope: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -314,7 +327,7 @@ async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
     shown?;
     summarise(&outcome);
     if let Some(path) = output {
-        eprintln!("ipcscope: the command's output is in {}", path.display());
+        say!("ipcscope: the command's output is in {}", path.display());
     }
     Ok(outcome)
 }
@@ -380,9 +393,10 @@ fn summarise(outcome: &RecordOutcome) {
             .collect();
         format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
     };
-    eprintln!(
+    say!(
         "ipcscope: session {} recorded: {} events, {dropped}",
-        outcome.session.0, outcome.writer.events,
+        outcome.session.0,
+        outcome.writer.events,
     );
 }
 

@@ -19,7 +19,7 @@ use signal_hook::SigId;
 
 use crate::action::{map_key, Action};
 use crate::app::App;
-use crate::term::TerminalGuard;
+use crate::term::{Keyboard, KeyboardState, TerminalGuard};
 use crate::ui;
 
 /// How the dashboard runs.
@@ -132,7 +132,7 @@ pub enum Input {
     Key(KeyEvent),
     /// The terminal changed size (or something else worth a redraw).
     Redraw,
-    /// A signal asked the program to end.
+    /// A signal asked the program to end, or the terminal hung up.
     Quit,
 }
 
@@ -147,17 +147,29 @@ pub trait Inputs {
 /// makes Ctrl-C a key). Each becomes [`Input::Quit`], so the dashboard
 /// ends through its normal path and the terminal is restored; without
 /// this their default action would kill the process in raw mode.
+///
+/// A terminal that hangs up is a quit too, found on the terminal itself:
+/// SIGHUP reaches only the session leader, and the rest of the foreground
+/// group when that leader exits, so a dashboard under a shell that stays
+/// (or ignores SIGHUP) may never get one.
 pub struct TerminalInputs {
     stop: Arc<AtomicBool>,
     handlers: Vec<SigId>,
+    keyboard: Keyboard,
 }
 
 impl TerminalInputs {
     /// Signals that end the dashboard.
     pub const SIGNALS: [i32; 4] = [SIGTERM, SIGHUP, SIGQUIT, SIGINT];
 
-    /// Starts listening for the quitting signals, until dropped.
+    /// Starts listening for the quitting signals, until dropped, and
+    /// watching the terminal keys are read from.
     pub fn new() -> anyhow::Result<Self> {
+        let keyboard = Keyboard::open().context("opening the terminal for input")?;
+        Self::with_keyboard(keyboard)
+    }
+
+    fn with_keyboard(keyboard: Keyboard) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let handlers = Self::SIGNALS
             .iter()
@@ -166,14 +178,30 @@ impl TerminalInputs {
                     .with_context(|| format!("handling signal {sig}"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(TerminalInputs { stop, handlers })
+        Ok(TerminalInputs {
+            stop,
+            handlers,
+            keyboard,
+        })
+    }
+
+    /// Whether the terminal has hung up.
+    pub fn hung_up(&self) -> bool {
+        // An error here means the terminal cannot be watched any more,
+        // which is as gone as it gets.
+        self.keyboard
+            .wait(Duration::ZERO)
+            .is_ok_and(|s| s == KeyboardState::HungUp)
     }
 }
 
 impl Drop for TerminalInputs {
     fn drop(&mut self) {
-        // Give the signals back to whoever handled them before (or to
-        // their default action) once the dashboard is gone.
+        // Stop turning signals into quits once the dashboard is gone.
+        // signal-hook keeps its handler installed, so they do not go back
+        // to their default action: a SIGHUP that reaches `record --tui`
+        // after its terminal closed (when the shell, the session leader,
+        // exits) cannot kill it while it stores the session.
         for id in self.handlers.drain(..) {
             signal_hook::low_level::unregister(id);
         }
@@ -182,17 +210,43 @@ impl Drop for TerminalInputs {
 
 impl Inputs for TerminalInputs {
     fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Input>> {
-        // Taken, not just read: each signal asks once.
-        if self.stop.swap(false, Ordering::Relaxed) {
-            return Ok(Some(Input::Quit));
+        let deadline = Instant::now() + timeout;
+        // The first look takes only what is there already.
+        let mut wait = Duration::ZERO;
+        let mut keys = true;
+        loop {
+            // Taken, not just read: each signal asks once.
+            if self.stop.swap(false, Ordering::Relaxed) {
+                return Ok(Some(Input::Quit));
+            }
+            // The wait is ours, not crossterm's: it must see a hangup
+            // before crossterm reads (see `Keyboard`). A signal cuts it
+            // short, so the flag above is seen at once.
+            let state = match keys {
+                true => self.keyboard.wait(wait),
+                false => self.keyboard.wait_for_hangup(wait),
+            }
+            .context("waiting for terminal input")?;
+            if state == KeyboardState::HungUp {
+                return Ok(Some(Input::Quit));
+            }
+            // Events crossterm already holds (one read can bring several
+            // keys) or bytes waiting, taken without waiting for more.
+            if event::poll(Duration::ZERO).context("polling the terminal for input")? {
+                return Ok(match event::read().context("reading terminal input")? {
+                    TermEvent::Key(k) => Some(Input::Key(k)),
+                    _ => Some(Input::Redraw),
+                });
+            }
+            if state == KeyboardState::Ready {
+                // Bytes crossterm leaves unread wait for the next look.
+                keys = false;
+            }
+            wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return Ok(None);
+            }
         }
-        if !event::poll(timeout).context("polling the terminal for input")? {
-            return Ok(None);
-        }
-        Ok(match event::read().context("reading terminal input")? {
-            TermEvent::Key(k) => Some(Input::Key(k)),
-            _ => Some(Input::Redraw),
-        })
     }
 }
 
@@ -214,7 +268,18 @@ fn on_terminal(mut app: App, feed: &mut impl Feed, opts: Options) -> anyhow::Res
     let mut terminal =
         Terminal::new(CrosstermBackend::new(io::stdout())).context("setting up the terminal")?;
     let mut inputs = TerminalInputs::new()?;
-    drive(&mut terminal, &mut app, feed, &mut inputs, &opts)
+    let shown = drive(&mut terminal, &mut app, feed, &mut inputs, &opts);
+    if inputs.hung_up() {
+        // The terminal went, and the user with it: the dashboard ends as
+        // `q` ends it, and a draw that failed on the dead terminal is part
+        // of that ending, not an error. ratatui's `Terminal` would show
+        // the cursor on drop and, failing, report it with `eprintln!` on
+        // the same dead terminal, which panics; there is nothing left to
+        // restore, so it is not dropped.
+        std::mem::forget(terminal);
+        return Ok(());
+    }
+    shown
 }
 
 /// The loop: pump the feed, draw, wait for keys until the next redraw;
@@ -271,7 +336,11 @@ mod tests {
 
     #[test]
     fn a_termination_signal_becomes_a_quit() {
-        let mut inputs = TerminalInputs::new().unwrap();
+        // A pseudo-terminal keeps the test off the real one (and off
+        // crossterm's reader, which a signal returns before).
+        let (_master, slave) = crate::term::tests::pty();
+        let keyboard = Keyboard::new(slave.into());
+        let mut inputs = TerminalInputs::with_keyboard(keyboard).unwrap();
         for sig in [SIGTERM, SIGHUP] {
             // SAFETY: raise only delivers a signal to this thread; the
             // handler registered above only sets a flag.

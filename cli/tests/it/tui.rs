@@ -77,16 +77,48 @@ impl Drop for Tmux {
 
 /// Waits for the exit status the tmux command line writes to `path`.
 fn exit_status(path: &Path) -> i32 {
+    number_in(path, "the dashboard did not exit")
+}
+
+/// Waits for the number a tmux command line writes to `path`; `missing`
+/// says what went wrong if it never comes.
+fn number_in(path: &Path, missing: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(code) = std::fs::read_to_string(path)
+        if let Some(n) = std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
         {
-            return code;
+            return n;
         }
-        assert!(Instant::now() < deadline, "the dashboard did not exit");
+        assert!(Instant::now() < deadline, "{missing}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process the test started through tmux, killed when the test ends if
+/// it is still there: a dashboard that missed its terminal's hangup spins
+/// at full CPU for ever.
+struct Stray(libc::pid_t);
+
+impl Stray {
+    fn alive(&self) -> bool {
+        // Gone, or a zombie: "pid (comm) Z ...".
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z'))
+        })
+    }
+}
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if self.alive() {
+            // SAFETY: kill has no memory effects; the pid is the test's
+            // own ipcscope, still running (checked just above).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
     }
 }
 
@@ -166,5 +198,44 @@ fn the_demo_on_the_live_dashboard_shows_its_deadlock_and_q_ends_the_recording() 
     assert_eq!(
         query(&db, "select count(*) as n from deadlocks"),
         serde_json::json!([{"n": 1}])
+    );
+}
+
+#[test]
+fn closing_the_terminal_ends_a_recording_on_the_dashboard_as_q_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hangup.db");
+    let pid = dir.path().join("pid");
+    let status = dir.path().join("status");
+    // The shell ignores SIGHUP and stays to write the exit status. The
+    // kernel sends SIGHUP on a hangup only to the session leader (this
+    // shell), so ipcscope gets none: it must see the hangup on the
+    // terminal itself, where crossterm alone would read end-of-file for
+    // ever. The inner shell writes ipcscope's pid, then becomes it.
+    let line = format!(
+        "trap '' HUP; sh -c 'echo $$ > {pid}; exec {exe} record --tui --no-ebpf --db {db} -- sleep 60'; echo $? > {status}",
+        pid = pid.display(),
+        exe = env!("CARGO_BIN_EXE_ipcscope"),
+        db = db.display(),
+        status = status.display(),
+    );
+    let Some(tmux) = Tmux::start("hangup", &line) else {
+        return;
+    };
+    let _ipcscope = Stray(number_in(&pid, "ipcscope never started"));
+    tmux.wait_for(&["LIVE"]);
+    let killed = tmux.cmd().arg("kill-server").status().unwrap();
+    assert!(killed.success(), "tmux kill-server");
+
+    // As after q: the recording ended, the command got SIGTERM, and
+    // ipcscope exited with its status, 128+15.
+    let code = number_in(&status, "ipcscope did not end when its terminal closed");
+    assert_eq!(code, 143);
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n, count(ended_at) as ended, exit_status from sessions"
+        ),
+        serde_json::json!([{"n": 1, "ended": 1, "exit_status": 143}])
     );
 }
