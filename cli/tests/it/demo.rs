@@ -123,3 +123,35 @@ fn the_demo_records_every_kind_of_ipc_and_finds_its_deadlock() {
         serde_json::json!([{"n": 0}])
     );
 }
+
+/// The demo without its deadlock, for 30 seconds and through the probes as
+/// well where the machine allows: fourteen processes contending for a
+/// lock, blocking on channels, sockets and rpc replies, and not one
+/// deadlock may be reported.
+#[test]
+fn a_healthy_workload_for_30_s_reports_no_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let out = run(&[
+        "demo",
+        "--no-tui",
+        "--duration",
+        "30s",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        query(&db, "select count(*) as n from deadlocks"),
+        serde_json::json!([{"n": 0}])
+    );
+    // It was busy and it did wait: the check had something to judge.
+    let load = query(
+        &db,
+        "select (select count(*) from events) as events, (select count(*) from waits) as waits,
+                (select count(*) from messages) as messages",
+    );
+    assert!(load[0]["events"].as_i64().unwrap() > 100_000, "{load}");
+    assert!(load[0]["messages"].as_i64().unwrap() > 10_000, "{load}");
+    assert!(load[0]["waits"].as_i64().unwrap() > 100, "{load}");
+}
