@@ -21,7 +21,9 @@ pub mod lockorder;
 pub mod throughput;
 pub mod waitgraph;
 
-pub use analyzer::{Analyzer, AnalyzerConfig, DeadlockChange, PairLatency, ProcessRates};
+pub use analyzer::{
+    Analyzer, AnalyzerConfig, DeadlockChange, LatencyOf, ProcessRates, SessionLatency,
+};
 
 /// A hash map for the hot path's small integer keys (pids, tids, channel
 /// ids). SipHash's flooding resistance buys nothing here: the keys are ids

@@ -404,6 +404,8 @@ async fn analyse(
             }
         }
         if finished {
+            let latencies = lock(&analyzer).session_latencies();
+            store.insert_latencies(session, &latencies).await?;
             return Ok(());
         }
     }

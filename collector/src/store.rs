@@ -16,6 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+
+use crate::analysis::{LatencyOf, SessionLatency};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -399,6 +401,70 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::sql("recording a deadlock"))
+    }
+
+    /// Stores the session's latency distributions as `latency` rows, in
+    /// one transaction.
+    pub async fn insert_latencies(
+        &self,
+        session: SessionId,
+        latencies: &[SessionLatency],
+    ) -> Result<(), StoreError> {
+        const STORING: &str = "storing the session's latency";
+        let mut tx = self.pool.begin().await.map_err(StoreError::sql(STORING))?;
+        for l in latencies {
+            let (what, channel, sender, receiver, signo) = match l.of {
+                LatencyOf::Channel { channel_id } => {
+                    ("message", Some(channel_id), None, None, None)
+                }
+                LatencyOf::Pair {
+                    channel_id,
+                    sender_pid,
+                    receiver_pid,
+                } => (
+                    "pair",
+                    Some(channel_id),
+                    Some(sender_pid),
+                    Some(receiver_pid),
+                    None,
+                ),
+                LatencyOf::Wait { channel_id } => ("wait", Some(channel_id), None, None, None),
+                LatencyOf::Signal {
+                    sender_pid,
+                    target_pid,
+                    signo,
+                } => (
+                    "signal",
+                    None,
+                    Some(sender_pid),
+                    Some(target_pid),
+                    Some(signo),
+                ),
+            };
+            let p = &l.latency;
+            sqlx::query(
+                "INSERT INTO latency (session_id, what, channel_id, sender_pid, receiver_pid,
+                     signo, count, min_ns, p50_ns, p90_ns, p99_ns, p999_ns, max_ns)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(session.0)
+            .bind(what)
+            .bind(channel)
+            .bind(sender)
+            .bind(receiver)
+            .bind(signo)
+            .bind(p.count as i64)
+            .bind(p.min as i64)
+            .bind(p.p50 as i64)
+            .bind(p.p90 as i64)
+            .bind(p.p99 as i64)
+            .bind(p.p999 as i64)
+            .bind(p.max as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql(STORING))?;
+        }
+        tx.commit().await.map_err(StoreError::sql(STORING))
     }
 
     /// Marks a stored deadlock resolved.

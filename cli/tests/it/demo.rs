@@ -50,6 +50,28 @@ fn the_demo_records_every_kind_of_ipc_and_finds_its_deadlock() {
         .collect();
     assert_eq!(names, ["jobs", "squares", "status"]);
 
+    // The session's latency histograms are stored: one per channel,
+    // counting exactly its paired messages, with its pairs, waits and
+    // signals beside them.
+    let latency = query(
+        &db,
+        "select l.channel_id, l.count, (select count(*) from messages m
+             where m.channel_id = l.channel_id and m.latency_ns is not null) as paired,
+             l.p50_ns <= l.p90_ns and l.p90_ns <= l.p99_ns and l.p99_ns <= l.p999_ns
+                 and l.p999_ns <= l.max_ns as ordered
+         from latency l where l.what = 'message'",
+    );
+    assert_eq!(latency.as_array().unwrap().len(), 3, "{latency}");
+    for l in latency.as_array().unwrap() {
+        assert_eq!(l["count"], l["paired"], "{latency}");
+        assert_eq!(l["ordered"], 1, "{latency}");
+    }
+    let kinds = query(&db, "select distinct what from latency order by what");
+    assert_eq!(
+        kinds,
+        serde_json::json!([{"what": "message"}, {"what": "pair"}, {"what": "signal"}, {"what": "wait"}])
+    );
+
     // The counter's lock was contended, and its waits ended.
     let waits = query(
         &db,

@@ -92,14 +92,33 @@ pub enum DeadlockChange {
     Resolved { id: i64, resolved_ns: u64 },
 }
 
-/// Message latency between one sender and one receiver on one channel,
-/// over the whole session.
+/// One of the session's latency distributions, as a `latency` row stores
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairLatency {
-    pub channel_id: i64,
-    pub sender_pid: u32,
-    pub receiver_pid: u32,
+pub struct SessionLatency {
+    pub of: LatencyOf,
     pub latency: Percentiles,
+}
+
+/// What a [`SessionLatency`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LatencyOf {
+    /// Send to receive, every message on a channel.
+    Channel { channel_id: i64 },
+    /// Send to receive between one sender and one receiver on a channel.
+    Pair {
+        channel_id: i64,
+        sender_pid: u32,
+        receiver_pid: u32,
+    },
+    /// How long waits on an object lasted.
+    Wait { channel_id: i64 },
+    /// Generate to deliver, one signal from one process to another.
+    Signal {
+        sender_pid: u32,
+        target_pid: u32,
+        signo: u32,
+    },
 }
 
 /// A channel that carries messages.
@@ -763,19 +782,48 @@ impl Analyzer {
         &self.inversions
     }
 
-    /// Per (channel, sender, receiver): session latency, for storage.
-    pub fn pair_latencies(&self) -> Vec<PairLatency> {
-        let mut out: Vec<PairLatency> = self
+    /// Every latency distribution of the session so far, over the whole
+    /// session: per channel, per (channel, sender, receiver), per waited-on
+    /// object and per (sender, target, signal). Empty ones are left out.
+    pub fn session_latencies(&self) -> Vec<SessionLatency> {
+        let channels = self
+            .channels
+            .iter()
+            .map(|(&channel_id, c)| (LatencyOf::Channel { channel_id }, c.latency.session()));
+        let pairs = self
             .pairs
             .iter()
-            .map(|(&(channel_id, sender_pid, receiver_pid), h)| PairLatency {
-                channel_id,
-                sender_pid,
-                receiver_pid,
-                latency: h.session(),
-            })
+            .map(|(&(channel_id, sender_pid, receiver_pid), h)| {
+                let of = LatencyOf::Pair {
+                    channel_id,
+                    sender_pid,
+                    receiver_pid,
+                };
+                (of, h.session())
+            });
+        let waits = self
+            .waits
+            .iter()
+            .map(|(&channel_id, w)| (LatencyOf::Wait { channel_id }, w.latency.session()));
+        let signals = self
+            .signals
+            .iter()
+            .map(|(&(sender_pid, target_pid, signo), s)| {
+                let of = LatencyOf::Signal {
+                    sender_pid,
+                    target_pid,
+                    signo,
+                };
+                (of, s.latency.session())
+            });
+        let mut out: Vec<SessionLatency> = channels
+            .chain(pairs)
+            .chain(waits)
+            .chain(signals)
+            .filter(|(_, latency)| latency.count > 0)
+            .map(|(of, latency)| SessionLatency { of, latency })
             .collect();
-        out.sort_by_key(|p| (p.channel_id, p.sender_pid, p.receiver_pid));
+        out.sort_by_key(|l| l.of);
         out
     }
 
@@ -1312,10 +1360,26 @@ mod tests {
             .map(|p| (p.pid, p.rate_1s.events_per_s, p.rate_1s.bytes_per_s))
             .collect();
         assert_eq!(rates, [(1, 10.0, 1000.0), (2, 7.0, 0.0)]);
-        let pairs = a.pair_latencies();
-        assert_eq!(pairs.len(), 1);
-        assert_eq!((pairs[0].sender_pid, pairs[0].receiver_pid), (1, 2));
-        assert_eq!(pairs[0].latency.count, 7);
+        let stored: Vec<_> = a
+            .session_latencies()
+            .into_iter()
+            .map(|l| (l.of, l.latency.count, l.latency.max))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                (LatencyOf::Channel { channel_id: 1 }, 7, 506),
+                (
+                    LatencyOf::Pair {
+                        channel_id: 1,
+                        sender_pid: 1,
+                        receiver_pid: 2
+                    },
+                    7,
+                    506
+                )
+            ]
+        );
     }
 
     #[test]
