@@ -82,7 +82,10 @@ fn read_lags(path: std::path::PathBuf, done: Arc<AtomicBool>) -> Vec<u64> {
     let mut rows = conn
         .prepare("SELECT ts_ns FROM events WHERE id > ?1 AND id <= ?2 AND id % ?3 = 0")
         .unwrap();
-    while !done.load(Ordering::Relaxed) {
+    loop {
+        // Read before polling: once the writer is done, one last poll sees
+        // everything it committed.
+        let last = done.load(Ordering::Acquire);
         let polled = monotonic_ns();
         let top: i64 = max_id.query_row([], |r| r.get(0)).unwrap();
         if top > seen {
@@ -92,9 +95,11 @@ fn read_lags(path: std::path::PathBuf, done: Arc<AtomicBool>) -> Vec<u64> {
             lags.extend(found.map(|ts| polled.saturating_sub(ts.unwrap() as u64)));
             seen = top;
         }
+        if last {
+            return lags;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
-    lags
 }
 
 /// Runs one recording's worth at `rate` events/s for `secs` seconds, with
@@ -142,9 +147,7 @@ fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
         drop(ingest);
         let stats = writer.finish().await.unwrap();
         analysing.await.unwrap();
-        // Everything is committed: one more poll sees the last rows.
-        std::thread::sleep(Duration::from_millis(20));
-        done.store(true, Ordering::Relaxed);
+        done.store(true, Ordering::Release);
         let lags = reader.join().unwrap();
         store.close().await;
         let made = batches * BATCH as u64;
