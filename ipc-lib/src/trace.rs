@@ -165,6 +165,23 @@ pub(crate) fn emit_op(op: Op<'_>) {
     write(&raw, name);
 }
 
+/// One `msg_recv` event exactly as a channel receive emits it, for the
+/// channel benchmark to time the tracer alone (`bench-internals` feature;
+/// not part of the API). Inlined, as `emit` is into every operation, so
+/// that the benchmark times what an operation pays and not a call.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+#[inline]
+pub fn bench_emit_msg_recv(name: &str, size: u64, msg_id: u64) {
+    emit(
+        EventKind::MsgRecv,
+        ChannelKind::IpclibChannel,
+        name,
+        size,
+        msg_id,
+    );
+}
+
 /// The time now when tracing is on (and no clock read when it is off): for
 /// [`Op::at_ns`].
 #[inline]
