@@ -835,18 +835,21 @@ fn read_rate(mut from: impl Read, count: usize, size: usize) -> Result<f64> {
 /// the loop from being folded away.
 fn emit(name: &str, batches: usize, per_batch: usize) -> Vec<f64> {
     let (name, size) = black_box((name, 64));
-    let emit_batch = || {
-        for i in 0..per_batch as u64 {
+    let emit_batch = |n: usize| {
+        for i in 0..n as u64 {
             ipc_lib::trace::bench_emit_msg_recv(name, size, i);
         }
     };
-    emit_batch();
+    emit_batch(per_batch);
     let refused_before = ipc_lib::trace::dropped();
     let mut per_event = Vec::with_capacity(batches);
     for _ in 0..batches {
         std::thread::sleep(EMIT_PAUSE);
+        // Untimed: the first calls after a sleep pay for waking up (cold
+        // caches and branch history), several ns each with tracing off.
+        emit_batch(per_batch / 10);
         let start = Instant::now();
-        emit_batch();
+        emit_batch(per_batch);
         per_event.push(start.elapsed().as_nanos() as f64 / per_batch as f64);
     }
     let refused = ipc_lib::trace::dropped() - refused_before;
