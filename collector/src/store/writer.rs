@@ -98,6 +98,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// An `Ingest` whose batches go to the returned receiver instead of a
+    /// writer, bounded at `queue_batches` as [`WriterConfig::queue_batches`]
+    /// bounds the writer's queue. For running a source with nothing stored
+    /// behind it: the channel benchmark drains ipc-lib rings through the
+    /// real [`RingListener`](crate::lib_ring::RingListener) this way, so
+    /// that what it measures is tracing, not SQLite.
+    pub fn detached(queue_batches: usize) -> (Ingest, mpsc::Receiver<Vec<Event>>) {
+        let (tx, rx) = mpsc::channel(queue_batches.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Ingest { tx, dropped }, rx)
+    }
+
     /// Hands over a batch, waiting while the queue is full.
     pub async fn send(&self, batch: Vec<Event>) -> Result<(), IngestError> {
         if batch.is_empty() {
