@@ -11,8 +11,12 @@
 //! Unix sockets, identified in the kernel by walking the fd table to the
 //! inode (and the peer's, for a socket); `mq_timedsend`/`mq_timedreceive`
 //! on POSIX message queues, named by their dentry; `msgsnd`/`msgrcv` on
-//! SysV queues, by id and key) and waits (futex waits and SysV `semop`,
-//! reported when they begin and when they end). Kernel struct offsets come from
+//! SysV queues, by id and key), waits (futex waits and SysV `semop`,
+//! reported when they begin and when they end) and shared memory (`mmap`
+//! with `MAP_SHARED` of a tmpfs file, a memfd or anonymous memory, and
+//! SysV `shmat`; the mappings are followed in the kernel, and each first
+//! touch of a page, a user page fault, is reported as a read or write
+//! sample). Kernel struct offsets come from
 //! BTF (`btf`) and tracepoint field offsets from tracefs (`format`).
 //!
 //! Following starts from a pid registered with [`Probes::track`] (typically the
@@ -49,7 +53,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 /// to, as `(program, category, tracepoints)`. One program serves several
 /// syscalls: they differ only in which tracepoint fired, and the fields it
 /// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 18] = [
+const PROGRAMS: [(&str, &str, &[&str]); 23] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("task_newtask", "task", &["task_newtask"]),
@@ -84,6 +88,15 @@ const PROGRAMS: [(&str, &str, &[&str]); 18] = [
         "syscalls",
         &["sys_enter_semop", "sys_enter_semtimedop"],
     ),
+    ("sys_enter_shmget", "syscalls", &["sys_enter_shmget"]),
+    ("sys_enter_mmap", "syscalls", &["sys_enter_mmap"]),
+    ("sys_enter_shmat", "syscalls", &["sys_enter_shmat"]),
+    (
+        "sys_enter_unmap",
+        "syscalls",
+        &["sys_enter_munmap", "sys_enter_shmdt"],
+    ),
+    ("page_fault_user", "exceptions", &["page_fault_user"]),
 ];
 
 /// Raw tracepoint programs, as `(program, tracepoint)`: used where the
@@ -403,6 +416,8 @@ impl Probes {
         // This process reads the ring; it must never report itself.
         loader.override_global("EXCLUDED_TGID", &me, true);
         loader.override_global("PAYLOAD_BYTES", &payload_bytes, true);
+        let dev_shm = dev_shm_device();
+        loader.override_global("DEV_SHM_DEV", &dev_shm, true);
         // Fields shared by several tracepoints repeat a global; setting it
         // again sets the same (checked) value.
         for (field, offset) in format::FIELDS.iter().zip(&offsets) {
@@ -469,7 +484,10 @@ impl Probes {
         let mut sysv_keys: HashMap<_, u64, u32> =
             HashMap::try_from(take_map(&mut ebpf, "SYSV_KEYS")?)
                 .map_err(map_layout("SYSV_KEYS"))?;
-        preload_sysv_keys(&mut sysv_keys)?;
+        let mut shm_sizes: HashMap<_, u32, u64> =
+            HashMap::try_from(take_map(&mut ebpf, "SHM_SIZES")?)
+                .map_err(map_layout("SHM_SIZES"))?;
+        preload_sysv(&mut sysv_keys, &mut shm_sizes)?;
         let pending =
             HashMap::try_from(take_map(&mut ebpf, "PENDING")?).map_err(map_layout("PENDING"))?;
         Ok(Probes {
@@ -674,15 +692,20 @@ impl Ring {
 }
 
 /// The SysV objects of this IPC namespace, as `/proc/sysvipc` lists them.
-const SYSV_LISTS: [(&str, u64); 2] = [
+const SYSV_LISTS: [(&str, u64); 3] = [
     ("/proc/sysvipc/msg", sysv_class::MSG),
     ("/proc/sysvipc/sem", sysv_class::SEM),
+    ("/proc/sysvipc/shm", sysv_class::SHM),
 ];
 
-/// Tells the probes the keys of the SysV objects that exist now: they
-/// learn the keys of later ones from msgget/semget, but an object created
-/// before recording (`-p PID`) is named only through this list.
-fn preload_sysv_keys(map: &mut HashMap<MapData, u64, u32>) -> Result<(), ProbeError> {
+/// Tells the probes the keys of the SysV objects that exist now, and the
+/// sizes of the shared-memory segments: they learn those of later ones
+/// from msgget/semget/shmget, but an object created before recording
+/// (`-p PID`) is known only through these lists.
+fn preload_sysv(
+    keys: &mut HashMap<MapData, u64, u32>,
+    shm_sizes: &mut HashMap<MapData, u32, u64>,
+) -> Result<(), ProbeError> {
     for (path, class) in SYSV_LISTS {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -692,31 +715,47 @@ fn preload_sysv_keys(map: &mut HashMap<MapData, u64, u32>) -> Result<(), ProbeEr
         };
         let entries =
             parse_sysv_list(&text).map_err(|source| ProbeError::SysvList { path, source })?;
-        for (key, id) in entries {
-            map.insert((class << 32) | u64::from(id), key, 0)
-                .map_err(|source| ProbeError::SysvKeys {
-                    id,
-                    source: Box::new(source),
-                })?;
+        for SysvObject { key, id, size } in entries {
+            let fill_error = |source| ProbeError::SysvKeys {
+                id,
+                source: Box::new(source),
+            };
+            keys.insert((class << 32) | u64::from(id), key, 0)
+                .map_err(fill_error)?;
+            if class == sysv_class::SHM {
+                shm_sizes.insert(id, size, 0).map_err(fill_error)?;
+            }
         }
     }
     Ok(())
 }
 
-/// `(key, id)` of each object in a `/proc/sysvipc/{msg,sem,shm}` listing:
-/// a header line, then one line per object starting with its key (a
-/// signed decimal `key_t`) and its id.
-fn parse_sysv_list(text: &str) -> Result<Vec<(u32, u32)>, io::Error> {
+/// One line of a `/proc/sysvipc` listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SysvObject {
+    key: u32,
+    id: u32,
+    /// The fourth column: a segment's size in the `shm` list (the other
+    /// lists have counts there, unused).
+    size: u64,
+}
+
+/// Each object in a `/proc/sysvipc/{msg,sem,shm}` listing: a header line,
+/// then one line per object starting with its key (a signed decimal
+/// `key_t`), its id, its permissions, and the size (or a count).
+fn parse_sysv_list(text: &str) -> Result<Vec<SysvObject>, io::Error> {
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let mut words = line.split_whitespace();
-        let (Some(key), Some(id)) = (words.next(), words.next()) else {
+        let (Some(key), Some(id), _, Some(size)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
             if line.trim().is_empty() {
                 continue;
             }
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("line {line:?} has no key and id"),
+                format!("line {line:?} has no key, id, permissions and size"),
             ));
         };
         let bad = |what: &str| {
@@ -728,9 +767,21 @@ fn parse_sysv_list(text: &str) -> Result<Vec<(u32, u32)>, io::Error> {
         // key_t is an int; the probes keep its 32 bits.
         let key = key.parse::<i32>().map_err(|_| bad("the key"))? as u32;
         let id = id.parse::<u32>().map_err(|_| bad("the id"))?;
-        out.push((key, id));
+        let size = size.parse::<u64>().map_err(|_| bad("the size"))?;
+        out.push(SysvObject { key, id, size });
     }
     Ok(out)
+}
+
+/// The kernel's `dev_t` of the filesystem at /dev/shm, as the probes
+/// compare it with a superblock's `s_dev` (`MKDEV`: major << 20 | minor),
+/// or 0 when there is none: then no file is named as a /dev/shm path.
+fn dev_shm_device() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/dev/shm").map_or(0, |m| {
+        let dev = m.dev();
+        (libc::major(dev) << 20) | libc::minor(dev)
+    })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
@@ -785,9 +836,25 @@ mod tests {
 1234567890         14   666          16          2   100   101     0     0     0     0 1700000001 1700000002 1700000000
        -17          9   600           0          0     0     0     0     0     0     0          0          0 1700000000
 ";
+        let found: Vec<_> = parse_sysv_list(msg)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key, o.id, o.size))
+            .collect();
         assert_eq!(
-            parse_sysv_list(msg).unwrap(),
-            [(0, 3), (1_234_567_890, 14), ((-17i32) as u32, 9)]
+            found,
+            [(0, 3, 0), (1_234_567_890, 14, 16), ((-17i32) as u32, 9, 0)]
+        );
+        let shm = "       key      shmid perms                  size  cpid  lpid nattch
+      4660         32   600                 65536  1200  1201      2
+";
+        assert_eq!(
+            parse_sysv_list(shm).unwrap(),
+            [SysvObject {
+                key: 4660,
+                id: 32,
+                size: 65536
+            }]
         );
         assert_eq!(
             parse_sysv_list("       key      semid perms\n").unwrap(),
@@ -797,9 +864,11 @@ mod tests {
 
     #[test]
     fn a_garbled_sysv_list_is_an_error_naming_the_line() {
-        let err = parse_sysv_list("key msqid\nx 3 600\n").unwrap_err();
-        assert!(err.to_string().contains("\"x 3 600\": the key"), "{err}");
+        let err = parse_sysv_list("key msqid\nx 3 600 0\n").unwrap_err();
+        assert!(err.to_string().contains("\"x 3 600 0\": the key"), "{err}");
         let err = parse_sysv_list("key msqid\n5\n").unwrap_err();
-        assert!(err.to_string().contains("no key and id"), "{err}");
+        assert!(err.to_string().contains("no key, id"), "{err}");
+        let err = parse_sysv_list("key shmid perms size\n1 2 600 big\n").unwrap_err();
+        assert!(err.to_string().contains("the size"), "{err}");
     }
 }

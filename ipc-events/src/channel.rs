@@ -84,6 +84,7 @@ coded_enum! {
         IpclibChannel = chan::IPCLIB_CHANNEL, "ipclib_channel";
         IpclibShm = chan::IPCLIB_SHM, "ipclib_shm";
         IpclibSem = chan::IPCLIB_SEM, "ipclib_sem";
+        SysvShm = chan::SYSV_SHM, "sysv_shm";
     }
 }
 
@@ -177,7 +178,9 @@ impl ChannelId {
                     }
                 }
                 ChannelKind::TcpLoopback => format!("127.0.0.1:{a}<->127.0.0.1:{b}"),
-                ChannelKind::SysvMsg => format!("{} id={b}", sysv_key(*a)),
+                ChannelKind::SysvMsg | ChannelKind::SysvShm => {
+                    format!("{} id={b}", sysv_key(*a))
+                }
                 ChannelKind::SysvSem => {
                     format!("{} id={} sem={}", sysv_key(*a), b & 0xffff_ffff, b >> 32)
                 }

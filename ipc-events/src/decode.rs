@@ -9,7 +9,7 @@ use std::ptr;
 
 use crate::channel::{ChannelId, ChannelKind};
 use crate::event::{Event, EventKind, Source};
-use crate::raw::{chan, record_len, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE};
+use crate::raw::{chan, record_len, shm_origin, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE};
 
 /// Why a record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +100,11 @@ pub fn decode_parts(
                 return Err(DecodeError::MissingName { kind: ckind });
             }
             let name = std::str::from_utf8(name).map_err(|_| DecodeError::NameNotUtf8)?;
-            ChannelId::named(ckind, name)
+            if ckind == ChannelKind::Shm && (raw.obj, raw.obj2) != (0, 0) {
+                ChannelId::named(ckind, shm_name(name, raw.obj, raw.obj2))
+            } else {
+                ChannelId::named(ckind, name)
+            }
         } else {
             ChannelId::numeric(ckind, raw.obj, raw.obj2)
         })
@@ -132,6 +136,18 @@ pub fn decode_parts(
         releasers: Vec::new(),
     };
     Ok(event)
+}
+
+/// The name of a shared-memory object the probes saw, from its dentry
+/// name and what `obj`/`obj2` say it is (see [`shm_origin`]): names a
+/// user would recognise, unique per object (two memfds may share a
+/// dentry name; their inodes differ).
+fn shm_name(dentry: &str, obj: u64, obj2: u64) -> String {
+    match obj2 & 0xff {
+        shm_origin::DEV_SHM => format!("/dev/shm/{dentry}"),
+        shm_origin::ANON => format!("anon:{}@{obj:#x}", obj2 >> 8),
+        _ => format!("{dentry}:[{obj}]"),
+    }
 }
 
 /// Decodes every record in a stream, stopping at the first bad one: after a
@@ -276,6 +292,33 @@ mod tests {
             encode(&e, &mut again);
             assert_eq!(decode(Source::Ebpf, &again).unwrap().0, e);
         }
+    }
+
+    #[test]
+    fn shared_memory_from_the_probes_is_named_as_users_know_it() {
+        let named = |obj, obj2, dentry: &[u8]| {
+            let raw = RawEvent {
+                kind: kind::SHM_WRITE,
+                chan_kind: chan::SHM,
+                name_len: dentry.len() as u16,
+                obj,
+                obj2,
+                ..RawEvent::default()
+            };
+            decode_parts(Source::Ebpf, &raw, dentry, &[])
+                .unwrap()
+                .channel
+                .unwrap()
+                .name()
+        };
+        assert_eq!(named(77, shm_origin::DEV_SHM, b"jobs"), "/dev/shm/jobs");
+        assert_eq!(named(77, shm_origin::FILE, b"memfd:buf"), "memfd:buf:[77]");
+        assert_eq!(
+            named(0x7f00_0000_1000, shm_origin::ANON | (4242 << 8), b"anon"),
+            "anon:4242@0x7f0000001000"
+        );
+        // What encode writes (obj and obj2 0) keeps its name as it is.
+        assert_eq!(named(0, 0, b"/dev/shm/jobs"), "/dev/shm/jobs");
     }
 
     #[test]

@@ -173,6 +173,15 @@ pub mod op {
     pub const FUTEX_WAIT: u16 = 8;
     /// A semop that may block; its begin was reported at the entry.
     pub const SEMOP: u16 = 9;
+    /// A `MAP_SHARED` mmap of shared memory: `ret` is the address of
+    /// `size` bytes of object `obj`/`obj2` (named by `dentry`), from
+    /// offset `aux` in it.
+    pub const MMAP: u16 = 10;
+    /// shmat: `ret` is the address of SysV segment `obj`/`obj2`, `size`
+    /// bytes (0 when the probes never learnt its size).
+    pub const SHMAT: u16 = 11;
+    /// munmap / shmdt: a mapping starting at `addr` goes when `ret` is 0.
+    pub const UNMAP: u16 = 12;
 }
 
 /// Total bytes a record with these name and payload lengths occupies in a
@@ -194,14 +203,17 @@ pub mod kind {
     /// [`MSG_SEND`].
     pub const MSG_RECV: u16 = 2;
     /// A shared-memory object was mapped: `size` bytes (for an ipc-lib
-    /// region, its data bytes).
+    /// region, its data bytes). From the probes: at address `aux`, and
+    /// also for each mapping a child inherits when it is forked.
     pub const SHM_MAP: u16 = 3;
     /// A shared-memory object was unmapped (ipc-lib: `size` bytes, as
-    /// mapped).
+    /// mapped; the probes: the mapping at address `aux`).
     pub const SHM_UNMAP: u16 = 4;
-    /// Read of `size` bytes at offset `aux`.
+    /// Read of `size` bytes at offset `aux`. From the probes, a sample:
+    /// the first touch of a page (a page fault), `size` a page.
     pub const SHM_READ: u16 = 5;
-    /// Write of `size` bytes at offset `aux`.
+    /// Write of `size` bytes at offset `aux` (the probes: as for
+    /// [`SHM_READ`], a fault on a write).
     pub const SHM_WRITE: u16 = 6;
     /// A thread (the event's `pid`/`tid`) found the count zero and
     /// blocks. ipc-lib semaphores: `obj`/`obj2` the pid/tid of one current
@@ -288,7 +300,9 @@ pub mod chan {
     /// `obj` SysV key ([`super::SYSV_KEY_UNKNOWN`] when the probes did not
     /// learn it), `obj2` SysV id.
     pub const SYSV_MSG: u16 = 8;
-    /// Named: shm object name (or `memfd:...`, or a SysV key rendered).
+    /// Named: a shared-memory object other than a SysV segment. From the
+    /// probes, the name bytes are the kernel's dentry name and
+    /// `obj`/`obj2` say what it is (see [`super::shm_origin`]).
     pub const SHM: u16 = 9;
     /// Named: POSIX named semaphore.
     pub const SEM: u16 = 10;
@@ -307,6 +321,25 @@ pub mod chan {
     pub const IPCLIB_SHM: u16 = 14;
     /// Named: ipc-lib semaphore.
     pub const IPCLIB_SEM: u16 = 15;
+    /// A SysV shared-memory segment: `obj` its key (or
+    /// [`super::SYSV_KEY_UNKNOWN`]), `obj2` its id.
+    pub const SYSV_SHM: u16 = 16;
+}
+
+/// What a [`chan::SHM`] object from the probes is, in the low byte of its
+/// `obj2`. Its name is built from these and the dentry name by
+/// `ipc_events::decode`; a record with `obj` and `obj2` both 0 (as
+/// [`crate::encode`] writes) carries its name as it is.
+pub mod shm_origin {
+    /// A file on a tmpfs, or a memfd (whose dentry reads `memfd:NAME`):
+    /// `obj` its inode. Named `NAME:[INODE]`.
+    pub const FILE: u64 = 0;
+    /// A file in `/dev/shm` (`shm_open`'s home): named by its path.
+    pub const DEV_SHM: u64 = 1;
+    /// `MAP_SHARED | MAP_ANONYMOUS` memory, which the mapping process
+    /// shares with the children it forks: `obj` its address there, bits
+    /// 8.. of `obj2` that process's pid. Named `anon:PID@ADDRESS`.
+    pub const ANON: u64 = 2;
 }
 
 /// The `result` of a wait's begin record ([`kind::FUTEX_WAIT`]): the call
@@ -324,6 +357,8 @@ pub mod sysv_class {
     pub const MSG: u64 = 1;
     /// Semaphore sets (`semget`).
     pub const SEM: u64 = 2;
+    /// Shared-memory segments (`shmget`).
+    pub const SHM: u64 = 3;
 }
 
 /// Which source lost events, in [`kind::DROP`]'s `aux`.

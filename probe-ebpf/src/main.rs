@@ -39,8 +39,8 @@ use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use aya_ebpf::{EbpfContext, Global};
 use ipc_events::raw::{
-    chan, kind, op, sysv_class, PendingCall, RawEvent, MAX_NAME, MAX_PAYLOAD, RECORD_ALIGN,
-    SYSV_KEY_UNKNOWN, WAIT_BEGUN,
+    chan, kind, op, shm_origin, sysv_class, PendingCall, RawEvent, MAX_NAME, MAX_PAYLOAD,
+    RECORD_ALIGN, SYSV_KEY_UNKNOWN, WAIT_BEGUN,
 };
 
 /// `TRACKED` value bits. The collector (`collector::ebpf`) writes the same
@@ -98,6 +98,19 @@ static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(16384, 0);
 #[map]
 static SYSV_KEYS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// SysV shared-memory id -> the segment's size, learnt like `SYSV_KEYS`
+/// (from shmget, and from `/proc/sysvipc/shm` at load): shmat returns
+/// only an address, and page faults are matched to segments by range.
+#[map]
+static SHM_SIZES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// tgid -> the shared-memory mappings of a traced process, which its page
+/// faults are matched against ([`try_page_fault`]). Filled by mmap/shmat
+/// exits and copied to each child at fork (mappings are inherited); an
+/// entry goes at exec and exit.
+#[map]
+static SHM_MAPS: HashMap<u32, ShmMappings> = HashMap::with_max_entries(4096, 0);
+
 /// DROPS[0]: events lost in the kernel: no room in `EVENTS`, a child that
 /// could not be added to a full `TRACKED`, a message syscall that could not
 /// be remembered in a full `PENDING`, or a failed read of a tracepoint
@@ -126,6 +139,51 @@ struct PayloadRecord {
     header: RawEvent,
     area: [u8; MAX_NAME + 1 + MAX_PAYLOAD],
 }
+
+/// One shared-memory mapping of a process: `[start, end)` holds object
+/// `obj`/`obj2` of `chan_kind` from byte `offset` of it; for a
+/// `chan::SHM` object, `dentry` names it. `end == 0`: a free slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ShmMapping {
+    start: u64,
+    end: u64,
+    obj: u64,
+    obj2: u64,
+    offset: u64,
+    dentry: u64,
+    chan_kind: u16,
+    _pad: [u16; 3],
+}
+
+/// The most shared mappings followed per process; a process with more
+/// gets the rest reported as mapped but not sampled, counted as a drop.
+const MAX_SHM_MAPPINGS: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ShmMappings {
+    slots: [ShmMapping; MAX_SHM_MAPPINGS],
+}
+
+/// What a new `SHM_MAPS` entry starts from. A static rather than a value
+/// on the stack, which the 512-byte BPF stack could not hold.
+static NO_MAPPINGS: ShmMappings = ShmMappings {
+    slots: [ShmMapping {
+        start: 0,
+        end: 0,
+        obj: 0,
+        obj2: 0,
+        offset: 0,
+        dentry: 0,
+        chan_kind: 0,
+        _pad: [0; 3],
+    }; MAX_SHM_MAPPINGS],
+};
+
+/// The name of every anonymous shared mapping (`shm_origin::ANON`); the
+/// decoder makes it unique with the mapping's pid and address.
+static ANON_NAME: [u8; 5] = *b"anon\0";
 
 // The ring's reservations are 8-byte aligned and sized in multiples of 8.
 const _: () = assert!(core::mem::size_of::<NamedRecord>().is_multiple_of(RECORD_ALIGN));
@@ -176,9 +234,24 @@ static OFFSET_SYSCALL_ARG2: Global<u32> = Global::new(32);
 /// `msg_prio` (mq_timedsend), `u_msg_prio` (mq_timedreceive).
 #[no_mangle]
 static OFFSET_SYSCALL_ARG3: Global<u32> = Global::new(40);
-/// `msgflg` (msgrcv).
+/// `msgflg` (msgrcv), `fd` (mmap).
 #[no_mangle]
 static OFFSET_SYSCALL_ARG4: Global<u32> = Global::new(48);
+/// `off` (mmap).
+#[no_mangle]
+static OFFSET_SYSCALL_ARG5: Global<u32> = Global::new(56);
+/// exceptions:page_fault_user `unsigned long address`.
+#[no_mangle]
+static OFFSET_FAULT_ADDRESS: Global<u32> = Global::new(8);
+/// exceptions:page_fault_user `unsigned long error_code`.
+#[no_mangle]
+static OFFSET_FAULT_ERROR_CODE: Global<u32> = Global::new(24);
+
+/// The kernel's `dev_t` of the filesystem mounted at /dev/shm (0 when there
+/// is none), set by the loader: a tmpfs file on it was opened with
+/// `shm_open` and is named by its path.
+#[no_mangle]
+static DEV_SHM_DEV: Global<u32> = Global::new(0);
 
 // Where this kernel puts the struct fields the probes walk. aya-ebpf has no
 // CO-RE relocations, so the loader reads them from the kernel's BTF
@@ -226,6 +299,9 @@ static KOFF_INODE_SB: Global<u32> = Global::new(0);
 /// `super_block.s_magic`.
 #[no_mangle]
 static KOFF_SB_MAGIC: Global<u32> = Global::new(0);
+/// `super_block.s_dev`.
+#[no_mangle]
+static KOFF_SB_DEV: Global<u32> = Global::new(0);
 /// `socket.type`.
 #[no_mangle]
 static KOFF_SOCKET_TYPE: Global<u32> = Global::new(0);
@@ -254,7 +330,23 @@ const S_IFSOCK: u16 = 0o140000;
 const PIPEFS_MAGIC: u64 = 0x5049_5045;
 /// mqueue's `s_magic`: a POSIX message queue's file.
 const MQUEUE_MAGIC: u64 = 0x1980_0202;
+/// tmpfs's (shmem's) `s_magic`: POSIX shm files, memfds, SysV segments
+/// and anonymous shared memory all live on one.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 const AF_UNIX: u16 = 1;
+
+/// mmap flags from `<linux/mman.h>`: the mapping type, and anonymous.
+const MAP_TYPE: u64 = 0x0f;
+const MAP_SHARED: u64 = 0x01;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// Faults are sampled per page; mappings are whole pages.
+const PAGE_SIZE: u64 = 4096;
+/// x86's page-fault error code bit for a write (`X86_PF_WRITE`); the
+/// page_fault_user tracepoint exists only on x86.
+const PF_WRITE: u64 = 2;
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 const SOCK_STREAM: i16 = 1;
 const SOCK_DGRAM: i16 = 2;
 const SOCK_SEQPACKET: i16 = 5;
@@ -446,6 +538,49 @@ pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_semop")]
 pub fn sys_enter_semop(ctx: TracePointContext) -> u32 {
     if try_semop_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_shmget")]
+pub fn sys_enter_shmget(ctx: TracePointContext) -> u32 {
+    if try_sysv_get_enter(&ctx, sysv_class::SHM).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    if try_mmap_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
+pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
+    if try_shmat_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// munmap and shmdt, whose first argument is the mapping's address.
+#[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
+pub fn sys_enter_unmap(ctx: TracePointContext) -> u32 {
+    if try_unmap_enter(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// A page fault in user space: on a shared mapping of a traced process,
+/// the first touch of a page, reported as an access sample.
+#[tracepoint(category = "exceptions", name = "page_fault_user")]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    if try_page_fault(&ctx).is_err() {
         count_drop();
     }
     0
@@ -693,7 +828,8 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
     Ok(())
 }
 
-/// The entry of msgget / semget: the exit learns which id `key` names.
+/// The entry of msgget / semget / shmget: the exit learns which id `key`
+/// names (and, for a segment, its size).
 fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
@@ -701,15 +837,277 @@ fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
     }
     // `key_t key`: an int, kept as its 32 bits.
     let key = arg(ctx, &OFFSET_SYSCALL_ARG0)? & 0xffff_ffff;
+    let mut pending = PendingCall {
+        obj: key,
+        aux: class,
+        ..entry(tgid, op::SYSV_GET, 0, chan::NONE)
+    };
+    if class == sysv_class::SHM {
+        // `size_t size`: the segment's size when this call creates it.
+        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+    }
+    remember(tid, pending);
+    Ok(())
+}
+
+/// The entry of an mmap that shares memory (`MAP_SHARED`) with a tmpfs
+/// file (a POSIX shm object, a memfd) or anonymously: remembered for the
+/// exit, which learns the address. Private and file mappings cost this
+/// one flag test.
+fn try_mmap_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let flags = arg(ctx, &OFFSET_SYSCALL_ARG3)?;
+    if !matches!(flags & MAP_TYPE, MAP_SHARED | MAP_SHARED_VALIDATE) {
+        return Ok(());
+    }
+    let mut pending = PendingCall {
+        size: arg(ctx, &OFFSET_SYSCALL_ARG1)?,
+        ..entry(tgid, op::MMAP, kind::SHM_MAP, chan::SHM)
+    };
+    if flags & MAP_ANONYMOUS != 0 {
+        // Named by this process and the address, which the exit fills in.
+        pending.obj2 = shm_origin::ANON | (u64::from(tgid) << 8);
+    } else {
+        let fd = arg(ctx, &OFFSET_SYSCALL_ARG4)?;
+        let Some(file) = fd_file(fd as u32)? else {
+            return Ok(());
+        };
+        let Some((ino, origin)) = shm_file(file)? else {
+            return Ok(());
+        };
+        pending.obj = ino;
+        pending.obj2 = origin;
+        // SAFETY: `file` is a kernel pointer from the fd table, the offset
+        // is from BTF, and bpf_probe_read_kernel faults safely.
+        pending.dentry = unsafe { read_field(file, &KOFF_FILE_DENTRY) }?;
+        // The offset into the object where the mapping starts.
+        pending.aux = arg(ctx, &OFFSET_SYSCALL_ARG5)?;
+    }
+    remember(tid, pending);
+    Ok(())
+}
+
+/// `(inode, shm_origin)` of a file on a tmpfs, `None` for any other.
+fn shm_file(file: *const u8) -> Result<Option<(u64, u64)>, i64> {
+    // SAFETY (the reads): `file` is a kernel pointer from the fd table, the
+    // offsets are from BTF, and bpf_probe_read_kernel faults safely.
+    let inode: *const u8 = unsafe { read_field(file, &KOFF_FILE_INODE) }?;
+    let sb: *const u8 = unsafe { read_field(inode, &KOFF_INODE_SB) }?;
+    let magic: u64 = unsafe { read_field(sb, &KOFF_SB_MAGIC) }?;
+    if magic != TMPFS_MAGIC {
+        return Ok(None);
+    }
+    let dev: u32 = unsafe { read_field(sb, &KOFF_SB_DEV) }?;
+    let ino: u64 = unsafe { read_field(inode, &KOFF_INODE_INO) }?;
+    let origin = if dev != 0 && dev == DEV_SHM_DEV.load() {
+        shm_origin::DEV_SHM
+    } else {
+        shm_origin::FILE
+    };
+    Ok(Some((ino, origin)))
+}
+
+/// The entry of shmat: the segment, its key and size as far as known.
+fn try_shmat_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
+    // SAFETY: a plain u64 copied out at once.
+    let size = unsafe { SHM_SIZES.get(id) }.copied().unwrap_or(0);
     remember(
         tid,
         PendingCall {
-            obj: key,
-            aux: class,
-            ..entry(tgid, op::SYSV_GET, 0, chan::NONE)
+            obj: sysv_key(sysv_class::SHM, id),
+            obj2: u64::from(id),
+            size,
+            ..entry(tgid, op::SHMAT, kind::SHM_MAP, chan::SYSV_SHM)
         },
     );
     Ok(())
+}
+
+/// The entry of munmap / shmdt, for a process with shared mappings: the
+/// exit forgets the one starting at the address. (A munmap that takes
+/// only part of a mapping, or several, is not followed.)
+fn try_unmap_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    // Most processes that unmap share nothing: one lookup ends it.
+    if SHM_MAPS.get_ptr(tgid).is_none() || !is_traced(tgid) {
+        return Ok(());
+    }
+    let addr = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+    remember(
+        tid,
+        PendingCall {
+            addr,
+            ..entry(tgid, op::UNMAP, kind::SHM_UNMAP, chan::NONE)
+        },
+    );
+    Ok(())
+}
+
+/// A user page fault. The process's shared mappings are looked up first:
+/// every fault of every process on the machine comes here, and the ones
+/// with no shared mapping followed end at that lookup.
+fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    let Some(maps) = SHM_MAPS.get_ptr(tgid) else {
+        return Ok(());
+    };
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    // SAFETY: the offsets are page_fault_user's fields (checked by the
+    // loader); read_at goes through bpf_probe_read_kernel.
+    let address: u64 = unsafe { ctx.read_at(offset(&OFFSET_FAULT_ADDRESS)) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let error_code: u64 =
+        unsafe { ctx.read_at(offset(&OFFSET_FAULT_ERROR_CODE)) }.map_err(i64::from)?;
+    for i in 0..MAX_SHM_MAPPINGS {
+        // SAFETY: `maps` is this process's live map value; the slot is
+        // copied out at once.
+        let mapping = unsafe { (*maps).slots[i] };
+        if mapping.end == 0 || address < mapping.start || address >= mapping.end {
+            continue;
+        }
+        let page = address & !(PAGE_SIZE - 1);
+        let kind = if error_code & PF_WRITE != 0 {
+            kind::SHM_WRITE
+        } else {
+            kind::SHM_READ
+        };
+        return emit_shm(
+            &mapping,
+            RawEvent {
+                ts_ns: now(),
+                pid: tgid,
+                tid,
+                kind,
+                size: PAGE_SIZE,
+                aux: mapping.offset + (page - mapping.start),
+                comm: bpf_get_current_comm().unwrap_or_default(),
+                ..RawEvent::default()
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Follows the mapping a successful mmap/shmat made at `addr` and reports
+/// it.
+fn map_shared(pending: &PendingCall, tid: u32, addr: u64, ts_ns: u64) -> Result<(), i64> {
+    let mut mapping = ShmMapping {
+        start: addr,
+        end: addr + pending.size.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        obj: pending.obj,
+        obj2: pending.obj2,
+        offset: pending.aux,
+        dentry: pending.dentry,
+        chan_kind: pending.chan_kind,
+        _pad: [0; 3],
+    };
+    if pending.chan_kind == chan::SHM && pending.obj2 & 0xff == shm_origin::ANON {
+        mapping.obj = addr;
+        mapping.offset = 0;
+    }
+    let header = RawEvent {
+        ts_ns,
+        pid: pending.tgid,
+        tid,
+        kind: kind::SHM_MAP,
+        size: pending.size,
+        aux: addr,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..RawEvent::default()
+    };
+    // A SysV segment whose size is unknown is reported, not sampled.
+    if mapping.end > mapping.start && !follow_mapping(pending.tgid, &mapping) {
+        count_drop();
+    }
+    emit_shm(&mapping, header)
+}
+
+/// Adds `mapping` to process `tgid`'s in `SHM_MAPS`; false when the map or
+/// the process's slots are full.
+fn follow_mapping(tgid: u32, mapping: &ShmMapping) -> bool {
+    if SHM_MAPS.get_ptr(tgid).is_none() {
+        // Another thread of the process may insert first; either is fine.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 896 bytes would be copied onto the 512-byte BPF stack"
+        )]
+        let _ = SHM_MAPS.insert(tgid, &NO_MAPPINGS, BPF_NOEXIST);
+    }
+    let Some(maps) = SHM_MAPS.get_ptr_mut(tgid) else {
+        return false;
+    };
+    for i in 0..MAX_SHM_MAPPINGS {
+        // SAFETY: `maps` is this process's live map value; threads of one
+        // process mapping at the same instant may race for a slot, which
+        // at worst loses one mapping's samples.
+        let slot = unsafe { &mut (*maps).slots[i] };
+        if slot.end == 0 {
+            *slot = *mapping;
+            return true;
+        }
+    }
+    false
+}
+
+/// Stops following the mapping of process `tgid` that starts at `addr`
+/// (munmap or shmdt succeeded), and reports it.
+fn unmap_shared(tgid: u32, tid: u32, addr: u64, ts_ns: u64) -> Result<(), i64> {
+    let Some(maps) = SHM_MAPS.get_ptr_mut(tgid) else {
+        return Ok(());
+    };
+    for i in 0..MAX_SHM_MAPPINGS {
+        // SAFETY: `maps` is this process's live map value.
+        let slot = unsafe { &mut (*maps).slots[i] };
+        if slot.end == 0 || slot.start != addr {
+            continue;
+        }
+        let gone = *slot;
+        slot.end = 0;
+        return emit_shm(
+            &gone,
+            RawEvent {
+                ts_ns,
+                pid: tgid,
+                tid,
+                kind: kind::SHM_UNMAP,
+                size: gone.end - gone.start,
+                aux: addr,
+                comm: bpf_get_current_comm().unwrap_or_default(),
+                ..RawEvent::default()
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Reports one event on the object of `mapping`: `header` with the
+/// object's identity, and for a `chan::SHM` object its dentry's name.
+fn emit_shm(mapping: &ShmMapping, mut header: RawEvent) -> Result<(), i64> {
+    header.chan_kind = mapping.chan_kind;
+    header.obj = mapping.obj;
+    header.obj2 = mapping.obj2;
+    if mapping.chan_kind != chan::SHM {
+        emit(&header);
+        return Ok(());
+    }
+    let name = if mapping.obj2 & 0xff == shm_origin::ANON {
+        ANON_NAME.as_ptr()
+    } else {
+        // SAFETY: the dentry of a file the mapping holds open; the offset
+        // is from BTF; bpf_probe_read_kernel faults safely.
+        unsafe { read_field(mapping.dentry as *const u8, &KOFF_DENTRY_NAME) }?
+    };
+    emit_named(header, name, false)
 }
 
 /// The entry of a futex call that waits (FUTEX_WAIT, WAIT_BITSET,
@@ -849,9 +1247,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
                 if SYSV_KEYS.insert(id, pending.obj as u32, 0).is_err() {
                     count_drop();
                 }
+                if pending.aux == sysv_class::SHM {
+                    learn_shm_size(ret as u32, pending.size);
+                }
             }
             return Ok(());
         }
+        // Addresses are below 2^47: any success is positive.
+        op::MMAP | op::SHMAT if ret > 0 => return map_shared(&pending, tid, ret as u64, exit_ns),
+        op::UNMAP if ret == 0 => return unmap_shared(pending.tgid, tid, pending.addr, exit_ns),
         op::FUTEX_WAIT | op::SEMOP => {}
         _ => return Ok(()),
     }
@@ -875,6 +1279,17 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             emit(&event);
             Ok(())
         }
+    }
+}
+
+/// Records the size of SysV segment `id` from a shmget of `size` bytes.
+/// A shmget that finds an existing segment may ask for less (even 0), so
+/// the largest seen is kept: the creating call's.
+fn learn_shm_size(id: u32, size: u64) {
+    // SAFETY: a plain u64 copied out at once.
+    let known = unsafe { SHM_SIZES.get(id) }.copied().unwrap_or(0);
+    if size > known && SHM_SIZES.insert(id, size, 0).is_err() {
+        count_drop();
     }
 }
 
@@ -1043,8 +1458,9 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         count_drop();
         return Ok(());
     }
+    let ts_ns = now();
     emit(&RawEvent {
-        ts_ns: now(),
+        ts_ns,
         pid: child,
         tid: child,
         kind: kind::PROCESS_START,
@@ -1053,6 +1469,45 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         comm,
         ..RawEvent::default()
     });
+    inherit_mappings(parent_tgid, child, comm, ts_ns)
+}
+
+/// A forked child shares its parent's shared mappings: they are followed
+/// in the child too, and reported as mapped by it.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the 896-byte mappings would be copied onto the 512-byte BPF stack"
+)]
+fn inherit_mappings(parent: u32, child: u32, comm: [u8; 16], ts_ns: u64) -> Result<(), i64> {
+    let Some(maps) = SHM_MAPS.get_ptr(parent) else {
+        return Ok(());
+    };
+    // SAFETY: `maps` is the parent's live map value, which the update
+    // copies whole.
+    if SHM_MAPS.insert(child, unsafe { &*maps }, 0).is_err() {
+        count_drop();
+        return Ok(());
+    }
+    for i in 0..MAX_SHM_MAPPINGS {
+        // SAFETY: as above; the slot is copied out at once.
+        let mapping = unsafe { (*maps).slots[i] };
+        if mapping.end == 0 {
+            continue;
+        }
+        emit_shm(
+            &mapping,
+            RawEvent {
+                ts_ns,
+                pid: child,
+                tid: child,
+                kind: kind::SHM_MAP,
+                size: mapping.end - mapping.start,
+                aux: mapping.start,
+                comm,
+                ..RawEvent::default()
+            },
+        )?;
+    }
     Ok(())
 }
 
@@ -1063,6 +1518,8 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if !is_traced(tgid) {
         return Ok(());
     }
+    // The new program starts with no mappings at all.
+    let _ = SHM_MAPS.remove(tgid);
     // SAFETY: the offset is that of sched_process_exec's __data_loc word;
     // read_at goes through bpf_probe_read_kernel, which faults safely.
     let loc: u32 = unsafe { ctx.read_at(offset(&OFFSET_EXEC_FILENAME)) }.map_err(i64::from)?;
@@ -1222,6 +1679,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // Pids are reused: a stale entry would trace an unrelated process.
         let _ = TRACKED.remove(tgid);
     }
+    let _ = SHM_MAPS.remove(tgid);
     if !traced_with(tgid, flags) {
         return Ok(());
     }

@@ -7,6 +7,7 @@ mod ebpf_deadlocks;
 mod ebpf_ipc;
 mod ebpf_payload;
 mod ebpf_queues;
+mod ebpf_shm;
 mod ebpf_targets;
 mod ebpf_waits;
 mod faults;

@@ -44,7 +44,7 @@ const fn field(
 }
 
 /// Every struct field the probes read (probe-ebpf's `KOFF_*` globals).
-pub(super) const KERNEL_FIELDS: [KernelField; 20] = [
+pub(super) const KERNEL_FIELDS: [KernelField; 21] = [
     field("task_struct", "tgid", 4, "KOFF_TASK_TGID"),
     field("task_struct", "pid", 4, "KOFF_TASK_PID"),
     field("task_struct", "files", 8, "KOFF_TASK_FILES"),
@@ -59,6 +59,7 @@ pub(super) const KERNEL_FIELDS: [KernelField; 20] = [
     field("inode", "i_ino", 8, "KOFF_INODE_INO"),
     field("inode", "i_sb", 8, "KOFF_INODE_SB"),
     field("super_block", "s_magic", 8, "KOFF_SB_MAGIC"),
+    field("super_block", "s_dev", 4, "KOFF_SB_DEV"),
     field("socket", "type", 2, "KOFF_SOCKET_TYPE"),
     field("socket", "sk", 8, "KOFF_SOCKET_SK"),
     field("sock", "__sk_common.skc_family", 2, "KOFF_SOCK_FAMILY"),

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
 /// that share a global (one program attached to several tracepoints) must
 /// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 51] = [
+pub(super) const FIELDS: [Field; 62] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -114,6 +114,29 @@ pub(super) const FIELDS: [Field; 51] = [
     syscall_arg("sys_enter_semtimedop", "semid", 0),
     syscall_arg("sys_enter_semtimedop", "tsops", 1),
     syscall_arg("sys_enter_semtimedop", "nsops", 2),
+    syscall_arg("sys_enter_shmget", "key", 0),
+    syscall_arg("sys_enter_shmget", "size", 1),
+    syscall_arg("sys_enter_mmap", "len", 1),
+    syscall_arg("sys_enter_mmap", "flags", 3),
+    syscall_arg("sys_enter_mmap", "fd", 4),
+    syscall_arg("sys_enter_mmap", "off", 5),
+    syscall_arg("sys_enter_shmat", "shmid", 0),
+    syscall_arg("sys_enter_munmap", "addr", 0),
+    syscall_arg("sys_enter_shmdt", "shmaddr", 0),
+    Field {
+        category: "exceptions",
+        event: "page_fault_user",
+        name: "address",
+        size: 8,
+        global: "OFFSET_FAULT_ADDRESS",
+    },
+    Field {
+        category: "exceptions",
+        event: "page_fault_user",
+        name: "error_code",
+        size: 8,
+        global: "OFFSET_FAULT_ERROR_CODE",
+    },
 ];
 
 /// The file descriptor argument of a message syscall's entry. Syscall
@@ -128,16 +151,17 @@ const fn syscall_fd(event: &'static str) -> Field {
     }
 }
 
-/// Argument `index` (0-4) of a syscall's entry, called `name` there:
+/// Argument `index` (0-5) of a syscall's entry, called `name` there:
 /// read through the positional `OFFSET_SYSCALL_ARG*` globals, so every
 /// syscall sharing one must put it at the same offset (checked).
 const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> Field {
-    const GLOBALS: [&str; 5] = [
+    const GLOBALS: [&str; 6] = [
         "OFFSET_SYSCALL_ARG0",
         "OFFSET_SYSCALL_ARG1",
         "OFFSET_SYSCALL_ARG2",
         "OFFSET_SYSCALL_ARG3",
         "OFFSET_SYSCALL_ARG4",
+        "OFFSET_SYSCALL_ARG5",
     ];
     Field {
         category: "syscalls",
