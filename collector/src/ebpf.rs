@@ -49,66 +49,28 @@ pub use targets::running_process_events;
 /// target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
 
-/// The tracepoint programs in [`OBJECT`] and the tracepoints each attaches
-/// to, as `(program, category, tracepoints)`. One program serves several
-/// syscalls: they differ only in which tracepoint fired, and the fields it
-/// reads sit at the same offsets in each (checked by `format::offsets`).
-const PROGRAMS: [(&str, &str, &[&str]); 23] = [
-    ("sched_process_exit", "sched", &["sched_process_exit"]),
-    ("sched_process_exec", "sched", &["sched_process_exec"]),
-    ("task_newtask", "task", &["task_newtask"]),
-    ("signal_deliver", "signal", &["signal_deliver"]),
-    (
-        "sys_enter_send",
-        "syscalls",
-        &["sys_enter_write", "sys_enter_sendto"],
-    ),
-    ("sys_enter_sendv", "syscalls", &["sys_enter_writev"]),
-    ("sys_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    (
-        "sys_enter_recv",
-        "syscalls",
-        &["sys_enter_read", "sys_enter_recvfrom"],
-    ),
-    ("sys_enter_recvv", "syscalls", &["sys_enter_readv"]),
-    ("sys_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("sys_enter_mq_send", "syscalls", &["sys_enter_mq_timedsend"]),
-    (
-        "sys_enter_mq_recv",
-        "syscalls",
-        &["sys_enter_mq_timedreceive"],
-    ),
-    ("sys_enter_msgsnd", "syscalls", &["sys_enter_msgsnd"]),
-    ("sys_enter_msgrcv", "syscalls", &["sys_enter_msgrcv"]),
-    ("sys_enter_msgget", "syscalls", &["sys_enter_msgget"]),
-    ("sys_enter_semget", "syscalls", &["sys_enter_semget"]),
-    ("sys_enter_futex", "syscalls", &["sys_enter_futex"]),
-    (
-        "sys_enter_semop",
-        "syscalls",
-        &["sys_enter_semop", "sys_enter_semtimedop"],
-    ),
-    ("sys_enter_shmget", "syscalls", &["sys_enter_shmget"]),
-    ("sys_enter_mmap", "syscalls", &["sys_enter_mmap"]),
-    ("sys_enter_shmat", "syscalls", &["sys_enter_shmat"]),
-    (
-        "sys_enter_unmap",
-        "syscalls",
-        &["sys_enter_munmap", "sys_enter_shmdt"],
-    ),
-    ("page_fault_user", "exceptions", &["page_fault_user"]),
+/// The tracepoint programs in [`OBJECT`] and the tracepoint each attaches
+/// to, as `(program, category, tracepoint)`.
+const PROGRAMS: [(&str, &str, &str); 5] = [
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("task_newtask", "task", "task_newtask"),
+    ("signal_deliver", "signal", "signal_deliver"),
+    ("page_fault_user", "exceptions", "page_fault_user"),
 ];
 
 /// Raw tracepoint programs, as `(program, tracepoint)`: used where the
 /// tracepoint's published record lacks what the probe needs, or costs
 /// too much to build. signal_generate names its target task only by pid
 /// (a thread id); the raw tracepoint hands over the `task_struct`, whose
-/// tgid the probe reads. sys_exit (raw_syscalls) ends every syscall the
-/// entry programs above remember, without a record built per exit of
-/// every process. Their prototypes are checked against BTF in
-/// `btf::kernel_offsets`.
-const RAW_PROGRAMS: [(&str, &str); 2] = [
+/// tgid the probe reads. sys_enter and sys_exit (raw_syscalls) see every
+/// syscall with no record built for it: the per-syscall
+/// `syscalls:sys_enter_*` tracepoints would build one for each call of
+/// every process, traced or not. Their prototypes are checked against BTF
+/// in `btf::kernel_offsets`.
+const RAW_PROGRAMS: [(&str, &str); 3] = [
     ("signal_generate", "signal_generate"),
+    ("sys_enter", "sys_enter"),
     ("sys_exit", "sys_exit"),
 ];
 
@@ -149,6 +111,9 @@ pub struct ReadStats {
 /// Why loading the probes or talking to them failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The probes read x86-64 syscall numbers and argument registers.
+    #[error("the eBPF probes support x86-64 only, not {arch}; record without them with --no-ebpf")]
+    Architecture { arch: &'static str },
     /// `/proc/self/status` could not be read or has no `CapEff` line.
     #[error("cannot read this process's capabilities from /proc/self/status")]
     Capabilities {
@@ -196,17 +161,6 @@ pub enum ProbeError {
         size: u32,
         /// The size the kernel has; `None` when it has no such field.
         found: Option<u32>,
-    },
-    /// Two tracepoints that one program reads put a field at different
-    /// offsets.
-    #[error(
-        "tracepoints {first} and {second} put field `{field}` at different offsets; \
-         the probes read both with one program"
-    )]
-    TracepointOffsetsDiffer {
-        field: &'static str,
-        first: String,
-        second: String,
     },
     /// The kernel's BTF could not be read.
     #[error("cannot read the kernel's type information {}", path.display())]
@@ -391,6 +345,11 @@ impl Probes {
     /// process is followed until [`Probes::track`] is called, unless
     /// `config.trace_all`.
     pub fn load(config: &ProbeConfig) -> Result<Probes, ProbeError> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Architecture {
+                arch: std::env::consts::ARCH,
+            });
+        }
         let caps = Capabilities::current().map_err(|source| ProbeError::Capabilities { source })?;
         if let Some(missing) = caps.missing_for_ebpf() {
             return Err(ProbeError::MissingPrivileges { missing });
@@ -431,7 +390,7 @@ impl Probes {
         })?;
 
         let mut links = Vec::new();
-        for (name, category, tracepoints) in PROGRAMS {
+        for (name, category, tracepoint) in PROGRAMS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram { name })?
@@ -442,18 +401,16 @@ impl Probes {
                 name,
                 source: Box::new(source),
             })?;
-            for tracepoint in tracepoints {
-                let attach_error = |source| ProbeError::Attach {
-                    name,
-                    category,
-                    tracepoint,
-                    source: Box::new(source),
-                };
-                let id = program.attach(category, tracepoint).map_err(attach_error)?;
-                links.push(Link::TracePoint(
-                    program.take_link(id).map_err(attach_error)?,
-                ));
-            }
+            let attach_error = |source| ProbeError::Attach {
+                name,
+                category,
+                tracepoint,
+                source: Box::new(source),
+            };
+            let id = program.attach(category, tracepoint).map_err(attach_error)?;
+            links.push(Link::TracePoint(
+                program.take_link(id).map_err(attach_error)?,
+            ));
         }
         for (name, tracepoint) in RAW_PROGRAMS {
             let program: &mut RawTracePoint = ebpf

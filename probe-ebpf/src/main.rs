@@ -13,11 +13,14 @@
 //! Besides the process tree, the programs report signals (generated, by
 //! sender or target, and delivered), messages (the eight read/write/
 //! send/recv syscalls on pipes, FIFOs and Unix sockets; POSIX message
-//! queues; SysV message queues) and waits (futexes, SysV semaphores). A
-//! syscall's entry resolves its IPC object in the kernel and remembers it
-//! in `PENDING`; its exit reports what the return value says happened.
-//! Waits are also reported at their entry, so a thread blocked right now
-//! is known before (or without) its return.
+//! queues; SysV message queues), waits (futexes, SysV semaphores) and
+//! shared memory (mappings, and page faults on them as access samples).
+//! Syscalls come through one raw `sys_enter` and one raw `sys_exit`
+//! program, which look at the syscall number and the process before
+//! anything else. A syscall's entry resolves its IPC object in the kernel
+//! and remembers it in `PENDING`; its exit reports what the return value
+//! says happened. Waits are also reported at their entry, so a thread
+//! blocked right now is known before (or without) its return.
 //!
 //! Programs are thin wrappers over `try_*` functions; nothing here panics,
 //! and an event the ring has no room for is counted in `DROPS`, never lost
@@ -213,33 +216,6 @@ static OFFSET_EXIT_GROUP_DEAD: Global<u32> = Global::new(32);
 /// signal:signal_deliver `int sig`.
 #[no_mangle]
 static OFFSET_DELIVER_SIG: Global<u32> = Global::new(8);
-/// syscalls:sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,
-/// sendmsg} `fd`, the same in all eight (checked by the loader).
-#[no_mangle]
-static OFFSET_SYSCALL_FD: Global<u32> = Global::new(16);
-/// Syscall arguments by position, for the syscalls whose first argument
-/// is not an fd (`OFFSET_SYSCALL_FD` is argument 0 of every syscall):
-/// mq_timedsend/mq_timedreceive `mqdes`, msgsnd/msgrcv `msqid`,
-/// msgget/semget `key`, futex `uaddr`, semop/semtimedop `semid`.
-#[no_mangle]
-static OFFSET_SYSCALL_ARG0: Global<u32> = Global::new(16);
-/// `u_msg_ptr`, `msgp`, `op` (futex), `tsops`, and the message buffer of
-/// the fd calls (`buf`, `buff`, `ubuf`, `vec`, `msg`).
-#[no_mangle]
-static OFFSET_SYSCALL_ARG1: Global<u32> = Global::new(24);
-/// `msg_len` (both mq calls), `msgsz` (msgsnd, msgrcv), `nsops`, and the
-/// buffer length of the plain fd calls (`count`, `len`, `size`).
-#[no_mangle]
-static OFFSET_SYSCALL_ARG2: Global<u32> = Global::new(32);
-/// `msg_prio` (mq_timedsend), `u_msg_prio` (mq_timedreceive).
-#[no_mangle]
-static OFFSET_SYSCALL_ARG3: Global<u32> = Global::new(40);
-/// `msgflg` (msgrcv), `fd` (mmap).
-#[no_mangle]
-static OFFSET_SYSCALL_ARG4: Global<u32> = Global::new(48);
-/// `off` (mmap).
-#[no_mangle]
-static OFFSET_SYSCALL_ARG5: Global<u32> = Global::new(56);
 /// exceptions:page_fault_user `unsigned long address`.
 #[no_mangle]
 static OFFSET_FAULT_ADDRESS: Global<u32> = Global::new(8);
@@ -320,6 +296,55 @@ static KOFF_UNIX_PEER: Global<u32> = Global::new(0);
 /// `socket_alloc.vfs_inode`: a socket's inode, allocated with it.
 #[no_mangle]
 static KOFF_SOCKET_ALLOC_INODE: Global<u32> = Global::new(0);
+/// `task_struct.thread_info.status`, whose `TS_COMPAT` bit marks a 32-bit
+/// syscall.
+#[no_mangle]
+static KOFF_TASK_TI_STATUS: Global<u32> = Global::new(0);
+/// The `pt_regs` registers x86-64 passes syscall arguments in, in order:
+/// `di`, `si`, `dx`, `r10`, `r8`, `r9`.
+#[no_mangle]
+static KOFF_REGS_DI: Global<u32> = Global::new(0);
+#[no_mangle]
+static KOFF_REGS_SI: Global<u32> = Global::new(0);
+#[no_mangle]
+static KOFF_REGS_DX: Global<u32> = Global::new(0);
+#[no_mangle]
+static KOFF_REGS_R10: Global<u32> = Global::new(0);
+#[no_mangle]
+static KOFF_REGS_R8: Global<u32> = Global::new(0);
+#[no_mangle]
+static KOFF_REGS_R9: Global<u32> = Global::new(0);
+
+/// x86-64 syscall numbers (`arch/x86/entry/syscalls/syscall_64.tbl`), an
+/// ABI that never changes; the loader refuses other architectures.
+mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const MMAP: i64 = 9;
+    pub const MUNMAP: i64 = 11;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SHMGET: i64 = 29;
+    pub const SHMAT: i64 = 30;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const SEMGET: i64 = 64;
+    pub const SEMOP: i64 = 65;
+    pub const SHMDT: i64 = 67;
+    pub const MSGGET: i64 = 68;
+    pub const MSGSND: i64 = 69;
+    pub const MSGRCV: i64 = 70;
+    pub const FUTEX: i64 = 202;
+    pub const SEMTIMEDOP: i64 = 220;
+    pub const MQ_TIMEDSEND: i64 = 242;
+    pub const MQ_TIMEDRECEIVE: i64 = 243;
+}
+
+/// x86's `TS_COMPAT`: the current syscall is a 32-bit one, numbered from
+/// another table.
+const TS_COMPAT: u32 = 0x0002;
 
 /// `S_IFMT` and the file types among it, from `<linux/stat.h>`.
 const S_IFMT: u16 = 0o170000;
@@ -420,157 +445,17 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     0
 }
 
-// The message syscalls on fds, one program per way of passing the
-// buffer, so that payload capture knows where the bytes are without
-// telling syscalls apart by (architecture-specific) number.
-
-/// write, sendto: `(fd, buf, len, ...)`.
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Plain).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// writev: `(fd, iov, iovcnt)`.
-#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
-pub fn sys_enter_sendv(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Iovec).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// sendmsg: `(fd, msghdr, flags)`.
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_SEND, BufAt::Msghdr).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// read, recvfrom.
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn sys_enter_recv(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Plain).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// readv.
-#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
-pub fn sys_enter_recvv(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Iovec).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// recvmsg.
-#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if try_sys_enter(&ctx, kind::MSG_RECV, BufAt::Msghdr).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_mq_timedsend")]
-pub fn sys_enter_mq_send(ctx: TracePointContext) -> u32 {
-    if try_mq_enter(&ctx, kind::MSG_SEND).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_mq_timedreceive")]
-pub fn sys_enter_mq_recv(ctx: TracePointContext) -> u32 {
-    if try_mq_enter(&ctx, kind::MSG_RECV).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_msgsnd")]
-pub fn sys_enter_msgsnd(ctx: TracePointContext) -> u32 {
-    if try_sysv_msg_enter(&ctx, kind::MSG_SEND).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_msgrcv")]
-pub fn sys_enter_msgrcv(ctx: TracePointContext) -> u32 {
-    if try_sysv_msg_enter(&ctx, kind::MSG_RECV).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_msgget")]
-pub fn sys_enter_msgget(ctx: TracePointContext) -> u32 {
-    if try_sysv_get_enter(&ctx, sysv_class::MSG).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_semget")]
-pub fn sys_enter_semget(ctx: TracePointContext) -> u32 {
-    if try_sysv_get_enter(&ctx, sysv_class::SEM).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_futex")]
-pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
-    if try_futex_enter(&ctx).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// semop and semtimedop, whose first three arguments are the same.
-#[tracepoint(category = "syscalls", name = "sys_enter_semop")]
-pub fn sys_enter_semop(ctx: TracePointContext) -> u32 {
-    if try_semop_enter(&ctx).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_shmget")]
-pub fn sys_enter_shmget(ctx: TracePointContext) -> u32 {
-    if try_sysv_get_enter(&ctx, sysv_class::SHM).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    if try_mmap_enter(&ctx).is_err() {
-        count_drop();
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_shmat")]
-pub fn sys_enter_shmat(ctx: TracePointContext) -> u32 {
-    if try_shmat_enter(&ctx).is_err() {
-        count_drop();
-    }
-    0
-}
-
-/// munmap and shmdt, whose first argument is the mapping's address.
-#[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
-pub fn sys_enter_unmap(ctx: TracePointContext) -> u32 {
-    if try_unmap_enter(&ctx).is_err() {
+/// The entry of every syscall, through the raw `sys_enter` tracepoint
+/// (`raw_syscalls`): one program instead of one per syscall, because
+/// enabling any `syscalls:sys_enter_*` tracepoint makes the kernel build a
+/// record for each of those syscalls in every process, traced or not,
+/// before a program can look at it. Here nothing is built: the syscall
+/// number is compared first (a register, where the PID check is a hash
+/// lookup), so most syscalls of every process end at once; the PID check
+/// comes next, and only then are arguments read.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
+    if try_sys_enter(&ctx).is_err() {
         count_drop();
     }
     0
@@ -658,17 +543,115 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// A syscall's entry: those the probes follow, of traced processes, go
+/// to their handler. `TP_PROTO(struct pt_regs *regs, long id)` (checked
+/// by the loader).
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let id: i64 = ctx.arg(1);
+    if !matches!(
+        id,
+        nr::READ
+            | nr::WRITE
+            | nr::MMAP
+            | nr::MUNMAP
+            | nr::READV
+            | nr::WRITEV
+            | nr::SHMGET
+            | nr::SHMAT
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::SEMGET
+            | nr::SEMOP
+            | nr::SHMDT
+            | nr::MSGGET
+            | nr::MSGSND
+            | nr::MSGRCV
+            | nr::FUTEX
+            | nr::SEMTIMEDOP
+            | nr::MQ_TIMEDSEND
+            | nr::MQ_TIMEDRECEIVE
+    ) {
+        return Ok(());
+    }
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    // SAFETY: the current task's thread_info, at its offset from BTF;
+    // bpf_probe_read_kernel faults safely.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let status: u32 = unsafe { read_field(task, &KOFF_TASK_TI_STATUS) }?;
+    if status & TS_COMPAT != 0 {
+        // A 32-bit process's syscall: its numbers mean other calls.
+        return Ok(());
+    }
+    let regs: u64 = ctx.arg(0);
+    let call = Call {
+        tgid,
+        tid,
+        regs: regs as *const u8,
+    };
+    match id {
+        nr::WRITE | nr::SENDTO => fd_enter(&call, kind::MSG_SEND, BufAt::Plain),
+        nr::WRITEV => fd_enter(&call, kind::MSG_SEND, BufAt::Iovec),
+        nr::SENDMSG => fd_enter(&call, kind::MSG_SEND, BufAt::Msghdr),
+        nr::READ | nr::RECVFROM => fd_enter(&call, kind::MSG_RECV, BufAt::Plain),
+        nr::READV => fd_enter(&call, kind::MSG_RECV, BufAt::Iovec),
+        nr::RECVMSG => fd_enter(&call, kind::MSG_RECV, BufAt::Msghdr),
+        nr::MQ_TIMEDSEND => mq_enter(&call, kind::MSG_SEND),
+        nr::MQ_TIMEDRECEIVE => mq_enter(&call, kind::MSG_RECV),
+        nr::MSGSND => sysv_msg_enter(&call, kind::MSG_SEND),
+        nr::MSGRCV => sysv_msg_enter(&call, kind::MSG_RECV),
+        nr::MSGGET => sysv_get_enter(&call, sysv_class::MSG),
+        nr::SEMGET => sysv_get_enter(&call, sysv_class::SEM),
+        nr::SHMGET => sysv_get_enter(&call, sysv_class::SHM),
+        nr::FUTEX => futex_enter(&call),
+        // semtimedop's first three arguments are semop's.
+        nr::SEMOP | nr::SEMTIMEDOP => semop_enter(&call),
+        nr::MMAP => mmap_enter(&call),
+        nr::SHMAT => shmat_enter(&call),
+        // Both take the mapping's address first.
+        nr::MUNMAP | nr::SHMDT => unmap_enter(&call),
+        _ => Ok(()),
+    }
+}
+
+/// A syscall of a traced thread, being entered.
+struct Call {
+    tgid: u32,
+    tid: u32,
+    /// The user registers saved at the syscall's entry.
+    regs: *const u8,
+}
+
+impl Call {
+    /// Argument `n` (0-5) of the syscall, from the register x86-64 passes
+    /// it in.
+    fn arg(&self, n: usize) -> Result<u64, i64> {
+        let field = match n {
+            0 => &KOFF_REGS_DI,
+            1 => &KOFF_REGS_SI,
+            2 => &KOFF_REGS_DX,
+            3 => &KOFF_REGS_R10,
+            4 => &KOFF_REGS_R8,
+            _ => &KOFF_REGS_R9,
+        };
+        // SAFETY: `regs` is the tracepoint's pt_regs and the offset that
+        // register's, from BTF; bpf_probe_read_kernel faults safely.
+        unsafe { read_field(self.regs, field) }
+    }
+}
+
 /// The entry of a message syscall: when the file descriptor is a pipe,
 /// FIFO or Unix socket, remember it for the exit. Resolving here, while
 /// the fd is certainly open, keeps the exit down to one lookup and makes
 /// every other file (regular files, ttys, network sockets) cost nothing
 /// more than this walk.
-fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let fd = arg(ctx, &OFFSET_SYSCALL_FD)?;
+fn fd_enter(call: &Call, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let fd = call.arg(0)?;
     let Some(file) = fd_file(fd as u32)? else {
         return Ok(());
     };
@@ -680,7 +663,7 @@ fn try_sys_enter(ctx: &TracePointContext, msg_kind: u16, buf_at: BufAt) -> Resul
     } else {
         op::FD_RECV
     };
-    let (buf, buf_len) = user_buffer(ctx, buf_at);
+    let (buf, buf_len) = user_buffer(call, buf_at);
     remember(
         tid,
         PendingCall {
@@ -722,14 +705,14 @@ const MSGHDR_IOV: u64 = 16;
 /// split over several iovecs is captured up to the end of the first).
 /// `(0, 0)` when capture is off or the arguments cannot be read: the
 /// message is still reported, without its bytes.
-fn user_buffer(ctx: &TracePointContext, buf_at: BufAt) -> (u64, u64) {
+fn user_buffer(call: &Call, buf_at: BufAt) -> (u64, u64) {
     if PAYLOAD_BYTES.load() == 0 {
         return (0, 0);
     }
     let found = || -> Result<(u64, u64), i64> {
-        let arg1 = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        let arg1 = call.arg(1)?;
         let iov = match buf_at {
-            BufAt::Plain => return Ok((arg1, arg(ctx, &OFFSET_SYSCALL_ARG2)?)),
+            BufAt::Plain => return Ok((arg1, call.arg(2)?)),
             BufAt::Iovec => arg1,
             // SAFETY: bpf_probe_read_user faults safely on any address.
             BufAt::Msghdr => unsafe { bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const u64) }
@@ -746,12 +729,9 @@ fn user_buffer(ctx: &TracePointContext, buf_at: BufAt) -> (u64, u64) {
 /// The entry of mq_timedsend / mq_timedreceive on a POSIX message queue.
 /// The queue is named by its dentry, read at the exit: a name does not
 /// fit in `PENDING`, and the syscall holds the file (so the dentry) open.
-fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let fd = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+fn mq_enter(call: &Call, msg_kind: u16) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let fd = call.arg(0)?;
     let Some(file) = fd_file(fd as u32)? else {
         return Ok(());
     };
@@ -772,16 +752,16 @@ fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
         ..entry(tgid, op::MQ_RECV, msg_kind, chan::MQ)
     };
     if PAYLOAD_BYTES.load() != 0 {
-        pending.buf = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
-        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+        pending.buf = call.arg(1)?;
+        pending.buf_len = call.arg(2)?;
     }
     if msg_kind == kind::MSG_SEND {
         pending.op = op::MQ_SEND;
-        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
-        pending.aux = arg(ctx, &OFFSET_SYSCALL_ARG3)? & 0xffff_ffff;
+        pending.size = call.arg(2)?;
+        pending.aux = call.arg(3)? & 0xffff_ffff;
     } else {
         // `unsigned int *u_msg_prio`, filled in by the kernel.
-        pending.addr = arg(ctx, &OFFSET_SYSCALL_ARG3)?;
+        pending.addr = call.arg(3)?;
     }
     remember(tid, pending);
     Ok(())
@@ -789,15 +769,12 @@ fn try_mq_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
 
 /// The entry of msgsnd / msgrcv. The queue is its id and the key it was
 /// created from, when known (`SYSV_KEYS`).
-fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
+fn sysv_msg_enter(call: &Call, msg_kind: u16) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
     // `int msqid`, in a syscall argument word.
-    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
+    let id = call.arg(0)? as u32;
     // `struct msgbuf *msgp`, which starts with the `long mtype`.
-    let msgp = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+    let msgp = call.arg(1)?;
     let mut pending = PendingCall {
         obj: sysv_key(sysv_class::MSG, id),
         obj2: u64::from(id),
@@ -806,16 +783,16 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
     if PAYLOAD_BYTES.load() != 0 {
         // The bytes follow the `long mtype`.
         pending.buf = msgp + 8;
-        pending.buf_len = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+        pending.buf_len = call.arg(2)?;
     }
-    if msg_kind == kind::MSG_RECV && arg(ctx, &OFFSET_SYSCALL_ARG4)? & MSG_COPY != 0 {
+    if msg_kind == kind::MSG_RECV && call.arg(4)? & MSG_COPY != 0 {
         // A copy of the message at an index, left in the queue: no
         // message moves, and counting it would shift the pairing.
         return Ok(());
     }
     if msg_kind == kind::MSG_SEND {
         pending.op = op::SYSV_SEND;
-        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG2)?;
+        pending.size = call.arg(2)?;
         // A bad pointer fails the call (EFAULT), which is then not
         // reported; so an unreadable mtype is never used.
         // SAFETY: bpf_probe_read_user faults safely on any address.
@@ -830,13 +807,10 @@ fn try_sysv_msg_enter(ctx: &TracePointContext, msg_kind: u16) -> Result<(), i64>
 
 /// The entry of msgget / semget / shmget: the exit learns which id `key`
 /// names (and, for a segment, its size).
-fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
+fn sysv_get_enter(call: &Call, class: u64) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
     // `key_t key`: an int, kept as its 32 bits.
-    let key = arg(ctx, &OFFSET_SYSCALL_ARG0)? & 0xffff_ffff;
+    let key = call.arg(0)? & 0xffff_ffff;
     let mut pending = PendingCall {
         obj: key,
         aux: class,
@@ -844,7 +818,7 @@ fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
     };
     if class == sysv_class::SHM {
         // `size_t size`: the segment's size when this call creates it.
-        pending.size = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+        pending.size = call.arg(1)?;
     }
     remember(tid, pending);
     Ok(())
@@ -854,24 +828,21 @@ fn try_sysv_get_enter(ctx: &TracePointContext, class: u64) -> Result<(), i64> {
 /// file (a POSIX shm object, a memfd) or anonymously: remembered for the
 /// exit, which learns the address. Private and file mappings cost this
 /// one flag test.
-fn try_mmap_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let flags = arg(ctx, &OFFSET_SYSCALL_ARG3)?;
+fn mmap_enter(call: &Call) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let flags = call.arg(3)?;
     if !matches!(flags & MAP_TYPE, MAP_SHARED | MAP_SHARED_VALIDATE) {
         return Ok(());
     }
     let mut pending = PendingCall {
-        size: arg(ctx, &OFFSET_SYSCALL_ARG1)?,
+        size: call.arg(1)?,
         ..entry(tgid, op::MMAP, kind::SHM_MAP, chan::SHM)
     };
     if flags & MAP_ANONYMOUS != 0 {
         // Named by this process and the address, which the exit fills in.
         pending.obj2 = shm_origin::ANON | (u64::from(tgid) << 8);
     } else {
-        let fd = arg(ctx, &OFFSET_SYSCALL_ARG4)?;
+        let fd = call.arg(4)?;
         let Some(file) = fd_file(fd as u32)? else {
             return Ok(());
         };
@@ -884,7 +855,7 @@ fn try_mmap_enter(ctx: &TracePointContext) -> Result<(), i64> {
         // is from BTF, and bpf_probe_read_kernel faults safely.
         pending.dentry = unsafe { read_field(file, &KOFF_FILE_DENTRY) }?;
         // The offset into the object where the mapping starts.
-        pending.aux = arg(ctx, &OFFSET_SYSCALL_ARG5)?;
+        pending.aux = call.arg(5)?;
     }
     remember(tid, pending);
     Ok(())
@@ -911,12 +882,9 @@ fn shm_file(file: *const u8) -> Result<Option<(u64, u64)>, i64> {
 }
 
 /// The entry of shmat: the segment, its key and size as far as known.
-fn try_shmat_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
+fn shmat_enter(call: &Call) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let id = call.arg(0)? as u32;
     // SAFETY: a plain u64 copied out at once.
     let size = unsafe { SHM_SIZES.get(id) }.copied().unwrap_or(0);
     remember(
@@ -934,13 +902,13 @@ fn try_shmat_enter(ctx: &TracePointContext) -> Result<(), i64> {
 /// The entry of munmap / shmdt, for a process with shared mappings: the
 /// exit forgets the one starting at the address. (A munmap that takes
 /// only part of a mapping, or several, is not followed.)
-fn try_unmap_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
+fn unmap_enter(call: &Call) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
     // Most processes that unmap share nothing: one lookup ends it.
-    if SHM_MAPS.get_ptr(tgid).is_none() || !is_traced(tgid) {
+    if SHM_MAPS.get_ptr(tgid).is_none() {
         return Ok(());
     }
-    let addr = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+    let addr = call.arg(0)?;
     remember(
         tid,
         PendingCall {
@@ -1113,18 +1081,15 @@ fn emit_shm(mapping: &ShmMapping, mut header: RawEvent) -> Result<(), i64> {
 /// The entry of a futex call that waits (FUTEX_WAIT, WAIT_BITSET,
 /// WAIT_REQUEUE_PI, LOCK_PI, LOCK_PI2): reported at once as begun, so a
 /// thread blocked now (perhaps forever, in a deadlock) is known.
-fn try_futex_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let futex_op = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
+fn futex_enter(call: &Call) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let futex_op = call.arg(1)?;
     let cmd = futex_op & !(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
     let pi = matches!(cmd, FUTEX_LOCK_PI | FUTEX_LOCK_PI2);
     if !pi && !matches!(cmd, FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI) {
         return Ok(());
     }
-    let uaddr = arg(ctx, &OFFSET_SYSCALL_ARG0)?;
+    let uaddr = call.arg(0)?;
     // A private futex is an address in this process only.
     let obj2 = if futex_op & FUTEX_PRIVATE_FLAG != 0 {
         u64::from(tgid)
@@ -1156,14 +1121,11 @@ fn try_futex_enter(ctx: &TracePointContext) -> Result<(), i64> {
 /// The entry of semop / semtimedop. The first operation says what the
 /// call is: a single increment is a post, anything else may block and is
 /// reported at once as a wait begun.
-fn try_semop_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return Ok(());
-    }
-    let id = arg(ctx, &OFFSET_SYSCALL_ARG0)? as u32;
-    let tsops = arg(ctx, &OFFSET_SYSCALL_ARG1)?;
-    let nsops = arg(ctx, &OFFSET_SYSCALL_ARG2)? & 0xffff;
+fn semop_enter(call: &Call) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    let id = call.arg(0)? as u32;
+    let tsops = call.arg(1)?;
+    let nsops = call.arg(2)? & 0xffff;
     // SAFETY: bpf_probe_read_user faults safely on any address; an
     // unreadable array fails the call with EFAULT, reported as its result.
     let first = unsafe { bpf_probe_read_user(tsops as *const SemBuf) }.unwrap_or(SemBuf {
@@ -1315,14 +1277,6 @@ fn sysv_key(class: u64, id: u32) -> u64 {
     // SAFETY: a plain u32 copied out at once.
     unsafe { SYSV_KEYS.get((class << 32) | u64::from(id)) }
         .map_or(SYSV_KEY_UNKNOWN, |key| u64::from(*key))
-}
-
-/// A syscall tracepoint's argument (or return) word at `field`'s offset.
-fn arg(ctx: &TracePointContext, field: &Global<u32>) -> Result<u64, i64> {
-    // SAFETY: the offset is that of an 8-byte word of the tracepoint's
-    // record (checked by the loader); read_at goes through
-    // bpf_probe_read_kernel, which faults safely.
-    unsafe { ctx.read_at(offset(field)) }.map_err(i64::from)
 }
 
 /// The `struct file` behind the current task's file descriptor `fd`, or

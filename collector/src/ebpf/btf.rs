@@ -44,7 +44,7 @@ const fn field(
 }
 
 /// Every struct field the probes read (probe-ebpf's `KOFF_*` globals).
-pub(super) const KERNEL_FIELDS: [KernelField; 21] = [
+pub(super) const KERNEL_FIELDS: [KernelField; 28] = [
     field("task_struct", "tgid", 4, "KOFF_TASK_TGID"),
     field("task_struct", "pid", 4, "KOFF_TASK_PID"),
     field("task_struct", "files", 8, "KOFF_TASK_FILES"),
@@ -67,12 +67,25 @@ pub(super) const KERNEL_FIELDS: [KernelField; 21] = [
     field("unix_sock", "peer", 8, "KOFF_UNIX_PEER"),
     // SOCK_INODE(): a socket and its inode are allocated together.
     field("socket_alloc", "vfs_inode", 0, "KOFF_SOCKET_ALLOC_INODE"),
+    field(
+        "task_struct",
+        "thread_info.status",
+        4,
+        "KOFF_TASK_TI_STATUS",
+    ),
+    // The registers x86-64 passes syscall arguments in, in order.
+    field("pt_regs", "di", 8, "KOFF_REGS_DI"),
+    field("pt_regs", "si", 8, "KOFF_REGS_SI"),
+    field("pt_regs", "dx", 8, "KOFF_REGS_DX"),
+    field("pt_regs", "r10", 8, "KOFF_REGS_R10"),
+    field("pt_regs", "r8", 8, "KOFF_REGS_R8"),
+    field("pt_regs", "r9", 8, "KOFF_REGS_R9"),
 ];
 
 /// The raw tracepoints the probes read by argument position, and what
 /// each argument must be. Raw tracepoint arguments are a prototype, not a
 /// published record, so they are checked.
-pub(super) const RAW_PROTOS: [(&str, &[Param]); 2] = [
+pub(super) const RAW_PROTOS: [(&str, &[Param]); 3] = [
     // TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct
     // *task, int group, int result)
     (
@@ -84,6 +97,11 @@ pub(super) const RAW_PROTOS: [(&str, &[Param]); 2] = [
             Param::Int(4),
             Param::Int(4),
         ],
+    ),
+    // TP_PROTO(struct pt_regs *regs, long id)
+    (
+        "btf_trace_sys_enter",
+        &[Param::PtrTo("pt_regs"), Param::Int(8)],
     ),
     // TP_PROTO(struct pt_regs *regs, long ret)
     (

@@ -23,10 +23,10 @@ pub(super) struct Field {
     pub global: &'static str,
 }
 
-/// Every field the probes read (probe-ebpf's `OFFSET_*` globals). Fields
-/// that share a global (one program attached to several tracepoints) must
-/// sit at the same offset in each, which [`offsets`] checks.
-pub(super) const FIELDS: [Field; 62] = [
+/// Every tracepoint field the probes read (probe-ebpf's `OFFSET_*`
+/// globals). Syscall arguments are not among them: the raw `sys_enter`
+/// program reads them from the registers (`btf`).
+pub(super) const FIELDS: [Field; 8] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -69,60 +69,6 @@ pub(super) const FIELDS: [Field; 62] = [
         size: 4,
         global: "OFFSET_DELIVER_SIG",
     },
-    syscall_fd("sys_enter_read"),
-    syscall_fd("sys_enter_readv"),
-    syscall_fd("sys_enter_recvfrom"),
-    syscall_fd("sys_enter_recvmsg"),
-    syscall_fd("sys_enter_write"),
-    syscall_fd("sys_enter_writev"),
-    syscall_fd("sys_enter_sendto"),
-    syscall_fd("sys_enter_sendmsg"),
-    syscall_arg("sys_enter_write", "buf", 1),
-    syscall_arg("sys_enter_write", "count", 2),
-    syscall_arg("sys_enter_sendto", "buff", 1),
-    syscall_arg("sys_enter_sendto", "len", 2),
-    syscall_arg("sys_enter_writev", "vec", 1),
-    syscall_arg("sys_enter_sendmsg", "msg", 1),
-    syscall_arg("sys_enter_read", "buf", 1),
-    syscall_arg("sys_enter_read", "count", 2),
-    syscall_arg("sys_enter_recvfrom", "ubuf", 1),
-    syscall_arg("sys_enter_recvfrom", "size", 2),
-    syscall_arg("sys_enter_readv", "vec", 1),
-    syscall_arg("sys_enter_recvmsg", "msg", 1),
-    syscall_arg("sys_enter_mq_timedsend", "mqdes", 0),
-    syscall_arg("sys_enter_mq_timedsend", "msg_len", 2),
-    syscall_arg("sys_enter_mq_timedsend", "msg_prio", 3),
-    syscall_arg("sys_enter_mq_timedreceive", "mqdes", 0),
-    syscall_arg("sys_enter_mq_timedsend", "u_msg_ptr", 1),
-    syscall_arg("sys_enter_mq_timedreceive", "u_msg_prio", 3),
-    syscall_arg("sys_enter_mq_timedreceive", "u_msg_ptr", 1),
-    syscall_arg("sys_enter_mq_timedreceive", "msg_len", 2),
-    syscall_arg("sys_enter_msgsnd", "msqid", 0),
-    syscall_arg("sys_enter_msgsnd", "msgp", 1),
-    syscall_arg("sys_enter_msgsnd", "msgsz", 2),
-    syscall_arg("sys_enter_msgrcv", "msqid", 0),
-    syscall_arg("sys_enter_msgrcv", "msgp", 1),
-    syscall_arg("sys_enter_msgrcv", "msgsz", 2),
-    syscall_arg("sys_enter_msgrcv", "msgflg", 4),
-    syscall_arg("sys_enter_msgget", "key", 0),
-    syscall_arg("sys_enter_semget", "key", 0),
-    syscall_arg("sys_enter_futex", "uaddr", 0),
-    syscall_arg("sys_enter_futex", "op", 1),
-    syscall_arg("sys_enter_semop", "semid", 0),
-    syscall_arg("sys_enter_semop", "tsops", 1),
-    syscall_arg("sys_enter_semop", "nsops", 2),
-    syscall_arg("sys_enter_semtimedop", "semid", 0),
-    syscall_arg("sys_enter_semtimedop", "tsops", 1),
-    syscall_arg("sys_enter_semtimedop", "nsops", 2),
-    syscall_arg("sys_enter_shmget", "key", 0),
-    syscall_arg("sys_enter_shmget", "size", 1),
-    syscall_arg("sys_enter_mmap", "len", 1),
-    syscall_arg("sys_enter_mmap", "flags", 3),
-    syscall_arg("sys_enter_mmap", "fd", 4),
-    syscall_arg("sys_enter_mmap", "off", 5),
-    syscall_arg("sys_enter_shmat", "shmid", 0),
-    syscall_arg("sys_enter_munmap", "addr", 0),
-    syscall_arg("sys_enter_shmdt", "shmaddr", 0),
     Field {
         category: "exceptions",
         event: "page_fault_user",
@@ -138,39 +84,6 @@ pub(super) const FIELDS: [Field; 62] = [
         global: "OFFSET_FAULT_ERROR_CODE",
     },
 ];
-
-/// The file descriptor argument of a message syscall's entry. Syscall
-/// arguments are recorded as 8-byte words whatever their C type.
-const fn syscall_fd(event: &'static str) -> Field {
-    Field {
-        category: "syscalls",
-        event,
-        name: "fd",
-        size: 8,
-        global: "OFFSET_SYSCALL_FD",
-    }
-}
-
-/// Argument `index` (0-5) of a syscall's entry, called `name` there:
-/// read through the positional `OFFSET_SYSCALL_ARG*` globals, so every
-/// syscall sharing one must put it at the same offset (checked).
-const fn syscall_arg(event: &'static str, name: &'static str, index: usize) -> Field {
-    const GLOBALS: [&str; 6] = [
-        "OFFSET_SYSCALL_ARG0",
-        "OFFSET_SYSCALL_ARG1",
-        "OFFSET_SYSCALL_ARG2",
-        "OFFSET_SYSCALL_ARG3",
-        "OFFSET_SYSCALL_ARG4",
-        "OFFSET_SYSCALL_ARG5",
-    ];
-    Field {
-        category: "syscalls",
-        event,
-        name,
-        size: 8,
-        global: GLOBALS[index],
-    }
-}
 
 /// The offset of each of [`FIELDS`] on this kernel, in the same order.
 pub(super) fn offsets(tracefs: &Path) -> Result<[u32; FIELDS.len()], ProbeError> {
@@ -201,19 +114,6 @@ pub(super) fn offsets(tracefs: &Path) -> Result<[u32; FIELDS.len()], ProbeError>
             return Err(layout(Some(size)));
         }
         *slot = offset;
-    }
-    // One program reads every tracepoint that shares a global, so they
-    // must agree on where the field is.
-    for (i, field) in FIELDS.iter().enumerate() {
-        if let Some(j) = FIELDS[..i].iter().position(|f| f.global == field.global) {
-            if out[i] != out[j] {
-                return Err(ProbeError::TracepointOffsetsDiffer {
-                    field: field.name,
-                    first: format!("{}:{}", FIELDS[j].category, FIELDS[j].event),
-                    second: format!("{}:{}", field.category, field.event),
-                });
-            }
-        }
     }
     Ok(out)
 }
