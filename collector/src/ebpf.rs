@@ -82,6 +82,11 @@ mod flag {
     pub const LAUNCHER: u8 = 2;
 }
 
+/// How often the ring is read when the probes have not woken the reader:
+/// they do only once a backlog builds up, so this bounds how late a
+/// trickle of events arrives.
+pub const RING_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The most samples one [`Probes::read_into`] call drains, so a ring that
 /// fills as fast as it is read cannot keep the caller from its other work
 /// (or grow `out` without bound).
@@ -532,8 +537,11 @@ impl Probes {
         }
     }
 
-    /// Waits until the ring buffer has samples, then drains it (up to a
-    /// batch limit), appending each decoded sample to `out`.
+    /// Waits until the ring buffer has samples, or [`RING_POLL`] passes,
+    /// then drains it (up to a batch limit), appending each decoded sample
+    /// to `out`. The probes wake this only once a backlog has built up
+    /// (see probe-ebpf's `wakeup`), so a trickle of events is read on the
+    /// timer.
     ///
     /// Samples that fail to decode are counted in the returned
     /// [`ReadStats::decode_errors`], never dropped silently; the first is
@@ -548,37 +556,26 @@ impl Probes {
             ..
         } = self;
         let ring = ring.polled()?;
-        let mut guard = ring
-            .readable_mut()
-            .await
-            .map_err(|source| ProbeError::RingWait { source })?;
-
         let mut stats = ReadStats::default();
-        let mut drained = false;
-        for _ in 0..MAX_BATCH {
-            let Some(sample) = guard.get_inner_mut().next() else {
-                drained = true;
-                break;
-            };
-            match decode(Source::Ebpf, &sample) {
-                Ok((event, _)) => {
-                    out.push(event);
-                    stats.events += 1;
-                }
-                Err(e) => {
-                    stats.decode_errors += 1;
-                    warn_decode_error(decode_warned, &e, sample.len());
+        match tokio::time::timeout(RING_POLL, ring.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard.map_err(|source| ProbeError::RingWait { source })?;
+                let drained = drain(guard.get_inner_mut(), out, &mut stats, decode_warned);
+                // Readiness is edge-triggered: clearing it with samples
+                // still in the ring would leave them there until the next
+                // wakeup. tokio clears only if no wakeup arrived since the
+                // guard was taken, so a sample committed after the last
+                // `next` is not missed either.
+                if drained {
+                    guard.clear_ready();
+                } else {
+                    guard.retain_ready();
                 }
             }
-        }
-        // Readiness is edge-triggered: clearing it with samples still in
-        // the ring would leave them there until the next sample's wakeup.
-        // tokio clears only if no wakeup arrived since the guard was taken,
-        // so a sample committed after the last `next` is not missed either.
-        if drained {
-            guard.clear_ready();
-        } else {
-            guard.retain_ready();
+            // The timer: whatever arrived without a wakeup.
+            Err(_) => {
+                drain(ring.get_mut(), out, &mut stats, decode_warned);
+            }
         }
         Ok(stats)
     }
@@ -606,6 +603,32 @@ impl Probes {
             })?;
         Ok(per_cpu.iter().sum())
     }
+}
+
+/// Decodes up to [`MAX_BATCH`] samples from `ring` into `out`; true when
+/// the ring is empty.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Vec<Event>,
+    stats: &mut ReadStats,
+    decode_warned: &mut bool,
+) -> bool {
+    for _ in 0..MAX_BATCH {
+        let Some(sample) = ring.next() else {
+            return true;
+        };
+        match decode(Source::Ebpf, &sample) {
+            Ok((event, _)) => {
+                out.push(event);
+                stats.events += 1;
+            }
+            Err(e) => {
+                stats.decode_errors += 1;
+                warn_decode_error(decode_warned, &e, sample.len());
+            }
+        }
+    }
+    false
 }
 
 impl Ring {

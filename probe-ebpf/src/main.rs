@@ -1520,7 +1520,7 @@ fn emit_named(mut header: RawEvent, src: *const u8, mq: bool) -> Result<(), i64>
     // SAFETY: as above; `header` lies within the reservation, and
     // ptr::write does not read the uninitialised memory it replaces.
     unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }
 
@@ -1566,7 +1566,7 @@ fn emit_with_payload(
     header.data_len = if read == 0 { n as u16 } else { 0 };
     // SAFETY: as above; `header` lies within the reservation.
     unsafe { ptr::write(ptr::addr_of_mut!((*record).header), header) };
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }
 
@@ -1694,9 +1694,32 @@ fn emit(event: &RawEvent) {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            entry.submit(wakeup());
         }
         None => count_drop(),
+    }
+}
+
+/// `bpf_ringbuf_submit` flags and the `bpf_ringbuf_query` of the bytes
+/// waiting, from `<linux/bpf.h>`.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Bytes waiting in `EVENTS` before a record wakes the collector: about a
+/// millisecond of events at 2 million a second, and 1/64 of the ring.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// The submit flags for a record: no wakeup until `WAKEUP_BYTES` are
+/// waiting. By default every record that finds the reader caught up wakes
+/// it, which costs the traced thread an irq_work and the reader a trip
+/// through the scheduler per record; the collector reads the ring on a
+/// timer as well (`collector::ebpf::RING_POLL`), so a quiet trickle still
+/// arrives within milliseconds.
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 
