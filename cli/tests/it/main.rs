@@ -15,8 +15,8 @@ mod record;
 mod tui;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn ipcscope() -> Command {
@@ -66,6 +66,27 @@ pub fn need_root(test: &str) -> bool {
     );
     eprintln!("{test}: SKIPPED, not root (the eBPF probes need it)");
     false
+}
+
+/// An ipc-lib example, which `cargo build --examples` (run first by `cargo
+/// xtask test`) puts beside this test binary (target/<profile>/examples).
+/// Missing is a failure in CI, a skip with a message elsewhere.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{} not built: run `cargo build --examples` first, as `cargo xtask test` does",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not built (cargo test --workspace builds it)",
+        path.display()
+    );
+    None
 }
 
 /// `sql`'s first row, once the database answers it with `ready` true;
@@ -120,6 +141,21 @@ impl Recorder {
     pub fn pid(&self) -> i32 {
         self.0.id() as i32
     }
+
+    /// Waits for the recorder to end by itself.
+    pub fn wait(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the recording still runs after {patience:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Recorder {
@@ -129,6 +165,14 @@ impl Drop for Recorder {
         unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
         let _ = self.0.wait();
     }
+}
+
+/// Whether process `pid` is gone (a zombie waiting to be reaped counts).
+pub fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// CLOCK_MONOTONIC now: the clock every event's `ts_ns` is on.
