@@ -12,6 +12,7 @@ mod ebpf_waits;
 mod faults;
 mod lib_trace;
 mod record;
+mod security;
 mod tui;
 
 use std::os::unix::process::CommandExt;
