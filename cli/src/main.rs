@@ -42,6 +42,12 @@ enum Command {
     /// with CMD's exit status (128+N if a signal N killed it). By default the
     /// eBPF probes follow CMD and every process it forks; they need root (or
     /// CAP_BPF and CAP_PERFMON).
+    ///
+    /// CMD starts with the privileges ipcscope was given; ipcscope itself
+    /// then keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (to read other
+    /// processes' /proc/PID/fd) and CAP_KILL (to pass Ctrl-C on to CMD),
+    /// plus CAP_DAC_OVERRIDE and CAP_CHOWN when the database is another
+    /// user's.
     Record(RecordArgs),
     /// List the recorded sessions.
     Sessions(SessionsArgs),

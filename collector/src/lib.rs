@@ -14,6 +14,7 @@ pub mod export;
 pub mod lib_ring;
 pub mod live;
 pub mod platform;
+pub mod privileges;
 pub mod query;
 pub mod record;
 pub mod replay;

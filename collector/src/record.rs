@@ -7,6 +7,10 @@
 //! descendant it forks) with no window for a race; the launcher entry is
 //! removed as soon as the child exists, so the recorder's own activity is
 //! never traced.
+//!
+//! Once the probes are attached and the command started, the recorder
+//! drops every capability it no longer needs (see [`crate::privileges`]);
+//! the command keeps what ipcscope was run with.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -94,6 +98,10 @@ pub async fn record(options: RecordOptions) -> Result<RecordOutcome> {
 }
 
 /// [`record`], steered by `control`.
+///
+/// Once the command is started, this process keeps only the capabilities
+/// the rest of the recording needs: this is for a process that records,
+/// not one that goes on to load probes.
 pub async fn record_with(options: RecordOptions, control: RecordControl) -> Result<RecordOutcome> {
     check_options(&options)?;
     let program = options.command.first();
@@ -247,6 +255,14 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                 .await?;
         }
         child = Some((spawned, pid));
+    }
+    // After the spawn, so that the command runs with what the user gave
+    // us (`sudo ipcscope record -- cmd` runs cmd as root, as sudo would),
+    // and after the last use of the probes' privileges.
+    if let Err(e) = crate::privileges::drop_unneeded(&options.db) {
+        // The command runs already: the recording goes on, and the user
+        // learns what it still holds.
+        eprintln!("ipcscope: recording with more privileges than needed: {e}");
     }
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 

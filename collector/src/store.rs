@@ -45,6 +45,10 @@ pub fn schema_version() -> i64 {
 pub enum StoreError {
     #[error("{path}: no such database (record a session first, or pass --db)")]
     Missing { path: PathBuf },
+    /// The file exists but holds no ipcscope data yet: a recording may be
+    /// creating it right now, so a command that reads must not.
+    #[error("{path}: no ipcscope data in it yet (a recording may be starting); left untouched")]
+    Empty { path: PathBuf },
     #[error("{path}: not an SQLite database (the file does not start with the SQLite header); left untouched")]
     NotSqlite { path: PathBuf },
     #[error("{path}: truncated SQLite database: its header describes {expected} bytes but the file has {actual}; left untouched")]
@@ -209,7 +213,8 @@ fn read_only_options(path: &Path) -> SqliteConnectOptions {
 pub enum OpenMode {
     /// `record`: create the file (owner-only) when it is missing.
     Create,
-    /// Commands that read: a missing file is an error.
+    /// Commands that read: a missing file, or one with no ipcscope data
+    /// yet, is an error: they never create a schema.
     Existing,
 }
 
@@ -226,10 +231,16 @@ impl Store {
     pub async fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
         let inspection = inspect(path).await?;
         if inspection == Inspection::New {
-            if mode == OpenMode::Existing && !path.exists() {
-                return Err(StoreError::Missing { path: path.into() });
+            match mode {
+                OpenMode::Existing if !path.exists() => {
+                    return Err(StoreError::Missing { path: path.into() })
+                }
+                // A recorder that has created the file and not yet the
+                // schema would find its migrations done under it (and
+                // fail); and commands that read must not write.
+                OpenMode::Existing => return Err(StoreError::Empty { path: path.into() }),
+                OpenMode::Create => create_owner_only(path)?,
             }
-            create_owner_only(path)?;
         }
 
         let options = SqliteConnectOptions::from_str("sqlite://")
@@ -255,13 +266,7 @@ impl Store {
             Inspection::New => 0,
         };
         if current < schema_version() {
-            MIGRATOR
-                .run(&pool)
-                .await
-                .map_err(|source| StoreError::Migrate {
-                    path: path.into(),
-                    source,
-                })?;
+            migrate(&pool, path).await?;
         }
         Ok(Store {
             pool,
@@ -537,6 +542,31 @@ impl Store {
             Err(e) => tracing::warn!("checkpointing {}: {e}", self.path.display()),
         }
         self.pool.close().await;
+    }
+}
+
+/// Brings the schema up to date. Another process may be migrating the
+/// same file at the same time (two recorders starting on one new file, or
+/// a reader opening an older one as a recorder upgrades it): each migration
+/// is a transaction, so theirs makes ours fail with "already exists" and
+/// leaves nothing half done, and running ours again finds it applied.
+async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(_) if attempt < ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => {
+                return Err(StoreError::Migrate {
+                    path: path.into(),
+                    source,
+                })
+            }
+        }
     }
 }
 

@@ -26,6 +26,10 @@ struct Args {
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Sleep this many microseconds after each message: a steady rate the
+    /// recorder keeps up with, for runs that must lose no event.
+    #[arg(long, default_value_t = 0)]
+    pause_us: u64,
     /// Run as the consumer of this channel (the producer passes it).
     #[arg(long, hide = true)]
     consumer: Option<String>,
@@ -35,7 +39,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.consumer {
         Some(name) => consume(name, args.messages, args.size),
-        None => produce(args.messages, args.size),
+        None => produce(
+            args.messages,
+            args.size,
+            Duration::from_micros(args.pause_us),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +73,7 @@ fn fill(i: u64, buf: &mut [u8]) {
     }
 }
 
-fn produce(messages: u64, size: usize) -> Result<()> {
+fn produce(messages: u64, size: usize, pause: Duration) -> Result<()> {
     let name = format!("producer-consumer-{}", std::process::id());
     // The name must outlive our end: with few or small messages we may be
     // done, and closed, before the consumer has even opened the channel. It
@@ -102,6 +110,9 @@ fn produce(messages: u64, size: usize) -> Result<()> {
                 }
                 Err(e) => return Err(e).with_context(|| format!("sending message {i}")),
             }
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
         }
     }
     // Closing our end is how the consumer learns the stream is complete.

@@ -2,28 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{query, stderr};
-
-/// An ipc-lib example, which `cargo build --examples` (run first by `cargo
-/// xtask test`) puts beside this test binary (target/<profile>/examples).
-/// Missing is a failure in CI, a skip with a message elsewhere.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "{} not built: run `cargo build --examples` first, as `cargo xtask test` does",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: {} not built (cargo test --workspace builds it)",
-        path.display()
-    );
-    None
-}
+use crate::{example, query, stderr};
 
 fn producer_consumer() -> Option<PathBuf> {
     example("producer_consumer")

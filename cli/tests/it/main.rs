@@ -13,10 +13,13 @@ mod ebpf_waits;
 mod faults;
 mod lib_trace;
 mod record;
+mod security;
 mod tui;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn ipcscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ipcscope"))
@@ -65,4 +68,122 @@ pub fn need_root(test: &str) -> bool {
     );
     eprintln!("{test}: SKIPPED, not root (the eBPF probes need it)");
     false
+}
+
+/// An ipc-lib example, which `cargo build --examples` (run first by `cargo
+/// xtask test`) puts beside this test binary (target/<profile>/examples).
+/// Missing is a failure in CI, a skip with a message elsewhere.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{} not built: run `cargo build --examples` first, as `cargo xtask test` does",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not built (cargo test --workspace builds it)",
+        path.display()
+    );
+    None
+}
+
+/// `sql`'s first row, once the database answers it with `ready` true;
+/// the recording may not have created the file, or committed, yet.
+pub fn poll_row(
+    db: &Path,
+    sql: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+    patience: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let out = run(&[
+            "query",
+            "--db",
+            db.to_str().unwrap(),
+            "--format",
+            "json",
+            sql,
+        ]);
+        if out.status.success() {
+            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if ready(&rows[0]) {
+                return rows[0].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: not ready after {patience:?}: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A recorder in a process group of its own, so that what it started can
+/// be killed with it however it dies.
+pub struct Recorder(pub Child);
+
+impl Recorder {
+    pub fn spawn(command: &mut Command) -> Recorder {
+        Recorder(
+            command
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("ipcscope runs"),
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Waits for the recorder to end by itself.
+    pub fn wait(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the recording still runs after {patience:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory effects; the group is the one the
+        // recorder leads, which it keeps while this value lives.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether process `pid` is gone (a zombie waiting to be reaped counts).
+pub fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// CLOCK_MONOTONIC now: the clock every event's `ts_ns` is on.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

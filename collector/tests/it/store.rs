@@ -504,6 +504,38 @@ async fn a_missing_database_is_an_error_for_readers() {
     assert!(!path.exists());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openers_racing_to_create_one_database_all_succeed() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("race-{round}.db"));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { Store::open(&path, OpenMode::Create).await })
+            })
+            .collect();
+        for open in opens {
+            let store = open.await.unwrap().unwrap();
+            assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_database_being_created_is_left_to_its_creator() {
+    // What a recorder leaves between creating the file and its schema: a
+    // reader that migrated it there made the recorder's migrations fail.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    std::fs::write(&path, b"").unwrap();
+    let err = Store::open(&path, OpenMode::Existing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Empty { .. }), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left untouched");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+}
+
 #[tokio::test]
 async fn sessions_are_found_by_id_and_latest() {
     let dir = tempfile::tempdir().unwrap();
