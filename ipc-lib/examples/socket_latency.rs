@@ -33,6 +33,11 @@ struct Args {
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Run only these tests (raw, channel, rpc); all three by default.
+    /// `--only raw` is a plain syscall ping-pong with no ipc-lib tracing,
+    /// what `benches/peers.sh` records under each tracer.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Run as the echo process (MODE:NAME).
     #[arg(long, hide = true)]
     echo: Option<String>,
@@ -52,6 +57,9 @@ fn main() -> Result<()> {
         args.rounds, args.size
     );
     for mode in ["raw", "channel", "rpc"] {
+        if !args.only.is_empty() && !args.only.iter().any(|m| m == mode) {
+            continue;
+        }
         let name = format!("latency-{mode}-{tag}");
         let mut times = run(mode, &name, args.rounds, args.size)
             .with_context(|| format!("{mode} round trips"))?;

@@ -37,16 +37,21 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `query --format json` parsed.
-pub fn query(db: &Path, sql: &str) -> serde_json::Value {
-    let out = run(&[
+/// `query --format json`, as it ran.
+fn query_json(db: &Path, sql: &str) -> Output {
+    run(&[
         "query",
         "--db",
         db.to_str().unwrap(),
         "--format",
         "json",
         sql,
-    ]);
+    ])
+}
+
+/// `query --format json` parsed.
+pub fn query(db: &Path, sql: &str) -> serde_json::Value {
+    let out = query_json(db, sql);
     assert!(out.status.success(), "query failed: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("query prints JSON")
 }
@@ -101,14 +106,7 @@ pub fn poll_row(
 ) -> serde_json::Value {
     let deadline = Instant::now() + patience;
     loop {
-        let out = run(&[
-            "query",
-            "--db",
-            db.to_str().unwrap(),
-            "--format",
-            "json",
-            sql,
-        ]);
+        let out = query_json(db, sql);
         if out.status.success() {
             let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             if ready(&rows[0]) {
@@ -178,12 +176,4 @@ pub fn gone(pid: u64) -> bool {
 }
 
 /// CLOCK_MONOTONIC now: the clock every event's `ts_ns` is on.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use collector::clock::monotonic_ns;

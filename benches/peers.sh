@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# ipcscope against the tools a user would reach for instead, side by side
+# in one run: the same workloads with nothing attached, under
+# `ipcscope record`, under `strace -f`, under `perf trace` and under a
+# bpftrace script doing the same capture (every IPC syscall of the workload
+# and its children: pid, tid, syscall, result, duration). Rounds alternate
+# the tools; medians. Writes the table into BENCHMARKS.md between the
+# peers markers, and prints it.
+#
+#   benches/peers.sh [ROUNDS]          (root; installs stress-ng and bpftrace if missing)
+#
+# Workloads: stress-ng's pipe, sem-sysv, mq and futex stressors with fixed op
+# counts (the time for those ops; the POSIX --sem stressor of stress-ng
+# 0.15 never reaches its op count here), and a Unix SOCK_SEQPACKET ping-pong
+# (socket_latency --only raw: its p50 round trip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+for pkg in stress-ng bpftrace; do
+    command -v "$pkg" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null
+done
+cargo build --release -q -p cli
+cargo build --release -q -p ipc-lib --example socket_latency
+ipcscope=$PWD/target/release/ipcscope
+pingpong=$PWD/target/release/examples/socket_latency
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# The syscalls ipcscope's probes capture, for strace and perf trace.
+calls=read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg,mq_timedsend,mq_timedreceive,msgsnd,msgrcv,semop,semtimedop,futex,mmap,munmap,shmat,shmdt
+# The same set by x86-64 number, for bpftrace's raw_syscalls filter.
+cat >"$tmp/capture.bt" <<'EOF'
+tracepoint:sched:sched_process_fork /args->parent_pid == cpid || @t[args->parent_pid]/ {
+    @t[args->child_pid] = 1;
+}
+tracepoint:raw_syscalls:sys_enter /(pid == cpid || @t[pid]) &&
+    (args->id <= 1 || args->id == 9 || args->id == 11 || args->id == 19 || args->id == 20 ||
+     args->id == 30 || (args->id >= 44 && args->id <= 47) || args->id == 65 || args->id == 67 ||
+     args->id == 69 || args->id == 70 || args->id == 202 || args->id == 220 ||
+     args->id == 242 || args->id == 243)/ {
+    @start[tid] = nsecs;
+    @nr[tid] = args->id;
+}
+tracepoint:raw_syscalls:sys_exit /@start[tid]/ {
+    printf("%d %d %d %d %d\n", pid, tid, @nr[tid], args->ret, nsecs - @start[tid]);
+    delete(@start[tid]);
+    delete(@nr[tid]);
+}
+END { clear(@t); clear(@start); clear(@nr); }
+EOF
+
+workloads=(pipe sem mq futex pingpong)
+declare -A label=(
+    [pipe]="stress-ng --pipe 1 --pipe-ops 100000"
+    [sem]="stress-ng --sem-sysv 1 --sem-sysv-ops 500000"
+    [mq]="stress-ng --mq 1 --mq-ops 100000"
+    [futex]="stress-ng --futex 1 --futex-ops 100000"
+    [pingpong]="SOCK_SEQPACKET ping-pong, 20,000 round trips"
+)
+tools=(none ipcscope strace perf bpftrace)
+# Full paths: bpftrace -c wants one.
+sng=$(command -v stress-ng)
+declare -A cmd=(
+    [pipe]="$sng --pipe 1 --pipe-ops 100000 -q"
+    [sem]="$sng --sem-sysv 1 --sem-sysv-ops 500000 -q"
+    [mq]="$sng --mq 1 --mq-ops 100000 -q"
+    [futex]="$sng --futex 1 --futex-ops 100000 -q"
+    [pingpong]="$pingpong --only raw --rounds 20000"
+)
+
+# Runs workload $1 under tool $2; prints "figure captured": the figure is
+# ns of wall time, or the ping-pong's p50 in ns; captured is how many
+# events (ipcscope) or lines (the others) the tool wrote.
+measure() {
+    local w=$1 tool=$2 out=$tmp/out start end figure captured=0
+    rm -f "$tmp"/p.db* "$tmp/trace"
+    start=$(date +%s%N)
+    # shellcheck disable=SC2086 # the workload's words
+    case $tool in
+        none) ${cmd[$w]} >"$out" ;;
+        ipcscope) "$ipcscope" record --db "$tmp/p.db" -- ${cmd[$w]} >"$out" 2>/dev/null ;;
+        strace) strace -f -qq -o "$tmp/trace" -e trace="$calls" ${cmd[$w]} >"$out" ;;
+        perf) perf trace -o "$tmp/trace" -e "$calls" -- ${cmd[$w]} >"$out" ;;
+        bpftrace) bpftrace -q -o "$tmp/trace" -c "${cmd[$w]}" "$tmp/capture.bt" >"$out" ;;
+    esac
+    end=$(date +%s%N)
+    if [[ $w == pingpong ]]; then
+        figure=$(awk '/raw:/ {printf "%d", $3 * 1000}' "$out")
+    else
+        figure=$((end - start))
+    fi
+    case $tool in
+        ipcscope) captured=$("$ipcscope" query --db "$tmp/p.db" --format csv \
+            "select event_count from sessions" | tail -n 1 | tr -d '\r\n') ;;
+        strace | perf | bpftrace) captured=$(wc -l <"$tmp/trace") ;;
+    esac
+    echo "$figure $captured"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A figures captures
+for _ in $(seq "$rounds"); do
+    for w in "${workloads[@]}"; do
+        for tool in "${tools[@]}"; do
+            read -r figure captured < <(measure "$w" "$tool")
+            figures[$w.$tool]+="$figure "
+            captures[$w.$tool]=$captured
+        done
+    done
+done
+
+table=$tmp/table.md
+{
+    echo "| workload | nothing attached | ipcscope record | strace -f | perf trace | bpftrace |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for w in "${workloads[@]}"; do
+        base=$(tr ' ' '\n' <<<"${figures[$w.none]}" | grep . | median)
+        unit="ms"
+        [[ $w == pingpong ]] && unit="µs p50"
+        row="| ${label[$w]} | $(awk -v b="$base" 'BEGIN {printf "%.1f", b / 1e6}') ms"
+        [[ $w == pingpong ]] && row="| ${label[$w]} | $(awk -v b="$base" 'BEGIN {printf "%.1f", b / 1e3}') $unit"
+        for tool in "${tools[@]:1}"; do
+            m=$(tr ' ' '\n' <<<"${figures[$w.$tool]}" | grep . | median)
+            row+=" | $(awk -v m="$m" -v b="$base" 'BEGIN {printf "%.2fx", m / b}'), ${captures[$w.$tool]} captured"
+        done
+        echo "$row |"
+    done
+} >"$table"
+cat "$table"
+
+# Into BENCHMARKS.md, between the markers.
+awk -v table="$table" -v when="$(date -u +%Y-%m-%d)" -v rounds="$rounds" '
+    /<!-- peers:start -->/ {
+        print; print "";
+        print "Run " when ", medians of " rounds " round(s) (`benches/peers.sh " rounds "`):"; print "";
+        while ((getline line < table) > 0) print line;
+        print ""; skip = 1; next
+    }
+    /<!-- peers:end -->/ { skip = 0 }
+    !skip' BENCHMARKS.md >"$tmp/b.md"
+cp "$tmp/b.md" BENCHMARKS.md
