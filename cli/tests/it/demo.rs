@@ -5,6 +5,7 @@ use crate::{query, run, stderr};
 
 #[test]
 fn the_demo_records_every_kind_of_ipc_and_finds_its_deadlock() {
+    let _turn = crate::flood_turn();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
     let out = run(&[
@@ -152,6 +153,7 @@ fn the_demo_records_every_kind_of_ipc_and_finds_its_deadlock() {
 /// deadlock may be reported.
 #[test]
 fn a_healthy_workload_for_30_s_reports_no_deadlock() {
+    let _turn = crate::flood_turn();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
     let out = run(&[

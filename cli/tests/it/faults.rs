@@ -35,6 +35,7 @@ fn a_full_disk_stops_storing_with_a_clear_error_and_leaves_a_sound_database() {
     if !need_root("a_full_disk_stops_storing_with_a_clear_error_and_leaves_a_sound_database") {
         return;
     }
+    let _turn = crate::flood_turn();
     let dir = tempfile::tempdir().unwrap();
     let _disk = SmallDisk::mount(dir.path(), "2m");
     let db = dir.path().join("full.db");
@@ -79,6 +80,7 @@ fn a_full_disk_stops_storing_with_a_clear_error_and_leaves_a_sound_database() {
 
 #[test]
 fn a_recorder_killed_mid_session_leaves_every_committed_event_and_an_unfinished_session() {
+    let _turn = crate::flood_turn();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("killed.db");
     // The sockets a killed recorder cannot remove go with the test's
@@ -210,6 +212,7 @@ fn a_sender_killed_mid_stream_loses_nothing_it_sent_and_the_recording_goes_on() 
     let Some(example) = example("producer_consumer") else {
         return;
     };
+    let _turn = crate::flood_turn();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
     let pid_file = dir.path().join("producer.pid");

@@ -21,6 +21,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Held by the tests whose workload runs as fast as the CPU allows (the
+/// demo, floods): each counts on the recorder keeping up, which on a
+/// 2-core machine it cannot while another such workload runs beside it.
+/// Those tests take turns; the rest still run in parallel.
+static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn flood_turn() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked holding it leaves nothing to repair.
+    FLOODS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn ipcscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ipcscope"))
 }
