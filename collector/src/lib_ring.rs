@@ -167,10 +167,11 @@ impl RingReader {
         unsafe { self.base.as_ptr().add(HEADER_SIZE) }
     }
 
-    /// Copies every committed record out, decodes it into `out`, and frees
-    /// its space. An error means the ring's structure is beyond repair.
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<DrainStats, RingError> {
-        let mut stats = DrainStats::default();
+    /// Copies every committed record out, decodes it into `out`, frees its
+    /// space, and adds what it found to `stats`. An error means the ring's
+    /// structure is beyond repair; what came before it is in `out` and
+    /// `stats` all the same.
+    pub fn drain(&mut self, out: &mut Vec<Event>, stats: &mut DrainStats) -> Result<(), RingError> {
         let head = self.header().head.load(Ordering::Acquire);
         if head < self.tail || head - self.tail > self.capacity {
             return Err(RingError::Corrupt("head outside the ring"));
@@ -225,12 +226,17 @@ impl RingReader {
         }
         self.header().tail.store(self.tail, Ordering::Release);
         let dropped = self.header().dropped.load(Ordering::Relaxed);
-        // A hostile owner can rewind its counter; count only growth.
+        // A hostile owner can rewind its counter (count only growth) or
+        // scribble a huge one (which would swamp every honest count).
         if dropped > self.dropped_seen {
-            stats.ring_full = dropped - self.dropped_seen;
+            let grew = dropped - self.dropped_seen;
+            if grew > MAX_REFUSALS_PER_DRAIN {
+                return Err(RingError::Corrupt("drop counter jumped"));
+            }
+            stats.ring_full += grew;
             self.dropped_seen = dropped;
         }
-        Ok(stats)
+        Ok(())
     }
 }
 
@@ -240,6 +246,12 @@ impl Drop for RingReader {
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
+
+/// The most refusals one drain believes. A process refuses records no
+/// faster than it can call ipc-lib, some tens of millions a second, and
+/// drains come every millisecond (seconds apart at worst): a larger jump is
+/// a scribbled counter.
+const MAX_REFUSALS_PER_DRAIN: u64 = 1 << 32;
 
 /// How often rings are drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(1);
@@ -430,8 +442,8 @@ async fn pump(
             () = stopped(&mut stop) => last = true,
         }
         let mut events = Vec::new();
-        let result = reader.drain(&mut events);
-        let stats = result.as_ref().copied().unwrap_or_default();
+        let mut stats = DrainStats::default();
+        let result = reader.drain(&mut events, &mut stats);
         if stats.rejected > 0 {
             events.push(drop_event(pid, drop_source::DECODE, stats.rejected));
         }

@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use collector::lib_ring::{RingError, RingReader};
-use ipc_events::raw::{chan, kind, RawEvent};
+use collector::lib_ring::{DrainStats, RingError, RingReader};
+use ipc_events::raw::{chan, kind, RawEvent, MAX_NAME};
 use ipc_events::ring::{self, RingHeader, HEADER_SIZE};
 use ipc_events::{Event, EventKind};
 
@@ -86,6 +86,12 @@ fn header(ring: &Ring) -> &RingHeader {
     unsafe { &*ring.base.cast::<RingHeader>() }
 }
 
+/// One drain's findings, or its error.
+fn drain(reader: &mut RingReader, out: &mut Vec<Event>) -> Result<DrainStats, RingError> {
+    let mut stats = DrainStats::default();
+    reader.drain(out, &mut stats).map(|()| stats)
+}
+
 #[test]
 fn records_come_out_as_written() {
     let ring = make_ring(1 << 16, 77, true);
@@ -94,7 +100,7 @@ fn records_come_out_as_written() {
     }
     let mut reader = RingReader::map(&ring.fd, 77).unwrap();
     let mut out = Vec::new();
-    let stats = reader.drain(&mut out).unwrap();
+    let stats = drain(&mut reader, &mut out).unwrap();
     assert_eq!(stats.events, 3);
     assert_eq!(
         out.iter().map(|e| e.msg_id.unwrap()).collect::<Vec<_>>(),
@@ -128,7 +134,7 @@ fn wrap_around_keeps_every_record_in_order() {
             next += 1;
         }
         let mut out = Vec::new();
-        reader.drain(&mut out).unwrap();
+        drain(&mut reader, &mut out).unwrap();
         seen.extend(out.iter().map(|e| e.msg_id.unwrap()));
     }
     assert_eq!(seen, (1..next).collect::<Vec<_>>());
@@ -148,11 +154,11 @@ fn a_full_ring_refuses_and_the_count_is_reported() {
     }
     assert!(refused > 0 && accepted > 0);
     let mut out = Vec::new();
-    let stats = reader.drain(&mut out).unwrap();
+    let stats = drain(&mut reader, &mut out).unwrap();
     assert_eq!(stats.events, accepted);
     assert_eq!(stats.ring_full, refused);
     // Counted once: a second drain reports no new refusals.
-    assert_eq!(reader.drain(&mut out).unwrap().ring_full, 0);
+    assert_eq!(drain(&mut reader, &mut out).unwrap().ring_full, 0);
 }
 
 #[test]
@@ -166,7 +172,7 @@ fn records_claiming_another_pid_or_garbage_are_rejected_not_stored() {
     assert!(write(&ring, &raw(100, 4, "a"), "a"));
     let mut reader = RingReader::map(&ring.fd, 100).unwrap();
     let mut out = Vec::new();
-    let stats = reader.drain(&mut out).unwrap();
+    let stats = drain(&mut reader, &mut out).unwrap();
     assert_eq!((stats.events, stats.rejected), (2, 2));
     assert_eq!(
         out.iter().map(|e| e.msg_id.unwrap()).collect::<Vec<_>>(),
@@ -188,7 +194,7 @@ fn a_corrupted_length_or_head_detaches_the_ring_without_panicking() {
     };
     let mut reader = RingReader::map(&ring.fd, 3).unwrap();
     assert!(matches!(
-        reader.drain(&mut Vec::new()),
+        drain(&mut reader, &mut Vec::new()),
         Err(RingError::Corrupt(_))
     ));
 
@@ -196,7 +202,7 @@ fn a_corrupted_length_or_head_detaches_the_ring_without_panicking() {
     header(&ring).head.store(u64::MAX, Ordering::Relaxed);
     let mut reader = RingReader::map(&ring.fd, 3).unwrap();
     assert!(matches!(
-        reader.drain(&mut Vec::new()),
+        drain(&mut reader, &mut Vec::new()),
         Err(RingError::Corrupt(_))
     ));
 }
@@ -224,4 +230,98 @@ fn unsealed_mismatched_or_foreign_memfds_are_refused() {
         RingReader::map(&foreign.fd, 1),
         Err(RingError::BadHeader(_))
     ));
+}
+
+/// What the owner of a ring does between two drains.
+#[derive(Clone, Debug)]
+enum Act {
+    /// An honest record in its own name, with a name this long.
+    Write(usize),
+    /// A record in another process's name.
+    Forge,
+    /// Garbage: one word anywhere past the fields read only at mapping.
+    Poke {
+        word: usize,
+        value: u64,
+    },
+    Drain,
+}
+
+fn acts() -> impl proptest::strategy::Strategy<Value = Vec<Act>> {
+    use proptest::prelude::*;
+    let words = (HEADER_SIZE + 4096) / 8;
+    prop::collection::vec(
+        prop_oneof![
+            4 => (1..=MAX_NAME).prop_map(Act::Write),
+            1 => Just(Act::Forge),
+            1 => (2..words, any::<u64>()).prop_map(|(word, value)| Act::Poke { word, value }),
+            // Small values, the kind a near-miss bug writes.
+            1 => (2..words, 0u64..5000).prop_map(|(word, value)| Act::Poke { word, value }),
+            2 => Just(Act::Drain),
+        ],
+        1..120,
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever the owner writes, the reader returns (it never hangs or
+    /// panics), passes on only records in the owner's name, and, while the
+    /// ring is undamaged, every record exactly once and every forgery
+    /// counted.
+    #[test]
+    fn a_ring_owner_can_lose_its_own_records_and_nothing_else(acts in acts()) {
+        const OWNER: u32 = 42;
+        let ring = make_ring(4096, OWNER, true);
+        let mut reader = RingReader::map(&ring.fd, OWNER).unwrap();
+        let (mut next, mut expected, mut forged) = (1u64, Vec::new(), 0u64);
+        let (mut seen, mut rejected) = (Vec::new(), 0u64);
+        let mut damaged = false;
+        for act in acts.into_iter().chain([Act::Drain]) {
+            match act {
+                // The honest producer trusts the header; once it is
+                // scribbled on, only the hostile side writes.
+                Act::Write(len) if !damaged => {
+                    let name = "n".repeat(len);
+                    if write(&ring, &raw(OWNER, next, &name), &name) {
+                        expected.push(next);
+                    }
+                    next += 1;
+                }
+                Act::Forge if !damaged => {
+                    if write(&ring, &raw(OWNER + 1, next, "f"), "f") {
+                        forged += 1;
+                    }
+                    next += 1;
+                }
+                Act::Write(_) | Act::Forge => {}
+                Act::Poke { word, value } => {
+                    damaged = true;
+                    // SAFETY: word < the mapping's length in words; the
+                    // reader copies before it looks, so any value goes.
+                    unsafe { ptr::write_volatile(ring.base.cast::<u64>().add(word), value) };
+                }
+                Act::Drain => {
+                    let mut out = Vec::new();
+                    let mut stats = DrainStats::default();
+                    let result = reader.drain(&mut out, &mut stats);
+                    proptest::prop_assert!(out.iter().all(|e| e.pid == OWNER));
+                    proptest::prop_assert_eq!(stats.events, out.len() as u64);
+                    proptest::prop_assert!(stats.ring_full <= 1 << 32);
+                    seen.extend(out.iter().map(|e| e.msg_id.unwrap_or(0)));
+                    rejected += stats.rejected;
+                    if result.is_err() {
+                        // Detached: the recorder stops reading this ring.
+                        proptest::prop_assert!(damaged, "an undamaged ring was refused: {result:?}");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !damaged {
+            proptest::prop_assert_eq!(seen, expected);
+            proptest::prop_assert_eq!(rejected, forged);
+        }
+    }
 }
