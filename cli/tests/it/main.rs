@@ -11,6 +11,7 @@ mod ebpf_shm;
 mod ebpf_targets;
 mod ebpf_waits;
 mod faults;
+mod hostile;
 mod lib_trace;
 mod record;
 mod security;
