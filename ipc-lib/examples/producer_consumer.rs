@@ -30,6 +30,10 @@ struct Args {
     /// recorder keeps up with, for runs that must lose no event.
     #[arg(long, default_value_t = 0)]
     pause_us: u64,
+    /// Send this many messages a second, on a fixed schedule (a late
+    /// message is followed at once by the next): a sustained load for soaks.
+    #[arg(long, conflicts_with = "pause_us")]
+    rate: Option<u64>,
     /// Run as the consumer of this channel (the producer passes it).
     #[arg(long, hide = true)]
     consumer: Option<String>,
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
         None => produce(
             args.messages,
             args.size,
-            Duration::from_micros(args.pause_us),
+            match args.rate {
+                Some(rate) => Pace::Rate(rate.max(1)),
+                None => Pace::Pause(Duration::from_micros(args.pause_us)),
+            },
         ),
     };
     match result {
@@ -73,7 +80,15 @@ fn fill(i: u64, buf: &mut [u8]) {
     }
 }
 
-fn produce(messages: u64, size: usize, pause: Duration) -> Result<()> {
+/// How the producer spaces its messages.
+enum Pace {
+    /// This long after each (zero: back to back).
+    Pause(Duration),
+    /// Messages a second, each due at its slot in a fixed schedule.
+    Rate(u64),
+}
+
+fn produce(messages: u64, size: usize, pace: Pace) -> Result<()> {
     let name = format!("producer-consumer-{}", std::process::id());
     // The name must outlive our end: with few or small messages we may be
     // done, and closed, before the consumer has even opened the channel. It
@@ -111,8 +126,15 @@ fn produce(messages: u64, size: usize, pause: Duration) -> Result<()> {
                 Err(e) => return Err(e).with_context(|| format!("sending message {i}")),
             }
         }
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
+        match pace {
+            Pace::Pause(pause) if !pause.is_zero() => std::thread::sleep(pause),
+            Pace::Pause(_) => {}
+            Pace::Rate(rate) => {
+                let due = started + Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+                if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(ahead);
+                }
+            }
         }
     }
     // Closing our end is how the consumer learns the stream is complete.

@@ -67,7 +67,7 @@ impl Default for WriterConfig {
             queue_batches: 256,
             rows_per_statement: 500,
             rows_per_tx: 50_000,
-            flush_interval: Duration::from_millis(100),
+            flush_interval: Duration::from_millis(50),
             observer: None,
         }
     }
