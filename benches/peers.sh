@@ -15,6 +15,8 @@
 # (socket_latency --only raw: its p50 round trip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 rounds=${1:-3}
 for pkg in stress-ng bpftrace; do
     command -v "$pkg" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null
@@ -97,7 +99,6 @@ measure() {
     echo "$figure $captured"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A figures captures
 for _ in $(seq "$rounds"); do
@@ -112,6 +113,8 @@ done
 
 table=$tmp/table.md
 {
+    echo "Run $(date -u +%Y-%m-%d), medians of $rounds round(s) (\`benches/peers.sh $rounds\`):"
+    echo
     echo "| workload | nothing attached | ipcscope record | strace -f | perf trace | bpftrace |"
     echo "| --- | --- | --- | --- | --- | --- |"
     for w in "${workloads[@]}"; do
@@ -129,14 +132,4 @@ table=$tmp/table.md
 } >"$table"
 cat "$table"
 
-# Into BENCHMARKS.md, between the markers.
-awk -v table="$table" -v when="$(date -u +%Y-%m-%d)" -v rounds="$rounds" '
-    /<!-- peers:start -->/ {
-        print; print "";
-        print "Run " when ", medians of " rounds " round(s) (`benches/peers.sh " rounds "`):"; print "";
-        while ((getline line < table) > 0) print line;
-        print ""; skip = 1; next
-    }
-    /<!-- peers:end -->/ { skip = 0 }
-    !skip' BENCHMARKS.md >"$tmp/b.md"
-cp "$tmp/b.md" BENCHMARKS.md
+write_section peers "$table"

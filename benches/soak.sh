@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The recorder under a sustained load for a long time: ipc-lib channel
+# traffic at a fixed rate (producer_consumer --rate, 64-byte messages; each
+# message is a send and a receive event and a paired `messages` row),
+# recorded with `ipcscope record --no-ebpf` into a fresh database. Samples
+# the recorder's resident memory and the database's size every minute, then
+# counts what was stored and dropped. Writes the table into BENCHMARKS.md
+# between the soak markers, and prints it.
+#
+#   benches/soak.sh [SECONDS] [MESSAGES_PER_SECOND]     (defaults: 600 50000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
+secs=${1:-600}
+rate=${2:-50000}
+cargo build --release -q -p cli
+cargo build --release -q -p ipc-lib --example producer_consumer
+ipcscope=$PWD/target/release/ipcscope
+producer=$PWD/target/release/examples/producer_consumer
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+db=$tmp/soak.db
+
+# RSS of process $1 in MiB.
+rss() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+# Database and WAL in MiB.
+db_size() { du -cm "$db"* 2>/dev/null | awk 'END {print $1}'; }
+
+"$ipcscope" record --no-ebpf --db "$db" -- \
+    "$producer" --messages $((secs * rate)) --size 64 --rate "$rate" 2>"$tmp/err" &
+recorder=$!
+samples=$tmp/samples
+start=$(date +%s)
+minute=0
+while kill -0 "$recorder" 2>/dev/null; do
+    sleep 1
+    now=$(($(date +%s) - start))
+    if ((now >= (minute + 1) * 60)) && kill -0 "$recorder" 2>/dev/null; then
+        minute=$((minute + 1))
+        peak=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$recorder/status")
+        echo "$minute $(rss "$recorder") $peak $(db_size)" | tee -a "$samples"
+    fi
+done
+wait "$recorder" || { cat "$tmp/err"; exit 1; }
+elapsed=$(($(date +%s) - start))
+
+q() { "$ipcscope" query --db "$db" --format csv "$1" | tail -n 1 | tr -d '\r\n'; }
+events=$(q "select count(*) from events")
+paired=$(q "select count(*) from messages")
+drops=$(q "select coalesce(sum(count), 0) from drops")
+bytes=$(du -cb "$db"* | awk 'END {print $1}')
+achieved=$(grep -o '[0-9]* msg/s' "$tmp/err" | head -n 1)
+
+table=$tmp/table.md
+{
+    echo "Run $(date -u +%Y-%m-%d) (\`benches/soak.sh $secs $rate\`, release build): $((secs * rate)) messages of 64 bytes"
+    echo "at $rate a second (the producer achieved $achieved), $elapsed s in all."
+    echo
+    echo "| minute | recorder RSS | its peak so far | database + WAL |"
+    echo "| --- | --- | --- | --- |"
+    while read -r m r p d; do
+        echo "| $m | $r MiB | $p MiB | $d MiB |"
+    done <"$samples"
+    echo
+    echo "- events stored: $events of $((2 * secs * rate)) emitted; messages paired: $paired of $((secs * rate));"
+    echo "  events dropped, every source: $drops."
+    echo "- database at the end: $(awk -v b="$bytes" 'BEGIN {printf "%.0f", b / 1048576}') MiB,"
+    echo "  $(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.0f", b / e * 1e6 / 1048576}') MiB per million events"
+    echo "  (each with its share of the paired \`messages\` rows and indexes)."
+} >"$table"
+cat "$table"
+write_section soak "$table"
