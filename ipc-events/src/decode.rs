@@ -451,6 +451,37 @@ mod tests {
             let _ = decode_all(Source::Ebpf, &bytes).count();
         }
 
+        // Records that get past the first checks: known and unknown kind
+        // and channel codes, every other field arbitrary (names and
+        // payloads of any bytes and length, truncated or with trailing
+        // bytes). Decoding returns an event or an error, and an event says
+        // what the header said.
+        #[test]
+        fn records_with_any_field_values_decode_or_are_errors(
+            words in proptest::array::uniform8(any::<u64>()),
+            ids in (any::<u32>(), any::<u32>(), 0u16..48, 0u16..24),
+            name_len in 0u16..300, data_len in 0u16..600, result in any::<i64>(),
+            comm in proptest::array::uniform16(any::<u8>()),
+            tail in proptest::collection::vec(any::<u8>(), 0..1000),
+        ) {
+            let (pid, tid, kind, chan_kind) = ids;
+            let [ts_ns, obj, obj2, size, msg_id, duration_ns, aux, _] = words;
+            let raw = RawEvent {
+                ts_ns, pid, tid, kind, chan_kind, name_len, data_len, obj, obj2, size, msg_id,
+                result, duration_ns, aux, comm,
+            };
+            let mut bytes = raw_bytes(raw);
+            bytes.truncate(RAW_EVENT_SIZE);
+            bytes.extend_from_slice(&tail);
+            if let Ok((event, used)) = decode(Source::Ebpf, &bytes) {
+                prop_assert!(used <= bytes.len());
+                prop_assert!(RAW_EVENT_SIZE + usize::from(name_len) + usize::from(data_len) <= bytes.len());
+                prop_assert_eq!(event.kind.code(), kind);
+                prop_assert_eq!((event.ts_ns, event.pid, event.tid, event.size), (ts_ns, pid, tid, size));
+                prop_assert_eq!(event.payload.map_or(0, |p| p.len()), usize::from(data_len));
+            }
+        }
+
         #[test]
         fn any_valid_record_round_trips(
             ts in any::<u64>(), pid in any::<u32>(), size in any::<u64>(),
