@@ -164,6 +164,12 @@ struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=MAX_PAYLOAD as i64))]
     payload_bytes: u16,
+    /// Size the kernel's event ring: N KiB, a power of two, at least 4
+    /// (default 16384, 16 MiB). A bigger ring rides out longer bursts;
+    /// events that find it full are counted in `drops` as `ebpf_ring`.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
+    kernel_ring_kib: Option<u32>,
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -420,6 +426,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 pids: args.pids,
                 all: args.all,
                 payload_bytes: args.payload_bytes,
+                kernel_ring_bytes: args.kernel_ring_kib.map(|kib| kib * 1024),
             };
             let outcome = match args.tui {
                 true => record_on_dashboard(options).await?,
@@ -451,6 +458,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 pids: Vec::new(),
                 all: false,
                 payload_bytes: 0,
+                kernel_ring_bytes: None,
             };
             let outcome = match dashboard {
                 true => record_on_dashboard(options).await?,

@@ -101,7 +101,14 @@ pub struct ProbeConfig {
     /// Bytes of each message to capture as its payload (at most
     /// [`MAX_PAYLOAD`]; more is an error); 0 captures none.
     pub payload_bytes: u16,
+    /// Bytes in the kernel's event ring (a power of two, at least a page);
+    /// `None` keeps the probes' own size, [`DEFAULT_RING_BYTES`].
+    pub ring_bytes: Option<u32>,
 }
+
+/// The probes' `EVENTS` ring unless [`ProbeConfig::ring_bytes`] says
+/// otherwise: room for about 100 ms of a million events a second.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
 /// What one [`Probes::read_into`] call produced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,6 +251,12 @@ pub enum ProbeError {
     /// More payload was asked for than a record can carry.
     #[error("cannot capture {requested} bytes of payload per message: at most {MAX_PAYLOAD}")]
     PayloadTooLarge { requested: u16 },
+    /// The kernel ring must be a power-of-two number of pages.
+    #[error(
+        "a kernel ring of {bytes} bytes is not possible: it must be a power of two \
+         of at least {page} bytes (a page) and at most 1 GiB"
+    )]
+    RingSize { bytes: u32, page: u32 },
     /// `/proc` could not be listed to find the processes running.
     #[error("cannot list the running processes in /proc")]
     ProcessTable {
@@ -373,9 +386,21 @@ impl Probes {
             });
         }
         let payload_bytes = u32::from(config.payload_bytes);
+        // SAFETY: sysconf has no preconditions.
+        let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let ring_bytes = config.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
+        if !ring_bytes.is_power_of_two() || ring_bytes < page || ring_bytes > 1 << 30 {
+            return Err(ProbeError::RingSize {
+                bytes: ring_bytes,
+                page,
+            });
+        }
         let trace_all = u8::from(config.trace_all);
         let me = std::process::id();
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries("EVENTS", ring_bytes);
+        let wakeup_bytes = u64::from(ring_bytes / 64).min(256 * 1024);
+        loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
         loader.override_global("TRACE_ALL", &trace_all, true);
         // This process reads the ring; it must never report itself.
         loader.override_global("EXCLUDED_TGID", &me, true);

@@ -67,6 +67,9 @@ pub struct RecordOptions {
     /// most `ipc_events::raw::MAX_PAYLOAD`, which loading the probes
     /// checks); 0 keeps none.
     pub payload_bytes: u16,
+    /// Bytes in the kernel's event ring; `None` for the default
+    /// (`ebpf::DEFAULT_RING_BYTES`). Loading the probes checks it.
+    pub kernel_ring_bytes: Option<u32>,
 }
 
 /// How a caller steers a recording while it runs.
@@ -111,6 +114,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     let config = ProbeConfig {
         trace_all: options.all,
         payload_bytes: options.payload_bytes,
+        ring_bytes: options.kernel_ring_bytes,
     };
     let mut probes = match options.ebpf {
         true => match Probes::load(&config) {
@@ -448,6 +452,9 @@ const TARGETS_POLL: Duration = Duration::from_millis(100);
 fn check_options(options: &RecordOptions) -> Result<()> {
     if !options.ebpf && options.payload_bytes > 0 {
         bail!("--payload-bytes keeps what the eBPF probes see, which --no-ebpf turns off");
+    }
+    if !options.ebpf && options.kernel_ring_bytes.is_some() {
+        bail!("--kernel-ring-kib sizes the eBPF probes' ring, which --no-ebpf turns off");
     }
     if options.command.is_empty() && options.pids.is_empty() && !options.all {
         bail!(

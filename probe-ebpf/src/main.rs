@@ -80,8 +80,10 @@ static EXCLUDED_TGID: Global<u32> = Global::new(0);
 #[map]
 static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// Every event, in the order the kernel committed them. 16 MiB holds about
-/// 170k events: several seconds of a busy workload if the reader stalls.
+/// Every event, in the order the kernel committed them. The loader sets
+/// its size (`collector::ebpf::DEFAULT_RING_BYTES` unless `record
+/// --kernel-ring-kib` says otherwise); 16 MiB holds about 170k events,
+/// several seconds of a busy workload if the reader stalls.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
@@ -1705,18 +1707,20 @@ fn emit(event: &RawEvent) {
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Bytes waiting in `EVENTS` before a record wakes the collector: about a
-/// millisecond of events at 2 million a second, and 1/64 of the ring.
-const WAKEUP_BYTES: u64 = 256 * 1024;
+/// Bytes waiting in `EVENTS` before a record wakes the collector: 1/64 of
+/// the ring, at most 256 KiB (about a millisecond of events at 2 million a
+/// second). Set by the loader, which sizes the ring.
+#[no_mangle]
+static WAKEUP_BYTES: Global<u64> = Global::new(256 * 1024);
 
-/// The submit flags for a record: no wakeup until `WAKEUP_BYTES` are
+/// The submit flags for a record: no wakeup until [`WAKEUP_BYTES`] are
 /// waiting. By default every record that finds the reader caught up wakes
 /// it, which costs the traced thread an irq_work and the reader a trip
 /// through the scheduler per record; the collector reads the ring on a
 /// timer as well (`collector::ebpf::RING_POLL`), so a quiet trickle still
 /// arrives within milliseconds.
 fn wakeup() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

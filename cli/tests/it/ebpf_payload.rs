@@ -111,7 +111,7 @@ fn message_queue_payload_is_kept_only_when_asked() {
 }
 
 #[test]
-fn payload_bytes_out_of_range_or_without_probes_is_refused() {
+fn probe_options_out_of_range_or_without_probes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("none.db");
     let db = db.to_str().unwrap();
@@ -148,6 +148,23 @@ fn payload_bytes_out_of_range_or_without_probes_is_refused() {
                 "--no-ebpf",
                 "--payload-bytes",
                 "16",
+                "--",
+                "true",
+            ],
+            "--no-ebpf turns off",
+        ),
+        (
+            vec!["record", "--db", db, "--kernel-ring-kib", "2", "--", "true"],
+            "2 is not in 4..=1048576",
+        ),
+        (
+            vec![
+                "record",
+                "--db",
+                db,
+                "--no-ebpf",
+                "--kernel-ring-kib",
+                "64",
                 "--",
                 "true",
             ],

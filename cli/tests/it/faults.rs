@@ -382,3 +382,93 @@ fn a_sender_killed_mid_stream_loses_nothing_it_sent_and_the_recording_goes_on() 
         serde_json::json!([{"exit_status": 0, "ended": 1}])
     );
 }
+
+#[test]
+fn a_kernel_ring_overflow_counts_every_lost_event_and_the_recording_goes_on() {
+    if !need_root("a_kernel_ring_overflow_counts_every_lost_event_and_the_recording_goes_on") {
+        return;
+    }
+    const FLOOD: u64 = 60_000;
+    const AFTER: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("overflow.db");
+    let refused = run(&[
+        "record",
+        "--kernel-ring-kib",
+        "5",
+        "--db",
+        db.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("must be a power of two"),
+        "{}",
+        stderr(&refused)
+    );
+    // A flood into a 4 KiB kernel ring (about 40 records): FLOOD one-byte
+    // writes into a pipe whose reader (sleep) never reads, so the writes
+    // are the only IPC events and their number is exact. Then, once the
+    // ring has drained, AFTER writes paced far below what the ring holds,
+    // each by a dd of its own: every one must be stored.
+    let script = format!(
+        "dd if=/dev/zero bs=1 count={FLOOD} status=none | sleep 1
+         sleep 0.3
+         for i in $(seq {AFTER}); do dd if=/dev/zero bs=1 count=1 status=none; sleep 0.02; done | sleep 2"
+    );
+    let out = run(&[
+        "record",
+        "--kernel-ring-kib",
+        "4",
+        "--db",
+        db.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("DROPPED ebpf_ring"),
+        "the summary says so: {err}"
+    );
+
+    let writes = query(
+        &db,
+        "select pid, count(*) as n from events
+         where kind = 'msg_send' and size = 1
+           and pid in (select pid from processes where comm = 'dd')
+         group by pid order by n desc",
+    );
+    let writes: Vec<u64> = writes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    let dropped = query(
+        &db,
+        "select coalesce(sum(count), 0) as n from drops where source = 'ebpf_ring'",
+    )[0]["n"]
+        .as_u64()
+        .unwrap();
+    let flood_stored = writes.first().copied().unwrap_or(0);
+    assert!(
+        dropped > 0,
+        "a 4 KiB ring cannot take {FLOOD} writes at full speed"
+    );
+    // Each write is stored or counted as lost. The count may also hold a
+    // few process events (the flood's dd exiting into a full ring), never
+    // fewer than the writes missing.
+    assert!(
+        flood_stored + dropped >= FLOOD && flood_stored + dropped <= FLOOD + 10,
+        "{flood_stored} of {FLOOD} writes stored, {dropped} events counted lost"
+    );
+    // After the flood, nothing lost: the recording went on.
+    assert_eq!(
+        writes[1..],
+        vec![1; AFTER as usize],
+        "one write by each later dd: {writes:?}"
+    );
+}
