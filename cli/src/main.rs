@@ -270,8 +270,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
+            // sqlx warns of every statement slower than a second: a
+            // user's own `query` over a big session is meant to be.
             tracing_subscriber::EnvFilter::try_from_env("IPCSCOPE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,sqlx::query=error".into()),
         )
         .with_writer(io::stderr)
         // Its report of a failed write is an `eprintln!`, which panics on
