@@ -22,13 +22,21 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 db=$tmp/soak.db
 
-# RSS of process $1 in MiB.
-rss() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+# Fields $2... of process $1's status (VmRSS, RssAnon, VmHWM), in MiB.
+status_mib() {
+    local pid=$1
+    shift
+    for field in "$@"; do
+        awk -v f="$field:" '$1 == f {printf "%.0f ", $2 / 1024}' "/proc/$pid/status"
+    done
+}
 # Database and WAL in MiB.
 db_size() { du -cm "$db"* 2>/dev/null | awk 'END {print $1}'; }
 
+# The workload runs a little past the last minute sampled.
+messages=$(((secs + 5) * rate))
 "$ipcscope" record --no-ebpf --db "$db" -- \
-    "$producer" --messages $((secs * rate)) --size 64 --rate "$rate" 2>"$tmp/err" &
+    "$producer" --messages "$messages" --size 64 --rate "$rate" 2>"$tmp/err" &
 recorder=$!
 samples=$tmp/samples
 start=$(date +%s)
@@ -36,10 +44,9 @@ minute=0
 while kill -0 "$recorder" 2>/dev/null; do
     sleep 1
     now=$(($(date +%s) - start))
-    if ((now >= (minute + 1) * 60)) && kill -0 "$recorder" 2>/dev/null; then
+    if ((now >= (minute + 1) * 60 && now <= secs)) && kill -0 "$recorder" 2>/dev/null; then
         minute=$((minute + 1))
-        peak=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$recorder/status")
-        echo "$minute $(rss "$recorder") $peak $(db_size)" | tee -a "$samples"
+        echo "$minute $(status_mib "$recorder" VmRSS RssAnon VmHWM)$(db_size)" | tee -a "$samples"
     fi
 done
 wait "$recorder" || { cat "$tmp/err"; exit 1; }
@@ -47,6 +54,7 @@ elapsed=$(($(date +%s) - start))
 
 q() { "$ipcscope" query --db "$db" --format csv "$1" | tail -n 1 | tr -d '\r\n'; }
 events=$(q "select count(*) from events")
+stored=$(q "select count(*) from events where kind in ('msg_send', 'msg_recv')")
 paired=$(q "select count(*) from messages")
 drops=$(q "select coalesce(sum(count), 0) from drops")
 bytes=$(du -cb "$db"* | awk 'END {print $1}')
@@ -54,20 +62,21 @@ achieved=$(grep -o '[0-9]* msg/s' "$tmp/err" | head -n 1)
 
 table=$tmp/table.md
 {
-    echo "Run $(date -u +%Y-%m-%d) (\`benches/soak.sh $secs $rate\`, release build): $((secs * rate)) messages of 64 bytes"
+    echo "Run $(date -u +%Y-%m-%d) (\`benches/soak.sh $secs $rate\`, release build): $messages messages of 64 bytes"
     echo "at $rate a second (the producer achieved $achieved), $elapsed s in all."
     echo
-    echo "| minute | recorder RSS | its peak so far | database + WAL |"
-    echo "| --- | --- | --- | --- |"
-    while read -r m r p d; do
-        echo "| $m | $r MiB | $p MiB | $d MiB |"
+    echo "| minute | recorder RSS | of it anonymous | peak RSS so far | database + WAL |"
+    echo "| --- | --- | --- | --- | --- |"
+    while read -r m r a p d; do
+        echo "| $m | $r MiB | $a MiB | $p MiB | $d MiB |"
     done <"$samples"
     echo
-    echo "- events stored: $events of $((2 * secs * rate)) emitted; messages paired: $paired of $((secs * rate));"
+    echo "- sends and receives stored: $stored of $((2 * messages)) emitted (and $((events - stored)) process events);"
+    echo "  messages paired: $paired of $messages;"
     echo "  events dropped, every source: $drops."
     echo "- database at the end: $(awk -v b="$bytes" 'BEGIN {printf "%.0f", b / 1048576}') MiB,"
-    echo "  $(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.0f", b / e * 1e6 / 1048576}') MiB per million events"
-    echo "  (each with its share of the paired \`messages\` rows and indexes)."
+    echo "  $(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.0f", b / e * 1e6 / 1048576}') MiB per million events: $(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.0f", b / e}') bytes an event,"
+    echo "  with its share of the paired \`messages\` rows and of the indexes."
 } >"$table"
 cat "$table"
 write_section soak "$table"
