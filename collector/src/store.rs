@@ -13,7 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
 
@@ -174,15 +174,20 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
         .fetch_one(&mut conn)
         .await
         .map_err(unreadable)?;
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(unreadable)?;
+    // sqlx creates its bookkeeping table before the migration that sets
+    // the application id: a file with only that is one being created.
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_schema WHERE tbl_name != '_sqlx_migrations'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(unreadable)?;
     conn.close().await.map_err(unreadable)?;
 
     if application_id as u32 != APPLICATION_ID {
-        // An SQLite file with nothing in it (as `sqlite3 x.db ''` leaves) is
-        // as good as new; anything else belongs to someone else.
+        // An SQLite file with nothing in it (as `sqlite3 x.db ''` leaves),
+        // or one another recorder is creating, is as good as new; anything
+        // else belongs to someone else.
         if tables == 0 {
             return Ok(Inspection::New);
         }
@@ -253,9 +258,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = connect(options)
             .await
             .map_err(|error| StoreError::Unreadable {
                 path: path.into(),
@@ -550,6 +553,40 @@ impl Store {
 /// a reader opening an older one as a recorder upgrades it): each migration
 /// is a transaction, so theirs makes ours fail with "already exists" and
 /// leaves nothing half done, and running ours again finds it applied.
+/// Opens the pool, retrying while another opener holds the lock.
+///
+/// busy_timeout does not cover the connection setup: `journal_mode = WAL`
+/// reads under a shared lock and then needs an exclusive one, and SQLite
+/// answers SQLITE_BUSY at once, without the busy handler, when another
+/// connection waits for the same upgrade (it would deadlock otherwise).
+/// Several recorders creating one new file meet exactly that.
+async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let start = Instant::now();
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+        {
+            Err(error) if is_busy(&error) && start.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// SQLITE_BUSY or one of its extended codes (the low byte is the primary).
+fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
 async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     const ATTEMPTS: u32 = 5;
     let mut attempt = 1;
