@@ -240,13 +240,8 @@ fn a_sender_killed_mid_stream_loses_nothing_it_sent_and_the_recording_goes_on() 
             .env("XDG_RUNTIME_DIR", dir.path())
             .stderr(Stdio::piped()),
     );
-    let mut err_pipe = recorder.0.stderr.take().unwrap();
-    // Read as it comes: the consumer, orphaned, may hold the pipe open.
-    let err_reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = std::io::Read::read_to_string(&mut err_pipe, &mut err);
-        err
-    });
+    // The consumer, orphaned, may hold the pipe open after the recorder.
+    let err_reader = recorder.read_stderr();
     let patience = Duration::from_secs(60);
     let deadline = Instant::now() + patience;
     let producer: u64 = loop {

@@ -57,12 +57,7 @@ fn a_hostile_ring_writer_loses_its_own_ring_and_nothing_else() {
             .env("XDG_RUNTIME_DIR", dir.path())
             .stderr(Stdio::piped()),
     );
-    let mut err_pipe = recorder.0.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = std::io::Read::read_to_string(&mut err_pipe, &mut err);
-        err
-    });
+    let err_reader = recorder.read_stderr();
     // Neither crashed nor hung: the recording ends when its command does.
     let status = recorder.wait(Duration::from_secs(120));
     let err = err_reader.join().unwrap();

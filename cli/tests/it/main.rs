@@ -20,6 +20,7 @@ mod tui;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Held by the tests whose workload runs as fast as the CPU allows (the
@@ -154,6 +155,18 @@ impl Recorder {
 
     pub fn pid(&self) -> i32 {
         self.0.id() as i32
+    }
+
+    /// Reads the recorder's stderr (spawned with `Stdio::piped()`) as it
+    /// comes, so that a chatty recorder never blocks on a full pipe; the
+    /// thread ends when every holder of the pipe has closed it.
+    pub fn read_stderr(&mut self) -> JoinHandle<String> {
+        let mut pipe = self.0.stderr.take().expect("stderr was piped");
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+            err
+        })
     }
 
     /// Waits for the recorder to end by itself.

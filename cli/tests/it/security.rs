@@ -67,12 +67,7 @@ impl Held {
                 .env("XDG_RUNTIME_DIR", &run)
                 .stderr(Stdio::piped()),
         );
-        let mut pipe = recorder.0.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
-            err
-        });
+        let stderr = recorder.read_stderr();
         let deadline = Instant::now() + Duration::from_secs(60);
         let (shell, socket) = loop {
             if let Ok(said) = std::fs::read_to_string(&socket_file) {
