@@ -22,5 +22,17 @@ write_section() {
     rm -f "$out"
 }
 
+# build_release EXAMPLE: release builds of ipcscope and of ipc-lib's
+# EXAMPLE; sets $ipcscope and $example to their paths, and $tmp to a
+# scratch directory removed on exit.
+build_release() {
+    cargo build --release -q -p cli
+    cargo build --release -q -p ipc-lib --example "$1"
+    ipcscope=$PWD/target/release/ipcscope
+    example=$PWD/target/release/examples/$1
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+}
+
 # The median of the numbers on stdin, one a line.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

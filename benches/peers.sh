@@ -21,12 +21,8 @@ rounds=${1:-3}
 for pkg in stress-ng bpftrace; do
     command -v "$pkg" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null
 done
-cargo build --release -q -p cli
-cargo build --release -q -p ipc-lib --example socket_latency
-ipcscope=$PWD/target/release/ipcscope
-pingpong=$PWD/target/release/examples/socket_latency
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+build_release socket_latency
+pingpong=$example
 
 # The syscalls ipcscope's probes capture, for strace and perf trace.
 calls=read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg,mq_timedsend,mq_timedreceive,msgsnd,msgrcv,semop,semtimedop,futex,mmap,munmap,shmat,shmdt

@@ -14,12 +14,8 @@ cd "$(dirname "$0")/.."
 . benches/common.sh
 secs=${1:-600}
 rate=${2:-50000}
-cargo build --release -q -p cli
-cargo build --release -q -p ipc-lib --example producer_consumer
-ipcscope=$PWD/target/release/ipcscope
-producer=$PWD/target/release/examples/producer_consumer
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+build_release producer_consumer
+producer=$example
 db=$tmp/soak.db
 
 # Fields $2... of process $1's status (VmRSS, RssAnon, VmHWM), in MiB.
@@ -43,6 +39,7 @@ dropped() { q "select coalesce(sum(count), 0) from drops" 2>/dev/null || echo "?
     "$producer" --messages "$messages" --size 64 --rate "$rate" 2>"$tmp/err" &
 recorder=$!
 samples=$tmp/samples
+: >"$samples" # a run shorter than a minute has no sample
 start=$(date +%s)
 minute=0
 while kill -0 "$recorder" 2>/dev/null; do
