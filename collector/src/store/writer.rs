@@ -292,7 +292,7 @@ impl Writer {
             match event.kind {
                 EventKind::MsgSend | EventKind::MsgRecv => {
                     if self.waits.ends_receive(event, channel) {
-                        self.waits.event(&mut tx, session, event, channel).await?;
+                        self.waits.event(event, channel);
                     }
                     let side = Side {
                         pid: event.pid,
@@ -326,9 +326,7 @@ impl Writer {
                 | EventKind::SemPost
                 | EventKind::FutexWait
                 | EventKind::RecvWaitBegin
-                | EventKind::RecvWaitEnd => {
-                    self.waits.event(&mut tx, session, event, channel).await?;
-                }
+                | EventKind::RecvWaitEnd => self.waits.event(event, channel),
                 EventKind::SignalGenerate => {
                     signal_generated(&mut tx, &mut self.signals, session, event).await?;
                 }
@@ -394,6 +392,7 @@ impl Writer {
         for rows in paired.chunks(MESSAGE_ROWS_PER_STATEMENT) {
             insert_messages(&mut tx, session, rows).await?;
         }
+        self.waits.write(&mut tx, session).await?;
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(pending.len() as i64)
             .bind(session)
@@ -581,7 +580,7 @@ async fn track_process(
     Ok(())
 }
 
-/// `messages` rows per INSERT: 10 parameters each.
+/// `messages` rows per INSERT: 11 parameters each.
 const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
 
 /// Which direction of which channel a probe-seen send or receive belongs
@@ -632,38 +631,53 @@ async fn insert_messages(
     session: i64,
     rows: &[Paired<(i64, u64)>],
 ) -> Result<(), StoreError> {
-    let mut sql = String::from(
-        "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, sender_tid, \
-         receiver_pid, receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
-    );
+    const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
+                        sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, \
+                        latency_ns, size) VALUES ";
+    insert_rows(conn, HEAD, 11, rows, "inserting messages", |args, row| {
+        args.add(session)?;
+        args.add(row.channel.0)?;
+        args.add(row.msg_id.map(|m| m as i64))?;
+        args.add(i64::from(row.send.pid))?;
+        args.add(i64::from(row.send.tid))?;
+        args.add(i64::from(row.recv.pid))?;
+        args.add(i64::from(row.recv.tid))?;
+        args.add(row.send.ts_ns as i64)?;
+        args.add(row.recv.ts_ns as i64)?;
+        // Signed: a negative latency would show a mis-pairing, not hide it.
+        args.add(row.recv.ts_ns as i64 - row.send.ts_ns as i64)?;
+        args.add(row.send.size as i64)?;
+        Ok(())
+    })
+    .await
+}
+
+/// One multi-row INSERT: `head` (`INSERT INTO t (a, b) VALUES `), then a
+/// group of `columns` placeholders for each of `rows`, which `bind` binds.
+async fn insert_rows<T>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    columns: usize,
+    rows: &[T],
+    action: &'static str,
+    bind: impl Fn(&mut SqliteArguments<'_>, &T) -> Result<(), sqlx::error::BoxDynError>,
+) -> Result<(), StoreError> {
+    let group = format!("({})", vec!["?"; columns].join(","));
+    let mut sql = String::with_capacity(head.len() + rows.len() * (group.len() + 1));
+    sql.push_str(head);
     let mut args = SqliteArguments::default();
+    args.reserve(rows.len() * columns, 0);
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?)");
-        let bound: Result<(), sqlx::error::BoxDynError> = (|| {
-            args.add(session)?;
-            args.add(row.channel.0)?;
-            args.add(row.msg_id.map(|m| m as i64))?;
-            args.add(i64::from(row.send.pid))?;
-            args.add(i64::from(row.send.tid))?;
-            args.add(i64::from(row.recv.pid))?;
-            args.add(i64::from(row.recv.tid))?;
-            args.add(row.send.ts_ns as i64)?;
-            args.add(row.recv.ts_ns as i64)?;
-            // Signed: a negative latency would show a mis-pairing, not
-            // hide it.
-            args.add(row.recv.ts_ns as i64 - row.send.ts_ns as i64)?;
-            args.add(row.send.size as i64)?;
-            Ok(())
-        })();
-        bound.map_err(|e| StoreError::sql("encoding a message")(sqlx::Error::Encode(e)))?;
+        sql.push_str(&group);
+        bind(&mut args, row).map_err(|e| StoreError::sql(action)(sqlx::Error::Encode(e)))?;
     }
     sqlx::query_with(&sql, args)
         .execute(&mut *conn)
         .await
-        .map_err(StoreError::sql("inserting messages"))?;
+        .map_err(StoreError::sql(action))?;
     Ok(())
 }
 
@@ -675,6 +689,13 @@ async fn insert_messages(
 /// duration; one with no duration took the object without blocking.
 /// A blocked receive (`recv_wait_begin`) ends with the receive's message
 /// or with its `recv_wait_end`.
+///
+/// Rows are written when their transaction commits, not event by event: a
+/// wait that begins and ends within one transaction (most do) is one row
+/// of a multi-row INSERT, and only a wait still open at the commit gets a
+/// statement of its own, and another when it ends. A semaphore or futex
+/// flood is otherwise a statement per event, ten times slower than the
+/// events themselves.
 #[derive(Debug, Default)]
 struct Waits {
     /// The wait each thread is blocked in (a thread is in one wait at a
@@ -682,15 +703,41 @@ struct Waits {
     open: HashMap<(u32, u32), OpenWait>,
     /// The process that last posted each object: whose post ended a wait.
     last_post: HashMap<i64, u32>,
+    /// Rows to insert at this transaction's end: whole waits, and begins
+    /// whose end was lost before their row was written (left open).
+    rows: Vec<WaitRow>,
+    /// Ends of waits whose row an earlier transaction wrote open.
+    ends: Vec<WaitEnd>,
 }
 
-/// A `waits` row whose end is still to come.
+/// A wait whose end is still to come.
 #[derive(Debug, Clone, Copy)]
 struct OpenWait {
-    id: i64,
+    /// `waits.id` once its (open) row is written.
+    row: Option<i64>,
     channel: Option<i64>,
     start_ns: u64,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct WaitRow {
+    pid: u32,
+    tid: u32,
+    channel: Option<i64>,
+    start_ns: u64,
+    end_ns: Option<u64>,
+    waker: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WaitEnd {
+    row: i64,
+    end_ns: u64,
+    waker: Option<i64>,
+}
+
+/// `waits` rows per INSERT: 7 parameters each.
+const WAIT_ROWS_PER_STATEMENT: usize = 1000;
 
 impl Waits {
     /// Whether `event` can end a wait of its thread's: it is a message
@@ -703,20 +750,14 @@ impl Waits {
                 .is_some_and(|w| w.channel == channel)
     }
 
-    async fn event(
-        &mut self,
-        conn: &mut SqliteConnection,
-        session: i64,
-        event: &Event,
-        channel: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let thread = (event.pid, event.tid);
+    fn event(&mut self, event: &Event, channel: Option<i64>) {
+        let (pid, tid) = (event.pid, event.tid);
         let begins = match event.kind {
             EventKind::SemPost => {
                 if let Some(ch) = channel {
                     self.last_post.insert(ch, event.pid);
                 }
-                return Ok(());
+                return;
             }
             EventKind::SemWaitBegin | EventKind::RecvWaitBegin => true,
             EventKind::FutexWait => event.result == WAIT_BEGUN,
@@ -724,69 +765,110 @@ impl Waits {
             // earlier, and of no later wait of the thread's.
             EventKind::RecvWaitEnd => {
                 let start = event.ts_ns.saturating_sub(event.duration_ns.unwrap_or(0));
-                if self.open.get(&thread).is_none_or(|w| w.start_ns != start) {
-                    return Ok(());
+                if self
+                    .open
+                    .get(&(pid, tid))
+                    .is_none_or(|w| w.start_ns != start)
+                {
+                    return;
                 }
                 false
             }
             _ => false,
         };
         if begins {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(session)
-            .bind(i64::from(event.pid))
-            .bind(i64::from(event.tid))
-            .bind(channel)
-            .bind(event.ts_ns as i64)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::sql("recording a wait"))?;
-            // A begin left open means its end was lost; that row stays open.
-            self.open.insert(
-                thread,
-                OpenWait {
-                    id,
-                    channel,
-                    start_ns: event.ts_ns,
-                },
-            );
-            return Ok(());
+            let begun = OpenWait {
+                row: None,
+                channel,
+                start_ns: event.ts_ns,
+            };
+            // A begin left open means its end was lost; its row stays open.
+            if let Some(lost) = self.open.insert((pid, tid), begun) {
+                if lost.row.is_none() {
+                    self.rows.push(WaitRow {
+                        pid,
+                        tid,
+                        channel: lost.channel,
+                        start_ns: lost.start_ns,
+                        end_ns: None,
+                        waker: None,
+                    });
+                }
+            }
+            return;
         }
         // Only a successful wait was ended by somebody's post.
         let waker = (event.result == 0)
             .then(|| channel.and_then(|ch| self.last_post.get(&ch).copied()))
             .flatten()
             .map(i64::from);
-        if let Some(open) = self.open.remove(&thread) {
+        let (channel, start_ns) = match self.open.remove(&(pid, tid)) {
+            Some(OpenWait { row: Some(row), .. }) => {
+                self.ends.push(WaitEnd {
+                    row,
+                    end_ns: event.ts_ns,
+                    waker,
+                });
+                return;
+            }
+            Some(open) => (open.channel, open.start_ns),
+            None => match event.duration_ns.filter(|&d| d > 0) {
+                Some(waited) => (channel, event.ts_ns.saturating_sub(waited)),
+                None => return,
+            },
+        };
+        self.rows.push(WaitRow {
+            pid,
+            tid,
+            channel,
+            start_ns,
+            end_ns: Some(event.ts_ns),
+            waker,
+        });
+    }
+
+    /// Writes what this transaction's events did to `waits`.
+    async fn write(&mut self, conn: &mut SqliteConnection, session: i64) -> Result<(), StoreError> {
+        const HEAD: &str =
+            "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid) VALUES ";
+        for rows in self.rows.chunks(WAIT_ROWS_PER_STATEMENT) {
+            insert_rows(conn, HEAD, 7, rows, "recording waits", |args, row| {
+                args.add(session)?;
+                args.add(i64::from(row.pid))?;
+                args.add(i64::from(row.tid))?;
+                args.add(row.channel)?;
+                args.add(row.start_ns as i64)?;
+                args.add(row.end_ns.map(|e| e as i64))?;
+                args.add(row.waker)?;
+                Ok(())
+            })
+            .await?;
+        }
+        self.rows.clear();
+        for (&(pid, tid), open) in self.open.iter_mut().filter(|(_, w)| w.row.is_none()) {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
+                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(session)
+            .bind(i64::from(pid))
+            .bind(i64::from(tid))
+            .bind(open.channel)
+            .bind(open.start_ns as i64)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording a wait"))?;
+            open.row = Some(id);
+        }
+        for end in self.ends.drain(..) {
             sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
-                .bind(event.ts_ns as i64)
-                .bind(waker)
-                .bind(open.id)
+                .bind(end.end_ns as i64)
+                .bind(end.waker)
+                .bind(end.row)
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::sql("ending a wait"))?;
-            return Ok(());
         }
-        let Some(waited) = event.duration_ns.filter(|&d| d > 0) else {
-            return Ok(());
-        };
-        sqlx::query(
-            "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(session)
-        .bind(i64::from(event.pid))
-        .bind(i64::from(event.tid))
-        .bind(channel)
-        .bind(event.ts_ns.saturating_sub(waited) as i64)
-        .bind(event.ts_ns as i64)
-        .bind(waker)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::sql("recording a wait"))?;
         Ok(())
     }
 }
@@ -982,6 +1064,52 @@ mod tests {
                 (10, 7, None, None)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn waits_are_the_same_whether_their_events_share_a_transaction_or_not() {
+        let sem = |ts: u64, kind: EventKind, pid: u32, result: i64| {
+            let mut e = Event::new(ts, pid, pid, Source::Lib, kind);
+            e.channel = Some(ChannelId::named(ChannelKind::IpclibSem, "s"));
+            e.result = result;
+            e.duration_ns = Some(1);
+            e
+        };
+        let events = vec![
+            sem(1, EventKind::SemWaitEnd, 7, 0),
+            sem(2, EventKind::SemWaitBegin, 8, 0),
+            sem(3, EventKind::SemPost, 7, 0),
+            sem(4, EventKind::SemWaitEnd, 8, 0),
+            // 11's first wait lost its end: that row stays open.
+            sem(5, EventKind::SemWaitBegin, 11, 0),
+            sem(6, EventKind::SemWaitBegin, 11, 0),
+            sem(7, EventKind::SemWaitEnd, 11, -110),
+            sem(8, EventKind::SemWaitBegin, 10, 0),
+        ];
+        let mut seen = Vec::new();
+        for batches in [
+            vec![events.clone()],
+            events.iter().map(|e| vec![e.clone()]).collect(),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = write(dir.path(), batches).await;
+            let rows: Vec<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT pid, start_ns, end_ns, waker_pid FROM waits ORDER BY pid, start_ns",
+            )
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+            seen.push(rows);
+        }
+        let expected = [
+            (7, 0, Some(1), None),
+            (8, 2, Some(4), Some(7)),
+            (10, 8, None, None),
+            (11, 5, None, None),
+            (11, 6, Some(7), None),
+        ];
+        assert_eq!(seen[0], expected, "one transaction");
+        assert_eq!(seen[1], expected, "a transaction per event");
     }
 
     #[tokio::test]
