@@ -139,20 +139,29 @@ pub fn conduct(duration: Option<Duration>, deadlock: bool) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for (role, child) in &mut children {
-        // Deadlocked processes cannot act on a polite request.
-        let signal = match role {
-            Role::LockerA | Role::LockerB => libc::SIGKILL,
-            _ => libc::SIGTERM,
-        };
-        // SAFETY: kill has no memory effects; the pid is our unreaped child.
-        unsafe { libc::kill(child.id() as i32, signal) };
-    }
-    for (role, child) in &mut children {
-        let status = child.wait()?;
-        let deadlocked = matches!(role, Role::LockerA | Role::LockerB);
-        if !status.success() && !deadlocked && failed.is_empty() {
-            failed.push(format!("{role:?} exited with {status}"));
+    // Those that act on a peer stop first, and are gone before their peers
+    // are told: a server that stopped first would fail its client's call
+    // in flight, a listener that did would fail the signaller's kill.
+    for first in [true, false] {
+        for (role, child) in children.iter().filter(|(r, _)| acts_on_peer(*r) == first) {
+            // Deadlocked processes cannot act on a polite request.
+            let signal = match role {
+                Role::LockerA | Role::LockerB => libc::SIGKILL,
+                _ => libc::SIGTERM,
+            };
+            // SAFETY: kill has no memory effects; the pid is our unreaped
+            // child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+        for (role, child) in children
+            .iter_mut()
+            .filter(|(r, _)| acts_on_peer(*r) == first)
+        {
+            let status = child.wait()?;
+            let deadlocked = matches!(role, Role::LockerA | Role::LockerB);
+            if !status.success() && !deadlocked && failed.is_empty() {
+                failed.push(format!("{role:?} exited with {status}"));
+            }
         }
     }
     for object in SHM_OBJECTS {
@@ -162,6 +171,15 @@ pub fn conduct(duration: Option<Duration>, deadlock: bool) -> Result<ExitCode> {
         bail!("the demo workload failed: {}", failed.join("; "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `role` calls, sends to or signals another role (which must
+/// outlive it), rather than only answering or receiving.
+fn acts_on_peer(role: Role) -> bool {
+    !matches!(
+        role,
+        Role::Consumer | Role::Collector | Role::Server | Role::Listener
+    )
 }
 
 fn role_name(role: Role) -> String {

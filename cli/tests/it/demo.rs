@@ -180,4 +180,20 @@ fn a_healthy_workload_for_30_s_reports_no_deadlock() {
     assert!(load[0]["events"].as_i64().unwrap() > 100_000, "{load}");
     assert!(load[0]["messages"].as_i64().unwrap() > 10_000, "{load}");
     assert!(load[0]["waits"].as_i64().unwrap() > 100, "{load}");
+
+    // It stopped in order: a server or listener that stopped before its
+    // peer failed the call or the signal in flight. (Receivers also end on
+    // their own when their senders have gone, which may come before the
+    // sender's exit is complete.) The probes see exact exits.
+    let sources = query(&db, "select sources from sessions");
+    if sources[0]["sources"].as_str().unwrap().contains("ebpf") {
+        let order = query(
+            &db,
+            "select sum(a.exited_ns < b.exited_ns) as in_order, count(*) as pairs
+             from processes a join processes b
+             on (a.comm, b.comm) in (values ('demo-client', 'demo-server'),
+                 ('demo-signaller', 'demo-listener'))",
+        );
+        assert_eq!(order, serde_json::json!([{"in_order": 2, "pairs": 2}]));
+    }
 }
