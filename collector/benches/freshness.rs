@@ -120,7 +120,13 @@ fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
         let analysing = tokio::spawn(async move {
             let mut a = Analyzer::new(1, "freshness", monotonic_ns(), AnalyzerConfig::default());
             while let Some(c) = committed.recv().await {
-                a.committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+                a.committed(
+                    c.events,
+                    &c.channel_ids,
+                    &c.messages,
+                    &c.signals,
+                    c.ingest_dropped,
+                );
                 a.tick(monotonic_ns());
             }
         });

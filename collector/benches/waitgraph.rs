@@ -187,7 +187,7 @@ fn detection_lag_ns(threshold_ns: u64, period: Option<Duration>, phase: Duration
 /// Messages over 16 ipc-lib channels between 8 processes, with a
 /// semaphore taken and posted around every fourth message, one contended
 /// wait in eight of those: (batches of events with channel ids, pairs).
-type Batch = (Vec<Event>, Vec<Option<i64>>, Vec<Paired<(i64, u64)>>);
+type Batch = (Vec<Event>, Vec<Option<i64>>, Vec<Paired<i64>>);
 
 fn workload(n: usize) -> Vec<Batch> {
     let channels: Vec<ChannelId> = (0..16)
@@ -226,7 +226,7 @@ fn workload(n: usize) -> Vec<Batch> {
             size: 256,
         };
         batch.2.push(Paired {
-            channel: (ch as i64 + 1, 0),
+            channel: ch as i64 + 1,
             send: side(sender, ts),
             recv: side(receiver, ts + 500),
             msg_id: Some(i + 1),
@@ -271,7 +271,7 @@ fn ingest_ns(n: usize) -> (f64, f64, f64) {
     let mut a = Analyzer::new(1, "bench", 0, AnalyzerConfig::default());
     let start = Instant::now();
     for (events, ids, pairs) in batches {
-        a.committed(events, &ids, &pairs, 0);
+        a.committed(events, &ids, &pairs, &[], 0);
     }
     let per_event = start.elapsed().as_nanos() as f64 / events as f64;
     let now = last_ns + 1_000_000_000;

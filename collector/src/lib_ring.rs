@@ -459,13 +459,16 @@ async fn pump(
         // at the same moment (its end may be why it stops).
         let gone = last && matches!(stream.try_read(&mut eof), Ok(0));
         if gone && report_exits {
-            events.push(Event::new(
+            let mut exit = Event::new(
                 monotonic_ns(),
                 pid,
                 pid,
                 Source::Collector,
                 EventKind::ProcessExit,
-            ));
+            );
+            // A closed socket says it ended, not how.
+            exit.result = -i64::from(libc::ENODATA);
+            events.push(exit);
         }
         if ingest.send(events).await.is_err() {
             return;

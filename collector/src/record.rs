@@ -161,6 +161,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         session,
         WriterConfig {
             observer: Some(observer),
+            recorder_pid: Some(recorder_pid),
             ..WriterConfig::default()
         },
     )
@@ -271,7 +272,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 
     let mut stop = control.stop;
-    let exit_status = match child.as_mut() {
+    let wait_status = match child.as_mut() {
         Some((child, child_pid)) => {
             let status = loop {
                 tokio::select! {
@@ -287,7 +288,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                     }
                 }
             };
-            Some(shell_status(status))
+            Some(status)
         }
         None => {
             let mut poll = tokio::time::interval(TARGETS_POLL);
@@ -306,6 +307,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             None
         }
     };
+    let exit_status = wait_status.map(shell_status);
 
     // Everything the sources still hold goes to the writer; if the writer
     // failed (a full disk, say), the sources only see it as gone, so its
@@ -318,7 +320,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                 Some(probes)
             }
             None => {
-                if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
+                if let (Some((_, child_pid)), Some(status)) = (&child, wait_status) {
                     let mut exit = Event::new(
                         monotonic_ns(),
                         *child_pid,
@@ -326,7 +328,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                         Source::Collector,
                         EventKind::ProcessExit,
                     );
-                    exit.aux = status as u64;
+                    exit.aux = status.into_raw() as u32 as u64;
                     ingest.send(vec![exit]).await?;
                 }
                 None
@@ -398,7 +400,7 @@ async fn analyse(
         let finished = tokio::select! {
             batch = committed.recv() => match batch {
                 Some(c) => {
-                    lock(&analyzer).committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+                    lock(&analyzer).committed(c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
                     false
                 }
                 None => true,

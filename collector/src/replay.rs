@@ -15,7 +15,7 @@ use sqlx::{Row, SqliteConnection};
 use ipc_events::live::Snapshot;
 
 use crate::analysis::{Analyzer, AnalyzerConfig};
-use crate::correlate::{Paired, Side};
+use crate::correlate::{Paired, Side, Signal, SignalFact};
 use crate::store::{Committed, SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
@@ -181,7 +181,7 @@ pub async fn load(
         .into_iter()
         .map(
             |(channel, msg_id, spid, stid, rpid, rtid, sent, received, size)| Paired {
-                channel: (channel, 0),
+                channel,
                 send: Side {
                     pid: spid as u32,
                     tid: stid as u32,
@@ -198,7 +198,58 @@ pub async fn load(
             },
         )
         .collect();
+    batch.signals = signals(conn, session, from_ns, to_ns).await?;
     Ok(batch)
+}
+
+/// A `signals` row: id, sender, target, signo, generated, delivered.
+type SignalRow = (i64, Option<i64>, i64, i64, i64, Option<i64>);
+
+/// The signals generated or delivered in `[from_ns, to_ns)`, in time
+/// order, as the correlation stage handed them to the analysis.
+async fn signals(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    from_ns: u64,
+    to_ns: u64,
+) -> Result<Vec<SignalFact>, StoreError> {
+    let rows: Vec<SignalRow> = sqlx::query_as(
+        "SELECT id, sender_pid, target_pid, signo, generated_ns, delivered_ns FROM signals
+         WHERE session_id = ?1 AND ((generated_ns >= ?2 AND generated_ns < ?3)
+                                    OR (delivered_ns >= ?2 AND delivered_ns < ?3))",
+    )
+    .bind(session.0)
+    .bind(from_ns as i64)
+    .bind(to_ns as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::sql("reading signals"))?;
+    let in_slice = |t: i64| (from_ns as i64..to_ns as i64).contains(&t);
+    let mut facts: Vec<(i64, SignalFact)> = Vec::new();
+    for (id, sender, target, signo, generated, delivered) in rows {
+        let signal = Signal {
+            id: id as u64,
+            sender: sender.map(|p| p as u32),
+            target: target as u32,
+            signo: signo as u32,
+            generated_ns: generated as u64,
+        };
+        if in_slice(generated) {
+            facts.push((generated, SignalFact::Generated(signal)));
+        }
+        if let Some(at) = delivered.filter(|&d| in_slice(d)) {
+            let delivered_ns = at as u64;
+            facts.push((
+                at,
+                SignalFact::Delivered {
+                    signal,
+                    delivered_ns,
+                },
+            ));
+        }
+    }
+    facts.sort_by_key(|(t, _)| *t);
+    Ok(facts.into_iter().map(|(_, f)| f).collect())
 }
 
 /// How far the analysis is fed per step: deadlocks are confirmed at step
@@ -252,6 +303,7 @@ impl Replay {
                 batch.events,
                 &batch.channel_ids,
                 &batch.messages,
+                &batch.signals,
                 batch.ingest_dropped,
             );
             self.analyzer.tick(to);

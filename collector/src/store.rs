@@ -32,7 +32,7 @@ pub use writer::{
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// The analysis names drops as the `drops` table does.
-pub(crate) use writer::drop_source_name;
+pub(crate) use crate::correlate::drop_source_name;
 
 /// The schema version this build writes: the newest migration's number
 /// (each migration sets `user_version` to its own number).

@@ -263,7 +263,9 @@ pub mod kind {
     pub const PROCESS_START: u16 = 17;
     /// Process `pid` executed a new program (its path is the name).
     pub const PROCESS_EXEC: u16 = 18;
-    /// Process `pid` exited: `aux` its exit status when known.
+    /// Process `pid` exited: `aux` its wait(2) status (exit code << 8, or
+    /// the terminating signal in the low 7 bits) when `result` is 0; a
+    /// source that saw the exit but not how it ended says -ENODATA.
     pub const PROCESS_EXIT: u16 = 19;
     /// `size` events were lost by the source named in `aux`.
     pub const DROP: u16 = 20;

@@ -14,7 +14,7 @@
 //!
 //! ```ignore
 //! // On each committed batch from the writer:
-//! analyzer.committed(c.events, &c.channel_ids, &c.messages, c.ingest_dropped);
+//! analyzer.committed(c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
 //! // Every 100 ms (or at analyzer.next_due()), before the feed's delta:
 //! for change in analyzer.tick(monotonic_ns()) {
 //!     match change {
@@ -49,7 +49,7 @@ use super::lockorder::{Inversion, LockOrder};
 use super::throughput::Throughput;
 use super::waitgraph::{GraphChange, Member, Thread, WaitGraph, DEFAULT_THRESHOLD_NS};
 use super::FastMap;
-use crate::correlate::{Paired, SignalPairer};
+use crate::correlate::{Paired, SignalFact};
 
 /// What `SemPost` carries in `result` when it reclaimed a dead holder's
 /// count (`-EOWNERDEAD`); the dead process's exit ends its holds.
@@ -197,9 +197,8 @@ pub struct Analyzer {
     /// Messages on channels no event named (the caller's ordering bug).
     unattributed_messages: u64,
     waits: FastMap<i64, WaitState>,
+    /// Per (sender, target, signo); sender 0 is the kernel.
     signals: FastMap<(u32, u32, u32), SignalState>,
-    /// Generations waiting for delivery: (sender, signo, generated_ns).
-    signal_pairer: SignalPairer<(u32, u32, u64)>,
     /// The wait-for graph. Its resources are channel ids, except that a
     /// blocked receive waits on one end of a channel (the two directions
     /// of a socket pair have different senders): those get keys of their
@@ -249,7 +248,6 @@ impl Analyzer {
             unattributed_messages: 0,
             waits: FastMap::default(),
             signals: FastMap::default(),
-            signal_pairer: SignalPairer::new(),
             recv_keys: FastMap::default(),
             recv_channels: FastMap::default(),
             lock_order: LockOrder::new(),
@@ -270,14 +268,16 @@ impl Analyzer {
     }
 
     /// One committed batch: events with their `channels.id` (index for
-    /// index; a missing id counts as none), the messages paired in it, and
-    /// events the ingest queue refused since the previous batch. The
-    /// events are kept as the feed's recent events.
+    /// index; a missing id counts as none), the messages and signals the
+    /// correlation stage made of them, and events the ingest queue refused
+    /// since the previous batch. The events are kept as the feed's recent
+    /// events.
     pub fn committed(
         &mut self,
         events: Vec<Event>,
         channel_ids: &[Option<i64>],
-        messages: &[Paired<(i64, u64)>],
+        messages: &[Paired<i64>],
+        signals: &[SignalFact],
         ingest_dropped: u64,
     ) {
         debug_assert_eq!(events.len(), channel_ids.len());
@@ -286,6 +286,9 @@ impl Analyzer {
         }
         for m in messages {
             self.message(m);
+        }
+        for s in signals {
+            self.signal(s);
         }
         if ingest_dropped > 0 {
             self.dropped("ingest", ingest_dropped);
@@ -402,11 +405,6 @@ impl Analyzer {
                 });
                 self.wait_event(e, thread, id);
             }
-            (EventKind::SignalGenerate, _, _) => self.signal_generated(e),
-            // A handler running is a delivery, for sources that see no
-            // delivery (ipc-lib without the probes); after one, it pairs
-            // with nothing.
-            (EventKind::SignalDeliver | EventKind::SignalHandle, _, _) => self.signal_delivered(e),
             (EventKind::ProcessExit, _, _) => self.process_exited(e),
             (EventKind::Drop, _, _) => self.dropped(drop_name(e.aux), e.size),
             _ => {}
@@ -631,34 +629,33 @@ impl Analyzer {
             }
         }
         self.lock_order.process_exited(e.pid);
-        self.signal_pairer.exited(e.pid);
         // Deadlocks already name their members; nothing else needs these.
         self.comms.retain(|t, _| t.pid != e.pid);
     }
 
-    fn signal_generated(&mut self, e: &Event) {
-        let Some(target) = e.target_pid else {
-            return;
+    /// A signal the correlation stage saw generated or delivered.
+    pub fn signal(&mut self, fact: &SignalFact) {
+        self.seq += 1;
+        let (signal, delivered_ns) = match *fact {
+            SignalFact::Generated(s) => (s, None),
+            SignalFact::Delivered {
+                signal,
+                delivered_ns,
+            } => (signal, Some(delivered_ns)),
         };
-        let signo = e.aux as u32;
-        self.totals.signals += 1;
-        let s = self.signals.entry((e.pid, target, signo)).or_default();
-        s.count += 1;
+        let key = (signal.sender.unwrap_or(0), signal.target, signal.signo);
+        let s = self.signals.entry(key).or_default();
         s.changed = self.seq;
-        self.signal_pairer
-            .generated(target, signo, e.result, (e.pid, signo, e.ts_ns));
-    }
-
-    fn signal_delivered(&mut self, e: &Event) {
-        let Some((sender, signo, generated_ns)) = self.signal_pairer.delivered(e.pid, e.aux as u32)
-        else {
-            return;
-        };
-        let s = self.signals.entry((sender, e.pid, signo)).or_default();
-        s.delivered += 1;
-        s.latency
-            .record(e.ts_ns, e.ts_ns.saturating_sub(generated_ns));
-        s.changed = self.seq;
+        match delivered_ns {
+            None => {
+                self.totals.signals += 1;
+                s.count += 1;
+            }
+            Some(at) => {
+                s.delivered += 1;
+                s.latency.record(at, at.saturating_sub(signal.generated_ns));
+            }
+        }
     }
 
     /// `count` events lost by `source` (a `drops.source` name).
@@ -677,9 +674,9 @@ impl Analyzer {
     /// A send paired with its receive. Call it after the events of the
     /// same batch: the channel is known from them. Returns false (and
     /// counts it in `unattributed_messages`) for a channel no event named.
-    pub fn message(&mut self, m: &Paired<(i64, u64)>) -> bool {
+    pub fn message(&mut self, m: &Paired<i64>) -> bool {
         self.seq += 1;
-        let id = m.channel.0;
+        let id = m.channel;
         let Some(c) = self.channels.get_mut(&id) else {
             self.unattributed_messages += 1;
             return false;
@@ -1062,7 +1059,7 @@ mod tests {
                 None => None,
             })
             .collect();
-        a.committed(events, &ids, &[], 0);
+        a.committed(events, &ids, &[], &[], 0);
     }
 
     /// pid takes `first`, then blocks on `second`.
@@ -1180,7 +1177,7 @@ mod tests {
                 .iter()
                 .filter(|e| e.kind == EventKind::Drop)
                 .fold(0u64, |sum, e| sum.saturating_add(e.size));
-            a.committed(events, &ids, &[paired(1, 0)], 0);
+            a.committed(events, &ids, &[paired(1, 0)], &[], 0);
             a.tick(now);
             let snap = a.snapshot(now);
             prop_assert_eq!(snap.totals.events, n);
@@ -1306,9 +1303,9 @@ mod tests {
         e
     }
 
-    fn paired(send: u64, recv: u64) -> Paired<(i64, u64)> {
+    fn paired(send: u64, recv: u64) -> Paired<i64> {
         Paired {
-            channel: (1, 0),
+            channel: 1,
             send: Side {
                 pid: 1,
                 tid: 1,
@@ -1338,7 +1335,7 @@ mod tests {
             pairs.push(paired(S + i * MS, S + i * MS + 500 + i));
         }
         let ids = vec![Some(1); events.len()];
-        a.committed(events, &ids, &pairs, 0);
+        a.committed(events, &ids, &pairs, &[], 0);
         let snap = a.snapshot(2 * S);
         let c = &snap.channels[0];
         assert_eq!((c.messages, c.bytes, c.queue_depth), (10, 1000, Some(3)));
@@ -1388,7 +1385,7 @@ mod tests {
         let mut snap = a.snapshot(0);
         let mut at = |a: &mut Analyzer, events: Vec<Event>, now: u64| {
             let ids = vec![Some(1); events.len()];
-            a.committed(events, &ids, &[], 0);
+            a.committed(events, &ids, &[], &[], 0);
             a.tick(now);
             snap.apply(a.delta(now));
             snap.clone()
@@ -1438,7 +1435,27 @@ mod tests {
         generate.aux = 10;
         let mut deliver = Event::new(25, 8, 8, Source::Ebpf, EventKind::SignalDeliver);
         deliver.aux = 10;
-        a.committed(vec![drop, generate, deliver], &[None, None, None], &[], 3);
+        let signal = crate::correlate::Signal {
+            id: 1,
+            sender: Some(7),
+            target: 8,
+            signo: 10,
+            generated_ns: 10,
+        };
+        let signals = [
+            SignalFact::Generated(signal),
+            SignalFact::Delivered {
+                signal,
+                delivered_ns: 25,
+            },
+        ];
+        a.committed(
+            vec![drop, generate, deliver],
+            &[None, None, None],
+            &[],
+            &signals,
+            3,
+        );
         let snap = a.snapshot(S);
         assert_eq!(snap.totals.drops, 45);
         let drops: Vec<_> = snap
@@ -1474,10 +1491,10 @@ mod tests {
                 .map(|i| Event::new(i, 1, 1, Source::Lib, EventKind::ProcessExec))
                 .collect()
         };
-        a.committed(batch(3), &[None; 3], &[], 0);
+        a.committed(batch(3), &[None; 3], &[], &[], 0);
         assert_eq!(a.delta(1).events.len(), 3);
         assert!(a.delta(2).events.is_empty());
-        a.committed(batch(8), &[None; 8], &[], 0);
+        a.committed(batch(8), &[None; 8], &[], &[], 0);
         assert_eq!(a.delta(3).events.len(), 5, "capped");
         assert_eq!(a.snapshot(3).recent_events.len(), 5);
     }
@@ -1496,7 +1513,7 @@ mod tests {
     /// The socket pair is channel 7.
     fn feed_socket(a: &mut Analyzer, events: Vec<Event>) {
         let ids = vec![Some(7); events.len()];
-        a.committed(events, &ids, &[], 0);
+        a.committed(events, &ids, &[], &[], 0);
     }
 
     #[test]

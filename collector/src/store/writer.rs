@@ -1,5 +1,9 @@
 //! The single writer: ingest batches in, multi-row INSERTs out.
 //!
+//! Events pass through the correlation stage ([`Correlator`]) on their way
+//! in, in time order; what is stored is its facts, and the writer computes
+//! nothing of its own: it is a sink.
+//!
 //! Sources hand over `Vec<Event>` batches through a bounded channel, so a
 //! burst is absorbed in memory up to a limit and then pushes back (or, with
 //! [`Ingest::try_send`], is counted as dropped) instead of growing without
@@ -14,8 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_events::raw::{drop_source, WAIT_BEGUN};
-use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+use ipc_events::{ChannelId, Event};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Sqlite, SqliteConnection};
@@ -24,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::{SessionId, Store, StoreError};
-use crate::correlate::{Framing, IdPairer, MessagePairer, Paired, Side, SignalPairer};
+use crate::correlate::{Correlator, DropFact, Paired, ProcessFact, SignalFact, Wait, WaitFact};
 
 /// Columns bound per `events` row; SQLite allows 32766 parameters per
 /// statement, which bounds rows per statement.
@@ -46,17 +49,20 @@ pub struct WriterConfig {
     /// Bounded: analysis that falls behind holds the writer back rather
     /// than see a partial stream.
     pub observer: Option<mpsc::Sender<Committed>>,
+    /// The recorder's own process, whose activity is not the user's.
+    pub recorder_pid: Option<u32>,
 }
 
-/// One committed transaction's worth of what the writer saw, for the
-/// analysis: events with their `channels.id`, and the messages it paired.
+/// One committed transaction's worth of the correlation stage's facts,
+/// for the analysis, with channels named by their `channels.id`.
 #[derive(Debug, Default)]
 pub struct Committed {
     pub events: Vec<Event>,
     /// `channels.id` of each event's object, index for index.
     pub channel_ids: Vec<Option<i64>>,
-    /// Sends paired with receives, keyed `(channels.id, receiving end)`.
-    pub messages: Vec<Paired<(i64, u64)>>,
+    /// Sends paired with receives, keyed by `channels.id`.
+    pub messages: Vec<Paired<i64>>,
+    pub signals: Vec<SignalFact>,
     /// Events the ingest queue refused since the previous batch.
     pub ingest_dropped: u64,
 }
@@ -69,6 +75,7 @@ impl Default for WriterConfig {
             rows_per_tx: 50_000,
             flush_interval: Duration::from_millis(50),
             observer: None,
+            recorder_pid: None,
         }
     }
 }
@@ -93,8 +100,16 @@ pub enum IngestError {
 /// The sending side of the writer: cheap to clone, one per source.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Input>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What sources hand the writer.
+#[derive(Debug)]
+enum Input {
+    Events(Vec<Event>),
+    /// A socket inode of the recorder's own (see [`Ingest::own_socket`]).
+    OwnSocket(u64),
 }
 
 impl Ingest {
@@ -105,9 +120,29 @@ impl Ingest {
     /// real [`RingListener`](crate::lib_ring::RingListener) this way, so
     /// that what it measures is tracing, not SQLite.
     pub fn detached(queue_batches: usize) -> (Ingest, mpsc::Receiver<Vec<Event>>) {
-        let (tx, rx) = mpsc::channel(queue_batches.max(1));
+        let (tx, mut rx) = mpsc::channel(queue_batches.max(1));
+        let (events_tx, events) = mpsc::channel(queue_batches.max(1));
+        tokio::spawn(async move {
+            while let Some(input) = rx.recv().await {
+                if let Input::Events(batch) = input {
+                    if events_tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         let dropped = Arc::new(AtomicU64::new(0));
-        (Ingest { tx, dropped }, rx)
+        (Ingest { tx, dropped }, events)
+    }
+
+    /// Says that socket `inode` is the recorder's own (an ipc-lib
+    /// process's connection to it): what goes through it, or its peer, is
+    /// the recorder's plumbing, not the user's IPC.
+    pub async fn own_socket(&self, inode: u64) -> Result<(), IngestError> {
+        self.tx
+            .send(Input::OwnSocket(inode))
+            .await
+            .map_err(|_| IngestError::Closed)
     }
 
     /// Hands over a batch, waiting while the queue is full.
@@ -115,7 +150,10 @@ impl Ingest {
         if batch.is_empty() {
             return Ok(());
         }
-        self.tx.send(batch).await.map_err(|_| IngestError::Closed)
+        self.tx
+            .send(Input::Events(batch))
+            .await
+            .map_err(|_| IngestError::Closed)
     }
 
     /// Hands over a batch without waiting; when the queue is full the batch
@@ -124,11 +162,13 @@ impl Ingest {
         if batch.is_empty() {
             return Ok(());
         }
-        match self.tx.try_send(batch) {
+        match self.tx.try_send(Input::Events(batch)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(batch)) => {
-                self.dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                if let Input::Events(batch) = input {
+                    self.dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Closed),
@@ -173,12 +213,11 @@ pub async fn spawn_writer(
         rows_per_statement: config
             .rows_per_statement
             .clamp(1, MAX_PARAMS / EVENT_COLUMNS),
-        channels: HashMap::new(),
+        correlator: Correlator::new(config.recorder_pid),
+        channels: Vec::new(),
         processes: HashMap::new(),
-        signals: SignalPairer::new(),
-        messages: MessagePairer::new(),
-        framed: IdPairer::default(),
-        waits: Waits::default(),
+        wait_rows: HashMap::new(),
+        signal_rows: HashMap::new(),
         dropped: Arc::clone(&dropped),
         dropped_stored: 0,
         stats: WriterStats::default(),
@@ -193,20 +232,17 @@ struct Writer {
     conn: PoolConnection<Sqlite>,
     session: SessionId,
     rows_per_statement: usize,
-    /// `channels.id` of every object seen in this session.
-    channels: HashMap<ChannelId, i64>,
-    /// `processes.id` of the live incarnation of each pid.
+    correlator: Correlator,
+    /// `channels.id` of each of the correlator's channels, by ref.
+    channels: Vec<i64>,
+    /// `processes.id` of the live process of each pid.
     processes: HashMap<u32, i64>,
-    /// `signals.id` of each generated signal still waiting for its
-    /// delivery.
-    signals: SignalPairer<i64>,
-    /// Probe-seen sends and receives still waiting for their other side,
-    /// per (`channels.id`, receiving end).
-    messages: MessagePairer<(i64, u64)>,
-    /// Messages with an id in their frame (ipc-lib), paired exactly.
-    framed: IdPairer<(i64, u64)>,
-    /// Blocking waits in progress.
-    waits: Waits,
+    /// `waits.id` of each wait stored while still open, by the
+    /// correlator's wait id.
+    wait_rows: HashMap<u64, i64>,
+    /// `signals.id` of each generated signal, by the correlator's id,
+    /// until it is delivered.
+    signal_rows: HashMap<u64, i64>,
     dropped: Arc<AtomicU64>,
     dropped_stored: u64,
     stats: WriterStats,
@@ -219,7 +255,7 @@ struct Writer {
 impl Writer {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Vec<Event>>,
+        mut rx: mpsc::Receiver<Input>,
         config: WriterConfig,
     ) -> Result<WriterStats, StoreError> {
         self.full_insert_sql = insert_sql(self.rows_per_statement);
@@ -232,7 +268,12 @@ impl Writer {
                 None => Some(rx.recv().await),
             };
             match received {
-                Some(Some(mut batch)) => {
+                Some(Some(Input::OwnSocket(inode))) => {
+                    // Applied before the events held back are correlated.
+                    self.correlator.own_socket(inode);
+                    continue;
+                }
+                Some(Some(Input::Events(mut batch))) => {
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + config.flush_interval);
                     }
@@ -273,103 +314,52 @@ impl Writer {
         }
         if new_drops > 0 {
             // Whole batches were refused: message positions are lost.
-            self.messages.lost();
+            self.correlator.lost();
+        }
+        for event in pending.drain(..) {
+            self.correlator.push(event);
+        }
+        let mut facts = self.correlator.take();
+        if new_drops > 0 {
+            facts.drops.push(DropFact {
+                source: "ingest",
+                count: new_drops,
+                ts_ns: crate::clock::monotonic_ns(),
+            });
         }
         let session = self.session.0;
         let mut tx = sqlx::Connection::begin(&mut *self.conn)
             .await
             .map_err(StoreError::sql("starting a transaction"))?;
 
-        // Channel ids and process rows first: events refer to them.
-        let mut channel_ids = Vec::with_capacity(pending.len());
-        let mut paired = Vec::new();
-        for event in pending.iter() {
-            let channel = match &event.channel {
-                Some(ch) => Some(channel_id(&mut tx, &mut self.channels, session, ch).await?),
-                None => None,
-            };
-            channel_ids.push(channel);
-            match event.kind {
-                EventKind::MsgSend | EventKind::MsgRecv => {
-                    if self.waits.ends_receive(event, channel) {
-                        self.waits.event(event, channel);
-                    }
-                    let side = Side {
-                        pid: event.pid,
-                        tid: event.tid,
-                        ts_ns: event.ts_ns,
-                        size: event.size,
-                    };
-                    if let (Some(id), Some(ch)) = (event.msg_id, channel) {
-                        if event.kind == EventKind::MsgSend {
-                            self.framed.send((ch, 0), id, side, &mut paired);
-                        } else {
-                            self.framed.recv((ch, 0), id, side, &mut paired);
-                        }
-                    } else if let Some((key, framing)) = channel.and_then(|id| direction(event, id))
-                    {
-                        if event.kind == EventKind::MsgSend {
-                            self.messages.send(key, framing, side, &mut paired);
-                        } else {
-                            self.messages.recv(key, framing, side, &mut paired);
-                        }
-                    }
-                }
-                EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
-                    track_process(&mut tx, &mut self.processes, session, event).await?;
-                    if event.kind == EventKind::ProcessExit {
-                        self.signals.exited(event.pid);
-                    }
-                }
-                EventKind::SemWaitBegin
-                | EventKind::SemWaitEnd
-                | EventKind::SemPost
-                | EventKind::FutexWait
-                | EventKind::RecvWaitBegin
-                | EventKind::RecvWaitEnd => self.waits.event(event, channel),
-                EventKind::SignalGenerate => {
-                    signal_generated(&mut tx, &mut self.signals, session, event).await?;
-                }
-                // A handler running is a delivery for sources that see no
-                // delivery (ipc-lib alone); after a delivery it pairs with
-                // nothing.
-                EventKind::SignalDeliver | EventKind::SignalHandle => {
-                    signal_delivered(&mut tx, &mut self.signals, event).await?;
-                }
-                EventKind::Drop => {
-                    if matches!(event.aux, drop_source::EBPF_RING | drop_source::DECODE) {
-                        // Probe events were lost: positions in the
-                        // channels seen so far no longer line up.
-                        self.messages.lost();
-                    }
-                    insert_drop(
-                        &mut tx,
-                        session,
-                        drop_source_name(event.aux),
-                        event.size,
-                        event.ts_ns,
-                    )
-                    .await?;
-                }
-                _ => {}
-            }
+        // Channels and processes first: events refer to them.
+        for (r, id) in &facts.new_channels {
+            debug_assert_eq!(r.0 as usize, self.channels.len());
+            self.channels.push(channel_id(&mut tx, session, id).await?);
         }
-        if new_drops > 0 {
-            insert_drop(
+        for renamed in &facts.renamed {
+            rename_channel(
                 &mut tx,
-                session,
-                "ingest",
-                new_drops,
-                crate::clock::monotonic_ns(),
+                self.channels[renamed.channel.0 as usize],
+                &renamed.id,
             )
             .await?;
         }
+        for fact in &facts.processes {
+            track_process(&mut tx, &mut self.processes, session, fact).await?;
+        }
+        let channel_ids: Vec<Option<i64>> = facts
+            .channels
+            .iter()
+            .map(|r| r.map(|r| self.channels[r.0 as usize]))
+            .collect();
 
         // Pipelined: sqlx executes a statement on its worker thread, so
         // while statement k runs there, this task encodes the arguments of
         // statement k+1 (join! polls the execute first, which hands it to
         // the worker, then runs the encoding to completion).
-        let chunks: Vec<(&[Event], &[Option<i64>])> = pending
+        let chunks: Vec<(&[Event], &[Option<i64>])> = facts
+            .events
             .chunks(self.rows_per_statement)
             .zip(channel_ids.chunks(self.rows_per_statement))
             .collect();
@@ -389,12 +379,35 @@ impl Writer {
             done.map_err(StoreError::sql("inserting events"))?;
             next = encoded?;
         }
-        for rows in paired.chunks(MESSAGE_ROWS_PER_STATEMENT) {
+        let messages: Vec<Paired<i64>> = facts
+            .messages
+            .iter()
+            .map(|m| Paired {
+                channel: self.channels[m.channel.0 as usize],
+                send: m.send,
+                recv: m.recv,
+                msg_id: m.msg_id,
+            })
+            .collect();
+        for rows in messages.chunks(MESSAGE_ROWS_PER_STATEMENT) {
             insert_messages(&mut tx, session, rows).await?;
         }
-        self.waits.write(&mut tx, session).await?;
+        write_waits(
+            &mut tx,
+            session,
+            &facts.waits,
+            &self.channels,
+            &mut self.wait_rows,
+        )
+        .await?;
+        for fact in &facts.signals {
+            store_signal(&mut tx, session, fact, &mut self.signal_rows).await?;
+        }
+        for d in &facts.drops {
+            insert_drop(&mut tx, session, d.source, d.count, d.ts_ns).await?;
+        }
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
-            .bind(pending.len() as i64)
+            .bind(facts.events.len() as i64)
             .bind(session)
             .execute(&mut *tx)
             .await
@@ -403,23 +416,21 @@ impl Writer {
             .await
             .map_err(StoreError::sql("committing events"))?;
 
-        self.stats.events += pending.len() as u64;
+        self.stats.events += facts.events.len() as u64;
         self.stats.transactions += 1;
         self.stats.ingest_dropped = dropped;
         self.dropped_stored = dropped;
-        match &self.observer {
-            Some(observer) => {
-                let committed = Committed {
-                    events: std::mem::replace(pending, Vec::with_capacity(pending.capacity())),
-                    channel_ids,
-                    messages: paired,
-                    ingest_dropped: new_drops,
-                };
-                // A closed observer (the analysis stopped) leaves storing
-                // unaffected.
-                let _ = observer.send(committed).await;
-            }
-            None => pending.clear(),
+        if let Some(observer) = &self.observer {
+            let committed = Committed {
+                events: facts.events,
+                channel_ids,
+                messages,
+                signals: facts.signals,
+                ingest_dropped: new_drops,
+            };
+            // A closed observer (the analysis stopped) leaves storing
+            // unaffected.
+            let _ = observer.send(committed).await;
         }
         Ok(())
     }
@@ -502,16 +513,12 @@ fn insert_sql(rows: usize) -> String {
 
 async fn channel_id(
     conn: &mut SqliteConnection,
-    known: &mut HashMap<ChannelId, i64>,
     session: i64,
     channel: &ChannelId,
 ) -> Result<i64, StoreError> {
-    if let Some(id) = known.get(channel) {
-        return Ok(*id);
-    }
     // The upsert's no-op update makes RETURNING yield the id of a row that
     // an earlier run of this session (or another writer) already inserted.
-    let id: i64 = sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO channels (session_id, kind, name) VALUES (?, ?, ?)
          ON CONFLICT (session_id, kind, name) DO UPDATE SET kind = excluded.kind
          RETURNING id",
@@ -521,61 +528,88 @@ async fn channel_id(
     .bind(channel.name())
     .fetch_one(&mut *conn)
     .await
-    .map_err(StoreError::sql("recording a channel"))?;
-    known.insert(channel.clone(), id);
-    Ok(id)
+    .map_err(StoreError::sql("recording a channel"))
 }
 
+/// A socket channel first stored with one end named gets its full name.
+async fn rename_channel(
+    conn: &mut SqliteConnection,
+    row: i64,
+    channel: &ChannelId,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE channels SET name = ? WHERE id = ?")
+        .bind(channel.name())
+        .bind(row)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql("naming a channel"))?;
+    Ok(())
+}
+
+/// The `processes` row of what `fact` says; `live` holds the row of each
+/// pid's current process.
 async fn track_process(
     conn: &mut SqliteConnection,
     live: &mut HashMap<u32, i64>,
     session: i64,
-    event: &Event,
+    fact: &ProcessFact,
 ) -> Result<(), StoreError> {
-    let comm = (!event.comm.is_empty()).then_some(event.comm.as_str());
-    match (event.kind, live.get(&event.pid).copied()) {
-        // A start, or the first sight of a process whose start we missed.
-        (EventKind::ProcessStart, _) | (EventKind::ProcessExec, None) => {
-            let (ppid, started) = match event.kind {
-                EventKind::ProcessStart => (Some(event.aux as i64), Some(event.ts_ns as i64)),
-                _ => (None, None),
-            };
+    match fact {
+        ProcessFact::Started {
+            pid,
+            ppid,
+            comm,
+            exe,
+            started_ns,
+        } => {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO processes (session_id, pid, ppid, comm, exe, started_ns)
                  VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(session)
-            .bind(i64::from(event.pid))
-            .bind(ppid)
-            .bind(comm)
-            .bind(event.path.as_deref())
-            .bind(started)
+            .bind(i64::from(*pid))
+            .bind(ppid.map(i64::from))
+            .bind(comm.as_deref())
+            .bind(exe.as_deref())
+            .bind(started_ns.map(|t| t as i64))
             .fetch_one(&mut *conn)
             .await
             .map_err(StoreError::sql("recording a process"))?;
-            live.insert(event.pid, id);
+            live.insert(*pid, id);
         }
-        (EventKind::ProcessExec, Some(id)) => {
-            sqlx::query("UPDATE processes SET comm = coalesce(?, comm), exe = coalesce(?, exe) WHERE id = ?")
-                .bind(comm)
-                .bind(event.path.as_deref())
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::sql("recording an exec"))?;
+        ProcessFact::Exec { pid, comm, exe } => {
+            let Some(id) = live.get(pid) else {
+                return Ok(());
+            };
+            sqlx::query(
+                "UPDATE processes SET comm = coalesce(?, comm), exe = coalesce(?, exe) WHERE id = ?",
+            )
+            .bind(comm.as_deref())
+            .bind(exe.as_deref())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording an exec"))?;
         }
-        (EventKind::ProcessExit, Some(id)) => {
-            sqlx::query("UPDATE processes SET exited_ns = ? WHERE id = ?")
-                .bind(event.ts_ns as i64)
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::sql("recording an exit"))?;
-            live.remove(&event.pid);
+        ProcessFact::Exited {
+            pid,
+            exited_ns,
+            status,
+        } => {
+            let Some(id) = live.remove(pid) else {
+                return Ok(());
+            };
+            sqlx::query(
+                "UPDATE processes SET exited_ns = ?, exit_status = coalesce(?, exit_status)
+                 WHERE id = ?",
+            )
+            .bind(*exited_ns as i64)
+            .bind(*status)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording an exit"))?;
         }
-        // An exit of a process never seen starting: it predates tracking,
-        // and its row would say nothing but its pid.
-        _ => {}
     }
     Ok(())
 }
@@ -583,60 +617,17 @@ async fn track_process(
 /// `messages` rows per INSERT: 11 parameters each.
 const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
 
-/// Which direction of which channel a probe-seen send or receive belongs
-/// to, keyed by `(channels.id, inode of the receiving end)` (0 for pipes
-/// and FIFOs, which have one direction), and how it frames messages.
-/// Message queues are keyed by priority (POSIX) or `mtype` (SysV), the
-/// event's `aux`: a queue is FIFO within each, whichever one a receiver
-/// asks for. `None` for what is paired elsewhere (ipc-lib messages carry
-/// ids) or not at all (a socket with no known peer: its messages go to an
-/// address).
-fn direction(event: &Event, channel: i64) -> Option<((i64, u64), Framing)> {
-    if event.source != Source::Ebpf || event.msg_id.is_some() {
-        return None;
-    }
-    let id = event.channel.as_ref()?;
-    if matches!(id.kind(), ChannelKind::Mq | ChannelKind::SysvMsg) {
-        return Some(((channel, event.aux), Framing::Records));
-    }
-    let ChannelId::Numeric { kind, a, b } = id else {
-        return None;
-    };
-    let framing = match kind {
-        ChannelKind::Pipe | ChannelKind::Fifo | ChannelKind::UnixStream => Framing::Bytes,
-        ChannelKind::UnixDgram | ChannelKind::UnixSeqpacket => Framing::Records,
-        _ => return None,
-    };
-    if !kind.is_socket() {
-        return Some(((channel, 0), framing));
-    }
-    let end = event.endpoint?;
-    let other = match end {
-        _ if *b == 0 => return None,
-        e if e == *a => *b,
-        e if e == *b => *a,
-        _ => return None,
-    };
-    // A send goes to the other end's queue; a receive takes from its own.
-    let receiving = if event.kind == EventKind::MsgSend {
-        other
-    } else {
-        end
-    };
-    Some(((channel, receiving), framing))
-}
-
 async fn insert_messages(
     conn: &mut SqliteConnection,
     session: i64,
-    rows: &[Paired<(i64, u64)>],
+    rows: &[Paired<i64>],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
                         sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, \
                         latency_ns, size) VALUES ";
     insert_rows(conn, HEAD, 11, rows, "inserting messages", |args, row| {
         args.add(session)?;
-        args.add(row.channel.0)?;
+        args.add(row.channel)?;
         args.add(row.msg_id.map(|m| m as i64))?;
         args.add(i64::from(row.send.pid))?;
         args.add(i64::from(row.send.tid))?;
@@ -681,245 +672,117 @@ async fn insert_rows<T>(
     Ok(())
 }
 
-/// `waits` rows from wait begin/end events, from either source: a row is
-/// written when a wait begins, with `end_ns` NULL while the thread is
-/// blocked (so a thread blocked right now, or deadlocked, shows as one
-/// whose wait never ended), and completed when it ends. An end whose begin
-/// was not seen (lost, or before the recording) gets a whole row from its
-/// duration; one with no duration took the object without blocking.
-/// A blocked receive (`recv_wait_begin`) ends with the receive's message
-/// or with its `recv_wait_end`.
-///
-/// Rows are written when their transaction commits, not event by event: a
-/// wait that begins and ends within one transaction (most do) is one row
-/// of a multi-row INSERT, and only a wait still open at the commit gets a
-/// statement of its own, and another when it ends. A semaphore or futex
-/// flood is otherwise a statement per event, ten times slower than the
-/// events themselves.
-#[derive(Debug, Default)]
-struct Waits {
-    /// The wait each thread is blocked in (a thread is in one wait at a
-    /// time).
-    open: HashMap<(u32, u32), OpenWait>,
-    /// The process that last posted each object: whose post ended a wait.
-    last_post: HashMap<i64, u32>,
-    /// Rows to insert at this transaction's end: whole waits, and begins
-    /// whose end was lost before their row was written (left open).
-    rows: Vec<WaitRow>,
-    /// Ends of waits whose row an earlier transaction wrote open.
-    ends: Vec<WaitEnd>,
-}
-
-/// A wait whose end is still to come.
-#[derive(Debug, Clone, Copy)]
-struct OpenWait {
-    /// `waits.id` once its (open) row is written.
-    row: Option<i64>,
-    channel: Option<i64>,
-    start_ns: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct WaitRow {
-    pid: u32,
-    tid: u32,
-    channel: Option<i64>,
-    start_ns: u64,
-    end_ns: Option<u64>,
-    waker: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct WaitEnd {
-    row: i64,
-    end_ns: u64,
-    waker: Option<i64>,
-}
-
 /// `waits` rows per INSERT: 7 parameters each.
 const WAIT_ROWS_PER_STATEMENT: usize = 1000;
 
-impl Waits {
-    /// Whether `event` can end a wait of its thread's: it is a message
-    /// received on the object the thread was blocked receiving from.
-    fn ends_receive(&self, event: &Event, channel: Option<i64>) -> bool {
-        event.kind == EventKind::MsgRecv
-            && self
-                .open
-                .get(&(event.pid, event.tid))
-                .is_some_and(|w| w.channel == channel)
-    }
-
-    fn event(&mut self, event: &Event, channel: Option<i64>) {
-        let (pid, tid) = (event.pid, event.tid);
-        let begins = match event.kind {
-            EventKind::SemPost => {
-                if let Some(ch) = channel {
-                    self.last_post.insert(ch, event.pid);
-                }
-                return;
-            }
-            EventKind::SemWaitBegin | EventKind::RecvWaitBegin => true,
-            EventKind::FutexWait => event.result == WAIT_BEGUN,
-            // The end of the blocked receive that began `duration_ns`
-            // earlier, and of no later wait of the thread's.
-            EventKind::RecvWaitEnd => {
-                let start = event.ts_ns.saturating_sub(event.duration_ns.unwrap_or(0));
-                if self
-                    .open
-                    .get(&(pid, tid))
-                    .is_none_or(|w| w.start_ns != start)
-                {
-                    return;
-                }
-                false
-            }
-            _ => false,
-        };
-        if begins {
-            let begun = OpenWait {
-                row: None,
-                channel,
-                start_ns: event.ts_ns,
-            };
-            // A begin left open means its end was lost; its row stays open.
-            if let Some(lost) = self.open.insert((pid, tid), begun) {
-                if lost.row.is_none() {
-                    self.rows.push(WaitRow {
-                        pid,
-                        tid,
-                        channel: lost.channel,
-                        start_ns: lost.start_ns,
-                        end_ns: None,
-                        waker: None,
-                    });
-                }
-            }
-            return;
-        }
-        // Only a successful wait was ended by somebody's post.
-        let waker = (event.result == 0)
-            .then(|| channel.and_then(|ch| self.last_post.get(&ch).copied()))
-            .flatten()
-            .map(i64::from);
-        let (channel, start_ns) = match self.open.remove(&(pid, tid)) {
-            Some(OpenWait { row: Some(row), .. }) => {
-                self.ends.push(WaitEnd {
-                    row,
-                    end_ns: event.ts_ns,
-                    waker,
-                });
-                return;
-            }
-            Some(open) => (open.channel, open.start_ns),
-            None => match event.duration_ns.filter(|&d| d > 0) {
-                Some(waited) => (channel, event.ts_ns.saturating_sub(waited)),
-                None => return,
-            },
-        };
-        self.rows.push(WaitRow {
-            pid,
-            tid,
-            channel,
-            start_ns,
-            end_ns: Some(event.ts_ns),
-            waker,
-        });
-    }
-
-    /// Writes what this transaction's events did to `waits`.
-    async fn write(&mut self, conn: &mut SqliteConnection, session: i64) -> Result<(), StoreError> {
-        const HEAD: &str =
-            "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid) VALUES ";
-        for rows in self.rows.chunks(WAIT_ROWS_PER_STATEMENT) {
-            insert_rows(conn, HEAD, 7, rows, "recording waits", |args, row| {
-                args.add(session)?;
-                args.add(i64::from(row.pid))?;
-                args.add(i64::from(row.tid))?;
-                args.add(row.channel)?;
-                args.add(row.start_ns as i64)?;
-                args.add(row.end_ns.map(|e| e as i64))?;
-                args.add(row.waker)?;
-                Ok(())
-            })
-            .await?;
-        }
-        self.rows.clear();
-        for (&(pid, tid), open) in self.open.iter_mut().filter(|(_, w)| w.row.is_none()) {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(session)
-            .bind(i64::from(pid))
-            .bind(i64::from(tid))
-            .bind(open.channel)
-            .bind(open.start_ns as i64)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::sql("recording a wait"))?;
-            open.row = Some(id);
-        }
-        for end in self.ends.drain(..) {
-            sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
-                .bind(end.end_ns as i64)
-                .bind(end.waker)
-                .bind(end.row)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::sql("ending a wait"))?;
-        }
-        Ok(())
-    }
-}
-
-/// A `signals` row for a generated signal; one the kernel will deliver
-/// waits in `pairer` for its delivery to fill in `delivered_ns`.
-async fn signal_generated(
+/// Stores a batch's waits: whole ones in multi-row INSERTs (a semaphore or
+/// futex flood is otherwise a statement per wait, ten times slower than
+/// the events themselves), a wait still open with a statement of its own
+/// (its row is completed when it ends), and the ends of those.
+async fn write_waits(
     conn: &mut SqliteConnection,
-    pairer: &mut SignalPairer<i64>,
     session: i64,
-    event: &Event,
+    facts: &[WaitFact],
+    channels: &[i64],
+    open_rows: &mut HashMap<u64, i64>,
 ) -> Result<(), StoreError> {
-    let Some(target) = event.target_pid else {
-        // Only the probes make these, and they always name the target.
-        tracing::debug!(
-            ?event,
-            "a signal_generate event without a target; no signals row"
-        );
-        return Ok(());
-    };
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO signals (session_id, sender_pid, target_pid, signo, generated_ns)
-         VALUES (?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(session)
-    .bind(i64::from(event.pid))
-    .bind(i64::from(target))
-    .bind(event.aux as i64)
-    .bind(event.ts_ns as i64)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(StoreError::sql("recording a signal"))?;
-    pairer.generated(target, event.aux as u32, event.result, id);
+    const HEAD: &str =
+        "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid) VALUES ";
+    let channel = |w: &Wait| w.channel.map(|r| channels[r.0 as usize]);
+    let whole: Vec<&Wait> = facts
+        .iter()
+        .filter_map(|f| match f {
+            WaitFact::Whole(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    for rows in whole.chunks(WAIT_ROWS_PER_STATEMENT) {
+        insert_rows(conn, HEAD, 7, rows, "recording waits", |args, w| {
+            args.add(session)?;
+            args.add(i64::from(w.pid))?;
+            args.add(i64::from(w.tid))?;
+            args.add(channel(w))?;
+            args.add(w.start_ns as i64)?;
+            args.add(w.end_ns.map(|e| e as i64))?;
+            args.add(w.waker.map(i64::from))?;
+            Ok(())
+        })
+        .await?;
+    }
+    for fact in facts {
+        match fact {
+            WaitFact::Whole(_) => {}
+            WaitFact::Opened(w) => {
+                let row: i64 = sqlx::query_scalar(
+                    "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns)
+                     VALUES (?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(session)
+                .bind(i64::from(w.pid))
+                .bind(i64::from(w.tid))
+                .bind(channel(w))
+                .bind(w.start_ns as i64)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording a wait"))?;
+                open_rows.insert(w.id, row);
+            }
+            WaitFact::Closed { id, end_ns, waker } => {
+                let Some(row) = open_rows.remove(id) else {
+                    continue;
+                };
+                sqlx::query("UPDATE waits SET end_ns = ?, waker_pid = ? WHERE id = ?")
+                    .bind(*end_ns as i64)
+                    .bind(waker.map(i64::from))
+                    .bind(row)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::sql("ending a wait"))?;
+            }
+        }
+    }
     Ok(())
 }
 
-/// Fills in the delivery time of the signal this delivery delivers.
-async fn signal_delivered(
+/// A `signals` row for a generated signal, and its delivery time when it
+/// is delivered; `rows` holds the rows of signals still waiting for one.
+async fn store_signal(
     conn: &mut SqliteConnection,
-    pairer: &mut SignalPairer<i64>,
-    event: &Event,
+    session: i64,
+    fact: &SignalFact,
+    rows: &mut HashMap<u64, i64>,
 ) -> Result<(), StoreError> {
-    let Some(id) = pairer.delivered(event.pid, event.aux as u32) else {
-        return Ok(());
-    };
-    sqlx::query("UPDATE signals SET delivered_ns = ? WHERE id = ?")
-        .bind(event.ts_ns as i64)
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::sql("recording a signal's delivery"))?;
+    match fact {
+        SignalFact::Generated(s) => {
+            let row: i64 = sqlx::query_scalar(
+                "INSERT INTO signals (session_id, sender_pid, target_pid, signo, generated_ns)
+                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(session)
+            .bind(s.sender.map(i64::from))
+            .bind(i64::from(s.target))
+            .bind(i64::from(s.signo))
+            .bind(s.generated_ns as i64)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::sql("recording a signal"))?;
+            rows.insert(s.id, row);
+        }
+        SignalFact::Delivered {
+            signal,
+            delivered_ns,
+        } => {
+            let Some(row) = rows.remove(&signal.id) else {
+                return Ok(());
+            };
+            sqlx::query("UPDATE signals SET delivered_ns = ? WHERE id = ?")
+                .bind(*delivered_ns as i64)
+                .bind(row)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording a signal's delivery"))?;
+        }
+    }
     Ok(())
 }
 
@@ -941,21 +804,12 @@ async fn insert_drop(
     Ok(())
 }
 
-/// The `drops.source` name for a [`drop_source`] code.
-pub fn drop_source_name(code: u64) -> &'static str {
-    match code {
-        drop_source::EBPF_RING => "ebpf_ring",
-        drop_source::LIB_RING => "lib_ring",
-        drop_source::INGEST => "ingest",
-        drop_source::DECODE => "decode",
-        _ => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{NewSession, OpenMode};
+    use ipc_events::raw::WAIT_BEGUN;
+    use ipc_events::{ChannelKind, EventKind, Source};
 
     fn session() -> NewSession {
         NewSession {

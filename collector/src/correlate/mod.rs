@@ -1,0 +1,413 @@
+//! The correlation stage: the one place that names channels and
+//! processes and turns events into facts.
+//!
+//! Every event of a recording passes through one [`Correlator`], in time
+//! order, whatever its source. It names the object the event touched (a
+//! [`ChannelRef`]: one per IPC object, one per connection for sockets),
+//! pairs sends with receives, wait begins with their ends, signal
+//! generations with their deliveries, and follows processes; an
+//! operation that both sources saw becomes one fact. What comes out, per
+//! batch, is [`Facts`]: everything downstream (the store, the analysis,
+//! and through them the report and the dashboard) consumes these facts
+//! and pairs nothing itself.
+//!
+//! Pure: no I/O and no clock of its own, so it is tested on plain event
+//! sequences.
+
+mod channels;
+mod pairing;
+mod waits;
+
+use std::collections::HashMap;
+
+use ipc_events::raw::drop_source;
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+
+pub use channels::{ChannelRef, Renamed};
+pub use pairing::{
+    awaits_delivery, kills_by_default, signal_result, Framing, IdPairer, MessagePairer, Paired,
+    Side, SignalPairer, MAX_UNPAIRED, MAX_UNPAIRED_IDS, SIGKILL,
+};
+pub use waits::{Wait, WaitFact};
+
+use channels::{Channels, Resolved};
+use waits::Waits;
+
+/// A generated signal, as the session's `signals` rows record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    /// Names the signal in its later delivery.
+    pub id: u64,
+    /// The process that sent it; None when the kernel did (timers,
+    /// SIGCHLD, SIGPIPE, faults).
+    pub sender: Option<u32>,
+    pub target: u32,
+    pub signo: u32,
+    pub generated_ns: u64,
+}
+
+/// What a batch did to the session's signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalFact {
+    Generated(Signal),
+    /// A signal generated earlier (perhaps in this batch) was delivered.
+    Delivered {
+        signal: Signal,
+        delivered_ns: u64,
+    },
+}
+
+/// What a batch did to the session's processes. A pid names one process
+/// at a time: a start (or the first sight of a process whose start was
+/// not seen) begins a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessFact {
+    Started {
+        pid: u32,
+        ppid: Option<u32>,
+        comm: Option<String>,
+        exe: Option<String>,
+        started_ns: Option<u64>,
+    },
+    /// The process ran a new program.
+    Exec {
+        pid: u32,
+        comm: Option<String>,
+        exe: Option<String>,
+    },
+    Exited {
+        pid: u32,
+        exited_ns: u64,
+        /// As a shell reports it (128+N for a death by signal N), when
+        /// the source knows it.
+        status: Option<i32>,
+    },
+}
+
+/// Events lost before they reached the correlator, as `drops` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropFact {
+    /// A `drops.source` name.
+    pub source: &'static str,
+    pub count: u64,
+    pub ts_ns: u64,
+}
+
+/// One batch of facts.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The events to store, in time order. The recorder's own plumbing
+    /// is left out.
+    pub events: Vec<Event>,
+    /// Each event's channel, index for index.
+    pub channels: Vec<Option<ChannelRef>>,
+    /// Channels first seen in this batch, in the order of their refs.
+    pub new_channels: Vec<(ChannelRef, ChannelId)>,
+    /// Channels whose identity grew (a socket's other end became known).
+    pub renamed: Vec<Renamed>,
+    pub messages: Vec<Paired<ChannelRef>>,
+    pub waits: Vec<WaitFact>,
+    pub signals: Vec<SignalFact>,
+    pub processes: Vec<ProcessFact>,
+    pub drops: Vec<DropFact>,
+}
+
+impl Facts {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.drops.is_empty()
+    }
+}
+
+/// How long after an ipc-lib signal send the probes' sight of the same
+/// `kill` may come: ipc-lib stamps it just before the call.
+const SIGNAL_FUSE_NS: u64 = 10_000_000;
+
+/// The correlation stage of one session.
+#[derive(Debug)]
+pub struct Correlator {
+    /// The recorder's own process: its activity is not the user's.
+    recorder_pid: Option<u32>,
+    channels: Channels,
+    messages: MessagePairer<(ChannelRef, u64)>,
+    framed: IdPairer<ChannelRef>,
+    waits: Waits,
+    signals: SignalPairer<Signal>,
+    next_signal: u64,
+    /// ipc-lib signal sends not yet seen by the probes, per (sending
+    /// thread, target, signo): the same `kill` is one signal.
+    lib_signals: HashMap<(u32, u32, u32), u64>,
+    /// Processes alive now.
+    live: HashMap<u32, ()>,
+    facts: Facts,
+}
+
+impl Correlator {
+    pub fn new(recorder_pid: Option<u32>) -> Self {
+        Correlator {
+            recorder_pid,
+            channels: Channels::default(),
+            messages: MessagePairer::new(),
+            framed: IdPairer::default(),
+            waits: Waits::default(),
+            signals: SignalPairer::new(),
+            next_signal: 0,
+            lib_signals: HashMap::new(),
+            live: HashMap::new(),
+            facts: Facts::default(),
+        }
+    }
+
+    /// Socket inode `inode` is the recorder's own.
+    pub fn own_socket(&mut self, inode: u64) {
+        self.channels.own_socket(inode);
+    }
+
+    /// Events were lost before they got here: byte positions of the
+    /// channels seen so far no longer line up.
+    pub fn lost(&mut self) {
+        self.messages.lost();
+    }
+
+    /// Unpaired sends and receives forgotten to keep memory bounded.
+    pub fn forgotten(&self) -> u64 {
+        self.messages.forgotten + self.framed.forgotten
+    }
+
+    /// The identity of channel `r`.
+    pub fn channel(&self, r: ChannelRef) -> &ChannelId {
+        self.channels.id(r)
+    }
+
+    /// Takes `event`, the next in time order.
+    pub fn push(&mut self, event: Event) {
+        if self.recorder_pid == Some(event.pid) && event.source == Source::Ebpf {
+            return;
+        }
+        let facts = &mut self.facts;
+        let channel =
+            match self
+                .channels
+                .resolve(&event, &mut facts.new_channels, &mut facts.renamed)
+            {
+                Resolved::Own => return,
+                Resolved::None => None,
+                Resolved::Channel(r) => Some(r),
+            };
+        match event.kind {
+            EventKind::MsgSend | EventKind::MsgRecv => {
+                if self.waits.ends_receive(&event, channel) {
+                    self.waits.event(&event, channel);
+                }
+                if let Some(r) = channel {
+                    self.message(&event, r);
+                }
+            }
+            EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
+                self.process(&event);
+            }
+            EventKind::SemWaitBegin
+            | EventKind::SemWaitEnd
+            | EventKind::SemPost
+            | EventKind::FutexWait
+            | EventKind::FutexWake
+            | EventKind::RecvWaitBegin
+            | EventKind::RecvWaitEnd => self.waits.event(&event, channel),
+            EventKind::SignalGenerate => self.signal_generated(&event),
+            // A handler running is a delivery for sources that see no
+            // delivery (ipc-lib alone); after a delivery it pairs with
+            // nothing.
+            EventKind::SignalDeliver | EventKind::SignalHandle => {
+                if let Some(signal) = self.signals.delivered(event.pid, event.aux as u32) {
+                    self.facts.signals.push(SignalFact::Delivered {
+                        signal,
+                        delivered_ns: event.ts_ns,
+                    });
+                }
+            }
+            EventKind::Drop => {
+                if matches!(event.aux, drop_source::EBPF_RING | drop_source::DECODE) {
+                    // Probe events were lost: positions in the channels
+                    // seen so far no longer line up.
+                    self.messages.lost();
+                }
+                self.facts.drops.push(DropFact {
+                    source: drop_source_name(event.aux),
+                    count: event.size,
+                    ts_ns: event.ts_ns,
+                });
+            }
+            _ => {}
+        }
+        self.facts.events.push(event);
+        self.facts.channels.push(channel);
+    }
+
+    /// Closes the batch and hands over its facts.
+    pub fn take(&mut self) -> Facts {
+        let mut facts = std::mem::take(&mut self.facts);
+        facts.waits = self.waits.take();
+        facts
+    }
+
+    fn message(&mut self, event: &Event, r: ChannelRef) {
+        let side = Side {
+            pid: event.pid,
+            tid: event.tid,
+            ts_ns: event.ts_ns,
+            size: event.size,
+        };
+        let send = event.kind == EventKind::MsgSend;
+        if let Some(id) = event.msg_id {
+            let out = &mut self.facts.messages;
+            if send {
+                self.framed.send(r, id, side, out);
+            } else {
+                self.framed.recv(r, id, side, out);
+            }
+            return;
+        }
+        let Some((key, framing)) = self.direction(event, r) else {
+            return;
+        };
+        let mut paired = Vec::new();
+        if send {
+            self.messages.send((r, key), framing, side, &mut paired);
+        } else {
+            self.messages.recv((r, key), framing, side, &mut paired);
+        }
+        self.facts
+            .messages
+            .extend(paired.into_iter().map(|p| Paired {
+                channel: p.channel.0,
+                send: p.send,
+                recv: p.recv,
+                msg_id: p.msg_id,
+            }));
+    }
+
+    /// Which direction of channel `r` a probe-seen send or receive belongs
+    /// to, and how it frames messages. Sockets are keyed by the sending
+    /// end's inode (known to a send even before its peer has one); pipes
+    /// and FIFOs have one direction; message queues are keyed by priority
+    /// (POSIX) or `mtype` (SysV), the event's `aux`: a queue is FIFO
+    /// within each, whichever one a receiver asks for. None for what is
+    /// not paired (an unconnected datagram socket's messages go to an
+    /// address, whose other end is not known).
+    fn direction(&self, event: &Event, r: ChannelRef) -> Option<(u64, Framing)> {
+        if event.source != Source::Ebpf {
+            return None;
+        }
+        let kind = event.channel.as_ref()?.kind();
+        let framing = match kind {
+            ChannelKind::Mq | ChannelKind::SysvMsg => return Some((event.aux, Framing::Records)),
+            ChannelKind::Pipe | ChannelKind::Fifo => return Some((0, Framing::Bytes)),
+            ChannelKind::UnixStream => Framing::Bytes,
+            ChannelKind::UnixDgram | ChannelKind::UnixSeqpacket => Framing::Records,
+            _ => return None,
+        };
+        let end = event.endpoint?;
+        let sending_end = match event.kind {
+            EventKind::MsgSend => end,
+            _ => self.channels.other_end(r, end)?,
+        };
+        Some((sending_end, framing))
+    }
+
+    fn process(&mut self, event: &Event) {
+        let pid = event.pid;
+        let comm = (!event.comm.is_empty()).then(|| event.comm.clone());
+        let live = self.live.contains_key(&pid);
+        let fact = match (event.kind, live) {
+            // A start, or the first sight of a process whose start was not
+            // seen.
+            (EventKind::ProcessStart, _) | (EventKind::ProcessExec, false) => {
+                let start = event.kind == EventKind::ProcessStart;
+                self.live.insert(pid, ());
+                ProcessFact::Started {
+                    pid,
+                    ppid: start.then_some(event.aux as u32),
+                    comm,
+                    exe: event.path.clone(),
+                    started_ns: start.then_some(event.ts_ns),
+                }
+            }
+            (EventKind::ProcessExec, true) => ProcessFact::Exec {
+                pid,
+                comm,
+                exe: event.path.clone(),
+            },
+            (EventKind::ProcessExit, true) => {
+                self.live.remove(&pid);
+                self.signals.exited(pid);
+                ProcessFact::Exited {
+                    pid,
+                    exited_ns: event.ts_ns,
+                    // `result` says whether the source knew the status.
+                    status: (event.result == 0).then(|| wait_status_to_shell(event.aux as i32)),
+                }
+            }
+            // An exit of a process never seen starting: it predates
+            // tracking, and its row would say nothing but its pid.
+            _ => {
+                if event.kind == EventKind::ProcessExit {
+                    self.signals.exited(pid);
+                }
+                return;
+            }
+        };
+        self.facts.processes.push(fact);
+    }
+
+    fn signal_generated(&mut self, event: &Event) {
+        let Some(target) = event.target_pid else {
+            // Only the probes and ipc-lib make these, and both name the
+            // target.
+            return;
+        };
+        let signo = event.aux as u32;
+        let key = (event.tid, target, signo);
+        if event.source == Source::Ebpf {
+            // The probes seeing a `kill` that ipc-lib already reported.
+            if let Some(at) = self.lib_signals.remove(&key) {
+                if event.ts_ns.saturating_sub(at) <= SIGNAL_FUSE_NS {
+                    return;
+                }
+            }
+        } else {
+            self.lib_signals.insert(key, event.ts_ns);
+        }
+        self.next_signal += 1;
+        let signal = Signal {
+            id: self.next_signal,
+            sender: Some(event.pid),
+            target,
+            signo,
+            generated_ns: event.ts_ns,
+        };
+        self.facts.signals.push(SignalFact::Generated(signal));
+        self.signals.generated(target, signo, event.result, signal);
+    }
+}
+
+/// A wait(2) status as a shell reports it: the exit code, or 128+N for a
+/// death by signal N.
+pub fn wait_status_to_shell(status: i32) -> i32 {
+    match status & 0x7f {
+        0 => (status >> 8) & 0xff,
+        signo => 128 + signo,
+    }
+}
+
+/// The `drops.source` name for a [`drop_source`] code.
+pub fn drop_source_name(code: u64) -> &'static str {
+    match code {
+        drop_source::EBPF_RING => "ebpf_ring",
+        drop_source::LIB_RING => "lib_ring",
+        drop_source::INGEST => "ingest",
+        drop_source::DECODE => "decode",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;

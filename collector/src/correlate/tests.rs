@@ -1,0 +1,243 @@
+use ipc_events::raw::WAIT_BEGUN;
+use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
+
+use super::*;
+
+fn stream(ts: u64, kind: EventKind, pid: u32, end: u64, peer: u64, size: u64) -> Event {
+    let mut e = Event::new(ts, pid, pid, Source::Ebpf, kind);
+    e.channel = Some(ChannelId::numeric(ChannelKind::UnixStream, end, peer));
+    e.endpoint = Some(end);
+    e.size = size;
+    e
+}
+
+fn run(events: Vec<Event>) -> Facts {
+    let mut c = Correlator::new(None);
+    for e in events {
+        c.push(e);
+    }
+    c.take()
+}
+
+/// (sender, receiver, sent, received, size) of each message.
+fn messages(f: &Facts) -> Vec<(u32, u32, u64, u64, u64)> {
+    f.messages
+        .iter()
+        .map(|m| {
+            (
+                m.send.pid,
+                m.recv.pid,
+                m.send.ts_ns,
+                m.recv.ts_ns,
+                m.send.size,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_connection_pairs_both_ways_from_its_first_byte() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // Client 1 on end 10 sends 100 bytes before server worker 2 accepted
+    // (no peer inode yet), then 50 more; the worker (end 20) reads 150 and
+    // answers 7, which the client reads.
+    let f = run(vec![
+        stream(1, S, 1, 10, 0, 100),
+        stream(2, S, 1, 10, 20, 50),
+        stream(3, R, 2, 20, 10, 150),
+        stream(4, S, 2, 20, 10, 7),
+        stream(5, R, 1, 10, 20, 7),
+    ]);
+    assert_eq!(f.new_channels.len(), 1, "{:?}", f.new_channels);
+    assert!(f.channels.iter().all(|c| *c == Some(ChannelRef(0))));
+    assert_eq!(
+        messages(&f),
+        [(1, 2, 1, 3, 100), (1, 2, 2, 3, 50), (2, 1, 4, 5, 7)]
+    );
+}
+
+#[test]
+fn a_receive_after_its_peer_closed_still_pairs() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // The client sent and closed: the worker's read no longer names it.
+    let f = run(vec![stream(1, S, 1, 10, 20, 8), stream(2, R, 2, 20, 0, 8)]);
+    assert_eq!(messages(&f), [(1, 2, 1, 2, 8)]);
+}
+
+#[test]
+fn only_one_traced_end_still_makes_one_channel_per_connection() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // A server's worker traced with -p, its clients not: each connection
+    // is a channel of its own, none paired (the other side is unseen),
+    // and nobody is shown sending to themselves.
+    let f = run(vec![
+        stream(1, R, 2, 20, 10, 5),
+        stream(2, S, 2, 20, 10, 9),
+        stream(3, R, 3, 21, 11, 5),
+        stream(4, S, 3, 21, 11, 9),
+    ]);
+    assert_eq!(f.new_channels.len(), 2);
+    assert!(f.messages.is_empty());
+}
+
+#[test]
+fn the_recorders_sockets_and_threads_are_not_the_users() {
+    let mut c = Correlator::new(Some(99));
+    c.own_socket(20);
+    c.push(stream(1, EventKind::MsgSend, 1, 10, 20, 24));
+    let mut futex = Event::new(2, 99, 100, Source::Ebpf, EventKind::FutexWait);
+    futex.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x10, 99));
+    futex.result = WAIT_BEGUN;
+    c.push(futex);
+    let f = c.take();
+    assert!(f.events.is_empty(), "{:?}", f.events);
+    assert!(f.new_channels.is_empty());
+    assert!(f.waits.is_empty());
+}
+
+fn lib_sem(ts: u64, kind: EventKind, tid: u32) -> Event {
+    let mut e = Event::new(ts, 5, tid, Source::Lib, kind);
+    e.channel = Some(ChannelId::named(ChannelKind::IpclibSem, "lock"));
+    e
+}
+
+fn futex(ts: u64, tid: u32, result: i64) -> Event {
+    let mut e = Event::new(ts, 5, tid, Source::Ebpf, EventKind::FutexWait);
+    e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x7f00, 0));
+    e.result = result;
+    if result != WAIT_BEGUN {
+        e.duration_ns = Some(1);
+    }
+    e
+}
+
+#[test]
+fn an_ipc_lib_wait_and_the_futex_waits_under_it_are_one_wait() {
+    let mut end = lib_sem(40, EventKind::SemWaitEnd, 6);
+    end.duration_ns = Some(30);
+    let f = run(vec![
+        lib_sem(10, EventKind::SemWaitBegin, 6),
+        futex(11, 6, WAIT_BEGUN),
+        futex(20, 6, 0),
+        futex(21, 6, WAIT_BEGUN),
+        futex(39, 6, 0),
+        end,
+        // A futex wait of the same thread outside any ipc-lib wait is a
+        // wait of its own.
+        futex(50, 6, WAIT_BEGUN),
+        futex(60, 6, 0),
+    ]);
+    let waits: Vec<(u64, Option<u64>, Option<ChannelRef>)> = f
+        .waits
+        .iter()
+        .map(|w| match w {
+            WaitFact::Whole(w) => (w.start_ns, w.end_ns, w.channel),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let sem = f.channels[0];
+    let futex_ref = f.channels[1];
+    assert_eq!(waits, [(10, Some(40), sem), (50, Some(60), futex_ref)]);
+}
+
+fn generate(ts: u64, source: Source, pid: u32, target: u32, signo: u64) -> Event {
+    let mut e = Event::new(ts, pid, pid, source, EventKind::SignalGenerate);
+    e.target_pid = Some(target);
+    e.aux = signo;
+    e
+}
+
+#[test]
+fn a_signal_ipc_lib_sent_and_the_kernel_saw_is_one_signal() {
+    let mut deliver = Event::new(30, 8, 8, Source::Ebpf, EventKind::SignalDeliver);
+    deliver.aux = 10;
+    let mut handle = Event::new(31, 8, 8, Source::Lib, EventKind::SignalHandle);
+    handle.aux = 10;
+    let f = run(vec![
+        generate(10, Source::Lib, 7, 8, 10),
+        generate(11, Source::Ebpf, 7, 8, 10),
+        deliver,
+        handle,
+        // Sent by a process without ipc-lib: one signal too.
+        generate(40, Source::Ebpf, 9, 8, 12),
+    ]);
+    let generated: Vec<_> = f
+        .signals
+        .iter()
+        .filter_map(|s| match s {
+            SignalFact::Generated(s) => Some((s.sender, s.target, s.signo, s.generated_ns)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(generated, [(Some(7), 8, 10, 10), (Some(9), 8, 12, 40)]);
+    let delivered: Vec<_> = f
+        .signals
+        .iter()
+        .filter_map(|s| match s {
+            SignalFact::Delivered {
+                signal,
+                delivered_ns,
+            } => Some((signal.generated_ns, *delivered_ns)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [(10, 30)]);
+}
+
+#[test]
+fn processes_start_change_and_end_with_their_status() {
+    let mut start = Event::new(1, 7, 7, Source::Ebpf, EventKind::ProcessStart);
+    start.aux = 1;
+    let mut exec = Event::new(2, 7, 7, Source::Ebpf, EventKind::ProcessExec);
+    exec.comm = "srv".into();
+    exec.path = Some("/bin/srv".into());
+    let mut exit = Event::new(3, 7, 7, Source::Ebpf, EventKind::ProcessExit);
+    exit.aux = 9; // killed by SIGKILL
+    let mut unknown = Event::new(5, 8, 8, Source::Collector, EventKind::ProcessExit);
+    unknown.result = -61;
+    let mut first_sight = Event::new(4, 8, 8, Source::Collector, EventKind::ProcessExec);
+    first_sight.comm = "cli".into();
+    let f = run(vec![start, exec, exit, first_sight, unknown]);
+    assert_eq!(
+        f.processes,
+        [
+            ProcessFact::Started {
+                pid: 7,
+                ppid: Some(1),
+                comm: None,
+                exe: None,
+                started_ns: Some(1)
+            },
+            ProcessFact::Exec {
+                pid: 7,
+                comm: Some("srv".into()),
+                exe: Some("/bin/srv".into())
+            },
+            ProcessFact::Exited {
+                pid: 7,
+                exited_ns: 3,
+                status: Some(137)
+            },
+            ProcessFact::Started {
+                pid: 8,
+                ppid: None,
+                comm: Some("cli".into()),
+                exe: None,
+                started_ns: None
+            },
+            ProcessFact::Exited {
+                pid: 8,
+                exited_ns: 5,
+                status: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn wait_statuses_read_as_a_shell_reports_them() {
+    assert_eq!(wait_status_to_shell(3 << 8), 3);
+    assert_eq!(wait_status_to_shell(9), 137);
+    assert_eq!(wait_status_to_shell(0x80 | 11), 139, "core dumped");
+    assert_eq!(wait_status_to_shell(0), 0);
+}
