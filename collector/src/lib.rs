@@ -19,4 +19,5 @@ pub mod query;
 pub mod record;
 pub mod replay;
 pub mod report;
+pub mod sockdiag;
 pub mod store;

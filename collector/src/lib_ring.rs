@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::clock::monotonic_ns;
+use crate::sockdiag;
 use crate::store::Ingest;
 
 /// Why a ring was refused or detached.
@@ -301,12 +302,15 @@ impl RingListener {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => match register(&stream).await {
+                    Ok((stream, _)) => {
+                        own_sockets(&stream, &ingest);
+                        match register(&stream, &ingest).await {
                         Ok((reader, pid)) => {
                             rings.spawn(pump(reader, pid, stream, ingest.clone(), ring_stop.clone(), report_exits));
                         }
                         Err(e) => tracing::warn!("ipc-lib ring refused: {e}"),
-                    },
+                        }
+                    }
                     Err(e) => tracing::warn!("accepting an ipc-lib registration: {e}"),
                 },
                 () = stopped(&mut stop) => break,
@@ -325,8 +329,28 @@ impl Drop for RingListener {
     }
 }
 
+/// Tells the correlation stage that both ends of an accepted connection
+/// are the recorder's: the probes see the client's `sendmsg` of its ring,
+/// which is plumbing, not the user's IPC. The client may have sent before
+/// this accept, when its end had no peer inode yet, so its own inode is
+/// looked up too.
+fn own_sockets(stream: &UnixStream, ingest: &Ingest) {
+    let Ok(ours) = sockdiag::inode(stream) else {
+        return;
+    };
+    let mut inodes = vec![ours];
+    match sockdiag::unix_peer(ours) {
+        Ok(Some(client)) => inodes.push(client),
+        Ok(None) => {}
+        Err(e) => tracing::debug!("finding an ipc-lib client's socket: {e}"),
+    }
+    for inode in inodes {
+        ingest.own_object(inode);
+    }
+}
+
 /// Checks the caller and takes its ring.
-async fn register(stream: &UnixStream) -> Result<(RingReader, u32), RingError> {
+async fn register(stream: &UnixStream, ingest: &Ingest) -> Result<(RingReader, u32), RingError> {
     let cred = stream
         .peer_cred()
         .map_err(io_err("reading the peer's credentials"))?;
@@ -358,6 +382,10 @@ async fn register(stream: &UnixStream) -> Result<(RingReader, u32), RingError> {
     match Hello::from_bytes(&hello) {
         Some(h) if h.magic == MAGIC && h.version == VERSION && h.pid == pid => {}
         _ => return Err(RingError::BadHello(hello.len())),
+    }
+    // The probes see the ring's pages touched: the recorder's plumbing.
+    if let Ok(inode) = sockdiag::inode(&fd) {
+        ingest.own_object(inode);
     }
     Ok((RingReader::map(&fd, pid)?, pid))
 }

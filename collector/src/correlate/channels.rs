@@ -62,9 +62,9 @@ pub struct Renamed {
 }
 
 impl Channels {
-    /// Socket inode `inode` is the recorder's own: events through it, or
-    /// through its peer, are not the user's.
-    pub fn own_socket(&mut self, inode: u64) {
+    /// The socket or memfd of inode `inode` is the recorder's own: events
+    /// through it (or through its peer) are not the user's.
+    pub fn own_object(&mut self, inode: u64) {
         self.own.insert(inode);
     }
 
@@ -101,6 +101,15 @@ impl Channels {
                     return Resolved::Own;
                 }
                 return Resolved::Channel(self.socket(*kind, end, peer, new, renamed));
+            }
+        }
+        if let ChannelId::Named {
+            kind: ChannelKind::Shm,
+            name,
+        } = id
+        {
+            if memfd_inode(name).is_some_and(|i| self.own.contains(&i)) {
+                return Resolved::Own;
             }
         }
         Resolved::Channel(self.named(id, new))
@@ -179,6 +188,12 @@ impl Channels {
     }
 }
 
+/// The inode of a memfd channel, named `memfd:NAME:[INODE]`.
+fn memfd_inode(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("memfd:")?.strip_suffix(']')?;
+    rest[rest.rfind(":[")? + 2..].parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,11 +250,25 @@ mod tests {
     fn the_recorders_own_sockets_are_not_channels() {
         let mut c = Channels::default();
         let (mut new, mut renamed) = (Vec::new(), Vec::new());
-        c.own_socket(20);
+        c.own_object(20);
         assert_eq!(
             c.resolve(&on(10, 20), &mut new, &mut renamed),
             Resolved::Own
         );
-        assert!(new.is_empty());
+        c.own_object(34);
+        let mut ring = Event::new(1, 1, 1, Source::Ebpf, EventKind::ShmWrite);
+        ring.channel = Some(ChannelId::named(
+            ChannelKind::Shm,
+            "memfd:ipcscope-ring:[34]",
+        ));
+        assert_eq!(c.resolve(&ring, &mut new, &mut renamed), Resolved::Own);
+        ring.channel = Some(ChannelId::named(ChannelKind::Shm, "memfd:mine:[35]"));
+        assert!(matches!(
+            c.resolve(&ring, &mut new, &mut renamed),
+            Resolved::Channel(_)
+        ));
+        assert_eq!(new.len(), 1);
+        assert_eq!(memfd_inode("memfd:a:[b]:[7]"), Some(7));
+        assert_eq!(memfd_inode("/dev/shm/x"), None);
     }
 }

@@ -106,6 +106,10 @@ pub struct Facts {
     /// Channels whose identity grew (a socket's other end became known).
     pub renamed: Vec<Renamed>,
     pub messages: Vec<Paired<ChannelRef>>,
+    /// Kernel sockets found to carry an ipc-lib channel, as (socket,
+    /// ipc-lib channel): their traffic is that channel's, already counted
+    /// there, and is not paired again.
+    pub carried: Vec<(ChannelRef, ChannelRef)>,
     pub waits: Vec<WaitFact>,
     pub signals: Vec<SignalFact>,
     pub processes: Vec<ProcessFact>,
@@ -121,6 +125,11 @@ impl Facts {
 /// How long after an ipc-lib signal send the probes' sight of the same
 /// `kill` may come: ipc-lib stamps it just before the call.
 const SIGNAL_FUSE_NS: u64 = 10_000_000;
+
+/// How close a probe-seen socket send or receive and ipc-lib's own record
+/// of it are: ipc-lib stamps a send just before its `sendmsg` and a
+/// receive just after its `recvmsg`, on the same thread.
+const LIB_SOCKET_FUSE_NS: u64 = 1_000_000;
 
 /// The correlation stage of one session.
 #[derive(Debug)]
@@ -138,6 +147,12 @@ pub struct Correlator {
     lib_signals: HashMap<(u32, u32, u32), u64>,
     /// Processes alive now.
     live: HashMap<u32, ()>,
+    /// Per thread, its latest ipc-lib message and its latest probe-seen
+    /// socket message not known to carry one: (time, channel, kind).
+    lib_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
+    socket_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
+    /// Kernel sockets that carry an ipc-lib channel.
+    carried: HashMap<ChannelRef, ChannelRef>,
     facts: Facts,
 }
 
@@ -153,13 +168,16 @@ impl Correlator {
             next_signal: 0,
             lib_signals: HashMap::new(),
             live: HashMap::new(),
+            lib_op: HashMap::new(),
+            socket_op: HashMap::new(),
+            carried: HashMap::new(),
             facts: Facts::default(),
         }
     }
 
-    /// Socket inode `inode` is the recorder's own.
-    pub fn own_socket(&mut self, inode: u64) {
-        self.channels.own_socket(inode);
+    /// The socket or memfd of inode `inode` is the recorder's own.
+    pub fn own_object(&mut self, inode: u64) {
+        self.channels.own_object(inode);
     }
 
     /// Events were lost before they got here: byte positions of the
@@ -199,7 +217,9 @@ impl Correlator {
                     self.waits.event(&event, channel);
                 }
                 if let Some(r) = channel {
-                    self.message(&event, r);
+                    if !self.carries_lib_message(&event, r) {
+                        self.message(&event, r);
+                    }
                 }
             }
             EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
@@ -247,6 +267,54 @@ impl Correlator {
         let mut facts = std::mem::take(&mut self.facts);
         facts.waits = self.waits.take();
         facts
+    }
+
+    /// Whether `event`, on channel `r`, is one ipc-lib also reported: a
+    /// probe-seen message on a socket that carries an ipc-lib channel (or
+    /// is found to now, from the thread's ipc-lib message beside it), or
+    /// that ipc-lib message itself when the probes saw its socket first.
+    fn carries_lib_message(&mut self, event: &Event, r: ChannelRef) -> bool {
+        let kind = self.channels.id(r).kind();
+        let close = |(at, _, k): &(u64, ChannelRef, EventKind)| {
+            *k == event.kind && event.ts_ns.abs_diff(*at) <= LIB_SOCKET_FUSE_NS
+        };
+        if event.source == Source::Lib && kind == ChannelKind::IpclibChannel {
+            match self.socket_op.remove(&event.tid).filter(close) {
+                Some((_, socket, _)) => self.carry(socket, r),
+                None => {
+                    self.lib_op.insert(event.tid, (event.ts_ns, r, event.kind));
+                }
+            }
+            return false;
+        }
+        if event.source != Source::Ebpf || !kind.is_socket() {
+            return false;
+        }
+        if self.carried.contains_key(&r) {
+            return true;
+        }
+        match self.lib_op.remove(&event.tid).filter(close) {
+            Some((_, lib, _)) => {
+                self.carry(r, lib);
+                true
+            }
+            None => {
+                self.socket_op
+                    .insert(event.tid, (event.ts_ns, r, event.kind));
+                false
+            }
+        }
+    }
+
+    fn carry(&mut self, socket: ChannelRef, lib: ChannelRef) {
+        if self.carried.insert(socket, lib).is_none() {
+            self.facts.carried.push((socket, lib));
+        }
+    }
+
+    /// Whether channel `r` is a kernel socket carrying an ipc-lib channel.
+    pub fn is_carried(&self, r: ChannelRef) -> bool {
+        self.carried.contains_key(&r)
     }
 
     fn message(&mut self, event: &Event, r: ChannelRef) {

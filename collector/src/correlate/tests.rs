@@ -83,7 +83,7 @@ fn only_one_traced_end_still_makes_one_channel_per_connection() {
 #[test]
 fn the_recorders_sockets_and_threads_are_not_the_users() {
     let mut c = Correlator::new(Some(99));
-    c.own_socket(20);
+    c.own_object(20);
     c.push(stream(1, EventKind::MsgSend, 1, 10, 20, 24));
     let mut futex = Event::new(2, 99, 100, Source::Ebpf, EventKind::FutexWait);
     futex.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x10, 99));
@@ -240,4 +240,39 @@ fn wait_statuses_read_as_a_shell_reports_them() {
     assert_eq!(wait_status_to_shell(9), 137);
     assert_eq!(wait_status_to_shell(0x80 | 11), 139, "core dumped");
     assert_eq!(wait_status_to_shell(0), 0);
+}
+
+fn seqpacket(ts: u64, kind: EventKind, pid: u32, end: u64, peer: u64) -> Event {
+    let mut e = stream(ts, kind, pid, end, peer, 24);
+    e.channel = Some(ChannelId::numeric(ChannelKind::UnixSeqpacket, end, peer));
+    e
+}
+
+fn lib_message(ts: u64, kind: EventKind, pid: u32, id: u64) -> Event {
+    let mut e = Event::new(ts, pid, pid, Source::Lib, kind);
+    e.channel = Some(ChannelId::named(ChannelKind::IpclibChannel, "squares"));
+    e.msg_id = Some(id);
+    e.size = 8;
+    e
+}
+
+#[test]
+fn an_ipc_lib_socket_channel_and_its_kernel_socket_are_counted_once() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // ipc-lib stamps a send before its sendmsg, a receive after recvmsg.
+    let f = run(vec![
+        lib_message(10, S, 1, 1),
+        seqpacket(11, S, 1, 10, 20),
+        seqpacket(20, R, 2, 20, 10),
+        lib_message(21, R, 2, 1),
+        lib_message(30, S, 1, 2),
+        seqpacket(31, S, 1, 10, 20),
+        seqpacket(40, R, 2, 20, 10),
+        lib_message(41, R, 2, 2),
+    ]);
+    let lib = f.channels[0].unwrap();
+    let socket = f.channels[1].unwrap();
+    assert_eq!(f.carried, [(socket, lib)]);
+    assert_eq!(f.messages.len(), 2, "{:?}", f.messages);
+    assert!(f.messages.iter().all(|m| m.channel == lib));
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipc_events::{ChannelId, Event};
@@ -100,16 +100,11 @@ pub enum IngestError {
 /// The sending side of the writer: cheap to clone, one per source.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<Vec<Event>>,
     dropped: Arc<AtomicU64>,
-}
-
-/// What sources hand the writer.
-#[derive(Debug)]
-enum Input {
-    Events(Vec<Event>),
-    /// A socket inode of the recorder's own (see [`Ingest::own_socket`]).
-    OwnSocket(u64),
+    /// Inodes of the recorder's own sockets and rings, for the writer to hand the
+    /// correlation stage before it correlates what it holds.
+    own_sockets: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Ingest {
@@ -120,29 +115,25 @@ impl Ingest {
     /// real [`RingListener`](crate::lib_ring::RingListener) this way, so
     /// that what it measures is tracing, not SQLite.
     pub fn detached(queue_batches: usize) -> (Ingest, mpsc::Receiver<Vec<Event>>) {
-        let (tx, mut rx) = mpsc::channel(queue_batches.max(1));
-        let (events_tx, events) = mpsc::channel(queue_batches.max(1));
-        tokio::spawn(async move {
-            while let Some(input) = rx.recv().await {
-                if let Input::Events(batch) = input {
-                    if events_tx.send(batch).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let dropped = Arc::new(AtomicU64::new(0));
-        (Ingest { tx, dropped }, events)
+        let (tx, rx) = mpsc::channel(queue_batches.max(1));
+        (Ingest::new(tx), rx)
     }
 
-    /// Says that socket `inode` is the recorder's own (an ipc-lib
-    /// process's connection to it): what goes through it, or its peer, is
-    /// the recorder's plumbing, not the user's IPC.
-    pub async fn own_socket(&self, inode: u64) -> Result<(), IngestError> {
-        self.tx
-            .send(Input::OwnSocket(inode))
-            .await
-            .map_err(|_| IngestError::Closed)
+    fn new(tx: mpsc::Sender<Vec<Event>>) -> Ingest {
+        Ingest {
+            tx,
+            dropped: Arc::default(),
+            own_sockets: Arc::default(),
+        }
+    }
+
+    /// Says that the socket or memfd of inode `inode` is the recorder's
+    /// own (an ipc-lib process's connection to it, or its event ring):
+    /// what goes through it is the recorder's plumbing, not the user's
+    /// IPC. Takes effect for every event not yet written, which includes
+    /// those of the last `REORDER_NS`.
+    pub fn own_object(&self, inode: u64) {
+        lock(&self.own_sockets).push(inode);
     }
 
     /// Hands over a batch, waiting while the queue is full.
@@ -150,10 +141,7 @@ impl Ingest {
         if batch.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Input::Events(batch))
-            .await
-            .map_err(|_| IngestError::Closed)
+        self.tx.send(batch).await.map_err(|_| IngestError::Closed)
     }
 
     /// Hands over a batch without waiting; when the queue is full the batch
@@ -162,13 +150,11 @@ impl Ingest {
         if batch.is_empty() {
             return Ok(());
         }
-        match self.tx.try_send(Input::Events(batch)) {
+        match self.tx.try_send(batch) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(input)) => {
-                if let Input::Events(batch) = input {
-                    self.dropped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                self.dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Closed),
@@ -206,7 +192,7 @@ pub async fn spawn_writer(
         .await
         .map_err(StoreError::sql("acquiring the writer's connection"))?;
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
-    let dropped = Arc::new(AtomicU64::new(0));
+    let ingest = Ingest::new(tx);
     let writer = Writer {
         conn,
         session,
@@ -218,14 +204,15 @@ pub async fn spawn_writer(
         processes: HashMap::new(),
         wait_rows: HashMap::new(),
         signal_rows: HashMap::new(),
-        dropped: Arc::clone(&dropped),
+        dropped: Arc::clone(&ingest.dropped),
+        own_sockets: Arc::clone(&ingest.own_sockets),
         dropped_stored: 0,
         stats: WriterStats::default(),
         full_insert_sql: String::new(),
         observer: config.observer.clone(),
     };
     let join = tokio::spawn(writer.run(rx, config));
-    Ok((Ingest { tx, dropped }, WriterHandle { join }))
+    Ok((ingest, WriterHandle { join }))
 }
 
 struct Writer {
@@ -244,6 +231,7 @@ struct Writer {
     /// until it is delivered.
     signal_rows: HashMap<u64, i64>,
     dropped: Arc<AtomicU64>,
+    own_sockets: Arc<Mutex<Vec<u64>>>,
     dropped_stored: u64,
     stats: WriterStats,
     /// The INSERT for a full statement, built once: sqlx caches prepared
@@ -255,7 +243,7 @@ struct Writer {
 impl Writer {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Input>,
+        mut rx: mpsc::Receiver<Vec<Event>>,
         config: WriterConfig,
     ) -> Result<WriterStats, StoreError> {
         self.full_insert_sql = insert_sql(self.rows_per_statement);
@@ -268,12 +256,7 @@ impl Writer {
                 None => Some(rx.recv().await),
             };
             match received {
-                Some(Some(Input::OwnSocket(inode))) => {
-                    // Applied before the events held back are correlated.
-                    self.correlator.own_socket(inode);
-                    continue;
-                }
-                Some(Some(Input::Events(mut batch))) => {
+                Some(Some(mut batch)) => {
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + config.flush_interval);
                     }
@@ -316,6 +299,9 @@ impl Writer {
             // Whole batches were refused: message positions are lost.
             self.correlator.lost();
         }
+        for inode in lock(&self.own_sockets).drain(..) {
+            self.correlator.own_object(inode);
+        }
         for event in pending.drain(..) {
             self.correlator.push(event);
         }
@@ -344,6 +330,14 @@ impl Writer {
                 &renamed.id,
             )
             .await?;
+        }
+        for &(socket, lib) in &facts.carried {
+            sqlx::query("UPDATE channels SET carries_channel_id = ? WHERE id = ?")
+                .bind(self.channels[lib.0 as usize])
+                .bind(self.channels[socket.0 as usize])
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("linking a socket to its ipc-lib channel"))?;
         }
         for fact in &facts.processes {
             track_process(&mut tx, &mut self.processes, session, fact).await?;
@@ -421,6 +415,13 @@ impl Writer {
         self.stats.ingest_dropped = dropped;
         self.dropped_stored = dropped;
         if let Some(observer) = &self.observer {
+            // A socket carrying an ipc-lib channel is not a channel of the
+            // user's own: its traffic is counted under the ipc-lib one.
+            let channel_ids = channel_ids
+                .into_iter()
+                .zip(&facts.channels)
+                .map(|(id, r)| id.filter(|_| !r.is_some_and(|r| self.correlator.is_carried(r))))
+                .collect();
             let committed = Committed {
                 events: facts.events,
                 channel_ids,
@@ -434,6 +435,11 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A list of numbers cannot be left half-changed by a panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How long an event is held back so that events from other sources that
