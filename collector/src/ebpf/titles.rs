@@ -120,12 +120,14 @@ impl TitleScanner {
             };
             let room = self.known.len() < MAX_KNOWN;
             match self.known.get_mut(&pid) {
-                Some(seen) if same_program(seen, &reading.seen) => {
-                    if seen.title != reading.seen.title {
-                        seen.title.clone_from(&reading.seen.title);
-                        out.push(title_event(pid, reading, now_ns));
-                    }
+                // The same program: a changed title is news.
+                Some(seen)
+                    if same_program(seen, &reading.seen) && seen.title != reading.seen.title =>
+                {
+                    seen.title.clone_from(&reading.seen.title);
+                    out.push(title_event(pid, reading, now_ns));
                 }
+                Some(seen) if same_program(seen, &reading.seen) => {}
                 // A new program the pump has not told of yet.
                 Some(seen) => *seen = reading.seen,
                 // First sight: the baseline.
@@ -291,7 +293,7 @@ mod tests {
     fn a_rewritten_command_line_is_reported_once_and_the_exec_one_never() {
         let proc = tempfile::tempdir().unwrap();
         let mut scanner = TitleScanner::default();
-        write_proc(proc.path(), 10, b"server\0--workers\0002\0", 1000);
+        write_proc(proc.path(), 10, b"server\0--workers\x002\0", 1000);
         scanner.observe(&exec(10), proc.path());
         let mut out = Vec::new();
         scanner.scan(&[10], proc.path(), 5, &mut out);
