@@ -42,6 +42,7 @@ pub mod blocked;
 mod btf;
 mod format;
 mod targets;
+pub mod titles;
 
 pub use targets::running_process_events;
 
@@ -51,8 +52,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 
 /// The tracepoint programs in [`OBJECT`] and the tracepoint each attaches
 /// to, as `(program, category, tracepoint)`.
-const PROGRAMS: [(&str, &str, &str); 5] = [
+const PROGRAMS: [(&str, &str, &str); 6] = [
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("task_rename", "task", "task_rename"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("task_newtask", "task", "task_newtask"),
     ("signal_deliver", "signal", "signal_deliver"),
@@ -537,6 +539,21 @@ impl Probes {
             }
         }
         Ok(followed)
+    }
+
+    /// The processes the probes follow now (not launchers), at most
+    /// `limit` of them: `TRACKED`'s keys. Empty under `trace_all`, which
+    /// follows every process without listing them.
+    pub fn tracked_pids(&self, limit: usize) -> Vec<u32> {
+        // An entry removed while the walk passes it ends the walk's view
+        // of it with an error; such entries are skipped.
+        self.tracked
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(_, flags)| flags & flag::TRACED != 0)
+            .map(|(pid, _)| pid)
+            .take(limit)
+            .collect()
     }
 
     /// Every process running now, as `(pid, ppid)` from `/proc`.

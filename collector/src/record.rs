@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::analysis::{Analyzer, AnalyzerConfig, DeadlockChange};
 use crate::clock::{monotonic_ns, wall_rfc3339};
 use crate::ebpf::blocked::{self, BlockedReceives};
+use crate::ebpf::titles::{self, TitleScanner};
 use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
@@ -586,6 +587,8 @@ fn spawn_pump(
         let mut tick = tokio::time::interval(DROP_POLL);
         let mut scan = tokio::time::interval(blocked::SCAN_EVERY);
         let mut blocked = BlockedReceives::default();
+        let mut title_scan = tokio::time::interval(titles::SCAN_EVERY);
+        let mut titles = TitleScanner::default();
         let drain = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain);
         let mut stopping = false;
@@ -595,6 +598,11 @@ fn spawn_pump(
                     let stats = read.context("reading the eBPF ring buffer")?;
                     if stats.decode_errors > 0 {
                         buf.push(drop_event(drop_source::DECODE, stats.decode_errors));
+                    }
+                    // Execs, forks and exits set and clear the baselines
+                    // the title scan compares with.
+                    for event in &buf {
+                        titles.observe(event, Path::new("/proc"));
                     }
                 }
                 _ = tick.tick() => {
@@ -609,6 +617,11 @@ fn spawn_pump(
                 // events meanwhile.
                 _ = scan.tick() => {
                     blocked.scan(&probes.in_flight(), monotonic_ns(), Path::new("/proc"), &mut buf);
+                }
+                // Titles written into argv, which no tracepoint sees.
+                _ = title_scan.tick() => {
+                    let followed = probes.tracked_pids(titles::MAX_KNOWN);
+                    titles.scan(&followed, Path::new("/proc"), monotonic_ns(), &mut buf);
                 }
                 _ = &mut stop, if !stopping => {
                     stopping = true;

@@ -9,7 +9,9 @@ use std::ptr;
 
 use crate::channel::{ChannelId, ChannelKind};
 use crate::event::{Event, EventKind, Source};
-use crate::raw::{chan, record_len, shm_origin, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE};
+use crate::raw::{
+    chan, record_len, shm_origin, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE, SI_CODE_KNOWN,
+};
 
 /// Why a record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +116,15 @@ pub fn decode_parts(
         .as_ref()
         .is_some_and(|c| c.kind().is_socket())
         .then_some(raw.obj);
+    // Only signal_generate gives obj a meaning without an IPC object, and
+    // size (see raw::kind::SIGNAL_GENERATE) the signal's si_code.
+    let signal = kind == EventKind::SignalGenerate && raw.chan_kind == chan::NONE;
+    let (size, si_code) = if signal && raw.size & SI_CODE_KNOWN != 0 {
+        // The low 32 bits are the kernel's int, as is.
+        (0, Some(raw.size as u32 as i32))
+    } else {
+        (raw.size, None)
+    };
     let event = Event {
         ts_ns: raw.ts_ns,
         pid: raw.pid,
@@ -122,14 +133,13 @@ pub fn decode_parts(
         source,
         kind,
         channel,
-        size: raw.size,
+        size,
         msg_id: (raw.msg_id != 0).then_some(raw.msg_id),
         result: raw.result,
         duration_ns: (raw.duration_ns != 0).then_some(raw.duration_ns),
         aux: raw.aux,
-        // Only signal_generate gives obj a meaning without an IPC object.
-        target_pid: (kind == EventKind::SignalGenerate && raw.chan_kind == chan::NONE)
-            .then_some(raw.obj as u32),
+        target_pid: signal.then_some(raw.obj as u32),
+        si_code,
         endpoint,
         path,
         payload: (!data.is_empty()).then(|| data.to_vec()),
@@ -198,6 +208,12 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
         Some(ChannelId::Numeric { kind, a, b }) => (kind.code(), *a, *b, &[]),
         Some(ChannelId::Named { kind, name }) => (kind.code(), 0, 0, name.as_bytes()),
     };
+    let size = match event.si_code {
+        Some(code) if event.kind == EventKind::SignalGenerate && event.channel.is_none() => {
+            SI_CODE_KNOWN | u64::from(code as u32)
+        }
+        _ => event.size,
+    };
     let name = &name[..name.len().min(MAX_NAME)];
     let data = event.payload.as_deref().unwrap_or(&[]);
     let data = &data[..data.len().min(MAX_PAYLOAD)];
@@ -216,7 +232,7 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
         data_len: data.len() as u16,
         obj,
         obj2,
-        size: event.size,
+        size,
         msg_id: event.msg_id.unwrap_or(0),
         result: event.result,
         duration_ns: event.duration_ns.unwrap_or(0),
@@ -268,6 +284,88 @@ mod tests {
         let mut buf = Vec::new();
         encode(&e, &mut buf);
         assert_eq!(decode(Source::Ebpf, &buf).unwrap().0, e);
+    }
+
+    #[test]
+    fn a_signal_from_the_probes_says_who_sent_it() {
+        // SI_USER, SI_KERNEL, SI_TIMER, CLD_EXITED, and the extremes a
+        // sigqueueinfo caller may choose.
+        for code in [0, 0x80, -2, 1, -6, i32::MIN, i32::MAX] {
+            let raw = RawEvent {
+                kind: kind::SIGNAL_GENERATE,
+                obj: 77,
+                obj2: 78,
+                size: SI_CODE_KNOWN | u64::from(code as u32),
+                aux: 14,
+                ..RawEvent::default()
+            };
+            let e = decode(Source::Ebpf, &raw_bytes(raw)).unwrap().0;
+            assert_eq!(e.si_code, Some(code));
+            assert_eq!(e.target_pid, Some(77));
+            // The code is not a size.
+            assert_eq!(e.size, 0);
+            let mut again = Vec::new();
+            encode(&e, &mut again);
+            assert_eq!(decode(Source::Ebpf, &again).unwrap().0, e);
+        }
+    }
+
+    #[test]
+    fn a_signal_without_the_known_bit_has_no_code() {
+        // What ipc-lib's traced sends look like: unknown is not SI_USER.
+        let raw = RawEvent {
+            kind: kind::SIGNAL_GENERATE,
+            obj: 77,
+            size: 0,
+            ..RawEvent::default()
+        };
+        let e = decode(Source::Lib, &raw_bytes(raw)).unwrap().0;
+        assert_eq!(e.si_code, None);
+        // Other kinds never read a code out of size.
+        let raw = RawEvent {
+            kind: kind::PROCESS_EXIT,
+            size: SI_CODE_KNOWN,
+            ..RawEvent::default()
+        };
+        let e = decode(Source::Ebpf, &raw_bytes(raw)).unwrap().0;
+        assert_eq!((e.si_code, e.size), (None, SI_CODE_KNOWN));
+    }
+
+    #[test]
+    fn a_process_title_rides_in_the_name_bytes() {
+        let mut e = Event::new(1, 2, 2, Source::Ebpf, EventKind::ProcessTitle);
+        e.comm = "renamed-x".into();
+        e.path = Some("renamed-x".into());
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        assert_eq!(decode(Source::Ebpf, &buf).unwrap().0, e);
+        let mut title = Event::new(1, 2, 2, Source::Collector, EventKind::ProcessTitle);
+        title.path = Some("postgres: checkpointer".into());
+        buf.clear();
+        encode(&title, &mut buf);
+        assert_eq!(decode(Source::Collector, &buf).unwrap().0, title);
+    }
+
+    #[test]
+    fn a_futex_wake_names_the_futex_it_woke() {
+        let raw = RawEvent {
+            kind: kind::FUTEX_WAKE,
+            chan_kind: chan::FUTEX,
+            obj: 0x7f00_0000_1000,
+            obj2: 4242,
+            result: 2,
+            ..RawEvent::default()
+        };
+        let e = decode(Source::Ebpf, &raw_bytes(raw)).unwrap().0;
+        assert_eq!(
+            e.channel,
+            Some(ChannelId::numeric(
+                ChannelKind::Futex,
+                0x7f00_0000_1000,
+                4242
+            ))
+        );
+        assert_eq!((e.result, e.si_code, e.target_pid), (2, None, None));
     }
 
     #[test]
@@ -477,7 +575,14 @@ mod tests {
                 prop_assert!(used <= bytes.len());
                 prop_assert!(RAW_EVENT_SIZE + usize::from(name_len) + usize::from(data_len) <= bytes.len());
                 prop_assert_eq!(event.kind.code(), kind);
-                prop_assert_eq!((event.ts_ns, event.pid, event.tid, event.size), (ts_ns, pid, tid, size));
+                prop_assert_eq!((event.ts_ns, event.pid, event.tid), (ts_ns, pid, tid));
+                // A signal from the probes carries its si_code in size.
+                let signal = kind == crate::raw::kind::SIGNAL_GENERATE && chan_kind == chan::NONE;
+                if signal && size & SI_CODE_KNOWN != 0 {
+                    prop_assert_eq!((event.size, event.si_code), (0, Some(size as u32 as i32)));
+                } else {
+                    prop_assert_eq!((event.size, event.si_code), (size, None));
+                }
                 prop_assert_eq!(event.payload.map_or(0, |p| p.len()), usize::from(data_len));
             }
         }

@@ -32,6 +32,7 @@ coded_enum! {
         Drop = kind::DROP, "drop";
         RecvWaitBegin = kind::RECV_WAIT_BEGIN, "recv_wait_begin";
         RecvWaitEnd = kind::RECV_WAIT_END, "recv_wait_end";
+        ProcessTitle = kind::PROCESS_TITLE, "process_title";
     }
 }
 
@@ -126,13 +127,21 @@ pub struct Event {
     /// record's `obj`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_pid: Option<u32>,
+    /// For a `signal_generate` from the probes: the signal's `si_code`,
+    /// which says whether a process sent it (`SI_USER` 0, `SI_TKILL` -6,
+    /// `SI_QUEUE` -1...) or the kernel did (`SI_KERNEL` 0x80, `SI_TIMER`
+    /// -2, positive codes such as `CLD_EXITED`): only in the first case
+    /// is the event's `pid` its sender. `None` when unknown (ipc-lib's
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub si_code: Option<i32>,
     /// For an event on a socket: the inode of the end it went through. The
     /// channel names both ends in a fixed order, so this is what tells the
     /// two directions apart (the raw record's `obj`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<u64>,
     /// A path the event names that is not an IPC object: the program a
-    /// process executed.
+    /// process executed, or a process's new title (`process_title`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The first bytes of the message, only when payload capture was asked
@@ -166,6 +175,7 @@ impl Event {
             duration_ns: None,
             aux: 0,
             target_pid: None,
+            si_code: None,
             endpoint: None,
             path: None,
             payload: None,

@@ -44,7 +44,8 @@ pub struct RawEvent {
     pub obj: u64,
     /// Second object identity word (peer inode, owning pid).
     pub obj2: u64,
-    /// Bytes moved, or a count for [`kind::DROP`].
+    /// Bytes moved, a count for [`kind::DROP`], or for
+    /// [`kind::SIGNAL_GENERATE`] the signal's `si_code`.
     pub size: u64,
     /// Message id from an ipc-lib frame; 0 when there is none.
     pub msg_id: u64,
@@ -52,7 +53,7 @@ pub struct RawEvent {
     pub result: i64,
     /// How long a blocking call took, 0 when it did not block or is unknown.
     pub duration_ns: u64,
-    /// Kind-specific: parent pid, signal number, exit status.
+    /// Kind-specific: parent pid, signal number, wait status.
     pub aux: u64,
     /// The task's comm, NUL-padded.
     pub comm: [u8; 16],
@@ -182,6 +183,14 @@ pub mod op {
     pub const SHMAT: u16 = 11;
     /// munmap / shmdt: a mapping starting at `addr` goes when `ret` is 0.
     pub const UNMAP: u16 = 12;
+    /// A futex call that may wake waiters of `obj`/`obj2`: reported when
+    /// it woke any (`ret` > 0; for FUTEX_UNLOCK_PI, `ret` 0 with `aux` 1,
+    /// the word's FUTEX_WAITERS bit seen at the entry).
+    pub const FUTEX_WAKE: u16 = 13;
+    /// execve / execveat: nothing is reported at the exit; the entry only
+    /// tells the `task_rename` probe that the rename it sees is the exec's
+    /// (the new program's name), not the process renaming itself.
+    pub const EXEC: u16 = 14;
 }
 
 /// Total bytes a record with these name and payload lengths occupies in a
@@ -244,7 +253,17 @@ pub mod kind {
     /// probes: when it begins, with `result` [`super::WAIT_BEGUN`], and
     /// when it ends, with the call's result.
     pub const FUTEX_WAIT: u16 = 10;
-    /// A futex wake: `size` waiters woken.
+    /// A futex call woke waiters of the futex (the probes: FUTEX_WAKE,
+    /// WAKE_BITSET, WAKE_OP, REQUEUE, CMP_REQUEUE, CMP_REQUEUE_PI and
+    /// UNLOCK_PI, private or not). `obj`/`obj2` as for [`FUTEX_WAIT`]
+    /// (see [`super::chan::FUTEX`]), so a wake and the waits it ended
+    /// are on one channel. `result` how many were woken, as the kernel's
+    /// return value says (for REQUEUE and CMP_REQUEUE* it counts those
+    /// requeued too; UNLOCK_PI, which returns 0, is reported as 1: it
+    /// hands the lock to one waiter). Stamped when the call was entered,
+    /// so it precedes the end of every wait it ended. A call that woke
+    /// nobody is not reported. For FUTEX_WAKE_OP only the first address
+    /// is named, though waiters of the second may have been woken too.
     pub const FUTEX_WAKE: u16 = 11;
     /// A lock was taken.
     pub const LOCK_ACQUIRE: u16 = 12;
@@ -254,6 +273,19 @@ pub mod kind {
     /// `obj2` the target thread, `result` what the kernel did with it
     /// (`enum trace_signal_result`: 0 queued, 1 ignored, 2 merged into a
     /// pending one, 3 queue full, 4 queued without its info).
+    ///
+    /// From the probes, `size` carries the signal's `si_code`, which says
+    /// who sent it: bits 0..32 the code (an `i32`), bit 32
+    /// ([`super::SI_CODE_KNOWN`]) set to say it is there. The event's
+    /// `pid`/`tid` are the task that was running when the kernel generated
+    /// the signal, the sender only when the code says a process sent it
+    /// (`SI_USER` 0, `SI_TKILL` -6, `SI_QUEUE` -1...); `SI_KERNEL` (0x80),
+    /// `SI_TIMER` (-2) and the positive per-signal codes (`CLD_EXITED`,
+    /// `SEGV_MAPERR`...) mean the kernel sent it. The kernel's special
+    /// siginfo pointers are decoded as it reads them: `SEND_SIG_NOINFO`
+    /// is `SI_USER` from the current task, `SEND_SIG_PRIV` is
+    /// `SI_KERNEL`. Without bit 32 (an ipc-lib record) the code is
+    /// unknown and `size` is a size as for any kind.
     pub const SIGNAL_GENERATE: u16 = 14;
     /// A signal was delivered to `pid`: `aux` the signal number.
     pub const SIGNAL_DELIVER: u16 = 15;
@@ -263,9 +295,15 @@ pub mod kind {
     pub const PROCESS_START: u16 = 17;
     /// Process `pid` executed a new program (its path is the name).
     pub const PROCESS_EXEC: u16 = 18;
-    /// Process `pid` exited: `aux` its wait(2) status (exit code << 8, or
-    /// the terminating signal in the low 7 bits) when `result` is 0; a
-    /// source that saw the exit but not how it ended says -ENODATA.
+    /// Process `pid` exited: when `result` is 0, `aux` is its wait status,
+    /// what `waitpid` reports for it: the exit code `<< 8`, or the signal
+    /// that killed it in bits 0..7 with 0x80 set if it dumped core. The
+    /// probes read it when its last thread exits, as `wait_task_zombie`
+    /// does: the process's `group_exit_code` when the whole group was made
+    /// to exit (`exit_group`, a fatal signal, a core dump), else the main
+    /// thread's own `exit_code` (every thread ended with `exit`). A source
+    /// that saw the exit but not how it ended (an ipc-lib ring closing)
+    /// says -ENODATA in `result`.
     pub const PROCESS_EXIT: u16 = 19;
     /// `size` events were lost by the source named in `aux`.
     pub const DROP: u16 = 20;
@@ -281,6 +319,15 @@ pub mod kind {
     /// longer in it when the collector looked: `duration_ns` it was
     /// blocked, as far as the collector saw.
     pub const RECV_WAIT_END: u16 = 22;
+    /// Process `pid` gave itself a new title: the event's name bytes (its
+    /// `path`) are the new title. From the probes (`task:task_rename`),
+    /// the main thread's new comm, set with `prctl(PR_SET_NAME)` or by
+    /// writing `/proc/PID/comm` (not the rename an exec does). From the
+    /// collector, the process's command line as `/proc/PID/cmdline` shows
+    /// it (NULs as spaces, at most [`super::MAX_TITLE`] bytes) when it
+    /// changed since the process's exec: a process that rewrote its argv
+    /// (`postgres: checkpointer`).
+    pub const PROCESS_TITLE: u16 = 23;
 }
 
 /// IPC object kinds, as stored in `channels.kind`.
@@ -343,6 +390,13 @@ pub mod shm_origin {
     /// 8.. of `obj2` that process's pid. Named `anon:PID@ADDRESS`.
     pub const ANON: u64 = 2;
 }
+
+/// Set in a [`kind::SIGNAL_GENERATE`] record's `size` when bits 0..32 hold
+/// the signal's `si_code`.
+pub const SI_CODE_KNOWN: u64 = 1 << 32;
+
+/// The longest process title the collector reports ([`kind::PROCESS_TITLE`]).
+pub const MAX_TITLE: usize = 256;
 
 /// The `result` of a wait's begin record ([`kind::FUTEX_WAIT`]): the call
 /// has not returned. No syscall returns this.

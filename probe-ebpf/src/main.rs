@@ -13,8 +13,11 @@
 //! Besides the process tree, the programs report signals (generated, by
 //! sender or target, and delivered), messages (the eight read/write/
 //! send/recv syscalls on pipes, FIFOs and Unix sockets; POSIX message
-//! queues; SysV message queues), waits (futexes, SysV semaphores) and
-//! shared memory (mappings, and page faults on them as access samples).
+//! queues; SysV message queues), waits (futexes, SysV semaphores), futex
+//! wakes that woke someone, shared memory (mappings, and page faults on
+//! them as access samples) and the names processes give themselves
+//! (`task_rename`). Signals carry their `si_code` (a process or the
+//! kernel sent them) and exits their wait status.
 //! Syscalls come through one raw `sys_enter` and one raw `sys_exit`
 //! program, which look at the syscall number and the process before
 //! anything else. A syscall's entry resolves its IPC object in the kernel
@@ -43,7 +46,7 @@ use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use aya_ebpf::{EbpfContext, Global};
 use ipc_events::raw::{
     chan, kind, op, shm_origin, sysv_class, PendingCall, RawEvent, MAX_NAME, MAX_PAYLOAD,
-    RECORD_ALIGN, SYSV_KEY_UNKNOWN, WAIT_BEGUN,
+    RECORD_ALIGN, SI_CODE_KNOWN, SYSV_KEY_UNKNOWN, WAIT_BEGUN,
 };
 
 /// `TRACKED` value bits. The collector (`collector::ebpf`) writes the same
@@ -214,6 +217,12 @@ static OFFSET_EXEC_FILENAME: Global<u32> = Global::new(8);
 /// sched:sched_process_exit `bool group_dead`.
 #[no_mangle]
 static OFFSET_EXIT_GROUP_DEAD: Global<u32> = Global::new(32);
+/// task:task_rename `pid_t pid` (the renamed thread's).
+#[no_mangle]
+static OFFSET_RENAME_PID: Global<u32> = Global::new(8);
+/// task:task_rename `char newcomm[16]`.
+#[no_mangle]
+static OFFSET_RENAME_NEWCOMM: Global<u32> = Global::new(28);
 
 /// signal:signal_deliver `int sig`.
 #[no_mangle]
@@ -298,6 +307,24 @@ static KOFF_UNIX_PEER: Global<u32> = Global::new(0);
 /// `socket_alloc.vfs_inode`: a socket's inode, allocated with it.
 #[no_mangle]
 static KOFF_SOCKET_ALLOC_INODE: Global<u32> = Global::new(0);
+/// `task_struct.exit_code`: the status a thread's `do_exit` was given.
+#[no_mangle]
+static KOFF_TASK_EXIT_CODE: Global<u32> = Global::new(0);
+/// `task_struct.group_leader`: the process's main thread.
+#[no_mangle]
+static KOFF_TASK_GROUP_LEADER: Global<u32> = Global::new(0);
+/// `task_struct.signal`: the process's `signal_struct`.
+#[no_mangle]
+static KOFF_TASK_SIGNAL: Global<u32> = Global::new(0);
+/// `signal_struct.flags` (`SIGNAL_GROUP_EXIT`).
+#[no_mangle]
+static KOFF_SIGNAL_FLAGS: Global<u32> = Global::new(0);
+/// `signal_struct.group_exit_code`: the status of a group exit.
+#[no_mangle]
+static KOFF_SIGNAL_GROUP_EXIT_CODE: Global<u32> = Global::new(0);
+/// `kernel_siginfo.si_code`: who sent a signal.
+#[no_mangle]
+static KOFF_SIGINFO_CODE: Global<u32> = Global::new(0);
 /// `task_struct.thread_info.status`, whose `TS_COMPAT` bit marks a 32-bit
 /// syscall.
 #[no_mangle]
@@ -338,10 +365,12 @@ mod nr {
     pub const MSGGET: i64 = 68;
     pub const MSGSND: i64 = 69;
     pub const MSGRCV: i64 = 70;
+    pub const EXECVE: i64 = 59;
     pub const FUTEX: i64 = 202;
     pub const SEMTIMEDOP: i64 = 220;
     pub const MQ_TIMEDSEND: i64 = 242;
     pub const MQ_TIMEDRECEIVE: i64 = 243;
+    pub const EXECVEAT: i64 = 322;
 }
 
 /// x86's `TS_COMPAT`: the current syscall is a 32-bit one, numbered from
@@ -383,12 +412,33 @@ const SOCK_SEQPACKET: i16 = 5;
 const FUTEX_PRIVATE_FLAG: u64 = 128;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAKE: u64 = 1;
+const FUTEX_REQUEUE: u64 = 3;
+const FUTEX_CMP_REQUEUE: u64 = 4;
+const FUTEX_WAKE_OP: u64 = 5;
 const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_UNLOCK_PI: u64 = 7;
+const FUTEX_WAKE_BITSET: u64 = 10;
+const FUTEX_CMP_REQUEUE_PI: u64 = 12;
 const FUTEX_WAIT_BITSET: u64 = 9;
 const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
 const FUTEX_LOCK_PI2: u64 = 13;
 /// The owner's tid in a PI futex word (`FUTEX_TID_MASK`).
 const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+/// A PI futex word's bit saying threads wait on it (`FUTEX_WAITERS`).
+const FUTEX_WAITERS: u32 = 0x8000_0000;
+
+/// `signal_struct.flags`' `SIGNAL_GROUP_EXIT` (`<linux/sched/signal.h>`):
+/// the whole thread group was made to exit, with `group_exit_code`.
+const SIGNAL_GROUP_EXIT: u32 = 0x4;
+/// The kernel's special `struct kernel_siginfo *` values
+/// (`<linux/sched/signal.h>`): `SEND_SIG_NOINFO` (a user's kill with no
+/// info: `SI_USER` from current), `SEND_SIG_PRIV` (from the kernel).
+const SEND_SIG_NOINFO: u64 = 0;
+const SEND_SIG_PRIV: u64 = 1;
+/// `si_code` values (`<asm-generic/siginfo.h>`).
+const SI_USER: i32 = 0;
+const SI_KERNEL: i32 = 0x80;
 
 /// msgrcv's `MSG_COPY` (`<linux/msg.h>`).
 const MSG_COPY: u64 = 0o40000;
@@ -426,6 +476,16 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if try_sched_process_exit(&ctx).is_err() {
+        count_drop();
+    }
+    0
+}
+
+/// A task renamed (`prctl(PR_SET_NAME)`, a write to its `comm`, or an
+/// exec, which is left out).
+#[tracepoint(category = "task", name = "task_rename")]
+pub fn task_rename(ctx: TracePointContext) -> u32 {
+    if try_task_rename(&ctx).is_err() {
         count_drop();
     }
     0
@@ -505,6 +565,17 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i64> {
     let target_tid: u32 = unsafe { read_field(task, &KOFF_TASK_PID) }?;
     let sig: u64 = ctx.arg(0);
     let result: u64 = ctx.arg(4);
+    // Who sent it: the current task is only the sender when a process
+    // did (a timer, a child's exit, a fault are the kernel's, whoever
+    // happens to be running).
+    let info: u64 = ctx.arg(1);
+    let si_code = match info {
+        SEND_SIG_NOINFO => SI_USER,
+        SEND_SIG_PRIV => SI_KERNEL,
+        // SAFETY: a live kernel_siginfo, the tracepoint's argument; the
+        // offset is from BTF; bpf_probe_read_kernel faults safely.
+        _ => unsafe { read_field::<i32>(info as *const u8, &KOFF_SIGINFO_CODE) }?,
+    };
     emit(&RawEvent {
         ts_ns: now(),
         pid: tgid,
@@ -513,6 +584,7 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i64> {
         chan_kind: chan::NONE,
         obj: u64::from(target_tgid),
         obj2: u64::from(target_tid),
+        size: SI_CODE_KNOWN | u64::from(si_code as u32),
         // `int` arguments arrive as the low half of a u64.
         result: i64::from(result as u32 as i32),
         aux: u64::from(sig as u32),
@@ -574,6 +646,8 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
             | nr::SEMTIMEDOP
             | nr::MQ_TIMEDSEND
             | nr::MQ_TIMEDRECEIVE
+            | nr::EXECVE
+            | nr::EXECVEAT
     ) {
         return Ok(());
     }
@@ -616,6 +690,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         nr::SHMAT => shmat_enter(&call),
         // Both take the mapping's address first.
         nr::MUNMAP | nr::SHMDT => unmap_enter(&call),
+        nr::EXECVE | nr::EXECVEAT => {
+            // Marks the rename the exec makes as the exec's
+            // (try_task_rename); the exit reports nothing.
+            remember(tid, entry(tgid, op::EXEC, 0, chan::NONE));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -1082,15 +1162,13 @@ fn emit_shm(mapping: &ShmMapping, mut header: RawEvent) -> Result<(), i64> {
 
 /// The entry of a futex call that waits (FUTEX_WAIT, WAIT_BITSET,
 /// WAIT_REQUEUE_PI, LOCK_PI, LOCK_PI2): reported at once as begun, so a
-/// thread blocked now (perhaps forever, in a deadlock) is known.
+/// thread blocked now (perhaps forever, in a deadlock) is known. A call
+/// that wakes is remembered for its exit ([`futex_wake_enter`]).
 fn futex_enter(call: &Call) -> Result<(), i64> {
     let Call { tgid, tid, .. } = *call;
     let futex_op = call.arg(1)?;
     let cmd = futex_op & !(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
     let pi = matches!(cmd, FUTEX_LOCK_PI | FUTEX_LOCK_PI2);
-    if !pi && !matches!(cmd, FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI) {
-        return Ok(());
-    }
     let uaddr = call.arg(0)?;
     // A private futex is an address in this process only.
     let obj2 = if futex_op & FUTEX_PRIVATE_FLAG != 0 {
@@ -1098,6 +1176,9 @@ fn futex_enter(call: &Call) -> Result<(), i64> {
     } else {
         0
     };
+    if !pi && !matches!(cmd, FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI) {
+        return futex_wake_enter(call, cmd, uaddr, obj2);
+    }
     // A PI futex word holds its owner's tid (glibc's PI mutexes); other
     // futex words hold whatever their user keeps there, so no owner.
     let owner = if pi {
@@ -1117,6 +1198,50 @@ fn futex_enter(call: &Call) -> Result<(), i64> {
         result: WAIT_BEGUN,
         ..event_of(&pending, tid, pending.ts_ns)
     });
+    Ok(())
+}
+
+/// The entry of a futex call that may wake waiters of `uaddr`: the exit
+/// reports a wake if the return value says anyone was woken. Only the
+/// first address is named: FUTEX_WAKE_OP may also wake waiters of its
+/// second (`uaddr2`), and the REQUEUE commands move waiters there, but
+/// the one return value does not say how many of each, and the first is
+/// the futex the caller meant to signal.
+fn futex_wake_enter(call: &Call, cmd: u64, uaddr: u64, obj2: u64) -> Result<(), i64> {
+    let Call { tgid, tid, .. } = *call;
+    if !matches!(
+        cmd,
+        FUTEX_WAKE
+            | FUTEX_WAKE_BITSET
+            | FUTEX_WAKE_OP
+            | FUTEX_REQUEUE
+            | FUTEX_CMP_REQUEUE
+            | FUTEX_CMP_REQUEUE_PI
+            | FUTEX_UNLOCK_PI
+    ) {
+        return Ok(());
+    }
+    // FUTEX_UNLOCK_PI returns 0 whether or not it handed the lock to a
+    // waiter; the word's FUTEX_WAITERS bit, which the kernel sets before
+    // a waiter sleeps, says whether one was there.
+    let mut waiters = 0;
+    if cmd == FUTEX_UNLOCK_PI {
+        // SAFETY: bpf_probe_read_user faults safely on any address.
+        let word = unsafe { bpf_probe_read_user(uaddr as *const u32) }.unwrap_or(0);
+        if word & FUTEX_WAITERS == 0 {
+            return Ok(());
+        }
+        waiters = 1;
+    }
+    remember(
+        tid,
+        PendingCall {
+            obj: uaddr,
+            obj2,
+            aux: waiters,
+            ..entry(tgid, op::FUTEX_WAKE, kind::FUTEX_WAKE, chan::FUTEX)
+        },
+    );
     Ok(())
 }
 
@@ -1220,6 +1345,25 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // Addresses are below 2^47: any success is positive.
         op::MMAP | op::SHMAT if ret > 0 => return map_shared(&pending, tid, ret as u64, exit_ns),
         op::UNMAP if ret == 0 => return unmap_shared(pending.tgid, tid, pending.addr, exit_ns),
+        op::FUTEX_WAKE => {
+            // A wake that woke nobody is not reported: most are such, and
+            // they end no wait. UNLOCK_PI's 0 with waiters (`aux`) woke
+            // one.
+            let woken = match ret {
+                0 if pending.aux != 0 => 1,
+                _ => ret,
+            };
+            if woken <= 0 {
+                return Ok(());
+            }
+            // Stamped at the entry, like a send: before any wait it ended.
+            event.ts_ns = pending.ts_ns;
+            event.result = woken;
+            event.aux = 0;
+            event.duration_ns = 0;
+            emit(&event);
+            return Ok(());
+        }
         op::FUTEX_WAIT | op::SEMOP => {}
         _ => return Ok(()),
     }
@@ -1645,10 +1789,83 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         tid,
         kind: kind::PROCESS_EXIT,
         chan_kind: chan::NONE,
+        aux: u64::from(wait_status()? as u32),
         comm: bpf_get_current_comm().unwrap_or_default(),
         ..RawEvent::default()
     });
     Ok(())
+}
+
+/// The status `waitpid` will report for the current task's process, read
+/// as the kernel's `wait_task_zombie` reads it: the group's exit code when
+/// the whole group was made to exit (`exit_group`, a fatal signal, a core
+/// dump: every thread's `do_exit` got that code), else the main thread's
+/// own `exit_code` (each thread ended with `exit`; the main thread may
+/// have ended long before this last one). By `sched_process_exit` both
+/// are set: `do_exit` stores `exit_code` before it fires the tracepoint.
+fn wait_status() -> Result<i32, i64> {
+    // SAFETY (the reads): the current task and the structs it points to
+    // (its signal_struct and its group leader live until the process is
+    // reaped, after this); the offsets are from BTF;
+    // bpf_probe_read_kernel faults safely.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let signal: *const u8 = unsafe { read_field(task, &KOFF_TASK_SIGNAL) }?;
+    let flags: u32 = unsafe { read_field(signal, &KOFF_SIGNAL_FLAGS) }?;
+    if flags & SIGNAL_GROUP_EXIT != 0 {
+        return unsafe { read_field(signal, &KOFF_SIGNAL_GROUP_EXIT_CODE) };
+    }
+    let leader: *const u8 = unsafe { read_field(task, &KOFF_TASK_GROUP_LEADER) }?;
+    unsafe { read_field(leader, &KOFF_TASK_EXIT_CODE) }
+}
+
+/// A task is renamed. The tracepoint fires for `prctl(PR_SET_NAME)`, a
+/// write to `/proc/PID/task/TID/comm` (which only the task's own process
+/// may do, so the current process is the renamed task's) and an exec,
+/// which gives the new program's name and is not the process naming
+/// itself: an exec's rename comes while its execve is in `PENDING`. Only
+/// the main thread's name is the process's title; threads name
+/// themselves for their own sake (`pthread_setname_np`).
+fn try_task_rename(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    // SAFETY: the offsets are task_rename's fields (checked by the
+    // loader); read_at goes through bpf_probe_read_kernel.
+    let renamed: i32 = unsafe { ctx.read_at(offset(&OFFSET_RENAME_PID)) }.map_err(i64::from)?;
+    if renamed as u32 != tgid {
+        return Ok(());
+    }
+    // SAFETY: a plain struct copied out at once; only this thread writes
+    // its own entry.
+    // (An exec from a thread other than the main one takes the main
+    // thread's id before it renames, so its entry is not found and its
+    // rename is reported: a rare case, and a true name still.)
+    if unsafe { PENDING.get(tid) }.is_some_and(|p| p.op == op::EXEC) {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let comm: [u8; 16] =
+        unsafe { ctx.read_at(offset(&OFFSET_RENAME_NEWCOMM)) }.map_err(i64::from)?;
+    let newcomm = ctx
+        .as_ptr()
+        .cast::<u8>()
+        .wrapping_add(offset(&OFFSET_RENAME_NEWCOMM));
+    emit_named(
+        RawEvent {
+            ts_ns: now(),
+            pid: tgid,
+            tid,
+            kind: kind::PROCESS_TITLE,
+            chan_kind: chan::NONE,
+            // The task is named this from now on (the tracepoint fires
+            // just before the kernel copies it in).
+            comm,
+            ..RawEvent::default()
+        },
+        newcomm,
+        false,
+    )
 }
 
 /// The current task's (tgid, pid): the process and thread ids user space

@@ -9,6 +9,7 @@ mod ebpf_payload;
 mod ebpf_queues;
 mod ebpf_shm;
 mod ebpf_targets;
+mod ebpf_truth;
 mod ebpf_waits;
 mod faults;
 mod hostile;

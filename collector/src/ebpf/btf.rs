@@ -44,7 +44,7 @@ const fn field(
 }
 
 /// Every struct field the probes read (probe-ebpf's `KOFF_*` globals).
-pub(super) const KERNEL_FIELDS: [KernelField; 28] = [
+pub(super) const KERNEL_FIELDS: [KernelField; 34] = [
     field("task_struct", "tgid", 4, "KOFF_TASK_TGID"),
     field("task_struct", "pid", 4, "KOFF_TASK_PID"),
     field("task_struct", "files", 8, "KOFF_TASK_FILES"),
@@ -73,6 +73,19 @@ pub(super) const KERNEL_FIELDS: [KernelField; 28] = [
         4,
         "KOFF_TASK_TI_STATUS",
     ),
+    // An exit's wait status (probe-ebpf's wait_status).
+    field("task_struct", "exit_code", 4, "KOFF_TASK_EXIT_CODE"),
+    field("task_struct", "group_leader", 8, "KOFF_TASK_GROUP_LEADER"),
+    field("task_struct", "signal", 8, "KOFF_TASK_SIGNAL"),
+    field("signal_struct", "flags", 4, "KOFF_SIGNAL_FLAGS"),
+    field(
+        "signal_struct",
+        "group_exit_code",
+        4,
+        "KOFF_SIGNAL_GROUP_EXIT_CODE",
+    ),
+    // Who sent a signal (in the anonymous struct of __SIGINFO).
+    field("kernel_siginfo", "si_code", 4, "KOFF_SIGINFO_CODE"),
     // The registers x86-64 passes syscall arguments in, in order.
     field("pt_regs", "di", 8, "KOFF_REGS_DI"),
     field("pt_regs", "si", 8, "KOFF_REGS_SI"),

@@ -26,7 +26,7 @@ pub(super) struct Field {
 /// Every tracepoint field the probes read (probe-ebpf's `OFFSET_*`
 /// globals). Syscall arguments are not among them: the raw `sys_enter`
 /// program reads them from the registers (`btf`).
-pub(super) const FIELDS: [Field; 8] = [
+pub(super) const FIELDS: [Field; 10] = [
     Field {
         category: "task",
         event: "task_newtask",
@@ -61,6 +61,20 @@ pub(super) const FIELDS: [Field; 8] = [
         name: "group_dead",
         size: 1,
         global: "OFFSET_EXIT_GROUP_DEAD",
+    },
+    Field {
+        category: "task",
+        event: "task_rename",
+        name: "pid",
+        size: 4,
+        global: "OFFSET_RENAME_PID",
+    },
+    Field {
+        category: "task",
+        event: "task_rename",
+        name: "newcomm",
+        size: 16,
+        global: "OFFSET_RENAME_NEWCOMM",
     },
     Field {
         category: "signal",

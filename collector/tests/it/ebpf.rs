@@ -18,7 +18,7 @@ use tokio::time::Instant;
 /// Bound on every wait for events; generous for a loaded CI machine.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn load_probes() -> Probes {
+pub(crate) fn load_probes() -> Probes {
     Probes::load(&ProbeConfig::default()).unwrap_or_else(|e| {
         let mut reason = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -42,7 +42,7 @@ fn spawn_followed(probes: &mut Probes, args: &[&str]) -> Child {
 
 /// Reads events into `events` until `done` holds or [`WAIT`] passes;
 /// returns whether `done` held.
-async fn read_until(
+pub(crate) async fn read_until(
     probes: &mut Probes,
     events: &mut Vec<Event>,
     done: impl Fn(&[Event]) -> bool,

@@ -2,5 +2,6 @@
 //! where the machine allows it (CI runs as root), the real eBPF probes.
 
 mod ebpf;
+mod ebpf_truth;
 mod lib_ring;
 mod store;

@@ -1,0 +1,340 @@
+//! The probes tell the truth about "who", as stored by a real recording:
+//! a process's exit carries the status `waitpid` gave its parent (also
+//! for one followed with `-p`), futex wakes are recorded on the futex
+//! their waiters wait on, and a process that names itself
+//! (`prctl(PR_SET_NAME)`, an argv rewritten in place) gets a
+//! `process_title` event. The `events` table stores neither a signal's
+//! `si_code` nor a title's text (both ride on the decoded event, for the
+//! correlation to store): collector's `ebpf_truth` tests check those on
+//! the events the real probes decode.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::ebpf_ipc::{python, record_python_with};
+use crate::ebpf_targets::{start_recorder, wait_bounded};
+use crate::{need_root, query, run, stderr};
+
+/// Children that end in every way an exit status can say, each reaped by
+/// the parent, which prints `pid:status` for each as `waitpid` gave it:
+/// `_exit(3)`; SIGKILL, one thread; SIGKILL, four threads; `_exit(7)`
+/// (exit_group) from a thread other than the main one while another
+/// runs; a fault (SIGSEGV); and every thread but the main one gone, the
+/// main one calling the `exit` syscall (not exit_group) with 9.
+const EXITS: &str = r#"
+import ctypes, os, resource, signal, sys, threading, time
+
+results = []
+def reap(pid):
+    _, status = os.waitpid(pid, 0)
+    results.append(f"{pid}:{status}")
+
+pid = os.fork()
+if pid == 0:
+    os._exit(3)
+reap(pid)
+
+pid = os.fork()
+if pid == 0:
+    time.sleep(30)
+    os._exit(0)
+os.kill(pid, signal.SIGKILL)
+reap(pid)
+
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    for _ in range(3):
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    os.write(w, b"x")
+    time.sleep(30)
+    os._exit(0)
+os.read(r, 1)
+os.kill(pid, signal.SIGKILL)
+reap(pid)
+
+pid = os.fork()
+if pid == 0:
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    threading.Thread(target=lambda: os._exit(7)).start()
+    time.sleep(30)
+    os._exit(0)
+reap(pid)
+
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)
+    os._exit(0)
+reap(pid)
+
+pid = os.fork()
+if pid == 0:
+    libc = ctypes.CDLL(None)
+    SYS_exit = 60  # x86-64: this thread only, not the group
+    libc.syscall(SYS_exit, 9)
+reap(pid)
+
+print(" ".join(results), flush=True)
+"#;
+
+#[test]
+fn an_exit_carries_the_status_waitpid_reports() {
+    if !need_root("an_exit_carries_the_status_waitpid_reports") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, printed) = record_python_with(dir.path(), EXITS, &[], &[]);
+    let reaped: Vec<(i64, i64)> = printed
+        .split_whitespace()
+        .map(|w| {
+            let (pid, status) = w.split_once(':').unwrap();
+            (pid.parse().unwrap(), status.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(reaped.len(), 6, "{printed}");
+    let stored = |pid: i64| {
+        query(
+            &db,
+            &format!(
+                "select aux from events where kind = 'process_exit' and source = 'ebpf'
+                 and pid = {pid}"
+            ),
+        )
+    };
+    for &(pid, status) in &reaped {
+        assert_eq!(stored(pid), json!([{ "aux": status }]), "pid {pid}");
+    }
+    let statuses: Vec<i64> = reaped.iter().map(|&(_, s)| s).collect();
+    // exit(3), SIGKILL, SIGKILL of four threads, exit_group(7) from a
+    // thread, SIGSEGV (0x80 if a core was dumped after all, as a pipe
+    // core_pattern does whatever the limit), exit(9) of the last thread.
+    assert_eq!(statuses[..4], [3 << 8, 9, 9, 7 << 8]);
+    assert_eq!(statuses[4] & 0x7f, 11, "{statuses:?}");
+    assert_eq!(statuses[5], 9 << 8);
+    // The recorded command itself exited 0.
+    let main = query(
+        &db,
+        "select p.pid from processes p where p.ppid not in (select pid from processes)",
+    );
+    let main = main[0]["pid"].as_i64().unwrap();
+    assert_eq!(stored(main), json!([{ "aux": 0 }]));
+}
+
+#[test]
+fn a_process_followed_with_p_exits_with_its_status() {
+    if !need_root("a_process_followed_with_p_exits_with_its_status") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let go = dir.path().join("go");
+    let mut target = Command::new(python())
+        .args([
+            "-c",
+            "import os, sys, time\nprint(os.getpid(), flush=True)\n\
+             while not os.path.exists(sys.argv[1]):\n    time.sleep(0.02)\nsys.exit(5)",
+        ])
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(target.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: i64 = line.trim().parse().unwrap();
+    let mut recorder = start_recorder(&["--db", db.to_str().unwrap(), "-p", &pid.to_string()]);
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(wait_bounded(&mut target, "the target"), 5);
+    assert_eq!(wait_bounded(&mut recorder, "the recorder"), 0);
+    let exits = query(
+        &db,
+        &format!("select source, aux from events where kind = 'process_exit' and pid = {pid}"),
+    );
+    assert_eq!(exits, json!([{"source": "ebpf", "aux": 5 << 8}]));
+}
+
+/// Two threads hand a turn back and forth `N` times under a mutex and a
+/// condition variable: each waits (a futex wait) until the other signals
+/// (a futex wake of the same word).
+const PINGPONG_C: &str = r#"
+#include <pthread.h>
+
+#define N 200
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+static int turn;
+
+static void play(int me) {
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&m);
+        while (turn != me)
+            pthread_cond_wait(&c, &m);
+        turn = !me;
+        pthread_cond_signal(&c);
+        pthread_mutex_unlock(&m);
+    }
+}
+
+static void *other(void *arg) {
+    (void)arg;
+    play(1);
+    return 0;
+}
+
+int main(void) {
+    pthread_t t;
+    if (pthread_create(&t, 0, other, 0) != 0)
+        return 3;
+    play(0);
+    pthread_join(t, 0);
+    return 0;
+}
+"#;
+
+/// Records `exe ARGS` into `db`.
+fn record_exe(db: &Path, exe: &Path, args: &[&str]) {
+    let mut argv = vec!["record", "--db", db.to_str().unwrap(), "--"];
+    argv.push(exe.to_str().unwrap());
+    argv.extend_from_slice(args);
+    let out = run(&argv);
+    assert!(
+        out.status.success(),
+        "the workload failed: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn futex_wakes_are_recorded_on_the_futex_their_waiters_wait_on() {
+    if !need_root("futex_wakes_are_recorded_on_the_futex_their_waiters_wait_on") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_c(dir.path(), "pingpong", PINGPONG_C);
+    let db = dir.path().join("futex.db");
+    record_exe(&db, &exe, &[]);
+    // A channel both woken and waited on, with waits by both threads.
+    let channels = query(
+        &db,
+        "select w.channel_id, count(*) as wakes, min(w.result) as least,
+                (select count(distinct f.tid) from events f where f.kind = 'futex_wait'
+                 and f.channel_id = w.channel_id) as waiting_threads
+         from events w where w.kind = 'futex_wake' and w.source = 'ebpf'
+         group by w.channel_id order by wakes desc",
+    );
+    let busiest = &channels[0];
+    assert!(busiest["wakes"].as_i64().unwrap() >= 10, "{channels}");
+    assert_eq!(busiest["waiting_threads"], 2, "{channels}");
+    // A wake that woke nobody is not reported.
+    for ch in channels.as_array().unwrap() {
+        assert!(ch["least"].as_i64().unwrap() >= 1, "{channels}");
+    }
+    let kind = query(
+        &db,
+        &format!(
+            "select kind from channels where id = {}",
+            busiest["channel_id"]
+        ),
+    );
+    assert_eq!(kind, json!([{"kind": "futex"}]));
+}
+
+/// Names its main thread with `prctl(PR_SET_NAME)`, and a second thread
+/// itself (not a title).
+const PRCTL: &str = r#"
+import ctypes, threading
+libc = ctypes.CDLL(None)
+PR_SET_NAME = 15
+libc.prctl(PR_SET_NAME, b"renamed-x", 0, 0, 0)
+t = threading.Thread(target=lambda: libc.prctl(PR_SET_NAME, b"thread-y", 0, 0, 0))
+t.start()
+t.join()
+"#;
+
+/// Waits 0.3 s, writes a title over its argv area (as postgres and
+/// setproctitle do), then sleeps 1.5 s so the title scan reads it.
+const ARGV_TITLE_C: &str = r#"
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    usleep(300000);
+    char *end = argv[argc - 1] + strlen(argv[argc - 1]);
+    size_t room = (size_t)(end - argv[0]);
+    const char *title = "truth-title: worker";
+    if (room < strlen(title))
+        return 3;
+    memset(argv[0], 0, room);
+    strcpy(argv[0], title);
+    usleep(1500000);
+    return 0;
+}
+"#;
+
+/// `process_title` events in `db`, as `(pid, source, count)`.
+fn titles(db: &Path) -> serde_json::Value {
+    query(
+        db,
+        "select pid, source, count(*) as n from events where kind = 'process_title'
+         group by pid, source order by pid, source",
+    )
+}
+
+#[test]
+fn a_process_naming_itself_gets_a_title_event_from_the_probes() {
+    if !need_root("a_process_naming_itself_gets_a_title_event_from_the_probes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = record_python_with(dir.path(), PRCTL, &[], &[]);
+    let main = query(&db, "select pid from processes");
+    let main = main[0]["pid"].as_i64().unwrap();
+    // One: not its exec's renaming, not its thread's.
+    assert_eq!(
+        titles(&db),
+        json!([{"pid": main, "source": "ebpf", "n": 1}])
+    );
+}
+
+#[test]
+fn a_process_rewriting_its_argv_gets_a_title_event_from_the_collector() {
+    if !need_root("a_process_rewriting_its_argv_gets_a_title_event_from_the_collector") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_c(dir.path(), "argv-title", ARGV_TITLE_C);
+    let db = dir.path().join("argv.db");
+    record_exe(&db, &exe, &["padding-padding-padding"]);
+    let main = query(&db, "select pid from processes");
+    let main = main[0]["pid"].as_i64().unwrap();
+    // One: the rewrite, not the command line it was started with.
+    assert_eq!(
+        titles(&db),
+        json!([{"pid": main, "source": "collector", "n": 1}])
+    );
+}
+
+/// Compiles C `source` into `dir` as `name` with the system's cc (gcc is
+/// on every machine of this project's kind).
+fn compile_c(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let exe = dir.join(name);
+    let out = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
