@@ -233,6 +233,7 @@ async fn signals(
             target: target as u32,
             signo: signo as u32,
             generated_ns: generated as u64,
+            cause: None,
         };
         if in_slice(generated) {
             facts.push((generated, SignalFact::Generated(signal)));

@@ -1441,6 +1441,7 @@ mod tests {
             target: 8,
             signo: 10,
             generated_ns: 10,
+            cause: None,
         };
         let signals = [
             SignalFact::Generated(signal),

@@ -44,6 +44,9 @@ pub struct Signal {
     pub target: u32,
     pub signo: u32,
     pub generated_ns: u64,
+    /// Why the kernel sent it, when it did: `timer`, `child`, `fault`,
+    /// `pipe` or `kernel`.
+    pub cause: Option<&'static str>,
 }
 
 /// What a batch did to the session's signals.
@@ -82,6 +85,9 @@ pub enum ProcessFact {
         /// the source knows it.
         status: Option<i32>,
     },
+    /// The process renamed itself (prctl, or rewriting its argv as
+    /// servers do).
+    Titled { pid: u32, title: String, ts_ns: u64 },
 }
 
 /// Events lost before they reached the correlator, as `drops` rows.
@@ -224,6 +230,15 @@ impl Correlator {
             }
             EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
                 self.process(&event);
+            }
+            EventKind::ProcessTitle => {
+                if let Some(title) = &event.path {
+                    self.facts.processes.push(ProcessFact::Titled {
+                        pid: event.pid,
+                        title: title.clone(),
+                        ts_ns: event.ts_ns,
+                    });
+                }
             }
             EventKind::SemWaitBegin
             | EventKind::SemWaitEnd
@@ -445,15 +460,41 @@ impl Correlator {
             self.lib_signals.insert(key, event.ts_ns);
         }
         self.next_signal += 1;
+        let cause = event
+            .si_code
+            .and_then(|code| kernel_cause(code, signo, event.pid == target));
         let signal = Signal {
             id: self.next_signal,
-            sender: Some(event.pid),
+            sender: cause.is_none().then_some(event.pid),
             target,
             signo,
             generated_ns: event.ts_ns,
+            cause,
         };
         self.facts.signals.push(SignalFact::Generated(signal));
         self.signals.generated(target, signo, event.result, signal);
+    }
+}
+
+/// Why the kernel sent a signal, from its `si_code`; None when a process
+/// sent it (`kill`, `sigqueue`, `tgkill`). The kernel raises SIGPIPE
+/// with no siginfo, which reads as sent by the writer to itself.
+fn kernel_cause(si_code: i32, signo: u32, to_itself: bool) -> Option<&'static str> {
+    const SI_USER: i32 = 0;
+    const SI_QUEUE: i32 = -1;
+    const SI_TIMER: i32 = -2;
+    const SI_TKILL: i32 = -6;
+    const SIGPIPE: u32 = 13;
+    const SIGCHLD: u32 = 17;
+    const FAULTS: [u32; 5] = [4, 5, 7, 8, 11]; // ILL, TRAP, BUS, FPE, SEGV
+    match si_code {
+        SI_USER if signo == SIGPIPE && to_itself => Some("pipe"),
+        SI_USER | SI_QUEUE | SI_TKILL => None,
+        SI_TIMER => Some("timer"),
+        code if code > 0 && signo == SIGCHLD => Some("child"),
+        code if code > 0 && code != 0x80 && FAULTS.contains(&signo) => Some("fault"),
+        0x80 if signo == 14 || signo == 26 || signo == 27 => Some("timer"),
+        _ => Some("kernel"),
     }
 }
 

@@ -276,3 +276,39 @@ fn an_ipc_lib_socket_channel_and_its_kernel_socket_are_counted_once() {
     assert_eq!(f.messages.len(), 2, "{:?}", f.messages);
     assert!(f.messages.iter().all(|m| m.channel == lib));
 }
+
+#[test]
+fn a_signal_the_kernel_sent_has_no_process_sender_but_a_cause() {
+    let with_code = |pid: u32, target: u32, signo: u64, code: i32| {
+        let mut e = generate(1, Source::Ebpf, pid, target, signo);
+        e.si_code = Some(code);
+        e
+    };
+    let f = run(vec![
+        with_code(3, 7, 14, 0x80), // SIGALRM from setitimer
+        with_code(9, 7, 17, 1),    // SIGCHLD: CLD_EXITED, raised in the child
+        with_code(7, 7, 13, 0),    // SIGPIPE: no siginfo, "from itself"
+        with_code(7, 7, 11, 1),    // SIGSEGV: SEGV_MAPERR
+        with_code(8, 7, 10, 0),    // kill(7, SIGUSR1) from 8
+        with_code(8, 7, 34, -1),   // sigqueue
+    ]);
+    let got: Vec<_> = f
+        .signals
+        .iter()
+        .filter_map(|s| match s {
+            SignalFact::Generated(s) => Some((s.sender, s.cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (None, Some("timer")),
+            (None, Some("child")),
+            (None, Some("pipe")),
+            (None, Some("fault")),
+            (Some(8), None),
+            (Some(8), None),
+        ]
+    );
+}

@@ -616,6 +616,18 @@ async fn track_process(
             .await
             .map_err(StoreError::sql("recording an exit"))?;
         }
+        ProcessFact::Titled { pid, title, ts_ns } => {
+            let Some(id) = live.get(pid) else {
+                return Ok(());
+            };
+            sqlx::query("UPDATE processes SET title = ?, title_ns = ? WHERE id = ?")
+                .bind(title)
+                .bind(*ts_ns as i64)
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::sql("recording a title"))?;
+        }
     }
     Ok(())
 }
@@ -761,14 +773,16 @@ async fn store_signal(
     match fact {
         SignalFact::Generated(s) => {
             let row: i64 = sqlx::query_scalar(
-                "INSERT INTO signals (session_id, sender_pid, target_pid, signo, generated_ns)
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO signals (session_id, sender_pid, target_pid, signo, generated_ns,
+                                      cause)
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(session)
             .bind(s.sender.map(i64::from))
             .bind(i64::from(s.target))
             .bind(i64::from(s.signo))
             .bind(s.generated_ns as i64)
+            .bind(s.cause)
             .fetch_one(&mut *conn)
             .await
             .map_err(StoreError::sql("recording a signal"))?;
