@@ -449,15 +449,16 @@ fn signals_between_processes_are_paired_with_their_delivery() {
             {"kind": "signal_generate", "pid": child, "signo": 12, "n": K + 1},
         ])
     );
-    // The child's exit sends SIGCHLD, which python3 leaves at its default
-    // (ignore): generated, never delivered.
+    // The child's exit makes the kernel send SIGCHLD, which python3 leaves
+    // at its default (ignore): generated, never delivered, and sent by no
+    // process.
     let chld = query(
         &db,
-        "select sender_pid, target_pid, delivered_ns from signals where signo = 17",
+        "select sender_pid, target_pid, delivered_ns, cause from signals where signo = 17",
     );
     assert_eq!(
         chld,
-        json!([{"sender_pid": child, "target_pid": parent, "delivered_ns": null}])
+        json!([{"sender_pid": null, "target_pid": parent, "delivered_ns": null, "cause": "child"}])
     );
     assert_eq!(query(&db, "select count(*) as n from drops")[0]["n"], 0);
 }

@@ -300,7 +300,7 @@ fn a_pi_mutex_wait_names_the_owner() {
         "select e.pid, e.aux as owner, e.result = -9223372036854775808 as begun,
                 e.duration_ns >= 150000000 as long
          from events e join channels c on c.id = e.channel_id
-         where c.kind = 'futex' order by e.ts_ns",
+         where c.kind = 'futex' and e.kind = 'futex_wait' order by e.ts_ns",
     );
     assert_eq!(
         waits,
@@ -309,4 +309,12 @@ fn a_pi_mutex_wait_names_the_owner() {
             {"pid": child, "owner": parent, "begun": 0, "long": 1},
         ])
     );
+    // The parent's unlock handed the mutex over: it woke the child.
+    let woke = query(
+        &db,
+        &format!(
+            "select waker_pid from waits where pid = {child} and end_ns - start_ns >= 150000000"
+        ),
+    );
+    assert_eq!(woke, json!([{"waker_pid": parent}]));
 }
