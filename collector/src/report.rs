@@ -5,6 +5,7 @@
 //! the JSON form is those same rows.
 
 use ipc_events::live::Snapshot;
+use ipc_events::units::{bytes, signed_duration_ns};
 use serde_json::{Map, Value as Json};
 use sqlx::SqliteConnection;
 
@@ -12,7 +13,6 @@ use crate::query::{self, QueryError, Table, Value};
 use crate::store::SessionId;
 
 /// The report's sections: (name, SQL with one `?1` for the session id).
-/// Latency percentiles use the nearest-rank method.
 const SECTIONS: &[(&str, &str)] = &[
     (
         "session",
@@ -22,7 +22,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "processes",
-        "SELECT p.pid, p.ppid, p.comm, p.exe, p.started_ns - s.start_mono_ns AS started_at_ns,
+        "SELECT p.pid, p.ppid, p.comm, p.title, p.exe, p.started_ns - s.start_mono_ns AS started_at_ns,
                 p.exited_ns - p.started_ns AS lifetime_ns, p.exit_status
          FROM processes p JOIN sessions s ON s.id = p.session_id
          WHERE p.session_id = ?1 ORDER BY p.started_ns, p.id",
@@ -33,28 +33,35 @@ const SECTIONS: &[(&str, &str)] = &[
          GROUP BY source, kind ORDER BY count DESC, kind",
     ),
     (
+        // Every channel with traffic, whether or not its other end was
+        // traced: messages and bytes as its busier side saw them, `paired`
+        // how many have both ends. Latency percentiles are the `latency`
+        // table's (the analysis's HDR histograms over the whole session,
+        // the figures the dashboard shows): unknown (empty) where nothing
+        // paired or the recording was killed before writing them. A socket
+        // that carries an ipc-lib channel is counted under that channel.
         "channels",
-        "WITH ranked AS (
-             SELECT channel_id, latency_ns,
-                    row_number() OVER (PARTITION BY channel_id ORDER BY latency_ns) AS r,
-                    count(*) OVER (PARTITION BY channel_id) AS n
-             FROM messages WHERE session_id = ?1 AND latency_ns IS NOT NULL),
-         pct AS (
+        "WITH traffic AS (
              SELECT channel_id,
-                    max(CASE WHEN r = (n * 50 + 99) / 100 THEN latency_ns END) AS p50_ns,
-                    max(CASE WHEN r = (n * 99 + 99) / 100 THEN latency_ns END) AS p99_ns,
-                    max(latency_ns) AS max_ns
-             FROM ranked GROUP BY channel_id),
-         totals AS (
-             SELECT channel_id, count(*) AS messages, sum(size) AS bytes
-             FROM messages WHERE session_id = ?1 GROUP BY channel_id)
-         SELECT c.kind, c.name, t.messages, t.bytes, p.p50_ns, p.p99_ns, p.max_ns,
-                CAST(t.messages * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
-                CAST(t.bytes * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
-         FROM totals t JOIN channels c ON c.id = t.channel_id
+                    sum(kind = 'msg_send') AS sends, sum(kind = 'msg_recv') AS receives,
+                    sum(CASE WHEN kind = 'msg_send' THEN size ELSE 0 END) AS sent,
+                    sum(CASE WHEN kind = 'msg_recv' THEN size ELSE 0 END) AS received
+             FROM events
+             WHERE session_id = ?1 AND kind IN ('msg_send', 'msg_recv') AND channel_id IS NOT NULL
+             GROUP BY channel_id),
+         paired AS (
+             SELECT channel_id, count(*) AS paired FROM messages WHERE session_id = ?1
+             GROUP BY channel_id)
+         SELECT c.kind, c.name, max(t.sends, t.receives) AS messages,
+                coalesce(p.paired, 0) AS paired, max(t.sent, t.received) AS bytes,
+                l.p50_ns, l.p99_ns, l.max_ns,
+                CAST(max(t.sends, t.receives) * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
+                CAST(max(t.sent, t.received) * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
+         FROM traffic t JOIN channels c ON c.id = t.channel_id AND c.carries_channel_id IS NULL
          JOIN sessions s ON s.id = ?1
-         LEFT JOIN pct p ON p.channel_id = t.channel_id
-         ORDER BY t.messages DESC LIMIT 50",
+         LEFT JOIN paired p ON p.channel_id = t.channel_id
+         LEFT JOIN latency l ON l.session_id = ?1 AND l.what = 'message' AND l.channel_id = t.channel_id
+         ORDER BY messages DESC, c.id LIMIT 50",
     ),
     (
         "waits",
@@ -65,10 +72,10 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "signals",
-        "SELECT signo, sender_pid, target_pid, count(*) AS count,
+        "SELECT signo, sender_pid, cause, target_pid, count(*) AS count,
                 max(delivered_ns - generated_ns) AS max_latency_ns
          FROM signals WHERE session_id = ?1
-         GROUP BY signo, sender_pid, target_pid ORDER BY count DESC LIMIT 20",
+         GROUP BY signo, sender_pid, cause, target_pid ORDER BY count DESC LIMIT 20",
     ),
     (
         "deadlocks",
@@ -170,12 +177,12 @@ pub fn live_text(s: &Snapshot) -> String {
          events {} ({:.0}/s)  messages {} ({:.0}/s, {}/s)  processes {}  channels {}  drops {}\n\n",
         s.session_id,
         s.session_name,
-        format_ns(s.now_ns.saturating_sub(s.started_ns) as i64),
+        signed_duration_ns(s.now_ns.saturating_sub(s.started_ns) as i64),
         t.events,
         s.rate_1s.events_per_s,
         t.messages,
         s.rate_1s.messages_per_s,
-        format_bytes(s.rate_1s.bytes_per_s as i64),
+        bytes(s.rate_1s.bytes_per_s as u64),
         t.processes,
         t.channels,
         t.drops,
@@ -200,15 +207,20 @@ pub fn live_text(s: &Snapshot) -> String {
     };
     for c in channels.iter().take(LIVE_CHANNELS) {
         let lat = &c.latency.session;
+        // No paired message, no latency: unknown, not 0.
+        let known = |v: u64| match lat.count {
+            0 => Value::Null,
+            _ => Value::Integer(v as i64),
+        };
         table.rows.push(vec![
             Value::Text(c.channel.kind().to_string()),
             Value::Text(c.channel.name()),
             Value::Integer(c.messages as i64),
             Value::Integer(c.rate_1s.messages_per_s.round() as i64),
             Value::Integer(c.rate_1s.bytes_per_s.round() as i64),
-            Value::Integer(lat.p50 as i64),
-            Value::Integer(lat.p99 as i64),
-            Value::Integer(lat.max as i64),
+            known(lat.p50),
+            known(lat.p99),
+            known(lat.max),
             c.queue_depth
                 .map_or(Value::Null, |d| Value::Integer(d as i64)),
         ]);
@@ -226,7 +238,7 @@ pub fn live_text(s: &Snapshot) -> String {
             "waiting now: {} on {} (p99 wait {})\n",
             w.waiting_now,
             w.channel,
-            format_ns(w.latency.session.p99 as i64)
+            signed_duration_ns(w.latency.session.p99 as i64)
         ));
     }
     for d in &s.deadlocks {
@@ -234,7 +246,7 @@ pub fn live_text(s: &Snapshot) -> String {
             None => "DEADLOCK".to_owned(),
             Some(at) => format!(
                 "deadlock (resolved after {})",
-                format_ns(at.saturating_sub(d.detected_ns) as i64)
+                signed_duration_ns(at.saturating_sub(d.detected_ns) as i64)
             ),
         };
         let path: Vec<String> = d
@@ -261,13 +273,21 @@ pub fn live_text(s: &Snapshot) -> String {
 /// Channels `live_text` lists, busiest first.
 const LIVE_CHANNELS: usize = 10;
 
-/// Durations (`*_ns`) and sizes (`bytes*`) as a person reads them.
+/// Durations (`*_ns`) and sizes (`bytes*`) as a person reads them, and
+/// an unknown (NULL) as `–`, never as 0 or a blank that reads as one.
 pub fn humanise(table: &mut Table) {
+    for row in &mut table.rows {
+        for cell in row.iter_mut().filter(|c| matches!(c, Value::Null)) {
+            *cell = Value::Text("–".to_owned());
+        }
+    }
     for (i, col) in table.columns.iter().enumerate() {
         let format: fn(i64) -> String = if col.ends_with("_ns") {
-            format_ns
-        } else if col == "bytes" || col == "bytes_per_s" {
-            format_bytes
+            signed_duration_ns
+        } else if col == "bytes" {
+            |n| bytes(n.max(0) as u64)
+        } else if col == "bytes_per_s" {
+            |n| format!("{}/s", bytes(n.max(0) as u64))
         } else {
             continue;
         };
@@ -279,54 +299,9 @@ pub fn humanise(table: &mut Table) {
     }
 }
 
-/// Nanoseconds as a person reads them: `850 ns`, `12.3 µs`, `4.05 s`.
-pub fn format_ns(ns: i64) -> String {
-    let abs = ns.unsigned_abs() as f64;
-    let (value, unit) = match abs {
-        a if a < 1e3 => return format!("{ns} ns"),
-        a if a < 1e6 => (a / 1e3, "µs"),
-        a if a < 1e9 => (a / 1e6, "ms"),
-        a => (a / 1e9, "s"),
-    };
-    let sign = if ns < 0 { "-" } else { "" };
-    format!("{sign}{} {unit}", three_digits(value))
-}
-
-/// Bytes in binary units: `512 B`, `1.50 KiB`, `3.00 GiB`.
-pub fn format_bytes(bytes: i64) -> String {
-    let mut value = bytes as f64;
-    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
-        if value.abs() < 1024.0 || unit == "TiB" {
-            return match unit {
-                "B" => format!("{bytes} B"),
-                _ => format!("{} {unit}", three_digits(value)),
-            };
-        }
-        value /= 1024.0;
-    }
-    unreachable!("the loop returns at TiB")
-}
-
-/// Three significant digits: 1.23, 12.3, 123.
-fn three_digits(v: f64) -> String {
-    match v.abs() {
-        a if a < 10.0 => format!("{v:.2}"),
-        a if a < 100.0 => format!("{v:.1}"),
-        _ => format!("{v:.0}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_a_person_writes_them() {
-        assert_eq!(format_ns(850), "850 ns");
-        assert_eq!(format_ns(12_345), "12.3 µs");
-        assert_eq!(format_ns(200_400_000), "200 ms");
-        assert_eq!(format_ns(4_050_000_000), "4.05 s");
-    }
 
     #[test]
     fn a_live_snapshot_shows_channels_busiest_first_and_every_deadlock() {
@@ -391,12 +366,5 @@ mod tests {
             text.contains("DEADLOCK: 20 locker-20 waits for ipclib_sem a -> 21 locker-21 waits for ipclib_sem b"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn sizes_use_binary_units() {
-        assert_eq!(format_bytes(512), "512 B");
-        assert_eq!(format_bytes(1536), "1.50 KiB");
-        assert_eq!(format_bytes(3 << 30), "3.00 GiB");
     }
 }

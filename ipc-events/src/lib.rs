@@ -23,6 +23,8 @@ mod event;
 pub mod live;
 #[cfg(feature = "std")]
 pub mod ring;
+#[cfg(feature = "std")]
+pub mod units;
 
 #[cfg(feature = "std")]
 pub use channel::{ChannelId, ChannelKind, UnknownChannelKind};
