@@ -15,6 +15,7 @@
 //! sequences.
 
 mod channels;
+mod lib_objects;
 mod pairing;
 mod waits;
 
@@ -31,6 +32,7 @@ pub use pairing::{
 pub use waits::{Wait, WaitFact};
 
 use channels::{Channels, Resolved};
+use lib_objects::LibObjects;
 use waits::Waits;
 
 /// A generated signal, as the session's `signals` rows record it.
@@ -107,14 +109,20 @@ pub struct Facts {
     pub events: Vec<Event>,
     /// Each event's channel, index for index.
     pub channels: Vec<Option<ChannelRef>>,
+    /// Whether each event is one source's sight of an operation that the
+    /// facts count under another's (a socket message that ipc-lib also
+    /// reported, a futex wait inside an ipc-lib wait), index for index:
+    /// stored as seen, analysed once.
+    pub shadowed: Vec<bool>,
     /// Channels first seen in this batch, in the order of their refs.
     pub new_channels: Vec<(ChannelRef, ChannelId)>,
     /// Channels whose identity grew (a socket's other end became known).
     pub renamed: Vec<Renamed>,
     pub messages: Vec<Paired<ChannelRef>>,
-    /// Kernel sockets found to carry an ipc-lib channel, as (socket,
-    /// ipc-lib channel): their traffic is that channel's, already counted
-    /// there, and is not paired again.
+    /// Kernel objects found to carry an ipc-lib object, as (kernel
+    /// object, ipc-lib object): a socket under an ipc-lib socket channel,
+    /// the `/dev/shm` file of an ipc-lib channel, semaphore or region.
+    /// What goes through them is that object's, already counted there.
     pub carried: Vec<(ChannelRef, ChannelRef)>,
     pub waits: Vec<WaitFact>,
     pub signals: Vec<SignalFact>,
@@ -157,8 +165,9 @@ pub struct Correlator {
     /// socket message not known to carry one: (time, channel, kind).
     lib_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
     socket_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
-    /// Kernel sockets that carry an ipc-lib channel.
+    /// Kernel objects that carry an ipc-lib object.
     carried: HashMap<ChannelRef, ChannelRef>,
+    lib_objects: LibObjects,
     facts: Facts,
 }
 
@@ -177,6 +186,7 @@ impl Correlator {
             lib_op: HashMap::new(),
             socket_op: HashMap::new(),
             carried: HashMap::new(),
+            lib_objects: LibObjects::default(),
             facts: Facts::default(),
         }
     }
@@ -208,22 +218,33 @@ impl Correlator {
             return;
         }
         let facts = &mut self.facts;
-        let channel =
-            match self
+        // A futex word in an ipc-lib object's memory is that object.
+        let channel = match self.lib_objects.futex_owner(&event) {
+            Some(lib) => Some(lib),
+            None => match self
                 .channels
                 .resolve(&event, &mut facts.new_channels, &mut facts.renamed)
             {
                 Resolved::Own => return,
                 Resolved::None => None,
                 Resolved::Channel(r) => Some(r),
-            };
+            },
+        };
+        if let Some(link) = channel.and_then(|r| self.lib_objects.saw(&event, r)) {
+            self.carry(link.0, link.1);
+        }
+        let mut shadowed = event.kind == EventKind::FutexWait
+            && event.source == Source::Ebpf
+            && self.waits.in_lib_wait(event.pid, event.tid);
         match event.kind {
             EventKind::MsgSend | EventKind::MsgRecv => {
                 if self.waits.ends_receive(&event, channel) {
                     self.waits.event(&event, channel);
                 }
                 if let Some(r) = channel {
-                    if !self.carries_lib_message(&event, r) {
+                    if self.carries_lib_message(&event, r) {
+                        shadowed = true;
+                    } else {
                         self.message(&event, r);
                     }
                 }
@@ -273,8 +294,10 @@ impl Correlator {
             }
             _ => {}
         }
+        shadowed |= channel.is_some_and(|r| self.carried.contains_key(&r));
         self.facts.events.push(event);
         self.facts.channels.push(channel);
+        self.facts.shadowed.push(shadowed);
     }
 
     /// Closes the batch and hands over its facts.
@@ -325,11 +348,6 @@ impl Correlator {
         if self.carried.insert(socket, lib).is_none() {
             self.facts.carried.push((socket, lib));
         }
-    }
-
-    /// Whether channel `r` is a kernel socket carrying an ipc-lib channel.
-    pub fn is_carried(&self, r: ChannelRef) -> bool {
-        self.carried.contains_key(&r)
     }
 
     fn message(&mut self, event: &Event, r: ChannelRef) {
@@ -422,6 +440,7 @@ impl Correlator {
             (EventKind::ProcessExit, true) => {
                 self.live.remove(&pid);
                 self.signals.exited(pid);
+                self.lib_objects.exited(pid);
                 ProcessFact::Exited {
                     pid,
                     exited_ns: event.ts_ns,

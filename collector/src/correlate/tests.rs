@@ -312,3 +312,36 @@ fn a_signal_the_kernel_sent_has_no_process_sender_but_a_cause() {
         ]
     );
 }
+
+#[test]
+fn an_ipc_lib_objects_file_and_futex_words_are_that_object() {
+    let mut map = Event::new(1, 5, 5, Source::Ebpf, EventKind::ShmMap);
+    map.channel = Some(ChannelId::named(ChannelKind::Shm, "/dev/shm/jobs"));
+    map.aux = 0x7f00_0000;
+    map.size = 1 << 20;
+    let recv = lib_message(2, EventKind::MsgRecv, 5, 1);
+    let mut lib = recv.clone();
+    lib.channel = Some(ChannelId::named(ChannelKind::IpclibChannel, "jobs"));
+    let in_it = |ts: u64, result: i64| {
+        let mut e = futex(ts, 5, result);
+        e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x7f00_0040, 0));
+        e
+    };
+    let mut outside = futex(6, 5, WAIT_BEGUN);
+    outside.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
+    let mut again = map.clone();
+    again.pid = 6;
+    let f = run(vec![map, lib, in_it(3, WAIT_BEGUN), in_it(5, 0), outside, again]);
+    let (file, jobs) = (f.channels[0].unwrap(), f.channels[1].unwrap());
+    assert_eq!(f.carried, [(file, jobs)]);
+    // The futex words inside the mapping are the channel: a wait on it.
+    assert_eq!(f.channels[2], Some(jobs));
+    assert_eq!(f.channels[3], Some(jobs));
+    assert_ne!(f.channels[4], Some(jobs));
+    // The map came before anything named the object: it was the file's
+    // then. What goes through the file after the link is the object's.
+    assert_eq!(f.shadowed, [false, false, false, false, false, true]);
+    assert!(f.waits.iter().any(
+        |w| matches!(w, WaitFact::Whole(w) if w.channel == Some(jobs) && w.end_ns == Some(5))
+    ));
+}

@@ -88,12 +88,16 @@ impl Waits {
                 .is_some_and(|w| w.wait.channel == channel)
     }
 
+    /// Whether the thread is in a wait ipc-lib reported.
+    pub fn in_lib_wait(&self, pid: u32, tid: u32) -> bool {
+        self.open
+            .get(&(pid, tid))
+            .is_some_and(|w| w.source == Source::Lib)
+    }
+
     pub fn event(&mut self, event: &Event, channel: Option<ChannelRef>) {
         let (pid, tid) = (event.pid, event.tid);
-        let in_lib_wait = self
-            .open
-            .get(&(pid, tid))
-            .is_some_and(|w| w.source == Source::Lib);
+        let in_lib_wait = self.in_lib_wait(pid, tid);
         let begins = match event.kind {
             EventKind::SemPost | EventKind::FutexWake => {
                 if let Some(ch) = channel {

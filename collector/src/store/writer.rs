@@ -337,7 +337,9 @@ impl Writer {
                 .bind(self.channels[socket.0 as usize])
                 .execute(&mut *tx)
                 .await
-                .map_err(StoreError::sql("linking a socket to its ipc-lib channel"))?;
+                .map_err(StoreError::sql(
+                    "linking an object to the ipc-lib one it carries",
+                ))?;
         }
         for fact in &facts.processes {
             track_process(&mut tx, &mut self.processes, session, fact).await?;
@@ -415,12 +417,12 @@ impl Writer {
         self.stats.ingest_dropped = dropped;
         self.dropped_stored = dropped;
         if let Some(observer) = &self.observer {
-            // A socket carrying an ipc-lib channel is not a channel of the
-            // user's own: its traffic is counted under the ipc-lib one.
+            // What one source saw of an operation counted under another's
+            // is analysed once: under no object of its own.
             let channel_ids = channel_ids
                 .into_iter()
-                .zip(&facts.channels)
-                .map(|(id, r)| id.filter(|_| !r.is_some_and(|r| self.correlator.is_carried(r))))
+                .zip(&facts.shadowed)
+                .map(|(id, &shadowed)| id.filter(|_| !shadowed))
                 .collect();
             let committed = Committed {
                 events: facts.events,
