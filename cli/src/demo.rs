@@ -8,6 +8,8 @@
 //! killed demo leaves no strays; the IPC names carry the conductor's pid so
 //! two demos never meet.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -98,7 +100,11 @@ fn name(demo: u32, object: &str) -> String {
 }
 
 /// Runs the conductor: every role, until stopped or `duration` is up.
-pub fn conduct(duration: Option<Duration>, deadlock: bool) -> Result<ExitCode> {
+pub fn conduct(
+    duration: Option<Duration>,
+    deadlock: bool,
+    truth: Option<&Path>,
+) -> Result<ExitCode> {
     install_stop_handlers();
     let demo = std::process::id();
     let exe = std::env::current_exe().context("finding the ipcscope executable")?;
@@ -110,6 +116,9 @@ pub fn conduct(duration: Option<Duration>, deadlock: bool) -> Result<ExitCode> {
             .arg("__demo-role")
             .arg(role_name(role))
             .arg(demo.to_string());
+        if let Some(truth) = truth {
+            command.arg("--truth").arg(truth);
+        }
         if role == Role::Signaller {
             // The listener was started just before it.
             let listener = children
@@ -189,14 +198,62 @@ fn role_name(role: Role) -> String {
         .to_owned()
 }
 
-/// Runs one role until the conductor stops it.
-pub fn play(role: Role, demo: u32, peer: Option<u32>) -> Result<()> {
+/// What one role did, by its own count: the workload's truth, to check a
+/// recording against.
+#[derive(Debug, Default, serde::Serialize)]
+struct Tally {
+    role: String,
+    pid: u32,
+    /// The demo object it used (`jobs`, `status`, `squares`, ...).
+    object: &'static str,
+    /// Messages (or RPC requests and replies) it sent and received.
+    sent: u64,
+    received: u64,
+    /// Semaphore acquisitions.
+    acquired: u64,
+    /// Signals it sent, and signals it received.
+    signals_sent: u64,
+    signals_received: u64,
+}
+
+impl Tally {
+    fn new(object: &'static str) -> Tally {
+        Tally {
+            object,
+            ..Tally::default()
+        }
+    }
+}
+
+/// Runs one role until the conductor stops it; with `truth`, appends
+/// what it did there as one JSON line.
+pub fn play(role: Role, demo: u32, peer: Option<u32>, truth: Option<&Path>) -> Result<()> {
+    let tally = run_role(role, demo, peer)?;
+    let Some(path) = truth else {
+        return Ok(());
+    };
+    let line = serde_json::to_string(&Tally {
+        role: role_name(role),
+        pid: std::process::id(),
+        ..tally
+    })?;
+    // One write of a whole line to a file opened for appending: the
+    // roles' lines never interleave.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+        .with_context(|| format!("writing the demo's truth to {}", path.display()))
+}
+
+fn run_role(role: Role, demo: u32, peer: Option<u32>) -> Result<Tally> {
     install_stop_handlers();
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if std::os::unix::process::parent_id() != demo {
         // The conductor died before we set the flag.
-        return Ok(());
+        return Ok(Tally::default());
     }
     // Named after the role, so every view of the demo tells them apart.
     let comm = std::ffi::CString::new(format!("demo-{}", role_name(role)))
@@ -221,28 +278,30 @@ pub fn play(role: Role, demo: u32, peer: Option<u32>) -> Result<()> {
 
 /// Sends bursts of jobs: a few hundred at a time, then a pause, so latency
 /// and throughput have some shape to show.
-fn producer(demo: u32) -> Result<()> {
+fn producer(demo: u32) -> Result<Tally> {
     let name = name(demo, "jobs");
     let mut tx = retry_open(|| Sender::builder(&name).when_full(WhenFull::Block).open())?;
     let mut job = [0u8; 256];
-    let mut n: u64 = 0;
+    let mut tally = Tally::new("jobs");
     while !stopping() {
+        let n = tally.sent;
         let burst = 200 + (n % 7) * 100;
         for _ in 0..burst {
+            let n = tally.sent;
             job[..8].copy_from_slice(&n.to_le_bytes());
             let size = 32 + (n % 8) as usize * 28;
             match tx.send(&job[..size]) {
-                Ok(_) => n += 1,
-                Err(SendError::Disconnected) if stopping() => return Ok(()),
+                Ok(_) => tally.sent += 1,
+                Err(SendError::Disconnected) if stopping() => return Ok(tally),
                 Err(e) => return Err(e).context("sending a job"),
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    Ok(tally)
 }
 
-fn consumer(demo: u32) -> Result<()> {
+fn consumer(demo: u32) -> Result<Tally> {
     let name = name(demo, "jobs");
     let mut rx = Receiver::builder(&name)
         .mode(Mode::Mpsc)
@@ -250,84 +309,93 @@ fn consumer(demo: u32) -> Result<()> {
         .max_message_size(4096)
         .create()
         .with_context(|| format!("creating the job channel {name}"))?;
-    drain(&mut rx, "a job")
+    drain(&mut rx, "a job", "jobs")
 }
 
 /// Status updates over a socket channel: a steady trickle.
-fn reporter(demo: u32) -> Result<()> {
+fn reporter(demo: u32) -> Result<Tally> {
     let name = name(demo, "status");
     let mut tx = retry_open(|| SocketSender::builder(&name).open())?;
-    let mut n: u64 = 0;
+    let mut tally = Tally::new("status");
     while !stopping() {
-        let update = format!("status {n}: all good");
+        let update = format!("status {}: all good", tally.sent);
         match tx.send(update.as_bytes()) {
-            Ok(_) => n += 1,
-            Err(SendError::Disconnected) if stopping() => return Ok(()),
+            Ok(_) => tally.sent += 1,
+            Err(SendError::Disconnected) if stopping() => return Ok(tally),
             Err(e) => return Err(e).context("sending a status update"),
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(())
+    Ok(tally)
 }
 
-fn collector(demo: u32) -> Result<()> {
+fn collector(demo: u32) -> Result<Tally> {
     let name = name(demo, "status");
     let mut rx = SocketReceiver::builder(&name)
         .create()
         .with_context(|| format!("creating the status channel {name}"))?;
-    drain(&mut rx, "a status update")
+    drain(&mut rx, "a status update", "status")
 }
 
 /// Receives until stopped; the senders leaving first is how a demo ends.
-fn drain(rx: &mut impl MessageReceiver, what: &str) -> Result<()> {
+fn drain(rx: &mut impl MessageReceiver, what: &str, object: &'static str) -> Result<Tally> {
+    let mut tally = Tally::new(object);
     while !stopping() {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(_) | Err(RecvError::Timeout) => {}
-            Err(RecvError::Disconnected) => return Ok(()),
+            Ok(_) => tally.received += 1,
+            Err(RecvError::Timeout) => {}
+            Err(RecvError::Disconnected) => return Ok(tally),
             Err(e) => return Err(e).with_context(|| format!("receiving {what}")),
         }
     }
-    Ok(())
+    Ok(tally)
 }
 
 /// Squares numbers, slowly enough to show in the latency.
-fn server(demo: u32) -> Result<()> {
+fn server(demo: u32) -> Result<Tally> {
     let name = name(demo, "squares");
     let mut server = Server::builder(&name)
         .create()
         .with_context(|| format!("creating the rpc server {name}"))?;
+    let mut tally = Tally::new("squares");
     while !stopping() {
         let request = match server.next_request(Some(Duration::from_millis(100))) {
             Ok(r) => r,
             Err(RecvError::Timeout | RecvError::Disconnected) => continue,
             Err(e) => return Err(e).context("taking a request"),
         };
+        tally.received += 1;
         let x: u64 = request.value().context("decoding a request")?;
         server
             .reply_value(&request, &x.wrapping_mul(x))
             .context("replying")?;
+        tally.sent += 1;
     }
-    Ok(())
+    Ok(tally)
 }
 
-fn client(demo: u32) -> Result<()> {
+fn client(demo: u32) -> Result<Tally> {
     let name = name(demo, "squares");
     let mut client = retry_open(|| Client::connect(&name))?;
-    let mut x: u64 = 0;
+    let mut tally = Tally::new("squares");
     while !stopping() {
+        let x = tally.received;
         match client.call_value::<u64, u64>(&x, Duration::from_secs(2)) {
-            Ok(y) if y == x.wrapping_mul(x) => x += 1,
+            Ok(y) if y == x.wrapping_mul(x) => {
+                tally.sent += 1;
+                tally.received += 1;
+            }
             Ok(y) => bail!("asked for {x} squared, got {y}"),
-            Err(CallError::Disconnected) if stopping() => return Ok(()),
+            Err(CallError::Disconnected) if stopping() => return Ok(tally),
             Err(e) => return Err(e).context("calling the server"),
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(())
+    Ok(tally)
 }
 
 /// A read-modify-write of a shared counter that only the lock makes exact.
-fn counter(demo: u32) -> Result<()> {
+fn counter(demo: u32) -> Result<Tally> {
     let region = retry_open(|| {
         Region::builder(name(demo, "counter"))
             .size(8)
@@ -338,6 +406,7 @@ fn counter(demo: u32) -> Result<()> {
             .initial(1)
             .open_or_create()
     })?;
+    let mut tally = Tally::new("counter-lock");
     while !stopping() {
         // The timeout only bounds how long a stop goes unnoticed: on a
         // loaded machine the other counters can hold the lock past it.
@@ -346,6 +415,7 @@ fn counter(demo: u32) -> Result<()> {
             Err(WaitError::Timeout) => continue,
             Err(e) => return Err(anyhow::anyhow!("taking the counter lock: {e}")),
         };
+        tally.acquired += 1;
         let n: u64 = region.read_value(0).context("reading the counter")?;
         // Hold the lock a little, so the others wait for it.
         std::thread::sleep(Duration::from_micros(200));
@@ -355,27 +425,30 @@ fn counter(demo: u32) -> Result<()> {
         drop(held);
         std::thread::sleep(Duration::from_micros(300));
     }
-    Ok(())
+    Ok(tally)
 }
 
-fn listener() -> Result<()> {
+fn listener() -> Result<Tally> {
     let mut signals = Signals::new(&[SIGUSR1]).context("listening for SIGUSR1")?;
+    let mut tally = Tally::new("signals");
     while !stopping() {
         match signals.recv_timeout(Duration::from_millis(100)) {
-            Ok(_) | Err(SignalError::Timeout) => {}
+            Ok(_) => tally.signals_received += 1,
+            Err(SignalError::Timeout) => {}
             Err(e) => return Err(e).context("waiting for a signal"),
         }
     }
-    Ok(())
+    Ok(tally)
 }
 
-fn signaller(listener: u32) -> Result<()> {
+fn signaller(listener: u32) -> Result<Tally> {
+    let mut tally = Tally::new("signals");
     // SIGUSR1 kills a process that does not catch it yet: wait until the
     // listener's handler is in place.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !catches(listener, libc::SIGUSR1) {
         if stopping() {
-            return Ok(());
+            return Ok(tally);
         }
         if Instant::now() > deadline {
             bail!("the listener (pid {listener}) never started catching SIGUSR1");
@@ -384,9 +457,10 @@ fn signaller(listener: u32) -> Result<()> {
     }
     while !stopping() {
         signal::send(listener, SIGUSR1).context("signalling the listener")?;
+        tally.signals_sent += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
+    Ok(tally)
 }
 
 /// Whether process `pid` has a handler for `signo` (its `SigCgt` mask).
@@ -403,7 +477,7 @@ fn catches(pid: u32, signo: i32) -> bool {
 
 /// Takes `first`, waits for the other locker to take its own, then takes
 /// `second`: in opposite orders, the two never get past this.
-fn locker(demo: u32, first: &str, second: &str) -> Result<()> {
+fn locker(demo: u32, first: &str, second: &str) -> Result<Tally> {
     let open = |object: &str| {
         retry_open(|| {
             Semaphore::builder(name(demo, object))
@@ -415,7 +489,7 @@ fn locker(demo: u32, first: &str, second: &str) -> Result<()> {
     let _holding = first.wait();
     std::thread::sleep(Duration::from_millis(300));
     let _both = second.wait();
-    Ok(())
+    Ok(Tally::new("locks"))
 }
 
 /// Opens an object another role creates, waiting for it to appear.

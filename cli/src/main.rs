@@ -76,6 +76,8 @@ enum Command {
         duration: Option<std::time::Duration>,
         #[arg(long)]
         deadlock: bool,
+        #[arg(long)]
+        truth: Option<PathBuf>,
     },
     /// One process of the demo (started by the conductor).
     #[command(name = "__demo-role", hide = true)]
@@ -83,6 +85,8 @@ enum Command {
         role: demo::Role,
         demo: u32,
         peer: Option<u32>,
+        #[arg(long)]
+        truth: Option<PathBuf>,
     },
 }
 
@@ -112,6 +116,11 @@ struct DemoArgs {
     /// stdout is not a terminal).
     #[arg(long)]
     no_tui: bool,
+    /// Append what each demo process did, by its own count (messages sent
+    /// and received, calls, lock acquisitions, signals), one JSON object a
+    /// line, to FILE: the workload's truth to check a recording against.
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -282,11 +291,20 @@ fn main() -> ExitCode {
         .init();
     // The demo's own processes are plain ipc-lib programs: no runtime.
     let command = match cli.command {
-        Command::DemoConductor { duration, deadlock } => {
-            return exit_with(demo::conduct(duration, deadlock))
-        }
-        Command::DemoRole { role, demo, peer } => {
-            return exit_with(demo::play(role, demo, peer).map(|()| ExitCode::SUCCESS))
+        Command::DemoConductor {
+            duration,
+            deadlock,
+            truth,
+        } => return exit_with(demo::conduct(duration, deadlock, truth.as_deref())),
+        Command::DemoRole {
+            role,
+            demo,
+            peer,
+            truth,
+        } => {
+            return exit_with(
+                demo::play(role, demo, peer, truth.as_deref()).map(|()| ExitCode::SUCCESS),
+            )
         }
         other => other,
     };
@@ -445,6 +463,10 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
             if args.deadlock {
                 command.push("--deadlock".into());
+            }
+            if let Some(truth) = &args.truth {
+                command.push("--truth".into());
+                command.push(truth.clone().into_os_string());
             }
             let db = args.db.path()?;
             let dashboard = !args.no_tui && io::stdout().is_terminal();

@@ -197,3 +197,118 @@ fn a_healthy_workload_for_30_s_reports_no_deadlock() {
         assert_eq!(order, serde_json::json!([{"in_order": 2, "pairs": 2}]));
     }
 }
+
+/// The demo as root, both sources on, against its own count of what it
+/// did (`demo --truth`): every message, signal and lock acquisition once,
+/// no IPC object counted under two names, and no wait left open but the
+/// two deadlocked lockers'.
+#[test]
+fn the_demo_with_both_sources_matches_its_own_count_exactly() {
+    if !crate::need_root("the_demo_with_both_sources_matches_its_own_count_exactly") {
+        return;
+    }
+    let _turn = crate::flood_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let truth = dir.path().join("truth.jsonl");
+    let out = run(&[
+        "demo",
+        "--no-tui",
+        "--deadlock",
+        "--duration",
+        "3s",
+        "--db",
+        db.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        query(&db, "select sources from sessions"),
+        serde_json::json!([{"sources": "ebpf,lib"}])
+    );
+    let lines = std::fs::read_to_string(&truth).unwrap();
+    let roles: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sum = |object: &str, field: &str| -> i64 {
+        roles
+            .iter()
+            .filter(|r| r["object"] == object)
+            .map(|r| r[field].as_i64().unwrap())
+            .sum()
+    };
+    // Per ipc-lib channel: sends, receives and paired messages.
+    for (object, sent, received) in [
+        ("jobs", sum("jobs", "sent"), sum("jobs", "received")),
+        ("status", sum("status", "sent"), sum("status", "received")),
+        // Requests and replies both travel on the rpc channel.
+        (
+            "squares",
+            sum("squares", "sent"),
+            sum("squares", "received"),
+        ),
+    ] {
+        let got = query(
+            &db,
+            &format!(
+                "select (select count(*) from events e where e.channel_id = c.id
+                         and e.kind = 'msg_send') as sent,
+                        (select count(*) from events e where e.channel_id = c.id
+                         and e.kind = 'msg_recv') as received,
+                        (select count(*) from messages m where m.channel_id = c.id) as paired
+                 from channels c where c.kind = 'ipclib_channel' and c.name like '%-{object}'"
+            ),
+        );
+        assert_eq!(
+            got,
+            serde_json::json!([{"sent": sent, "received": received, "paired": received}]),
+            "{object}: {lines}"
+        );
+    }
+    // Every SIGUSR1 once, each delivered.
+    let signals = query(
+        &db,
+        "select count(*) as n, count(delivered_ns) as delivered from signals where signo = 10",
+    );
+    assert_eq!(
+        signals,
+        serde_json::json!([{
+            "n": sum("signals", "signals_sent"),
+            "delivered": sum("signals", "signals_received"),
+        }]),
+        "{lines}"
+    );
+    // Every acquisition of the counter's lock.
+    let acquired = query(
+        &db,
+        "select count(*) as n from events e join channels c on c.id = e.channel_id
+         where c.name like '%-counter-lock' and e.kind = 'sem_wait_end' and e.result = 0",
+    );
+    assert_eq!(
+        acquired,
+        serde_json::json!([{"n": sum("counter-lock", "acquired")}])
+    );
+    // No object under two names: every socket and /dev/shm file the
+    // probes saw is linked to the ipc-lib object it carries.
+    let unlinked = query(
+        &db,
+        "select kind, name from channels where carries_channel_id is null
+         and kind in ('unix_stream', 'unix_dgram', 'unix_seqpacket', 'shm')",
+    );
+    assert_eq!(unlinked, serde_json::json!([]));
+    // The counter's waits all ended; only the lockers are still blocked.
+    let open = query(
+        &db,
+        "select c.name from waits w join channels c on c.id = w.channel_id
+         where w.end_ns is null order by c.name",
+    );
+    let open: Vec<&str> = open
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().rsplit('-').next().unwrap())
+        .collect();
+    assert_eq!(open, ["a", "b"], "waits still open");
+}

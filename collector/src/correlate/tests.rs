@@ -331,7 +331,14 @@ fn an_ipc_lib_objects_file_and_futex_words_are_that_object() {
     outside.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
     let mut again = map.clone();
     again.pid = 6;
-    let f = run(vec![map, lib, in_it(3, WAIT_BEGUN), in_it(5, 0), outside, again]);
+    let f = run(vec![
+        map,
+        lib,
+        in_it(3, WAIT_BEGUN),
+        in_it(5, 0),
+        outside,
+        again,
+    ]);
     let (file, jobs) = (f.channels[0].unwrap(), f.channels[1].unwrap());
     assert_eq!(f.carried, [(file, jobs)]);
     // The futex words inside the mapping are the channel: a wait on it.
