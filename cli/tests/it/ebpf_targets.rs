@@ -90,7 +90,7 @@ fn start_target(dir: &Path) -> (Child, i64) {
 
 /// `ipcscope record ARGS`, returned once it says it follows the
 /// processes.
-fn start_recorder(args: &[&str]) -> Child {
+pub fn start_recorder(args: &[&str]) -> Child {
     let mut recorder = ipcscope()
         .arg("record")
         .args(args)
@@ -121,7 +121,7 @@ fn start_recorder(args: &[&str]) -> Child {
 
 /// Waits for `child` to exit, for at most [`STEP`]; kills it and fails
 /// past that.
-fn wait_bounded(child: &mut Child, what: &str) -> i32 {
+pub fn wait_bounded(child: &mut Child, what: &str) -> i32 {
     let deadline = Instant::now() + STEP;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
