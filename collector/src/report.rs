@@ -365,6 +365,7 @@ mod tests {
                 kind: ChannelKind::IpclibSem,
                 name: sem.into(),
             },
+            idle_threads: Vec::new(),
         };
         let snapshot = Snapshot {
             session_id: 4,
