@@ -340,6 +340,7 @@ mod tests {
                 kind: ChannelKind::IpclibSem,
                 name: sem.into(),
             },
+            idle_threads: Vec::new(),
         };
         let snapshot = Snapshot {
             session_id: 4,

@@ -144,6 +144,7 @@ pub fn decode_parts(
         path,
         payload: (!data.is_empty()).then(|| data.to_vec()),
         releasers: Vec::new(),
+        idle_releasers: Vec::new(),
     };
     Ok(event)
 }

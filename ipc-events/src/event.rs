@@ -155,6 +155,14 @@ pub struct Event {
     /// datagram socket). Analysis input, not stored in `events`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub releasers: Vec<(u32, u32)>,
+    /// For a `recv_wait_begin`: the other threads of those processes that
+    /// were idle when the collector looked (asleep, in a timed wait, or
+    /// blocked in a call the probes do not follow), left out of
+    /// `releasers`: they do not keep the wait from being part of a
+    /// deadlock, and a deadlock through it names them. Analysis input,
+    /// not stored in `events`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_releasers: Vec<(u32, u32)>,
 }
 
 impl Event {
@@ -180,6 +188,7 @@ impl Event {
             path: None,
             payload: None,
             releasers: Vec::new(),
+            idle_releasers: Vec::new(),
         }
     }
 }

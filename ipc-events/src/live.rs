@@ -179,6 +179,12 @@ pub struct CycleMember {
     pub tid: u32,
     pub comm: String,
     pub waits_for: Resource,
+    /// The other threads of this process that could have ended a wait in
+    /// the cycle but were idle (asleep, in a timed wait, blocked on
+    /// something else) when it was confirmed: not blocked in the cycle,
+    /// and not counted as able to break it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_threads: Vec<u32>,
 }
 
 /// A cycle of threads each waiting for the next, blocked past the threshold.

@@ -14,6 +14,7 @@ mod ebpf_waits;
 mod faults;
 mod hostile;
 mod lib_trace;
+mod real_server;
 mod record;
 mod security;
 mod tui;

@@ -475,6 +475,12 @@ impl Analyzer {
             .map(|&(pid, tid)| Thread::new(pid, tid))
             .collect();
         self.graph.set_releasers(key, &releasers, e.ts_ns);
+        let idle: Vec<Thread> = e
+            .idle_releasers
+            .iter()
+            .map(|&(pid, tid)| Thread::new(pid, tid))
+            .collect();
+        self.graph.set_idle_releasers(key, &idle);
         if let Some(w) = self.touch_wait(key, e.ts_ns) {
             w.waiting_now += 1;
         }
@@ -712,7 +718,11 @@ impl Analyzer {
     /// [`Analyzer::next_due`] for the promptest detection.
     pub fn tick(&mut self, now_ns: u64) -> Vec<DeadlockChange> {
         let mut out = Vec::new();
-        for change in self.graph.tick(now_ns) {
+        // Idle helper threads are checked again, in /proc, before a cycle
+        // through them is confirmed; only the probes name any.
+        let proc = std::path::Path::new("/proc");
+        let still_idle = |t: Thread| crate::ebpf::blocked::thread_idle(proc, t.pid, t.tid);
+        for change in self.graph.tick_with(now_ns, still_idle) {
             self.seq += 1;
             match change {
                 GraphChange::Detected {
@@ -724,7 +734,13 @@ impl Analyzer {
                         id: id as i64,
                         detected_ns,
                         resolved_ns: None,
-                        cycle: cycle.iter().map(|m| self.cycle_member(m)).collect(),
+                        cycle: cycle
+                            .iter()
+                            .map(|m| CycleMember {
+                                idle_threads: self.graph.idle_threads(&cycle, m.thread.pid),
+                                ..self.cycle_member(m)
+                            })
+                            .collect(),
                     };
                     self.deadlocks.push((d.clone(), self.seq));
                     out.push(DeadlockChange::Detected(d));
@@ -765,6 +781,7 @@ impl Analyzer {
             tid: m.thread.tid,
             comm,
             waits_for,
+            idle_threads: Vec::new(),
         }
     }
 

@@ -29,6 +29,16 @@
 //! stable id, and reports its resolution when any member stops waiting,
 //! exits, or a running thread becomes able to release a resource in it.
 //!
+//! A resource may also have *idle* releasers
+//! ([`WaitGraph::set_idle_releasers`]): threads that could release it
+//! but were asleep when seen (the helper threads of a process blocked
+//! reading a pipe, say, asleep in a timed wait). They are not releasers:
+//! they do not keep its waiters from being stuck. As that is a guess
+//! about their future, [`WaitGraph::tick_with`] asks again whether each
+//! is still idle when a cycle through the resource reaches the threshold;
+//! one that woke becomes a releaser, and a cycle it can break is dropped
+//! unreported. A deadlock names them ([`WaitGraph::idle_threads`]).
+//!
 //! Some stuck sets are only seen from a thread the changing edge does not
 //! reach (a releaser that blocks elsewhere can make waiters on it stuck),
 //! so `tick` also runs the full sweep, linear in the blocked threads and
@@ -137,6 +147,9 @@ struct ResourceNode<R> {
     releasers: Vec<(Ix, u32)>,
     /// Threads blocked on it.
     waiters: Vec<Ix>,
+    /// Threads that could release it but were idle when seen: not
+    /// releasers, until a check finds one awake.
+    idle: Vec<Thread>,
     /// When its releasers last changed.
     changed_ns: u64,
 }
@@ -302,6 +315,41 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         self.check_waiters(res);
     }
 
+    /// Replaces the idle releasers of `resource` with `threads`: threads
+    /// that could release it but are asleep, and so do not keep its
+    /// waiters from being stuck. [`WaitGraph::tick_with`] checks them
+    /// again before a cycle through `resource` is confirmed.
+    pub fn set_idle_releasers(&mut self, resource: R, threads: &[Thread]) {
+        let res = self.resource(resource);
+        let idle = &mut self.resource_nodes[res as usize].idle;
+        idle.clear();
+        idle.extend_from_slice(threads);
+    }
+
+    /// The idle releasers of `resource`.
+    pub fn idle_releasers(&self, resource: R) -> impl Iterator<Item = Thread> + '_ {
+        self.resources
+            .get(&resource)
+            .into_iter()
+            .flat_map(|&r| &self.resource_nodes[r as usize].idle)
+            .copied()
+    }
+
+    /// The tids of the idle releasers of `cycle`'s resources that belong
+    /// to process `pid`, sorted: the threads of a member's process that a
+    /// deadlock report names as not blocked.
+    pub fn idle_threads(&self, cycle: &[Member<R>], pid: u32) -> Vec<u32> {
+        let mut tids: Vec<u32> = cycle
+            .iter()
+            .flat_map(|m| self.idle_releasers(m.waits_for))
+            .filter(|t| t.pid == pid)
+            .map(|t| t.tid)
+            .collect();
+        tids.sort_unstable();
+        tids.dedup();
+        tids
+    }
+
     /// The threads that can release `resource`.
     pub fn releasers(&self, resource: R) -> impl Iterator<Item = Thread> + '_ {
         self.resources
@@ -383,6 +431,18 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
     /// and resolved once. Call it often (the live feed's 10 Hz tick, or at
     /// [`WaitGraph::next_due`]): detection is at most one tick late.
     pub fn tick(&mut self, now_ns: u64) -> Vec<GraphChange<R>> {
+        self.tick_with(now_ns, |_| true)
+    }
+
+    /// [`WaitGraph::tick`], asking `still_idle` about each idle releaser of
+    /// a cycle's resources before confirming it: one no longer idle
+    /// becomes a releaser (as of `now_ns`), and a cycle it can break is
+    /// dropped without being reported.
+    pub fn tick_with(
+        &mut self,
+        now_ns: u64,
+        mut still_idle: impl FnMut(Thread) -> bool,
+    ) -> Vec<GraphChange<R>> {
         if self.dirty {
             self.sweep_and_track();
         }
@@ -414,28 +474,69 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         // Ids in a stable order, whatever the map's.
         due.sort_unstable();
         for (thread, since_ns, hash) in due {
-            let Some(tracked) = self.tracked.get_mut(&hash).and_then(|b| {
-                b.iter_mut().find(|t| {
-                    t.id.is_none()
-                        && t.members[0].thread == thread
-                        && t.members[0].since_ns == since_ns
-                })
-            }) else {
+            let Some(mut bucket) = self.tracked.remove(&hash) else {
                 continue;
             };
-            let id = self.next_id;
-            self.next_id += 1;
-            tracked.id = Some(id);
-            changes.push(GraphChange::Detected {
-                id,
-                detected_ns: now_ns,
-                cycle: tracked.members.clone(),
+            let found = bucket.iter().position(|t| {
+                t.id.is_none() && t.members[0].thread == thread && t.members[0].since_ns == since_ns
             });
+            if let Some(i) = found {
+                if self.wake_idle(&bucket[i], now_ns, &mut still_idle)
+                    && !self.still_holds(&bucket[i])
+                {
+                    bucket.swap_remove(i);
+                } else {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    bucket[i].id = Some(id);
+                    changes.push(GraphChange::Detected {
+                        id,
+                        detected_ns: now_ns,
+                        cycle: bucket[i].members.clone(),
+                    });
+                }
+            }
+            if !bucket.is_empty() {
+                self.tracked.insert(hash, bucket);
+            }
         }
         changes.sort_by_key(|c| match c {
             GraphChange::Detected { id, .. } | GraphChange::Resolved { id, .. } => *id,
         });
         changes
+    }
+
+    /// Asks `still_idle` about every idle releaser of the resources
+    /// `tracked` waits for; those awake become releasers at `now_ns`.
+    /// Returns whether any did.
+    fn wake_idle(
+        &mut self,
+        tracked: &Tracked<R>,
+        now_ns: u64,
+        still_idle: &mut impl FnMut(Thread) -> bool,
+    ) -> bool {
+        let mut woke = false;
+        for m in &tracked.members {
+            let Some(&res) = self.resources.get(&m.waits_for) else {
+                continue;
+            };
+            let idle = std::mem::take(&mut self.resource_nodes[res as usize].idle);
+            let (asleep, awake): (Vec<Thread>, Vec<Thread>) =
+                idle.into_iter().partition(|&t| still_idle(t));
+            self.resource_nodes[res as usize].idle = asleep;
+            for thread in awake {
+                let t = self.thread(thread);
+                let node = &mut self.resource_nodes[res as usize];
+                if !node.releasers.iter().any(|(h, _)| *h == t) {
+                    node.releasers.push((t, 1));
+                    self.thread_nodes[t as usize].holds.push(res);
+                }
+                self.resource_nodes[res as usize].changed_ns = now_ns;
+                self.dirty = true;
+                woke = true;
+            }
+        }
+        woke
     }
 
     /// When every member of a cycle will have been blocked for the
@@ -511,6 +612,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
             key,
             releasers: Vec::new(),
             waiters: Vec::new(),
+            idle: Vec::new(),
             changed_ns: 0,
         });
         let r = (self.resource_nodes.len() - 1) as Ix;
@@ -1112,6 +1214,88 @@ mod tests {
         g.set_releasers(10, &[th(2), th(3)], 2 * MS);
         assert!(!g.is_stuck(th(1)));
         assert!(g.tick(1000 * MS).is_empty());
+    }
+
+    /// 1 and 2 each read a channel only the other's process writes (10 and
+    /// 20); each process also has a helper thread (11, 22) that holds the
+    /// channel open and sleeps.
+    fn pipes_with_idle_helpers(g: &mut WaitGraph<u64>) {
+        g.set_releasers(10, &[th(2)], 0);
+        g.set_idle_releasers(10, &[Thread::new(2, 22)]);
+        g.set_releasers(20, &[th(1)], 0);
+        g.set_idle_releasers(20, &[Thread::new(1, 11)]);
+        g.block(th(1), 10, MS);
+        g.block(th(2), 20, 2 * MS);
+    }
+
+    #[test]
+    fn idle_releasers_do_not_keep_a_cycle_from_being_a_deadlock() {
+        let mut g = WaitGraph::new(200 * MS);
+        pipes_with_idle_helpers(&mut g);
+        assert!(g.is_stuck(th(1)) && g.is_stuck(th(2)));
+        let mut asked = Vec::new();
+        let changes = g.tick_with(300 * MS, |t| {
+            asked.push(t);
+            true
+        });
+        asked.sort();
+        assert_eq!(
+            asked,
+            [Thread::new(1, 11), Thread::new(2, 22)],
+            "asked again"
+        );
+        assert_eq!(detected(&changes), [(1, vec![1, 2])]);
+        let GraphChange::Detected { cycle, .. } = &changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(g.idle_threads(cycle, 1), [11]);
+        assert_eq!(g.idle_threads(cycle, 2), [22]);
+        assert_eq!(g.idle_threads(cycle, 3), Vec::<u32>::new());
+        // The same helpers as plain releasers: they may send.
+        let mut g = WaitGraph::new(200 * MS);
+        g.set_releasers(10, &[th(2), Thread::new(2, 22)], 0);
+        g.set_releasers(20, &[th(1), Thread::new(1, 11)], 0);
+        g.block(th(1), 10, MS);
+        assert!(!g.block(th(2), 20, 2 * MS));
+        assert!(g.tick(300 * MS).is_empty());
+    }
+
+    #[test]
+    fn an_idle_releaser_awake_at_the_threshold_keeps_the_cycle_from_being_reported() {
+        let mut g = WaitGraph::new(200 * MS);
+        pipes_with_idle_helpers(&mut g);
+        assert_eq!(g.candidates(), 1);
+        // 22 runs now: it may send on 10, so 1 may be freed.
+        let changes = g.tick_with(300 * MS, |t| t.tid != 22);
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(g.candidates(), 0);
+        assert!(g.releasers(10).any(|t| t == Thread::new(2, 22)));
+        assert_eq!(g.idle_releasers(10).count(), 0);
+        assert!(!g.is_stuck(th(1)));
+        assert!(g.tick(1000 * MS).is_empty(), "not found again");
+    }
+
+    #[test]
+    fn plain_tick_takes_idle_releasers_as_idle() {
+        let mut g = WaitGraph::new(200 * MS);
+        pipes_with_idle_helpers(&mut g);
+        assert_eq!(detected(&g.tick(300 * MS)), [(1, vec![1, 2])]);
+    }
+
+    #[test]
+    fn a_deadlock_through_idle_releasers_resolves_when_a_helper_sends() {
+        let mut g = WaitGraph::new(200 * MS);
+        pipes_with_idle_helpers(&mut g);
+        assert_eq!(detected(&g.tick_with(300 * MS, |_| true)).len(), 1);
+        // 22 wrote on 10: 1's receive returned.
+        g.unblock(th(1), 1000 * MS);
+        assert_eq!(
+            g.tick_with(1050 * MS, |_| panic!("nothing to confirm")),
+            [GraphChange::Resolved {
+                id: 1,
+                resolved_ns: 1000 * MS
+            }]
+        );
     }
 
     /// A random graph from operations, checked at every step: the

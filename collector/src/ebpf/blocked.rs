@@ -7,7 +7,12 @@
 //! every [`SCAN_EVERY`], and a receive entered at least [`MIN_BLOCKED_NS`]
 //! ago becomes a `recv_wait_begin` event stamped with its entry time and
 //! naming the threads that could end it: every thread of every process
-//! holding the other end open for writing, as `/proc` shows them. Once
+//! holding the other end open for writing, as `/proc` shows them. Of
+//! those, the threads of a process that also has a thread in a wait the
+//! graph follows are set apart as *idle* when they are asleep in a sleep,
+//! a futex or poll wait or a call on something else (`idle_releasers`):
+//! a process blocked in a cycle whose helper thread only sleeps is still
+//! in the cycle. Once
 //! the entry is gone the wait is over: the receive's own `msg_recv` ended
 //! it if a message came, and a `recv_wait_end` does otherwise (end of file,
 //! an error, a signal).
@@ -91,6 +96,14 @@ impl BlockedReceives {
         });
 
         let mut holders = Holders::new(proc);
+        let calls: HashMap<u32, &PendingCall> = in_flight.iter().map(|(t, p)| (*t, p)).collect();
+        // Processes with a thread in a wait the graph follows: those whose
+        // other threads may be left out of the releasers when idle.
+        let waiting: HashSet<u32> = in_flight
+            .iter()
+            .filter(|(_, p)| graph_wait(p.op))
+            .map(|(_, p)| p.tgid)
+            .collect();
         for (tid, p) in blocked {
             if self.reported.contains_key(&tid) {
                 continue;
@@ -98,12 +111,15 @@ impl BlockedReceives {
             let Some(mut event) = begin_event(tid, p, proc) else {
                 continue;
             };
-            event.releasers = holders.writers(p);
+            let writers = holders.writers(p);
             // A thread that holds the write end itself (the self-pipe
             // trick) is woken by its own signal handler writing: its wait
             // proves nothing, however long it lasts.
-            if event.releasers.contains(&(p.tgid, tid)) {
-                event.releasers.clear();
+            if !writers.contains(&(p.tgid, tid)) {
+                (event.idle_releasers, event.releasers) =
+                    writers.into_iter().partition(|&(pid, t)| {
+                        waiting.contains(&pid) && idle(proc, pid, t, calls.get(&t).copied())
+                    });
             }
             self.reported.insert(tid, without_releasers(&event));
             out.push(event);
@@ -114,8 +130,100 @@ impl BlockedReceives {
 fn without_releasers(event: &Event) -> Event {
     Event {
         releasers: Vec::new(),
+        idle_releasers: Vec::new(),
         ..event.clone()
     }
+}
+
+/// Whether an in-flight call of kind `op` is a wait the analysis follows
+/// in its wait-for graph (a blocked receive, a semop), so that the graph,
+/// not this scan, judges whether the thread in it can still send.
+fn graph_wait(op: u16) -> bool {
+    matches!(op, op::FD_RECV | op::SYSV_RECV | op::SEMOP)
+}
+
+/// Whether a thread that could end a blocked receive is idle: not in a
+/// call the probes follow (a receive or semop the graph judges, a send
+/// about to move bytes; a futex wait is idle like any sleep) and, as
+/// `/proc` shows it now, asleep in a call that waits ([`thread_idle`]).
+fn idle(proc: &Path, pid: u32, tid: u32, call: Option<&PendingCall>) -> bool {
+    if call.is_some_and(|c| c.op != op::FUTEX_WAIT) {
+        return false;
+    }
+    thread_idle(proc, pid, tid)
+}
+
+/// Whether thread `tid` of process `pid` is idle now, as `proc` (the
+/// procfs root) shows it: asleep (state `S` or `D`) in a call that waits
+/// for time, a signal, a child, a lock or an event on something else
+/// (sleeps, futex, poll/select/epoll, wait4, reads). A running or
+/// runnable thread, one stopped outside a call, or one in any other call
+/// may be about to send: not idle. A thread that is gone cannot send:
+/// idle. Threads in calls the probes follow are judged by the wait-for
+/// graph instead; this looks only at what `/proc` shows.
+///
+/// An idle thread is a guess about the future: a sleeping helper may
+/// wake and send. The analysis takes it as not able to end a wait, and
+/// checks again (with this function) when a cycle through it reaches the
+/// deadlock threshold.
+pub fn thread_idle(proc: &Path, pid: u32, tid: u32) -> bool {
+    let dir = proc.join(format!("{pid}/task/{tid}"));
+    let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
+        return true;
+    };
+    // The comm may hold anything, ')' too: the state follows the last.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    match state {
+        Some('S' | 'D') => {}
+        Some('Z' | 'X' | 'x') => return true,
+        _ => return false,
+    }
+    // "NR args... sp pc" while blocked in a call; "running", or -1 outside
+    // a call. Unreadable (no ptrace access): not known to be idle.
+    let Ok(syscall) = fs::read_to_string(dir.join("syscall")) else {
+        return false;
+    };
+    syscall
+        .split_whitespace()
+        .next()
+        .and_then(|nr| nr.parse::<libc::c_long>().ok())
+        .is_some_and(waits_idly)
+}
+
+/// Whether a thread asleep in system call `nr` waits for time, a signal,
+/// a child, a futex or an event on an object the probes do not follow.
+fn waits_idly(nr: libc::c_long) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(
+        nr,
+        libc::SYS_select | libc::SYS_poll | libc::SYS_pause | libc::SYS_epoll_wait
+    ) {
+        return true;
+    }
+    matches!(
+        nr,
+        libc::SYS_nanosleep
+            | libc::SYS_clock_nanosleep
+            | libc::SYS_futex
+            | libc::SYS_ppoll
+            | libc::SYS_pselect6
+            | libc::SYS_epoll_pwait
+            | libc::SYS_epoll_pwait2
+            | libc::SYS_rt_sigsuspend
+            | libc::SYS_rt_sigtimedwait
+            | libc::SYS_wait4
+            | libc::SYS_waitid
+            | libc::SYS_accept
+            | libc::SYS_accept4
+            | libc::SYS_read
+            | libc::SYS_readv
+            | libc::SYS_pread64
+            | libc::SYS_recvfrom
+            | libc::SYS_recvmsg
+            | libc::SYS_io_getevents
+    )
 }
 
 /// The `recv_wait_begin` for thread `tid` blocked in `p`, stamped when it
@@ -322,6 +430,120 @@ mod tests {
         assert_eq!(end.kind, EventKind::RecvWaitEnd);
         assert_eq!(end.ts_ns, 2100 * MS);
         assert_eq!(end.duration_ns, Some(1100 * MS));
+        drop(tx);
+    }
+
+    /// A thread of this process asleep in a timed futex wait until the
+    /// returned sender is dropped (30 s at most), and its tid.
+    fn sleeper() -> (
+        std::sync::mpsc::Sender<()>,
+        u32,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let join = std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            let _ = stop_rx.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        (stop_tx, tid_rx.recv().unwrap(), join)
+    }
+
+    /// Waits (bounded) until `/proc` shows thread `tid` of this process
+    /// asleep.
+    fn until_asleep(tid: u32) {
+        let me = std::process::id();
+        for _ in 0..1000 {
+            if thread_idle(Path::new("/proc"), me, tid) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("thread {tid} never seen asleep");
+    }
+
+    #[test]
+    fn a_sleeping_thread_is_idle_and_a_running_one_is_not() {
+        let (stop, tid, join) = sleeper();
+        until_asleep(tid);
+        let me = std::process::id();
+        // This thread runs: it is reading /proc.
+        assert!(!thread_idle(Path::new("/proc"), me, gettid()));
+        // Gone: it cannot send.
+        assert!(thread_idle(Path::new("/proc"), me, OTHER_TID));
+        drop(stop);
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn idle_threads_of_a_waiting_process_are_set_apart_from_the_releasers() {
+        let (rx, tx) = std::io::pipe().unwrap();
+        let me = std::process::id();
+        let (stop, helper, join) = sleeper();
+        until_asleep(helper);
+        let mut scan = BlockedReceives::default();
+        let mut out = Vec::new();
+        // Another thread of this process is blocked reading the pipe this
+        // process writes: this process waits in the graph, and its
+        // sleeping helper is idle.
+        let call = recv_on(me, chan::PIPE, ino(&rx), 0, 0);
+        scan.scan(
+            &[(OTHER_TID, call)],
+            MIN_BLOCKED_NS,
+            Path::new("/proc"),
+            &mut out,
+        );
+        let [begin] = &out[..] else { panic!("{out:?}") };
+        assert!(begin.idle_releasers.contains(&(me, helper)), "{begin:?}");
+        assert!(!begin.releasers.contains(&(me, helper)), "{begin:?}");
+        assert!(
+            begin.releasers.contains(&(me, gettid())),
+            "running: {begin:?}"
+        );
+
+        // In a call the probes follow (a send), it is not idle, whatever
+        // /proc says.
+        let mut scan = BlockedReceives::default();
+        out.clear();
+        let send = PendingCall {
+            obj: ino(&rx),
+            ..PendingCall::new(0, me, op::FD_SEND, kind::MSG_SEND, chan::PIPE)
+        };
+        scan.scan(
+            &[(OTHER_TID, call), (helper, send)],
+            MIN_BLOCKED_NS,
+            Path::new("/proc"),
+            &mut out,
+        );
+        let [begin] = &out[..] else { panic!("{out:?}") };
+        assert!(begin.releasers.contains(&(me, helper)), "{begin:?}");
+        drop(stop);
+        join.join().unwrap();
+        drop(tx);
+    }
+
+    #[test]
+    fn threads_of_a_process_with_no_wait_are_never_idle() {
+        // The waiter is in another process: this one, holding the write
+        // end, waits for nothing, so its sleeping thread may well write.
+        let (rx, tx) = std::io::pipe().unwrap();
+        let me = std::process::id();
+        let (stop, helper, join) = sleeper();
+        until_asleep(helper);
+        let mut scan = BlockedReceives::default();
+        let mut out = Vec::new();
+        let call = recv_on(me + 1, chan::PIPE, ino(&rx), 0, 0);
+        scan.scan(
+            &[(OTHER_TID, call)],
+            MIN_BLOCKED_NS,
+            Path::new("/proc"),
+            &mut out,
+        );
+        let [begin] = &out[..] else { panic!("{out:?}") };
+        assert!(begin.releasers.contains(&(me, helper)), "{begin:?}");
+        assert_eq!(begin.idle_releasers, Vec::new());
+        drop(stop);
+        join.join().unwrap();
         drop(tx);
     }
 
