@@ -34,34 +34,34 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         // Every channel with traffic, whether or not its other end was
-        // traced: messages and bytes as its busier side saw them, `paired`
-        // how many have both ends. Latency percentiles are the `latency`
-        // table's (the analysis's HDR histograms over the whole session,
-        // the figures the dashboard shows): unknown (empty) where nothing
-        // paired or the recording was killed before writing them. A socket
-        // that carries an ipc-lib channel is counted under that channel.
+        // traced. `sends` and `receives` are the events the sources saw;
+        // `messages` and `bytes` the correlation stage's messages, each
+        // once (a message whose other end is not traced included, so a
+        // server followed with -p shows its traffic), `paired` those with
+        // both ends. Latency percentiles are the `latency` table's (the
+        // analysis's HDR histograms over the whole session, the figures
+        // the dashboard shows): unknown where nothing paired, or where a
+        // killed recording never wrote them. A socket or file that
+        // carries an ipc-lib object is counted under that object.
         "channels",
         "WITH traffic AS (
-             SELECT channel_id,
-                    sum(kind = 'msg_send') AS sends, sum(kind = 'msg_recv') AS receives,
-                    sum(CASE WHEN kind = 'msg_send' THEN size ELSE 0 END) AS sent,
-                    sum(CASE WHEN kind = 'msg_recv' THEN size ELSE 0 END) AS received
+             SELECT channel_id, sum(kind = 'msg_send') AS sends, sum(kind = 'msg_recv') AS receives
              FROM events
              WHERE session_id = ?1 AND kind IN ('msg_send', 'msg_recv') AND channel_id IS NOT NULL
              GROUP BY channel_id),
-         paired AS (
-             SELECT channel_id, count(*) AS paired FROM messages WHERE session_id = ?1
-             GROUP BY channel_id)
-         SELECT c.kind, c.name, max(t.sends, t.receives) AS messages,
-                coalesce(p.paired, 0) AS paired, max(t.sent, t.received) AS bytes,
+         facts AS (
+             SELECT channel_id, count(*) AS messages, count(latency_ns) AS paired,
+                    sum(size) AS bytes
+             FROM messages WHERE session_id = ?1 GROUP BY channel_id)
+         SELECT c.kind, c.name, t.sends, t.receives, f.messages, f.paired, f.bytes,
                 l.p50_ns, l.p99_ns, l.max_ns,
-                CAST(max(t.sends, t.receives) * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
-                CAST(max(t.sent, t.received) * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
+                CAST(f.messages * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
+                CAST(f.bytes * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
          FROM traffic t JOIN channels c ON c.id = t.channel_id AND c.carries_channel_id IS NULL
          JOIN sessions s ON s.id = ?1
-         LEFT JOIN paired p ON p.channel_id = t.channel_id
+         LEFT JOIN facts f ON f.channel_id = t.channel_id
          LEFT JOIN latency l ON l.session_id = ?1 AND l.what = 'message' AND l.channel_id = t.channel_id
-         ORDER BY messages DESC, c.id LIMIT 50",
+         ORDER BY max(t.sends, t.receives) DESC, c.id LIMIT 50",
     ),
     (
         "waits",

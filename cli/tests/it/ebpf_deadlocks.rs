@@ -74,7 +74,9 @@ def give_up(*_):
 def helper(kind, then=None):
     # SIGALRM is the main thread's: a helper must not take it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    print("helper", os.getpid(), threading.get_native_id(), flush=True)
+    # One write per line: the two processes share stdout, and print()
+    # may split a line into several writes that interleave.
+    os.write(1, f"helper {os.getpid()} {threading.get_native_id()}\n".encode())
     if then is not None:
         time.sleep(hold)
         then()
@@ -146,7 +148,9 @@ hold = float(sys.argv[1])
 helpers = sys.argv[2:] == ["helpers"]
 
 def helper():
-    print("helper", os.getpid(), threading.get_native_id(), flush=True)
+    # One write per line: the two processes share stdout, and print()
+    # may split a line into several writes that interleave.
+    os.write(1, f"helper {os.getpid()} {threading.get_native_id()}\n".encode())
     while True:
         time.sleep(10)
 

@@ -73,14 +73,10 @@ impl Channels {
         &self.channels[r.index()].id
     }
 
-    /// The socket end that is not `end`, if known.
-    pub fn other_end(&self, r: ChannelRef, end: u64) -> Option<u64> {
-        let [a, b] = self.channels[r.index()].ends;
-        match end {
-            e if e == a && b != 0 => Some(b),
-            e if e == b && a != 0 => Some(a),
-            _ => None,
-        }
+    /// The inodes of a socket channel's ends, in the order they were
+    /// first seen (0: not yet known). The first is always known.
+    pub fn ends(&self, r: ChannelRef) -> [u64; 2] {
+        self.channels[r.index()].ends
     }
 
     /// The channel `event` went through. New channels are appended to
@@ -228,7 +224,7 @@ mod tests {
                 id: ChannelId::numeric(ChannelKind::UnixStream, 10, 20)
             }]
         );
-        assert_eq!(c.other_end(r, 20), Some(10));
+        assert_eq!(c.ends(r), [10, 20]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 pub use channels::{ChannelRef, Renamed};
 pub use pairing::{
     awaits_delivery, kills_by_default, signal_result, Framing, IdPairer, MessagePairer, Paired,
-    Side, SignalPairer, MAX_UNPAIRED, MAX_UNPAIRED_IDS, SIGKILL,
+    Side, SignalPairer, Unpaired, MAX_UNPAIRED, MAX_UNPAIRED_IDS, SIGKILL,
 };
 pub use waits::{Wait, WaitFact};
 
@@ -119,6 +119,11 @@ pub struct Facts {
     /// Channels whose identity grew (a socket's other end became known).
     pub renamed: Vec<Renamed>,
     pub messages: Vec<Paired<ChannelRef>>,
+    /// Messages with one end known: their other end is not traced (or
+    /// their events were lost). Sent ones as soon as that is certain (at
+    /// the latest when the recording ends); received ones only where no
+    /// sender was ever seen, so no byte is counted twice.
+    pub one_ended: Vec<Unpaired<ChannelRef>>,
     /// Kernel objects found to carry an ipc-lib object, as (kernel
     /// object, ipc-lib object): a socket under an ipc-lib socket channel,
     /// the `/dev/shm` file of an ipc-lib channel, semaphore or region.
@@ -200,11 +205,29 @@ impl Correlator {
     /// channels seen so far no longer line up.
     pub fn lost(&mut self) {
         self.messages.lost();
+        self.take_unpaired();
     }
 
-    /// Unpaired sends and receives forgotten to keep memory bounded.
-    pub fn forgotten(&self) -> u64 {
-        self.messages.forgotten + self.framed.forgotten
+    /// The recording ended: closes the last batch, in which every send
+    /// and receive still waiting for its other side is a message with one
+    /// end known.
+    pub fn finish(&mut self) -> Facts {
+        self.messages.finish();
+        self.framed.finish(&mut self.facts.one_ended);
+        self.take_unpaired();
+        self.take()
+    }
+
+    fn take_unpaired(&mut self) {
+        let unpaired = self.messages.take_unpaired();
+        self.facts
+            .one_ended
+            .extend(unpaired.into_iter().map(|u| Unpaired {
+                channel: u.channel.0,
+                side: u.side,
+                sent: u.sent,
+                msg_id: u.msg_id,
+            }));
     }
 
     /// The identity of channel `r`.
@@ -284,7 +307,7 @@ impl Correlator {
                 if matches!(event.aux, drop_source::EBPF_RING | drop_source::DECODE) {
                     // Probe events were lost: positions in the channels
                     // seen so far no longer line up.
-                    self.messages.lost();
+                    self.lost();
                 }
                 self.facts.drops.push(DropFact {
                     source: drop_source_name(event.aux),
@@ -359,11 +382,11 @@ impl Correlator {
         };
         let send = event.kind == EventKind::MsgSend;
         if let Some(id) = event.msg_id {
-            let out = &mut self.facts.messages;
+            let (out, one_ended) = (&mut self.facts.messages, &mut self.facts.one_ended);
             if send {
-                self.framed.send(r, id, side, out);
+                self.framed.send(r, id, side, out, one_ended);
             } else {
-                self.framed.recv(r, id, side, out);
+                self.framed.recv(r, id, side, out, one_ended);
             }
             return;
         }
@@ -384,15 +407,19 @@ impl Correlator {
                 recv: p.recv,
                 msg_id: p.msg_id,
             }));
+        self.take_unpaired();
     }
 
     /// Which direction of channel `r` a probe-seen send or receive belongs
-    /// to, and how it frames messages. Sockets are keyed by the sending
-    /// end's inode (known to a send even before its peer has one); pipes
-    /// and FIFOs have one direction; message queues are keyed by priority
-    /// (POSIX) or `mtype` (SysV), the event's `aux`: a queue is FIFO
-    /// within each, whichever one a receiver asks for. None for what is
-    /// not paired (an unconnected datagram socket's messages go to an
+    /// to, and how it frames messages. A socket's two directions are told
+    /// apart by whether the sending end is the end first seen: a send
+    /// knows its own end, and a receive that its sender is the other one,
+    /// even before the peer has an inode (a client's first request, and
+    /// its wait for the answer, both come before the server's accept).
+    /// Pipes and FIFOs have one direction; message queues are keyed by
+    /// priority (POSIX) or `mtype` (SysV), the event's `aux`: a queue is
+    /// FIFO within each, whichever one a receiver asks for. None for what
+    /// is not paired (an unconnected datagram socket's messages go to an
     /// address, whose other end is not known).
     fn direction(&self, event: &Event, r: ChannelRef) -> Option<(u64, Framing)> {
         if event.source != Source::Ebpf {
@@ -407,11 +434,15 @@ impl Correlator {
             _ => return None,
         };
         let end = event.endpoint?;
-        let sending_end = match event.kind {
-            EventKind::MsgSend => end,
-            _ => self.channels.other_end(r, end)?,
+        let [first, second] = self.channels.ends(r);
+        if kind == ChannelKind::UnixDgram && second == 0 {
+            return None;
+        }
+        let from_first = match event.kind {
+            EventKind::MsgSend => end == first,
+            _ => end != first,
         };
-        Some((sending_end, framing))
+        Some((u64::from(from_first), framing))
     }
 
     fn process(&mut self, event: &Event) {

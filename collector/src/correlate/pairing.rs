@@ -144,8 +144,6 @@ pub const MAX_UNPAIRED_IDS: usize = 1 << 20;
 pub struct IdPairer<K> {
     sends: HashMap<(K, u64), Side>,
     recvs: HashMap<(K, u64), Side>,
-    /// Unpaired sides forgotten to keep memory bounded.
-    pub forgotten: u64,
 }
 
 impl<K> Default for IdPairer<K> {
@@ -153,13 +151,32 @@ impl<K> Default for IdPairer<K> {
         IdPairer {
             sends: HashMap::new(),
             recvs: HashMap::new(),
-            forgotten: 0,
         }
     }
 }
 
+/// A send or receive whose other side will not be seen (its end is not
+/// traced, or events were lost): a message with one end known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unpaired<K> {
+    pub channel: K,
+    pub side: Side,
+    /// Which end `side` is.
+    pub sent: bool,
+    pub msg_id: Option<u64>,
+}
+
 impl<K: Copy + Eq + Hash> IdPairer<K> {
-    pub fn send(&mut self, key: K, id: u64, side: Side, out: &mut Vec<Paired<K>>) {
+    /// A framed send; what it pairs goes to `out`, and sides given up on
+    /// to keep memory bounded to `unpaired`.
+    pub fn send(
+        &mut self,
+        key: K,
+        id: u64,
+        side: Side,
+        out: &mut Vec<Paired<K>>,
+        unpaired: &mut Vec<Unpaired<K>>,
+    ) {
         match self.recvs.remove(&(key, id)) {
             Some(recv) => out.push(Paired {
                 channel: key,
@@ -167,11 +184,18 @@ impl<K: Copy + Eq + Hash> IdPairer<K> {
                 recv,
                 msg_id: Some(id),
             }),
-            None => Self::wait(&mut self.sends, &mut self.forgotten, (key, id), side),
+            None => Self::wait(&mut self.sends, (key, id), side, true, unpaired),
         }
     }
 
-    pub fn recv(&mut self, key: K, id: u64, side: Side, out: &mut Vec<Paired<K>>) {
+    pub fn recv(
+        &mut self,
+        key: K,
+        id: u64,
+        side: Side,
+        out: &mut Vec<Paired<K>>,
+        unpaired: &mut Vec<Unpaired<K>>,
+    ) {
         match self.sends.remove(&(key, id)) {
             Some(send) => out.push(Paired {
                 channel: key,
@@ -179,18 +203,41 @@ impl<K: Copy + Eq + Hash> IdPairer<K> {
                 recv: side,
                 msg_id: Some(id),
             }),
-            None => Self::wait(&mut self.recvs, &mut self.forgotten, (key, id), side),
+            None => Self::wait(&mut self.recvs, (key, id), side, false, unpaired),
         }
     }
 
-    fn wait(map: &mut HashMap<(K, u64), Side>, forgotten: &mut u64, at: (K, u64), side: Side) {
+    fn wait(
+        map: &mut HashMap<(K, u64), Side>,
+        at: (K, u64),
+        side: Side,
+        sent: bool,
+        unpaired: &mut Vec<Unpaired<K>>,
+    ) {
         if map.len() >= MAX_UNPAIRED_IDS {
-            // No order to evict by; starting over keeps memory bounded and
-            // the loss is counted (the events themselves stay stored).
-            *forgotten += map.len() as u64;
-            map.clear();
+            // No order to evict by; starting over keeps memory bounded,
+            // and what waited becomes messages with one end known.
+            unpaired.extend(map.drain().map(|((channel, id), side)| Unpaired {
+                channel,
+                side,
+                sent,
+                msg_id: Some(id),
+            }));
         }
         map.insert(at, side);
+    }
+
+    /// The recording ended: every side still waiting is a message with
+    /// one end known.
+    pub fn finish(&mut self, unpaired: &mut Vec<Unpaired<K>>) {
+        for (map, sent) in [(&mut self.sends, true), (&mut self.recvs, false)] {
+            unpaired.extend(map.drain().map(|((channel, id), side)| Unpaired {
+                channel,
+                side,
+                sent,
+                msg_id: Some(id),
+            }));
+        }
     }
 
     /// Sides waiting for their other half.
@@ -235,8 +282,8 @@ pub struct Paired<K> {
 
 /// The most unpaired operations one direction of a channel keeps. A
 /// channel whose other end is not traced (a traced program writing to a
-/// pager) never pairs; past this, its oldest sends are forgotten (they
-/// remain in `events`).
+/// pager) never pairs; past this, its oldest sends are handed out as
+/// messages with one end known.
 pub const MAX_UNPAIRED: usize = 65_536;
 
 /// Pairs sends with receives per channel direction, by byte position for
@@ -256,8 +303,9 @@ pub const MAX_UNPAIRED: usize = 65_536;
 #[derive(Debug)]
 pub struct MessagePairer<K> {
     directions: HashMap<K, Direction>,
-    /// Unpaired operations forgotten because a direction held too many.
-    pub forgotten: u64,
+    /// Sends and receives that will not pair, since the last
+    /// [`MessagePairer::take_unpaired`].
+    unpaired: Vec<Unpaired<K>>,
 }
 
 /// What became of a direction when it gave up pairing.
@@ -285,7 +333,7 @@ impl<K> Default for MessagePairer<K> {
     fn default() -> Self {
         MessagePairer {
             directions: HashMap::new(),
-            forgotten: 0,
+            unpaired: Vec::new(),
         }
     }
 }
@@ -299,32 +347,53 @@ impl<K: Hash + Eq + Copy> MessagePairer<K> {
     /// completes to `out`.
     pub fn send(&mut self, key: K, framing: Framing, side: Side, out: &mut Vec<Paired<K>>) {
         let d = self.directions.entry(key).or_default();
-        if matches!(d.state, State::GaveUp) {
-            return;
-        }
         d.sent += advance(framing, side.size);
         d.sends.push_back((d.sent, side));
-        self.forgotten += d.trim();
-        d.drain(key, out);
+        if matches!(d.state, State::Pairing) {
+            d.trim(key, &mut self.unpaired);
+            d.drain(key, out);
+        }
+        // A loss found now or before: nothing here pairs any more.
+        if matches!(d.state, State::GaveUp) {
+            d.release(key, &mut self.unpaired);
+        }
     }
 
     /// A receive of `side.size` bytes from direction `key`.
     pub fn recv(&mut self, key: K, framing: Framing, side: Side, out: &mut Vec<Paired<K>>) {
         let d = self.directions.entry(key).or_default();
-        if matches!(d.state, State::GaveUp) {
-            return;
-        }
         d.received += advance(framing, side.size);
         d.recvs.push_back((d.received, side));
-        self.forgotten += d.trim();
-        d.drain(key, out);
+        if matches!(d.state, State::Pairing) {
+            d.trim(key, &mut self.unpaired);
+            d.drain(key, out);
+        }
+        // A loss found now or before: nothing here pairs any more.
+        if matches!(d.state, State::GaveUp) {
+            d.release(key, &mut self.unpaired);
+        }
     }
 
     /// Events were lost: every direction seen so far gives up.
     pub fn lost(&mut self) {
-        for d in self.directions.values_mut() {
-            d.give_up();
+        for (&key, d) in &mut self.directions {
+            d.give_up(key, &mut self.unpaired);
         }
+    }
+
+    /// The recording ended: what still waits will not pair.
+    pub fn finish(&mut self) {
+        for (&key, d) in &mut self.directions {
+            d.release(key, &mut self.unpaired);
+        }
+    }
+
+    /// Sends and receives that will not pair, as messages with one end
+    /// known: every send, and the receives of a direction whose sender
+    /// was never seen (a receive's bytes are a send's too when both ends
+    /// are traced, so they are counted once, as the send).
+    pub fn take_unpaired(&mut self) -> Vec<Unpaired<K>> {
+        std::mem::take(&mut self.unpaired)
     }
 
     /// Directions that gave up pairing.
@@ -363,7 +432,7 @@ impl Direction {
             if send_end <= recv_end {
                 if recv.ts_ns < send.ts_ns {
                     // Received before it was sent: the positions are off.
-                    self.give_up();
+                    self.state = State::GaveUp;
                     return;
                 }
                 out.push(Paired {
@@ -382,23 +451,58 @@ impl Direction {
         }
     }
 
-    fn give_up(&mut self) {
+    fn give_up<K: Copy>(&mut self, key: K, unpaired: &mut Vec<Unpaired<K>>) {
         self.state = State::GaveUp;
-        self.sends = VecDeque::new();
-        self.recvs = VecDeque::new();
+        self.release(key, unpaired);
     }
 
-    /// Keeps each queue within [`MAX_UNPAIRED`]; returns how many were
-    /// dropped.
-    fn trim(&mut self) -> u64 {
-        let mut dropped = 0;
-        for queue in [&mut self.sends, &mut self.recvs] {
-            while queue.len() > MAX_UNPAIRED {
-                queue.pop_front();
-                dropped += 1;
+    /// Hands out everything waiting as unpaired (see
+    /// [`MessagePairer::take_unpaired`] for which receives count).
+    fn release<K: Copy>(&mut self, key: K, unpaired: &mut Vec<Unpaired<K>>) {
+        let sender_seen = self.sent > 0;
+        let one = |sent| {
+            move |(_, side)| Unpaired {
+                channel: key,
+                side,
+                sent,
+                msg_id: None,
+            }
+        };
+        unpaired.extend(self.sends.drain(..).map(one(true)));
+        let recvs = self.recvs.drain(..);
+        if sender_seen {
+            drop(recvs);
+        } else {
+            unpaired.extend(recvs.map(one(false)));
+        }
+    }
+
+    /// Keeps each queue within [`MAX_UNPAIRED`]: the oldest beyond it will
+    /// not pair (a direction whose other end is not traced).
+    fn trim<K: Copy>(&mut self, key: K, unpaired: &mut Vec<Unpaired<K>>) {
+        while self.sends.len() > MAX_UNPAIRED {
+            if let Some((_, side)) = self.sends.pop_front() {
+                unpaired.push(Unpaired {
+                    channel: key,
+                    side,
+                    sent: true,
+                    msg_id: None,
+                });
             }
         }
-        dropped
+        let sender_seen = self.sent > 0;
+        while self.recvs.len() > MAX_UNPAIRED {
+            if let Some((_, side)) = self.recvs.pop_front() {
+                if !sender_seen {
+                    unpaired.push(Unpaired {
+                        channel: key,
+                        side,
+                        sent: false,
+                        msg_id: None,
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -534,7 +638,35 @@ mod tests {
             p.send(0, Framing::Bytes, side(1, i, 1), &mut out);
         }
         assert_eq!(p.waiting(), MAX_UNPAIRED);
-        assert_eq!(p.forgotten, 10);
+        let unpaired = p.take_unpaired();
+        assert_eq!(unpaired.len(), 10);
+        assert!(unpaired.iter().all(|u| u.sent && u.side.ts_ns < 10));
+        p.finish();
+        assert_eq!(p.take_unpaired().len(), MAX_UNPAIRED);
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn receives_of_an_untraced_sender_are_messages_with_one_end_and_a_traced_ones_are_not() {
+        let mut p = MessagePairer::new();
+        let mut out = Vec::new();
+        // Direction 0: only the reader is traced. Direction 1: both, but
+        // the last write's reader is not done when the recording ends.
+        p.recv(0, Framing::Bytes, side(2, 10, 7), &mut out);
+        p.send(1, Framing::Bytes, side(1, 11, 4), &mut out);
+        p.send(1, Framing::Bytes, side(1, 12, 4), &mut out);
+        p.recv(1, Framing::Bytes, side(2, 13, 6), &mut out);
+        p.finish();
+        let mut unpaired: Vec<_> = p
+            .take_unpaired()
+            .into_iter()
+            .map(|u| (u.channel, u.sent, u.side.ts_ns, u.side.size))
+            .collect();
+        unpaired.sort();
+        // Direction 1's read of 6 bytes took the first write and part of
+        // the second: the second counts once, as its send.
+        assert_eq!(unpaired, [(0, false, 10, 7), (1, true, 12, 4)]);
+        assert_eq!(summary(&out), [(1, 2, 11, 13)]);
     }
 
     #[test]
@@ -549,6 +681,14 @@ mod tests {
         p.send(1, Framing::Records, side(1, 30, 4), &mut out);
         p.recv(1, Framing::Records, side(2, 31, 4), &mut out);
         assert_eq!(summary(&out), [(1, 2, 30, 31)]);
+        // The send before the loss is a message whose receiver is unknown;
+        // the receive after it took bytes a traced sender sent.
+        let unpaired: Vec<_> = p
+            .take_unpaired()
+            .iter()
+            .map(|u| (u.sent, u.side.ts_ns))
+            .collect();
+        assert_eq!(unpaired, [(true, 10)]);
     }
 
     #[test]
@@ -569,19 +709,30 @@ mod tests {
     #[test]
     fn framed_messages_pair_by_id_whichever_side_comes_first() {
         let mut p = IdPairer::default();
-        let mut out = Vec::new();
-        p.recv(1u8, 7, side(20, 200, 8), &mut out);
-        p.send(1u8, 8, side(10, 150, 8), &mut out);
+        let (mut out, mut un) = (Vec::new(), Vec::new());
+        p.recv(1u8, 7, side(20, 200, 8), &mut out, &mut un);
+        p.send(1u8, 8, side(10, 150, 8), &mut out, &mut un);
         assert!(out.is_empty());
-        p.send(1u8, 7, side(10, 100, 8), &mut out);
-        p.send(2u8, 8, side(11, 160, 8), &mut out); // another channel's id 8
-        p.recv(1u8, 8, side(20, 300, 8), &mut out);
+        p.send(1u8, 7, side(10, 100, 8), &mut out, &mut un);
+        p.send(2u8, 8, side(11, 160, 8), &mut out, &mut un); // another channel's id 8
+        p.recv(1u8, 8, side(20, 300, 8), &mut out, &mut un);
         let got: Vec<_> = out
             .iter()
             .map(|m| (m.msg_id, m.send.ts_ns, m.recv.ts_ns))
             .collect();
         assert_eq!(got, vec![(Some(7), 100, 200), (Some(8), 150, 300)]);
         assert_eq!(p.waiting(), 1);
+        assert!(un.is_empty());
+        p.finish(&mut un);
+        assert_eq!(
+            un,
+            [Unpaired {
+                channel: 2,
+                side: side(11, 160, 8),
+                sent: true,
+                msg_id: Some(8)
+            }]
+        );
     }
 
     #[test]

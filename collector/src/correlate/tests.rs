@@ -352,3 +352,44 @@ fn an_ipc_lib_objects_file_and_futex_words_are_that_object() {
         |w| matches!(w, WaitFact::Whole(w) if w.channel == Some(jobs) && w.end_ns == Some(5))
     ));
 }
+
+#[test]
+fn a_wait_for_the_answer_begun_before_the_accept_still_pairs() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // Client end 10 sends and blocks reading before worker end 20 exists:
+    // both its calls entered with no peer inode.
+    let f = run(vec![
+        stream(1, S, 1, 10, 0, 8),
+        stream(2, R, 2, 20, 10, 8),
+        stream(3, S, 2, 20, 10, 4),
+        stream(4, R, 1, 10, 0, 4),
+    ]);
+    assert_eq!(messages(&f), [(1, 2, 1, 2, 8), (2, 1, 3, 4, 4)]);
+}
+
+#[test]
+fn with_one_end_traced_every_message_has_its_known_end() {
+    use EventKind::{MsgRecv as R, MsgSend as S};
+    // Only the client (end 10) is traced; its worker is not.
+    let mut c = Correlator::new(None);
+    for e in [
+        stream(1, S, 1, 10, 0, 8),
+        stream(2, R, 1, 10, 0, 4),
+        stream(3, S, 1, 10, 20, 6),
+        stream(4, R, 1, 10, 20, 2),
+    ] {
+        c.push(e);
+    }
+    let f = c.finish();
+    assert!(f.messages.is_empty());
+    let mut one: Vec<_> = f
+        .one_ended
+        .iter()
+        .map(|u| (u.sent, u.side.pid, u.side.size))
+        .collect();
+    one.sort();
+    assert_eq!(
+        one,
+        [(false, 1, 2), (false, 1, 4), (true, 1, 6), (true, 1, 8)]
+    );
+}

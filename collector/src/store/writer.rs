@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::{SessionId, Store, StoreError};
-use crate::correlate::{Correlator, DropFact, Paired, ProcessFact, SignalFact, Wait, WaitFact};
+use crate::correlate::{
+    ChannelRef, Correlator, DropFact, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
+};
 
 /// Columns bound per `events` row; SQLite allows 32766 parameters per
 /// statement, which bounds rows per statement.
@@ -284,15 +286,17 @@ impl Writer {
     /// which stay in `pending`.
     async fn flush(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
         let held = hold_back(pending, last, crate::clock::monotonic_ns());
-        let result = self.write(pending).await;
+        let result = self.write(pending, last).await;
         pending.extend(held);
         result
     }
 
-    async fn write(&mut self, pending: &mut Vec<Event>) -> Result<(), StoreError> {
+    /// Correlates and stores `pending`; with `last`, the recording's end,
+    /// also what will now never pair.
+    async fn write(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
         let dropped = self.dropped.load(Ordering::Relaxed);
         let new_drops = dropped - self.dropped_stored;
-        if pending.is_empty() && new_drops == 0 {
+        if pending.is_empty() && new_drops == 0 && !last {
             return Ok(());
         }
         if new_drops > 0 {
@@ -305,7 +309,10 @@ impl Writer {
         for event in pending.drain(..) {
             self.correlator.push(event);
         }
-        let mut facts = self.correlator.take();
+        let mut facts = match last {
+            true => self.correlator.finish(),
+            false => self.correlator.take(),
+        };
         if new_drops > 0 {
             facts.drops.push(DropFact {
                 source: "ingest",
@@ -387,6 +394,9 @@ impl Writer {
             .collect();
         for rows in messages.chunks(MESSAGE_ROWS_PER_STATEMENT) {
             insert_messages(&mut tx, session, rows).await?;
+        }
+        for rows in facts.one_ended.chunks(MESSAGE_ROWS_PER_STATEMENT) {
+            insert_one_ended(&mut tx, session, rows, &self.channels).await?;
         }
         write_waits(
             &mut tx,
@@ -658,6 +668,42 @@ async fn insert_messages(
         // Signed: a negative latency would show a mis-pairing, not hide it.
         args.add(row.recv.ts_ns as i64 - row.send.ts_ns as i64)?;
         args.add(row.send.size as i64)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Messages with one end known: the other end's columns and the latency
+/// are NULL (unknown, not 0).
+async fn insert_one_ended(
+    conn: &mut SqliteConnection,
+    session: i64,
+    rows: &[Unpaired<ChannelRef>],
+    channels: &[i64],
+) -> Result<(), StoreError> {
+    const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
+                        sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, size) VALUES ";
+    insert_rows(conn, HEAD, 10, rows, "inserting messages", |args, row| {
+        let known = (
+            Some(i64::from(row.side.pid)),
+            Some(i64::from(row.side.tid)),
+            Some(row.side.ts_ns as i64),
+        );
+        let unknown = (None::<i64>, None::<i64>, None::<i64>);
+        let (sender, receiver) = match row.sent {
+            true => (known, unknown),
+            false => (unknown, known),
+        };
+        args.add(session)?;
+        args.add(channels[row.channel.0 as usize])?;
+        args.add(row.msg_id.map(|m| m as i64))?;
+        args.add(sender.0)?;
+        args.add(sender.1)?;
+        args.add(receiver.0)?;
+        args.add(receiver.1)?;
+        args.add(sender.2)?;
+        args.add(receiver.2)?;
+        args.add(row.side.size as i64)?;
         Ok(())
     })
     .await
