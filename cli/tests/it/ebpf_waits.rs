@@ -318,3 +318,81 @@ fn a_pi_mutex_wait_names_the_owner() {
     );
     assert_eq!(woke, json!([{"waker_pid": parent}]));
 }
+
+/// Two processes take two SysV semaphores in opposite orders, a parent
+/// first and its child 0.3 s later: never at the same time, so no
+/// deadlock, but the order that could deadlock. The semaphores start free
+/// through `semctl(SETVAL)`, which takes nobody's count. Prints the key,
+/// the id, and the parent's and child's pids.
+const INVERTED: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+IPC_CREAT, IPC_RMID, SETVAL = 0o1000, 0, 16
+
+class SemBuf(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+
+key = 0x5e90000 + os.getpid()
+sem = libc.semget(key, 2, IPC_CREAT | 0o600)
+assert sem >= 0
+for n in (0, 1):
+    assert libc.semctl(sem, n, SETVAL, 1) == 0
+def op(num, delta):
+    b = SemBuf(num, delta, 0)
+    assert libc.semop(sem, ctypes.byref(b), 1) == 0
+def take(first, second):
+    op(first, -1)
+    op(second, -1)
+    time.sleep(0.01)
+    op(second, 1)
+    op(first, 1)
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.3)
+    take(1, 0)
+    os._exit(0)
+take(0, 1)
+os.waitpid(pid, 0)
+libc.semctl(sem, 0, IPC_RMID)
+print(hex(key), sem, os.getpid(), pid)
+"#;
+
+#[test]
+fn a_lock_order_inversion_is_stored_and_reported_after_the_recording() {
+    if !need_root("a_lock_order_inversion_is_stored_and_reported_after_the_recording") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, printed) = record_python_with(dir.path(), INVERTED, &[], &[]);
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    let (key, id, parent, child) = (words[0], words[1], words[2], words[3]);
+    let rows = query(
+        &db,
+        "select f.name as first, s.name as second, i.first_pid, i.second_pid,
+                i.second_seen_ns - i.first_seen_ns >= 250000000 as apart
+         from lock_order_inversions i
+         join channels f on f.id = i.first_channel_id
+         join channels s on s.id = i.second_channel_id",
+    );
+    assert_eq!(
+        rows,
+        json!([{
+            "first": format!("key={key} id={id} sem=0"),
+            "second": format!("key={key} id={id} sem=1"),
+            "first_pid": parent.parse::<i64>().unwrap(),
+            "second_pid": child.parse::<i64>().unwrap(),
+            "apart": 1,
+        }])
+    );
+    assert_eq!(
+        query(&db, "select count(*) as n from deadlocks"),
+        json!([{"n": 0}])
+    );
+    let report = crate::run(&["report", "--db", db.to_str().unwrap()]);
+    let text = crate::stdout(&report);
+    let section = &text[text.find("== inversions").expect("an inversions section")..];
+    assert!(
+        section.contains(&format!("key={key} id={id} sem=0")) && section.contains(parent),
+        "{text}"
+    );
+}
