@@ -17,4 +17,21 @@ ALTER TABLE signals ADD COLUMN cause TEXT;
 ALTER TABLE processes ADD COLUMN title TEXT;
 ALTER TABLE processes ADD COLUMN title_ns INTEGER;
 
+-- Lock-order inversions: `first` held while `second` was taken by
+-- first_pid (first seen at first_seen_ns), and `second` held while `first`
+-- was taken by second_pid (second_seen_ns, when the inversion was found).
+-- A deadlock waiting for the wrong interleaving, even when the recording
+-- never hung.
+CREATE TABLE lock_order_inversions (
+    id                INTEGER PRIMARY KEY,
+    session_id        INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    first_channel_id  INTEGER REFERENCES channels(id),
+    second_channel_id INTEGER REFERENCES channels(id),
+    first_pid         INTEGER NOT NULL,
+    second_pid        INTEGER NOT NULL,
+    first_seen_ns     INTEGER NOT NULL,
+    second_seen_ns    INTEGER NOT NULL
+);
+CREATE INDEX lock_order_inversions_by_session ON lock_order_inversions(session_id);
+
 PRAGMA user_version = 6;

@@ -424,6 +424,9 @@ async fn analyse(
                         store.resolve_deadlock(*row, resolved_ns).await?;
                     }
                 }
+                DeadlockChange::Inversion(inversion) => {
+                    store.insert_inversion(session, &inversion).await?;
+                }
             }
         }
         if finished {

@@ -85,6 +85,19 @@ const SECTIONS: &[(&str, &str)] = &[
          WHERE d.session_id = ?1 ORDER BY d.detected_ns",
     ),
     (
+        // Deadlocks that did not happen this time: two locks taken in both
+        // orders by different processes.
+        "inversions",
+        "SELECT f.kind || ' ' || f.name AS first, i.first_pid,
+                s2.kind || ' ' || s2.name AS second, i.second_pid,
+                i.first_seen_ns - s.start_mono_ns AS first_seen_at_ns,
+                i.second_seen_ns - s.start_mono_ns AS inverted_at_ns
+         FROM lock_order_inversions i JOIN sessions s ON s.id = i.session_id
+         LEFT JOIN channels f ON f.id = i.first_channel_id
+         LEFT JOIN channels s2 ON s2.id = i.second_channel_id
+         WHERE i.session_id = ?1 ORDER BY i.second_seen_ns",
+    ),
+    (
         "drops",
         "SELECT source, sum(count) AS count FROM drops WHERE session_id = ?1
          GROUP BY source ORDER BY source",

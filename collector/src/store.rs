@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use sqlx::migrate::Migrator;
 
 use crate::analysis::{LatencyOf, SessionLatency};
+use ipc_events::live::LockOrderInversion;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -409,6 +410,30 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::sql("recording a deadlock"))
+    }
+
+    /// Stores a lock-order inversion the analysis found.
+    pub async fn insert_inversion(
+        &self,
+        session: SessionId,
+        inversion: &LockOrderInversion,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO lock_order_inversions (session_id, first_channel_id, second_channel_id,
+                 first_pid, second_pid, first_seen_ns, second_seen_ns)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session.0)
+        .bind(inversion.first.channel_id)
+        .bind(inversion.second.channel_id)
+        .bind(i64::from(inversion.first_pid))
+        .bind(i64::from(inversion.second_pid))
+        .bind(inversion.first_seen_ns as i64)
+        .bind(inversion.seen_ns as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::sql("recording a lock-order inversion"))?;
+        Ok(())
     }
 
     /// Stores the session's latency distributions as `latency` rows, in

@@ -208,7 +208,11 @@ pub struct LockOrderInversion {
     pub first_pid: u32,
     /// ...and `second` held while `first` was taken by `second_pid`.
     pub second_pid: u32,
+    /// When the second order was first seen: the inversion was found.
     pub seen_ns: u64,
+    /// When the first order was first seen.
+    #[serde(default)]
+    pub first_seen_ns: u64,
 }
 
 /// Events lost by one source.

@@ -90,6 +90,9 @@ pub enum DeadlockChange {
     Detected(Deadlock),
     /// Set `resolved_ns` on the row of deadlock `id`.
     Resolved { id: i64, resolved_ns: u64 },
+    /// A lock-order inversion, a deadlock that did not happen this time:
+    /// insert a `lock_order_inversions` row.
+    Inversion(LockOrderInversion),
 }
 
 /// One of the session's latency distributions, as a `latency` row stores
@@ -212,6 +215,8 @@ pub struct Analyzer {
     deadlocks: Vec<(Deadlock, u64)>,
     inversions: Vec<LockOrderInversion>,
     inversions_sent: usize,
+    /// Inversions [`Analyzer::tick`] has handed out to be stored.
+    inversions_stored: usize,
     drops: Vec<DropCount>,
     recent: VecDeque<Event>,
     /// Events in `recent` no delta has carried yet.
@@ -254,6 +259,7 @@ impl Analyzer {
             deadlocks: Vec::new(),
             inversions: Vec::new(),
             inversions_sent: 0,
+            inversions_stored: 0,
             drops: Vec::new(),
             recent: VecDeque::new(),
             unsent_events: 0,
@@ -554,6 +560,7 @@ impl Analyzer {
             first_pid: inv.first_order.thread.pid,
             second_pid: inv.second_order.thread.pid,
             seen_ns: inv.second_order.ts_ns,
+            first_seen_ns: inv.first_order.ts_ns,
         });
     }
 
@@ -756,6 +763,13 @@ impl Analyzer {
                 }
             }
         }
+        out.extend(
+            self.inversions[self.inversions_stored..]
+                .iter()
+                .cloned()
+                .map(DeadlockChange::Inversion),
+        );
+        self.inversions_stored = self.inversions.len();
         out
     }
 
@@ -1268,7 +1282,13 @@ mod tests {
         assert_eq!((inv[0].first_pid, inv[0].second_pid), (100, 200));
         assert_eq!(inv[0].first.name, "a");
         assert_eq!(inv[0].second.name, "b");
-        assert!(a.tick(10 * S).is_empty(), "nothing hung");
+        // Nothing hung: the one change is the inversion, to be stored once.
+        let changes = a.tick(10 * S);
+        assert!(
+            matches!(&changes[..], [DeadlockChange::Inversion(i)] if i.first_seen_ns == 2 && i.seen_ns == 6),
+            "{changes:?}"
+        );
+        assert!(a.tick(11 * S).is_empty(), "stored once");
         assert_eq!(a.delta(10 * S).inversions.len(), 1);
         assert!(a.delta(11 * S).inversions.is_empty(), "sent once");
     }
