@@ -11,6 +11,7 @@ pub mod clock;
 pub mod correlate;
 pub mod ebpf;
 pub mod export;
+mod fast_map;
 pub mod lib_ring;
 pub mod live;
 pub mod platform;

@@ -146,6 +146,8 @@ pub struct WaitStats {
 /// Signals from one process to another, by number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalStats {
+    /// 0 when the kernel sent it (a timer, a child's end, a fault, a
+    /// write to a closed pipe): no process did.
     pub sender_pid: u32,
     pub target_pid: u32,
     pub signo: u32,

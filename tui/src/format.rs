@@ -5,6 +5,16 @@
 
 pub use ipc_events::units::{bytes, bytes_per_s, count, duration_ns, per_s};
 
+/// A latency or wait percentile `ns` out of `count` values, or `–` when
+/// there were none (nothing paired in the window, or only one end of the
+/// channel traced): unknown, never `0 ns`.
+pub fn latency(count: u64, ns: u64) -> String {
+    match count {
+        0 => "–".to_owned(),
+        _ => duration_ns(ns),
+    }
+}
+
 /// A monotonic timestamp relative to the session's start: `"+12.345s"`.
 /// Events from before the start (clock skew between sources) show as
 /// negative rather than wrapping around.
@@ -75,6 +85,13 @@ pub fn payload(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unmeasured_latency_is_unknown_not_zero() {
+        assert_eq!(latency(0, 0), "–");
+        assert_eq!(latency(3, 0), "0 ns");
+        assert_eq!(latency(3, 1_500), "1.50 µs");
+    }
 
     #[test]
     fn offsets_are_signed_and_millisecond_precise() {

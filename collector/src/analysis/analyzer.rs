@@ -1025,6 +1025,10 @@ impl Analyzer {
 /// streams a receive may take part of a message, so the sends not yet
 /// paired are what is in flight.
 fn queue_depth(c: &ChannelState) -> Option<u64> {
+    // With one end not traced, what it took (or put in) is unknown.
+    if c.senders.is_empty() || c.receivers.is_empty() {
+        return None;
+    }
     match c.channel.kind() {
         ChannelKind::IpclibChannel
         | ChannelKind::Mq

@@ -46,7 +46,8 @@
 
 use std::hash::{Hash, Hasher};
 
-use super::{FastMap, FxHasher};
+use super::FastMap;
+use crate::fast_map::FxHasher;
 
 /// A thread, as the kernel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

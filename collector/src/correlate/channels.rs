@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::fast_map::FastMap;
+
 use ipc_events::{ChannelId, ChannelKind, Event};
 
 /// A channel of this session, numbered densely from 0 in order of first
@@ -48,7 +50,7 @@ pub struct Channels {
     refs: HashMap<ChannelId, ChannelRef>,
     channels: Vec<Channel>,
     /// (kind, inode of one end) -> the connection's channel.
-    ends: HashMap<(ChannelKind, u64), ChannelRef>,
+    ends: FastMap<(ChannelKind, u64), ChannelRef>,
     /// Socket inodes of the recorder's own.
     own: HashSet<u64>,
 }

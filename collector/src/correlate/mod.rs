@@ -22,6 +22,8 @@ mod waits;
 use std::collections::HashMap;
 
 use ipc_events::raw::drop_source;
+
+use crate::fast_map::FastMap;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
 pub use channels::{ChannelRef, Renamed};
@@ -165,13 +167,16 @@ pub struct Correlator {
     /// thread, target, signo): the same `kill` is one signal.
     lib_signals: HashMap<(u32, u32, u32), u64>,
     /// Processes alive now.
-    live: HashMap<u32, ()>,
+    live: FastMap<u32, ()>,
+    /// Processes that use ipc-lib: only their sockets may carry its
+    /// channels.
+    lib_pids: FastMap<u32, ()>,
     /// Per thread, its latest ipc-lib message and its latest probe-seen
     /// socket message not known to carry one: (time, channel, kind).
-    lib_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
-    socket_op: HashMap<u32, (u64, ChannelRef, EventKind)>,
+    lib_op: FastMap<u32, (u64, ChannelRef, EventKind)>,
+    socket_op: FastMap<u32, (u64, ChannelRef, EventKind)>,
     /// Kernel objects that carry an ipc-lib object.
-    carried: HashMap<ChannelRef, ChannelRef>,
+    carried: FastMap<ChannelRef, ChannelRef>,
     lib_objects: LibObjects,
     facts: Facts,
 }
@@ -187,10 +192,11 @@ impl Correlator {
             signals: SignalPairer::new(),
             next_signal: 0,
             lib_signals: HashMap::new(),
-            live: HashMap::new(),
-            lib_op: HashMap::new(),
-            socket_op: HashMap::new(),
-            carried: HashMap::new(),
+            live: FastMap::default(),
+            lib_pids: FastMap::default(),
+            lib_op: FastMap::default(),
+            socket_op: FastMap::default(),
+            carried: FastMap::default(),
             lib_objects: LibObjects::default(),
             facts: Facts::default(),
         }
@@ -340,6 +346,7 @@ impl Correlator {
             *k == event.kind && event.ts_ns.abs_diff(*at) <= LIB_SOCKET_FUSE_NS
         };
         if event.source == Source::Lib && kind == ChannelKind::IpclibChannel {
+            self.lib_pids.insert(event.pid, ());
             match self.socket_op.remove(&event.tid).filter(close) {
                 Some((_, socket, _)) => self.carry(socket, r),
                 None => {
@@ -353,6 +360,12 @@ impl Correlator {
         }
         if self.carried.contains_key(&r) {
             return true;
+        }
+        if !self.lib_pids.contains_key(&event.pid) {
+            // Not an ipc-lib process (yet): its first socket message may
+            // come before its first ipc-lib one, but the peer's send, seen
+            // by ipc-lib first, links the socket before this matters.
+            return false;
         }
         match self.lib_op.remove(&event.tid).filter(close) {
             Some((_, lib, _)) => {

@@ -10,6 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
+use crate::fast_map::FastMap;
+
 /// `enum trace_signal_result` from `<trace/events/signal.h>`: what the
 /// kernel did with a generated signal, in signal_generate's `result`.
 pub mod signal_result {
@@ -302,7 +304,7 @@ pub const MAX_UNPAIRED: usize = 65_536;
 /// receive a message before it was sent, which only a loss can cause.
 #[derive(Debug)]
 pub struct MessagePairer<K> {
-    directions: HashMap<K, Direction>,
+    directions: FastMap<K, Direction>,
     /// Sends and receives that will not pair, since the last
     /// [`MessagePairer::take_unpaired`].
     unpaired: Vec<Unpaired<K>>,
@@ -332,7 +334,7 @@ struct Direction {
 impl<K> Default for MessagePairer<K> {
     fn default() -> Self {
         MessagePairer {
-            directions: HashMap::new(),
+            directions: FastMap::default(),
             unpaired: Vec::new(),
         }
     }

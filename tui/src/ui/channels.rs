@@ -86,9 +86,9 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &App) {
             format!("{}→{}", pids(&c.senders), pids(&c.receivers)),
             format::per_s(r.messages_per_s),
             format::bytes_per_s(r.bytes_per_s),
-            format::duration_ns(l.p50),
-            format::duration_ns(l.p99),
-            format::duration_ns(l.max),
+            format::latency(l.count, l.p50),
+            format::latency(l.count, l.p99),
+            format::latency(l.count, l.max),
             c.queue_depth.map_or("-".to_owned(), |q| q.to_string()),
         ])
     });
@@ -111,9 +111,9 @@ fn draw_detail(frame: &mut Frame<'_>, area: Rect, app: &App, c: &ChannelStats) {
     let pct = |name: &str, p: &ipc_events::live::Percentiles| {
         format!(
             "{name:<8} p50 {:<8} p99 {:<8} max {:<8} n {}",
-            format::duration_ns(p.p50),
-            format::duration_ns(p.p99),
-            format::duration_ns(p.max),
+            format::latency(p.count, p.p50),
+            format::latency(p.count, p.p99),
+            format::latency(p.count, p.max),
             format::count(p.count)
         )
     };

@@ -124,7 +124,10 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             format::channel(&c.channel),
             format::per_s(r.messages_per_s),
             format::bytes_per_s(r.bytes_per_s),
-            format::duration_ns(w.latency(&c.latency).p99),
+            {
+                let l = w.latency(&c.latency);
+                format::latency(l.count, l.p99)
+            },
         ])
     });
 }

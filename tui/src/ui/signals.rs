@@ -36,14 +36,17 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     .render(frame, area, |i| {
         let g = rows[i];
         Row::new(vec![
-            who(&comms, g.sender_pid),
+            match g.sender_pid {
+                0 => "kernel".to_owned(),
+                pid => who(&comms, pid),
+            },
             who(&comms, g.target_pid),
             format::signal(g.signo),
             format::count(g.count),
             format::count(g.delivered),
-            format::duration_ns(g.latency.p50),
-            format::duration_ns(g.latency.p99),
-            format::duration_ns(g.latency.max),
+            format::latency(g.latency.count, g.latency.p50),
+            format::latency(g.latency.count, g.latency.p99),
+            format::latency(g.latency.count, g.latency.max),
         ])
     });
 }

@@ -54,9 +54,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             format::count(r.waits),
             r.waiting_now.to_string(),
             format::duration_ns(r.total_ns),
-            format::duration_ns(l.p50),
-            format::duration_ns(l.p99),
-            format::duration_ns(l.max),
+            format::latency(l.count, l.p50),
+            format::latency(l.count, l.p99),
+            format::latency(l.count, l.max),
         ])
     });
 
