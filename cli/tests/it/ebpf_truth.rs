@@ -232,7 +232,7 @@ fn futex_wakes_are_recorded_on_the_futex_their_waiters_wait_on() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = compile_c(dir.path(), "pingpong", PINGPONG_C);
+    let exe = crate::compile_c(dir.path(), "pingpong", PINGPONG_C);
     let db = dir.path().join("futex.db");
     record_exe(&db, &exe, &[]);
     // Futex words both woken and waited on. Which word each thread sleeps
@@ -365,7 +365,7 @@ fn a_process_rewriting_its_argv_gets_a_title_event_from_the_collector() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = compile_c(dir.path(), "argv-title", ARGV_TITLE_C);
+    let exe = crate::compile_c(dir.path(), "argv-title", ARGV_TITLE_C);
     let db = dir.path().join("argv.db");
     record_exe(&db, &exe, &["padding-padding-padding"]);
     let main = query(&db, "select pid from processes");
@@ -379,26 +379,6 @@ fn a_process_rewriting_its_argv_gets_a_title_event_from_the_collector() {
         stored_title(&db, main),
         json!([{"title": "truth-title: worker", "when": 1}])
     );
-}
-
-/// Compiles C `source` into `dir` as `name` with the system's cc (gcc is
-/// on every machine of this project's kind).
-fn compile_c(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, source).unwrap();
-    let exe = dir.join(name);
-    let out = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("cc runs");
-    assert!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
 }
 
 /// Gets SIGALRM from a timer, SIGCHLD from its child's exit and SIGPIPE

@@ -38,6 +38,22 @@ pub fn flood_turn() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Compiles C `source` into `dir` as `name` with the system's cc (gcc is
+/// on every machine of this project's kind): unmodified workloads in C.
+pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let exe = dir.join(name);
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(out.status.success(), "cc failed: {}", stderr(&out));
+    exe
+}
+
 pub fn ipcscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ipcscope"))
 }

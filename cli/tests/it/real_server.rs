@@ -18,7 +18,7 @@
 //! built from them (messages, channels, report) and fails with all of
 //! them at once, so that one run gives the whole picture.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,21 +37,6 @@ const ROUNDS: usize = 5;
 
 /// How long any one step may take before the test gives up.
 const STEP: Duration = Duration::from_secs(30);
-
-/// Compiles the fixture into `dir`.
-fn build(dir: &Path) -> PathBuf {
-    let src = dir.join("forking_server.c");
-    std::fs::write(&src, SOURCE).unwrap();
-    let exe = dir.join("forking_server");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("cc must be installed: the server workload is C");
-    assert!(out.status.success(), "cc failed: {}", stderr(&out));
-    exe
-}
 
 /// One connection, as the client and its worker told it.
 #[derive(Debug)]
@@ -365,7 +350,7 @@ fn a_forking_server_and_its_client_recorded_whole_pair_every_byte() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path());
+    let exe = crate::compile_c(dir.path(), "forking_server", SOURCE);
     let (db, sock, out) = (
         dir.path().join("whole.db"),
         dir.path().join("s.sock"),
@@ -404,7 +389,7 @@ fn a_running_forking_server_recorded_with_p_pairs_every_byte() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path());
+    let exe = crate::compile_c(dir.path(), "forking_server", SOURCE);
     let (db, sock, out) = (
         dir.path().join("p.db"),
         dir.path().join("s.sock"),
@@ -434,7 +419,7 @@ fn a_client_of_a_forking_server_recorded_alone_pairs_every_byte() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path());
+    let exe = crate::compile_c(dir.path(), "forking_server", SOURCE);
     let (db, sock, out) = (
         dir.path().join("client.db"),
         dir.path().join("s.sock"),

@@ -137,12 +137,6 @@ pub struct Facts {
     pub drops: Vec<DropFact>,
 }
 
-impl Facts {
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.drops.is_empty()
-    }
-}
-
 /// How long after an ipc-lib signal send the probes' sight of the same
 /// `kill` may come: ipc-lib stamps it just before the call.
 const SIGNAL_FUSE_NS: u64 = 10_000_000;
@@ -234,11 +228,6 @@ impl Correlator {
                 sent: u.sent,
                 msg_id: u.msg_id,
             }));
-    }
-
-    /// The identity of channel `r`.
-    pub fn channel(&self, r: ChannelRef) -> &ChannelId {
-        self.channels.id(r)
     }
 
     /// Takes `event`, the next in time order.
