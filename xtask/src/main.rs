@@ -43,18 +43,21 @@ enum Task {
 }
 
 /// Debian packages: LLVM 22 and its link dependencies for bpf-linker, and
-/// the tools the test suite drives (python3 for the unmodified IPC
+/// the tools the test suite drives (python3 and cc for the unmodified IPC
 /// workloads, sqlite3 to inspect, tmux for the TUI, stress-ng for real IPC
-/// load).
+/// load, Redis and its benchmark as a real server nobody here wrote).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
     "python3",
+    "gcc",
     "sqlite3",
     "tmux",
     "stress-ng",
+    "redis-server",
+    "redis-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

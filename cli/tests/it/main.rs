@@ -16,6 +16,7 @@ mod hostile;
 mod lib_trace;
 mod real_server;
 mod record;
+mod redis;
 mod security;
 mod tui;
 
