@@ -1,6 +1,9 @@
--- One event kind more (see ipc_events::raw::kind::PROCESS_TITLE):
--- `process_title`, a process that renamed itself (prctl(PR_SET_NAME)) or
--- rewrote its command line (`postgres: checkpointer`). As in 0003, the
+-- Two event kinds more (see ipc_events::raw::kind::PROCESS_TITLE and
+-- FUTEX_WAIT_BEGIN): `process_title`, a process that renamed itself
+-- (prctl(PR_SET_NAME)) or rewrote its command line (`postgres:
+-- checkpointer`), and `futex_wait_begin`, a futex wait that began (until
+-- now a `futex_wait` whose result was a marker no call returns; 0006
+-- rewrites those rows). As in 0003, the
 -- readable `kind` column is generated from `kind_code`, so it is dropped
 -- and added again with the new name; VIRTUAL columns are computed on
 -- read, so no row is rewritten.
@@ -30,6 +33,7 @@ ALTER TABLE events ADD COLUMN kind TEXT GENERATED ALWAYS AS (
         WHEN 21 THEN 'recv_wait_begin'
         WHEN 22 THEN 'recv_wait_end'
         WHEN 23 THEN 'process_title'
+        WHEN 24 THEN 'futex_wait_begin'
         ELSE 'unknown' END) VIRTUAL;
 
 PRAGMA user_version = 5;

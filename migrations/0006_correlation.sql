@@ -34,4 +34,10 @@ CREATE TABLE lock_order_inversions (
 );
 CREATE INDEX lock_order_inversions_by_session ON lock_order_inversions(session_id);
 
+-- No marker in a stored column: a futex wait's begin was a `futex_wait`
+-- row whose result was i64::MIN (no call returns it); it is a
+-- `futex_wait_begin` now, with no result yet (0).
+UPDATE events SET kind_code = 24, result = 0
+WHERE kind_code = 10 AND result = -9223372036854775808;
+
 PRAGMA user_version = 6;

@@ -11,6 +11,7 @@ use crate::channel::{ChannelId, ChannelKind};
 use crate::event::{Event, EventKind, Source};
 use crate::raw::{
     chan, record_len, shm_origin, RawEvent, MAX_NAME, MAX_PAYLOAD, RAW_EVENT_SIZE, SI_CODE_KNOWN,
+    WAIT_BEGUN,
 };
 
 /// Why a record could not be decoded.
@@ -83,6 +84,13 @@ pub fn decode_parts(
     data: &[u8],
 ) -> Result<Event, DecodeError> {
     let kind = EventKind::from_code(raw.kind).map_err(|_| DecodeError::UnknownKind(raw.kind))?;
+    // The probes mark a futex wait's begin by a result no call returns;
+    // from here on it is a kind of its own, with no result yet.
+    let begun = kind == EventKind::FutexWait && raw.result == WAIT_BEGUN;
+    let (kind, result) = match begun {
+        true => (EventKind::FutexWaitBegin, 0),
+        false => (kind, raw.result),
+    };
     let mut path = None;
     let channel = if raw.chan_kind == chan::NONE {
         if kind.needs_channel() {
@@ -135,7 +143,7 @@ pub fn decode_parts(
         channel,
         size,
         msg_id: (raw.msg_id != 0).then_some(raw.msg_id),
-        result: raw.result,
+        result,
         duration_ns: (raw.duration_ns != 0).then_some(raw.duration_ns),
         aux: raw.aux,
         target_pid: signal.then_some(raw.obj as u32),
@@ -222,11 +230,15 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     let c = event.comm.as_bytes();
     let n = c.len().min(15);
     comm[..n].copy_from_slice(&c[..n]);
+    let (kind, result) = match event.kind {
+        EventKind::FutexWaitBegin => (EventKind::FutexWait.code(), WAIT_BEGUN),
+        other => (other.code(), event.result),
+    };
     let raw = RawEvent {
         ts_ns: event.ts_ns,
         pid: event.pid,
         tid: event.tid,
-        kind: event.kind.code(),
+        kind,
         chan_kind,
         // Both fit: clamped to MAX_NAME and MAX_PAYLOAD above.
         name_len: name.len() as u16,
@@ -235,7 +247,7 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
         obj2,
         size,
         msg_id: event.msg_id.unwrap_or(0),
-        result: event.result,
+        result,
         duration_ns: event.duration_ns.unwrap_or(0),
         aux: event.aux,
         comm,
@@ -265,6 +277,29 @@ mod tests {
         e.msg_id = Some(7);
         e.payload = Some(b"hello".to_vec());
         e
+    }
+
+    #[test]
+    fn a_begun_futex_wait_is_a_kind_of_its_own_with_no_marker() {
+        let raw = RawEvent {
+            kind: crate::raw::kind::FUTEX_WAIT,
+            chan_kind: chan::FUTEX,
+            obj: 0x7f00,
+            result: WAIT_BEGUN,
+            ..RawEvent::default()
+        };
+        let (e, _) = decode(Source::Ebpf, &raw_bytes(raw)).unwrap();
+        assert_eq!((e.kind, e.result), (EventKind::FutexWaitBegin, 0));
+        let mut bytes = Vec::new();
+        encode(&e, &mut bytes);
+        assert_eq!(decode(Source::Ebpf, &bytes).unwrap().0, e);
+        // Its end keeps the call's result.
+        let end = RawEvent {
+            result: -110,
+            ..raw
+        };
+        let (e, _) = decode(Source::Ebpf, &raw_bytes(end)).unwrap();
+        assert_eq!((e.kind, e.result), (EventKind::FutexWait, -110));
     }
 
     #[test]
@@ -575,7 +610,13 @@ mod tests {
             if let Ok((event, used)) = decode(Source::Ebpf, &bytes) {
                 prop_assert!(used <= bytes.len());
                 prop_assert!(RAW_EVENT_SIZE + usize::from(name_len) + usize::from(data_len) <= bytes.len());
-                prop_assert_eq!(event.kind.code(), kind);
+                // A begun futex wait is a kind of its own, without the
+                // marker; every other record keeps its kind and result.
+                if kind == crate::raw::kind::FUTEX_WAIT && result == WAIT_BEGUN {
+                    prop_assert_eq!((event.kind, event.result), (EventKind::FutexWaitBegin, 0));
+                } else {
+                    prop_assert_eq!((event.kind.code(), event.result), (kind, result));
+                }
                 prop_assert_eq!((event.ts_ns, event.pid, event.tid), (ts_ns, pid, tid));
                 // A signal from the probes carries its si_code in size.
                 let signal = kind == crate::raw::kind::SIGNAL_GENERATE && chan_kind == chan::NONE;

@@ -33,6 +33,7 @@ coded_enum! {
         RecvWaitBegin = kind::RECV_WAIT_BEGIN, "recv_wait_begin";
         RecvWaitEnd = kind::RECV_WAIT_END, "recv_wait_end";
         ProcessTitle = kind::PROCESS_TITLE, "process_title";
+        FutexWaitBegin = kind::FUTEX_WAIT_BEGIN, "futex_wait_begin";
     }
 }
 
@@ -51,6 +52,7 @@ impl EventKind {
                 | EventKind::SemWaitEnd
                 | EventKind::SemPost
                 | EventKind::FutexWait
+                | EventKind::FutexWaitBegin
                 | EventKind::FutexWake
                 | EventKind::LockAcquire
                 | EventKind::LockRelease

@@ -328,6 +328,12 @@ pub mod kind {
     /// changed since the process's exec: a process that rewrote its argv
     /// (`postgres: checkpointer`).
     pub const PROCESS_TITLE: u16 = 23;
+    /// A futex wait began: what the decoder makes of a [`FUTEX_WAIT`]
+    /// record whose `result` is [`super::WAIT_BEGUN`], so that the marker
+    /// never leaves it (`result` is then 0: the call has not returned).
+    /// The probes do not write this code; a record that has it decodes as
+    /// it says.
+    pub const FUTEX_WAIT_BEGIN: u16 = 24;
 }
 
 /// IPC object kinds, as stored in `channels.kind`.
@@ -399,7 +405,8 @@ pub const SI_CODE_KNOWN: u64 = 1 << 32;
 pub const MAX_TITLE: usize = 256;
 
 /// The `result` of a wait's begin record ([`kind::FUTEX_WAIT`]): the call
-/// has not returned. No syscall returns this.
+/// has not returned. No syscall returns this. Decoding turns such a record
+/// into [`kind::FUTEX_WAIT_BEGIN`].
 pub const WAIT_BEGUN: i64 = i64::MIN;
 
 /// A SysV object's `obj` when its key is unknown: it was created before

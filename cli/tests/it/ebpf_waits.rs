@@ -256,8 +256,8 @@ fn a_contended_futex_wait_is_captured_with_its_duration() {
         &db,
         &format!(
             "select e.ts_ns from events e join channels c on c.id = e.channel_id
-             where e.kind = 'futex_wait' and e.pid = {child} and c.name = '{name}'
-               and e.result = -9223372036854775808"
+             where e.kind = 'futex_wait_begin' and e.pid = {child} and c.name = '{name}'
+               and e.result = 0"
         ),
     );
     let begun = begun[0]["ts_ns"].as_i64().unwrap();
@@ -297,10 +297,11 @@ fn a_pi_mutex_wait_names_the_owner() {
     // the futex word.
     let waits = query(
         &db,
-        "select e.pid, e.aux as owner, e.result = -9223372036854775808 as begun,
+        "select e.pid, e.aux as owner, e.kind = 'futex_wait_begin' as begun,
                 e.duration_ns >= 150000000 as long
          from events e join channels c on c.id = e.channel_id
-         where c.kind = 'futex' and e.kind = 'futex_wait' order by e.ts_ns",
+         where c.kind = 'futex' and e.kind in ('futex_wait_begin', 'futex_wait')
+         order by e.ts_ns",
     );
     assert_eq!(
         waits,
@@ -308,6 +309,14 @@ fn a_pi_mutex_wait_names_the_owner() {
             {"pid": child, "owner": parent, "begun": 1, "long": null},
             {"pid": child, "owner": parent, "begun": 0, "long": 1},
         ])
+    );
+    // No marker of the probes' in any stored result.
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n from events where result = -9223372036854775808"
+        ),
+        json!([{"n": 0}])
     );
     // The parent's unlock handed the mutex over: it woke the child.
     let woke = query(

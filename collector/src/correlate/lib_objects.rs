@@ -93,7 +93,10 @@ impl LibObjects {
     /// waits on or wakes, if any.
     pub fn futex_owner(&self, event: &Event) -> Option<ChannelRef> {
         if event.source != Source::Ebpf
-            || !matches!(event.kind, EventKind::FutexWait | EventKind::FutexWake)
+            || !matches!(
+                event.kind,
+                EventKind::FutexWaitBegin | EventKind::FutexWait | EventKind::FutexWake
+            )
         {
             return None;
         }

@@ -251,7 +251,7 @@ impl Correlator {
         if let Some(link) = channel.and_then(|r| self.lib_objects.saw(&event, r)) {
             self.carry(link.0, link.1);
         }
-        let mut shadowed = event.kind == EventKind::FutexWait
+        let mut shadowed = matches!(event.kind, EventKind::FutexWait | EventKind::FutexWaitBegin)
             && event.source == Source::Ebpf
             && self.waits.in_lib_wait(event.pid, event.tid);
         match event.kind {
@@ -282,6 +282,7 @@ impl Correlator {
             EventKind::SemWaitBegin
             | EventKind::SemWaitEnd
             | EventKind::SemPost
+            | EventKind::FutexWaitBegin
             | EventKind::FutexWait
             | EventKind::FutexWake
             | EventKind::RecvWaitBegin

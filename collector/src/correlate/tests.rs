@@ -1,4 +1,3 @@
-use ipc_events::raw::WAIT_BEGUN;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
 use super::*;
@@ -85,9 +84,8 @@ fn the_recorders_sockets_and_threads_are_not_the_users() {
     let mut c = Correlator::new(Some(99));
     c.own_object(20);
     c.push(stream(1, EventKind::MsgSend, 1, 10, 20, 24));
-    let mut futex = Event::new(2, 99, 100, Source::Ebpf, EventKind::FutexWait);
+    let mut futex = Event::new(2, 99, 100, Source::Ebpf, EventKind::FutexWaitBegin);
     futex.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x10, 99));
-    futex.result = WAIT_BEGUN;
     c.push(futex);
     let f = c.take();
     assert!(f.events.is_empty(), "{:?}", f.events);
@@ -101,11 +99,16 @@ fn lib_sem(ts: u64, kind: EventKind, tid: u32) -> Event {
     e
 }
 
-fn futex(ts: u64, tid: u32, result: i64) -> Event {
-    let mut e = Event::new(ts, 5, tid, Source::Ebpf, EventKind::FutexWait);
+/// A probe-seen futex wait's begin (`result` None) or end.
+fn futex(ts: u64, tid: u32, result: Option<i64>) -> Event {
+    let kind = match result {
+        None => EventKind::FutexWaitBegin,
+        Some(_) => EventKind::FutexWait,
+    };
+    let mut e = Event::new(ts, 5, tid, Source::Ebpf, kind);
     e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x7f00, 0));
-    e.result = result;
-    if result != WAIT_BEGUN {
+    if let Some(result) = result {
+        e.result = result;
         e.duration_ns = Some(1);
     }
     e
@@ -117,15 +120,15 @@ fn an_ipc_lib_wait_and_the_futex_waits_under_it_are_one_wait() {
     end.duration_ns = Some(30);
     let f = run(vec![
         lib_sem(10, EventKind::SemWaitBegin, 6),
-        futex(11, 6, WAIT_BEGUN),
-        futex(20, 6, 0),
-        futex(21, 6, WAIT_BEGUN),
-        futex(39, 6, 0),
+        futex(11, 6, None),
+        futex(20, 6, Some(0)),
+        futex(21, 6, None),
+        futex(39, 6, Some(0)),
         end,
         // A futex wait of the same thread outside any ipc-lib wait is a
         // wait of its own.
-        futex(50, 6, WAIT_BEGUN),
-        futex(60, 6, 0),
+        futex(50, 6, None),
+        futex(60, 6, Some(0)),
     ]);
     let waits: Vec<(u64, Option<u64>, Option<ChannelRef>)> = f
         .waits
@@ -322,20 +325,20 @@ fn an_ipc_lib_objects_file_and_futex_words_are_that_object() {
     let recv = lib_message(2, EventKind::MsgRecv, 5, 1);
     let mut lib = recv.clone();
     lib.channel = Some(ChannelId::named(ChannelKind::IpclibChannel, "jobs"));
-    let in_it = |ts: u64, result: i64| {
+    let in_it = |ts: u64, result: Option<i64>| {
         let mut e = futex(ts, 5, result);
         e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x7f00_0040, 0));
         e
     };
-    let mut outside = futex(6, 5, WAIT_BEGUN);
+    let mut outside = futex(6, 5, None);
     outside.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
     let mut again = map.clone();
     again.pid = 6;
     let f = run(vec![
         map,
         lib,
-        in_it(3, WAIT_BEGUN),
-        in_it(5, 0),
+        in_it(3, None),
+        in_it(5, Some(0)),
         outside,
         again,
     ]);

@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 
-use ipc_events::raw::WAIT_BEGUN;
 use ipc_events::{Event, EventKind, Source};
 
 use super::ChannelRef;
@@ -106,9 +105,12 @@ impl Waits {
                 return;
             }
             // The futex waits under an ipc-lib wait are that wait.
-            EventKind::FutexWait if in_lib_wait && event.source == Source::Ebpf => return,
-            EventKind::SemWaitBegin | EventKind::RecvWaitBegin => true,
-            EventKind::FutexWait => event.result == WAIT_BEGUN,
+            EventKind::FutexWaitBegin | EventKind::FutexWait
+                if in_lib_wait && event.source == Source::Ebpf =>
+            {
+                return
+            }
+            EventKind::SemWaitBegin | EventKind::RecvWaitBegin | EventKind::FutexWaitBegin => true,
             // The end of the blocked receive that began `duration_ns`
             // earlier, and of no later wait of the thread's.
             EventKind::RecvWaitEnd => {

@@ -876,7 +876,6 @@ async fn insert_drop(
 mod tests {
     use super::*;
     use crate::store::{NewSession, OpenMode};
-    use ipc_events::raw::WAIT_BEGUN;
     use ipc_events::{ChannelKind, EventKind, Source};
 
     fn session() -> NewSession {
@@ -1105,16 +1104,13 @@ mod tests {
     #[tokio::test]
     async fn waits_open_at_their_begin_and_close_at_their_end() {
         let dir = tempfile::tempdir().unwrap();
-        let f = EventKind::FutexWait;
+        let (b, f) = (EventKind::FutexWaitBegin, EventKind::FutexWait);
         let store = write(
             dir.path(),
             vec![
-                vec![wait(10, f, 1, WAIT_BEGUN, None)],
+                vec![wait(10, b, 1, 0, None)],
                 // Its end in a later transaction; thread 2 never returns.
-                vec![
-                    wait(30, f, 1, 0, Some(20)),
-                    wait(40, f, 2, WAIT_BEGUN, None),
-                ],
+                vec![wait(30, f, 1, 0, Some(20)), wait(40, b, 2, 0, None)],
                 // An end whose begin was never seen: a whole row.
                 vec![wait(100, f, 3, -110, Some(25))],
             ],

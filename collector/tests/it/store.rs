@@ -552,3 +552,55 @@ async fn sessions_are_found_by_id_and_latest() {
     assert!(store.has_session(a).await.unwrap());
     assert!(!store.has_session(SessionId(b.0 + 1)).await.unwrap());
 }
+
+#[tokio::test]
+async fn an_older_database_is_migrated_and_keeps_no_probe_marker_in_a_result() {
+    use sqlx::migrate::Migrator;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    // A database as the build at schema 5 left it: a futex wait's begin
+    // stored as a `futex_wait` whose result is the probes' marker.
+    let pool = SqlitePoolOptions::new()
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    let old = Migrator {
+        migrations: collector::store::MIGRATOR
+            .iter()
+            .filter(|m| m.version <= 5)
+            .cloned()
+            .collect(),
+        ..Migrator::DEFAULT
+    };
+    old.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (id, command, host, started_at, sources, start_mono_ns, recorder_pid)
+         VALUES (1, 'c', 'h', '2026-01-01T00:00:00Z', 'ebpf', 0, 1);
+         INSERT INTO events (session_id, ts_ns, pid, tid, source_code, kind_code, size, result, aux)
+         VALUES (1, 10, 7, 7, 2, 10, 0, -9223372036854775808, 0),
+                (1, 20, 7, 7, 2, 10, 0, -110, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT kind, result FROM events ORDER BY ts_ns")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("futex_wait_begin".to_owned(), 0),
+            ("futex_wait".to_owned(), -110)
+        ]
+    );
+}
