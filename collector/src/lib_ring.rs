@@ -28,6 +28,7 @@ use ipc_events::ring::{
     MIN_CAPACITY, PADDING, SLOT_HEADER, VERSION,
 };
 use ipc_events::{decode, Event, EventKind, Source};
+use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -304,12 +305,21 @@ impl RingListener {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         own_sockets(&stream, &ingest);
-                        match register(&stream, &ingest).await {
-                        Ok((reader, pid)) => {
-                            rings.spawn(pump(reader, pid, stream, ingest.clone(), ring_stop.clone(), report_exits));
-                        }
-                        Err(e) => tracing::warn!("ipc-lib ring refused: {e}"),
-                        }
+                        // Each caller registers in a task of its own, in
+                        // bounded time: one that connects and says nothing
+                        // must not hold up the others, nor the end.
+                        let (ingest, stop) = (ingest.clone(), ring_stop.clone());
+                        rings.spawn(async move {
+                            match tokio::time::timeout(REGISTER_TIMEOUT, register(&stream, &ingest)).await {
+                                Ok(Ok((reader, pid))) => {
+                                    pump(reader, pid, stream, ingest, stop, report_exits).await;
+                                }
+                                Ok(Err(e)) => tracing::warn!("ipc-lib ring refused: {e}"),
+                                Err(_) => tracing::warn!(
+                                    "ipc-lib ring refused: no registration within {REGISTER_TIMEOUT:?}"
+                                ),
+                            }
+                        });
                     }
                     Err(e) => tracing::warn!("accepting an ipc-lib registration: {e}"),
                 },
@@ -328,6 +338,9 @@ impl Drop for RingListener {
         }
     }
 }
+
+/// How long a caller has to send its registration once connected.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Tells the correlation stage that both ends of an accepted connection
 /// are the recorder's: the probes see the client's `sendmsg` of its ring,
@@ -371,7 +384,9 @@ async fn register(stream: &UnixStream, ingest: &Ingest) -> Result<(RingReader, u
             .readable()
             .await
             .map_err(io_err("waiting for the registration"))?;
-        match recv_with_fd(stream.as_raw_fd()) {
+        // Through try_io, so that a spurious wake-up clears the readiness
+        // rather than spinning on it.
+        match stream.try_io(Interest::READABLE, || recv_with_fd(stream.as_raw_fd())) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => break other.map_err(io_err("receiving the registration"))?,
         }

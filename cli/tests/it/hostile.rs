@@ -109,6 +109,65 @@ fn a_hostile_ring_writer_loses_its_own_ring_and_nothing_else() {
     assert_eq!(drops.as_array().unwrap().len(), 1, "{drops}");
 }
 
+/// A same-user process connects to the recorder's ring socket and says
+/// nothing, for longer than the whole recording, while an honest producer
+/// and consumer start beside it: they register and are stored whole, and
+/// the recording ends with its command (issue 15: one silent client held
+/// the accept loop, every other ring waited, and `record` waited for it).
+#[test]
+fn a_silent_client_of_the_ring_socket_holds_up_no_one() {
+    let Some(example) = example("producer_consumer") else {
+        return;
+    };
+    let _turn = crate::flood_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("silent.db");
+    let silent = "import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(os.environ['IPCSCOPE_SOCKET'])
+print('connected', flush=True)
+time.sleep(5)";
+    // The silent client outlives the command; the recording must not wait
+    // for it.
+    let script = format!(
+        r#"python3 -c "$1" &
+        sleep 0.3
+        exec "$0" --messages {HONEST_MESSAGES} --size 100 --pause-us 200"#
+    );
+    let mut recorder = Recorder::spawn(
+        ipcscope()
+            .args(["record", "--no-ebpf", "--db"])
+            .arg(&db)
+            .args(["--", "sh", "-c", &script])
+            .arg(&example)
+            .arg(silent)
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stderr(Stdio::piped()),
+    );
+    let err_reader = recorder.read_stderr();
+    // A bound on a hang, far above the workload's second or two.
+    let status = recorder.wait(Duration::from_secs(60));
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("no registration within"), "{err}");
+    let honest = query(
+        &db,
+        "select e.kind, count(*) as n from events e join channels c on c.id = e.channel_id
+         where c.name like 'producer-consumer-%' group by e.kind order by e.kind",
+    );
+    assert_eq!(
+        honest,
+        serde_json::json!([
+            {"kind": "msg_recv", "n": HONEST_MESSAGES},
+            {"kind": "msg_send", "n": HONEST_MESSAGES},
+        ])
+    );
+    assert_eq!(
+        query(&db, "select count(*) as n from drops"),
+        serde_json::json!([{"n": 0}])
+    );
+}
+
 /// The hostile process: attaches like any ipc-lib process, forges, then
 /// scribbles.
 fn scribble() {
