@@ -35,17 +35,25 @@ pub struct Table {
 pub enum QueryError {
     #[error("query failed: {0}")]
     Sql(#[source] sqlx::Error),
+    #[error("query failed: its statements return rows with different columns; run one statement at a time")]
+    Shapes,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Runs one SQL statement and collects its rows.
+/// Runs SQL and collects its rows. Several statements are run in turn;
+/// their rows make one table only if they have the same columns (a
+/// table's rows all have its columns), else it is an error, never rows
+/// labelled with another statement's names.
 pub async fn run(conn: &mut SqliteConnection, sql: &str) -> Result<Table, QueryError> {
     let mut table = Table::default();
     let mut rows = sqlx::raw_sql(sql).fetch(&mut *conn);
     while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
-        if table.columns.is_empty() {
-            table.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        let columns: Vec<String> = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        if table.rows.is_empty() {
+            table.columns = columns;
+        } else if columns != table.columns {
+            return Err(QueryError::Shapes);
         }
         table.rows.push(decode_row(&row).map_err(QueryError::Sql)?);
     }
@@ -227,6 +235,51 @@ fn csv_field(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use sqlx::Connection;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any number of statements with any columns: one table when they
+        /// agree on their columns, a clear error when not; never a panic,
+        /// never rows under another statement's names, whatever the output
+        /// format.
+        #[test]
+        fn statements_of_any_shape_make_one_table_or_an_error(
+            shapes in proptest::collection::vec(
+                proptest::collection::vec(0u8..3, 1..5), 1..5),
+        ) {
+            let sql: Vec<String> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, cols)| {
+                    let cols: Vec<String> = cols
+                        .iter()
+                        .enumerate()
+                        .map(|(j, name)| format!("{} AS c{name}_{j}", i * 10 + j))
+                        .collect();
+                    format!("SELECT {}", cols.join(", "))
+                })
+                .collect();
+            let sql = sql.join("; ");
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let result = runtime.block_on(async {
+                let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+                run(&mut conn, &sql).await
+            });
+            let same = shapes.windows(2).all(|w| w[0] == w[1]);
+            match result {
+                Ok(table) => {
+                    prop_assert!(same, "{sql}");
+                    prop_assert_eq!(table.rows.len(), shapes.len());
+                    prop_assert!(table.rows.iter().all(|r| r.len() == table.columns.len()));
+                    let _ = (table.to_aligned(), table.to_csv(), table.to_json());
+                }
+                Err(QueryError::Shapes) => prop_assert!(!same, "{sql}"),
+                Err(other) => prop_assert!(false, "{sql}: {other}"),
+            }
+        }
+    }
 
     fn table() -> Table {
         Table {

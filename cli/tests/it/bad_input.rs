@@ -36,6 +36,41 @@ fn query_cannot_modify_the_database() {
 }
 
 #[test]
+fn statements_with_different_columns_are_one_clear_error_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
+        .status
+        .success());
+    for format in ["table", "csv", "json"] {
+        let out = run(&[
+            "query",
+            "--db",
+            db_s,
+            "--format",
+            format,
+            "select 1 as x; select 2 as y, 3 as z",
+        ]);
+        // It used to panic (index out of bounds, status 101).
+        assert_eq!(out.status.code(), Some(1), "{format}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{format}: {err}");
+        assert!(err.contains("run one statement at a time"), "{err}");
+    }
+    // Statements that agree on their columns are one table.
+    let out = run(&[
+        "query",
+        "--db",
+        db_s,
+        "--format",
+        "json",
+        "select 1 as x; select 2 as x",
+    ]);
+    assert_eq!(crate::stdout(&out).trim(), r#"[{"x":1},{"x":2}]"#);
+}
+
+#[test]
 fn bad_sql_and_missing_sessions_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
