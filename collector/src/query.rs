@@ -122,6 +122,23 @@ impl Value {
     }
 }
 
+/// `text` with white space folded to a space and every other control
+/// character (C0, DEL, C1: what a terminal takes as a command) written as
+/// a `\u{..}` escape.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -168,18 +185,18 @@ impl Table {
         out
     }
 
-    /// An aligned text table: numbers right-aligned, text left, NULL blank.
+    /// An aligned text table for a terminal: numbers right-aligned, text
+    /// left, NULL blank. Text from a recording is another process's (a
+    /// command line, a name a program gave itself), so control characters
+    /// are shown escaped, never sent to the terminal.
     pub fn to_aligned(&self) -> String {
         let cells: Vec<Vec<String>> = self
             .rows
             .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|v| v.to_text().replace(['\n', '\r', '\t'], " "))
-                    .collect()
-            })
+            .map(|r| r.iter().map(|v| printable(&v.to_text())).collect())
             .collect();
-        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
+        let columns: Vec<String> = self.columns.iter().map(|c| printable(c)).collect();
+        let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
         for row in &cells {
             for (w, c) in widths.iter_mut().zip(row) {
                 *w = (*w).max(c.chars().count());
@@ -214,7 +231,7 @@ impl Table {
             out.push_str(line.trim_end());
             out.push('\n');
         };
-        emit(&self.columns, &mut out);
+        emit(&columns, &mut out);
         let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         emit(&rule, &mut out);
         for row in &cells {
@@ -279,6 +296,24 @@ mod tests {
                 Err(other) => prop_assert!(false, "{sql}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn a_terminal_gets_no_control_character_from_a_recording() {
+        let hostile = "\x1b]0;pwned\x07\u{9b}2J name\u{7f}";
+        let table = Table {
+            columns: vec![format!("c{hostile}")],
+            rows: vec![vec![Value::Text(hostile.into())]],
+        };
+        let text = table.to_aligned();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"\u{1b}]0;pwned\u{7}\u{9b}2J name\u{7f}"),
+            "{text}"
+        );
     }
 
     fn table() -> Table {

@@ -9,7 +9,7 @@ use ipc_events::units::{bytes, signed_duration_ns};
 use serde_json::{Map, Value as Json};
 use sqlx::SqliteConnection;
 
-use crate::query::{self, QueryError, Table, Value};
+use crate::query::{self, printable, QueryError, Table, Value};
 use crate::store::SessionId;
 
 /// The report's sections: (name, SQL with one `?1` for the session id).
@@ -168,7 +168,7 @@ impl Report {
                 // One row: a column of "key  value" pairs reads better.
                 let width = table.columns.iter().map(String::len).max().unwrap_or(0);
                 for (col, val) in table.columns.iter().zip(&table.rows[0]) {
-                    out.push_str(&format!("{col:width$}  {}\n", val.to_text()));
+                    out.push_str(&format!("{col:width$}  {}\n", printable(&val.to_text())));
                 }
                 out.push('\n');
             } else {
@@ -250,7 +250,7 @@ pub fn live_text(s: &Snapshot) -> String {
         out.push_str(&format!(
             "waiting now: {} on {} (p99 wait {})\n",
             w.waiting_now,
-            w.channel,
+            printable(&w.channel.to_string()),
             signed_duration_ns(w.latency.session.p99 as i64)
         ));
     }
@@ -272,13 +272,15 @@ pub fn live_text(s: &Snapshot) -> String {
                 )
             })
             .collect();
-        out.push_str(&format!("{status}: {}\n", path.join(" -> ")));
+        out.push_str(&format!("{status}: {}\n", printable(&path.join(" -> "))));
     }
     for i in &s.inversions {
-        out.push_str(&format!(
-            "lock order inversion: pid {} takes {} then {}, pid {} the other way round\n",
+        let line = format!(
+            "lock order inversion: pid {} takes {} then {}, pid {} the other way round",
             i.first_pid, i.first.name, i.second.name, i.second_pid
-        ));
+        );
+        out.push_str(&printable(&line));
+        out.push('\n');
     }
     out
 }

@@ -70,6 +70,47 @@ fn statements_with_different_columns_are_one_clear_error_in_every_format() {
     assert_eq!(crate::stdout(&out).trim(), r#"[{"x":1},{"x":2}]"#);
 }
 
+/// A recorded program whose name is a terminal command (it retitled the
+/// terminal of whoever ran `report`, `sessions` or `query`): every text
+/// output shows it escaped.
+#[test]
+fn a_program_named_with_terminal_escapes_reaches_no_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    let evil = dir.path().join("\x1b]0;pwned\x07\u{9b}2J");
+    std::fs::copy("/bin/true", &evil).unwrap();
+    assert!(run(&[
+        "record",
+        "--db",
+        db_s,
+        "--no-ebpf",
+        "--",
+        evil.to_str().unwrap()
+    ])
+    .status
+    .success());
+    for args in [
+        vec!["report", "--db", db_s],
+        vec!["sessions", "--db", db_s],
+        vec![
+            "query",
+            "--db",
+            db_s,
+            "select command, exe, comm from sessions, processes",
+        ],
+    ] {
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = crate::stdout(&out);
+        assert!(text.contains("pwned"), "{args:?} shows the name: {text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?} printed a control character: {text:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_sql_and_missing_sessions_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
