@@ -570,10 +570,14 @@ async fn run(command: Command) -> Result<ExitCode> {
             let ExportFormat::Jsonl = args.format;
             match &args.output {
                 Some(path) => {
-                    let file = std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?;
-                    collector::export::jsonl(&mut conn, session, &mut io::BufWriter::new(file))
-                        .await?;
+                    let mut file = collector::export::OutputFile::create(path, store.path())?;
+                    collector::export::jsonl(
+                        &mut conn,
+                        session,
+                        &mut io::BufWriter::new(file.writer()),
+                    )
+                    .await?;
+                    file.finish()?;
                 }
                 None => {
                     collector::export::jsonl(

@@ -111,6 +111,63 @@ fn a_program_named_with_terminal_escapes_reaches_no_terminal() {
     }
 }
 
+/// `export -o` named the recording itself and left it at 0 bytes, or its
+/// WAL and corrupted it: an export never writes over what it reads, and
+/// what it writes is its owner's alone.
+#[test]
+fn export_never_writes_over_the_recording_and_writes_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let db_s = db.to_str().unwrap();
+    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
+        .status
+        .success());
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let wal = format!("{db_s}-wal");
+    let relative = format!(
+        "{}/../{}/x.db",
+        dir.path().display(),
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    for target in [
+        db_s,
+        wal.as_str(),
+        link.to_str().unwrap(),
+        relative.as_str(),
+    ] {
+        let out = run(&["export", "--db", db_s, "--format", "jsonl", "-o", target]);
+        assert!(!out.status.success(), "{target}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{target}: {err}");
+        assert!(err.contains("that is the recording itself"), "{err}");
+        assert_eq!(std::fs::read(&db).unwrap(), before, "{target}: untouched");
+    }
+    let good = dir.path().join("events.jsonl");
+    let out = run(&[
+        "export",
+        "--db",
+        db_s,
+        "--format",
+        "jsonl",
+        "-o",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&good).unwrap().lines().count() > 0);
+    // Nothing partial left beside it.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".partial-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
 #[test]
 fn bad_sql_and_missing_sessions_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
