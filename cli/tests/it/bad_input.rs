@@ -21,14 +21,26 @@ fn a_non_sqlite_file_gets_one_clear_line_and_stays_untouched() {
     );
 }
 
+/// A database in `dir` holding one session of `true`.
+fn recorded(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let db = dir.join(name);
+    let out = run(&[
+        "record",
+        "--db",
+        db.to_str().unwrap(),
+        "--no-ebpf",
+        "--",
+        "true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    db
+}
+
 #[test]
 fn query_cannot_modify_the_database() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("a.db");
+    let db = recorded(dir.path(), "a.db");
     let db_s = db.to_str().unwrap();
-    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
-        .status
-        .success());
     let out = run(&["query", "--db", db_s, "delete from sessions"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("readonly"), "{}", stderr(&out));
@@ -38,11 +50,8 @@ fn query_cannot_modify_the_database() {
 #[test]
 fn statements_with_different_columns_are_one_clear_error_in_every_format() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("a.db");
+    let db = recorded(dir.path(), "a.db");
     let db_s = db.to_str().unwrap();
-    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
-        .status
-        .success());
     for format in ["table", "csv", "json"] {
         let out = run(&[
             "query",
@@ -118,11 +127,8 @@ fn a_program_named_with_terminal_escapes_reaches_no_terminal() {
 fn export_never_writes_over_the_recording_and_writes_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("x.db");
+    let db = recorded(dir.path(), "x.db");
     let db_s = db.to_str().unwrap();
-    assert!(run(&["record", "--db", db_s, "--no-ebpf", "--", "true"])
-        .status
-        .success());
     let link = dir.path().join("link.db");
     std::os::unix::fs::symlink(&db, &link).unwrap();
     let before = std::fs::read(&db).unwrap();
