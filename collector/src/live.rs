@@ -66,7 +66,19 @@ pub enum LiveError {
     Protocol { path: PathBuf, what: String },
     #[error("{path}: {error}")]
     Frame { path: PathBuf, error: FrameError },
+    /// The socket, its directory or the process serving it is not this
+    /// user's: not a recording of ours, whatever it says.
+    #[error("{path}: {what}, not this user's (uid {ours}); not connecting to it")]
+    Stranger {
+        path: PathBuf,
+        what: String,
+        ours: u32,
+    },
 }
+
+/// How long a feed may stay silent before a subscriber gives up on it: a
+/// recorder sends a delta ten times a second, or a snapshot at once.
+pub const FEED_SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The listening side, bound by the recorder.
 #[derive(Debug)]
@@ -177,8 +189,7 @@ fn lock<S>(source: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
 /// Only the recording's own user may watch it.
 fn check_peer(stream: &UnixStream) -> io::Result<()> {
     let cred = stream.peer_cred()?;
-    // SAFETY: geteuid has no preconditions.
-    let ours = unsafe { libc::geteuid() };
+    let ours = our_uid();
     if cred.uid() != ours {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -188,6 +199,85 @@ fn check_peer(stream: &UnixStream) -> io::Result<()> {
                 cred.pid()
             ),
         ));
+    }
+    Ok(())
+}
+
+fn our_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The live-feed socket at `path` and its directory are this user's, and
+/// only this user can write the directory.
+fn check_owned(path: &Path) -> Result<(), LiveError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ours = our_uid();
+    let stranger = |what: String| LiveError::Stranger {
+        path: path.into(),
+        what,
+        ours,
+    };
+    let socket = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Err(LiveError::NotLive { path: path.into() }),
+    };
+    if !socket.file_type().is_socket() {
+        return Err(stranger("it is not a socket".into()));
+    }
+    if socket.uid() != ours {
+        return Err(stranger(format!(
+            "the socket belongs to uid {}",
+            socket.uid()
+        )));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_meta = std::fs::symlink_metadata(dir).map_err(|error| LiveError::Io {
+        path: path.into(),
+        action: "reading the live feed's directory",
+        error,
+    })?;
+    if dir_meta.uid() != ours || dir_meta.mode() & 0o022 != 0 {
+        return Err(stranger(format!(
+            "its directory belongs to uid {} with mode {:o}",
+            dir_meta.uid(),
+            dir_meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// The process serving the feed runs as this user (`SO_PEERCRED`).
+fn check_server(stream: &StdUnixStream, path: &Path) -> Result<(), LiveError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; all zeroes is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is open for the borrow; `cred` and `len` are valid
+    // for the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(LiveError::Io {
+            path: path.into(),
+            action: "asking who serves the live feed",
+            error: io::Error::last_os_error(),
+        });
+    }
+    let ours = our_uid();
+    if cred.uid != ours {
+        return Err(LiveError::Stranger {
+            path: path.into(),
+            what: format!("it is served by uid {} (pid {})", cred.uid, cred.pid),
+            ours,
+        });
     }
     Ok(())
 }
@@ -264,8 +354,13 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Connects and reads the `Hello`.
+    /// Connects and reads the `Hello`. Only to a socket that this user
+    /// owns, in a directory only this user can write, served by a process
+    /// of this user's: a socket someone else put at a recording's path
+    /// (after the recorder died and its directory went) is not followed;
+    /// and never waiting longer than [`FEED_SILENCE`] for a frame.
     pub fn connect(path: &Path) -> Result<Subscription, LiveError> {
+        check_owned(path)?;
         let stream = StdUnixStream::connect(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                 LiveError::NotLive { path: path.into() }
@@ -276,6 +371,14 @@ impl Subscription {
                 error: source,
             },
         })?;
+        check_server(&stream, path)?;
+        stream
+            .set_read_timeout(Some(FEED_SILENCE))
+            .map_err(|error| LiveError::Io {
+                path: path.into(),
+                action: "bounding reads of the live feed",
+                error,
+            })?;
         let mut sub = Subscription {
             stream,
             path: path.into(),
@@ -310,6 +413,14 @@ impl Subscription {
         match self.stream.read_exact(&mut header) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(self.protocol(format!("nothing for {}s", FEED_SILENCE.as_secs())));
+            }
             Err(source) => return Err(self.io("reading the live feed", source)),
         }
         let len = frame_len(header).map_err(|source| self.frame(source))?;
@@ -601,6 +712,52 @@ mod tests {
         let headless = encode_frame(&Frame::End { exit_status: None });
         let err = subscribe_to(headless);
         assert!(err.to_string().contains("an end before its hello"), "{err}");
+    }
+
+    #[test]
+    fn a_silent_feed_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            std::thread::sleep(FEED_SILENCE + std::time::Duration::from_secs(1));
+            drop(stream);
+        });
+        let err = Subscription::connect(&path).unwrap_err();
+        assert!(err.to_string().contains("sent nothing for 5s"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_feed_in_a_directory_others_can_write_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Subscription::connect(&path).unwrap_err();
+        assert!(matches!(err, LiveError::Stranger { .. }), "{err}");
+        assert!(err.to_string().contains("mode 777"), "{err}");
+    }
+
+    #[test]
+    fn a_feed_socket_another_user_owns_is_not_followed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var("CI").is_err(), "CI runs as root");
+            eprintln!("SKIPPED: giving a socket to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::os::unix::fs::lchown(&path, Some(65534), Some(65534)).unwrap();
+        let err = Subscription::connect(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("the socket belongs to uid 65534"),
+            "{err}"
+        );
     }
 
     #[test]
