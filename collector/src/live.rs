@@ -76,6 +76,9 @@ pub enum LiveError {
     },
 }
 
+/// How long the feed's last frames may take, to all subscribers together.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+
 /// How long a feed may stay silent before a subscriber gives up on it: a
 /// recorder sends a delta ten times a second, or a snapshot at once.
 pub const FEED_SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -156,20 +159,26 @@ impl LiveFeed {
                 }
             }
         };
-        // A last full state, then the end: best effort, briefly, so a stuck
-        // subscriber cannot hold the recorder up.
+        // A last full state, then the end: best effort, to every subscriber
+        // at once within one bound, so stuck subscribers cannot hold the
+        // recorder up, however many there are.
         let now = monotonic_ns();
         let last = encode_frame(&Frame::Snapshot(Box::new(lock(&source).snapshot(now))));
         let end = encode_frame(&Frame::End { exit_status });
+        let mut writes = tokio::task::JoinSet::new();
         for mut s in subscribers {
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                // Whatever of the frame in flight is unwritten goes first.
-                s.out.extend_from_slice(&last);
-                s.out.extend_from_slice(&end);
-                s.stream.write_all(&s.out[s.at..]).await
-            })
-            .await;
+            // Whatever of the frame in flight is unwritten goes first.
+            s.out.extend_from_slice(&last);
+            s.out.extend_from_slice(&end);
+            writes.spawn(async move {
+                let _ = s.stream.write_all(&s.out[s.at..]).await;
+            });
         }
+        let _ = tokio::time::timeout(LAST_WORDS, async {
+            while writes.join_next().await.is_some() {}
+        })
+        .await;
+        // Dropping the set abandons the writes still stuck.
     }
 }
 
