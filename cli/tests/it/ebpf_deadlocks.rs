@@ -324,28 +324,28 @@ fn names_idle_helpers(db: &std::path::Path, printed: &str) {
     }
 }
 
-#[test]
-fn processes_with_idle_helper_threads_reading_each_others_pipe_are_a_deadlock() {
-    if !need_root("processes_with_idle_helper_threads_reading_each_others_pipe_are_a_deadlock") {
-        return;
-    }
+/// The HELPED workload over `via` (`pipe` or `socket`): one deadlock on
+/// objects of `kind`, named `prefix…`, each member's idle helper named.
+fn helped_deadlock(via: &str, kind: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (db, printed) = record_python_with(dir.path(), HELPED, &["pipe", "give_up", HOLD], &[]);
-    let names = one_deadlock(&db, "pipe");
-    assert!(names.iter().all(|n| n.starts_with("pipe:[")), "{names:?}");
+    let (db, printed) = record_python_with(dir.path(), HELPED, &[via, "give_up", HOLD], &[]);
+    let names = one_deadlock(&db, kind);
+    assert!(names.iter().all(|n| n.starts_with(prefix)), "{names:?}");
     names_idle_helpers(&db, &printed);
 }
 
 #[test]
-fn processes_with_idle_helper_threads_reading_each_others_socket_are_a_deadlock() {
-    if !need_root("processes_with_idle_helper_threads_reading_each_others_socket_are_a_deadlock") {
-        return;
+fn processes_with_idle_helper_threads_reading_each_others_pipe_are_a_deadlock() {
+    if need_root("processes_with_idle_helper_threads_reading_each_others_pipe_are_a_deadlock") {
+        helped_deadlock("pipe", "pipe", "pipe:[");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (db, printed) = record_python_with(dir.path(), HELPED, &["socket", "give_up", HOLD], &[]);
-    let names = one_deadlock(&db, "unix_stream");
-    assert!(names.iter().all(|n| n.starts_with("socket:[")), "{names:?}");
-    names_idle_helpers(&db, &printed);
+}
+
+#[test]
+fn processes_with_idle_helper_threads_reading_each_others_socket_are_a_deadlock() {
+    if need_root("processes_with_idle_helper_threads_reading_each_others_socket_are_a_deadlock") {
+        helped_deadlock("socket", "unix_stream", "socket:[");
+    }
 }
 
 #[test]
