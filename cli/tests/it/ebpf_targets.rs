@@ -71,13 +71,17 @@ const STEP: Duration = Duration::from_secs(30);
 /// The workload, started outside any recording, and the pid of the child
 /// it forked before printing it.
 fn start_target(dir: &Path) -> (Child, i64) {
-    let script = dir.join("target.py");
-    std::fs::write(&script, TARGET).unwrap();
     let go = dir.join("go");
+    start_python(TARGET, &[N.to_string().as_ref(), go.as_os_str()])
+}
+
+/// A python3 `script` with `args`, started outside any recording, and the
+/// pid its first line of output names.
+pub(crate) fn start_python(script: &str, args: &[&std::ffi::OsStr]) -> (Child, i64) {
     let mut target = Command::new(python())
-        .arg(&script)
-        .arg(N.to_string())
-        .arg(&go)
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

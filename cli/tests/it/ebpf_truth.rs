@@ -8,14 +8,12 @@
 //! correlation to store): collector's `ebpf_truth` tests check those on
 //! the events the real probes decode.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::ebpf_ipc::{python, record_python_with};
-use crate::ebpf_targets::{start_recorder, wait_bounded};
+use crate::ebpf_ipc::record_python_with;
+use crate::ebpf_targets::{start_python, start_recorder, wait_bounded};
 use crate::{need_root, query, run, stderr};
 
 /// Children that end in every way an exit status can say, each reaped by
@@ -142,21 +140,11 @@ fn a_process_followed_with_p_exits_with_its_status() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("p.db");
     let go = dir.path().join("go");
-    let mut target = Command::new(python())
-        .args([
-            "-c",
-            "import os, sys, time\nprint(os.getpid(), flush=True)\n\
-             while not os.path.exists(sys.argv[1]):\n    time.sleep(0.02)\nsys.exit(5)",
-        ])
-        .arg(&go)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(target.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid: i64 = line.trim().parse().unwrap();
+    let (mut target, pid) = start_python(
+        "import os, sys, time\nprint(os.getpid(), flush=True)\n\
+         while not os.path.exists(sys.argv[1]):\n    time.sleep(0.02)\nsys.exit(5)",
+        &[go.as_os_str()],
+    );
     let mut recorder = start_recorder(&["--db", db.to_str().unwrap(), "-p", &pid.to_string()]);
     std::fs::write(&go, "").unwrap();
     assert_eq!(wait_bounded(&mut target, "the target"), 5);
@@ -289,35 +277,12 @@ fn futex_wakes_are_recorded_on_the_futex_their_waiters_wait_on() {
 
 /// Names its main thread with `prctl(PR_SET_NAME)`, and a second thread
 /// itself (not a title).
-const PRCTL: &str = r#"
-import ctypes, threading
-libc = ctypes.CDLL(None)
-PR_SET_NAME = 15
-libc.prctl(PR_SET_NAME, b"renamed-x", 0, 0, 0)
-t = threading.Thread(target=lambda: libc.prctl(PR_SET_NAME, b"thread-y", 0, 0, 0))
-t.start()
-t.join()
-"#;
+const PRCTL: &str = include_str!("../../../collector/tests/fixtures/prctl_title.py");
 
 /// Waits 0.3 s, writes a title over its argv area (as postgres and
-/// setproctitle do), then sleeps 1.5 s so the title scan reads it.
-const ARGV_TITLE_C: &str = r#"
-#include <string.h>
-#include <unistd.h>
-
-int main(int argc, char **argv) {
-    usleep(300000);
-    char *end = argv[argc - 1] + strlen(argv[argc - 1]);
-    size_t room = (size_t)(end - argv[0]);
-    const char *title = "truth-title: worker";
-    if (room < strlen(title))
-        return 3;
-    memset(argv[0], 0, room);
-    strcpy(argv[0], title);
-    usleep(1500000);
-    return 0;
-}
-"#;
+/// setproctitle do), then sleeps `argv[1]` seconds so the title scan reads
+/// it.
+const ARGV_TITLE_C: &str = include_str!("../../../collector/tests/fixtures/argv_title.c");
 
 /// `process_title` events in `db`, as `(pid, source, count)`.
 fn titles(db: &Path) -> serde_json::Value {
@@ -367,7 +332,7 @@ fn a_process_rewriting_its_argv_gets_a_title_event_from_the_collector() {
     let dir = tempfile::tempdir().unwrap();
     let exe = crate::compile_c(dir.path(), "argv-title", ARGV_TITLE_C);
     let db = dir.path().join("argv.db");
-    record_exe(&db, &exe, &["padding-padding-padding"]);
+    record_exe(&db, &exe, &["1.5", "padding-padding-padding"]);
     let main = query(&db, "select pid from processes");
     let main = main[0]["pid"].as_i64().unwrap();
     // One: the rewrite, not the command line it was started with.

@@ -77,38 +77,12 @@ print(child, listener, faulter, flush=True)
 
 /// Names its main thread with `prctl(PR_SET_NAME)`, then has a second
 /// thread name itself (a thread's name, not the process's title).
-const PRCTL: &str = r#"
-import ctypes, threading
-libc = ctypes.CDLL(None)
-PR_SET_NAME = 15
-libc.prctl(PR_SET_NAME, b"renamed-x", 0, 0, 0)
-t = threading.Thread(target=lambda: libc.prctl(PR_SET_NAME, b"thread-y", 0, 0, 0))
-t.start()
-t.join()
-"#;
+const PRCTL: &str = include_str!("../fixtures/prctl_title.py");
 
 /// Waits 0.3 s (its exec's command line is read meanwhile), writes a
 /// title over its argv area (as postgres and setproctitle do), then
 /// sleeps `argv[1]` seconds so the title can be read.
-pub const ARGV_TITLE_C: &str = r#"
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-int main(int argc, char **argv) {
-    double linger = argc > 1 ? atof(argv[1]) : 1.5;
-    usleep(300000);
-    char *end = argv[argc - 1] + strlen(argv[argc - 1]);
-    size_t room = (size_t)(end - argv[0]);
-    const char *title = "truth-title: worker";
-    if (room < strlen(title))
-        return 3;
-    memset(argv[0], 0, room);
-    strcpy(argv[0], title);
-    usleep((useconds_t)(linger * 1e6));
-    return 0;
-}
-"#;
+pub const ARGV_TITLE_C: &str = include_str!("../fixtures/argv_title.c");
 
 /// Compiles C `source` into `dir` as `name`, with the system's cc.
 pub fn compile_c(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
