@@ -28,14 +28,14 @@ use std::hint::black_box;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use collector::lib_ring::{RingListener, SOCKET_ENV};
+use collector::lib_ring::{Admission, RingListener, SOCKET_ENV};
 use collector::store::Ingest;
 use ipc_events::{Event, EventKind, Source};
 use ipc_lib::channel::{OpenError, Receiver, RecvError, Sender};
@@ -298,7 +298,7 @@ fn run_driver(exe: &Path, name: &str, run: Run, collector: &Collector) -> Result
     cmd.stdout(out.try_clone()?);
     let traced = run.mode == Mode::Traced;
     if traced {
-        cmd.env(SOCKET_ENV, &collector.path);
+        cmd.env(SOCKET_ENV, &collector.address);
     } else {
         // Also when this benchmark itself runs under `ipcscope record`.
         cmd.env_remove(SOCKET_ENV);
@@ -337,7 +337,8 @@ fn run_driver(exe: &Path, name: &str, run: Run, collector: &Collector) -> Result
 /// The collector side: the real ring listener on a runtime of its own, as
 /// `ipcscope record` runs it, with a sink that counts instead of storing.
 struct Collector {
-    path: PathBuf,
+    /// The ring socket, as `SOCKET_ENV` gives it.
+    address: String,
     counts: Arc<Counts>,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
@@ -365,9 +366,9 @@ impl Collector {
         // Binding registers the socket with the runtime, so it happens
         // inside it.
         let listener = runtime
-            .block_on(async { RingListener::bind(&std::env::temp_dir()) })
+            .block_on(async { RingListener::bind(Admission::this_process()) })
             .context("binding the ring socket")?;
-        let path = listener.path().to_owned();
+        let address = listener.address().to_owned();
         let (ingest, batches) = Ingest::detached(256);
         let (stop, stopped) = watch::channel(false);
         let counts = Arc::new(Counts::default());
@@ -382,7 +383,7 @@ impl Collector {
             });
         });
         Ok(Collector {
-            path,
+            address,
             counts,
             stop,
             thread,

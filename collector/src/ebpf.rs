@@ -41,7 +41,7 @@ use crate::platform::{self, Capabilities};
 pub mod blocked;
 mod btf;
 mod format;
-mod targets;
+pub(crate) mod targets;
 pub mod titles;
 
 pub use targets::running_process_events;

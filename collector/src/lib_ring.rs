@@ -1,9 +1,11 @@
 //! The collector's side of the ipc-lib event rings.
 //!
-//! `record` listens on an owner-only Unix socket whose path it passes to
-//! the command in [`SOCKET_ENV`]. Each ipc-lib process connects once and
-//! sends its ring's memfd; the collector checks who is calling
-//! (`SO_PEERCRED`: same user only), that the memfd is sealed against
+//! `record` listens on a Unix socket in the abstract namespace, whose name
+//! it passes to the command in [`SOCKET_ENV`] (as `@name`). Each ipc-lib
+//! process connects once and sends its ring's memfd; the collector checks
+//! who is calling (`SO_PEERCRED`: the recording user, or a process below
+//! the recorder or a followed process, whatever user it switched to: see
+//! [`Admission`]), that the memfd is sealed against
 //! shrinking (otherwise a process could truncate it under our mapping and
 //! crash us with SIGBUS), and the ring header, then maps it and drains it
 //! every millisecond. The connection stays open while the process lives, so
@@ -16,7 +18,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -40,8 +41,8 @@ use crate::store::Ingest;
 /// Why a ring was refused or detached.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
-    #[error("registration from uid {uid} refused: only the recording user ({ours}) may register")]
-    WrongUser { uid: u32, ours: u32 },
+    #[error("registration from pid {pid} (uid {uid}) refused: not the recording user ({ours}), nor a process the recording started or follows")]
+    Stranger { pid: u32, uid: u32, ours: u32 },
     #[error("registration message malformed ({0} bytes, no fd, or wrong magic/version)")]
     BadHello(usize),
     #[error("ring memfd is not sealed against shrinking")]
@@ -258,36 +259,102 @@ const MAX_REFUSALS_PER_DRAIN: u64 = 1 << 32;
 /// How often rings are drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
-/// The recorder's registration socket; removed when dropped.
+/// Whose rings the recorder takes.
+///
+/// The recording user's; and, since a command may switch users on its way
+/// (`setpriv --reuid`, `sudo -u`, a server dropping root), every process
+/// below the recorder (so below the command it started) or below a process
+/// it follows, found by walking parents in `/proc` from the caller's pid.
+/// Anyone else is a stranger, refused before a byte of theirs is read.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    uid: u32,
+    roots: Vec<u32>,
+}
+
+impl Admission {
+    /// The recording user's processes, and those below `roots`.
+    pub fn new(roots: Vec<u32>) -> Admission {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        Admission { uid, roots }
+    }
+
+    /// The recorder's own user and descendants only.
+    pub fn this_process() -> Admission {
+        Admission::new(vec![std::process::id()])
+    }
+
+    fn check(&self, pid: u32, uid: u32) -> Result<(), RingError> {
+        if uid == self.uid || self.is_below_a_root(pid) {
+            return Ok(());
+        }
+        Err(RingError::Stranger {
+            pid,
+            uid,
+            ours: self.uid,
+        })
+    }
+
+    /// Walks up from `pid`. The caller is connected and waiting for us, so
+    /// its pid is its own while we look (a process that exits right after
+    /// connecting and whose pid is reused at once below a root would pass:
+    /// a stranger cannot arrange that). A process orphaned to init is no
+    /// longer below the recorder and is refused.
+    fn is_below_a_root(&self, pid: u32) -> bool {
+        // Deeper than any real process tree; bounds a walk over a /proc
+        // that changes under it.
+        const MAX_DEPTH: usize = 4096;
+        let mut at = pid;
+        for _ in 0..MAX_DEPTH {
+            if self.roots.contains(&at) {
+                return true;
+            }
+            match crate::ebpf::targets::parent(at) {
+                Some(parent) if parent > 1 && parent != at => at = parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+/// The recorder's registration socket.
 pub struct RingListener {
     listener: UnixListener,
-    path: PathBuf,
+    address: String,
+    admission: Admission,
 }
 
 impl RingListener {
-    /// Binds a socket in a fresh owner-only directory under `runtime_dir`.
-    pub fn bind(runtime_dir: &Path) -> Result<RingListener, RingError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        // Unique even if a recorder with this pid crashed and left its
-        // directory behind.
-        let dir = runtime_dir.join(format!(
-            "ipcscope-{}-{}",
-            std::process::id(),
-            monotonic_ns()
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("creating the socket directory"))?;
-        let path = dir.join("rings.sock");
-        let listener = UnixListener::bind(&path).map_err(io_err("binding the ring socket"))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err("restricting the ring socket"))?;
-        Ok(RingListener { listener, path })
+    /// Binds a socket in the abstract namespace: it has no file, so a
+    /// command that switches users can still reach it (no directory
+    /// permission stands in its way), and whom it lets in is decided by
+    /// `admission` alone. The name is unique even among recorders of one
+    /// pid in turn.
+    pub fn bind(admission: Admission) -> Result<RingListener, RingError> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("ipcscope-rings-{}-{}", std::process::id(), monotonic_ns());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(io_err("naming the ring socket"))?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr)
+            .map_err(io_err("binding the ring socket"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err("binding the ring socket"))?;
+        let listener =
+            UnixListener::from_std(listener).map_err(io_err("binding the ring socket"))?;
+        Ok(RingListener {
+            listener,
+            address: format!("@{name}"),
+            admission,
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The value of [`SOCKET_ENV`] that leads here: `@` and the abstract
+    /// name.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Accepts rings and feeds their events to `ingest` until `stop` turns
@@ -309,8 +376,10 @@ impl RingListener {
                         // bounded time: one that connects and says nothing
                         // must not hold up the others, nor the end.
                         let (ingest, stop) = (ingest.clone(), ring_stop.clone());
+                        let admission = self.admission.clone();
                         rings.spawn(async move {
-                            match tokio::time::timeout(REGISTER_TIMEOUT, register(&stream, &ingest)).await {
+                            let registered = register(&stream, &admission, &ingest);
+                            match tokio::time::timeout(REGISTER_TIMEOUT, registered).await {
                                 Ok(Ok((reader, pid))) => {
                                     pump(reader, pid, stream, ingest, stop, report_exits).await;
                                 }
@@ -327,15 +396,6 @@ impl RingListener {
             }
         }
         while rings.join_next().await.is_some() {}
-    }
-}
-
-impl Drop for RingListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 }
 
@@ -363,22 +423,19 @@ fn own_sockets(stream: &UnixStream, ingest: &Ingest) {
 }
 
 /// Checks the caller and takes its ring.
-async fn register(stream: &UnixStream, ingest: &Ingest) -> Result<(RingReader, u32), RingError> {
+async fn register(
+    stream: &UnixStream,
+    admission: &Admission,
+    ingest: &Ingest,
+) -> Result<(RingReader, u32), RingError> {
     let cred = stream
         .peer_cred()
         .map_err(io_err("reading the peer's credentials"))?;
-    // SAFETY: geteuid has no preconditions.
-    let ours = unsafe { libc::geteuid() };
-    if cred.uid() != ours {
-        return Err(RingError::WrongUser {
-            uid: cred.uid(),
-            ours,
-        });
-    }
     let pid = cred
         .pid()
         .and_then(|p| u32::try_from(p).ok())
         .ok_or(RingError::BadHello(0))?;
+    admission.check(pid, cred.uid())?;
     let (hello, fd) = loop {
         stream
             .readable()

@@ -35,7 +35,7 @@ use crate::clock::{monotonic_ns, wall_rfc3339};
 use crate::ebpf::blocked::{self, BlockedReceives};
 use crate::ebpf::titles::{self, TitleScanner};
 use crate::ebpf::{running_process_events, ProbeConfig, Probes};
-use crate::lib_ring::{RingListener, SOCKET_ENV};
+use crate::lib_ring::{Admission, RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
 use crate::store::{
     spawn_writer, Committed, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
@@ -190,9 +190,15 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
 
     // ipc-lib processes find the recorder through this socket and hand it
     // their event rings.
-    let rings = RingListener::bind(&runtime_dir()).context("opening the ipc-lib ring socket")?;
+    // The command and what it starts are below the recorder.
+    let admission = Admission::new(
+        std::iter::once(recorder_pid)
+            .chain(options.pids.iter().copied())
+            .collect(),
+    );
+    let rings = RingListener::bind(admission).context("opening the ipc-lib ring socket")?;
     let (stop_rings, rings_stopped) = watch::channel(false);
-    let ring_path = rings.path().to_owned();
+    let ring_address = rings.address().to_owned();
     let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped, probes.is_none()));
 
     // Processes already running are followed before the command starts,
@@ -226,7 +232,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         let mut command = Command::new(program);
         command
             .args(&options.command[1..])
-            .env(SOCKET_ENV, &ring_path);
+            .env(SOCKET_ENV, &ring_address);
         if let Some(path) = &options.output {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -511,7 +517,7 @@ fn session_command(options: &RecordOptions) -> String {
         .join(" ")
 }
 
-/// Where the ring socket goes: the user's runtime directory (owner-only by
+/// Where the live-feed socket goes: the user's runtime directory (owner-only by
 /// definition) when there is one, else the temporary directory, inside a
 /// directory of our own that is created 0700.
 fn runtime_dir() -> PathBuf {

@@ -197,7 +197,8 @@ unsafe fn commit(data: *mut u8, off: u64, len: u32) {
 }
 
 /// The environment variable through which `ipcscope record` tells the
-/// processes it runs where to register their rings.
+/// processes it runs where to register their rings: a Unix socket, `@name`
+/// in the abstract namespace (what `record` gives) or a path.
 pub const SOCKET_ENV: &str = "IPCSCOPE_SOCKET";
 
 #[cfg(test)]

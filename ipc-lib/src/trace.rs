@@ -315,7 +315,7 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     // HEADER_SIZE + capacity bytes that nothing else references yet, and
     // capacity was clamped to a power of two in range.
     unsafe { ring::init(base.cast(), capacity, pid) };
-    let socket = UnixStream::connect(path)?;
+    let socket = connect(path)?;
     send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd())?;
 
     PID.store(pid, Ordering::Relaxed);
@@ -327,6 +327,19 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     );
     register_atfork();
     Ok(())
+}
+
+/// Connects to the recorder: `@name` is a socket in the abstract
+/// namespace (what `ipcscope record` gives), anything else a path.
+fn connect(address: &std::ffi::OsStr) -> io::Result<UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match address.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            UnixStream::connect_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name)?)
+        }
+        None => UnixStream::connect(address),
+    }
 }
 
 fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: i32) -> io::Result<()> {

@@ -124,7 +124,7 @@ fn a_silent_client_of_the_ring_socket_holds_up_no_one() {
     let db = dir.path().join("silent.db");
     let silent = "import os, socket, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(os.environ['IPCSCOPE_SOCKET'])
+s.connect(os.environ['IPCSCOPE_SOCKET'].replace('@', '\\0', 1))
 print('connected', flush=True)
 time.sleep(5)";
     // The silent client outlives the command; the recording must not wait

@@ -39,6 +39,11 @@ pub(super) fn process_table() -> io::Result<Vec<(u32, u32)>> {
     Ok(out)
 }
 
+/// The parent of a running process, from `/proc` (None once it is gone).
+pub(crate) fn parent(pid: u32) -> Option<u32> {
+    stat_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// The parent pid in a `/proc/PID/stat` line: `pid (comm) state ppid ...`,
 /// where comm may hold spaces and parentheses, so fields are counted from
 /// the last `)`.
