@@ -141,7 +141,15 @@ impl DbArg {
     }
 
     async fn open(&self) -> Result<Store> {
-        Ok(Store::open(&self.path()?, OpenMode::Existing).await?)
+        let store = Store::open(&self.path()?, OpenMode::Existing).await?;
+        if let Some(version) = store.upgraded_from() {
+            say!(
+                "ipcscope: {} has schema version {version}, older than this build's {}: reading an upgraded copy; the file is left as it is (recording into it upgrades it)",
+                store.path().display(),
+                collector::store::schema_version()
+            );
+        }
+        Ok(store)
     }
 }
 
@@ -580,12 +588,20 @@ async fn run(command: Command) -> Result<ExitCode> {
                     file.finish()?;
                 }
                 None => {
-                    collector::export::jsonl(
+                    let written = collector::export::jsonl(
                         &mut conn,
                         session,
                         &mut io::BufWriter::new(io::stdout().lock()),
                     )
-                    .await?;
+                    .await;
+                    match written {
+                        // The reader has what it wanted (`export | head`).
+                        Err(collector::export::ExportError::Io(e))
+                            if e.kind() == io::ErrorKind::BrokenPipe => {}
+                        other => {
+                            other?;
+                        }
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

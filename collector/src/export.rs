@@ -51,7 +51,8 @@ pub async fn jsonl(
 pub enum ExportError {
     #[error(transparent)]
     Query(#[from] QueryError),
-    #[error("writing the export failed: {0}")]
+    // The io::Error is the source: printed once, after this.
+    #[error("writing the export failed")]
     Io(#[from] std::io::Error),
     #[error("{out}: that is the recording itself ({db} or its journal); choose another file. Nothing was written")]
     WouldOverwrite { out: PathBuf, db: PathBuf },

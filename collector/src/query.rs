@@ -11,7 +11,7 @@ use serde_json::{Map, Value as Json};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Executor, Row, SqliteConnection, TypeInfo, ValueRef};
 
-use crate::store::StoreError;
+use crate::store::{describe_sql, StoreError};
 
 /// One cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +33,11 @@ pub struct Table {
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("query failed: {0}")]
-    Sql(#[source] sqlx::Error),
+    /// One line: the database's message, not repeated by a source chain.
+    #[error("query failed: {}", describe_sql(.0))]
+    Sql(sqlx::Error),
+    #[error("query failed: {0}: `query` only reads the recording; ATTACH, VACUUM INTO, setting a pragma and loading extensions are refused")]
+    Refused(String),
     #[error("query failed: its statements return rows with different columns; run one statement at a time")]
     Shapes,
     #[error(transparent)]
@@ -45,17 +48,22 @@ pub enum QueryError {
 /// their rows make one table only if they have the same columns (a
 /// table's rows all have its columns), else it is an error, never rows
 /// labelled with another statement's names.
+///
+/// `conn` is read-only (see [`crate::store::Store::read_only`]); before any
+/// of the user's SQL runs, an authorizer also keeps it from writing
+/// anywhere else.
 pub async fn run(conn: &mut SqliteConnection, sql: &str) -> Result<Table, QueryError> {
+    only_reads(conn).await?;
     let mut table = Table::default();
     let mut rows = sqlx::raw_sql(sql).fetch(&mut *conn);
-    while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
+    while let Some(row) = rows.try_next().await.map_err(sql_error)? {
         let columns: Vec<String> = row.columns().iter().map(|c| c.name().to_owned()).collect();
         if table.rows.is_empty() {
             table.columns = columns;
         } else if columns != table.columns {
             return Err(QueryError::Shapes);
         }
-        table.rows.push(decode_row(&row).map_err(QueryError::Sql)?);
+        table.rows.push(decode_row(&row).map_err(sql_error)?);
     }
     drop(rows);
     if table.columns.is_empty() {
@@ -70,6 +78,93 @@ pub async fn run(conn: &mut SqliteConnection, sql: &str) -> Result<Table, QueryE
         }
     }
     Ok(table)
+}
+
+fn sql_error(e: sqlx::Error) -> QueryError {
+    // SQLITE_AUTH: the authorizer below said no.
+    const SQLITE_AUTH: &str = "23";
+    match e.as_database_error() {
+        Some(db) if db.code().as_deref() == Some(SQLITE_AUTH) => {
+            QueryError::Refused(db.message().to_owned())
+        }
+        _ => QueryError::Sql(e),
+    }
+}
+
+/// A read-only connection still writes other files: `ATTACH` creates the
+/// database it names (read-only applies to the main one only, as sqlx
+/// opens it), `VACUUM INTO` copies the recording anywhere, and some pragmas
+/// set paths. SQLite asks this authorizer about every action of every
+/// statement as it is prepared, so each such statement fails before it
+/// runs; whatever else would write fails on the read-only connection.
+async fn only_reads(conn: &mut SqliteConnection) -> Result<(), QueryError> {
+    use libsqlite3_sys as ffi;
+    use std::ffi::{c_char, c_int, c_void, CStr};
+
+    unsafe extern "C" fn authorize(
+        _: *mut c_void,
+        action: c_int,
+        first: *const c_char,
+        second: *const c_char,
+        _: *const c_char,
+        _: *const c_char,
+    ) -> c_int {
+        let refused = match action {
+            // VACUUM INTO attaches its output first.
+            ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => true,
+            // A pragma with a value sets something, but for those whose
+            // argument names what to describe; without, it reads.
+            ffi::SQLITE_PRAGMA => {
+                const DESCRIBING: [&[u8]; 6] = [
+                    b"table_info",
+                    b"table_xinfo",
+                    b"table_list",
+                    b"index_list",
+                    b"index_info",
+                    b"index_xinfo",
+                ];
+                // SAFETY: for SQLITE_PRAGMA the first argument is the
+                // pragma's name, NUL-terminated, owned by SQLite for the
+                // length of this call.
+                let name = (!first.is_null()).then(|| unsafe { CStr::from_ptr(first) }.to_bytes());
+                !second.is_null()
+                    && !name.is_some_and(|n| DESCRIBING.iter().any(|d| n.eq_ignore_ascii_case(d)))
+            }
+            ffi::SQLITE_FUNCTION => {
+                // SAFETY: for SQLITE_FUNCTION the second argument is the
+                // function's name, a NUL-terminated string SQLite owns for
+                // the length of this call.
+                !second.is_null()
+                    && unsafe { CStr::from_ptr(second) }
+                        .to_bytes()
+                        .eq_ignore_ascii_case(b"load_extension")
+            }
+            _ => false,
+        };
+        if refused {
+            ffi::SQLITE_DENY
+        } else {
+            ffi::SQLITE_OK
+        }
+    }
+
+    let mut handle = conn.lock_handle().await.map_err(QueryError::Sql)?;
+    // SAFETY: the handle is this connection's open sqlite3, locked for
+    // the call; `authorize` is a plain function that keeps no state, so it
+    // outlives the connection, and needs no user data.
+    let rc = unsafe {
+        ffi::sqlite3_set_authorizer(
+            handle.as_raw_handle().as_ptr(),
+            Some(authorize),
+            std::ptr::null_mut(),
+        )
+    };
+    match rc {
+        ffi::SQLITE_OK => Ok(()),
+        code => Err(QueryError::Sql(sqlx::Error::Protocol(format!(
+            "cannot install the read-only authorizer (SQLite code {code})"
+        )))),
+    }
 }
 
 /// A table from rows already fetched (empty rows give no column names).

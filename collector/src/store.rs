@@ -13,6 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
@@ -50,6 +51,8 @@ pub enum StoreError {
     /// creating it right now, so a command that reads must not.
     #[error("{path}: no ipcscope data in it yet (a recording may be starting); left untouched")]
     Empty { path: PathBuf },
+    #[error("{path}: not a regular file but {kind}; left untouched")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("{path}: not an SQLite database (the file does not start with the SQLite header); left untouched")]
     NotSqlite { path: PathBuf },
     #[error("{path}: truncated SQLite database: its header describes {expected} bytes but the file has {actual}; left untouched")]
@@ -73,7 +76,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: cannot read the database: {}", describe(error))]
+    #[error("{path}: cannot read the database: {}", describe_sql(error))]
     Unreadable { path: PathBuf, error: sqlx::Error },
     #[error("{path}: migrating the schema failed: {source}")]
     Migrate {
@@ -81,7 +84,7 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
-    #[error("database error while {action}: {}", describe(error))]
+    #[error("database error while {action}: {}", describe_sql(error))]
     Sql {
         action: &'static str,
         error: sqlx::Error,
@@ -91,7 +94,7 @@ pub enum StoreError {
 /// An sqlx error in one line. Its own Display repeats the database's
 /// message (once in its text, once as its source), and these errors are
 /// printed with their whole chain; so the chain ends here instead.
-fn describe(e: &sqlx::Error) -> String {
+pub(crate) fn describe_sql(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => format!("{} (SQLite code {code})", db.message()),
@@ -129,6 +132,14 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
             })
         }
     };
+    if !meta.is_file() {
+        // Opening a FIFO blocks until a writer comes; a directory or a
+        // device is no database either.
+        return Err(StoreError::NotAFile {
+            path: path.into(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
     if meta.len() == 0 {
         return Ok(Inspection::New);
     }
@@ -207,11 +218,99 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
     Ok(Inspection::Ours { version })
 }
 
+/// What a file that is not a regular one is, for the error that says so.
+fn file_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
+/// The upgraded copy's name in its private directory.
+const UPGRADED_COPY: &str = "upgraded.db";
+
+/// A copy of the older database at `path`, migrated to this build's
+/// schema, in a fresh owner-only temporary directory. `VACUUM INTO` on a
+/// read-only connection copies one consistent snapshot (the WAL's
+/// committed pages included) without writing to the original.
+async fn upgraded_copy(path: &Path) -> Result<tempfile::TempDir, StoreError> {
+    let dir = tempfile::Builder::new()
+        .prefix("ipcscope-upgrade-")
+        .tempdir()
+        .map_err(|source| StoreError::Io {
+            path: std::env::temp_dir(),
+            action: "cannot create a directory for an upgraded copy",
+            source,
+        })?;
+    let copy = dir.path().join(UPGRADED_COPY);
+    let unreadable = |error| StoreError::Unreadable {
+        path: path.into(),
+        error,
+    };
+    let mut conn = SqliteConnection::connect_with(&read_only_options(path))
+        .await
+        .map_err(unreadable)?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(copy.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await
+        .map_err(unreadable)?;
+    conn.close().await.map_err(unreadable)?;
+    let pool = connect(
+        SqliteConnectOptions::new()
+            .filename(&copy)
+            .journal_mode(SqliteJournalMode::Wal),
+    )
+    .await
+    .map_err(unreadable)?;
+    migrate(&pool, path).await?;
+    pool.close().await;
+    Ok(dir)
+}
+
+/// Options that cannot write to `path` (nor, through ATTACH, anywhere).
+///
+/// A WAL database is read through its `-shm` index, which SQLite creates
+/// beside the file when it is missing. Where it is missing and cannot be
+/// created (a directory this user cannot write, a read-only mount), no
+/// recorder is writing the file either, since a writer always has that
+/// index open: then, unless a WAL holds pages the file lacks, the file is
+/// read as immutable, with no index at all.
 fn read_only_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
-        .foreign_keys(false)
+        .foreign_keys(false);
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let wal_empty = fs::metadata(beside("-wal")).map_or(true, |m| m.len() == 0);
+    options.immutable(wal_empty && !beside("-shm").exists() && !may_write(dir))
+}
+
+/// Whether this process may create files in `dir` (by its effective ids,
+/// and knowing about read-only mounts, as `open` would judge).
+fn may_write(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path; faccessat reads nothing else.
+    unsafe { libc::faccessat(libc::AT_FDCWD, dir.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
 }
 
 /// Whether opening may create a database that does not exist yet.
@@ -228,25 +327,69 @@ pub enum OpenMode {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The file the user named.
     path: PathBuf,
+    /// What the pool reads: `path`, or an upgraded copy of it.
+    reads: PathBuf,
+    /// Whether this is `record`'s store, the only one that writes.
+    writable: bool,
+    /// The schema version of `path` when it is older than this build's:
+    /// then `reads` is a copy in this directory, removed with the last clone.
+    upgraded: Option<(i64, Arc<tempfile::TempDir>)>,
 }
 
 impl Store {
-    /// Opens `path`, creating it (mode 0600, in a 0700 directory when the
-    /// directory is new) or migrating an older schema as needed.
+    /// Opens `path`. With [`OpenMode::Create`], for writing: creating it
+    /// (mode 0600, in a 0700 directory when the directory is new) or
+    /// migrating an older schema as needed. With [`OpenMode::Existing`],
+    /// read-only: no byte of the file or of its journal changes, and an
+    /// older schema is read through an upgraded private copy.
     pub async fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
         let inspection = inspect(path).await?;
-        if inspection == Inspection::New {
-            match mode {
-                OpenMode::Existing if !path.exists() => {
-                    return Err(StoreError::Missing { path: path.into() })
-                }
-                // A recorder that has created the file and not yet the
-                // schema would find its migrations done under it (and
-                // fail); and commands that read must not write.
-                OpenMode::Existing => return Err(StoreError::Empty { path: path.into() }),
-                OpenMode::Create => create_owner_only(path)?,
+        match (mode, inspection) {
+            (OpenMode::Create, inspection) => Store::open_for_writing(path, inspection).await,
+            (OpenMode::Existing, Inspection::Ours { version }) => {
+                Store::open_for_reading(path, version).await
             }
+            (OpenMode::Existing, Inspection::New) if !path.exists() => {
+                Err(StoreError::Missing { path: path.into() })
+            }
+            // A recorder that has created the file and not yet the schema
+            // would find its migrations done under it (and fail); and
+            // commands that read must not write.
+            (OpenMode::Existing, Inspection::New) => Err(StoreError::Empty { path: path.into() }),
+        }
+    }
+
+    async fn open_for_reading(path: &Path, version: i64) -> Result<Store, StoreError> {
+        let upgraded = match version < schema_version() {
+            true => Some((version, Arc::new(upgraded_copy(path).await?))),
+            false => None,
+        };
+        let reads = match &upgraded {
+            Some((_, dir)) => dir.path().join(UPGRADED_COPY),
+            None => path.to_owned(),
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(read_only_options(&reads))
+            .await
+            .map_err(|error| StoreError::Unreadable {
+                path: path.into(),
+                error,
+            })?;
+        Ok(Store {
+            pool,
+            path: path.into(),
+            reads,
+            writable: false,
+            upgraded,
+        })
+    }
+
+    async fn open_for_writing(path: &Path, inspection: Inspection) -> Result<Store, StoreError> {
+        if inspection == Inspection::New {
+            create_owner_only(path)?;
         }
 
         let options = SqliteConnectOptions::from_str("sqlite://")
@@ -275,11 +418,20 @@ impl Store {
         Ok(Store {
             pool,
             path: path.into(),
+            reads: path.into(),
+            writable: true,
+            upgraded: None,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The schema version of a file opened for reading that is older than
+    /// this build's, read through an upgraded copy.
+    pub fn upgraded_from(&self) -> Option<i64> {
+        self.upgraded.as_ref().map(|(version, _)| *version)
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -289,7 +441,7 @@ impl Store {
     /// A connection that cannot write: for user-supplied SQL, so that a
     /// `query` can never change a recording.
     pub async fn read_only(&self) -> Result<SqliteConnection, StoreError> {
-        SqliteConnection::connect_with(&read_only_options(&self.path))
+        SqliteConnection::connect_with(&read_only_options(&self.reads))
             .await
             .map_err(|error| StoreError::Unreadable {
                 path: self.path.clone(),
@@ -553,13 +705,28 @@ impl Store {
     /// a pooled connection is handed back by a spawned task, which may not
     /// have run (and closed the SQLite handle) by the time the pool's own
     /// close returns or the process exits.
+    ///
+    /// A reader in the middle of a long `query` keeps the WAL from being
+    /// emptied; the checkpoint does not wait for it (the busy timeout would
+    /// hold `record`'s exit for its whole length): it copies what it can
+    /// and the rest stays in the WAL, where every reader finds it.
     pub async fn close(self) {
+        if !self.writable {
+            // A reader's checkpoint would write to the file.
+            self.pool.close().await;
+            return;
+        }
         match self.pool.acquire().await {
             Ok(mut conn) => {
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(&mut *conn)
-                    .await
-                {
+                let checkpoint = async {
+                    sqlx::query("PRAGMA busy_timeout = 0")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut *conn)
+                        .await
+                };
+                if let Err(e) = checkpoint.await {
                     // Not fatal: the WAL keeps every committed page.
                     tracing::warn!("checkpointing {}: {e}", self.path.display());
                 }

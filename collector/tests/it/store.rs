@@ -554,7 +554,7 @@ async fn sessions_are_found_by_id_and_latest() {
 }
 
 #[tokio::test]
-async fn an_older_database_is_migrated_and_keeps_no_probe_marker_in_a_result() {
+async fn an_older_database_is_read_upgraded_left_as_it_was_and_migrated_by_a_writer() {
     use sqlx::migrate::Migrator;
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
@@ -589,18 +589,66 @@ async fn an_older_database_is_migrated_and_keeps_no_probe_marker_in_a_result() {
     .await
     .unwrap();
     pool.close().await;
+    let files = |dir: &Path| {
+        let mut all: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(dir.path());
 
+    // A reader sees this build's schema (a futex wait's begin as one, not
+    // as a wait with the probes' marker for a result), through a copy: the
+    // file, and what lies beside it, stay as they were (issue 15: `query`
+    // migrated an older file in place).
+    let expected = [
+        ("futex_wait_begin".to_owned(), 0),
+        ("futex_wait".to_owned(), -110),
+    ];
+    let kinds = "SELECT kind, result FROM events ORDER BY ts_ns";
     let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    assert_eq!(store.upgraded_from(), Some(5));
     assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT kind, result FROM events ORDER BY ts_ns")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(
-        rows,
-        [
-            ("futex_wait_begin".to_owned(), 0),
-            ("futex_wait".to_owned(), -110)
-        ]
-    );
+    let rows: Vec<(String, i64)> = sqlx::query_as(kinds).fetch_all(store.pool()).await.unwrap();
+    assert_eq!(rows, expected);
+    let mut conn = store.read_only().await.unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as(kinds).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows, expected);
+    drop(conn);
+    store.close().await;
+    assert_eq!(files(dir.path()), before);
+
+    // A recorder upgrades the file itself.
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    assert_eq!(store.upgraded_from(), None);
+    let rows: Vec<(String, i64)> = sqlx::query_as(kinds).fetch_all(store.pool()).await.unwrap();
+    assert_eq!(rows, expected);
+    store.close().await;
+    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    assert_eq!(store.upgraded_from(), None);
+}
+
+#[tokio::test]
+async fn a_fifo_is_refused_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for mode in [OpenMode::Create, OpenMode::Existing] {
+        let opened =
+            tokio::time::timeout(std::time::Duration::from_secs(10), Store::open(&path, mode))
+                .await
+                .expect("opening a FIFO blocked");
+        let err = opened.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotAFile { kind: "a FIFO", .. }),
+            "{err}"
+        );
+    }
 }
