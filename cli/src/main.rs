@@ -423,6 +423,19 @@ async fn record_and_summarise(options: RecordOptions) -> Result<RecordOutcome> {
 
 fn summarise(outcome: &RecordOutcome) {
     tracing::info!(?outcome, "recorded");
+    if !outcome.failures.is_empty() {
+        for failure in &outcome.failures {
+            say!("ipcscope: {failure}");
+        }
+        // The status is the command's, as promised; this says the
+        // recording is not whole.
+        say!(
+            "ipcscope: session {} is incomplete; the command exited with status {}",
+            outcome.session.0,
+            outcome.exit_status
+        );
+        return;
+    }
     let dropped = if outcome.drops.is_empty() {
         "nothing dropped".to_owned()
     } else {

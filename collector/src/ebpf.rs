@@ -526,9 +526,11 @@ impl Probes {
         for _ in 0..8 {
             let table =
                 targets::process_table().map_err(|source| ProbeError::ProcessTable { source })?;
+            // The recorder itself is below `-p 1`: its own waits and
+            // sockets are not what the user asked to see.
             let new: Vec<u32> = targets::descendants(&table, roots)
                 .into_iter()
-                .filter(|pid| !followed.contains(pid))
+                .filter(|pid| !followed.contains(pid) && *pid != std::process::id())
                 .collect();
             if new.is_empty() {
                 break;

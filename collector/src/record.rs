@@ -94,6 +94,10 @@ pub struct RecordOutcome {
     /// Events lost, by `drops.source`, as stored: every source counts its
     /// own losses (kernel ring, ipc-lib rings, ingest queue, decoding).
     pub drops: Vec<(String, u64)>,
+    /// What went wrong after the command started, each in one line: the
+    /// recording is incomplete (storing failed, say on a full disk), though
+    /// the command ran to its end and `exit_status` is its own.
+    pub failures: Vec<String>,
 }
 
 /// Records `options.command` until it exits.
@@ -228,6 +232,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     }
 
     let mut child = None;
+    let mut not_started = None;
     if let Some(program) = program {
         let mut command = Command::new(program);
         command
@@ -255,18 +260,30 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             p.untrack(recorder_pid)
                 .context("unregistering the recorder from the probes")?;
         }
-        let spawned =
-            spawned.with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
-        let pid = spawned
-            .id()
-            .context("the command exited before it could be observed")?;
-        if probes.is_none() {
-            // Without the probes nobody else reports the command's start.
-            ingest
-                .send(started_events(program, pid, recorder_pid))
-                .await?;
+        match spawned {
+            Ok(spawned) => {
+                let pid = spawned
+                    .id()
+                    .context("the command exited before it could be observed")?;
+                if probes.is_none() {
+                    // Without the probes nobody else reports the command's start.
+                    ingest
+                        .send(started_events(program, pid, recorder_pid))
+                        .await?;
+                }
+                child = Some((spawned, pid));
+            }
+            // Checked before anything was created, so rare (the file
+            // changed since, or the kernel cannot execute its format):
+            // the session is ended as a shell would report it.
+            Err(e) => {
+                eprintln!("ipcscope: cannot run {}: {e}", program.to_string_lossy());
+                not_started = Some(match e.kind() {
+                    std::io::ErrorKind::NotFound => NOT_FOUND,
+                    _ => NOT_EXECUTABLE,
+                });
+            }
         }
-        child = Some((spawned, pid));
     }
     // After the spawn, so that the command runs with what the user gave
     // us (`sudo ipcscope record -- cmd` runs cmd as root, as sudo would),
@@ -297,6 +314,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             };
             Some(status)
         }
+        None if not_started.is_some() => None,
         None => {
             let mut poll = tokio::time::interval(TARGETS_POLL);
             loop {
@@ -314,7 +332,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             None
         }
     };
-    let exit_status = wait_status.map(shell_status);
+    let exit_status = wait_status.map(shell_status).or(not_started);
 
     // Everything the sources still hold goes to the writer; if the writer
     // failed (a full disk, say), the sources only see it as gone, so its
@@ -349,31 +367,50 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     }
     .await;
     drop(ingest);
-    let writer = writer.finish().await.with_context(|| {
-        format!(
+    // The command has ended: from here a failure (to store, mostly: a full
+    // disk, a lock held past the busy timeout) no longer cuts the end
+    // short. The session is still ended, the command's status returned,
+    // and each failure reported beside them.
+    let mut failures: Vec<anyhow::Error> = Vec::new();
+    let writer = writer.finish().await.unwrap_or_else(|e| {
+        failures.push(anyhow::Error::new(e).context(format!(
             "storing session {} in {} failed; what was committed before is intact",
             session.0,
             options.db.display()
-        )
-    })?;
-    let probes = drained?;
+        )));
+        WriterStats::default()
+    });
+    // When the writer failed, the sources only saw it go: its error is
+    // the one worth reporting.
+    let probes = drained.unwrap_or_else(|e| {
+        if failures.is_empty() {
+            failures.push(e);
+        }
+        None
+    });
     // The writer is done, so the analysis has seen everything: its last
     // word on deadlocks is stored before the feed's last snapshot.
-    analysis
-        .await
-        .context("the analysis panicked")?
-        .context("storing the analysis")?;
+    match analysis.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push(e.context("storing the analysis")),
+        Err(e) => failures.push(anyhow::anyhow!("the analysis panicked: {e}")),
+    }
     lock(&analyzer).finish();
     let _ = stop_feed.send(Some(exit_status));
-    feed_task.await.context("the live feed panicked")?;
-    store.set_live_socket(session, None).await?;
-    if let (Some((_, child_pid)), Some(status)) = (&child, exit_status) {
-        store.set_exit_status(session, *child_pid, status).await?;
+    if let Err(e) = feed_task.await {
+        failures.push(anyhow::anyhow!("the live feed panicked: {e}"));
     }
-    store
-        .finish_session(session, &wall_rfc3339(), monotonic_ns(), exit_status)
-        .await?;
-    let drops = store.drops_by_source(session).await?;
+    let child_pid = child.as_ref().map(|(_, pid)| *pid);
+    if let Err(e) = end_session(&store, session, child_pid, exit_status).await {
+        failures.push(e.context(format!(
+            "session {} could not be marked ended (it shows as unfinished)",
+            session.0
+        )));
+    }
+    let drops = store.drops_by_source(session).await.unwrap_or_else(|e| {
+        failures.push(e.into());
+        Vec::new()
+    });
     store.close().await;
     drop(probes);
     Ok(RecordOutcome {
@@ -381,7 +418,26 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         exit_status: exit_status.unwrap_or(0),
         writer,
         drops,
+        failures: failures.iter().map(|e| format!("{e:#}")).collect(),
     })
+}
+
+/// Marks the session ended: no live feed any more, the command's status,
+/// the end time.
+async fn end_session(
+    store: &Store,
+    session: SessionId,
+    child_pid: Option<u32>,
+    exit_status: Option<i32>,
+) -> Result<()> {
+    store.set_live_socket(session, None).await?;
+    if let (Some(pid), Some(status)) = (child_pid, exit_status) {
+        store.set_exit_status(session, pid, status).await?;
+    }
+    store
+        .finish_session(session, &wall_rfc3339(), monotonic_ns(), exit_status)
+        .await?;
+    Ok(())
 }
 
 /// Committed batches the analysis may fall behind by before the writer
@@ -480,6 +536,9 @@ fn check_options(options: &RecordOptions) -> Result<()> {
     if options.all && !options.pids.is_empty() {
         bail!("--all already follows every process; -p cannot narrow it");
     }
+    if let Some(program) = options.command.first() {
+        runnable(program)?;
+    }
     for &pid in &options.pids {
         if pid == 0 || !is_running(pid) {
             bail!("-p {pid}: no such process");
@@ -487,6 +546,40 @@ fn check_options(options: &RecordOptions) -> Result<()> {
         if pid == std::process::id() {
             bail!("-p {pid}: that is ipcscope itself, which never records itself");
         }
+    }
+    Ok(())
+}
+
+/// A shell's status for a command it cannot find, and for one it cannot
+/// execute.
+const NOT_FOUND: i32 = 127;
+const NOT_EXECUTABLE: i32 = 126;
+
+/// Whether `program` can be started, judged before anything is created: a
+/// mistyped command leaves no session behind.
+fn runnable(program: &OsStr) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let shown = program.to_string_lossy();
+    let Some(path) = resolve_program(program) else {
+        bail!("cannot run {shown}: no such command in PATH");
+    };
+    let meta = std::fs::metadata(&path).with_context(|| format!("cannot run {shown}"))?;
+    if meta.is_dir() {
+        bail!("cannot run {shown}: it is a directory");
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("cannot run {shown}: a NUL in its name"))?;
+    // SAFETY: a NUL-terminated path; faccessat reads nothing else.
+    let executable = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if executable != 0 {
+        bail!("cannot run {shown}: not executable (permission denied)");
     }
     Ok(())
 }

@@ -388,10 +388,23 @@ impl Store {
     }
 
     async fn open_for_writing(path: &Path, inspection: Inspection) -> Result<Store, StoreError> {
+        let created = inspection == Inspection::New && !path.exists();
         if inspection == Inspection::New {
             create_owner_only(path)?;
         }
+        let opened = Store::set_up(path, inspection).await;
+        if opened.is_err() && created {
+            // A full disk left it empty: no file is better than a 0-byte
+            // one that every later reader calls "no data yet". Only while
+            // still empty: another opener may have written it meanwhile.
+            if fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        opened
+    }
 
+    async fn set_up(path: &Path, inspection: Inspection) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(StoreError::sql("building connection options"))?
             .filename(path)
@@ -727,8 +740,9 @@ impl Store {
                         .await
                 };
                 if let Err(e) = checkpoint.await {
-                    // Not fatal: the WAL keeps every committed page.
-                    tracing::warn!("checkpointing {}: {e}", self.path.display());
+                    // Not fatal: the WAL keeps every committed page. (On a
+                    // full disk, the failure that matters was reported.)
+                    tracing::debug!("checkpointing {}: {e}", self.path.display());
                 }
                 if let Err(e) = conn.detach().close().await {
                     tracing::warn!("closing {}: {e}", self.path.display());

@@ -235,6 +235,32 @@ fn record_all_follows_processes_it_did_not_start_until_interrupted() {
     assert_eq!(session, json!([{"command": "--all", "ended": 1}]));
 }
 
+/// `-p 1` follows everything below init, the recorder included: it
+/// listed and recorded itself (issue 15).
+#[test]
+fn record_p_1_leaves_the_recorder_out() {
+    if !need_root("record_p_1_leaves_the_recorder_out") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("init.db");
+    let mut recorder = start_recorder(&["--db", db.to_str().unwrap(), "-p", "1"]);
+    // Long enough for its threads to wait on futexes many times.
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory effects; the recorder is our child, not
+    // yet reaped.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_bounded(&mut recorder, "the recorder"), 0);
+    let recorder_pid = recorder.id();
+    for table in ["events", "processes", "waits"] {
+        let own = query(
+            &db,
+            &format!("select count(*) as n from {table} where pid = {recorder_pid}"),
+        );
+        assert_eq!(own[0]["n"], 0, "the recorder in {table}");
+    }
+}
+
 #[test]
 fn record_targets_are_checked_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();

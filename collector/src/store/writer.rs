@@ -269,16 +269,47 @@ impl Writer {
                 }
                 // Every sender is gone: write what is left and stop.
                 Some(None) => {
-                    self.flush(&mut pending, true).await?;
+                    let held = pending.len() as u64;
+                    if let Err(e) = self.flush(&mut pending, true).await {
+                        return self.count_the_rest(e, held, rx).await;
+                    }
                     return Ok(self.stats);
                 }
                 None => {}
             }
-            self.flush(&mut pending, false).await?;
+            let held = pending.len() as u64;
+            if let Err(e) = self.flush(&mut pending, false).await {
+                return self.count_the_rest(e, held, rx).await;
+            }
             // Events held back for ordering are written on the next round
             // even if nothing else comes.
             deadline = (!pending.is_empty()).then(|| Instant::now() + config.flush_interval);
         }
+    }
+
+    /// After a failed commit (a full disk, a lock held past the busy
+    /// timeout) nothing more can be stored consistently: the failed
+    /// transaction's facts are gone from the correlator, and later facts
+    /// would refer to rows it never wrote. So the rest is counted: the
+    /// `lost` events held when it failed and all that still comes, stored
+    /// (if the database takes that much) as one `drops` row of source
+    /// `storage`, so the session says how much it lacks.
+    async fn count_the_rest(
+        mut self,
+        error: StoreError,
+        mut lost: u64,
+        mut rx: mpsc::Receiver<Vec<Event>>,
+    ) -> Result<WriterStats, StoreError> {
+        while let Some(batch) = rx.recv().await {
+            lost += batch.len() as u64;
+        }
+        // Batches refused by a full queue were never received: theirs too.
+        lost += self.dropped.load(Ordering::Relaxed) - self.dropped_stored;
+        let now = crate::clock::monotonic_ns();
+        if let Err(e) = insert_drop(&mut self.conn, self.session.0, "storage", lost, now).await {
+            tracing::warn!("recording the {lost} events not stored: {e}");
+        }
+        Err(error)
     }
 
     /// Writes what `pending` holds in time order, except (unless `last`)
