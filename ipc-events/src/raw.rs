@@ -88,10 +88,11 @@ pub struct PendingCall {
     /// A message queue's dentry (a kernel address), whose name the exit
     /// reads.
     pub dentry: u64,
-    /// The user buffer holding the message (its first part, for the
-    /// vectored calls), when payload capture is on; else 0.
+    /// Where the message's bytes are, when payload capture is on; else
+    /// 0: the user buffer holding them or, when `buf_iov` is 1, the user
+    /// `struct iovec` array (writev, readv, sendmsg, recvmsg).
     pub buf: u64,
-    /// How many bytes `buf` holds.
+    /// How many bytes `buf` holds, or how many iovecs when `buf_iov` is 1.
     pub buf_len: u64,
     /// The event's `aux`, when the entry knows it.
     pub aux: u64,
@@ -102,7 +103,9 @@ pub struct PendingCall {
     /// The event kind the exit reports.
     pub kind: u16,
     pub chan_kind: u16,
-    pub _pad: [u16; 3],
+    /// 1: `buf` is an iovec array of `buf_len` entries; 0: a buffer.
+    pub buf_iov: u16,
+    pub _pad: [u16; 2],
 }
 
 /// Size of [`PendingCall`] in bytes.
@@ -131,7 +134,8 @@ impl PendingCall {
             op,
             kind,
             chan_kind,
-            _pad: [0; 3],
+            buf_iov: 0,
+            _pad: [0; 2],
         }
     }
 

@@ -196,6 +196,8 @@ static ANON_NAME: [u8; 5] = *b"anon\0";
 // The ring's reservations are 8-byte aligned and sized in multiples of 8.
 const _: () = assert!(core::mem::size_of::<NamedRecord>().is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(core::mem::size_of::<PayloadRecord>().is_multiple_of(RECORD_ALIGN));
+// `gather` keeps an offset below MAX_PAYLOAD with a mask.
+const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 
 // Where this kernel puts the tracepoint fields the programs read. Tracepoint
 // layouts are not a promised ABI, so the loader reads the real offsets from
@@ -745,7 +747,7 @@ fn fd_enter(call: &Call, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
     } else {
         op::FD_RECV
     };
-    let (buf, buf_len) = user_buffer(call, buf_at);
+    let (buf, buf_len, buf_iov) = user_buffer(call, buf_at);
     remember(
         tid,
         PendingCall {
@@ -753,6 +755,7 @@ fn fd_enter(call: &Call, msg_kind: u16, buf_at: BufAt) -> Result<(), i64> {
             obj2,
             buf,
             buf_len,
+            buf_iov,
             ..entry(tgid, op, msg_kind, chan_kind)
         },
     );
@@ -779,33 +782,37 @@ struct Iovec {
 }
 
 /// `offsetof(struct user_msghdr, msg_iov)`: after the name pointer and
-/// its (padded) int length. User ABI, not a kernel layout.
+/// its (padded) int length; `msg_iovlen` follows it. User ABI, not a
+/// kernel layout.
 const MSGHDR_IOV: u64 = 16;
 
-/// Where the message's bytes are when payload capture is on: the buffer
-/// and its length, the first iovec's for the vectored calls (so a message
-/// split over several iovecs is captured up to the end of the first).
-/// `(0, 0)` when capture is off or the arguments cannot be read: the
-/// message is still reported, without its bytes.
-fn user_buffer(call: &Call, buf_at: BufAt) -> (u64, u64) {
+/// Where the message's bytes are when payload capture is on, as
+/// `PendingCall`'s `buf`, `buf_len` and `buf_iov`: the buffer and its
+/// length, or for the vectored calls the iovec array and its count (the
+/// exit walks it: only the return value says how many of its bytes
+/// moved, and a receive fills it only then). `(0, 0, 0)` when capture is
+/// off or the arguments cannot be read: the message is still reported,
+/// without its bytes.
+fn user_buffer(call: &Call, buf_at: BufAt) -> (u64, u64, u16) {
     if PAYLOAD_BYTES.load() == 0 {
-        return (0, 0);
+        return (0, 0, 0);
     }
-    let found = || -> Result<(u64, u64), i64> {
+    let found = || -> Result<(u64, u64, u16), i64> {
         let arg1 = call.arg(1)?;
-        let iov = match buf_at {
-            BufAt::Plain => return Ok((arg1, call.arg(2)?)),
-            BufAt::Iovec => arg1,
-            // SAFETY: bpf_probe_read_user faults safely on any address.
-            BufAt::Msghdr => unsafe { bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const u64) }
-                .map_err(i64::from)?,
-        };
-        // SAFETY: as above.
-        let first: Iovec =
-            unsafe { bpf_probe_read_user(iov as *const Iovec) }.map_err(i64::from)?;
-        Ok((first.base, first.len))
+        match buf_at {
+            BufAt::Plain => Ok((arg1, call.arg(2)?, 0)),
+            BufAt::Iovec => Ok((arg1, call.arg(2)?, 1)),
+            BufAt::Msghdr => {
+                // `msg_iov` and `msg_iovlen`, laid out as an iovec is.
+                // SAFETY: bpf_probe_read_user faults safely on any address.
+                let iov: Iovec =
+                    unsafe { bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const Iovec) }
+                        .map_err(i64::from)?;
+                Ok((iov.base, iov.len, 1))
+            }
+        }
     };
-    found().unwrap_or((0, 0))
+    found().unwrap_or((0, 0, 0))
 }
 
 /// The entry of mq_timedsend / mq_timedreceive on a POSIX message queue.
@@ -1375,12 +1382,20 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // The inode is not part of the event: a queue is its name.
         event.obj = 0;
     }
-    let payload = (PAYLOAD_BYTES.load() as u64)
-        .min(event.size)
-        .min(pending.buf_len);
+    let (src, payload) = match pending.buf_iov {
+        0 => (Payload::Buffer(pending.buf), pending.buf_len),
+        _ => (
+            Payload::Iovecs {
+                iov: pending.buf,
+                count: pending.buf_len,
+            },
+            u64::MAX,
+        ),
+    };
+    let payload = payload.min(PAYLOAD_BYTES.load() as u64).min(event.size);
     match mq_name {
         _ if pending.buf != 0 && payload > 0 => {
-            emit_with_payload(event, mq_name, pending.buf, payload as usize)
+            emit_with_payload(event, mq_name, src, payload as usize)
         }
         Some(name) => emit_named(event, name, true),
         None => {
@@ -1670,16 +1685,91 @@ fn emit_named(mut header: RawEvent, src: *const u8, mq: bool) -> Result<(), i64>
     Ok(())
 }
 
-/// Writes `header` with the first `n` bytes of the user buffer at `buf`
-/// as its payload, after the queue name at `mq_name` if any (see
+/// Where a message's bytes are, in the calling process.
+#[derive(Clone, Copy)]
+enum Payload {
+    /// One buffer.
+    Buffer(u64),
+    /// `count` `struct iovec`s at `iov`, filled in order.
+    Iovecs { iov: u64, count: u64 },
+}
+
+/// The most iovecs of one writev/readv/sendmsg/recvmsg whose bytes are
+/// captured. The verifier must see the copy loop end, and it checks every
+/// turn of it; each turn is two user reads on the captured message's
+/// path. 16 covers the scatter/gather of real programs (a header, a
+/// body, a trailer; glibc's stdio uses two). The bytes a call moves
+/// through its 17th iovec and later are not captured: the stored payload
+/// then stops short of both the message's `size` and `--payload-bytes`,
+/// which is how a reader sees the cut (README, "payload").
+const MAX_IOVECS: u64 = 16;
+
+/// Where a vectored call's bytes are gathered before they go into the
+/// record: twice MAX_PAYLOAD, because the verifier bounds the offset and
+/// the length of each iovec's copy separately (each up to MAX_PAYLOAD)
+/// and must see their sum inside. Per CPU, and only the `sys_exit`
+/// program uses it: tracepoint programs run with preemption off and one
+/// at a time per CPU (see [`count_drop`]).
+#[map]
+static GATHER: PerCpuArray<[u8; 2 * MAX_PAYLOAD]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the first `limit` bytes (at most MAX_PAYLOAD) of the `count`
+/// iovecs at `iov` to `GATHER`, in order. Returns the area and how many
+/// bytes it holds: fewer than `limit` when an iovec or its bytes cannot
+/// be read (the copy stops there, so what is kept is always a prefix of
+/// the message) or the message goes on past the MAX_IOVECS-th iovec.
+fn gather(iov: u64, count: u64, limit: usize) -> Option<(*const u8, usize)> {
+    let area = GATHER.get_ptr_mut(0)?.cast::<u8>();
+    let limit = limit.min(MAX_PAYLOAD);
+    let mut done = 0usize;
+    for i in 0..MAX_IOVECS {
+        if done >= limit || i >= count {
+            break;
+        }
+        let at = iov + i * core::mem::size_of::<Iovec>() as u64;
+        // SAFETY: bpf_probe_read_user faults safely on any address.
+        let Ok(one) = (unsafe { bpf_probe_read_user(at as *const Iovec) }) else {
+            break;
+        };
+        // Bounded (and masked, so the verifier sees it) to MAX_PAYLOAD;
+        // `done` < limit <= MAX_PAYLOAD, so the mask keeps it whole.
+        let n = (one.len.min((limit - done) as u64) as usize).min(MAX_PAYLOAD) & 0x1fff;
+        if n == 0 {
+            continue;
+        }
+        let off = done & (MAX_PAYLOAD - 1);
+        // SAFETY: `off` + `n` < 2 * MAX_PAYLOAD, inside this CPU's GATHER
+        // value; the helper faults safely on a bad source.
+        let read = unsafe {
+            generated::bpf_probe_read_user(area.add(off).cast(), n as u32, one.base as *const _)
+        };
+        if read != 0 {
+            break;
+        }
+        done += n;
+    }
+    Some((area, done))
+}
+
+/// Writes `header` with the first `n` bytes of the message at `src` as
+/// its payload, after the queue name at `mq_name` if any (see
 /// [`copy_name`]). A buffer that cannot be read leaves the payload empty
-/// rather than losing the event.
+/// rather than losing the event; iovecs keep what was read of them.
 fn emit_with_payload(
     mut header: RawEvent,
     mq_name: Option<*const u8>,
-    buf: u64,
+    src: Payload,
     n: usize,
 ) -> Result<(), i64> {
+    // Gathered first: the copy into the record below is then one bounded
+    // read either way.
+    let (from, n, user) = match src {
+        Payload::Buffer(buf) => (buf as *const u8, n, true),
+        Payload::Iovecs { iov, count } => match gather(iov, count, n) {
+            Some((area, got)) => (area, got, false),
+            None => (ptr::null(), 0, false),
+        },
+    };
     let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
         count_drop();
         return Ok(());
@@ -1704,10 +1794,15 @@ fn emit_with_payload(
     let at = name_len.min(MAX_NAME) & 0x1ff;
     let n = n.min(MAX_PAYLOAD) & 0x1fff;
     // SAFETY: `at` + `n` <= MAX_NAME + MAX_PAYLOAD, inside the area (as
-    // above); the helper faults safely on a bad source, zeroing what it
+    // above); the helpers fault safely on a bad source, zeroing what they
     // could not copy.
-    let read =
-        unsafe { generated::bpf_probe_read_user(area.add(at).cast(), n as u32, buf as *const _) };
+    let read = unsafe {
+        if user {
+            generated::bpf_probe_read_user(area.add(at).cast(), n as u32, from.cast())
+        } else {
+            generated::bpf_probe_read_kernel(area.add(at).cast(), n as u32, from.cast())
+        }
+    };
     header.name_len = name_len as u16;
     header.data_len = if read == 0 { n as u16 } else { 0 };
     // SAFETY: as above; `header` lies within the reservation.
