@@ -4,11 +4,13 @@
 //! The recorder runs `ipcscope __demo` (the *conductor*), which starts every
 //! role as a process of its own (`ipcscope __demo-role ROLE`), lets them run
 //! until it is told to stop (SIGTERM from the recorder, or `--duration`),
-//! then stops them. Roles die with the conductor (`PR_SET_PDEATHSIG`), so a
-//! killed demo leaves no strays; the IPC names carry the conductor's pid so
-//! two demos never meet.
+//! then stops them. Every role that acts on a peer plays one round at
+//! least, so even `--duration 0` shows every kind of IPC. Roles die with
+//! the conductor (`PR_SET_PDEATHSIG`), so a killed demo leaves no strays;
+//! the IPC names carry the conductor's pid so two demos never meet.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +96,28 @@ fn install_stop_handlers() {
     }
 }
 
+/// The stop signals, blocked or not in the calling thread.
+fn stop_signals(how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: the set is initialised by sigemptyset before use; all three
+    // calls are async-signal-safe, so this may run between fork and exec.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// A role told to stop before the object it opens appeared waits this long
+/// for it (its peer is still starting), to play its one round; past it,
+/// the peer is taken to have gone, and the role leaves without a round.
+const STOPPED_GRACE: Duration = Duration::from_secs(3);
+
 /// The names one demo's IPC objects share.
 fn name(demo: u32, object: &str) -> String {
     format!("ipcscope-demo-{demo}-{object}")
@@ -118,6 +142,15 @@ pub fn conduct(
             .arg(demo.to_string());
         if let Some(truth) = truth {
             command.arg("--truth").arg(truth);
+        }
+        // A role is stopped with SIGTERM, which kills a process that has
+        // no handler yet: one stopped at once (`--duration 0`, or a stop
+        // as it starts) would die of it. It starts with the stop signals
+        // blocked, so one sent early waits until `run_role` has its
+        // handler in place and unblocks them.
+        // SAFETY: the closure only calls async-signal-safe functions.
+        unsafe {
+            command.pre_exec(|| stop_signals(libc::SIG_BLOCK));
         }
         if role == Role::Signaller {
             // The listener was started just before it.
@@ -249,6 +282,9 @@ pub fn play(role: Role, demo: u32, peer: Option<u32>, truth: Option<&Path>) -> R
 
 fn run_role(role: Role, demo: u32, peer: Option<u32>) -> Result<Tally> {
     install_stop_handlers();
+    // Blocked by the conductor until now (see `conduct`): a stop sent
+    // already is taken here, by the handler.
+    stop_signals(libc::SIG_UNBLOCK).context("unblocking the stop signals")?;
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if std::os::unix::process::parent_id() != demo {
@@ -280,10 +316,15 @@ fn run_role(role: Role, demo: u32, peer: Option<u32>) -> Result<Tally> {
 /// and throughput have some shape to show.
 fn producer(demo: u32) -> Result<Tally> {
     let name = name(demo, "jobs");
-    let mut tx = retry_open(|| Sender::builder(&name).when_full(WhenFull::Block).open())?;
-    let mut job = [0u8; 256];
     let mut tally = Tally::new("jobs");
-    while !stopping() {
+    let Some(mut tx) = retry_open(|| Sender::builder(&name).when_full(WhenFull::Block).open())?
+    else {
+        return Ok(tally);
+    };
+    let mut job = [0u8; 256];
+    // Every role that acts does one round at least, however soon it is
+    // stopped: a demo of any duration shows every kind of IPC.
+    loop {
         let n = tally.sent;
         let burst = 200 + (n % 7) * 100;
         for _ in 0..burst {
@@ -296,9 +337,11 @@ fn producer(demo: u32) -> Result<Tally> {
                 Err(e) => return Err(e).context("sending a job"),
             }
         }
+        if stopping() {
+            return Ok(tally);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(tally)
 }
 
 fn consumer(demo: u32) -> Result<Tally> {
@@ -315,18 +358,22 @@ fn consumer(demo: u32) -> Result<Tally> {
 /// Status updates over a socket channel: a steady trickle.
 fn reporter(demo: u32) -> Result<Tally> {
     let name = name(demo, "status");
-    let mut tx = retry_open(|| SocketSender::builder(&name).open())?;
     let mut tally = Tally::new("status");
-    while !stopping() {
+    let Some(mut tx) = retry_open(|| SocketSender::builder(&name).open())? else {
+        return Ok(tally);
+    };
+    loop {
         let update = format!("status {}: all good", tally.sent);
         match tx.send(update.as_bytes()) {
             Ok(_) => tally.sent += 1,
             Err(SendError::Disconnected) if stopping() => return Ok(tally),
             Err(e) => return Err(e).context("sending a status update"),
         }
+        if stopping() {
+            return Ok(tally);
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(tally)
 }
 
 fn collector(demo: u32) -> Result<Tally> {
@@ -376,9 +423,11 @@ fn server(demo: u32) -> Result<Tally> {
 
 fn client(demo: u32) -> Result<Tally> {
     let name = name(demo, "squares");
-    let mut client = retry_open(|| Client::connect(&name))?;
     let mut tally = Tally::new("squares");
-    while !stopping() {
+    let Some(mut client) = retry_open(|| Client::connect(&name))? else {
+        return Ok(tally);
+    };
+    loop {
         let x = tally.received;
         match client.call_value::<u64, u64>(&x, Duration::from_secs(2)) {
             Ok(y) if y == x.wrapping_mul(x) => {
@@ -389,13 +438,16 @@ fn client(demo: u32) -> Result<Tally> {
             Err(CallError::Disconnected) if stopping() => return Ok(tally),
             Err(e) => return Err(e).context("calling the server"),
         }
+        if stopping() {
+            return Ok(tally);
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(tally)
 }
 
 /// A read-modify-write of a shared counter that only the lock makes exact.
 fn counter(demo: u32) -> Result<Tally> {
+    let mut tally = Tally::new("counter-lock");
     let region = retry_open(|| {
         Region::builder(name(demo, "counter"))
             .size(8)
@@ -406,26 +458,31 @@ fn counter(demo: u32) -> Result<Tally> {
             .initial(1)
             .open_or_create()
     })?;
-    let mut tally = Tally::new("counter-lock");
-    while !stopping() {
+    let (Some(region), Some(lock)) = (region, lock) else {
+        return Ok(tally);
+    };
+    loop {
         // The timeout only bounds how long a stop goes unnoticed: on a
         // loaded machine the other counters can hold the lock past it.
-        let held = match lock.wait_timeout(Duration::from_millis(100)) {
-            Ok(permit) => permit,
-            Err(WaitError::Timeout) => continue,
+        match lock.wait_timeout(Duration::from_millis(100)) {
+            Ok(held) => {
+                tally.acquired += 1;
+                let n: u64 = region.read_value(0).context("reading the counter")?;
+                // Hold the lock a little, so the others wait for it.
+                std::thread::sleep(Duration::from_micros(200));
+                region
+                    .write_value(0, n + 1)
+                    .context("writing the counter")?;
+                drop(held);
+            }
+            Err(WaitError::Timeout) => {}
             Err(e) => return Err(anyhow::anyhow!("taking the counter lock: {e}")),
-        };
-        tally.acquired += 1;
-        let n: u64 = region.read_value(0).context("reading the counter")?;
-        // Hold the lock a little, so the others wait for it.
-        std::thread::sleep(Duration::from_micros(200));
-        region
-            .write_value(0, n + 1)
-            .context("writing the counter")?;
-        drop(held);
+        }
+        if stopping() {
+            return Ok(tally);
+        }
         std::thread::sleep(Duration::from_micros(300));
     }
-    Ok(tally)
 }
 
 fn listener() -> Result<Tally> {
@@ -445,22 +502,24 @@ fn signaller(listener: u32) -> Result<Tally> {
     let mut tally = Tally::new("signals");
     // SIGUSR1 kills a process that does not catch it yet: wait until the
     // listener's handler is in place.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let started = Instant::now();
     while !catches(listener, libc::SIGUSR1) {
-        if stopping() {
+        if stopping() && started.elapsed() > STOPPED_GRACE {
             return Ok(tally);
         }
-        if Instant::now() > deadline {
+        if started.elapsed() > Duration::from_secs(10) {
             bail!("the listener (pid {listener}) never started catching SIGUSR1");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    while !stopping() {
+    loop {
         signal::send(listener, SIGUSR1).context("signalling the listener")?;
         tally.signals_sent += 1;
+        if stopping() {
+            return Ok(tally);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(tally)
 }
 
 /// Whether process `pid` has a handler for `signo` (its `SigCgt` mask).
@@ -485,22 +544,27 @@ fn locker(demo: u32, first: &str, second: &str) -> Result<Tally> {
                 .open_or_create()
         })
     };
-    let (first, second) = (open(first)?, open(second)?);
+    let (Some(first), Some(second)) = (open(first)?, open(second)?) else {
+        return Ok(Tally::new("locks"));
+    };
     let _holding = first.wait();
     std::thread::sleep(Duration::from_millis(300));
     let _both = second.wait();
     Ok(Tally::new("locks"))
 }
 
-/// Opens an object another role creates, waiting for it to appear.
+/// Opens an object another role creates, waiting for it to appear: for
+/// up to 10 s, or once the demo is stopping, [`STOPPED_GRACE`] (`None`: it
+/// never did, and the role leaves without a round).
 fn retry_open<T, E: std::error::Error + Send + Sync + 'static>(
     mut open: impl FnMut() -> Result<T, E>,
-) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+) -> Result<Option<T>> {
+    let started = Instant::now();
     loop {
         match open() {
-            Ok(v) => return Ok(v),
-            Err(_) if Instant::now() < deadline && !stopping() => {
+            Ok(v) => return Ok(Some(v)),
+            Err(_) if stopping() && started.elapsed() > STOPPED_GRACE => return Ok(None),
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(10))
             }
             Err(e) => return Err(e).context("opening a demo object"),

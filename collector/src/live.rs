@@ -416,35 +416,67 @@ impl Subscription {
         self.session_id
     }
 
-    /// The next frame; `None` when the recorder closed the connection.
+    /// The next frame; `None` when the recorder closed the connection
+    /// between two frames. A connection closed inside a frame, a length
+    /// over [`ipc_events::live::MAX_FRAME`] (refused before anything is
+    /// allocated), a frame that is not valid and a feed silent for
+    /// [`FEED_SILENCE`] are errors saying which.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, LiveError> {
         let mut header = [0u8; 4];
-        match self.stream.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+        match self.fill(&mut header) {
+            Ok(0) => return Ok(None),
+            Ok(4) => {}
+            Ok(got) => {
+                return Err(self.protocol(format!("a frame header cut short ({got} of 4 bytes)")))
+            }
+            Err((0, e)) if silent(&e) => {
                 return Err(self.protocol(format!("nothing for {}s", FEED_SILENCE.as_secs())));
             }
-            Err(source) => return Err(self.io("reading the live feed", source)),
+            Err((got, e)) if silent(&e) => {
+                return Err(self.protocol(format!(
+                    "nothing for {}s, {got} of 4 bytes into a frame header",
+                    FEED_SILENCE.as_secs()
+                )));
+            }
+            Err((_, e)) => return Err(self.io("reading the live feed", e)),
         }
         let len = frame_len(header).map_err(|source| self.frame(source))?;
         let mut body = vec![0; len];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    self.protocol(format!("a frame cut short (announced {len} bytes)"))
-                }
-                _ => self.io("reading the live feed", source),
-            })?;
+        match self.fill(&mut body) {
+            Ok(got) if got == len => {}
+            Ok(got) => {
+                return Err(self.protocol(format!(
+                    "a frame cut short (announced {len} bytes, sent {got})"
+                )))
+            }
+            Err((got, e)) if silent(&e) => {
+                return Err(self.protocol(format!(
+                    "nothing for {}s, {got} of {len} bytes into a frame",
+                    FEED_SILENCE.as_secs()
+                )));
+            }
+            Err((_, e)) => return Err(self.io("reading the live feed", e)),
+        }
         decode_frame(&body)
             .map(Some)
             .map_err(|source| self.frame(source))
+    }
+
+    /// Reads until `buf` is full or the feed closes; how much was read, or
+    /// the error with how much was read before it. Unlike `read_exact`, a
+    /// close after some bytes is told apart from a close before any: the
+    /// first ends a frame's header cut short, the second ends the feed.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, (usize, io::Error)> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((got, e)),
+            }
+        }
+        Ok(got)
     }
 
     fn io(&self, action: &'static str, error: io::Error) -> LiveError {
@@ -468,6 +500,14 @@ impl Subscription {
             what,
         }
     }
+}
+
+/// A read that timed out: the feed was silent for [`FEED_SILENCE`].
+fn silent(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn frame_name(frame: &Frame) -> &'static str {
@@ -710,7 +750,7 @@ mod tests {
         let err = subscribe_to(cut);
         assert!(
             err.to_string()
-                .contains("a frame cut short (announced 100 bytes)"),
+                .contains("a frame cut short (announced 100 bytes, sent 1)"),
             "{err}"
         );
         let future = encode_frame(&Frame::Hello {
@@ -775,5 +815,414 @@ mod tests {
         let err = Subscription::connect(&dir.path().join("live.sock")).unwrap_err();
         assert!(matches!(err, LiveError::NotLive { .. }), "{err}");
         assert!(err.to_string().contains("no recording is serving"));
+    }
+
+    #[test]
+    fn a_feed_cut_inside_a_frame_header_is_an_error_not_an_end() {
+        let hello = encode_frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            session_id: 1,
+        });
+        let cut = [hello, vec![7, 0]].concat();
+        let err = subscribe_to(cut);
+        assert!(
+            err.to_string()
+                .contains("a frame header cut short (2 of 4 bytes)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_feed_that_dribbles_its_frames_is_read_whole() {
+        let frames = vec![
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                session_id: 4,
+            },
+            Frame::Snapshot(Box::new(Snapshot {
+                session_id: 4,
+                session_name: "slow".into(),
+                ..Snapshot::default()
+            })),
+            Frame::Delta(Box::default()),
+            Frame::End {
+                exit_status: Some(0),
+            },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut stream, _) = listener.accept().unwrap();
+            // A byte at a time, each its own write after a pause, and
+            // one longer pause inside a header: every read comes up
+            // short, and must be put back together.
+            for (i, byte) in bytes.iter().enumerate() {
+                let pause = if i == 2 { 50_000 } else { 100 };
+                std::thread::sleep(Duration::from_micros(pause));
+                stream.write_all(&[*byte]).unwrap();
+            }
+        });
+        let mut sub = Subscription::connect(&path).unwrap();
+        let mut read = vec![Frame::Hello {
+            version: PROTOCOL_VERSION,
+            session_id: sub.session_id(),
+        }];
+        while let Some(frame) = sub.next_frame().unwrap() {
+            read.push(frame);
+        }
+        server.join().unwrap();
+        assert_eq!(read, frames);
+    }
+
+    /// Property tests: a subscriber against feeds that send anything at
+    /// all, from random bytes to real frame streams with one thing broken.
+    mod hostile {
+        use super::*;
+        use ipc_events::live::MAX_FRAME;
+        use proptest::prelude::*;
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        /// The system allocator, noting the largest single allocation
+        /// made by a thread while it is being watched ([`largest_allocation`]).
+        /// It serves every test in this binary; unwatched threads pay
+        /// one thread-local read per allocation.
+        struct Watching;
+
+        thread_local! {
+            static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+        }
+
+        fn note(size: usize) {
+            // `try_with`: allocations can happen while a thread's locals
+            // are being torn down.
+            let _ = LARGEST.try_with(|l| {
+                if let Some(largest) = l.get() {
+                    l.set(Some(largest.max(size)));
+                }
+            });
+        }
+
+        // SAFETY: every call is passed to the system allocator unchanged;
+        // `note` allocates nothing (a const-initialised thread local).
+        unsafe impl GlobalAlloc for Watching {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOCATOR: Watching = Watching;
+
+        /// Runs `f`, and the largest single allocation this thread made in it.
+        fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            LARGEST.with(|l| l.set(Some(0)));
+            let out = f();
+            (out, LARGEST.with(|l| l.take()).unwrap_or(0))
+        }
+
+        /// What a subscriber made of a feed: the frames it read (the hello
+        /// first), then how it stopped (`None`: a clean end).
+        #[derive(Debug)]
+        struct Outcome {
+            frames: Vec<Frame>,
+            error: Option<LiveError>,
+            largest_allocation: usize,
+        }
+
+        /// A real feed socket that sends `bytes`, then hangs up.
+        fn subscribe(bytes: Vec<u8>) -> Outcome {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("live.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let server = std::thread::spawn(move || {
+                use std::io::Write;
+                let (mut stream, _) = listener.accept().unwrap();
+                // The subscriber may stop reading at an error and close.
+                let _ = stream.write_all(&bytes);
+            });
+            let ((frames, error), largest_allocation) = largest_allocation(|| {
+                let mut sub = match Subscription::connect(&path) {
+                    Ok(sub) => sub,
+                    Err(e) => return (Vec::new(), Some(e)),
+                };
+                let mut frames = vec![Frame::Hello {
+                    version: PROTOCOL_VERSION,
+                    session_id: sub.session_id(),
+                }];
+                loop {
+                    match sub.next_frame() {
+                        Ok(Some(frame)) => frames.push(frame),
+                        Ok(None) => return (frames, None),
+                        Err(e) => return (frames, Some(e)),
+                    }
+                }
+            });
+            server.join().unwrap();
+            Outcome {
+                frames,
+                error,
+                largest_allocation,
+            }
+        }
+
+        fn frame() -> impl Strategy<Value = Frame> {
+            prop_oneof![
+                (
+                    prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u32>()],
+                    any::<i64>()
+                )
+                    .prop_map(|(version, session_id)| Frame::Hello {
+                        version,
+                        session_id
+                    }),
+                (any::<i64>(), ".{0,40}").prop_map(|(session_id, session_name)| {
+                    Frame::Snapshot(Box::new(Snapshot {
+                        session_id,
+                        session_name,
+                        ..Snapshot::default()
+                    }))
+                }),
+                any::<u64>().prop_map(|now_ns| Frame::Delta(Box::new(Delta {
+                    now_ns,
+                    ..Delta::default()
+                }))),
+                any::<Option<i32>>().prop_map(|exit_status| Frame::End { exit_status }),
+            ]
+        }
+
+        /// A feed as a recorder sends it (a hello, then anything), or,
+        /// one time in four, frames in any order.
+        fn frames() -> impl Strategy<Value = Vec<Frame>> {
+            let ours = Frame::Hello {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+            };
+            prop_oneof![
+                3 => proptest::collection::vec(frame(), 0..6).prop_map(move |rest| {
+                    std::iter::once(ours.clone()).chain(rest).collect()
+                }),
+                1 => proptest::collection::vec(frame(), 0..6),
+            ]
+        }
+
+        /// One thing broken in a stream of frames.
+        #[derive(Clone, Debug)]
+        enum Break {
+            /// A byte XORed with a nonzero mask.
+            Flip { at: Spot, mask: u8 },
+            /// The stream ends early.
+            Cut { at: Spot },
+            /// A frame's length header says something else.
+            Length { frame: usize, len: u32 },
+            /// Random bytes inserted.
+            Insert { at: Spot, bytes: Vec<u8> },
+        }
+
+        /// A place in a stream: a frame (wrapping), and an offset into it
+        /// (wrapping to its length, its end included), near its start
+        /// (in the length header) half the time.
+        #[derive(Clone, Copy, Debug)]
+        struct Spot {
+            frame: usize,
+            offset: usize,
+        }
+
+        fn spot() -> impl Strategy<Value = Spot> {
+            (any::<usize>(), prop_oneof![0usize..6, any::<usize>()])
+                .prop_map(|(frame, offset)| Spot { frame, offset })
+        }
+
+        impl Spot {
+            /// The byte offset in a stream whose frames start at `starts`
+            /// (the last entry is where the stream ends).
+            fn resolve(self, starts: &[usize]) -> usize {
+                let frames = starts.len() - 1;
+                if frames == 0 {
+                    return 0;
+                }
+                let i = self.frame % frames;
+                starts[i] + self.offset % (starts[i + 1] - starts[i] + 1)
+            }
+        }
+
+        fn broken() -> impl Strategy<Value = Break> {
+            let len = prop_oneof![
+                Just(u32::MAX),
+                Just(MAX_FRAME as u32 + 1),
+                any::<u32>(),
+                0u32..600,
+            ];
+            prop_oneof![
+                (spot(), 1u8..).prop_map(|(at, mask)| Break::Flip { at, mask }),
+                spot().prop_map(|at| Break::Cut { at }),
+                (any::<usize>(), len).prop_map(|(frame, len)| Break::Length { frame, len }),
+                (spot(), proptest::collection::vec(any::<u8>(), 1..16))
+                    .prop_map(|(at, bytes)| Break::Insert { at, bytes }),
+            ]
+        }
+
+        /// Where each frame starts in the stream, and where the last ends.
+        fn starts(frames: &[Frame]) -> Vec<usize> {
+            let mut at = 0;
+            let mut starts = vec![0];
+            for f in frames {
+                at += encode_frame(f).len();
+                starts.push(at);
+            }
+            starts
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever a feed sends, the subscriber stops with an error or
+            /// a clean end, and allocates no more than the frame limit.
+            #[test]
+            fn random_bytes_are_an_error_or_an_end(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                prefix in proptest::option::of(any::<[u8; 4]>()),
+            ) {
+                // With a length header of any value in front, some of the
+                // streams announce frames of every size.
+                let bytes = prefix.map_or(bytes.clone(), |p| [p.to_vec(), bytes].concat());
+                let out = subscribe(bytes);
+                prop_assert!(out.largest_allocation <= MAX_FRAME, "{out:?}");
+            }
+
+            /// A recorder's stream with one thing broken: every frame before
+            /// the break is read as sent, then comes a clean end or an error
+            /// saying what broke; a length over the limit allocates nothing
+            /// of its size; a stream cut short is an error naming the cut.
+            #[test]
+            fn a_broken_feed_yields_its_frames_then_a_precise_error(
+                frames in frames(),
+                broken in broken(),
+            ) {
+                let starts = starts(&frames);
+                let mut bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+                let total = bytes.len();
+                // The stream is sound up to here...
+                let sound_to;
+                match &broken {
+                    Break::Flip { at, mask } => {
+                        sound_to = at.resolve(&starts);
+                        prop_assume!(sound_to < total);
+                        bytes[sound_to] ^= mask;
+                    }
+                    Break::Cut { at } => {
+                        sound_to = at.resolve(&starts);
+                        bytes.truncate(sound_to);
+                    }
+                    Break::Length { frame, len } => {
+                        prop_assume!(!frames.is_empty());
+                        let i = frame % frames.len();
+                        prop_assume!(*len as usize != starts[i + 1] - starts[i] - 4);
+                        sound_to = starts[i];
+                        bytes[sound_to..sound_to + 4].copy_from_slice(&len.to_le_bytes());
+                    }
+                    Break::Insert { at, bytes: more } => {
+                        sound_to = at.resolve(&starts);
+                        bytes.splice(sound_to..sound_to, more.iter().copied());
+                    }
+                }
+                // ...so these frames are read as they were sent.
+                let whole = starts[1..].iter().take_while(|&&end| end <= sound_to).count();
+                let out = subscribe(bytes);
+                prop_assert!(out.largest_allocation <= MAX_FRAME, "{out:?}");
+                let text = out.error.as_ref().map(ToString::to_string);
+
+                // The first frame must be our hello.
+                match frames.first() {
+                    Some(Frame::Hello { version, .. }) if whole >= 1 && *version != PROTOCOL_VERSION => {
+                        prop_assert!(
+                            matches!(out.error, Some(LiveError::Version { found, .. }) if found == *version),
+                            "{out:?}"
+                        );
+                        return Ok(());
+                    }
+                    Some(Frame::Hello { .. }) => {}
+                    Some(other) if whole >= 1 => {
+                        let before = format!("{} before its hello", frame_name(other));
+                        prop_assert!(text.as_ref().is_some_and(|t| t.contains(&before)), "{out:?}");
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                prop_assert!(out.frames.len() >= whole.min(1), "{out:?}");
+                if !out.frames.is_empty() {
+                    prop_assert_eq!(&out.frames[1..whole.max(1)], &frames[1..whole.max(1)]);
+                }
+                match broken {
+                    Break::Cut { .. } if whole == 0 && sound_to == 0 => {
+                        prop_assert!(matches!(out.error, Some(LiveError::NotLive { .. })), "{out:?}");
+                    }
+                    Break::Cut { .. } if starts.contains(&sound_to) => {
+                        // Cut between two frames: a clean end.
+                        prop_assert!(out.error.is_none(), "{out:?}");
+                        prop_assert_eq!(&out.frames, &frames[..whole]);
+                    }
+                    Break::Cut { .. } => {
+                        let into = sound_to - starts[whole];
+                        let cut = if into < 4 {
+                            format!("a frame header cut short ({into} of 4 bytes)")
+                        } else {
+                            let len = starts[whole + 1] - starts[whole] - 4;
+                            format!("a frame cut short (announced {len} bytes, sent {})", into - 4)
+                        };
+                        prop_assert!(text.as_ref().is_some_and(|t| t.contains(&cut)), "{out:?}");
+                        prop_assert_eq!(out.frames.len(), whole, "{:?}", out);
+                    }
+                    Break::Length { len, .. } if len as usize > MAX_FRAME => {
+                        prop_assert!(
+                            matches!(
+                                out.error,
+                                Some(LiveError::Frame { error: FrameError::TooLarge(l), .. }) if l == len as usize
+                            ),
+                            "{out:?}"
+                        );
+                        prop_assert_eq!(out.frames.len(), whole, "{:?}", out);
+                        // Refused before its body was allocated: what was
+                        // allocated is the size of the small frames sent.
+                        prop_assert!(out.largest_allocation < 1 << 20, "{out:?}");
+                    }
+                    Break::Length { .. } if out.frames.len() == whole => {
+                        // Too short, the JSON is cut; too long, it runs
+                        // into the next frame or past the end. (Once in a
+                        // while it takes in one byte that JSON reads as
+                        // whitespace, and the frame passes, the stream
+                        // out of step from there.)
+                        prop_assert!(
+                            matches!(
+                                &out.error,
+                                Some(LiveError::Frame { error: FrameError::Malformed(_), .. })
+                            ) || text.as_ref().is_some_and(|t| t.contains("cut short")),
+                            "{out:?}"
+                        );
+                    }
+                    Break::Length { .. } => {}
+                    Break::Flip { .. } | Break::Insert { .. } => {}
+                }
+            }
+        }
     }
 }

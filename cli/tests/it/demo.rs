@@ -149,6 +149,52 @@ fn the_demo_records_every_kind_of_ipc_and_finds_its_deadlock() {
     );
 }
 
+/// `demo --duration 0`: every role is told to stop as it starts, and still
+/// plays one round and leaves cleanly, and so does the demo. (A role used
+/// to be sent SIGTERM before it had its handler, and die of it: "the demo
+/// workload failed: Signaller exited with signal: 15".) A few runs, as
+/// that came down to which process won a race.
+#[test]
+fn a_demo_of_zero_duration_plays_one_round_and_exits_0() {
+    let _turn = crate::flood_turn();
+    let dir = tempfile::tempdir().unwrap();
+    for run_no in 0..3 {
+        let db = dir.path().join(format!("demo-{run_no}.db"));
+        let out = run(&[
+            "demo",
+            "--no-ebpf",
+            "--no-tui",
+            "--duration",
+            "0",
+            "--db",
+            db.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "run {run_no}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("failed"), "{}", stderr(&out));
+        let session = query(
+            &db,
+            "select ended_at is not null as ended, exit_status from sessions",
+        );
+        assert_eq!(
+            session,
+            serde_json::json!([{"ended": 1, "exit_status": 0}]),
+            "a finished session, and a demo that succeeded"
+        );
+        // One round at least: messages on every channel, and a signal.
+        let played = query(
+            &db,
+            "select count(distinct m.channel_id) as channels,
+                    (select count(*) > 0 from signals where signo = 10) as signalled
+             from messages m",
+        );
+        assert_eq!(
+            played,
+            serde_json::json!([{"channels": 3, "signalled": 1}]),
+            "run {run_no}"
+        );
+    }
+}
+
 /// The demo without its deadlock, for 30 seconds and through the probes as
 /// well where the machine allows: fourteen processes contending for a
 /// lock, blocking on channels, sockets and rpc replies, and not one
