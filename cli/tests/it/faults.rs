@@ -463,7 +463,16 @@ fn a_sender_killed_mid_stream_loses_nothing_it_sent_and_the_recording_goes_on() 
                and m.received_ns is not null and m.sent_ns is not null"
         ),
     );
-    assert_eq!(second, serde_json::json!([{"n": 2000}]));
+    assert_eq!(
+        second,
+        serde_json::json!([{"n": 2000}]),
+        "{err}\n{}",
+        query(
+            &db,
+            "select c.name, e.pid, e.kind, count(*) as n from events e
+             join channels c on c.id = e.channel_id group by 1, 2, 3"
+        )
+    );
     assert_eq!(
         query(
             &db,
