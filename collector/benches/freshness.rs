@@ -13,7 +13,9 @@
 //! Every 16th row is read, 1/16 of the rows, so the reader's load stays
 //! small. Prints the achieved rate and the lag's p50, p99 and max.
 //! `--no-analysis` leaves the analysis out, to tell its share from the
-//! writer's.
+//! writer's. With the analysis, also emit to analysed: the time from each
+//! event's stamp (every 16th) to the analysis taking it in, which is what
+//! the live feed and the deadlock detector can be no fresher than.
 //!
 //! Defaults: 500,000 events/s for 10 s (issue 5's goal: p99 at most
 //! 250 ms at that rate).
@@ -102,10 +104,19 @@ fn read_lags(path: std::path::PathBuf, done: Arc<AtomicBool>) -> Vec<u64> {
     }
 }
 
+/// What one run measured.
+struct Measured {
+    events: u64,
+    achieved: f64,
+    /// Emit to queryable, per sampled row.
+    queryable: Vec<u64>,
+    /// Emit to analysed, per sampled event (empty without the analysis).
+    analysed: Vec<u64>,
+}
+
 /// Runs one recording's worth at `rate` events/s for `secs` seconds, with
-/// the analysis observing or not. Returns (events stored, achieved
-/// events/s, lags).
-fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
+/// the analysis observing or not.
+fn run(rate: u64, secs: u64, analysis: bool) -> Measured {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +130,15 @@ fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
         let (observer, mut committed) = mpsc::channel::<Committed>(64);
         let analysing = tokio::spawn(async move {
             let mut a = Analyzer::new(1, "freshness", monotonic_ns(), AnalyzerConfig::default());
+            let mut lags = Vec::new();
             while let Some(c) = committed.recv().await {
+                let now = monotonic_ns();
+                lags.extend(
+                    c.events
+                        .iter()
+                        .filter(|e| e.msg_id.is_some_and(|id| id % SAMPLE as u64 == 0))
+                        .map(|e| now.saturating_sub(e.ts_ns)),
+                );
                 a.committed(
                     c.events,
                     &c.channel_ids,
@@ -129,6 +148,7 @@ fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
                 );
                 a.tick(monotonic_ns());
             }
+            lags
         });
         let config = WriterConfig {
             observer: analysis.then_some(observer),
@@ -152,13 +172,18 @@ fn run(rate: u64, secs: u64, analysis: bool) -> (u64, f64, Vec<u64>) {
         let elapsed = start.elapsed();
         drop(ingest);
         let stats = writer.finish().await.unwrap();
-        analysing.await.unwrap();
+        let analysed = analysing.await.unwrap();
         done.store(true, Ordering::Release);
         let lags = reader.join().unwrap();
         store.close().await;
         let made = batches * BATCH as u64;
         assert_eq!(stats.events, made, "the writer stored every event");
-        (made, made as f64 / elapsed.as_secs_f64(), lags)
+        Measured {
+            events: made,
+            achieved: made as f64 / elapsed.as_secs_f64(),
+            queryable: lags,
+            analysed,
+        }
     })
 }
 
@@ -182,8 +207,14 @@ fn main() {
     let secs = nums.next().unwrap_or(if benching { 10 } else { 1 });
 
     let analysis = !args.iter().any(|a| a == "--no-analysis");
-    let (events, achieved, mut lags) = run(rate, secs, analysis);
+    let Measured {
+        events,
+        achieved,
+        queryable: mut lags,
+        mut analysed,
+    } = run(rate, secs, analysis);
     lags.sort_unstable();
+    analysed.sort_unstable();
     let ms = |ns: u64| ns as f64 / 1e6;
     println!(
         "{events} events asked at {rate}/s for {secs} s{}, achieved {achieved:.0}/s; \
@@ -199,6 +230,15 @@ fn main() {
         ms(percentile(&lags, 0.99)),
         ms(*lags.last().unwrap_or(&0)),
     );
+    if analysis {
+        println!(
+            "emit to analysed ({} events sampled): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            analysed.len(),
+            ms(percentile(&analysed, 0.50)),
+            ms(percentile(&analysed, 0.99)),
+            ms(*analysed.last().unwrap_or(&0)),
+        );
+    }
     assert_eq!(
         lags.len() as u64,
         events / SAMPLE as u64,
