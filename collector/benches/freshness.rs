@@ -1,7 +1,7 @@
 //! Emit to queryable: how long after an event happens a query of the
 //! database can see it, at a sustained rate, through the recorder's real
 //! path (the writer with its reorder hold-back, batching and commits, and
-//! the analysis observing every committed batch).
+//! the analysis observing every correlated batch).
 //!
 //!     cargo bench -p collector --bench freshness -- [EVENTS_PER_S] [SECONDS] [--no-analysis]
 //!
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use collector::analysis::{Analyzer, AnalyzerConfig};
 use collector::clock::monotonic_ns;
-use collector::store::{spawn_writer, Committed, NewSession, OpenMode, Store, WriterConfig};
+use collector::store::{spawn_writer, Correlated, NewSession, OpenMode, Store, WriterConfig};
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use tokio::sync::mpsc;
 
@@ -126,8 +126,9 @@ fn run(rate: u64, secs: u64, analysis: bool) -> Measured {
     rt.block_on(async {
         let store = Store::open(&path, OpenMode::Create).await.unwrap();
         let session = store.begin_session(&session()).await.unwrap();
-        // The analysis sees every committed batch, as in `record`.
-        let (observer, mut committed) = mpsc::channel::<Committed>(64);
+        // The analysis sees every batch as soon as it is correlated, as in
+        // `record`.
+        let (observer, mut committed) = mpsc::channel::<Correlated>(64);
         let analysing = tokio::spawn(async move {
             let mut a = Analyzer::new(1, "freshness", monotonic_ns(), AnalyzerConfig::default());
             let mut lags = Vec::new();
@@ -139,8 +140,8 @@ fn run(rate: u64, secs: u64, analysis: bool) -> Measured {
                         .filter(|e| e.msg_id.is_some_and(|id| id % SAMPLE as u64 == 0))
                         .map(|e| now.saturating_sub(e.ts_ns)),
                 );
-                a.committed(
-                    c.events,
+                a.correlated(
+                    &c.events,
                     &c.channel_ids,
                     &c.messages,
                     &c.signals,

@@ -257,9 +257,9 @@ fn workload(n: usize) -> Vec<Batch> {
     out
 }
 
-/// ns per event through `Analyzer::committed`, and a delta at the end.
+/// ns per event through `Analyzer::correlated`, and a delta at the end.
 /// The analyzer's costs on the workload: (ns per event through
-/// `Analyzer::committed`, µs for a snapshot, µs for a delta), the feed's
+/// `Analyzer::correlated`, µs for a snapshot, µs for a delta), the feed's
 /// two reads, taken in the workload's last second so windows are full.
 fn ingest_ns(n: usize) -> (f64, f64, f64) {
     let batches = workload(n);
@@ -271,7 +271,7 @@ fn ingest_ns(n: usize) -> (f64, f64, f64) {
     let mut a = Analyzer::new(1, "bench", 0, AnalyzerConfig::default());
     let start = Instant::now();
     for (events, ids, pairs) in batches {
-        a.committed(events, &ids, &pairs, &[], 0);
+        a.correlated(&events, &ids, &pairs, &[], 0);
     }
     let per_event = start.elapsed().as_nanos() as f64 / events as f64;
     let now = last_ns + 1_000_000_000;

@@ -38,7 +38,7 @@ use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{Admission, RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
 use crate::store::{
-    spawn_writer, Committed, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
+    spawn_writer, Correlated, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
     WriterStats,
 };
 
@@ -149,8 +149,8 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             recorder_pid,
         })
         .await?;
-    // What the writer commits goes on to the analysis, which the live feed
-    // and the deadlock detector read.
+    // What the writer correlates goes on to the analysis before it is stored,
+    // which the live feed and the deadlock detector read.
     let analyzer = Arc::new(Mutex::new(Analyzer::new(
         session.0,
         options
@@ -160,7 +160,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         start_mono_ns,
         AnalyzerConfig::default(),
     )));
-    let (observer, committed) = mpsc::channel(ANALYSIS_QUEUE);
+    let (observer, correlated) = mpsc::channel(ANALYSIS_QUEUE);
     let (ingest, writer) = spawn_writer(
         &store,
         session,
@@ -173,7 +173,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     .await?;
     let analysis = tokio::spawn(analyse(
         Arc::clone(&analyzer),
-        committed,
+        correlated,
         store.clone(),
         session,
     ));
@@ -440,18 +440,18 @@ async fn end_session(
     Ok(())
 }
 
-/// Committed batches the analysis may fall behind by before the writer
+/// Correlated batches the analysis may fall behind by before the writer
 /// waits for it.
 const ANALYSIS_QUEUE: usize = 64;
 /// How often deadlock candidates are checked against the threshold: well
 /// inside the 100 ms by which a deadlock must be reported once due.
 const DETECT_EVERY: Duration = Duration::from_millis(20);
 
-/// Feeds committed batches to the analyzer and stores the deadlocks it
+/// Feeds correlated batches to the analyzer and stores the deadlocks it
 /// finds and sees end, until the writer finishes.
 async fn analyse(
     analyzer: Arc<Mutex<Analyzer>>,
-    mut committed: mpsc::Receiver<Committed>,
+    mut correlated: mpsc::Receiver<Correlated>,
     store: Store,
     session: SessionId,
 ) -> Result<()> {
@@ -461,9 +461,9 @@ async fn analyse(
     detect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let finished = tokio::select! {
-            batch = committed.recv() => match batch {
+            batch = correlated.recv() => match batch {
                 Some(c) => {
-                    lock(&analyzer).committed(c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
+                    lock(&analyzer).correlated(&c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
                     false
                 }
                 None => true,

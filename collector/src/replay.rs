@@ -3,7 +3,7 @@
 //!
 //! The database holds every event with its `channels.id` and every paired
 //! message, which is what the writer handed the analysis
-//! ([`Committed`]); [`load`] reads one time slice of that back, and
+//! ([`Correlated`]); [`load`] reads one time slice of that back, and
 //! [`Replay`] feeds it to a fresh analysis up to any moment.
 
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use ipc_events::live::Snapshot;
 
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
-use crate::store::{Committed, SessionId, Store, StoreError};
+use crate::store::{Correlated, SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +113,9 @@ pub async fn load(
     names: &Names,
     from_ns: u64,
     to_ns: u64,
-) -> Result<Committed, StoreError> {
-    let mut batch = Committed::default();
+) -> Result<Correlated, StoreError> {
+    let mut batch = Correlated::default();
+    let mut events = Vec::new();
     let mut rows = sqlx::query(
         // A signal's target is kept in `signals`, not `events`.
         "SELECT e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, e.size,
@@ -161,10 +162,11 @@ pub async fn load(
         event.aux = get(10).unwrap_or(0) as u64;
         event.payload = row.try_get::<Option<Vec<u8>>, _>(11).ok().flatten();
         event.target_pid = get(12).map(|p| p as u32);
-        batch.events.push(event);
+        events.push(event);
         batch.channel_ids.push(channel_id);
     }
     drop(rows);
+    batch.events = std::sync::Arc::new(events);
     let messages: Vec<MessageRow> = sqlx::query_as(
         "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
                 sent_ns, received_ns, size
@@ -300,8 +302,8 @@ impl Replay {
         while self.fed_ns < until {
             let to = (self.fed_ns + STEP_NS).min(until);
             let batch = load(&mut conn, self.info.id, &self.names, self.fed_ns, to).await?;
-            self.analyzer.committed(
-                batch.events,
+            self.analyzer.correlated(
+                &batch.events,
                 &batch.channel_ids,
                 &batch.messages,
                 &batch.signals,

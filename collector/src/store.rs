@@ -27,7 +27,7 @@ use sqlx::{Connection, Row, SqliteConnection};
 
 pub use header::{Header, APPLICATION_ID};
 pub use writer::{
-    spawn_writer, Committed, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats,
+    spawn_writer, Correlated, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats,
 };
 
 /// The migrations in `migrations/`, embedded at build time.

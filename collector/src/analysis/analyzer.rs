@@ -1,20 +1,21 @@
 //! The analyzer: every stored event and paired message in, the live
 //! feed's state and deadlock rows out.
 //!
-//! The recording pipeline feeds it what the writer committed, in commit
-//! order ([`Analyzer::committed`], or [`Analyzer::event`] and
+//! The recording pipeline feeds it the correlation stage's facts, in the
+//! writer's order, as soon as their channels have rows and before their
+//! events are stored ([`Analyzer::correlated`], or [`Analyzer::event`] and
 //! [`Analyzer::message`] one by one), calls [`Analyzer::tick`] on the live
 //! feed's tick to learn of deadlocks found and resolved (to store as
 //! `deadlocks` rows), then [`Analyzer::delta`] for subscribers. Ingest is a
 //! few hash lookups per event and allocates only for things seen for the
 //! first time (a process, a channel, a thread that waits).
 //!
-//! Wiring, with the writer's per-commit observer and the live feed's
+//! Wiring, with the writer's per-batch observer and the live feed's
 //! `FeedSource` (the analyzer behind the feed's `Arc<Mutex<_>>`):
 //!
 //! ```ignore
-//! // On each committed batch from the writer:
-//! analyzer.committed(c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
+//! // On each batch from the writer, before it stores it:
+//! analyzer.correlated(&c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
 //! // Every 100 ms (or at analyzer.next_due()), before the feed's delta:
 //! for change in analyzer.tick(monotonic_ns()) {
 //!     match change {
@@ -273,14 +274,14 @@ impl Analyzer {
         self.live = false;
     }
 
-    /// One committed batch: events with their `channels.id` (index for
+    /// One correlated batch: events with their `channels.id` (index for
     /// index; a missing id counts as none), the messages and signals the
     /// correlation stage made of them, and events the ingest queue refused
     /// since the previous batch. The events are kept as the feed's recent
     /// events.
-    pub fn committed(
+    pub fn correlated(
         &mut self,
-        events: Vec<Event>,
+        events: &[Event],
         channel_ids: &[Option<i64>],
         messages: &[Paired<i64>],
         signals: &[SignalFact],
@@ -302,12 +303,13 @@ impl Analyzer {
         self.keep_events(events);
     }
 
-    /// Adds events to the recent list that snapshots and deltas show.
-    pub fn keep_events(&mut self, events: Vec<Event>) {
+    /// Adds events to the recent list that snapshots and deltas show: the
+    /// last few of them, copied (the writer stores the batch meanwhile).
+    pub fn keep_events(&mut self, events: &[Event]) {
         let cap = self.config.recent_events;
         let skip = events.len().saturating_sub(cap);
         self.unsent_events = (self.unsent_events + events.len() - skip).min(cap);
-        self.recent.extend(events.into_iter().skip(skip));
+        self.recent.extend(events[skip..].iter().cloned());
         while self.recent.len() > cap {
             self.recent.pop_front();
         }
@@ -1094,7 +1096,7 @@ mod tests {
                 None => None,
             })
             .collect();
-        a.committed(events, &ids, &[], &[], 0);
+        a.correlated(&events, &ids, &[], &[], 0);
     }
 
     /// pid takes `first`, then blocks on `second`.
@@ -1212,7 +1214,7 @@ mod tests {
                 .iter()
                 .filter(|e| e.kind == EventKind::Drop)
                 .fold(0u64, |sum, e| sum.saturating_add(e.size));
-            a.committed(events, &ids, &[paired(1, 0)], &[], 0);
+            a.correlated(&events, &ids, &[paired(1, 0)], &[], 0);
             a.tick(now);
             let snap = a.snapshot(now);
             prop_assert_eq!(snap.totals.events, n);
@@ -1376,7 +1378,7 @@ mod tests {
             pairs.push(paired(S + i * MS, S + i * MS + 500 + i));
         }
         let ids = vec![Some(1); events.len()];
-        a.committed(events, &ids, &pairs, &[], 0);
+        a.correlated(&events, &ids, &pairs, &[], 0);
         let snap = a.snapshot(2 * S);
         let c = &snap.channels[0];
         assert_eq!((c.messages, c.bytes, c.queue_depth), (10, 1000, Some(3)));
@@ -1426,7 +1428,7 @@ mod tests {
         let mut snap = a.snapshot(0);
         let mut at = |a: &mut Analyzer, events: Vec<Event>, now: u64| {
             let ids = vec![Some(1); events.len()];
-            a.committed(events, &ids, &[], &[], 0);
+            a.correlated(&events, &ids, &[], &[], 0);
             a.tick(now);
             snap.apply(a.delta(now));
             snap.clone()
@@ -1491,8 +1493,8 @@ mod tests {
                 delivered_ns: 25,
             },
         ];
-        a.committed(
-            vec![drop, generate, deliver],
+        a.correlated(
+            &[drop, generate, deliver],
             &[None, None, None],
             &[],
             &signals,
@@ -1533,10 +1535,10 @@ mod tests {
                 .map(|i| Event::new(i, 1, 1, Source::Lib, EventKind::ProcessExec))
                 .collect()
         };
-        a.committed(batch(3), &[None; 3], &[], &[], 0);
+        a.correlated(&batch(3), &[None; 3], &[], &[], 0);
         assert_eq!(a.delta(1).events.len(), 3);
         assert!(a.delta(2).events.is_empty());
-        a.committed(batch(8), &[None; 8], &[], &[], 0);
+        a.correlated(&batch(8), &[None; 8], &[], &[], 0);
         assert_eq!(a.delta(3).events.len(), 5, "capped");
         assert_eq!(a.snapshot(3).recent_events.len(), 5);
     }
@@ -1555,7 +1557,7 @@ mod tests {
     /// The socket pair is channel 7.
     fn feed_socket(a: &mut Analyzer, events: Vec<Event>) {
         let ids = vec![Some(7); events.len()];
-        a.committed(events, &ids, &[], &[], 0);
+        a.correlated(&events, &ids, &[], &[], 0);
     }
 
     #[test]

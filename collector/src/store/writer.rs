@@ -47,19 +47,22 @@ pub struct WriterConfig {
     pub rows_per_tx: usize,
     /// Longest time a row waits to be committed: what a crash can lose.
     pub flush_interval: Duration,
-    /// Where each committed batch goes next (the analysis), if anywhere.
-    /// Bounded: analysis that falls behind holds the writer back rather
-    /// than see a partial stream.
-    pub observer: Option<mpsc::Sender<Committed>>,
+    /// Where each correlated batch goes (the analysis), if anywhere, as
+    /// soon as its channels have ids. Bounded: analysis that falls behind
+    /// holds the writer back rather than see a partial stream.
+    pub observer: Option<mpsc::Sender<Correlated>>,
     /// The recorder's own process, whose activity is not the user's.
     pub recorder_pid: Option<u32>,
 }
 
-/// One committed transaction's worth of the correlation stage's facts,
-/// for the analysis, with channels named by their `channels.id`.
+/// One transaction's worth of the correlation stage's facts, for the
+/// analysis, with channels named by their `channels.id`. Handed over once
+/// the transaction has given its channels their ids, before the events are
+/// stored: the analysis does not wait for the disk.
 #[derive(Debug, Default)]
-pub struct Committed {
-    pub events: Vec<Event>,
+pub struct Correlated {
+    /// Shared with the writer, which stores them meanwhile.
+    pub events: Arc<Vec<Event>>,
     /// `channels.id` of each event's object, index for index.
     pub channel_ids: Vec<Option<i64>>,
     /// Sends paired with receives, keyed by `channels.id`.
@@ -239,7 +242,7 @@ struct Writer {
     /// The INSERT for a full statement, built once: sqlx caches prepared
     /// statements by their text.
     full_insert_sql: String,
-    observer: Option<mpsc::Sender<Committed>>,
+    observer: Option<mpsc::Sender<Correlated>>,
 }
 
 impl Writer {
@@ -387,13 +390,42 @@ impl Writer {
             .iter()
             .map(|r| r.map(|r| self.channels[r.0 as usize]))
             .collect();
+        let messages: Vec<Paired<i64>> = facts
+            .messages
+            .iter()
+            .map(|m| Paired {
+                channel: self.channels[m.channel.0 as usize],
+                send: m.send,
+                recv: m.recv,
+                msg_id: m.msg_id,
+            })
+            .collect();
+        let events = Arc::new(std::mem::take(&mut facts.events));
+        if let Some(observer) = &self.observer {
+            // What one source saw of an operation counted under another's
+            // is analysed once: under no object of its own.
+            let analysed = channel_ids
+                .iter()
+                .zip(&facts.shadowed)
+                .map(|(id, &shadowed)| id.filter(|_| !shadowed))
+                .collect();
+            let correlated = Correlated {
+                events: Arc::clone(&events),
+                channel_ids: analysed,
+                messages: messages.clone(),
+                signals: facts.signals.clone(),
+                ingest_dropped: new_drops,
+            };
+            // A closed observer (the analysis stopped) leaves storing
+            // unaffected.
+            let _ = observer.send(correlated).await;
+        }
 
         // Pipelined: sqlx executes a statement on its worker thread, so
         // while statement k runs there, this task encodes the arguments of
         // statement k+1 (join! polls the execute first, which hands it to
         // the worker, then runs the encoding to completion).
-        let chunks: Vec<(&[Event], &[Option<i64>])> = facts
-            .events
+        let chunks: Vec<(&[Event], &[Option<i64>])> = events
             .chunks(self.rows_per_statement)
             .zip(channel_ids.chunks(self.rows_per_statement))
             .collect();
@@ -413,16 +445,6 @@ impl Writer {
             done.map_err(StoreError::sql("inserting events"))?;
             next = encoded?;
         }
-        let messages: Vec<Paired<i64>> = facts
-            .messages
-            .iter()
-            .map(|m| Paired {
-                channel: self.channels[m.channel.0 as usize],
-                send: m.send,
-                recv: m.recv,
-                msg_id: m.msg_id,
-            })
-            .collect();
         for rows in messages.chunks(MESSAGE_ROWS_PER_STATEMENT) {
             insert_messages(&mut tx, session, rows).await?;
         }
@@ -444,7 +466,7 @@ impl Writer {
             insert_drop(&mut tx, session, d.source, d.count, d.ts_ns).await?;
         }
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
-            .bind(facts.events.len() as i64)
+            .bind(events.len() as i64)
             .bind(session)
             .execute(&mut *tx)
             .await
@@ -453,29 +475,10 @@ impl Writer {
             .await
             .map_err(StoreError::sql("committing events"))?;
 
-        self.stats.events += facts.events.len() as u64;
+        self.stats.events += events.len() as u64;
         self.stats.transactions += 1;
         self.stats.ingest_dropped = dropped;
         self.dropped_stored = dropped;
-        if let Some(observer) = &self.observer {
-            // What one source saw of an operation counted under another's
-            // is analysed once: under no object of its own.
-            let channel_ids = channel_ids
-                .into_iter()
-                .zip(&facts.shadowed)
-                .map(|(id, &shadowed)| id.filter(|_| !shadowed))
-                .collect();
-            let committed = Committed {
-                events: facts.events,
-                channel_ids,
-                messages,
-                signals: facts.signals,
-                ingest_dropped: new_drops,
-            };
-            // A closed observer (the analysis stopped) leaves storing
-            // unaffected.
-            let _ = observer.send(committed).await;
-        }
         Ok(())
     }
 }
