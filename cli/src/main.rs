@@ -216,6 +216,10 @@ struct QueryArgs {
     db: DbArg,
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     format: TableFormat,
+    /// In the table format, every number as stored: durations in ns and
+    /// sizes in bytes, not in units (timestamps are always exact)
+    #[arg(long)]
+    raw: bool,
     /// The SQL; tables: sessions, processes, channels, events, messages,
     /// waits, signals, deadlocks, drops (see README).
     sql: String,
@@ -551,13 +555,14 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Sessions(args) => {
             let store = args.db.open().await?;
             let mut table = report::sessions(&mut store.read_only().await?).await?;
-            print_table(&mut table, args.format)
+            print_table(&mut table, args.format, Units::Human)
         }
         Command::Query(args) => {
             let store = args.db.open().await?;
             let mut conn = store.read_only().await?;
             let mut table = collector::query::run(&mut conn, &args.sql).await?;
-            print_table(&mut table, args.format)
+            let units = if args.raw { Units::Raw } else { Units::Human };
+            print_table(&mut table, args.format, units)
         }
         Command::Report(args) if args.live => {
             let store = args.db.open().await?;
@@ -675,10 +680,21 @@ fn follow_live(socket: &std::path::Path, format: ReportFormat) -> Result<ExitCod
     }
 }
 
-fn print_table(table: &mut Table, format: TableFormat) -> Result<ExitCode> {
+/// How the table format shows durations and sizes.
+enum Units {
+    /// In units a person reads (`1.20 ms`, `52.0 kB`).
+    Human,
+    /// As stored.
+    Raw,
+}
+
+fn print_table(table: &mut Table, format: TableFormat, units: Units) -> Result<ExitCode> {
     let text = match format {
         TableFormat::Table => {
-            report::humanise(table);
+            match units {
+                Units::Human => report::humanise(table),
+                Units::Raw => report::unknowns_shown(table),
+            }
             table.to_aligned()
         }
         TableFormat::Csv => table.to_csv(),

@@ -288,16 +288,35 @@ pub fn live_text(s: &Snapshot) -> String {
 /// Channels `live_text` lists, busiest first.
 const LIVE_CHANNELS: usize = 10;
 
-/// Durations (`*_ns`) and sizes (`bytes*`) as a person reads them, and
-/// an unknown (NULL) as `–`, never as 0 or a blank that reads as one.
+/// The schema's points in time (CLOCK_MONOTONIC nanoseconds): a reader
+/// copies them into the next query, so they are never rounded.
+const INSTANTS: [&str; 16] = [
+    "ts_ns",
+    "start_ns",
+    "end_ns",
+    "sent_ns",
+    "received_ns",
+    "generated_ns",
+    "delivered_ns",
+    "detected_ns",
+    "resolved_ns",
+    "started_ns",
+    "exited_ns",
+    "title_ns",
+    "first_seen_ns",
+    "second_seen_ns",
+    "start_mono_ns",
+    "end_mono_ns",
+];
+
+/// Durations (`*_ns` but the schema's points in time, which stay exact)
+/// and sizes (`bytes*`) as a person reads them, and an unknown (NULL) as
+/// `–`, never as 0 or a blank that reads as one.
 pub fn humanise(table: &mut Table) {
-    for row in &mut table.rows {
-        for cell in row.iter_mut().filter(|c| matches!(c, Value::Null)) {
-            *cell = Value::Text("–".to_owned());
-        }
-    }
+    unknowns_shown(table);
     for (i, col) in table.columns.iter().enumerate() {
-        let format: fn(i64) -> String = if col.ends_with("_ns") {
+        let format: fn(i64) -> String = if col.ends_with("_ns") && !INSTANTS.contains(&col.as_str())
+        {
             signed_duration_ns
         } else if col == "bytes" {
             |n| bytes(n.max(0) as u64)
@@ -310,6 +329,15 @@ pub fn humanise(table: &mut Table) {
             if let Value::Integer(v) = row[i] {
                 row[i] = Value::Text(format(v));
             }
+        }
+    }
+}
+
+/// An unknown (NULL) as `–`, every value else as stored.
+pub fn unknowns_shown(table: &mut Table) {
+    for row in &mut table.rows {
+        for cell in row.iter_mut().filter(|c| matches!(c, Value::Null)) {
+            *cell = Value::Text("–".to_owned());
         }
     }
 }

@@ -226,3 +226,38 @@ fn doctor_reports_on_this_machine() {
         );
     }
 }
+
+/// `query`'s table format rounded a timestamp to `1841 s`, so a user who
+/// copied it into the next query got the wrong number (issue 17): points
+/// in time are printed exactly, durations in units, and `--raw` prints
+/// every number as stored.
+#[test]
+fn query_prints_timestamps_exactly_and_raw_every_number_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    let out = run(&["record", "--db", db_s, "--no-ebpf", "--", "sleep", "0.3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sql = "select start_mono_ns, end_mono_ns - start_mono_ns as duration_ns from sessions";
+    let stored = &query(&db, sql)[0];
+    let (start, duration) = (
+        stored["start_mono_ns"].as_i64().unwrap(),
+        stored["duration_ns"].as_i64().unwrap(),
+    );
+    let cells = |args: &[&str]| -> Vec<String> {
+        let out = run(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let shown = cells(&["query", "--db", db_s, sql]);
+    assert_eq!(shown[0], start.to_string());
+    assert!(shown[1..].join(" ").ends_with("ms"), "{shown:?}");
+    let raw = cells(&["query", "--db", db_s, "--raw", sql]);
+    assert_eq!(raw, [start.to_string(), duration.to_string()]);
+}
