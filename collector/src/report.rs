@@ -309,8 +309,9 @@ const INSTANTS: [&str; 16] = [
     "end_mono_ns",
 ];
 
-/// Durations (`*_ns` but the schema's points in time, which stay exact)
-/// and sizes (`bytes*`) as a person reads them, and an unknown (NULL) as
+/// Durations (`*_ns` but the schema's points in time, which stay exact),
+/// sizes (`bytes*`) and signals (`SIGURG (23)`) as a person reads them, and
+/// an unknown (NULL) as
 /// `–`, never as 0 or a blank that reads as one.
 pub fn humanise(table: &mut Table) {
     unknowns_shown(table);
@@ -318,6 +319,11 @@ pub fn humanise(table: &mut Table) {
         let format: fn(i64) -> String = if col.ends_with("_ns") && !INSTANTS.contains(&col.as_str())
         {
             signed_duration_ns
+        } else if col == "signo" {
+            |n| match u32::try_from(n) {
+                Ok(signo) => format!("{} ({n})", ipc_events::units::signal_name(signo)),
+                Err(_) => n.to_string(),
+            }
         } else if col == "bytes" {
             |n| bytes(n.max(0) as u64)
         } else if col == "bytes_per_s" {

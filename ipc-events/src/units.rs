@@ -85,9 +85,67 @@ fn scaled_sep(v: f64, sep: &str, unit: &str) -> String {
     }
 }
 
+/// A Linux signal number by its name: `"SIGURG"`, `"SIGRTMIN+3"`, and
+/// `"signal N"` for a number Linux does not define.
+pub fn signal_name(signo: u32) -> String {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    // glibc keeps 32 and 33 for its threads; SIGRTMIN is 34 to programs.
+    const RTMIN: u32 = 34;
+    const RTMAX: u32 = 64;
+    match signo {
+        1..=31 => NAMES[signo as usize - 1].to_owned(),
+        RTMIN => "SIGRTMIN".to_owned(),
+        n @ 35..=RTMAX => format!("SIGRTMIN+{}", n - RTMIN),
+        n => format!("signal {n}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_are_named_as_linux_names_them() {
+        assert_eq!(signal_name(10), "SIGUSR1");
+        assert_eq!(signal_name(23), "SIGURG");
+        assert_eq!(signal_name(31), "SIGSYS");
+        assert_eq!(signal_name(34), "SIGRTMIN");
+        assert_eq!(signal_name(35), "SIGRTMIN+1");
+        assert_eq!(signal_name(0), "signal 0");
+        assert_eq!(signal_name(99), "signal 99");
+    }
 
     #[test]
     fn durations_pick_the_largest_unit_that_fits() {

@@ -708,7 +708,7 @@ impl App {
                 self.filter.matches(&Fields {
                     pids: &pids,
                     comms: &names,
-                    kinds: &[&crate::format::signal(g.signo)],
+                    kinds: &[&ipc_events::units::signal_name(g.signo)],
                     chan: "",
                 })
             })

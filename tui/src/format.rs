@@ -37,35 +37,6 @@ pub fn channel(c: &ipc_events::ChannelId) -> String {
     format!("{} ({})", c.name(), c.kind())
 }
 
-/// A signal number as its name where it has a common one.
-pub fn signal(signo: u32) -> String {
-    let name = match signo {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        17 => "SIGCHLD",
-        18 => "SIGCONT",
-        19 => "SIGSTOP",
-        20 => "SIGTSTP",
-        28 => "SIGWINCH",
-        n if (34..=64).contains(&n) => return format!("SIGRTMIN+{}", n - 34),
-        n => return format!("signal {n}"),
-    };
-    name.to_owned()
-}
-
 /// A payload prefix: printable ASCII as itself, anything else as `.`, the
 /// way `hexdump -C` shows its right column. Control bytes from another
 /// process must never reach the terminal.
@@ -100,10 +71,7 @@ mod tests {
     }
 
     #[test]
-    fn signals_have_names_and_payloads_have_no_control_bytes() {
-        assert_eq!(signal(10), "SIGUSR1");
-        assert_eq!(signal(35), "SIGRTMIN+1");
-        assert_eq!(signal(99), "signal 99");
+    fn payloads_have_no_control_bytes() {
         assert_eq!(payload(b"hi \x1b[2J\x00\xff!"), "hi .[2J..!");
     }
 }

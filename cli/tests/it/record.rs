@@ -261,3 +261,36 @@ fn query_prints_timestamps_exactly_and_raw_every_number_as_stored() {
     let raw = cells(&["query", "--db", db_s, "--raw", sql]);
     assert_eq!(raw, [start.to_string(), duration.to_string()]);
 }
+
+/// The report named signals by number: a server's latch wake-ups read as
+/// `23` (issue 17). They are named as Linux names them, the number beside.
+#[test]
+fn report_names_signals() {
+    if !need_root("report_names_signals") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db_s = db.to_str().unwrap();
+    // SIGURG is ignored by default: the shell lives on.
+    let out = run(&[
+        "record",
+        "--db",
+        db_s,
+        "--",
+        "sh",
+        "-c",
+        "kill -URG $$; true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = run(&["report", "--db", db_s]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let text = stdout(&report);
+    let signals = &text[text.find("== signals").expect("a signals section")..];
+    assert!(signals.contains("SIGURG (23)"), "{signals}");
+    assert_eq!(
+        query(&db, "select count(*) as n from signals where signo = 23"),
+        serde_json::json!([{"n": 1}]),
+        "stored as its number"
+    );
+}

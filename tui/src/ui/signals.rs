@@ -41,7 +41,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 pid => who(&comms, pid),
             },
             who(&comms, g.target_pid),
-            format::signal(g.signo),
+            ipc_events::units::signal_name(g.signo),
             format::count(g.count),
             format::count(g.delivered),
             format::latency(g.latency.count, g.latency.p50),
