@@ -64,6 +64,9 @@ pub async fn session_info(
 pub struct Names {
     channels: HashMap<i64, ChannelId>,
     comms: HashMap<u32, String>,
+    /// The latest title of each pid that gave itself one (only the latest
+    /// is stored): what its `process_title` events replay as.
+    titles: HashMap<u32, String>,
 }
 
 impl Names {
@@ -86,15 +89,19 @@ impl Names {
             };
             names.channels.insert(id, ChannelId::named(kind, name));
         }
-        let comms: Vec<(i64, Option<String>)> =
-            sqlx::query_as("SELECT pid, comm FROM processes WHERE session_id = ? ORDER BY id")
-                .bind(session.0)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(StoreError::sql("reading the processes"))?;
-        for (pid, comm) in comms {
+        let comms: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT pid, comm, title FROM processes WHERE session_id = ? ORDER BY id",
+        )
+        .bind(session.0)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::sql("reading the processes"))?;
+        for (pid, comm, title) in comms {
             if let Some(comm) = comm {
                 names.comms.insert(pid as u32, comm);
+            }
+            if let Some(title) = title {
+                names.titles.insert(pid as u32, title);
             }
         }
         Ok(names)
@@ -155,6 +162,9 @@ pub async fn load(
         let channel_id = get(5);
         event.channel = channel_id.and_then(|id| names.channels.get(&id).cloned());
         event.comm = names.comms.get(&pid).cloned().unwrap_or_default();
+        if kind == EventKind::ProcessTitle {
+            event.path = names.titles.get(&pid).cloned();
+        }
         event.size = get(6).unwrap_or(0) as u64;
         event.msg_id = get(7).map(|m| m as u64);
         event.result = get(8).unwrap_or(0);

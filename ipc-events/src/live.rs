@@ -83,6 +83,17 @@ pub struct Process {
     pub ppid: u32,
     pub comm: String,
     pub exited: bool,
+    /// The latest name it gave itself (prctl, or an argv rewrite such as
+    /// `postgres: checkpointer`): what its operator knows it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+impl Process {
+    /// Its title if it gave itself one, else its comm.
+    pub fn name(&self) -> &str {
+        self.title.as_deref().unwrap_or(&self.comm)
+    }
 }
 
 /// Latency of one window, with its histogram.

@@ -574,15 +574,11 @@ impl App {
             .map_or(0, |s| s.now_ns.saturating_sub(s.started_ns))
     }
 
-    /// Process names by pid.
+    /// Process names by pid: the title a process gave itself, else its
+    /// comm (`postgres: checkpointer`, not every one `postgres`).
     pub fn comms(&self) -> HashMap<u32, &str> {
         self.view()
-            .map(|s| {
-                s.processes
-                    .iter()
-                    .map(|p| (p.pid, p.comm.as_str()))
-                    .collect()
-            })
+            .map(|s| s.processes.iter().map(|p| (p.pid, p.name())).collect())
             .unwrap_or_default()
     }
 

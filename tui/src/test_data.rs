@@ -81,6 +81,7 @@ fn process(pid: u32, ppid: u32, comm: &str) -> Process {
         ppid,
         comm: comm.to_owned(),
         exited: false,
+        title: None,
     }
 }
 

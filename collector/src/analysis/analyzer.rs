@@ -604,6 +604,12 @@ impl Analyzer {
                     info.ppid = e.aux as u32;
                     p.changed = seq;
                 }
+                if let (EventKind::ProcessTitle, Some(title)) = (e.kind, &e.path) {
+                    if info.title.as_ref() != Some(title) {
+                        info.title = Some(title.clone());
+                        p.changed = seq;
+                    }
+                }
                 p
             }
             None => {
@@ -617,6 +623,9 @@ impl Analyzer {
                     },
                     comm: e.comm.clone(),
                     exited: false,
+                    title: (e.kind == EventKind::ProcessTitle)
+                        .then(|| e.path.clone())
+                        .flatten(),
                 };
                 self.processes.entry(e.pid).or_insert(ProcessState {
                     info,
@@ -1105,6 +1114,26 @@ mod tests {
             sem_event(ts, EventKind::SemWaitEnd, pid, first, 0),
             sem_event(ts + 1, EventKind::SemWaitBegin, pid, second, 0),
         ]
+    }
+
+    /// A server's processes all read `postgres`: the title each gave
+    /// itself is what the feed names them by (issue 17).
+    #[test]
+    fn a_process_that_retitles_itself_is_named_by_its_title() {
+        let mut a = analyzer();
+        let mut start = Event::new(MS, 7, 7, Source::Ebpf, EventKind::ProcessStart);
+        start.comm = "postgres".into();
+        let mut titled = Event::new(2 * MS, 7, 7, Source::Ebpf, EventKind::ProcessTitle);
+        titled.comm = "postgres".into();
+        titled.path = Some("postgres: checkpointer".into());
+        feed(&mut a, vec![start]);
+        let before = a.snapshot(3 * MS);
+        assert_eq!(before.processes[0].name(), "postgres");
+        feed(&mut a, vec![titled]);
+        let delta = a.delta(4 * MS);
+        let changed: Vec<_> = delta.processes.iter().map(|p| p.name()).collect();
+        assert_eq!(changed, ["postgres: checkpointer"]);
+        assert_eq!(a.snapshot(5 * MS).processes[0].comm, "postgres");
     }
 
     #[test]

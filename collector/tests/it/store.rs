@@ -652,3 +652,42 @@ async fn a_fifo_is_refused_without_opening_it() {
         );
     }
 }
+
+/// A replay names a process by the title it gave itself, as the live feed
+/// does (issue 17: every process of a server read `postgres`).
+#[tokio::test]
+async fn a_replay_names_a_process_by_its_title() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    let mut start = Event::new(10, 7, 7, Source::Ebpf, EventKind::ProcessStart);
+    start.comm = "postgres".into();
+    let mut titled = Event::new(20, 7, 7, Source::Ebpf, EventKind::ProcessTitle);
+    titled.comm = "postgres".into();
+    titled.path = Some("postgres: checkpointer".into());
+    let jobs = ChannelId::named(ChannelKind::IpclibChannel, "jobs");
+    ingest
+        .send(vec![start, titled, send(30, 7, &jobs, 1)])
+        .await
+        .unwrap();
+    drop(ingest);
+    writer.finish().await.unwrap();
+    store
+        .finish_session(session, "2026-11-22T00:00:01.000Z", 40, Some(0))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    let mut replay = collector::replay::Replay::open(store, session)
+        .await
+        .unwrap();
+    let end = replay.info().end_ns;
+    let snapshot = replay.snapshot_at(end).await.unwrap();
+    let names: Vec<_> = snapshot.processes.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["postgres: checkpointer"]);
+}
