@@ -21,9 +21,9 @@ mod demo;
 /// ended by that hangup still has its session to store and its status to
 /// exit with, and the line is lost either way.
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        collector::notes::say(format_args!($($arg)*))
+    };
 }
 
 /// See the IPC between your processes: record it, query it, report on it.
@@ -296,7 +296,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("IPCSCOPE_LOG")
                 .unwrap_or_else(|_| "warn,sqlx::query=error".into()),
         )
-        .with_writer(io::stderr)
+        // Standard error, or the log file while a dashboard is shown.
+        .with_writer(|| collector::notes::Writer)
         // Its report of a failed write is an `eprintln!`, which panics on
         // a hung-up terminal (see `say!`).
         .log_internal_errors(false)
@@ -351,6 +352,18 @@ fn output_log(db: &std::path::Path) -> PathBuf {
 /// dashboard ends the recording (the command gets SIGTERM).
 async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
     let output = options.output.clone();
+    // The dashboard owns the terminal: what the recorder has to say meanwhile
+    // goes to the log file beside the command's output.
+    if let Some(path) = &output {
+        use std::os::unix::fs::OpenOptionsExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open {} for the recorder's notes", path.display()))?;
+        collector::notes::to_file(log);
+    }
     let (ready, socket) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let control = RecordControl {
@@ -367,7 +380,9 @@ async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
         Err(_) => Ok(()),
     };
     let _ = stop.send(true);
-    let outcome = recording.await.context("the recorder panicked")??;
+    let outcome = recording.await.context("the recorder panicked");
+    collector::notes::to_stderr();
+    let outcome = outcome??;
     shown?;
     summarise(&outcome);
     if let Some(path) = output {

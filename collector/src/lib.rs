@@ -14,6 +14,7 @@ pub mod export;
 mod fast_map;
 pub mod lib_ring;
 pub mod live;
+pub mod notes;
 pub mod platform;
 pub mod privileges;
 pub mod query;

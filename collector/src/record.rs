@@ -37,6 +37,7 @@ use crate::ebpf::titles::{self, TitleScanner};
 use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{Admission, RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
+use crate::notes::note;
 use crate::store::{
     spawn_writer, Correlated, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
     WriterStats,
@@ -125,7 +126,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         true => match Probes::load(&config) {
             Ok(p) => Some(p),
             Err(e) if options.ebpf_optional => {
-                eprintln!(
+                note!(
                     "ipcscope: recording ipc-lib processes only: the eBPF probes did not load: {e:#}"
                 );
                 None
@@ -223,7 +224,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             .flat_map(running_process_events)
             .collect();
         if program.is_none() {
-            eprintln!(
+            note!(
                 "ipcscope: following {} processes; Ctrl-C to stop",
                 events.len() / 2
             );
@@ -277,7 +278,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             // changed since, or the kernel cannot execute its format):
             // the session is ended as a shell would report it.
             Err(e) => {
-                eprintln!("ipcscope: cannot run {}: {e}", program.to_string_lossy());
+                note!("ipcscope: cannot run {}: {e}", program.to_string_lossy());
                 not_started = Some(match e.kind() {
                     std::io::ErrorKind::NotFound => NOT_FOUND,
                     _ => NOT_EXECUTABLE,
@@ -291,7 +292,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     if let Err(e) = crate::privileges::drop_unneeded(&options.db) {
         // The command runs already: the recording goes on, and the user
         // learns what it still holds.
-        eprintln!("ipcscope: recording with more privileges than needed: {e}");
+        note!("ipcscope: recording with more privileges than needed: {e}");
     }
     let pump = probes.map(|p| spawn_pump(p, ingest.clone()));
 

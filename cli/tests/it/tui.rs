@@ -239,3 +239,48 @@ fn closing_the_terminal_ends_a_recording_on_the_dashboard_as_q_does() {
         serde_json::json!([{"n": 1, "ended": 1, "exit_status": 143}])
     );
 }
+
+/// `record --tui -p PID` wrote "following 1 processes" into the dashboard,
+/// which stayed shifted for the whole recording (issue 17): the dashboard
+/// owns the terminal, and the recorder's notes go to the log beside the
+/// database.
+#[test]
+fn the_dashboard_owns_the_terminal_and_notes_go_to_the_log() {
+    if !crate::need_root("the_dashboard_owns_the_terminal_and_notes_go_to_the_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("follow.db");
+    let mut target = Command::new("sleep").arg("60").spawn().unwrap();
+    let (line, status) = ipcscope_in(
+        dir.path(),
+        &format!("record --tui --db {} -p {}", db.display(), target.id()),
+    );
+    let Some(tmux) = Tmux::start("owns", &line) else {
+        target.kill().unwrap();
+        target.wait().unwrap();
+        return;
+    };
+    let screen = tmux.wait_for(&["LIVE"]);
+    // Give a stray line time to land, then look again.
+    std::thread::sleep(Duration::from_millis(500));
+    let screen = format!("{screen}\n{}", tmux.screen());
+    tmux.keys(&["q"]);
+    let code = exit_status(&status);
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert!(!screen.contains("ipcscope:"), "{screen}");
+    assert!(
+        screen
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("1 Overview")),
+        "the tabs are the first line:\n{screen}"
+    );
+    assert_eq!(code, 0, "{}", tmux.screen());
+    let log = std::fs::read_to_string(dir.path().join("follow.db.output.log")).unwrap();
+    assert!(
+        log.contains("ipcscope: following 1 processes; Ctrl-C to stop"),
+        "{log}"
+    );
+}

@@ -23,10 +23,12 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     }
 }
 
-/// `"producer 101"`, or the bare pid of a process not (yet) known.
+/// `"101 producer"`, or the bare pid of a process not (yet) known. The
+/// pid first: a narrow column cuts the end, and a name (a title such as
+/// `postgres: checkpointer`) can be cut where a pid cannot.
 pub(super) fn who(comms: &HashMap<u32, &str>, pid: u32) -> String {
     match comms.get(&pid) {
-        Some(comm) => format!("{comm} {pid}"),
+        Some(comm) => format!("{pid} {comm}"),
         None => pid.to_string(),
     }
 }

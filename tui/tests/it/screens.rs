@@ -116,7 +116,7 @@ fn every_screen_shows_its_content_at_80x24() {
 
     let topology = on(&mut app, Screen::Topology);
     assert!(
-        topology.contains("producer 101     → consumer 102"),
+        topology.contains("101 producer     → 102 consumer"),
         "{topology}"
     );
 
@@ -133,7 +133,10 @@ fn every_screen_shows_its_content_at_80x24() {
     assert!(waits.contains("producer 101 ─[sem /slots]→ consumer 102 ─[sem /items]→ producer 101"));
 
     let signals = on(&mut app, Screen::Signals);
-    assert!(signals.contains("demo 100      consumer 102 SIGUSR1    4      4      3.00 µs"));
+    assert!(
+        signals.contains("100 demo      102 consumer SIGUSR1    4      4      3.00 µs"),
+        "{signals}"
+    );
 
     let events = on(&mut app, Screen::Events);
     assert!(events.contains("Events (50 of the last 50)"));
@@ -150,7 +153,7 @@ fn the_drill_down_shows_histogram_latency_and_payloads() {
     app.update(Action::Enter);
     let screen = on(&mut app, Screen::Channels);
     assert!(screen.contains("jobs (ipclib_channel) (Esc back)"));
-    assert!(screen.contains("producer 101 → consumer 102   12.0k messages, 768 kB, queue 1"));
+    assert!(screen.contains("101 producer → 102 consumer   12.0k messages, 768 kB, queue 1"));
     assert!(screen.contains("≤4.00 µs ██████████████████████  6.67k"));
     assert!(screen.contains("Latency over time (µs)"));
     assert!(screen.contains("+4.000s    101→102       64 B     5.00 µs   job 4."));
