@@ -205,6 +205,8 @@ pub struct App {
     replay: Option<Timeline>,
     /// The cursor position of the replay snapshot shown.
     loaded_ns: Option<u64>,
+    /// The replay position whose load is under way.
+    loading_ns: Option<u64>,
     screen: Screen,
     selected: [usize; Screen::ALL.len()],
     /// The event log sticks to the newest event until the user scrolls.
@@ -237,6 +239,7 @@ impl App {
             feed: FeedState::Waiting,
             replay: None,
             loaded_ns: None,
+            loading_ns: None,
             screen: Screen::Overview,
             selected: [0; Screen::ALL.len()],
             follow_events: true,
@@ -311,6 +314,16 @@ impl App {
     pub fn replay_wants(&self) -> Option<u64> {
         let cursor = self.replay.as_ref()?.cursor();
         (self.loaded_ns != Some(cursor)).then_some(cursor)
+    }
+
+    /// The replay position being loaded, if one is.
+    pub fn set_loading(&mut self, t_ns: Option<u64>) {
+        self.loading_ns = t_ns;
+    }
+
+    /// The replay position being loaded, if one is.
+    pub fn loading(&self) -> Option<u64> {
+        self.loading_ns
     }
 
     /// The replay source's state at `t_ns`.

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,38 +89,82 @@ impl Feed for LiveFeed {
     }
 }
 
-/// A replay: moves the cursor with the wall clock and loads the state at it.
-pub struct ReplayFeed<S> {
-    source: S,
+/// A replay: moves the cursor with the wall clock and loads the state at
+/// it on a thread of its own, so that keys (`q` above all) and drawing
+/// never wait for a load, however big the session.
+pub struct ReplayFeed {
+    requests: Sender<u64>,
+    results: Receiver<(u64, anyhow::Result<Snapshot>)>,
+    /// The position asked for and not answered yet.
+    loading: Option<u64>,
     last: Instant,
 }
 
-impl<S: ReplaySource> ReplayFeed<S> {
-    /// A replay of `source`.
-    pub fn new(source: S) -> Self {
-        ReplayFeed {
-            source,
-            last: Instant::now(),
-        }
-    }
+impl ReplayFeed {
+    /// How long a frame waits for a load before it draws without it: a
+    /// quick source's answer shows in the frame that asked for it.
+    const PATIENCE: Duration = Duration::from_millis(20);
 
-    /// The source replayed.
-    pub fn source(&self) -> &S {
-        &self.source
+    /// A replay of `source`, loaded by a thread that lives as long as this
+    /// feed (or until the load it is in returns).
+    pub fn new<S: ReplaySource + Send + 'static>(mut source: S) -> anyhow::Result<Self> {
+        let (requests, asked) = mpsc::channel::<u64>();
+        let (answers, results) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("replay-loader".into())
+            .spawn(move || {
+                while let Ok(mut t) = asked.recv() {
+                    // Only the newest position matters: those the cursor
+                    // passed while a load ran are skipped.
+                    while let Ok(newer) = asked.try_recv() {
+                        t = newer;
+                    }
+                    if answers.send((t, source.snapshot_at(t))).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the replay loader")?;
+        Ok(ReplayFeed {
+            requests,
+            results,
+            loading: None,
+            last: Instant::now(),
+        })
     }
 }
 
-impl<S: ReplaySource> Feed for ReplayFeed<S> {
+impl Feed for ReplayFeed {
     fn pump(&mut self, app: &mut App) -> anyhow::Result<()> {
         let now = Instant::now();
         app.tick(now - self.last);
         self.last = now;
         if let Some(t) = app.replay_wants() {
-            match self.source.snapshot_at(t) {
-                Ok(s) => app.set_replay_snapshot(t, s),
-                Err(e) => app.set_replay_error(t, &e),
+            if self.loading != Some(t) {
+                self.requests
+                    .send(t)
+                    .map_err(|_| anyhow::anyhow!("the replay loader stopped"))?;
+                self.loading = Some(t);
             }
         }
+        if self.loading.is_some() {
+            match self.results.recv_timeout(Self::PATIENCE) {
+                Ok((t, loaded)) => {
+                    if self.loading == Some(t) {
+                        self.loading = None;
+                    }
+                    match loaded {
+                        Ok(s) => app.set_replay_snapshot(t, s),
+                        Err(e) => app.set_replay_error(t, &e),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the replay loader stopped")
+                }
+            }
+        }
+        app.set_loading(self.loading);
         Ok(())
     }
 }
@@ -258,9 +302,9 @@ pub fn run_live(frames: Receiver<Frame>, opts: Options) -> anyhow::Result<()> {
 }
 
 /// Replays a recorded session from `source`, with the timeline.
-pub fn run_replay(source: impl ReplaySource, opts: Options) -> anyhow::Result<()> {
+pub fn run_replay(source: impl ReplaySource + Send + 'static, opts: Options) -> anyhow::Result<()> {
     let app = App::replay(source.span());
-    on_terminal(app, &mut ReplayFeed::new(source), opts)
+    on_terminal(app, &mut ReplayFeed::new(source)?, opts)
 }
 
 fn on_terminal(mut app: App, feed: &mut impl Feed, opts: Options) -> anyhow::Result<()> {

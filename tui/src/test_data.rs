@@ -256,8 +256,9 @@ pub struct SampleSession {
     seconds: u64,
     /// The second whose load fails, if any.
     pub fail_at: Option<u64>,
-    /// The whole seconds asked for, in order.
-    pub asked: Vec<u64>,
+    /// The whole seconds asked for, in order (shared: the replay loads
+    /// on a thread of its own).
+    pub asked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl SampleSession {
@@ -266,7 +267,7 @@ impl SampleSession {
         SampleSession {
             seconds,
             fail_at: None,
-            asked: Vec::new(),
+            asked: Default::default(),
         }
     }
 }
@@ -282,7 +283,7 @@ impl ReplaySource for SampleSession {
             anyhow::bail!("{t_ns} is outside the session ({start}..={end})");
         }
         let sec = (t_ns - start) / S;
-        self.asked.push(sec);
+        self.asked.lock().unwrap().push(sec);
         if self.fail_at == Some(sec) {
             anyhow::bail!("database is locked");
         }

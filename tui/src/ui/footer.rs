@@ -32,6 +32,12 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     if let Some(status) = app.status() {
         left.push(Span::styled(format!("{status} "), red));
     }
+    if let (Some(t), Some(timeline)) = (app.loading(), app.timeline()) {
+        left.push(Span::styled(
+            format!("loading {}… ", crate::format::offset(t, timeline.span().0)),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
     match app.feed() {
         FeedState::Ended { exit_status } => left.push(Span::styled(
             match exit_status {

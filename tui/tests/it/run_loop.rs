@@ -183,7 +183,8 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
         KeyCode::Char('q'),
     ]);
     let mut term = terminal();
-    let mut feed = ReplayFeed::new(session);
+    let asked = std::sync::Arc::clone(&session.asked);
+    let mut feed = ReplayFeed::new(session).unwrap();
     drive(
         &mut term,
         &mut app,
@@ -193,7 +194,7 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
     )
     .unwrap();
     assert_eq!(
-        feed.source().asked,
+        *asked.lock().unwrap(),
         [0, 10, 30, 0, 1],
         "one load per cursor move"
     );
@@ -220,7 +221,7 @@ fn a_playing_replay_moves_with_the_clock() {
     drive(
         &mut terminal(),
         &mut app,
-        &mut ReplayFeed::new(session),
+        &mut ReplayFeed::new(session).unwrap(),
         &mut inputs,
         &opts,
     )
@@ -248,7 +249,7 @@ impl Inputs for Slow {
 fn every_screen_follows_the_replay_cursor() {
     let session = SampleSession::new(30);
     let mut app = App::replay(session.span());
-    let mut feed = ReplayFeed::new(session);
+    let mut feed = ReplayFeed::new(session).unwrap();
     let mut at = |app: &mut App, action: Option<tui::action::Action>| {
         if let Some(a) = action {
             app.update(a);
@@ -294,4 +295,46 @@ fn a_quit_ends_the_loop_even_if_inputs_keep_coming() {
         &Options::default(),
     )
     .unwrap();
+}
+
+/// A session whose every load takes longer than any user would wait.
+struct Sluggish;
+
+impl ReplaySource for Sluggish {
+    fn span(&self) -> (u64, u64) {
+        (0, 10_000_000_000)
+    }
+
+    fn snapshot_at(&mut self, _: u64) -> anyhow::Result<Snapshot> {
+        std::thread::sleep(Duration::from_secs(10));
+        Ok(Snapshot::default())
+    }
+}
+
+/// Replay froze on a real session: keys, `q` and SIGTERM went unanswered
+/// while it loaded (issue 17). Loads run beside the dashboard, which says
+/// it is loading and quits at once.
+#[test]
+fn a_slow_load_holds_up_neither_keys_nor_quitting() {
+    let mut app = App::replay(Sluggish.span());
+    let mut term = terminal();
+    let mut feed = ReplayFeed::new(Sluggish).unwrap();
+    let start = std::time::Instant::now();
+    drive(
+        &mut term,
+        &mut app,
+        &mut feed,
+        &mut Script::new(&[KeyCode::End, KeyCode::Char('q')]),
+        &Options::default(),
+    )
+    .unwrap();
+    // Frames wait at most 20 ms for a load; the bound is for a busy machine.
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "quitting took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(app.loading(), Some(10_000_000_000), "the End key was taken");
+    let screen = text(term.backend().buffer());
+    assert!(screen.contains("loading +10.000s…"), "{screen}");
 }
