@@ -322,6 +322,11 @@ impl Replay {
             self.analyzer.tick(to);
             self.fed_ns = to;
         }
+        if t >= self.info.end_ns {
+            // The whole recording is in: it is over, as it was when it
+            // ended live.
+            self.analyzer.finish();
+        }
         let mut snapshot = self.analyzer.snapshot(t);
         snapshot.live = false;
         Ok(snapshot)

@@ -260,10 +260,13 @@ impl App {
         }
     }
 
-    /// A dashboard replaying a recorded session over `span` (start, end ns).
+    /// A dashboard replaying a recorded session over `span` (start, end ns),
+    /// opening on the whole of it: the cursor at its end, figures over the
+    /// session.
     pub fn replay(span: (u64, u64)) -> Self {
         App {
             replay: Some(Timeline::new(span)),
+            window: Window::Session,
             ..App::live()
         }
     }
@@ -976,10 +979,10 @@ mod tests {
         let s = 1_000_000_000;
         let mut app = App::replay((0, 10 * s));
         assert!(app.key_context().replay);
-        assert_eq!(app.replay_wants(), Some(0));
-        app.set_replay_snapshot(0, Snapshot::default());
+        assert_eq!(app.replay_wants(), Some(10 * s), "it opens at the end");
+        app.set_replay_snapshot(10 * s, Snapshot::default());
         assert_eq!(app.replay_wants(), None);
-        press(&mut app, &[Action::Seek(3), Action::Faster]);
+        press(&mut app, &[Action::Seek(-7), Action::Faster]);
         assert_eq!(app.replay_wants(), Some(3 * s));
         app.set_replay_error(3 * s, &anyhow::anyhow!("database is locked"));
         assert_eq!(app.replay_wants(), None, "no retry until the cursor moves");

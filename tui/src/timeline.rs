@@ -19,14 +19,16 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// A paused timeline at the start of `span` (start, end in monotonic
-    /// ns). A span that ends before it starts (a broken source) is taken as
-    /// empty rather than trusted.
+    /// A paused timeline at the end of `span` (start, end in monotonic
+    /// ns): a replay opens on the whole session, and playing starts it
+    /// over. A span that ends before it starts (a broken source) is taken
+    /// as empty rather than trusted.
     pub fn new((start_ns, end_ns): (u64, u64)) -> Self {
+        let end_ns = end_ns.max(start_ns);
         Timeline {
             start_ns,
-            end_ns: end_ns.max(start_ns),
-            cursor_ns: start_ns,
+            end_ns,
+            cursor_ns: end_ns,
             playing: false,
             speed: NORMAL_SPEED,
         }
@@ -122,6 +124,8 @@ mod tests {
     #[test]
     fn playing_advances_at_speed_and_stops_at_the_end() {
         let mut t = Timeline::new((10 * S, 20 * S));
+        assert_eq!(t.cursor(), 20 * S, "it opens on the whole session");
+        t.to_start();
         t.advance(Duration::from_secs(1));
         assert_eq!(t.cursor(), 10 * S, "a paused timeline does not move");
         t.toggle_play();
@@ -138,7 +142,7 @@ mod tests {
     #[test]
     fn seeking_and_speed_stay_in_bounds() {
         let mut t = Timeline::new((S, 5 * S));
-        t.seek(-3);
+        t.seek(-30);
         assert_eq!(t.cursor(), S);
         t.seek(2);
         assert_eq!(t.cursor(), 3 * S);

@@ -269,9 +269,24 @@ impl Analyzer {
         }
     }
 
-    /// The recording ended: snapshots and deltas say so.
+    /// The recording ended: snapshots and deltas say so, and a snapshot's
+    /// windows count its last second as complete, however short.
     pub fn finish(&mut self) {
         self.live = false;
+    }
+
+    /// Where a snapshot taken at `now_ns` ends its windows (the last
+    /// second, the last ten): at `now_ns` while recording, where the second
+    /// under way is still filling and left out; once the recording ended,
+    /// at the next whole second, so that its last second counts (a short
+    /// session's only one: without it, every rate and latency of a session
+    /// that lasted under a second read as none).
+    fn windows_end(&self, now_ns: u64) -> u64 {
+        const S: u64 = 1_000_000_000;
+        match self.live {
+            true => now_ns,
+            false => now_ns.div_ceil(S).saturating_mul(S),
+        }
     }
 
     /// One correlated batch: events with their `channels.id` (index for
@@ -868,8 +883,9 @@ impl Analyzer {
 
     /// The whole state at `now_ns`.
     pub fn snapshot(&mut self, now_ns: u64) -> Snapshot {
-        let channels = self.channel_stats(now_ns, |_| true);
-        let waits = self.wait_stats(now_ns, |_| true);
+        let windows = self.windows_end(now_ns);
+        let channels = self.channel_stats(windows, |_| true);
+        let waits = self.wait_stats(windows, |_| true);
         Snapshot {
             session_id: self.session_id,
             session_name: self.session_name.clone(),
@@ -877,8 +893,8 @@ impl Analyzer {
             started_ns: self.started_ns,
             now_ns,
             totals: self.totals,
-            rate_1s: self.rate.rate_1s(now_ns),
-            seconds: self.rate.history(now_ns),
+            rate_1s: self.rate.rate_1s(windows),
+            seconds: self.rate.history(windows),
             processes: self.process_list(|_| true),
             channels,
             waits,

@@ -691,3 +691,62 @@ async fn a_replay_names_a_process_by_its_title() {
     let names: Vec<_> = snapshot.processes.iter().map(|p| p.name()).collect();
     assert_eq!(names, ["postgres: checkpointer"]);
 }
+
+/// At the end of a session shorter than a second, every rate and latency
+/// of a replay read as none: the windows took only complete seconds, and
+/// the recording's last second never completed (issue 17). Once it has
+/// ended, its last second counts.
+#[tokio::test]
+async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    let jobs = ChannelId::named(ChannelKind::IpclibChannel, "jobs");
+    // Ten messages in the session's first 200 ms, each received 1 ms after.
+    let base = 5_000_000_000;
+    let mut events = Vec::new();
+    for i in 0..10u64 {
+        let at = base + i * 20_000_000;
+        events.push(send(at, 7, &jobs, i + 1));
+        let mut recv = Event::new(at + 1_000_000, 8, 8, Source::Lib, EventKind::MsgRecv);
+        recv.channel = Some(jobs.clone());
+        recv.size = 64;
+        recv.msg_id = Some(i + 1);
+        events.push(recv);
+    }
+    ingest.send(events).await.unwrap();
+    drop(ingest);
+    writer.finish().await.unwrap();
+    store
+        .finish_session(
+            session,
+            "2026-11-22T00:00:01.000Z",
+            base + 200_000_000,
+            Some(0),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+    let mut replay = collector::replay::Replay::open(store, session)
+        .await
+        .unwrap();
+    let end = replay.info().end_ns;
+    let snapshot = replay.snapshot_at(end).await.unwrap();
+    let jobs = &snapshot.channels[0];
+    assert_eq!(jobs.messages, 10);
+    assert_eq!(jobs.latency.last_1s.count, 10, "{:?}", jobs.latency);
+    // HDR histograms of 3 significant digits: 1 ms within 0.1%.
+    assert!(
+        jobs.latency.last_10s.p50.abs_diff(1_000_000) <= 1_000,
+        "{:?}",
+        jobs.latency
+    );
+    assert!(jobs.rate_1s.messages_per_s > 0.0, "{:?}", jobs.rate_1s);
+    assert_eq!(snapshot.now_ns, end, "the cursor is where it was asked");
+}

@@ -57,7 +57,7 @@ mod tests {
     fn the_knob_sits_at_the_cursor() {
         let s = 1_000_000_000;
         let mut t = Timeline::new((0, 10 * s));
-        t.seek(5);
+        t.seek(-5);
         t.toggle_play();
         let mut buf = Buffer::empty(Rect::new(0, 0, 40, 1));
         TimelineBar::new(&t).render(buf.area, &mut buf);

@@ -176,6 +176,7 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
     session.fail_at = Some(1);
     let mut app = App::replay(session.span());
     let mut script = Script::new(&[
+        KeyCode::Home,
         KeyCode::Char(']'),
         KeyCode::End,
         KeyCode::Home,
@@ -195,8 +196,8 @@ fn a_replay_shows_the_state_at_the_cursor_as_it_seeks() {
     .unwrap();
     assert_eq!(
         *asked.lock().unwrap(),
-        [0, 10, 30, 0, 1],
-        "one load per cursor move"
+        [30, 0, 10, 30, 0, 1],
+        "the whole session first, then one load per cursor move"
     );
     // The failed load at 1 s leaves the state at 0 s on screen, and says why.
     assert_eq!(app.view().unwrap().channels[0].messages, 0);
@@ -258,7 +259,12 @@ fn every_screen_follows_the_replay_cursor() {
         crate::text(&crate::render(app, 80, 24))
     };
     use tui::action::Action::{GoTo, Seek};
-    let start = at(&mut app, None);
+    let whole = at(&mut app, None);
+    assert!(
+        whole.contains("━● +30.000s"),
+        "it opens at the end:\n{whole}"
+    );
+    let start = at(&mut app, Some(Seek(-30)));
     assert!(start.contains("⏸ 1x +0.000s ●"));
     assert!(!start.contains("DEADLOCK"));
     let during = at(&mut app, Some(Seek(22)));

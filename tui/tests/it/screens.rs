@@ -207,7 +207,10 @@ fn help_lists_the_keys_and_the_replay_adds_its_timeline() {
     let screen = text(&render(&replay, 80, 24));
     assert!(screen.contains("seek ten seconds"));
     assert!(screen.contains("REPLAY"));
-    assert!(screen.contains("⏸ 1x +0.000s ●"), "the timeline row");
+    assert!(
+        screen.contains("━━● +10.000s"),
+        "the timeline row, at the end:\n{screen}"
+    );
 }
 
 #[test]
