@@ -431,6 +431,18 @@ impl tui::ReplaySource for DbReplay {
         // runtime is allowed.
         Ok(self.runtime.block_on(self.replay.snapshot_at(t_ns))?)
     }
+
+    fn marks(&self) -> Vec<tui::timeline::Mark> {
+        use tui::timeline::{Mark, MarkKind};
+        let marks = self.replay.marks();
+        let at = |kind| move |&at_ns: &u64| Mark { at_ns, kind };
+        marks
+            .deadlocks
+            .iter()
+            .map(at(MarkKind::Deadlock))
+            .chain(marks.drops.iter().map(at(MarkKind::Drop)))
+            .collect()
+    }
 }
 
 /// Records, then says on stderr what was stored and what was lost.

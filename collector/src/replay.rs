@@ -59,6 +59,35 @@ pub async fn session_info(
     })
 }
 
+/// Moments of a session worth jumping to, in time order.
+#[derive(Debug, Default, Clone)]
+pub struct Marks {
+    /// When each deadlock was detected.
+    pub deadlocks: Vec<u64>,
+    /// When events were lost (each `drops` row).
+    pub drops: Vec<u64>,
+}
+
+impl Marks {
+    async fn load(conn: &mut SqliteConnection, session: SessionId) -> Result<Marks, StoreError> {
+        let times = |sql| sqlx::query_scalar::<_, i64>(sql).bind(session.0);
+        let deadlocks =
+            times("SELECT detected_ns FROM deadlocks WHERE session_id = ? ORDER BY detected_ns")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::sql("reading the deadlocks"))?;
+        let drops = times("SELECT ts_ns FROM drops WHERE session_id = ? ORDER BY ts_ns")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::sql("reading the drops"))?;
+        let ns = |v: Vec<i64>| v.into_iter().map(|t| t.max(0) as u64).collect();
+        Ok(Marks {
+            deadlocks: ns(deadlocks),
+            drops: ns(drops),
+        })
+    }
+}
+
 /// Channels and process names, read once per replay.
 #[derive(Debug, Default)]
 pub struct Names {
@@ -276,6 +305,7 @@ pub struct Replay {
     store: Store,
     info: SessionInfo,
     names: Names,
+    marks: Marks,
     analyzer: Analyzer,
     /// Everything before this has been fed.
     fed_ns: u64,
@@ -286,13 +316,20 @@ impl Replay {
         let mut conn = store.read_only().await?;
         let info = session_info(&mut conn, session).await?;
         let names = Names::load(&mut conn, session).await?;
+        let marks = Marks::load(&mut conn, session).await?;
         Ok(Replay {
             analyzer: fresh_analyzer(&info),
             fed_ns: info.start_ns,
             store,
             info,
             names,
+            marks,
         })
+    }
+
+    /// When deadlocks were detected and events lost.
+    pub fn marks(&self) -> &Marks {
+        &self.marks
     }
 
     pub fn info(&self) -> &SessionInfo {

@@ -39,6 +39,9 @@ pub enum Action {
     Seek(i32),
     SeekStart,
     SeekEnd,
+    /// Move the replay cursor to the next / previous deadlock or drop.
+    NextMark,
+    PreviousMark,
 }
 
 /// What changes the meaning of a key.
@@ -101,6 +104,8 @@ pub fn map_key(key: KeyEvent, ctx: KeyContext) -> Option<Action> {
         KeyCode::Right if ctx.replay => Action::Seek(1),
         KeyCode::Char('[') if ctx.replay => Action::Seek(-BIG_SEEK_S),
         KeyCode::Char(']') if ctx.replay => Action::Seek(BIG_SEEK_S),
+        KeyCode::Char('n') if ctx.replay => Action::NextMark,
+        KeyCode::Char('N') if ctx.replay => Action::PreviousMark,
         _ => return None,
     };
     Some(action)
@@ -135,6 +140,7 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
                 ("Left Right", "seek one second"),
                 ("[ ]", "seek ten seconds"),
                 ("Home End", "seek to the start / end"),
+                ("n / N", "next / previous deadlock (◆) or drop (!)"),
             ],
         );
     }

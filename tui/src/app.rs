@@ -271,6 +271,12 @@ impl App {
         }
     }
 
+    /// The replay with `marks` on its timeline, to jump to.
+    pub fn with_marks(mut self, marks: Vec<crate::timeline::Mark>) -> Self {
+        self.replay = self.replay.map(|t| t.with_marks(marks));
+        self
+    }
+
     /// Takes one frame of the live feed.
     pub fn on_frame(&mut self, frame: Frame) -> Result<(), FeedError> {
         match frame {
@@ -405,6 +411,8 @@ impl App {
             Action::Seek(secs) => self.with_timeline(|t| t.seek(secs)),
             Action::SeekStart => self.with_timeline(Timeline::to_start),
             Action::SeekEnd => self.with_timeline(Timeline::to_end),
+            Action::NextMark => self.with_timeline(Timeline::to_next_mark),
+            Action::PreviousMark => self.with_timeline(Timeline::to_previous_mark),
         }
     }
 

@@ -44,6 +44,10 @@ pub trait ReplaySource {
     /// The session's state as of `t_ns`, as the live feed would have shown
     /// it then.
     fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot>;
+    /// Moments worth jumping to: deadlocks detected, events lost.
+    fn marks(&self) -> Vec<crate::timeline::Mark> {
+        Vec::new()
+    }
 }
 
 /// Where the dashboard's state comes from; one step per frame.
@@ -303,7 +307,7 @@ pub fn run_live(frames: Receiver<Frame>, opts: Options) -> anyhow::Result<()> {
 
 /// Replays a recorded session from `source`, with the timeline.
 pub fn run_replay(source: impl ReplaySource + Send + 'static, opts: Options) -> anyhow::Result<()> {
-    let app = App::replay(source.span());
+    let app = App::replay(source.span()).with_marks(source.marks());
     on_terminal(app, &mut ReplayFeed::new(source)?, opts)
 }
 

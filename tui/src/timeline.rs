@@ -8,6 +8,21 @@ use std::time::Duration;
 pub const SPEEDS: [f64; 9] = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 const NORMAL_SPEED: usize = 2;
 
+/// A moment worth jumping to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub at_ns: u64,
+    pub kind: MarkKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkKind {
+    /// A deadlock was detected.
+    Deadlock,
+    /// Events were lost.
+    Drop,
+}
+
 /// Play, pause, speed and seek over a session's span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timeline {
@@ -16,6 +31,8 @@ pub struct Timeline {
     cursor_ns: u64,
     playing: bool,
     speed: usize,
+    /// In time order.
+    marks: Vec<Mark>,
 }
 
 impl Timeline {
@@ -31,7 +48,45 @@ impl Timeline {
             cursor_ns: end_ns,
             playing: false,
             speed: NORMAL_SPEED,
+            marks: Vec::new(),
         }
+    }
+
+    /// The timeline with `marks` to show and jump to (those outside the
+    /// span are left out).
+    pub fn with_marks(mut self, mut marks: Vec<Mark>) -> Self {
+        marks.retain(|m| (self.start_ns..=self.end_ns).contains(&m.at_ns));
+        marks.sort_by_key(|m| m.at_ns);
+        self.marks = marks;
+        self
+    }
+
+    /// The marks, in time order.
+    pub fn marks(&self) -> &[Mark] {
+        &self.marks
+    }
+
+    /// Moves the cursor to the next mark after it, if there is one.
+    pub fn to_next_mark(&mut self) {
+        if let Some(m) = self.marks.iter().find(|m| m.at_ns > self.cursor_ns) {
+            self.cursor_ns = m.at_ns;
+        }
+    }
+
+    /// Moves the cursor to the last mark before it, if there is one.
+    pub fn to_previous_mark(&mut self) {
+        if let Some(m) = self.marks.iter().rev().find(|m| m.at_ns < self.cursor_ns) {
+            self.cursor_ns = m.at_ns;
+        }
+    }
+
+    /// Where `at_ns` falls in the span, 0.0..=1.0.
+    pub fn ratio_of(&self, at_ns: u64) -> f64 {
+        let len = self.end_ns - self.start_ns;
+        if len == 0 {
+            return 1.0;
+        }
+        (at_ns.clamp(self.start_ns, self.end_ns) - self.start_ns) as f64 / len as f64
     }
 
     /// The session's start and end (monotonic ns).
@@ -107,11 +162,7 @@ impl Timeline {
 
     /// How far through the span the cursor is, 0.0..=1.0.
     pub fn ratio(&self) -> f64 {
-        let len = self.end_ns - self.start_ns;
-        if len == 0 {
-            return 1.0;
-        }
-        (self.cursor_ns - self.start_ns) as f64 / len as f64
+        self.ratio_of(self.cursor_ns)
     }
 }
 
@@ -158,6 +209,27 @@ mod tests {
             t.faster();
         }
         assert_eq!(t.speed(), 64.0);
+    }
+
+    #[test]
+    fn marks_are_jumped_to_in_time_order() {
+        let mark = |s: u64, kind| Mark { at_ns: s * S, kind };
+        let mut t = Timeline::new((0, 10 * S)).with_marks(vec![
+            mark(7, MarkKind::Drop),
+            mark(3, MarkKind::Deadlock),
+            mark(12, MarkKind::Drop),
+        ]);
+        assert_eq!(t.marks().len(), 2, "one outside the span");
+        t.to_next_mark();
+        assert_eq!(t.cursor(), 10 * S, "none after the end");
+        t.to_previous_mark();
+        assert_eq!(t.cursor(), 7 * S);
+        t.to_previous_mark();
+        assert_eq!(t.cursor(), 3 * S);
+        t.to_previous_mark();
+        assert_eq!(t.cursor(), 3 * S, "none before the first");
+        t.to_next_mark();
+        assert_eq!(t.cursor(), 7 * S);
     }
 
     #[test]

@@ -164,6 +164,22 @@ fn a_recorded_session_replays_on_every_screen_and_q_quits_cleanly() {
     tmux.wait_for(&["-counter-lock", "demo-locker-a", "demo-locker-b"]);
     tmux.keys(&["5"]);
     tmux.wait_for(&["demo-signaller", "demo-listener", "SIGUSR1"]);
+    // The deadlock is marked on the timeline; `n` from the start jumps to
+    // the moment it was detected.
+    tmux.wait_for(&["◆"]);
+    tmux.keys(&["1", "Home", "n"]);
+    let detected = query(
+        std::path::Path::new(db),
+        "select d.detected_ns - s.start_mono_ns as at from deadlocks d, sessions s",
+    )[0]["at"]
+        .as_u64()
+        .unwrap();
+    let at = format!(
+        "⏸ 1x +{}.{:03}s",
+        detected / 1_000_000_000,
+        detected % 1_000_000_000 / 1_000_000
+    );
+    tmux.wait_for(&["DEADLOCK (1 active)", &at]);
     tmux.keys(&["q"]);
     assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
 }

@@ -6,7 +6,7 @@ use ratatui::style::{Color, Style};
 use ratatui::widgets::Widget;
 
 use crate::format;
-use crate::timeline::Timeline;
+use crate::timeline::{MarkKind, Timeline};
 
 /// Draws a [`Timeline`] on one line:
 /// `▶ 2x +3.000s ━━━━━●──────── +10.000s`.
@@ -41,17 +41,55 @@ impl Widget for TimelineBar<'_> {
         let bar_width = width
             .saturating_sub(head.chars().count() + tail.chars().count())
             .max(1);
-        let done = ((t.ratio() * (bar_width - 1) as f64).round() as usize).min(bar_width - 1);
+        let at =
+            |ratio: f64| ((ratio * (bar_width - 1) as f64).round() as usize).min(bar_width - 1);
+        let done = at(t.ratio());
         let bar = format!("{}●{}", "━".repeat(done), "─".repeat(bar_width - 1 - done));
         let room = |x: u16| usize::from(area.right().saturating_sub(x));
+        let bar_x = x;
         let (x, _) = buf.set_stringn(x, area.y, bar, room(x), Style::new().fg(Color::Cyan));
         buf.set_stringn(x, area.y, tail, room(x), Style::new());
+        // Marks over the bar, but never over the knob.
+        for mark in t.marks() {
+            let pos = at(t.ratio_of(mark.at_ns));
+            let Ok(offset) = u16::try_from(pos) else {
+                continue;
+            };
+            let (symbol, color) = match mark.kind {
+                MarkKind::Deadlock => ("◆", Color::Red),
+                MarkKind::Drop => ("!", Color::Yellow),
+            };
+            if pos != done && bar_x + offset < x {
+                buf.set_string(bar_x + offset, area.y, symbol, Style::new().fg(color));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeline::Mark;
+
+    #[test]
+    fn deadlocks_and_drops_are_marked_on_the_bar() {
+        let s = 1_000_000_000;
+        let mut t = Timeline::new((0, 10 * s)).with_marks(vec![
+            Mark {
+                at_ns: 2 * s,
+                kind: MarkKind::Deadlock,
+            },
+            Mark {
+                at_ns: 8 * s,
+                kind: MarkKind::Drop,
+            },
+        ]);
+        t.seek(-5);
+        let mut buf = Buffer::empty(Rect::new(0, 0, 40, 1));
+        TimelineBar::new(&t).render(buf.area, &mut buf);
+        let line: String = (0..40).map(|x| buf[(x, 0)].symbol()).collect();
+        assert_eq!(line, "⏸ 1x +5.000s ━━━◆━━━━━●────!─── +10.000s");
+    }
 
     #[test]
     fn the_knob_sits_at_the_cursor() {
