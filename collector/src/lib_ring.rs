@@ -25,7 +25,7 @@ use std::time::Duration;
 use ipc_events::raw::{drop_source, RAW_EVENT_SIZE};
 pub use ipc_events::ring::SOCKET_ENV;
 use ipc_events::ring::{
-    Hello, RingHeader, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
+    Hello, RingHeader, ACCEPTED, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
     MIN_CAPACITY, PADDING, SLOT_HEADER, VERSION,
 };
 use ipc_events::{decode, Event, EventKind, Source};
@@ -459,7 +459,13 @@ async fn register(
     if let Ok(inode) = sockdiag::inode(&fd) {
         ingest.own_object(inode);
     }
-    Ok((RingReader::map(&fd, pid)?, pid))
+    let reader = RingReader::map(&fd, pid)?;
+    // The caller waits for this before it goes on (and may exit): it
+    // cannot block, a fresh socket's buffer is empty.
+    stream
+        .try_write(&[ACCEPTED])
+        .map_err(io_err("answering the registration"))?;
+    Ok((reader, pid))
 }
 
 fn recv_with_fd(socket: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {

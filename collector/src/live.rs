@@ -701,23 +701,33 @@ mod tests {
         server.await.unwrap();
     }
 
-    /// A feed that sends `bytes` and hangs up, and what a subscriber makes
-    /// of it.
-    fn subscribe_to(bytes: Vec<u8>) -> LiveError {
+    /// A real feed socket that sends `bytes` to its one subscriber, then
+    /// hangs up; `subscriber` runs against it.
+    fn served<T>(bytes: Vec<u8>, subscriber: impl FnOnce(&Path) -> T) -> T {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             use std::io::Write;
             let (mut stream, _) = listener.accept().unwrap();
+            // The subscriber may stop reading at an error and close.
             let _ = stream.write_all(&bytes);
         });
-        let result: Result<(), LiveError> = Subscription::connect(&path).and_then(|mut sub| loop {
-            if sub.next_frame()?.is_none() {
-                break Err(sub.protocol("nothing wrong".into()));
-            }
-        });
+        let out = subscriber(&path);
         server.join().unwrap();
+        out
+    }
+
+    /// A feed that sends `bytes` and hangs up, and what a subscriber makes
+    /// of it.
+    fn subscribe_to(bytes: Vec<u8>) -> LiveError {
+        let result: Result<(), LiveError> = served(bytes, |path| {
+            Subscription::connect(path).and_then(|mut sub| loop {
+                if sub.next_frame()?.is_none() {
+                    break Err(sub.protocol("nothing wrong".into()));
+                }
+            })
+        });
         result.unwrap_err()
     }
 
@@ -951,33 +961,25 @@ mod tests {
 
         /// A real feed socket that sends `bytes`, then hangs up.
         fn subscribe(bytes: Vec<u8>) -> Outcome {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("live.sock");
-            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-            let server = std::thread::spawn(move || {
-                use std::io::Write;
-                let (mut stream, _) = listener.accept().unwrap();
-                // The subscriber may stop reading at an error and close.
-                let _ = stream.write_all(&bytes);
-            });
-            let ((frames, error), largest_allocation) = largest_allocation(|| {
-                let mut sub = match Subscription::connect(&path) {
-                    Ok(sub) => sub,
-                    Err(e) => return (Vec::new(), Some(e)),
-                };
-                let mut frames = vec![Frame::Hello {
-                    version: PROTOCOL_VERSION,
-                    session_id: sub.session_id(),
-                }];
-                loop {
-                    match sub.next_frame() {
-                        Ok(Some(frame)) => frames.push(frame),
-                        Ok(None) => return (frames, None),
-                        Err(e) => return (frames, Some(e)),
+            let ((frames, error), largest_allocation) = served(bytes, |path| {
+                largest_allocation(|| {
+                    let mut sub = match Subscription::connect(path) {
+                        Ok(sub) => sub,
+                        Err(e) => return (Vec::new(), Some(e)),
+                    };
+                    let mut frames = vec![Frame::Hello {
+                        version: PROTOCOL_VERSION,
+                        session_id: sub.session_id(),
+                    }];
+                    loop {
+                        match sub.next_frame() {
+                            Ok(Some(frame)) => frames.push(frame),
+                            Ok(None) => return (frames, None),
+                            Err(e) => return (frames, Some(e)),
+                        }
                     }
-                }
+                })
             });
-            server.join().unwrap();
             Outcome {
                 frames,
                 error,

@@ -234,7 +234,20 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
 
     let mut child = None;
     let mut not_started = None;
+    let mut orphans = None;
     if let Some(program) = program {
+        // A process of the command's whose parent exits comes to the
+        // recorder rather than to init: it stays below the recorder, where
+        // the ring socket's admission finds it whatever user it became.
+        // The recorder reaps it (`reap_orphans`).
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER reads its integer
+        // argument only.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            note!(
+                "ipcscope: processes of the command orphaned during the recording go to init: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let mut command = Command::new(program);
         command
             .args(&options.command[1..])
@@ -272,6 +285,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                         .send(started_events(program, pid, recorder_pid))
                         .await?;
                 }
+                orphans = Some(tokio::spawn(reap_orphans(pid)));
                 child = Some((spawned, pid));
             }
             // Checked before anything was created, so rare (the file
@@ -360,6 +374,9 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                 None
             }
         };
+        if let Some(reaper) = &orphans {
+            reaper.abort();
+        }
         let _ = stop_rings.send(true);
         ring_task
             .await
@@ -504,6 +521,32 @@ fn lock(analyzer: &Mutex<Analyzer>) -> std::sync::MutexGuard<'_, Analyzer> {
     // Poisoned only by a panic in the analysis, which its task reports;
     // the state is still the best there is for the feed's last words.
     analyzer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reaps the orphans of the command's tree that came to the recorder (a
+/// child subreaper), on each SIGCHLD, until aborted. The command itself is
+/// left to its own waiter, which reports its status.
+async fn reap_orphans(command: u32) {
+    let Ok(mut exits) = signal(SignalKind::child()) else {
+        return;
+    };
+    let recorder = std::process::id();
+    while exits.recv().await.is_some() {
+        let Ok(table) = crate::ebpf::targets::process_table() else {
+            continue;
+        };
+        for (pid, _) in table
+            .into_iter()
+            .filter(|&(pid, ppid)| ppid == recorder && pid != command)
+        {
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
+            // SAFETY: waitpid on a child of ours, without blocking; a null
+            // status pointer is allowed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
 }
 
 /// Asks the command to end, as a terminal's owner would.

@@ -175,9 +175,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, StoreError> {
         path: path.into(),
         error,
     };
-    let mut conn = SqliteConnection::connect_with(&read_only_options(path))
-        .await
-        .map_err(unreadable)?;
+    let mut conn = connect_read_only(path).await?;
     let application_id: i64 = sqlx::query_scalar("PRAGMA application_id")
         .fetch_one(&mut conn)
         .await
@@ -255,9 +253,7 @@ async fn upgraded_copy(path: &Path) -> Result<tempfile::TempDir, StoreError> {
         path: path.into(),
         error,
     };
-    let mut conn = SqliteConnection::connect_with(&read_only_options(path))
-        .await
-        .map_err(unreadable)?;
+    let mut conn = connect_read_only(path).await?;
     sqlx::query("VACUUM INTO ?")
         .bind(copy.to_string_lossy().into_owned())
         .execute(&mut conn)
@@ -274,6 +270,16 @@ async fn upgraded_copy(path: &Path) -> Result<tempfile::TempDir, StoreError> {
     migrate(&pool, path).await?;
     pool.close().await;
     Ok(dir)
+}
+
+/// A connection that cannot write to `path`.
+async fn connect_read_only(path: &Path) -> Result<SqliteConnection, StoreError> {
+    SqliteConnection::connect_with(&read_only_options(path))
+        .await
+        .map_err(|error| StoreError::Unreadable {
+            path: path.into(),
+            error,
+        })
 }
 
 /// Options that cannot write to `path` (nor, through ATTACH, anywhere).

@@ -23,8 +23,13 @@ use crate::raw::{RawEvent, RAW_EVENT_SIZE};
 
 /// `RingHeader::magic`: "IPCSRING".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSRING");
-/// Bumped whenever this layout changes.
-pub const VERSION: u32 = 1;
+/// Bumped whenever this layout or the registration changes (2: the
+/// recorder answers a registration with [`ACCEPTED`]).
+pub const VERSION: u32 = 2;
+/// The byte the recorder sends back once it has taken a ring; it closes
+/// the connection instead when it refuses one. The process waits for the
+/// answer, so that it is still alive while the recorder checks who it is.
+pub const ACCEPTED: u8 = 1;
 /// Bytes before the data area.
 pub const HEADER_SIZE: usize = 256;
 /// Every record starts with an 8-byte slot header: the commit word and

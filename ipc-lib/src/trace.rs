@@ -317,6 +317,7 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     unsafe { ring::init(base.cast(), capacity, pid) };
     let socket = connect(path)?;
     send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd())?;
+    await_acceptance(&socket)?;
 
     PID.store(pid, Ordering::Relaxed);
     CAPACITY.store(capacity, Ordering::Relaxed);
@@ -327,6 +328,45 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     );
     register_atfork();
     Ok(())
+}
+
+/// How long a process waits for the recorder to take its ring: far above
+/// the microseconds it takes, so only a stuck recorder is given up on.
+const ACCEPT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for the recorder's answer to the registration: the process stays
+/// alive (and its parents known) while the recorder checks it, and learns
+/// if it was refused.
+fn await_acceptance(socket: &UnixStream) -> io::Result<()> {
+    use std::io::Read;
+    socket.set_read_timeout(Some(ACCEPT_PATIENCE))?;
+    let mut answer = [0u8; 1];
+    let read = (&*socket).read(&mut answer);
+    socket.set_read_timeout(None)?;
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the recorder refused this process (see its log)",
+        )
+    };
+    match read {
+        Ok(1) if answer[0] == ring::ACCEPTED => Ok(()),
+        // Closed on us: with the registration unread, as a reset.
+        Ok(_) => Err(refused()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(refused()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the recorder did not answer within {ACCEPT_PATIENCE:?}"),
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Connects to the recorder: `@name` is a socket in the abstract

@@ -150,11 +150,7 @@ fn another_users_process_outside_the_recording_cannot_hand_the_recorder_a_ring()
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A copy the other user can run wherever the build tree is.
-    let exe = dir.path().join("producer_consumer");
-    std::fs::copy(&example, &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = runnable_by_anyone(dir.path(), &example);
     let held = Held::start(dir.path(), false, "");
 
     // Started here, not by the recording: only SO_PEERCRED and the
@@ -173,11 +169,16 @@ fn another_users_process_outside_the_recording_cannot_hand_the_recorder_a_ring()
         let out = child.wait_with_output().unwrap();
         // Refused or not, the application runs on: tracing never fails it.
         assert!(out.status.success(), "{}", stderr(&out));
-        pid
+        (pid, stderr(&out))
     };
-    let theirs = run_as(Some(NOBODY));
+    let (theirs, told) = run_as(Some(NOBODY));
+    // The stranger is told, by ipc-lib, that it is not traced.
+    assert!(
+        told.contains("ipc-lib: not tracing") && told.contains("the recorder refused this process"),
+        "{told}"
+    );
     // Ours, through the same socket: the refusal above is the stranger's.
-    let ours = run_as(None);
+    let (ours, _) = run_as(None);
     let db = held.db.clone();
     let err = held.finish();
     assert_eq!(stored_messages(&db, ours), serde_json::json!([{"n": 600}]));
@@ -199,6 +200,16 @@ fn another_users_process_outside_the_recording_cannot_hand_the_recorder_a_ring()
         )),
         "{err}"
     );
+}
+
+/// A copy of `program` in `dir` that any user can run, wherever the build
+/// tree is (its directories may be closed to others).
+fn runnable_by_anyone(dir: &Path, program: &Path) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join(program.file_name().unwrap());
+    std::fs::copy(program, &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
 }
 
 /// The events of producer_consumer run as `pid`, on its channel.
@@ -225,10 +236,7 @@ fn a_command_that_switches_user_is_still_traced() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.path().join("producer_consumer");
-    std::fs::copy(&example, &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = runnable_by_anyone(dir.path(), &example);
     let db = dir.path().join("db").join("switched.db");
     let nobody = NOBODY.to_string();
     let out = ipcscope()
@@ -481,5 +489,45 @@ fn silent_subscribers_and_a_long_query_do_not_hold_up_the_end() {
             "select ended_at is not null as ended, exit_status from sessions"
         ),
         serde_json::json!([{"ended": 1, "exit_status": 0}])
+    );
+}
+
+/// A process of the command's whose parent exits before it registers (a
+/// daemon's double fork) is still the command's: it comes to the recorder,
+/// not to init, and is let in whatever user it became.
+#[test]
+fn an_orphan_of_the_command_is_still_admitted() {
+    if !need_root("an_orphan_of_the_command_is_still_admitted") {
+        return;
+    }
+    let Some(example) = example("producer_consumer") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = runnable_by_anyone(dir.path(), &example);
+    let db = dir.path().join("db").join("orphan.db");
+    let nobody = NOBODY.to_string();
+    // The subshell that starts the producer exits at once; the producer
+    // registers 300 ms later, an orphan; the command waits for it.
+    let script = r#"( (sleep 0.3; exec "$0" --messages 300) & ); sleep 1.5"#;
+    let out = ipcscope()
+        .args(["record", "--no-ebpf", "--db"])
+        .arg(&db)
+        .args(["--", "setpriv", "--reuid", &nobody, "--regid", &nobody])
+        .args(["--clear-groups", "sh", "-c", script])
+        .arg(&exe)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+    assert_eq!(
+        query(
+            &db,
+            "select count(*) as n from messages m join channels c on c.id = m.channel_id
+             where c.name like 'producer-consumer-%' and m.latency_ns is not null",
+        ),
+        serde_json::json!([{"n": 300}])
     );
 }

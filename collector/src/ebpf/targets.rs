@@ -12,7 +12,7 @@ use crate::clock::monotonic_ns;
 
 /// Every process in `/proc`, as `(pid, ppid)`. A process that exits while
 /// the table is read is left out.
-pub(super) fn process_table() -> io::Result<Vec<(u32, u32)>> {
+pub(crate) fn process_table() -> io::Result<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;

@@ -653,10 +653,8 @@ async fn a_fifo_is_refused_without_opening_it() {
     }
 }
 
-/// A replay names a process by the title it gave itself, as the live feed
-/// does (issue 17: every process of a server read `postgres`).
-#[tokio::test]
-async fn a_replay_names_a_process_by_its_title() {
+/// A finished session of `events`, ended at `end_ns`, replayed at its end.
+async fn replayed_at_the_end(events: Vec<Event>, end_ns: u64) -> ipc_events::live::Snapshot {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.db");
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
@@ -664,20 +662,11 @@ async fn a_replay_names_a_process_by_its_title() {
     let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
         .await
         .unwrap();
-    let mut start = Event::new(10, 7, 7, Source::Ebpf, EventKind::ProcessStart);
-    start.comm = "postgres".into();
-    let mut titled = Event::new(20, 7, 7, Source::Ebpf, EventKind::ProcessTitle);
-    titled.comm = "postgres".into();
-    titled.path = Some("postgres: checkpointer".into());
-    let jobs = ChannelId::named(ChannelKind::IpclibChannel, "jobs");
-    ingest
-        .send(vec![start, titled, send(30, 7, &jobs, 1)])
-        .await
-        .unwrap();
+    ingest.send(events).await.unwrap();
     drop(ingest);
     writer.finish().await.unwrap();
     store
-        .finish_session(session, "2026-11-22T00:00:01.000Z", 40, Some(0))
+        .finish_session(session, "2026-11-22T00:00:01.000Z", end_ns, Some(0))
         .await
         .unwrap();
     store.close().await;
@@ -688,6 +677,21 @@ async fn a_replay_names_a_process_by_its_title() {
         .unwrap();
     let end = replay.info().end_ns;
     let snapshot = replay.snapshot_at(end).await.unwrap();
+    assert_eq!(snapshot.now_ns, end, "the cursor is where it was asked");
+    snapshot
+}
+
+/// A replay names a process by the title it gave itself, as the live feed
+/// does (issue 17: every process of a server read `postgres`).
+#[tokio::test]
+async fn a_replay_names_a_process_by_its_title() {
+    let mut start = Event::new(10, 7, 7, Source::Ebpf, EventKind::ProcessStart);
+    start.comm = "postgres".into();
+    let mut titled = Event::new(20, 7, 7, Source::Ebpf, EventKind::ProcessTitle);
+    titled.comm = "postgres".into();
+    titled.path = Some("postgres: checkpointer".into());
+    let jobs = ChannelId::named(ChannelKind::IpclibChannel, "jobs");
+    let snapshot = replayed_at_the_end(vec![start, titled, send(30, 7, &jobs, 1)], 40).await;
     let names: Vec<_> = snapshot.processes.iter().map(|p| p.name()).collect();
     assert_eq!(names, ["postgres: checkpointer"]);
 }
@@ -698,13 +702,6 @@ async fn a_replay_names_a_process_by_its_title() {
 /// ended, its last second counts.
 #[tokio::test]
 async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    let store = Store::open(&path, OpenMode::Create).await.unwrap();
-    let session = store.begin_session(&new_session()).await.unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
-        .await
-        .unwrap();
     let jobs = ChannelId::named(ChannelKind::IpclibChannel, "jobs");
     // Ten messages in the session's first 200 ms, each received 1 ms after.
     let base = 5_000_000_000;
@@ -718,26 +715,7 @@ async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() 
         recv.msg_id = Some(i + 1);
         events.push(recv);
     }
-    ingest.send(events).await.unwrap();
-    drop(ingest);
-    writer.finish().await.unwrap();
-    store
-        .finish_session(
-            session,
-            "2026-11-22T00:00:01.000Z",
-            base + 200_000_000,
-            Some(0),
-        )
-        .await
-        .unwrap();
-    store.close().await;
-
-    let store = Store::open(&path, OpenMode::Existing).await.unwrap();
-    let mut replay = collector::replay::Replay::open(store, session)
-        .await
-        .unwrap();
-    let end = replay.info().end_ns;
-    let snapshot = replay.snapshot_at(end).await.unwrap();
+    let snapshot = replayed_at_the_end(events, base + 200_000_000).await;
     let jobs = &snapshot.channels[0];
     assert_eq!(jobs.messages, 10);
     assert_eq!(jobs.latency.last_1s.count, 10, "{:?}", jobs.latency);
@@ -748,5 +726,4 @@ async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() 
         jobs.latency
     );
     assert!(jobs.rate_1s.messages_per_s > 0.0, "{:?}", jobs.rate_1s);
-    assert_eq!(snapshot.now_ns, end, "the cursor is where it was asked");
 }
