@@ -16,15 +16,7 @@ use ipc_events::raw::MAX_PAYLOAD;
 
 mod demo;
 
-/// `eprintln!` that cannot panic. After a hangup stderr is often the dead
-/// terminal the dashboard ran on, where `eprintln!` panics; a recording
-/// ended by that hangup still has its session to store and its status to
-/// exit with, and the line is lost either way.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        collector::notes::say(format_args!($($arg)*))
-    };
-}
+use collector::note;
 
 /// See the IPC between your processes: record it, query it, report on it.
 #[derive(Parser, Debug)]
@@ -143,7 +135,7 @@ impl DbArg {
     async fn open(&self) -> Result<Store> {
         let store = Store::open(&self.path()?, OpenMode::Existing).await?;
         if let Some(version) = store.upgraded_from() {
-            say!(
+            note!(
                 "ipcscope: {} has schema version {version}, older than this build's {}: reading an upgraded copy; the file is left as it is (recording into it upgrades it)",
                 store.path().display(),
                 collector::store::schema_version()
@@ -324,7 +316,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            say!("ipcscope: cannot start the async runtime: {e}");
+            note!("ipcscope: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -335,7 +327,7 @@ fn exit_with(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            say!("ipcscope: {e:#}");
+            note!("ipcscope: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -386,7 +378,7 @@ async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
     shown?;
     summarise(&outcome);
     if let Some(path) = output {
-        say!("ipcscope: the command's output is in {}", path.display());
+        note!("ipcscope: the command's output is in {}", path.display());
     }
     Ok(outcome)
 }
@@ -456,11 +448,11 @@ fn summarise(outcome: &RecordOutcome) {
     tracing::info!(?outcome, "recorded");
     if !outcome.failures.is_empty() {
         for failure in &outcome.failures {
-            say!("ipcscope: {failure}");
+            note!("ipcscope: {failure}");
         }
         // The status is the command's, as promised; this says the
         // recording is not whole.
-        say!(
+        note!(
             "ipcscope: session {} is incomplete; the command exited with status {}",
             outcome.session.0,
             outcome.exit_status
@@ -477,7 +469,7 @@ fn summarise(outcome: &RecordOutcome) {
             .collect();
         format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
     };
-    say!(
+    note!(
         "ipcscope: session {} recorded: {} events, {dropped}",
         outcome.session.0,
         outcome.writer.events,

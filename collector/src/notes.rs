@@ -26,18 +26,22 @@ pub fn to_stderr() {
     *redirect() = None;
 }
 
-/// [`say`] with `format!`'s arguments.
+/// [`say`] with `format!`'s arguments: the one way the recorder and the
+/// CLI speak to their user.
+#[macro_export]
 macro_rules! note {
     ($($arg:tt)*) => {
         $crate::notes::say(format_args!($($arg)*))
     };
 }
-pub(crate) use note;
 
 /// Writes one note, a line.
 pub fn say(line: std::fmt::Arguments<'_>) {
-    // A note that cannot be written (a closed terminal, a full disk) is
-    // dropped: it must not take the recording down.
+    // A note that cannot be written is dropped: it must not take the
+    // recording down. After a hangup stderr is often the dead terminal the
+    // dashboard ran on (where `eprintln!` panics), and a recording ended by
+    // that hangup still has its session to store and its status to exit
+    // with.
     let _ = writeln!(Writer, "{line}");
 }
 

@@ -37,7 +37,7 @@ use crate::ebpf::titles::{self, TitleScanner};
 use crate::ebpf::{running_process_events, ProbeConfig, Probes};
 use crate::lib_ring::{Admission, RingListener, SOCKET_ENV};
 use crate::live::LiveFeed;
-use crate::notes::note;
+use crate::note;
 use crate::store::{
     spawn_writer, Correlated, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
     WriterStats,

@@ -363,6 +363,7 @@ mod tests {
             channel: ChannelId::named(ChannelKind::IpclibChannel, name),
             senders: vec![10],
             receivers: vec![11],
+            pairs: vec![(10, 11)],
             messages,
             bytes: messages * 64,
             rate_1s: Rates::default(),

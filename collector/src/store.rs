@@ -232,6 +232,14 @@ fn file_kind(kind: &fs::FileType) -> &'static str {
     }
 }
 
+/// What a store of `path` reads: the file, or its upgraded copy.
+fn reads(path: &Path, upgraded: &Option<(i64, Arc<tempfile::TempDir>)>) -> PathBuf {
+    match upgraded {
+        Some((_, dir)) => dir.path().join(UPGRADED_COPY),
+        None => path.to_owned(),
+    }
+}
+
 /// The upgraded copy's name in its private directory.
 const UPGRADED_COPY: &str = "upgraded.db";
 
@@ -335,8 +343,6 @@ pub struct Store {
     pool: SqlitePool,
     /// The file the user named.
     path: PathBuf,
-    /// What the pool reads: `path`, or an upgraded copy of it.
-    reads: PathBuf,
     /// Whether this is `record`'s store, the only one that writes.
     writable: bool,
     /// The schema version of `path` when it is older than this build's:
@@ -372,10 +378,7 @@ impl Store {
             true => Some((version, Arc::new(upgraded_copy(path).await?))),
             false => None,
         };
-        let reads = match &upgraded {
-            Some((_, dir)) => dir.path().join(UPGRADED_COPY),
-            None => path.to_owned(),
-        };
+        let reads = reads(path, &upgraded);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(read_only_options(&reads))
@@ -387,7 +390,6 @@ impl Store {
         Ok(Store {
             pool,
             path: path.into(),
-            reads,
             writable: false,
             upgraded,
         })
@@ -437,7 +439,6 @@ impl Store {
         Ok(Store {
             pool,
             path: path.into(),
-            reads: path.into(),
             writable: true,
             upgraded: None,
         })
@@ -460,7 +461,7 @@ impl Store {
     /// A connection that cannot write: for user-supplied SQL, so that a
     /// `query` can never change a recording.
     pub async fn read_only(&self) -> Result<SqliteConnection, StoreError> {
-        SqliteConnection::connect_with(&read_only_options(&self.reads))
+        SqliteConnection::connect_with(&read_only_options(&reads(&self.path, &self.upgraded)))
             .await
             .map_err(|error| StoreError::Unreadable {
                 path: self.path.clone(),

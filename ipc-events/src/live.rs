@@ -130,6 +130,11 @@ pub struct ChannelStats {
     pub channel: ChannelId,
     pub senders: Vec<u32>,
     pub receivers: Vec<u32>,
+    /// Who sent to whom: the (sender, receiver) pids of its paired
+    /// messages, in the order first seen. A socket's two ends both send and
+    /// receive, and only these say which way each message went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<(u32, u32)>,
     pub messages: u64,
     pub bytes: u64,
     pub rate_1s: Rates,
@@ -426,6 +431,7 @@ mod tests {
             channel: ChannelId::named(ChannelKind::IpclibChannel, format!("c{id}")),
             senders: vec![1],
             receivers: vec![2],
+            pairs: vec![(1, 2)],
             messages,
             bytes: messages * 64,
             rate_1s: Rates::default(),

@@ -669,12 +669,22 @@ impl App {
             .channel_rows()
             .into_iter()
             .flat_map(|c| {
-                c.senders.iter().flat_map(move |&from| {
-                    c.receivers.iter().map(move |&to| Edge {
-                        from,
-                        to,
-                        channel: c,
-                    })
+                // Who sent to whom, where messages were paired. Without,
+                // every sender to every receiver: on a socket whose two
+                // ends both send, that would draw each process sending to
+                // itself.
+                let pairs: Vec<(u32, u32)> = if c.pairs.is_empty() {
+                    c.senders
+                        .iter()
+                        .flat_map(|&from| c.receivers.iter().map(move |&to| (from, to)))
+                        .collect()
+                } else {
+                    c.pairs.clone()
+                };
+                pairs.into_iter().map(move |(from, to)| Edge {
+                    from,
+                    to,
+                    channel: c,
                 })
             })
             .collect();
@@ -777,6 +787,22 @@ mod tests {
         .unwrap();
         app.on_frame(Frame::Snapshot(Box::new(s))).unwrap();
         app
+    }
+
+    #[test]
+    fn edges_follow_who_sent_to_whom() {
+        let mut s = snapshot_with_deadlock(false);
+        s.channels.truncate(1);
+        s.channels[0].senders = vec![101, 102];
+        s.channels[0].receivers = vec![101, 102];
+        s.channels[0].pairs = vec![(101, 102), (102, 101)];
+        let app = live_app(s.clone());
+        let edges: Vec<_> = app.edges().iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(edges.len(), 2);
+        assert!(edges.contains(&(101, 102)) && edges.contains(&(102, 101)));
+        // Nothing paired (one end traced): every sender to every receiver.
+        s.channels[0].pairs.clear();
+        assert_eq!(live_app(s).edges().len(), 4);
     }
 
     fn press(app: &mut App, actions: &[Action]) {

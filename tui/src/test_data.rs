@@ -56,6 +56,7 @@ pub fn channel(id: i64, name: &str, messages: u64, msg_rate: f64) -> ChannelStat
         channel: ChannelId::named(ChannelKind::IpclibChannel, name),
         senders: vec![101],
         receivers: vec![102],
+        pairs: vec![(101, 102)],
         messages,
         bytes: messages * 64,
         rate_1s: rates,

@@ -131,6 +131,8 @@ struct ChannelState {
     channel: ChannelId,
     senders: Vec<u32>,
     receivers: Vec<u32>,
+    /// (sender, receiver) of its paired messages, first seen first.
+    pairs: Vec<(u32, u32)>,
     sends: u64,
     recvs: u64,
     bytes: u64,
@@ -352,6 +354,7 @@ impl Analyzer {
                     channel: ch.clone(),
                     senders: Vec::new(),
                     receivers: Vec::new(),
+                    pairs: Vec::new(),
                     sends: 0,
                     recvs: 0,
                     bytes: 0,
@@ -739,10 +742,14 @@ impl Analyzer {
                 payload: None,
             });
         }
-        self.pairs
+        let pair = self
+            .pairs
             .entry((id, m.send.pid, m.recv.pid))
-            .or_default()
-            .record(m.recv.ts_ns, latency);
+            .or_insert_with(|| {
+                c.pairs.push((m.send.pid, m.recv.pid));
+                Default::default()
+            });
+        pair.record(m.recv.ts_ns, latency);
         true
     }
 
@@ -997,6 +1004,7 @@ impl Analyzer {
                 channel: c.channel.clone(),
                 senders: c.senders.clone(),
                 receivers: c.receivers.clone(),
+                pairs: c.pairs.clone(),
                 messages: c.sends,
                 bytes: c.bytes,
                 rate_1s: c.rate.rate_1s(now_ns),
@@ -1389,6 +1397,39 @@ mod tests {
         e.size = 100;
         e.msg_id = Some(id);
         e
+    }
+
+    /// A socket's two ends both send and receive: its senders and
+    /// receivers are both processes, and only the pairs say who sent to
+    /// whom (issue 17: the topology drew each process sending to itself).
+    #[test]
+    fn a_channel_names_who_sent_to_whom() {
+        let mut a = analyzer();
+        let events = vec![
+            msg(1, EventKind::MsgSend, 1, 1),
+            msg(2, EventKind::MsgRecv, 2, 1),
+            msg(3, EventKind::MsgSend, 2, 2),
+            msg(4, EventKind::MsgRecv, 1, 2),
+            msg(5, EventKind::MsgSend, 1, 3),
+            msg(6, EventKind::MsgRecv, 2, 3),
+        ];
+        let ids = vec![Some(1); events.len()];
+        let reply = |send: u64, recv: u64| {
+            let mut p = paired(send, recv);
+            std::mem::swap(&mut p.send.pid, &mut p.recv.pid);
+            p
+        };
+        a.correlated(
+            &events,
+            &ids,
+            &[paired(1, 2), reply(3, 4), paired(5, 6)],
+            &[],
+            0,
+        );
+        let snap = a.snapshot(S);
+        let c = &snap.channels[0];
+        assert_eq!((c.senders.len(), c.receivers.len()), (2, 2));
+        assert_eq!(c.pairs, [(1, 2), (2, 1)]);
     }
 
     fn paired(send: u64, recv: u64) -> Paired<i64> {
