@@ -548,7 +548,12 @@ fn locker(demo: u32, first: &str, second: &str) -> Result<Tally> {
         return Ok(Tally::new("locks"));
     };
     let _holding = first.wait();
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the other holds its own (a fixed pause was not enough on a
+    // loaded machine: one locker took both before the other started, and
+    // there was no deadlock). Reading the count is not traced.
+    while second.count() > 0 && !stopping() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let _both = second.wait();
     Ok(Tally::new("locks"))
 }
