@@ -31,6 +31,10 @@ fn main() -> Result<()> {
     // A new bpf-linker can produce a different object; the probes must be
     // rebuilt with it (the trick aya-template's eBPF build.rs uses).
     println!("cargo:rerun-if-changed={}", linker.display());
+    // `sqlx::migrate!` embeds migrations/ when store.rs compiles; a new
+    // migration file changes no Rust source, so this reruns the build (and
+    // with it the embedding) when one comes (as sqlx's docs advise).
+    println!("cargo:rerun-if-changed=../migrations");
     // aya-build runs cargo through rustup, whose PATH lookup must find the
     // linker too; ~/.cargo/bin may be missing from a build script's PATH.
     if let Some(dir) = linker.parent() {

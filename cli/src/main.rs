@@ -15,6 +15,7 @@ use collector::store::{default_db_path, OpenMode, SessionId, Store};
 use ipc_events::raw::MAX_PAYLOAD;
 
 mod demo;
+mod replay_source;
 
 use collector::note;
 
@@ -406,37 +407,6 @@ async fn dashboard_live(mut feed: collector::live::Subscription) -> Result<()> {
         .context("the dashboard panicked")?
 }
 
-/// A recorded session for the dashboard's timeline.
-struct DbReplay {
-    replay: collector::replay::Replay,
-    runtime: tokio::runtime::Handle,
-}
-
-impl tui::ReplaySource for DbReplay {
-    fn span(&self) -> (u64, u64) {
-        let info = self.replay.info();
-        (info.start_ns, info.end_ns)
-    }
-
-    fn snapshot_at(&mut self, t_ns: u64) -> Result<ipc_events::live::Snapshot> {
-        // The dashboard runs on a blocking thread, where waiting on the
-        // runtime is allowed.
-        Ok(self.runtime.block_on(self.replay.snapshot_at(t_ns))?)
-    }
-
-    fn marks(&self) -> Vec<tui::timeline::Mark> {
-        use tui::timeline::{Mark, MarkKind};
-        let marks = self.replay.marks();
-        let at = |kind| move |&at_ns: &u64| Mark { at_ns, kind };
-        marks
-            .deadlocks
-            .iter()
-            .map(at(MarkKind::Deadlock))
-            .chain(marks.drops.iter().map(at(MarkKind::Drop)))
-            .collect()
-    }
-}
-
 /// Records, then says on stderr what was stored and what was lost.
 async fn record_and_summarise(options: RecordOptions) -> Result<RecordOutcome> {
     let outcome = record(options).await?;
@@ -559,10 +529,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
             let session = args.session.resolve(&store).await?;
             let replay = collector::replay::Replay::open(store, session).await?;
-            let source = DbReplay {
-                replay,
-                runtime: tokio::runtime::Handle::current(),
-            };
+            let source = replay_source::DbReplay::new(replay, tokio::runtime::Handle::current());
             tokio::task::spawn_blocking(move || tui::run_replay(source, tui::Options::default()))
                 .await
                 .context("the dashboard panicked")??;

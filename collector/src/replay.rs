@@ -3,20 +3,21 @@
 //!
 //! The database holds every event with its `channels.id` and every paired
 //! message, which is what the writer handed the analysis
-//! ([`Correlated`]); [`load`] reads one time slice of that back, and
-//! [`Replay`] feeds it to a fresh analysis up to any moment.
+//! ([`Correlated`](crate::store::Correlated)); [`Replay`] reads it back in
+//! time order through a fresh analysis, once, and keeps the analysis's
+//! state at every position of the timeline.
 
 use std::collections::HashMap;
 
-use futures_util::TryStreamExt;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
-use ipc_events::live::Snapshot;
+use ipc_events::live::{Delta, Snapshot};
 
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
-use crate::store::{Correlated, SessionId, Store, StoreError};
+use crate::store::rows::Rows;
+use crate::store::{SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,123 +138,165 @@ impl Names {
     }
 }
 
-/// A `messages` row: channel, msg_id, sender pid and tid, receiver pid and
-/// tid, sent, received, size.
-type MessageRow = (i64, Option<i64>, i64, i64, i64, i64, i64, i64, i64);
+/// One time slice of a session as the writer handed it to the analysis,
+/// each kind in time order, signals with the moment they happened.
+#[derive(Default)]
+struct Timed {
+    events: Vec<Event>,
+    channel_ids: Vec<Option<i64>>,
+    messages: Vec<Paired<i64>>,
+    signals: Vec<(u64, SignalFact)>,
+}
 
-/// The events stamped in `[from_ns, to_ns)` and the messages received in
-/// it, as the writer handed them to the analysis.
-pub async fn load(
+/// The columns [`read_events`] decodes; a signal's target is kept in
+/// `signals`, not `events`.
+const EVENT_COLUMNS: &str =
+    "SELECT e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, e.size,
+            e.msg_id, e.result, e.duration_ns, e.aux, e.payload, s.target_pid
+     FROM events e LEFT JOIN signals s
+       ON e.kind_code = ?1 AND s.session_id = e.session_id AND s.generated_ns = e.ts_ns
+          AND s.sender_pid = e.pid AND s.signo = e.aux
+     WHERE e.session_id = ?2 ";
+
+/// Events of `session` chosen by `filter` (appended to [`EVENT_COLUMNS`],
+/// with `?3` and `?4` bound to `a` and `b`), with their `channels.id`.
+async fn read_events(
     conn: &mut SqliteConnection,
     session: SessionId,
     names: &Names,
-    from_ns: u64,
-    to_ns: u64,
-) -> Result<Correlated, StoreError> {
-    let mut batch = Correlated::default();
+    filter: &str,
+    (a, b): (i64, i64),
+) -> Result<(Vec<Event>, Vec<Option<i64>>), StoreError> {
+    let sql = format!("{EVENT_COLUMNS}{filter}");
     let mut events = Vec::new();
-    let mut rows = sqlx::query(
-        // A signal's target is kept in `signals`, not `events`.
-        "SELECT e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, e.size,
-                e.msg_id, e.result, e.duration_ns, e.aux, e.payload, s.target_pid
-         FROM events e LEFT JOIN signals s
-           ON e.kind_code = ? AND s.session_id = e.session_id AND s.generated_ns = e.ts_ns
-              AND s.sender_pid = e.pid AND s.signo = e.aux
-         WHERE e.session_id = ? AND e.ts_ns >= ? AND e.ts_ns < ? ORDER BY e.ts_ns, e.id",
-    )
-    .bind(i64::from(EventKind::SignalGenerate.code()))
-    .bind(session.0)
-    .bind(from_ns as i64)
-    .bind(to_ns as i64)
-    .fetch(&mut *conn);
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(StoreError::sql("reading events"))?
-    {
-        let get = |i: usize| row.try_get::<Option<i64>, _>(i).ok().flatten();
-        let Ok(kind) = EventKind::from_code(get(4).unwrap_or(0) as u16) else {
+    let mut channel_ids = Vec::new();
+    let what = "reading events";
+    let mut handle = conn.lock_handle().await.map_err(StoreError::sql(what))?;
+    let signal = i64::from(EventKind::SignalGenerate.code());
+    let mut rows = Rows::new(&mut handle, what, &sql, &[signal, session.0, a, b])?;
+    while rows.next()? {
+        let Ok(kind) = EventKind::from_code(rows.int(4).unwrap_or(0) as u16) else {
             continue;
         };
-        let source = match get(3) {
+        let source = match rows.int(3) {
             Some(1) => Source::Lib,
             Some(2) => Source::Ebpf,
             _ => Source::Collector,
         };
-        let pid = get(1).unwrap_or(0) as u32;
+        let pid = rows.int(1).unwrap_or(0) as u32;
         let mut event = Event::new(
-            get(0).unwrap_or(0) as u64,
+            rows.int(0).unwrap_or(0) as u64,
             pid,
-            get(2).unwrap_or(0) as u32,
+            rows.int(2).unwrap_or(0) as u32,
             source,
             kind,
         );
-        let channel_id = get(5);
+        let channel_id = rows.int(5);
         event.channel = channel_id.and_then(|id| names.channels.get(&id).cloned());
         event.comm = names.comms.get(&pid).cloned().unwrap_or_default();
         if kind == EventKind::ProcessTitle {
             event.path = names.titles.get(&pid).cloned();
         }
-        event.size = get(6).unwrap_or(0) as u64;
-        event.msg_id = get(7).map(|m| m as u64);
-        event.result = get(8).unwrap_or(0);
-        event.duration_ns = get(9).map(|d| d as u64);
-        event.aux = get(10).unwrap_or(0) as u64;
-        event.payload = row.try_get::<Option<Vec<u8>>, _>(11).ok().flatten();
-        event.target_pid = get(12).map(|p| p as u32);
+        event.size = rows.int(6).unwrap_or(0) as u64;
+        event.msg_id = rows.int(7).map(|m| m as u64);
+        event.result = rows.int(8).unwrap_or(0);
+        event.duration_ns = rows.int(9).map(|d| d as u64);
+        event.aux = rows.int(10).unwrap_or(0) as u64;
+        event.payload = rows.bytes(11);
+        event.target_pid = rows.int(12).map(|p| p as u32);
         events.push(event);
-        batch.channel_ids.push(channel_id);
+        channel_ids.push(channel_id);
     }
-    drop(rows);
-    batch.events = std::sync::Arc::new(events);
-    let messages: Vec<MessageRow> = sqlx::query_as(
+    Ok((events, channel_ids))
+}
+
+/// The newest [`Snapshot::RECENT_EVENTS`] events stamped at or before
+/// `at_ns`, oldest first: what the live feed showed as recent then.
+async fn newest_events(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    names: &Names,
+    at_ns: u64,
+) -> Result<Vec<Event>, StoreError> {
+    let (mut events, _) = read_events(
+        conn,
+        session,
+        names,
+        "AND e.ts_ns <= ?3 ORDER BY e.ts_ns DESC, e.id DESC LIMIT ?4",
+        (at_ns as i64, Snapshot::RECENT_EVENTS as i64),
+    )
+    .await?;
+    events.reverse();
+    Ok(events)
+}
+
+/// The events stamped in `[from_ns, to_ns)` and the messages received and
+/// signals generated or delivered in it.
+async fn load(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    names: &Names,
+    from_ns: u64,
+    to_ns: u64,
+) -> Result<Timed, StoreError> {
+    let (events, channel_ids) = read_events(
+        conn,
+        session,
+        names,
+        "AND e.ts_ns >= ?3 AND e.ts_ns < ?4 ORDER BY e.ts_ns, e.id",
+        (from_ns as i64, to_ns as i64),
+    )
+    .await?;
+    let what = "reading messages";
+    let mut handle = conn.lock_handle().await.map_err(StoreError::sql(what))?;
+    let mut rows = Rows::new(
+        &mut handle,
+        what,
         "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
                 sent_ns, received_ns, size
-         FROM messages WHERE session_id = ? AND received_ns >= ? AND received_ns < ?
+         FROM messages WHERE session_id = ?1 AND received_ns >= ?2 AND received_ns < ?3
          ORDER BY received_ns, id",
-    )
-    .bind(session.0)
-    .bind(from_ns as i64)
-    .bind(to_ns as i64)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(StoreError::sql("reading messages"))?;
-    batch.messages = messages
-        .into_iter()
-        .map(
-            |(channel, msg_id, spid, stid, rpid, rtid, sent, received, size)| Paired {
-                channel,
-                send: Side {
-                    pid: spid as u32,
-                    tid: stid as u32,
-                    ts_ns: sent as u64,
-                    size: size as u64,
-                },
-                recv: Side {
-                    pid: rpid as u32,
-                    tid: rtid as u32,
-                    ts_ns: received as u64,
-                    size: size as u64,
-                },
-                msg_id: msg_id.map(|m| m as u64),
-            },
-        )
-        .collect();
-    batch.signals = signals(conn, session, from_ns, to_ns).await?;
-    Ok(batch)
+        &[session.0, from_ns as i64, to_ns as i64],
+    )?;
+    let mut messages = Vec::new();
+    while rows.next()? {
+        let int = |i| rows.int(i).unwrap_or(0);
+        let size = int(8) as u64;
+        let side = |pid: i64, tid: i64, ts: i64| Side {
+            pid: pid as u32,
+            tid: tid as u32,
+            ts_ns: ts as u64,
+            size,
+        };
+        messages.push(Paired {
+            channel: int(0),
+            send: side(int(2), int(3), int(6)),
+            recv: side(int(4), int(5), int(7)),
+            msg_id: rows.int(1).map(|m| m as u64),
+        });
+    }
+    drop(rows);
+    drop(handle);
+    Ok(Timed {
+        events,
+        channel_ids,
+        messages,
+        signals: signals(conn, session, from_ns, to_ns).await?,
+    })
 }
 
 /// A `signals` row: id, sender, target, signo, generated, delivered.
 type SignalRow = (i64, Option<i64>, i64, i64, i64, Option<i64>);
 
 /// The signals generated or delivered in `[from_ns, to_ns)`, in time
-/// order, as the correlation stage handed them to the analysis.
+/// order with that time, as the correlation stage handed them to the
+/// analysis.
 async fn signals(
     conn: &mut SqliteConnection,
     session: SessionId,
     from_ns: u64,
     to_ns: u64,
-) -> Result<Vec<SignalFact>, StoreError> {
+) -> Result<Vec<(u64, SignalFact)>, StoreError> {
     let rows: Vec<SignalRow> = sqlx::query_as(
         "SELECT id, sender_pid, target_pid, signo, generated_ns, delivered_ns FROM signals
          WHERE session_id = ?1 AND ((generated_ns >= ?2 AND generated_ns < ?3)
@@ -266,7 +309,7 @@ async fn signals(
     .await
     .map_err(StoreError::sql("reading signals"))?;
     let in_slice = |t: i64| (from_ns as i64..to_ns as i64).contains(&t);
-    let mut facts: Vec<(i64, SignalFact)> = Vec::new();
+    let mut facts: Vec<(u64, SignalFact)> = Vec::new();
     for (id, sender, target, signo, generated, delivered) in rows {
         let signal = Signal {
             id: id as u64,
@@ -277,12 +320,12 @@ async fn signals(
             cause: None,
         };
         if in_slice(generated) {
-            facts.push((generated, SignalFact::Generated(signal)));
+            facts.push((generated as u64, SignalFact::Generated(signal)));
         }
         if let Some(at) = delivered.filter(|&d| in_slice(d)) {
             let delivered_ns = at as u64;
             facts.push((
-                at,
+                delivered_ns,
                 SignalFact::Delivered {
                     signal,
                     delivered_ns,
@@ -291,40 +334,127 @@ async fn signals(
         }
     }
     facts.sort_by_key(|(t, _)| *t);
-    Ok(facts.into_iter().map(|(_, f)| f).collect())
+    Ok(facts)
 }
 
-/// How far the analysis is fed per step: deadlocks are confirmed at step
-/// boundaries, so this is how late a replay may show one.
-const STEP_NS: u64 = 100_000_000;
+/// How often the analysis is ticked: deadlocks are confirmed at ticks, so
+/// this is how late a replay may show one.
+const TICK_NS: u64 = 100_000_000;
+/// The most positions the index keeps; a longer session keeps one per
+/// `span / MAX_POSITIONS` (in whole ticks), so its memory stays bounded.
+const MAX_POSITIONS: u64 = 4_000;
+/// Positions per keyframe: a seek clones one snapshot and applies at most
+/// this many deltas.
+const KEYFRAME_EVERY: usize = 32;
+/// How many events one read aims for: big enough that a read's fixed cost
+/// does not count, small enough that a seek asked for meanwhile waits
+/// little.
+const CHUNK_EVENTS: u64 = 50_000;
 
-/// A recorded session, analysed up to any moment: what the dashboard's
-/// timeline shows. Moving forward feeds what happened since; moving back
-/// starts the analysis over (it holds no history to rewind).
+/// A recorded session, analysed once from start to end (in the background,
+/// a chunk per [`Replay::load_more`]) into an index of its state at every
+/// position, so that showing any moment, forwards or back, is a lookup:
+/// what the dashboard's timeline shows.
+///
+/// A position is a tick of the analysis (every 100 ms, or coarser so that a
+/// session has at most [`MAX_POSITIONS`]), each mark, and the end. The
+/// index holds a full snapshot every [`KEYFRAME_EVERY`] positions and the
+/// deltas the analysis made in between, as the live feed sends them; the
+/// newest events of a position are read from the database when asked for,
+/// not kept.
 pub struct Replay {
-    store: Store,
+    /// Kept for as long as the replay reads through `conn` (an older
+    /// database's upgraded copy lives as long as its store).
+    _store: Store,
+    conn: SqliteConnection,
     info: SessionInfo,
     names: Names,
     marks: Marks,
+    index: Vec<Keyframe>,
+    keyframe_every: usize,
+    /// The analysis under way; `None` once the index is complete.
+    pass: Option<Pass>,
+}
+
+/// A full state and the deltas that follow it, each at its position
+/// (`now_ns`).
+struct Keyframe {
+    snapshot: Snapshot,
+    deltas: Vec<Delta>,
+}
+
+/// The one forward pass that builds the index.
+struct Pass {
     analyzer: Analyzer,
-    /// Everything before this has been fed.
+    /// Everything stamped before this has been fed.
     fed_ns: u64,
+    /// How far the next read reaches: adapted so that a read brings about
+    /// [`CHUNK_EVENTS`] however dense or sparse the session is.
+    chunk_ns: u64,
+    /// Ticks between two positions.
+    position_every: u64,
+    ticks_since_position: u64,
+    /// Marks not reached yet, soonest last.
+    stops: Vec<u64>,
 }
 
 impl Replay {
     pub async fn open(store: Store, session: SessionId) -> Result<Replay, StoreError> {
         let mut conn = store.read_only().await?;
+        // The session is read once from end to end, then at any moment:
+        // mapped, its pages are not copied on every read, and a larger
+        // cache keeps the time index's inner pages between reads.
+        sqlx::raw_sql("PRAGMA mmap_size = 1073741824; PRAGMA cache_size = -32768")
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::sql("setting up the replay's reads"))?;
         let info = session_info(&mut conn, session).await?;
         let names = Names::load(&mut conn, session).await?;
         let marks = Marks::load(&mut conn, session).await?;
-        Ok(Replay {
-            analyzer: fresh_analyzer(&info),
+        let mut stops: Vec<u64> = (marks.deadlocks.iter().chain(&marks.drops))
+            .copied()
+            .filter(|&t| (info.start_ns..info.end_ns).contains(&t))
+            .collect();
+        stops.sort_unstable_by(|a, b| b.cmp(a));
+        stops.dedup();
+        let ticks = (info.end_ns - info.start_ns) / TICK_NS + 1;
+        let pass = Pass {
+            analyzer: Analyzer::new(
+                info.id.0,
+                info.name.clone(),
+                info.start_ns,
+                AnalyzerConfig {
+                    // A position's newest events are read when it is shown.
+                    recent_events: 0,
+                    ..AnalyzerConfig::default()
+                },
+            ),
             fed_ns: info.start_ns,
-            store,
+            chunk_ns: TICK_NS,
+            position_every: ticks.div_ceil(MAX_POSITIONS).max(1),
+            ticks_since_position: 0,
+            stops,
+        };
+        let mut replay = Replay {
+            _store: store,
+            conn,
             info,
             names,
             marks,
-        })
+            index: Vec::new(),
+            keyframe_every: KEYFRAME_EVERY,
+            pass: Some(pass),
+        };
+        // The start, before anything happened: Home answers at once.
+        replay.record_position(replay.info.start_ns, true);
+        Ok(replay)
+    }
+
+    /// Keeps a full snapshot every `n` positions (at least 1) from here
+    /// on: more memory, fewer deltas per seek.
+    pub fn keyframe_every(mut self, n: usize) -> Self {
+        self.keyframe_every = n.max(1);
+        self
     }
 
     /// When deadlocks were detected and events lost.
@@ -336,45 +466,164 @@ impl Replay {
         &self.info
     }
 
-    /// The session's state as of `t_ns` (clamped to the session).
-    pub async fn snapshot_at(&mut self, t_ns: u64) -> Result<Snapshot, StoreError> {
+    /// How far the index reaches: any moment up to this answers at once.
+    pub fn loaded_ns(&self) -> u64 {
+        let last = self.index.last().expect("the start is always indexed");
+        last.deltas
+            .last()
+            .map_or(last.snapshot.now_ns, |d| d.now_ns)
+    }
+
+    /// Whether the whole session is indexed.
+    pub fn complete(&self) -> bool {
+        self.pass.is_none()
+    }
+
+    /// Analyses the next part of the session into the index (about
+    /// [`CHUNK_EVENTS`] events); nothing once it is complete.
+    pub async fn load_more(&mut self) -> Result<(), StoreError> {
+        let Some(pass) = &mut self.pass else {
+            return Ok(());
+        };
+        let end = self.info.end_ns + 1;
+        let from = pass.fed_ns;
+        let to = from.saturating_add(pass.chunk_ns).min(end);
+        let batch = load(&mut self.conn, self.info.id, &self.names, from, to).await?;
+        let read = batch.events.len() as u64;
+        // Aim the next read at CHUNK_EVENTS, never below one tick.
+        pass.chunk_ns = match read {
+            0 => pass.chunk_ns.saturating_mul(8),
+            n => (pass.chunk_ns as u128 * CHUNK_EVENTS as u128 / n as u128) as u64,
+        }
+        .clamp(TICK_NS, 1_000 * TICK_NS);
+        let mut slice = Slice::new(&batch);
+        // Stop at every tick, mark and the end within [from, to).
+        loop {
+            let pass = self.pass.as_mut().expect("the pass runs");
+            let next_tick = (pass.fed_ns - self.info.start_ns) / TICK_NS * TICK_NS
+                + TICK_NS
+                + self.info.start_ns;
+            // A position at `t` holds everything stamped up to `t`.
+            let mark = pass.stops.last().map(|&t| t + 1);
+            let stop = next_tick.min(mark.unwrap_or(u64::MAX)).min(end);
+            if stop > to {
+                slice.feed(&mut pass.analyzer, to);
+                pass.fed_ns = to;
+                return Ok(());
+            }
+            slice.feed(&mut pass.analyzer, stop);
+            pass.fed_ns = stop;
+            pass.analyzer.tick(stop);
+            let at = stop - 1;
+            let positioned = if stop == end {
+                pass.analyzer.finish();
+                true
+            } else if mark == Some(stop) {
+                pass.stops.pop();
+                true
+            } else {
+                pass.ticks_since_position += 1;
+                pass.ticks_since_position >= pass.position_every
+            };
+            if positioned {
+                pass.ticks_since_position = 0;
+                self.record_position(at, stop == end);
+            }
+            if stop == end {
+                self.pass = None;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Adds the pass's state at `at` to the index, as a keyframe if
+    /// `whole` (the end: shown whole) or one is due.
+    fn record_position(&mut self, at: u64, whole: bool) {
+        let analyzer = &mut self.pass.as_mut().expect("the pass runs").analyzer;
+        // Taken either way: it resets what the next delta is relative to.
+        let mut delta = analyzer.delta(at);
+        match self.index.last_mut() {
+            Some(k) if !whole && k.deltas.len() < self.keyframe_every => {
+                // Shown with the events read at the position, not these.
+                delta.events.clear();
+                k.deltas.push(delta);
+            }
+            _ => self.index.push(Keyframe {
+                snapshot: analyzer.snapshot(at),
+                deltas: Vec::new(),
+            }),
+        }
+    }
+
+    /// The session's state as of `t_ns` (clamped to the session): at the
+    /// last position at or before it, with the events up to that position.
+    /// `None` while the index does not reach it yet ([`Replay::load_more`]).
+    pub async fn snapshot_at(&mut self, t_ns: u64) -> Result<Option<Snapshot>, StoreError> {
         let t = t_ns.clamp(self.info.start_ns, self.info.end_ns);
-        if t < self.fed_ns {
-            self.analyzer = fresh_analyzer(&self.info);
-            self.fed_ns = self.info.start_ns;
+        if t > self.loaded_ns() {
+            return Ok(None);
         }
-        // Up to and including t: the session's last event is at end_ns.
-        let until = t + 1;
-        let mut conn = self.store.read_only().await?;
-        while self.fed_ns < until {
-            let to = (self.fed_ns + STEP_NS).min(until);
-            let batch = load(&mut conn, self.info.id, &self.names, self.fed_ns, to).await?;
-            self.analyzer.correlated(
-                &batch.events,
-                &batch.channel_ids,
-                &batch.messages,
-                &batch.signals,
-                batch.ingest_dropped,
-            );
-            self.analyzer.tick(to);
-            self.fed_ns = to;
+        let k = self.index.partition_point(|k| k.snapshot.now_ns <= t) - 1;
+        let keyframe = &self.index[k];
+        let mut snapshot = keyframe.snapshot.clone();
+        for delta in keyframe.deltas.iter().take_while(|d| d.now_ns <= t) {
+            snapshot.apply(delta.clone());
         }
-        if t >= self.info.end_ns {
-            // The whole recording is in: it is over, as it was when it
-            // ended live.
-            self.analyzer.finish();
-        }
-        let mut snapshot = self.analyzer.snapshot(t);
         snapshot.live = false;
-        Ok(snapshot)
+        snapshot.recent_events =
+            newest_events(&mut self.conn, self.info.id, &self.names, snapshot.now_ns).await?;
+        Ok(Some(snapshot))
+    }
+
+    /// The state as of `t_ns`, indexing as far as it takes.
+    pub async fn load_until(&mut self, t_ns: u64) -> Result<Snapshot, StoreError> {
+        loop {
+            if let Some(s) = self.snapshot_at(t_ns).await? {
+                return Ok(s);
+            }
+            self.load_more().await?;
+        }
     }
 }
 
-fn fresh_analyzer(info: &SessionInfo) -> Analyzer {
-    Analyzer::new(
-        info.id.0,
-        info.name.clone(),
-        info.start_ns,
-        AnalyzerConfig::default(),
-    )
+/// A read batch, fed to the analysis a tick at a time: events by stamp,
+/// messages by receipt, signals by when they happened.
+struct Slice<'a> {
+    batch: &'a Timed,
+    events: usize,
+    messages: usize,
+    signals: usize,
+}
+
+impl<'a> Slice<'a> {
+    fn new(batch: &'a Timed) -> Self {
+        Slice {
+            batch,
+            events: 0,
+            messages: 0,
+            signals: 0,
+        }
+    }
+
+    /// Feeds what happened before `until` and was not fed yet.
+    fn feed(&mut self, analyzer: &mut Analyzer, until: u64) {
+        let b = self.batch;
+        let upto = |from: usize, len: usize, ts: &dyn Fn(usize) -> u64| {
+            from + (from..len).take_while(|&i| ts(i) < until).count()
+        };
+        let e = upto(self.events, b.events.len(), &|i| b.events[i].ts_ns);
+        let m = upto(self.messages, b.messages.len(), &|i| {
+            b.messages[i].recv.ts_ns
+        });
+        let s = upto(self.signals, b.signals.len(), &|i| b.signals[i].0);
+        let signals: Vec<SignalFact> = b.signals[self.signals..s].iter().map(|(_, f)| *f).collect();
+        analyzer.correlated(
+            &b.events[self.events..e],
+            &b.channel_ids[self.events..e],
+            &b.messages[self.messages..m],
+            &signals,
+            0,
+        );
+        (self.events, self.messages, self.signals) = (e, m, s);
+    }
 }

@@ -7,6 +7,7 @@
 //! that leaves it byte-for-byte untouched.
 
 mod header;
+pub(crate) mod rows;
 mod writer;
 
 use std::fs::{self, OpenOptions};

@@ -207,6 +207,8 @@ pub struct App {
     loaded_ns: Option<u64>,
     /// The replay position whose load is under way.
     loading_ns: Option<u64>,
+    /// How far the replay source has loaded, while it still loads.
+    reach_ns: Option<u64>,
     screen: Screen,
     selected: [usize; Screen::ALL.len()],
     /// The event log sticks to the newest event until the user scrolls.
@@ -240,6 +242,7 @@ impl App {
             replay: None,
             loaded_ns: None,
             loading_ns: None,
+            reach_ns: None,
             screen: Screen::Overview,
             selected: [0; Screen::ALL.len()],
             follow_events: true,
@@ -333,6 +336,22 @@ impl App {
     /// The replay position being loaded, if one is.
     pub fn loading(&self) -> Option<u64> {
         self.loading_ns
+    }
+
+    /// How far a replay source that is still loading has got, and its
+    /// state there when the position asked for lies further on: shown in
+    /// the meantime, so that a big session fills the screens as it loads.
+    pub fn set_replay_progress(&mut self, reach_ns: u64, state: Option<Snapshot>) {
+        self.reach_ns = Some(reach_ns);
+        if let Some(state) = state {
+            self.snapshot = Some(state);
+            self.feed = FeedState::Running;
+        }
+    }
+
+    /// How far the replay source has loaded, if it told.
+    pub fn reach(&self) -> Option<u64> {
+        self.reach_ns
     }
 
     /// The replay source's state at `t_ns`.

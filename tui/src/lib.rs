@@ -26,6 +26,8 @@ pub mod ui;
 pub mod widgets;
 pub mod wire;
 
+/// The ratatui this crate draws with: [`ui::draw`] takes its `Frame`.
+pub use ratatui;
 pub use run::{run_live, run_replay, Options, ReplaySource};
 pub use term::TerminalGuard;
 pub use wire::read_frames;

@@ -42,8 +42,18 @@ pub trait ReplaySource {
     /// The session's first and last timestamps (monotonic ns).
     fn span(&self) -> (u64, u64);
     /// The session's state as of `t_ns`, as the live feed would have shown
-    /// it then.
-    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot>;
+    /// it then; `None` while loading has not reached `t_ns`.
+    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Option<Snapshot>>;
+    /// Loads a little more of the session (a call should take well under
+    /// a second, so a seek to what is loaded waits at most that long).
+    /// Sources that answer every moment from the start leave the default.
+    fn load_more(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// How far loading reaches: every moment up to it answers at once.
+    fn loaded_until(&self) -> u64 {
+        self.span().1
+    }
     /// Moments worth jumping to: deadlocks detected, events lost.
     fn marks(&self) -> Vec<crate::timeline::Mark> {
         Vec::new()
@@ -98,36 +108,36 @@ impl Feed for LiveFeed {
 /// never wait for a load, however big the session.
 pub struct ReplayFeed {
     requests: Sender<u64>,
-    results: Receiver<(u64, anyhow::Result<Snapshot>)>,
+    results: Receiver<Loaded>,
     /// The position asked for and not answered yet.
     loading: Option<u64>,
     last: Instant,
+}
+
+/// What the loader thread tells the dashboard.
+enum Loaded {
+    /// The state at a position asked for.
+    Answer(u64, anyhow::Result<Snapshot>),
+    /// Loading reached this far; the state there, while the position asked
+    /// for is further on.
+    Progress(u64, Option<Snapshot>),
 }
 
 impl ReplayFeed {
     /// How long a frame waits for a load before it draws without it: a
     /// quick source's answer shows in the frame that asked for it.
     const PATIENCE: Duration = Duration::from_millis(20);
+    /// How often a long load shows how far it got.
+    const PROGRESS: Duration = Duration::from_millis(250);
 
     /// A replay of `source`, loaded by a thread that lives as long as this
     /// feed (or until the load it is in returns).
-    pub fn new<S: ReplaySource + Send + 'static>(mut source: S) -> anyhow::Result<Self> {
+    pub fn new<S: ReplaySource + Send + 'static>(source: S) -> anyhow::Result<Self> {
         let (requests, asked) = mpsc::channel::<u64>();
         let (answers, results) = mpsc::channel();
         std::thread::Builder::new()
             .name("replay-loader".into())
-            .spawn(move || {
-                while let Ok(mut t) = asked.recv() {
-                    // Only the newest position matters: those the cursor
-                    // passed while a load ran are skipped.
-                    while let Ok(newer) = asked.try_recv() {
-                        t = newer;
-                    }
-                    if answers.send((t, source.snapshot_at(t))).is_err() {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || load_as_asked(source, &asked, &answers))
             .context("starting the replay loader")?;
         Ok(ReplayFeed {
             requests,
@@ -135,6 +145,70 @@ impl ReplayFeed {
             loading: None,
             last: Instant::now(),
         })
+    }
+}
+
+/// The loader thread: answers the newest position asked for as soon as the
+/// source has it, and loads the rest of the session meanwhile, so that
+/// moments already loaded answer at once however far another load has to
+/// go. Ends when the feed is dropped.
+fn load_as_asked(mut source: impl ReplaySource, asked: &Receiver<u64>, answers: &Sender<Loaded>) {
+    let end = source.span().1;
+    let mut wanted: Option<u64> = None;
+    // Why loading stopped, told to every later position it cannot reach.
+    let mut failed: Option<String> = None;
+    let mut shown = Instant::now();
+    loop {
+        let done = failed.is_some() || source.loaded_until() >= end;
+        if wanted.is_none() && done {
+            match asked.recv() {
+                Ok(t) => wanted = Some(t),
+                Err(_) => return,
+            }
+        }
+        // Only the newest position matters: those the cursor passed while
+        // a load ran are skipped.
+        loop {
+            match asked.try_recv() {
+                Ok(t) => wanted = Some(t),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        if let Some(t) = wanted {
+            let answer = match (source.snapshot_at(t), &failed) {
+                (Ok(Some(s)), _) => Some(Ok(s)),
+                (Ok(None), Some(why)) => Some(Err(anyhow::anyhow!("{why}"))),
+                (Ok(None), None) => None,
+                (Err(e), _) => Some(Err(e)),
+            };
+            if let Some(answer) = answer {
+                wanted = None;
+                if answers.send(Loaded::Answer(t, answer)).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if done {
+            continue;
+        }
+        if let Err(e) = source.load_more() {
+            failed = Some(format!("{e:#}"));
+            continue;
+        }
+        if shown.elapsed() >= ReplayFeed::PROGRESS {
+            shown = Instant::now();
+            let reach = source.loaded_until();
+            // What there is so far, while the position asked for is not.
+            let state = match wanted {
+                Some(_) => source.snapshot_at(reach).ok().flatten(),
+                None => None,
+            };
+            if answers.send(Loaded::Progress(reach, state)).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -151,9 +225,14 @@ impl Feed for ReplayFeed {
                 self.loading = Some(t);
             }
         }
-        if self.loading.is_some() {
-            match self.results.recv_timeout(Self::PATIENCE) {
-                Ok((t, loaded)) => {
+        let mut wait = if self.loading.is_some() {
+            Self::PATIENCE
+        } else {
+            Duration::ZERO
+        };
+        loop {
+            match self.results.recv_timeout(wait) {
+                Ok(Loaded::Answer(t, loaded)) => {
                     if self.loading == Some(t) {
                         self.loading = None;
                     }
@@ -162,11 +241,13 @@ impl Feed for ReplayFeed {
                         Err(e) => app.set_replay_error(t, &e),
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Loaded::Progress(reach, state)) => app.set_replay_progress(reach, state),
+                Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     anyhow::bail!("the replay loader stopped")
                 }
             }
+            wait = Duration::ZERO;
         }
         app.set_loading(self.loading);
         Ok(())

@@ -278,7 +278,7 @@ impl ReplaySource for SampleSession {
         (START_NS, START_NS + self.seconds * S)
     }
 
-    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Snapshot> {
+    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Option<Snapshot>> {
         let (start, end) = self.span();
         if !(start..=end).contains(&t_ns) {
             anyhow::bail!("{t_ns} is outside the session ({start}..={end})");
@@ -295,6 +295,6 @@ impl ReplaySource for SampleSession {
         s.channels[0].messages = sec * 100;
         s.seconds.truncate(sec as usize);
         s.recent_events.retain(|e| e.ts_ns <= t_ns);
-        Ok(s)
+        Ok(Some(s))
     }
 }

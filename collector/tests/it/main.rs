@@ -4,4 +4,5 @@
 mod ebpf;
 mod ebpf_truth;
 mod lib_ring;
+mod replay;
 mod store;

@@ -676,7 +676,7 @@ async fn replayed_at_the_end(events: Vec<Event>, end_ns: u64) -> ipc_events::liv
         .await
         .unwrap();
     let end = replay.info().end_ns;
-    let snapshot = replay.snapshot_at(end).await.unwrap();
+    let snapshot = replay.load_until(end).await.unwrap();
     assert_eq!(snapshot.now_ns, end, "the cursor is where it was asked");
     snapshot
 }

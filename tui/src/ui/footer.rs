@@ -33,8 +33,14 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         left.push(Span::styled(format!("{status} "), red));
     }
     if let (Some(t), Some(timeline)) = (app.loading(), app.timeline()) {
+        let (start, end) = timeline.span();
+        // How far the source got, once it said, as a share of the session.
+        let read = app.reach().filter(|&r| r < t).map_or(String::new(), |r| {
+            let share = (r - start) as f64 / (end - start).max(1) as f64;
+            format!(" (read {:.0}%)", share * 100.0)
+        });
         left.push(Span::styled(
-            format!("loading {}… ", crate::format::offset(t, timeline.span().0)),
+            format!("loading {}{read}… ", crate::format::offset(t, start)),
             Style::new().fg(Color::Yellow),
         ));
     }

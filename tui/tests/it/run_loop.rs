@@ -311,9 +311,9 @@ impl ReplaySource for Sluggish {
         (0, 10_000_000_000)
     }
 
-    fn snapshot_at(&mut self, _: u64) -> anyhow::Result<Snapshot> {
+    fn snapshot_at(&mut self, _: u64) -> anyhow::Result<Option<Snapshot>> {
         std::thread::sleep(Duration::from_secs(10));
-        Ok(Snapshot::default())
+        Ok(Some(Snapshot::default()))
     }
 }
 
@@ -343,4 +343,80 @@ fn a_slow_load_holds_up_neither_keys_nor_quitting() {
     assert_eq!(app.loading(), Some(10_000_000_000), "the End key was taken");
     let screen = text(term.backend().buffer());
     assert!(screen.contains("loading +10.000s…"), "{screen}");
+}
+
+/// A session that loads a second per `load_more`, each taking 100 ms.
+struct Gradual {
+    loaded_s: u64,
+}
+
+impl ReplaySource for Gradual {
+    fn span(&self) -> (u64, u64) {
+        (0, 10_000_000_000)
+    }
+
+    fn snapshot_at(&mut self, t_ns: u64) -> anyhow::Result<Option<Snapshot>> {
+        Ok((t_ns <= self.loaded_until()).then(|| Snapshot {
+            now_ns: t_ns,
+            ..Snapshot::default()
+        }))
+    }
+
+    fn load_more(&mut self) -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.loaded_s += 1;
+        Ok(())
+    }
+
+    fn loaded_until(&self) -> u64 {
+        self.loaded_s * 1_000_000_000
+    }
+}
+
+/// Pumps `feed` until `done`, for at most `limit`; how long it took.
+fn pump_until(
+    app: &mut App,
+    feed: &mut ReplayFeed,
+    limit: Duration,
+    done: impl Fn(&App) -> bool,
+) -> Duration {
+    let start = std::time::Instant::now();
+    while !done(app) {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        feed.pump(app).unwrap();
+    }
+    start.elapsed()
+}
+
+/// A replay opens at the end, which a big session reaches only once it is
+/// all loaded: meanwhile the screens show what is loaded so far and the
+/// footer how far it got, and a moment already loaded answers at once
+/// rather than after the rest (issue 17: End took seconds, Home as long).
+#[test]
+fn while_a_session_loads_what_is_loaded_shows_and_answers_at_once() {
+    let mut app = App::replay(Gradual { loaded_s: 0 }.span());
+    let mut feed = ReplayFeed::new(Gradual { loaded_s: 0 }).unwrap();
+    pump_until(&mut app, &mut feed, Duration::from_secs(5), |a| {
+        a.reach().is_some_and(|r| r >= 3_000_000_000)
+    });
+    assert_eq!(app.loading(), Some(10_000_000_000), "End is still loading");
+    let shown = app.view().expect("the state loaded so far is shown").now_ns;
+    assert!(shown >= 2_000_000_000, "shown at {shown}");
+    let mut term = terminal();
+    term.draw(|f| tui::ui::draw(f, &app)).unwrap();
+    let screen = text(term.backend().buffer());
+    assert!(screen.contains("loading +10.000s (read "), "{screen}");
+
+    app.update(tui::action::Action::SeekStart);
+    let home = pump_until(&mut app, &mut feed, Duration::from_secs(5), |a| {
+        a.replay_wants().is_none()
+    });
+    // One load_more (100 ms) may be under way when Home is asked for.
+    assert!(home < Duration::from_millis(400), "Home took {home:?}");
+    assert_eq!(app.view().unwrap().now_ns, 0);
+    app.update(tui::action::Action::SeekEnd);
+    pump_until(&mut app, &mut feed, Duration::from_secs(5), |a| {
+        a.replay_wants().is_none()
+    });
+    assert_eq!(app.view().unwrap().now_ns, 10_000_000_000);
 }
