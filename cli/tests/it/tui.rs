@@ -428,3 +428,34 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
     tmux.keys(&["q"]);
     assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
 }
+
+/// A server's processes all read `postgres` and its latch wake-ups `23`
+/// (issue 17). Recorded through the probes, a program that retitles
+/// itself and sends itself SIGURG is shown by its title, the signal by its
+/// name.
+#[test]
+fn the_dashboard_names_processes_by_title_and_signals_by_name() {
+    if !crate::need_root("the_dashboard_names_processes_by_title_and_signals_by_name") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("urg.db");
+    let db = db.to_str().unwrap();
+    let program = "import ctypes, os, signal, time
+ctypes.CDLL(None).prctl(15, b'urg-server', 0, 0, 0)
+time.sleep(0.2)
+os.kill(os.getpid(), signal.SIGURG)
+time.sleep(0.2)";
+    let out = run(&["record", "--db", db, "--", "python3", "-c", program]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (line, status) = ipcscope_in(dir.path(), &format!("tui --db {db}"));
+    let Some(tmux) = Tmux::start("names", &line) else {
+        return;
+    };
+    tmux.wait_for(&["REPLAY", "Session 1"]);
+    tmux.keys(&["5"]);
+    let screen = tmux.wait_for(&["SIGURG"]);
+    assert!(screen.contains("urg-server"), "{screen}");
+    tmux.keys(&["q"]);
+    assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
+}
