@@ -175,22 +175,11 @@ fn summary(name: &str, mut times: Vec<Duration>) {
     );
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let events: u64 = args.next().map_or(10_000_000, |a| a.parse().unwrap());
-    let seeks: usize = args.next().map_or(20, |a| a.parse().unwrap());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let path = rt.block_on(database(events));
-    let size = std::fs::metadata(&path).unwrap().len();
-    println!(
-        "session: {events} events, {:.0} s, {:.0} MiB on disk",
-        (events * SPACING_NS) as f64 / 1e9,
-        size as f64 / 1048576.0
-    );
-
+/// Opens the session as `ipcscope tui --db` does and times it.
+fn replay_once(rt: &tokio::runtime::Runtime, path: &Path, events: u64, seeks: usize) {
     let opened = Instant::now();
     let replay = rt.block_on(async {
-        let store = Store::open(&path, OpenMode::Existing).await.unwrap();
+        let store = Store::open(path, OpenMode::Existing).await.unwrap();
         let session = store.latest_session().await.unwrap().unwrap();
         Replay::open(store, session).await.unwrap()
     });
@@ -254,6 +243,52 @@ fn main() {
     summary("Home (key to frame)", homes);
     summary("random seek (key to frame)", random);
     summary("frame after indexing", d.frames);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary without it, as a smoke test: keep that small.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let mut nums = args.iter().filter_map(|a| a.parse::<u64>().ok());
+    let events = nums
+        .next()
+        .unwrap_or(if benching { 10_000_000 } else { 20_000 });
+    let seeks = nums.next().unwrap_or(if benching { 20 } else { 3 }) as usize;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let path = rt.block_on(database(events));
+    let size = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "session: {events} events, {:.0} s, {:.0} MiB on disk",
+        (events * SPACING_NS) as f64 / 1e9,
+        size as f64 / 1048576.0
+    );
+
+    // As a recording cut short or made by an older ipcscope leaves it:
+    // no stored index, so the replay indexes the session as it opens.
+    rt.block_on(async {
+        let store = Store::open(&path, OpenMode::Create).await.unwrap();
+        sqlx::query("DELETE FROM replay_index")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+    });
+    println!("-- without a stored index (indexed as it opens)");
+    replay_once(&rt, &path, events, seeks);
+    // As `record` leaves it: indexed once when the session ended.
+    let stored = Instant::now();
+    rt.block_on(async {
+        let store = Store::open(&path, OpenMode::Create).await.unwrap();
+        let session = store.latest_session().await.unwrap().unwrap();
+        collector::replay::store_index(&store, session).await.unwrap();
+        store.close().await;
+    });
+    println!(
+        "-- with the index stored as record stores it (storing took {:.2} ms)",
+        ms(stored.elapsed())
+    );
+    replay_once(&rt, &path, events, seeks);
     // The database is read through a memory map: its pages count in the
     // resident set, but they are the kernel's page cache, shared and
     // dropped under pressure; the replay's own memory is the anonymous part.

@@ -429,6 +429,17 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         failures.push(e.into());
         Vec::new()
     });
+    // Indexed once, here, so that replays open complete at once; without
+    // an index (this failed, or an older recording), a replay indexes the
+    // session itself as it opens.
+    if failures.is_empty() {
+        if let Err(e) = crate::replay::store_index(&store, session).await {
+            note!(
+                "ipcscope: session {} was not indexed for replay ({e}); `ipcscope tui` indexes it as it opens",
+                session.0
+            );
+        }
+    }
     store.close().await;
     drop(probes);
     Ok(RecordOutcome {

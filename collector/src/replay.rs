@@ -411,6 +411,18 @@ impl Replay {
         let info = session_info(&mut conn, session).await?;
         let names = Names::load(&mut conn, session).await?;
         let marks = Marks::load(&mut conn, session).await?;
+        if let Some(index) = stored_index(&mut conn, &info).await? {
+            return Ok(Replay {
+                _store: store,
+                conn,
+                info,
+                names,
+                marks,
+                index,
+                keyframe_every: KEYFRAME_EVERY,
+                pass: None,
+            });
+        }
         let mut stops: Vec<u64> = (marks.deadlocks.iter().chain(&marks.drops))
             .copied()
             .filter(|&t| (info.start_ns..info.end_ns).contains(&t))
@@ -584,6 +596,80 @@ impl Replay {
             self.load_more().await?;
         }
     }
+}
+
+/// The version of the stored index's format ([`store_index`]): bumped
+/// whenever `Snapshot` or `Delta` change in a way older JSON of them does
+/// not read as.
+const INDEX_VERSION: i64 = 1;
+
+/// Indexes a finished session and stores the index with it (the
+/// `replay_index` table), so that its replays open complete: what
+/// `record` does once a session has ended.
+pub async fn store_index(store: &Store, session: SessionId) -> Result<(), StoreError> {
+    let mut replay = Replay::open(store.clone(), session).await?;
+    while !replay.complete() {
+        replay.load_more().await?;
+    }
+    let mut rows = Vec::new();
+    for k in &replay.index {
+        rows.push((k.snapshot.now_ns, true, to_json(&k.snapshot)?));
+        for d in &k.deltas {
+            rows.push((d.now_ns, false, to_json(d)?));
+        }
+    }
+    store
+        .insert_replay_index(session, INDEX_VERSION, rows)
+        .await
+}
+
+fn to_json(state: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(state).map_err(|e| StoreError::Sql {
+        action: "encoding the replay index",
+        error: sqlx::Error::Encode(Box::new(e)),
+    })
+}
+
+/// The session's stored index, if it has one of this version that reads
+/// whole and reaches the session's end; otherwise the replay indexes the
+/// session itself.
+async fn stored_index(
+    conn: &mut SqliteConnection,
+    info: &SessionInfo,
+) -> Result<Option<Vec<Keyframe>>, StoreError> {
+    let rows: Vec<(i64, bool, String)> = sqlx::query_as(
+        "SELECT at_ns, keyframe, state FROM replay_index
+         WHERE session_id = ? AND version = ? ORDER BY position",
+    )
+    .bind(info.id.0)
+    .bind(INDEX_VERSION)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::sql("reading the replay index"))?;
+    let mut index: Vec<Keyframe> = Vec::new();
+    for (at_ns, keyframe, state) in rows {
+        match (keyframe, index.last_mut()) {
+            (true, _) => match serde_json::from_str::<Snapshot>(&state) {
+                Ok(snapshot) if snapshot.now_ns == at_ns as u64 => index.push(Keyframe {
+                    snapshot,
+                    deltas: Vec::new(),
+                }),
+                _ => return Ok(None),
+            },
+            (false, Some(k)) => match serde_json::from_str::<Delta>(&state) {
+                Ok(delta) if delta.now_ns == at_ns as u64 => k.deltas.push(delta),
+                _ => return Ok(None),
+            },
+            (false, None) => return Ok(None),
+        }
+    }
+    let starts = index
+        .first()
+        .is_some_and(|k| k.snapshot.now_ns == info.start_ns);
+    let ends = index
+        .last()
+        .is_some_and(|k| k.deltas.is_empty() && k.snapshot.now_ns == info.end_ns);
+    Ok((starts && ends).then_some(index))
 }
 
 /// A read batch, fed to the analysis a tick at a time: events by stamp,

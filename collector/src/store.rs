@@ -673,6 +673,40 @@ impl Store {
         tx.commit().await.map_err(StoreError::sql(STORING))
     }
 
+    /// Stores a session's replay index (`replay_index` rows: position,
+    /// time, whether a keyframe, JSON state) in one transaction, in place
+    /// of any it had.
+    pub async fn insert_replay_index(
+        &self,
+        session: SessionId,
+        version: i64,
+        positions: impl IntoIterator<Item = (u64, bool, String)>,
+    ) -> Result<(), StoreError> {
+        const STORING: &str = "storing the session's replay index";
+        let mut tx = self.pool.begin().await.map_err(StoreError::sql(STORING))?;
+        sqlx::query("DELETE FROM replay_index WHERE session_id = ?")
+            .bind(session.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql(STORING))?;
+        for (position, (at_ns, keyframe, state)) in positions.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO replay_index (session_id, position, at_ns, keyframe, version, state)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(session.0)
+            .bind(position as i64)
+            .bind(at_ns as i64)
+            .bind(keyframe)
+            .bind(version)
+            .bind(state)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql(STORING))?;
+        }
+        tx.commit().await.map_err(StoreError::sql(STORING))
+    }
+
     /// Marks a stored deadlock resolved.
     pub async fn resolve_deadlock(&self, id: i64, resolved_ns: u64) -> Result<(), StoreError> {
         sqlx::query("UPDATE deadlocks SET resolved_ns = ? WHERE id = ?")

@@ -212,3 +212,34 @@ async fn a_replay_answers_what_it_has_loaded_and_says_when_it_has_not() {
     assert_eq!(end.now_ns, BASE + 6 * S);
     assert_eq!(end.totals.messages, 900);
 }
+
+/// `record` stores the index when a session ends: a replay then opens
+/// complete and shows at every position what indexing it anew shows. An
+/// index that does not read (another version, a damaged row) is ignored:
+/// the replay indexes the session itself.
+#[tokio::test]
+async fn a_stored_index_opens_complete_and_shows_what_indexing_anew_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, session) = recorded(dir.path()).await;
+    let mut anew = replay(&path, session).await;
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    collector::replay::store_index(&store, session).await.unwrap();
+
+    let mut stored = replay(&path, session).await;
+    assert!(stored.complete(), "opened complete");
+    assert_eq!(stored.loaded_ns(), BASE + 6 * S);
+    for t in (0..=60).map(|k| BASE + k * 100 * MS).chain([BASE + 6 * S, BASE + 4_567 * MS]) {
+        let a = anew.load_until(t).await.unwrap();
+        let b = stored.snapshot_at(t).await.unwrap().expect("indexed");
+        assert!(a == b, "at +{} ms: {a:?}\n!=\n{b:?}", (t - BASE) / MS);
+    }
+
+    sqlx::query("UPDATE replay_index SET state = '{' WHERE position = 3")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut damaged = replay(&path, session).await;
+    assert!(!damaged.complete(), "a damaged index is not used");
+    let end = damaged.load_until(BASE + 6 * S).await.unwrap();
+    assert_eq!(end, anew.load_until(BASE + 6 * S).await.unwrap());
+}
