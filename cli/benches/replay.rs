@@ -281,7 +281,9 @@ fn main() {
     rt.block_on(async {
         let store = Store::open(&path, OpenMode::Create).await.unwrap();
         let session = store.latest_session().await.unwrap().unwrap();
-        collector::replay::store_index(&store, session).await.unwrap();
+        collector::replay::store_index(&store, session)
+            .await
+            .unwrap();
         store.close().await;
     });
     println!(

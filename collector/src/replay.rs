@@ -71,22 +71,38 @@ pub struct Marks {
 
 impl Marks {
     async fn load(conn: &mut SqliteConnection, session: SessionId) -> Result<Marks, StoreError> {
-        let times = |sql| sqlx::query_scalar::<_, i64>(sql).bind(session.0);
-        let deadlocks =
-            times("SELECT detected_ns FROM deadlocks WHERE session_id = ? ORDER BY detected_ns")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(StoreError::sql("reading the deadlocks"))?;
-        let drops = times("SELECT ts_ns FROM drops WHERE session_id = ? ORDER BY ts_ns")
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(StoreError::sql("reading the drops"))?;
-        let ns = |v: Vec<i64>| v.into_iter().map(|t| t.max(0) as u64).collect();
         Ok(Marks {
-            deadlocks: ns(deadlocks),
-            drops: ns(drops),
+            deadlocks: times(
+                conn,
+                session,
+                "SELECT detected_ns FROM deadlocks WHERE session_id = ? ORDER BY detected_ns",
+                "reading the deadlocks",
+            )
+            .await?,
+            drops: times(
+                conn,
+                session,
+                "SELECT ts_ns FROM drops WHERE session_id = ? ORDER BY ts_ns",
+                "reading the drops",
+            )
+            .await?,
         })
     }
+}
+
+/// The one column of times `sql` selects for `session`.
+async fn times(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    sql: &'static str,
+    what: &'static str,
+) -> Result<Vec<u64>, StoreError> {
+    let times: Vec<i64> = sqlx::query_scalar(sql)
+        .bind(session.0)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::sql(what))?;
+    Ok(times.into_iter().map(|t| t.max(0) as u64).collect())
 }
 
 /// Channels and process names, read once per replay.
@@ -247,36 +263,38 @@ async fn load(
         (from_ns as i64, to_ns as i64),
     )
     .await?;
-    let what = "reading messages";
-    let mut handle = conn.lock_handle().await.map_err(StoreError::sql(what))?;
-    let mut rows = Rows::new(
-        &mut handle,
-        what,
-        "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
-                sent_ns, received_ns, size
-         FROM messages WHERE session_id = ?1 AND received_ns >= ?2 AND received_ns < ?3
-         ORDER BY received_ns, id",
-        &[session.0, from_ns as i64, to_ns as i64],
-    )?;
-    let mut messages = Vec::new();
-    while rows.next()? {
-        let int = |i| rows.int(i).unwrap_or(0);
-        let size = int(8) as u64;
-        let side = |pid: i64, tid: i64, ts: i64| Side {
-            pid: pid as u32,
-            tid: tid as u32,
-            ts_ns: ts as u64,
-            size,
-        };
-        messages.push(Paired {
-            channel: int(0),
-            send: side(int(2), int(3), int(6)),
-            recv: side(int(4), int(5), int(7)),
-            msg_id: rows.int(1).map(|m| m as u64),
-        });
-    }
-    drop(rows);
-    drop(handle);
+    // Scoped: the statement (not Send) must be gone before the next await.
+    let messages = {
+        let what = "reading messages";
+        let mut handle = conn.lock_handle().await.map_err(StoreError::sql(what))?;
+        let mut rows = Rows::new(
+            &mut handle,
+            what,
+            "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
+                    sent_ns, received_ns, size
+             FROM messages WHERE session_id = ?1 AND received_ns >= ?2 AND received_ns < ?3
+             ORDER BY received_ns, id",
+            &[session.0, from_ns as i64, to_ns as i64],
+        )?;
+        let mut messages = Vec::new();
+        while rows.next()? {
+            let int = |i| rows.int(i).unwrap_or(0);
+            let size = int(8) as u64;
+            let side = |pid: i64, tid: i64, ts: i64| Side {
+                pid: pid as u32,
+                tid: tid as u32,
+                ts_ns: ts as u64,
+                size,
+            };
+            messages.push(Paired {
+                channel: int(0),
+                send: side(int(2), int(3), int(6)),
+                recv: side(int(4), int(5), int(7)),
+                msg_id: rows.int(1).map(|m| m as u64),
+            });
+        }
+        messages
+    };
     Ok(Timed {
         events,
         channel_ids,
@@ -404,10 +422,15 @@ impl Replay {
         // The session is read once from end to end, then at any moment:
         // mapped, its pages are not copied on every read, and a larger
         // cache keeps the time index's inner pages between reads.
-        sqlx::raw_sql("PRAGMA mmap_size = 1073741824; PRAGMA cache_size = -32768")
-            .execute(&mut conn)
-            .await
-            .map_err(StoreError::sql("setting up the replay's reads"))?;
+        for pragma in [
+            "PRAGMA mmap_size = 1073741824",
+            "PRAGMA cache_size = -32768",
+        ] {
+            sqlx::query(pragma)
+                .execute(&mut conn)
+                .await
+                .map_err(StoreError::sql("setting up the replay's reads"))?;
+        }
         let info = session_info(&mut conn, session).await?;
         let names = Names::load(&mut conn, session).await?;
         let marks = Marks::load(&mut conn, session).await?;

@@ -355,7 +355,15 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("big.db");
     let db = db.to_str().unwrap();
-    let out = run(&["demo", "--no-ebpf", "--no-tui", "--duration", "5s", "--db", db]);
+    let out = run(&[
+        "demo",
+        "--no-ebpf",
+        "--no-tui",
+        "--duration",
+        "5s",
+        "--db",
+        db,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let events = query(Path::new(db), "select count(*) as n from events")[0]["n"]
         .as_u64()
@@ -364,7 +372,10 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
     let positions = query(Path::new(db), "select count(*) as n from replay_index")[0]["n"]
         .as_u64()
         .unwrap();
-    assert!(positions > 50, "record indexed the session: {positions} positions");
+    assert!(
+        positions > 50,
+        "record indexed the session: {positions} positions"
+    );
 
     let (line, status) = ipcscope_in(dir.path(), &format!("tui --db {db}"));
     let Some(tmux) = Tmux::start("big", &line) else {
@@ -393,7 +404,11 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
         let start = Instant::now();
         settles(&tmux, &["⏸"], "loading");
         while !at_the_end(&tmux.screen()) {
-            assert!(start.elapsed() < Duration::from_secs(60), "{}", tmux.screen());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                tmux.screen()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         start.elapsed()

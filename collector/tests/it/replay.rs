@@ -223,12 +223,17 @@ async fn a_stored_index_opens_complete_and_shows_what_indexing_anew_shows() {
     let (path, session) = recorded(dir.path()).await;
     let mut anew = replay(&path, session).await;
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
-    collector::replay::store_index(&store, session).await.unwrap();
+    collector::replay::store_index(&store, session)
+        .await
+        .unwrap();
 
     let mut stored = replay(&path, session).await;
     assert!(stored.complete(), "opened complete");
     assert_eq!(stored.loaded_ns(), BASE + 6 * S);
-    for t in (0..=60).map(|k| BASE + k * 100 * MS).chain([BASE + 6 * S, BASE + 4_567 * MS]) {
+    for t in (0..=60)
+        .map(|k| BASE + k * 100 * MS)
+        .chain([BASE + 6 * S, BASE + 4_567 * MS])
+    {
         let a = anew.load_until(t).await.unwrap();
         let b = stored.snapshot_at(t).await.unwrap().expect("indexed");
         assert!(a == b, "at +{} ms: {a:?}\n!=\n{b:?}", (t - BASE) / MS);
