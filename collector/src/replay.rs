@@ -388,7 +388,11 @@ pub struct Replay {
     info: SessionInfo,
     names: Names,
     marks: Marks,
+    /// The index this replay built (or is building).
     index: Vec<Keyframe>,
+    /// The index stored with the session, when it has one: where its
+    /// positions are; their states are read when shown.
+    stored: Option<Vec<StoredPosition>>,
     keyframe_every: usize,
     /// The analysis under way; `None` once the index is complete.
     pass: Option<Pass>,
@@ -399,6 +403,13 @@ pub struct Replay {
 struct Keyframe {
     snapshot: Snapshot,
     deltas: Vec<Delta>,
+}
+
+/// A position of a stored index.
+struct StoredPosition {
+    position: i64,
+    at_ns: u64,
+    keyframe: bool,
 }
 
 /// The one forward pass that builds the index.
@@ -434,26 +445,35 @@ impl Replay {
         let info = session_info(&mut conn, session).await?;
         let names = Names::load(&mut conn, session).await?;
         let marks = Marks::load(&mut conn, session).await?;
-        if let Some(index) = stored_index(&mut conn, &info).await? {
-            return Ok(Replay {
-                _store: store,
-                conn,
-                info,
-                names,
-                marks,
-                index,
-                keyframe_every: KEYFRAME_EVERY,
-                pass: None,
-            });
+        let stored = stored_positions(&mut conn, &info).await?;
+        let mut replay = Replay {
+            _store: store,
+            conn,
+            info,
+            names,
+            marks,
+            index: Vec::new(),
+            stored,
+            keyframe_every: KEYFRAME_EVERY,
+            pass: None,
+        };
+        if replay.stored.is_none() {
+            replay.start_pass();
         }
-        let mut stops: Vec<u64> = (marks.deadlocks.iter().chain(&marks.drops))
+        Ok(replay)
+    }
+
+    /// Starts indexing the session from its start.
+    fn start_pass(&mut self) {
+        let info = &self.info;
+        let mut stops: Vec<u64> = (self.marks.deadlocks.iter().chain(&self.marks.drops))
             .copied()
             .filter(|&t| (info.start_ns..info.end_ns).contains(&t))
             .collect();
         stops.sort_unstable_by(|a, b| b.cmp(a));
         stops.dedup();
         let ticks = (info.end_ns - info.start_ns) / TICK_NS + 1;
-        let pass = Pass {
+        self.pass = Some(Pass {
             analyzer: Analyzer::new(
                 info.id.0,
                 info.name.clone(),
@@ -469,20 +489,11 @@ impl Replay {
             position_every: ticks.div_ceil(MAX_POSITIONS).max(1),
             ticks_since_position: 0,
             stops,
-        };
-        let mut replay = Replay {
-            _store: store,
-            conn,
-            info,
-            names,
-            marks,
-            index: Vec::new(),
-            keyframe_every: KEYFRAME_EVERY,
-            pass: Some(pass),
-        };
+        });
+        self.stored = None;
+        self.index.clear();
         // The start, before anything happened: Home answers at once.
-        replay.record_position(replay.info.start_ns, true);
-        Ok(replay)
+        self.record_position(self.info.start_ns, true);
     }
 
     /// Keeps a full snapshot every `n` positions (at least 1) from here
@@ -503,6 +514,9 @@ impl Replay {
 
     /// How far the index reaches: any moment up to this answers at once.
     pub fn loaded_ns(&self) -> u64 {
+        if let Some(last) = self.stored.as_ref().and_then(|p| p.last()) {
+            return last.at_ns;
+        }
         let last = self.index.last().expect("the start is always indexed");
         last.deltas
             .last()
@@ -595,8 +609,35 @@ impl Replay {
     /// `None` while the index does not reach it yet ([`Replay::load_more`]).
     pub async fn snapshot_at(&mut self, t_ns: u64) -> Result<Option<Snapshot>, StoreError> {
         let t = t_ns.clamp(self.info.start_ns, self.info.end_ns);
-        if t > self.loaded_ns() {
+        let state = match self.stored.is_some() {
+            true => match self.stored_state(t).await? {
+                Some(state) => Some(state),
+                None => {
+                    // A stored index that does not read is indexed anew.
+                    tracing::warn!(
+                        session = self.info.id.0,
+                        "the stored replay index is damaged"
+                    );
+                    self.start_pass();
+                    self.built_state(t)
+                }
+            },
+            false => self.built_state(t),
+        };
+        let Some(mut snapshot) = state else {
             return Ok(None);
+        };
+        snapshot.live = false;
+        snapshot.recent_events =
+            newest_events(&mut self.conn, self.info.id, &self.names, snapshot.now_ns).await?;
+        Ok(Some(snapshot))
+    }
+
+    /// The state at the last position at or before `t` of the index this
+    /// replay built, if it reaches `t`.
+    fn built_state(&self, t: u64) -> Option<Snapshot> {
+        if t > self.loaded_ns() {
+            return None;
         }
         let k = self.index.partition_point(|k| k.snapshot.now_ns <= t) - 1;
         let keyframe = &self.index[k];
@@ -604,9 +645,42 @@ impl Replay {
         for delta in keyframe.deltas.iter().take_while(|d| d.now_ns <= t) {
             snapshot.apply(delta.clone());
         }
-        snapshot.live = false;
-        snapshot.recent_events =
-            newest_events(&mut self.conn, self.info.id, &self.names, snapshot.now_ns).await?;
+        Some(snapshot)
+    }
+
+    /// The state at the last position at or before `t` of the stored
+    /// index: its keyframe before it and the deltas up to it, read and
+    /// applied; `None` if they do not read.
+    async fn stored_state(&mut self, t: u64) -> Result<Option<Snapshot>, StoreError> {
+        let positions = self.stored.as_ref().expect("a stored index");
+        let at = positions.partition_point(|p| p.at_ns <= t).max(1) - 1;
+        let from = (0..=at).rev().find(|&i| positions[i].keyframe).unwrap_or(0);
+        let rows: Vec<(bool, String)> = sqlx::query_as(
+            "SELECT keyframe, state FROM replay_index
+             WHERE session_id = ? AND version = ? AND position BETWEEN ? AND ?
+             ORDER BY position",
+        )
+        .bind(self.info.id.0)
+        .bind(INDEX_VERSION)
+        .bind(positions[from].position)
+        .bind(positions[at].position)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(StoreError::sql("reading the replay index"))?;
+        let mut rows = rows.into_iter();
+        let Some(Ok(mut snapshot)) = rows
+            .next()
+            .filter(|(keyframe, _)| *keyframe)
+            .map(|(_, state)| serde_json::from_str::<Snapshot>(&state))
+        else {
+            return Ok(None);
+        };
+        for (keyframe, state) in rows {
+            match serde_json::from_str::<Delta>(&state) {
+                Ok(delta) if !keyframe => snapshot.apply(delta),
+                _ => return Ok(None),
+            }
+        }
         Ok(Some(snapshot))
     }
 
@@ -631,6 +705,9 @@ const INDEX_VERSION: i64 = 1;
 /// `record` does once a session has ended.
 pub async fn store_index(store: &Store, session: SessionId) -> Result<(), StoreError> {
     let mut replay = Replay::open(store.clone(), session).await?;
+    if replay.stored.is_some() {
+        replay.start_pass();
+    }
     while !replay.complete() {
         replay.load_more().await?;
     }
@@ -653,15 +730,16 @@ fn to_json(state: &impl serde::Serialize) -> Result<String, StoreError> {
     })
 }
 
-/// The session's stored index, if it has one of this version that reads
-/// whole and reaches the session's end; otherwise the replay indexes the
+/// Where the positions of the session's stored index are, if it has one of
+/// this version that spans the session (starting and ending with a
+/// keyframe at its start and end); otherwise the replay indexes the
 /// session itself.
-async fn stored_index(
+async fn stored_positions(
     conn: &mut SqliteConnection,
     info: &SessionInfo,
-) -> Result<Option<Vec<Keyframe>>, StoreError> {
-    let rows: Vec<(i64, bool, String)> = sqlx::query_as(
-        "SELECT at_ns, keyframe, state FROM replay_index
+) -> Result<Option<Vec<StoredPosition>>, StoreError> {
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT position, at_ns, keyframe FROM replay_index
          WHERE session_id = ? AND version = ? ORDER BY position",
     )
     .bind(info.id.0)
@@ -669,30 +747,21 @@ async fn stored_index(
     .fetch_all(&mut *conn)
     .await
     .map_err(StoreError::sql("reading the replay index"))?;
-    let mut index: Vec<Keyframe> = Vec::new();
-    for (at_ns, keyframe, state) in rows {
-        match (keyframe, index.last_mut()) {
-            (true, _) => match serde_json::from_str::<Snapshot>(&state) {
-                Ok(snapshot) if snapshot.now_ns == at_ns as u64 => index.push(Keyframe {
-                    snapshot,
-                    deltas: Vec::new(),
-                }),
-                _ => return Ok(None),
-            },
-            (false, Some(k)) => match serde_json::from_str::<Delta>(&state) {
-                Ok(delta) if delta.now_ns == at_ns as u64 => k.deltas.push(delta),
-                _ => return Ok(None),
-            },
-            (false, None) => return Ok(None),
-        }
-    }
-    let starts = index
-        .first()
-        .is_some_and(|k| k.snapshot.now_ns == info.start_ns);
-    let ends = index
-        .last()
-        .is_some_and(|k| k.deltas.is_empty() && k.snapshot.now_ns == info.end_ns);
-    Ok((starts && ends).then_some(index))
+    let positions: Vec<StoredPosition> = rows
+        .into_iter()
+        .map(|(position, at_ns, keyframe)| StoredPosition {
+            position,
+            at_ns: at_ns.max(0) as u64,
+            keyframe,
+        })
+        .collect();
+    let spans = matches!(
+        (positions.first(), positions.last()),
+        (Some(first), Some(last)) if first.keyframe && first.at_ns == info.start_ns
+            && last.keyframe && last.at_ns == info.end_ns
+    );
+    let ordered = positions.windows(2).all(|w| w[0].at_ns <= w[1].at_ns);
+    Ok((spans && ordered).then_some(positions))
 }
 
 /// A read batch, fed to the analysis a tick at a time: events by stamp,

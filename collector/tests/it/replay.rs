@@ -215,8 +215,8 @@ async fn a_replay_answers_what_it_has_loaded_and_says_when_it_has_not() {
 
 /// `record` stores the index when a session ends: a replay then opens
 /// complete and shows at every position what indexing it anew shows. An
-/// index that does not read (another version, a damaged row) is ignored:
-/// the replay indexes the session itself.
+/// index that does not read (a damaged row) is found when shown, and the
+/// replay indexes the session itself.
 #[tokio::test]
 async fn a_stored_index_opens_complete_and_shows_what_indexing_anew_shows() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +244,19 @@ async fn a_stored_index_opens_complete_and_shows_what_indexing_anew_shows() {
         .await
         .unwrap();
     let mut damaged = replay(&path, session).await;
-    assert!(!damaged.complete(), "a damaged index is not used");
+    assert!(damaged.complete(), "read when shown, so found damaged then");
+    let t = BASE + 350 * MS;
+    assert_eq!(damaged.snapshot_at(t).await.unwrap(), None, "damaged");
+    assert!(!damaged.complete(), "indexed anew");
+    let a = damaged.load_until(t).await.unwrap();
+    assert!(a == anew.load_until(t).await.unwrap());
     let end = damaged.load_until(BASE + 6 * S).await.unwrap();
-    assert_eq!(end, anew.load_until(BASE + 6 * S).await.unwrap());
+    assert!(end == anew.load_until(BASE + 6 * S).await.unwrap());
+
+    // An index in another format (a newer ipcscope's) is not read at all.
+    sqlx::query("UPDATE replay_index SET version = version + 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(!replay(&path, session).await.complete());
 }
