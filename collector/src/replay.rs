@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::SqliteConnection;
 
-use ipc_events::live::{Delta, Snapshot};
+use ipc_events::live::{Delta, MessageSample, Snapshot};
 
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
@@ -244,6 +244,41 @@ async fn newest_events(
     .await?;
     events.reverse();
     Ok(events)
+}
+
+/// The newest messages of channel `channel_id` received at or before
+/// `at_ns`, oldest first, as many as the live analysis keeps for the
+/// drill-down, as it makes them.
+async fn newest_messages(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+    channel_id: i64,
+    at_ns: u64,
+) -> Result<Vec<MessageSample>, StoreError> {
+    let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT sent_ns, received_ns, size, sender_pid, receiver_pid FROM messages
+         WHERE session_id = ? AND channel_id = ? AND received_ns <= ?
+         ORDER BY received_ns DESC, id DESC LIMIT ?",
+    )
+    .bind(session.0)
+    .bind(channel_id)
+    .bind(at_ns as i64)
+    .bind(AnalyzerConfig::default().recent_messages as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::sql("reading a channel's newest messages"))?;
+    Ok(rows
+        .into_iter()
+        .rev()
+        .map(|(sent, received, size, sender, receiver)| MessageSample {
+            sent_ns: sent as u64,
+            latency_ns: received.saturating_sub(sent).max(0) as u64,
+            size: size as u64,
+            sender_pid: sender as u32,
+            receiver_pid: receiver as u32,
+            payload: None,
+        })
+        .collect())
 }
 
 /// The events stamped in `[from_ns, to_ns)` and the messages received and
@@ -479,8 +514,11 @@ impl Replay {
                 info.name.clone(),
                 info.start_ns,
                 AnalyzerConfig {
-                    // A position's newest events are read when it is shown.
+                    // A position's newest events and each channel's newest
+                    // messages are read when it is shown: kept at every
+                    // position, they were four fifths of the index.
                     recent_events: 0,
+                    recent_messages: 0,
                     ..AnalyzerConfig::default()
                 },
             ),
@@ -628,8 +666,11 @@ impl Replay {
             return Ok(None);
         };
         snapshot.live = false;
-        snapshot.recent_events =
-            newest_events(&mut self.conn, self.info.id, &self.names, snapshot.now_ns).await?;
+        let (session, at) = (self.info.id, snapshot.now_ns);
+        snapshot.recent_events = newest_events(&mut self.conn, session, &self.names, at).await?;
+        for channel in &mut snapshot.channels {
+            channel.recent = newest_messages(&mut self.conn, session, channel.id, at).await?;
+        }
         Ok(Some(snapshot))
     }
 

@@ -150,6 +150,18 @@ async fn every_position_of_a_replay_is_what_a_full_snapshot_there_shows() {
             .find(|c| c.channel.to_string().contains("burst"))
             .cloned()
     };
+    // A channel's newest messages, as the drill-down lists them.
+    let end = at(BASE + 6_000 * MS - 1);
+    let steady = end
+        .channels
+        .iter()
+        .find(|c| c.channel.to_string().contains("steady"));
+    let recent = &steady.expect("the steady channel").recent;
+    assert_eq!(recent.len(), 32);
+    assert_eq!(recent.last().unwrap().sent_ns, BASE + 599 * 10 * MS);
+    assert!(recent
+        .iter()
+        .all(|m| m.latency_ns == 2 * MS && (m.sender_pid, m.receiver_pid) == (10, 20)));
     // The burst's messages stay counted, its last second empties.
     let late = at(BASE + 5_000 * MS - 1);
     let b = burst(late).expect("the burst channel is listed");
