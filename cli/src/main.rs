@@ -392,14 +392,19 @@ async fn dashboard_live(mut feed: collector::live::Subscription) -> Result<()> {
         version: ipc_events::live::PROTOCOL_VERSION,
         session_id: feed.session_id(),
     };
-    let _ = tx.send(hello);
+    let _ = tx.send(Ok(hello));
     // Blocked on the socket until the recording ends; it is not waited for,
-    // so quitting the dashboard never waits on the recorder.
-    std::thread::spawn(move || {
-        while let Ok(Some(frame)) = feed.next_frame() {
-            if tx.send(frame).is_err() {
-                break;
-            }
+    // so quitting the dashboard never waits on the recorder. A failure (a
+    // frame cut short, a recorder gone silent) is shown on the dashboard.
+    std::thread::spawn(move || loop {
+        let item = match feed.next_frame() {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => break,
+            Err(e) => Err(e.to_string()),
+        };
+        let failed = item.is_err();
+        if tx.send(item).is_err() || failed {
+            break;
         }
     });
     tokio::task::spawn_blocking(move || tui::run_live(rx, tui::Options::default()))

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
 /// Ten deltas a second for a minute; a deadlock from 20 s to 25 s. Stops
 /// when the dashboard hangs up. `heavy`: 500 channels, and 10,000 events a
 /// delta.
-fn feed(tx: &mpsc::Sender<Frame>, heavy: bool) {
+fn feed(tx: &mpsc::Sender<Result<Frame, String>>, heavy: bool) {
     let (base, events) = if heavy {
         (large_snapshot(500), 10_000)
     } else {
@@ -38,7 +38,11 @@ fn feed(tx: &mpsc::Sender<Frame>, heavy: bool) {
         version: PROTOCOL_VERSION,
         session_id: base.session_id,
     };
-    if tx.send(hello).is_err() || tx.send(Frame::Snapshot(Box::new(base.clone()))).is_err() {
+    if tx.send(Ok(hello)).is_err()
+        || tx
+            .send(Ok(Frame::Snapshot(Box::new(base.clone()))))
+            .is_err()
+    {
         return;
     }
     for tick in 1..=600u64 {
@@ -64,11 +68,11 @@ fn feed(tx: &mpsc::Sender<Frame>, heavy: bool) {
                 .collect(),
             ..Delta::default()
         };
-        if tx.send(Frame::Delta(Box::new(delta))).is_err() {
+        if tx.send(Ok(Frame::Delta(Box::new(delta)))).is_err() {
             return;
         }
     }
-    let _ = tx.send(Frame::End {
+    let _ = tx.send(Ok(Frame::End {
         exit_status: Some(0),
-    });
+    }));
 }

@@ -314,6 +314,12 @@ impl App {
         }
     }
 
+    /// The feed failed (`why`): it is lost, and the reason stays shown.
+    pub fn on_feed_failed(&mut self, why: &str) {
+        self.on_feed_closed();
+        self.status = Some(why.to_owned());
+    }
+
     /// Advances a playing replay by `wall` real time.
     pub fn tick(&mut self, wall: Duration) {
         if let Some(t) = &mut self.replay {

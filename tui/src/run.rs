@@ -66,9 +66,10 @@ pub trait Feed {
     fn pump(&mut self, app: &mut App) -> anyhow::Result<()>;
 }
 
-/// The live feed: frames a caller's thread sends.
+/// The live feed: frames a caller's thread sends, or why it could read no
+/// more of them.
 pub struct LiveFeed {
-    frames: Receiver<Frame>,
+    frames: Receiver<Result<Frame, String>>,
     closed: bool,
 }
 
@@ -77,8 +78,10 @@ impl LiveFeed {
     /// the dashboard delays the next redraw by at most this much.
     const BUDGET: Duration = Duration::from_millis(25);
 
-    /// A feed of the frames a caller's thread sends on `frames`.
-    pub fn new(frames: Receiver<Frame>) -> Self {
+    /// A feed of the frames a caller's thread sends on `frames`; an `Err`
+    /// says why the feed failed, which the dashboard shows until the user
+    /// quits (a feed that just stops is "lost", without a reason).
+    pub fn new(frames: Receiver<Result<Frame, String>>) -> Self {
         LiveFeed {
             frames,
             closed: false,
@@ -91,7 +94,11 @@ impl Feed for LiveFeed {
         let start = Instant::now();
         while !self.closed && start.elapsed() < Self::BUDGET {
             match self.frames.try_recv() {
-                Ok(frame) => app.on_frame(frame)?,
+                Ok(Ok(frame)) => app.on_frame(frame)?,
+                Ok(Err(why)) => {
+                    self.closed = true;
+                    app.on_feed_failed(&why);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.closed = true;
@@ -380,9 +387,10 @@ impl Inputs for TerminalInputs {
 }
 
 /// Shows a live recording: `frames` come from a thread the caller owns
-/// (which ends the feed by sending [`Frame::End`] or dropping its sender).
-/// Returns when the user quits, or with an error for a feed it cannot show.
-pub fn run_live(frames: Receiver<Frame>, opts: Options) -> anyhow::Result<()> {
+/// (which ends the feed by sending [`Frame::End`], or an `Err` saying why it
+/// failed, or by dropping its sender). Returns when the user quits, or with
+/// an error for a feed it cannot show.
+pub fn run_live(frames: Receiver<Result<Frame, String>>, opts: Options) -> anyhow::Result<()> {
     on_terminal(App::live(), &mut LiveFeed::new(frames), opts)
 }
 

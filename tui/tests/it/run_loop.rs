@@ -105,7 +105,7 @@ fn a_live_feed_from_another_thread_is_applied_and_its_end_shown() {
             exit_status: Some(0),
         }]);
         for f in frames {
-            tx.send(f).unwrap();
+            tx.send(Ok(f)).unwrap();
         }
     });
     let mut script = Script::new(&[KeyCode::Tab, KeyCode::Enter, KeyCode::Char('q')]);
@@ -148,13 +148,45 @@ fn a_live_feed_from_another_thread_is_applied_and_its_end_shown() {
     );
 }
 
+/// The recorder's feed broke mid-stream (a frame cut short, a recorder
+/// gone silent): the dashboard said "live feed lost" and never why (issue
+/// 17). The reason stays on screen until the user quits.
+#[test]
+fn a_feed_that_fails_says_why_on_the_dashboard() {
+    let (tx, rx) = mpsc::channel();
+    for item in [
+        Ok(Frame::Hello {
+            version: PROTOCOL_VERSION,
+            session_id: 7,
+        }),
+        Ok(Frame::Snapshot(Box::new(snapshot_with_deadlock(false)))),
+        Err("live feed: frame 3 cut short: 2 of its 4 header bytes".to_owned()),
+    ] {
+        tx.send(item).unwrap();
+    }
+    let mut term = terminal();
+    let mut app = App::live();
+    drive(
+        &mut term,
+        &mut app,
+        &mut LiveFeed::new(rx),
+        &mut Script::new(&[KeyCode::Char('1'), KeyCode::Char('q')]),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(app.feed(), FeedState::Lost);
+    let screen = text(term.backend().buffer());
+    assert!(screen.contains("frame 3 cut short"), "{screen}");
+    assert!(screen.lines().next().unwrap().contains("LOST"), "{screen}");
+}
+
 #[test]
 fn a_feed_of_another_protocol_version_is_a_clear_error() {
     let (tx, rx) = mpsc::channel();
-    tx.send(Frame::Hello {
+    tx.send(Ok(Frame::Hello {
         version: PROTOCOL_VERSION + 1,
         session_id: 1,
-    })
+    }))
     .unwrap();
     let err = drive(
         &mut terminal(),
