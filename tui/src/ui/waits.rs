@@ -53,7 +53,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             format::channel(&r.channel),
             format::count(r.waits),
             r.waiting_now.to_string(),
-            format::duration_ns(r.total_ns),
+            // Time spent in finished waits: with none finished (those
+            // blocked now are not in it), unknown rather than 0 ns.
+            format::latency(r.waits, r.total_ns),
             format::latency(l.count, l.p50),
             format::latency(l.count, l.p99),
             format::latency(l.count, l.max),

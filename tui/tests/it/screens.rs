@@ -384,3 +384,25 @@ fn a_hostile_snapshot_renders_everywhere_without_panicking() {
     replay.set_replay_snapshot(u64::MAX, hostile_snapshot());
     render(&replay, 80, 24);
 }
+
+/// Two lockers blocked for the whole session, their waits never finished:
+/// the Waits screen read `total 0 ns` for them (issue 17). Nothing finished
+/// is unknown, not 0.
+#[test]
+fn a_wait_nobody_finished_has_no_total() {
+    let mut s = snapshot_with_deadlock(true);
+    s.waits[1].waits = 0;
+    s.waits[1].total_ns = 0;
+    s.waits[1].waiting_now = 1;
+    s.waits[1].latency.session.count = 0;
+    s.waits[1].latency.last_10s.count = 0;
+    s.waits[1].latency.last_1s.count = 0;
+    let mut app = live(s);
+    let waits = on(&mut app, Screen::Waits);
+    let row = waits
+        .lines()
+        .find(|l| l.contains("/items (sem)"))
+        .unwrap_or_else(|| panic!("{waits}"));
+    assert!(!row.contains("0 ns"), "{row}");
+    assert_eq!(row.matches('–').count(), 4, "total, p50, p99, max: {row}");
+}
