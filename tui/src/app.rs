@@ -14,6 +14,7 @@ use ipc_events::Event;
 
 use crate::action::{Action, KeyContext};
 use crate::filter::{Fields, Filter, FilterError};
+use crate::process;
 use crate::timeline::Timeline;
 use crate::timing::FrameTimes;
 
@@ -688,19 +689,7 @@ impl App {
             .channel_rows()
             .into_iter()
             .flat_map(|c| {
-                // Who sent to whom, where messages were paired. Without,
-                // every sender to every receiver: on a socket whose two
-                // ends both send, that would draw each process sending to
-                // itself.
-                let pairs: Vec<(u32, u32)> = if c.pairs.is_empty() {
-                    c.senders
-                        .iter()
-                        .flat_map(|&from| c.receivers.iter().map(move |&to| (from, to)))
-                        .collect()
-                } else {
-                    c.pairs.clone()
-                };
-                pairs.into_iter().map(move |(from, to)| Edge {
+                process::pairs(c).into_iter().map(move |(from, to)| Edge {
                     from,
                     to,
                     channel: c,

@@ -94,19 +94,23 @@ fn resource(channel_id: i64, kind: ChannelKind, name: &str) -> Resource {
     }
 }
 
-/// A small session: producer (101) -> consumer (102) over two channels and
-/// a pipe, two semaphores (each waited on by one and held by the other), a
-/// signal pair, 50 events, and a deadlock between 101 and 102 that is still
+/// A small session: producer (101) -> consumer (102) over a channel and a
+/// pipe, results back over another channel, two semaphores (each waited on
+/// by one and held by the other), a signal from their parent to the
+/// consumer, 50 events, and a deadlock between 101 and 102 that is still
 /// active when `active`.
 pub fn snapshot_with_deadlock(active: bool) -> Snapshot {
     let mut pipe = channel(3, "", 40, 2.0);
     pipe.channel = ChannelId::numeric(ChannelKind::Pipe, 4242, 0);
     pipe.queue_depth = None;
-    let channels = vec![
-        channel(1, "jobs", 12_000, 1_200.0),
-        channel(2, "results", 900, 90.0),
-        pipe,
-    ];
+    let mut results = channel(2, "results", 900, 90.0);
+    results.senders = vec![102];
+    results.receivers = vec![101];
+    results.pairs = vec![(102, 101)];
+    for m in &mut results.recent {
+        (m.sender_pid, m.receiver_pid) = (102, 101);
+    }
+    let channels = vec![channel(1, "jobs", 12_000, 1_200.0), results, pipe];
     let sem = |id, name: &str, waits, now, waiter, holder| WaitStats {
         id,
         channel: ChannelId::named(ChannelKind::Sem, name),
