@@ -31,6 +31,6 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         q(0.5),
         q(0.99)
     )));
-    let at = popup(frame, area, 66, lines.len() as u16 + 2);
+    let at = popup(frame, area, 76, lines.len() as u16 + 2);
     frame.render_widget(Paragraph::new(lines).block(block("Help (Esc closes)")), at);
 }
