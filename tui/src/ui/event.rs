@@ -43,7 +43,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, e: &Event, start_ns: u64) 
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
-            .block(block("Event (Esc closes)")),
+            .block(block("Event (Enter: its process, Esc closes)")),
         at,
     );
 }

@@ -7,6 +7,8 @@ mod events;
 mod footer;
 mod help;
 mod overview;
+mod pick;
+mod process;
 mod signals;
 mod topology;
 mod waits;
@@ -37,6 +39,9 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
     .areas(frame.area());
     draw_tabs(frame, tabs, app);
     match app.view() {
+        // A process view covers the screen it was opened from, which
+        // stays as it was underneath for Esc to go back to.
+        Some(_) if app.process().is_some() => process::draw(frame, body, app),
         Some(_) => match app.screen() {
             Screen::Overview => overview::draw(frame, body, app),
             Screen::Channels => channels::draw(frame, body, app),
@@ -51,8 +56,13 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         frame.render_widget(TimelineBar::new(t), timeline);
     }
     footer::draw(frame, footer, app);
-    if let (Screen::Events, Some(e), Some(s)) = (app.screen(), app.event_detail(), app.view()) {
+    if let (Screen::Events, Some(e), Some(s), None) =
+        (app.screen(), app.event_detail(), app.view(), app.process())
+    {
         event::draw(frame, body, e, s.started_ns);
+    }
+    if let Some(p) = app.pick() {
+        pick::draw(frame, body, app, p);
     }
     if app.help_shown() {
         help::draw(frame, body, app);
@@ -154,7 +164,8 @@ fn visible(len: usize, selected: usize, height: usize) -> Range<usize> {
 /// A table of which only the rows on screen are built.
 struct TableView<'a> {
     block: Block<'a>,
-    /// The header row; none where rows carry their own.
+    /// The header row; none where rows carry their own (the process
+    /// view's sections, a pick list).
     head: Option<Row<'a>>,
     widths: &'a [Constraint],
     len: usize,
