@@ -157,6 +157,14 @@ pub struct WaitStats {
     pub waiting_now: u32,
     pub total_ns: u64,
     pub latency: Latency,
+    /// The processes that have waited on it, in the order first seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiters: Vec<u32>,
+    /// The processes holding a count of it now. Only a semaphore or lock
+    /// used as a lock has holders: one posted by a thread that holds no
+    /// count is a signal, and whoever last took it holds nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
 
 /// Signals from one process to another, by number.

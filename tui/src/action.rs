@@ -19,8 +19,12 @@ pub enum Action {
     PageDown,
     Top,
     Bottom,
-    /// Drill down into the selected row.
+    /// Drill down into the selected row: its channel or event, else a
+    /// process it names.
     Enter,
+    /// Open a process the selected row names (offering a list when it
+    /// names several), even where Enter opens a channel or an event.
+    OpenProcess,
     /// Leave the drill-down, the help or the filter.
     Back,
     /// Live: freeze the screen (frames still drain). Replay: play/pause.
@@ -87,6 +91,7 @@ pub fn map_key(key: KeyEvent, ctx: KeyContext) -> Option<Action> {
         KeyCode::PageUp => Action::PageUp,
         KeyCode::PageDown => Action::PageDown,
         KeyCode::Enter => Action::Enter,
+        KeyCode::Char('o') => Action::OpenProcess,
         KeyCode::Esc | KeyCode::Backspace => Action::Back,
         KeyCode::Char('p') => Action::TogglePause,
         KeyCode::Char(' ') if ctx.replay => Action::TogglePause,
@@ -120,8 +125,9 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
         ("Home End", "move to the first / last row"),
         (
             "Enter / Esc",
-            "open the selected channel, edge or event / back",
+            "open the row's channel or event, else a process / back",
         ),
+        ("o", "open a process the row names (a list if several)"),
         ("/", "filter: pid:N comm:X kind:X chan:X or text"),
         ("s / r", "sort channels by the next column / reverse"),
         ("w", "latency window: 1 s, 10 s, session"),
@@ -133,7 +139,7 @@ pub fn help(replay: bool) -> Vec<(&'static str, &'static str)> {
         lines.remove(3);
         lines.splice(
             // Replace the live pause line; Home and End seek instead.
-            7..8,
+            8..9,
             [
                 ("p / Space", "play or pause the replay"),
                 ("+ / -", "replay faster / slower"),
@@ -181,6 +187,17 @@ mod tests {
             map_key(key(KeyCode::Enter), ctx),
             Some(Action::FilterCommit)
         );
+    }
+
+    #[test]
+    fn o_opens_a_process_unless_it_is_filter_text() {
+        let o = key(KeyCode::Char('o'));
+        assert_eq!(map_key(o, KeyContext::default()), Some(Action::OpenProcess));
+        let typing = KeyContext {
+            editing_filter: true,
+            replay: false,
+        };
+        assert_eq!(map_key(o, typing), Some(Action::FilterChar('o')));
     }
 
     #[test]

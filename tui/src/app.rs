@@ -14,6 +14,7 @@ use ipc_events::Event;
 
 use crate::action::{Action, KeyContext};
 use crate::filter::{Fields, Filter, FilterError};
+use crate::process::{self, Link};
 use crate::timeline::Timeline;
 use crate::timing::FrameTimes;
 
@@ -195,6 +196,29 @@ pub struct Edge<'a> {
     pub channel: &'a ChannelStats,
 }
 
+/// A process a row names, offered when it names several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub pid: u32,
+    /// What it is to the row: `sender`, `holder`, ... (several, joined,
+    /// when the row names it more than once).
+    pub role: String,
+}
+
+/// The processes the selected row names, while the user picks one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pick {
+    pub choices: Vec<Choice>,
+    pub selected: usize,
+}
+
+/// A process view open, and its selected row.
+#[derive(Clone, Copy, Debug)]
+struct Opened {
+    pid: u32,
+    selected: usize,
+}
+
 /// The whole dashboard state.
 #[derive(Debug)]
 pub struct App {
@@ -224,6 +248,12 @@ pub struct App {
     detail: Option<i64>,
     /// The event opened on the Events screen.
     event_detail: Option<Event>,
+    /// Process views opened, the one shown last: one from another's row
+    /// stacks on it, and Esc goes back one. Only the pid is kept, so the
+    /// view follows it into every new snapshot.
+    opened: Vec<Opened>,
+    /// The processes offered for opening, while the user picks one.
+    pick: Option<Pick>,
     /// A message for the user that is not fatal (a replay load failure).
     status: Option<String>,
     quit: bool,
@@ -256,6 +286,8 @@ impl App {
             help: false,
             detail: None,
             event_detail: None,
+            opened: Vec::new(),
+            pick: None,
             status: None,
             quit: false,
             page: 10,
@@ -392,9 +424,9 @@ impl App {
     pub fn update(&mut self, action: Action) {
         match action {
             Action::Quit => self.quit = true,
-            Action::NextScreen => self.screen = self.screen.step(1),
-            Action::PrevScreen => self.screen = self.screen.step(-1),
-            Action::GoTo(s) => self.screen = s,
+            Action::NextScreen => self.switch_to(self.screen.step(1)),
+            Action::PrevScreen => self.switch_to(self.screen.step(-1)),
+            Action::GoTo(s) => self.switch_to(s),
             Action::ToggleHelp => self.help = !self.help,
             Action::Up => self.move_selection(-1),
             Action::Down => self.move_selection(1),
@@ -403,6 +435,10 @@ impl App {
             Action::Top => self.move_selection(isize::MIN / 2),
             Action::Bottom => self.move_selection(isize::MAX / 2),
             Action::Enter => self.enter(),
+            Action::OpenProcess => match self.pick {
+                Some(_) => self.enter(),
+                None => self.choose_process(),
+            },
             Action::Back => self.back(),
             Action::TogglePause => match &mut self.replay {
                 Some(t) => t.toggle_play(),
@@ -447,9 +483,39 @@ impl App {
         }
     }
 
+    /// A screen switch leaves the process views: they belong to the rows
+    /// they were opened from.
+    fn switch_to(&mut self, screen: Screen) {
+        self.screen = screen;
+        self.opened.clear();
+        self.pick = None;
+    }
+
+    /// Whether Enter drills into the selected row's channel or event;
+    /// elsewhere it opens a process the row names.
+    pub fn enter_drills_down(&self) -> bool {
+        self.opened.is_empty()
+            && match self.screen {
+                Screen::Channels => self.detail.is_none(),
+                Screen::Topology => true,
+                Screen::Events => self.event_detail.is_none(),
+                Screen::Overview | Screen::Waits | Screen::Signals => false,
+            }
+    }
+
     fn enter(&mut self) {
+        if let Some(pick) = self.pick.take() {
+            if let Some(c) = pick.choices.get(pick.selected) {
+                self.open_process(c.pid);
+            }
+            return;
+        }
+        if !self.enter_drills_down() {
+            self.choose_process();
+            return;
+        }
         match self.screen {
-            Screen::Channels if self.detail.is_none() => {
+            Screen::Channels => {
                 let i = self.selected(Screen::Channels);
                 self.detail = self.channel_rows().get(i).map(|c| c.id);
             }
@@ -468,8 +534,85 @@ impl App {
                 self.follow_events = false;
                 self.selected[Screen::Events.index()] = i;
             }
-            _ => {}
+            Screen::Overview | Screen::Waits | Screen::Signals => {}
         }
+    }
+
+    /// Opens the process the selected row names, or offers the list when
+    /// it names several.
+    fn choose_process(&mut self) {
+        let choices = self.process_choices();
+        match &choices[..] {
+            [] => {}
+            [one] => self.open_process(one.pid),
+            _ => {
+                self.pick = Some(Pick {
+                    choices,
+                    selected: 0,
+                })
+            }
+        }
+    }
+
+    fn open_process(&mut self, pid: u32) {
+        self.opened.push(Opened { pid, selected: 0 });
+    }
+
+    /// The processes the selected row names, the one it is mostly about
+    /// first (a sender before its receivers), each once.
+    pub fn process_choices(&self) -> Vec<Choice> {
+        let mut choices = Vec::new();
+        let c = &mut choices;
+        if !self.opened.is_empty() {
+            if let Some(link) = self.process_links().get(self.process_selected()) {
+                offer(c, link.peers(), link.peer_role());
+            }
+            return choices;
+        }
+        let selected = self.selected(self.screen);
+        match self.screen {
+            // The deadlock banner's members: the one row there is.
+            Screen::Overview => {
+                if let Some(d) = self.view().and_then(|s| s.active_deadlocks().next()) {
+                    offer(c, d.cycle.iter().map(|m| m.pid), "deadlocked");
+                }
+            }
+            Screen::Channels => {
+                let row = self
+                    .detail_channel()
+                    .or_else(|| self.channel_rows().get(selected).copied());
+                if let Some(row) = row {
+                    offer(c, row.senders.iter().copied(), "sender");
+                    offer(c, row.receivers.iter().copied(), "receiver");
+                }
+            }
+            Screen::Topology => {
+                if let Some(e) = self.edges().get(selected) {
+                    offer(c, [e.from], "sender");
+                    offer(c, [e.to], "receiver");
+                }
+            }
+            Screen::Waits => {
+                if let Some(w) = self.wait_rows().get(selected) {
+                    offer(c, w.holders.iter().copied(), "holder");
+                    offer(c, w.waiters.iter().copied(), "waiter");
+                }
+            }
+            Screen::Signals => {
+                if let Some(g) = self.signal_rows().get(selected) {
+                    offer(c, process::senders(g), "sender");
+                    offer(c, [g.target_pid], "target");
+                }
+            }
+            Screen::Events => {
+                let pid = match &self.event_detail {
+                    Some(e) => Some(e.pid),
+                    None => self.event_rows().get(selected).map(|e| e.pid),
+                };
+                offer(c, pid, "its process");
+            }
+        }
+        choices
     }
 
     fn back(&mut self) {
@@ -480,6 +623,11 @@ impl App {
             self.filter_error = None;
         } else if self.help {
             self.help = false;
+        } else if self.pick.is_some() {
+            self.pick = None;
+        } else if !self.opened.is_empty() {
+            // Back to the view or screen it was opened from, as it was.
+            self.opened.pop();
         } else if self.screen == Screen::Events && self.event_detail.is_some() {
             self.event_detail = None;
         } else if self.detail.is_some() {
@@ -508,16 +656,27 @@ impl App {
     }
 
     fn move_selection(&mut self, by: isize) {
+        // Whatever is on top takes the keys: the list being picked from,
+        // then the process view, then the screen.
+        if let Some(pick) = &mut self.pick {
+            pick.selected = moved(pick.selected, by, pick.choices.len());
+            return;
+        }
+        if !self.opened.is_empty() {
+            let (from, len) = (self.process_selected(), self.process_links().len());
+            if let Some(top) = self.opened.last_mut() {
+                top.selected = moved(from, by, len);
+            }
+            return;
+        }
         let screen = self.screen;
         let len = self.row_count(screen);
         if len == 0 {
             return;
         }
-        let last = len.saturating_sub(1);
-        let from = self.selected(screen);
-        let to = from.saturating_add_signed(by).min(last);
+        let to = moved(self.selected(screen), by, len);
         if screen == Screen::Events {
-            self.follow_events = to == last;
+            self.follow_events = to == len - 1;
         }
         self.selected[screen.index()] = to;
     }
@@ -611,6 +770,30 @@ impl App {
         self.event_detail.as_ref()
     }
 
+    /// The pid of the process view shown, if one is.
+    pub fn process(&self) -> Option<u32> {
+        self.opened.last().map(|o| o.pid)
+    }
+
+    /// The rows of the process view shown, from the state shown.
+    pub fn process_links(&self) -> Vec<Link<'_>> {
+        match (self.view(), self.process()) {
+            (Some(s), Some(pid)) => process::links(s, pid),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The selected row of the process view, within its rows.
+    pub fn process_selected(&self) -> usize {
+        let last = self.process_links().len().saturating_sub(1);
+        self.opened.last().map_or(0, |o| o.selected.min(last))
+    }
+
+    /// The processes offered, while the user picks one.
+    pub fn pick(&self) -> Option<&Pick> {
+        self.pick.as_ref()
+    }
+
     /// The channel drilled into, while it still exists.
     pub fn detail_channel(&self) -> Option<&ChannelStats> {
         let id = self.detail?;
@@ -694,19 +877,7 @@ impl App {
             .channel_rows()
             .into_iter()
             .flat_map(|c| {
-                // Who sent to whom, where messages were paired. Without,
-                // every sender to every receiver: on a socket whose two
-                // ends both send, that would draw each process sending to
-                // itself.
-                let pairs: Vec<(u32, u32)> = if c.pairs.is_empty() {
-                    c.senders
-                        .iter()
-                        .flat_map(|&from| c.receivers.iter().map(move |&to| (from, to)))
-                        .collect()
-                } else {
-                    c.pairs.clone()
-                };
-                pairs.into_iter().map(move |(from, to)| Edge {
+                process::pairs(c).into_iter().map(move |(from, to)| Edge {
                     from,
                     to,
                     channel: c,
@@ -794,6 +965,29 @@ impl App {
             })
             .collect()
     }
+}
+
+/// Adds `pids` to `choices` as `role`; one already there takes the role
+/// as well (a process at both ends of a socket is sender and receiver).
+fn offer(choices: &mut Vec<Choice>, pids: impl IntoIterator<Item = u32>, role: &str) {
+    for pid in pids {
+        match choices.iter_mut().find(|c| c.pid == pid) {
+            Some(c) if !c.role.split(", ").any(|r| r == role) => {
+                c.role.push_str(", ");
+                c.role.push_str(role);
+            }
+            Some(_) => {}
+            None => choices.push(Choice {
+                pid,
+                role: role.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A selection at `from` moved `by` rows within `len` rows.
+fn moved(from: usize, by: isize, len: usize) -> usize {
+    from.saturating_add_signed(by).min(len.saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -1016,6 +1210,183 @@ mod tests {
         assert!(app.event_detail().is_none());
         app.update(Action::GoTo(Screen::Channels));
         assert!(app.detail_channel().is_some(), "each Esc closes one thing");
+    }
+
+    /// The pids, and what each is to the row, of the list Enter or `o`
+    /// offered.
+    fn offered(app: &App) -> Vec<(u32, &str)> {
+        app.pick().map_or(Vec::new(), |p| {
+            p.choices.iter().map(|c| (c.pid, c.role.as_str())).collect()
+        })
+    }
+
+    #[test]
+    fn enter_opens_the_process_a_row_names_from_every_screen_that_names_one() {
+        let mut app = live_app(snapshot_with_deadlock(true));
+        // Signals: sender first, then the target.
+        press(&mut app, &[Action::GoTo(Screen::Signals), Action::Enter]);
+        assert_eq!(offered(&app), [(100, "sender"), (102, "target")]);
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(102));
+        assert!(app.pick().is_none());
+
+        // Topology: Enter is the edge's channel; `o` its processes.
+        press(
+            &mut app,
+            &[
+                Action::GoTo(Screen::Topology),
+                Action::Down,
+                Action::OpenProcess,
+            ],
+        );
+        assert_eq!(app.process(), None, "a screen switch closes the view");
+        assert_eq!(offered(&app), [(102, "sender"), (101, "receiver")]);
+        app.update(Action::OpenProcess);
+        assert_eq!(app.process(), Some(102), "o picks as Enter does");
+
+        // Waits: the selected object's holders, then its waiters.
+        press(&mut app, &[Action::GoTo(Screen::Waits), Action::Enter]);
+        assert_eq!(offered(&app), [(102, "holder"), (101, "waiter")]);
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(101));
+
+        // Overview: the members of the deadlock its banner shows.
+        press(&mut app, &[Action::GoTo(Screen::Overview), Action::Enter]);
+        assert_eq!(offered(&app), [(101, "deadlocked"), (102, "deadlocked")]);
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(102));
+
+        // Events: Enter opens the event, Enter again its process; `o`
+        // opens a row's process from the log itself.
+        press(&mut app, &[Action::GoTo(Screen::Events), Action::Enter]);
+        assert_eq!(app.event_detail().map(|e| e.pid), Some(102));
+        app.update(Action::Enter);
+        assert_eq!(app.process(), Some(102), "one process: no list");
+        press(
+            &mut app,
+            &[
+                Action::GoTo(Screen::Events),
+                Action::Back,
+                Action::Up,
+                Action::OpenProcess,
+            ],
+        );
+        assert_eq!(app.process(), Some(101));
+
+        // The channel drill-down: its senders and receivers.
+        press(&mut app, &[Action::GoTo(Screen::Channels), Action::Enter]);
+        assert_eq!(app.detail_channel().map(|c| c.id), Some(1));
+        app.update(Action::Enter);
+        assert_eq!(offered(&app), [(101, "sender"), (102, "receiver")]);
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(102));
+
+        // A row of the process view: its peer, stacked on the view.
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(101), "102 receives jobs from 101");
+    }
+
+    #[test]
+    fn a_process_at_both_ends_of_a_socket_is_offered_once_as_both() {
+        let mut s = snapshot_with_deadlock(false);
+        s.channels[0].senders = vec![101, 102];
+        s.channels[0].receivers = vec![102, 101];
+        let mut app = live_app(s);
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Channels), Action::Enter, Action::Enter],
+        );
+        assert_eq!(
+            offered(&app),
+            [(101, "sender, receiver"), (102, "sender, receiver")]
+        );
+    }
+
+    #[test]
+    fn esc_goes_back_one_step_to_where_the_process_was_opened() {
+        let mut app = live_app(snapshot_with_deadlock(true));
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Channels), Action::Enter, Action::Enter],
+        );
+        app.update(Action::Back);
+        assert!(app.pick().is_none(), "Esc cancels the list");
+        assert_eq!(app.process(), None);
+        press(&mut app, &[Action::Enter, Action::Enter]);
+        assert_eq!(app.process(), Some(101));
+        // 101's second row: the pipe it writes to 102.
+        press(&mut app, &[Action::Down, Action::Enter]);
+        assert_eq!(app.process(), Some(102));
+        app.update(Action::Back);
+        assert_eq!(app.process(), Some(101));
+        assert_eq!(app.process_selected(), 1, "as it was left");
+        app.update(Action::Back);
+        assert_eq!(app.process(), None);
+        assert_eq!(app.screen(), Screen::Channels);
+        assert_eq!(
+            app.detail_channel().map(|c| c.id),
+            Some(1),
+            "back in the channel it was opened from"
+        );
+
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Events), Action::Enter, Action::Enter],
+        );
+        app.update(Action::Back);
+        assert!(app.event_detail().is_some(), "back on the event");
+    }
+
+    #[test]
+    fn the_process_view_follows_its_pid_into_new_state() {
+        let mut app = live_app(snapshot_with_deadlock(false));
+        press(
+            &mut app,
+            &[Action::GoTo(Screen::Signals), Action::OpenProcess],
+        );
+        press(&mut app, &[Action::Down, Action::Enter, Action::Bottom]);
+        assert_eq!(app.process(), Some(102));
+        let last = app.process_links().len() - 1;
+        assert_eq!(app.process_selected(), last);
+
+        // A fresh snapshot in which 102 does less: same pid, fewer rows.
+        let mut s = snapshot_with_deadlock(false);
+        s.processes.reverse();
+        s.deadlocks.clear();
+        app.on_frame(Frame::Snapshot(Box::new(s))).unwrap();
+        assert_eq!(app.process(), Some(102));
+        assert_eq!(app.process_links().len(), last, "the deadlock row went");
+        assert_eq!(app.process_selected(), last - 1, "kept within the rows");
+
+        // A delta: 102 starts sending on a new channel.
+        let mut c = channel(9, "acks", 5, 1.0);
+        (c.senders, c.receivers, c.pairs) = (vec![102], vec![100], vec![(102, 100)]);
+        app.on_frame(Frame::Delta(Box::new(Delta {
+            channels: vec![c],
+            ..Delta::default()
+        })))
+        .unwrap();
+        let sends: Vec<_> = app
+            .process_links()
+            .iter()
+            .filter_map(|l| match l {
+                Link::Sends { channel, peers } => Some((channel.id, peers.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends, [(2, vec![101]), (9, vec![100])]);
+    }
+
+    #[test]
+    fn the_process_view_has_its_own_selection_and_a_list_its_own() {
+        let mut app = live_app(snapshot_with_deadlock(true));
+        press(&mut app, &[Action::GoTo(Screen::Waits), Action::Enter]);
+        press(&mut app, &[Action::Down, Action::Down, Action::Down]);
+        assert_eq!(app.pick().map(|p| p.selected), Some(1), "within the list");
+        app.update(Action::Enter);
+        press(&mut app, &[Action::Down, Action::Down]);
+        assert_eq!(app.process_selected(), 2);
+        assert_eq!(app.selected(Screen::Waits), 0, "the screen's stays put");
     }
 
     #[test]

@@ -9,13 +9,15 @@
 //!
 //! Inside, ratatui's state/view split: [`app::App`] holds all state with no
 //! I/O, [`action`] turns keys into actions, [`ui`] draws, one screen or
-//! widget per file; [`run`] is the loop and [`term`] the terminal's setup
+//! widget per file, [`process`] gathers what one process does for its
+//! view; [`run`] is the loop and [`term`] the terminal's setup
 //! and restore.
 
 pub mod action;
 pub mod app;
 pub mod filter;
 pub mod format;
+pub mod process;
 pub mod run;
 pub mod term;
 #[cfg(any(test, feature = "test-data"))]

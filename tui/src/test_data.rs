@@ -94,25 +94,32 @@ fn resource(channel_id: i64, kind: ChannelKind, name: &str) -> Resource {
     }
 }
 
-/// A small session: producer (101) -> consumer (102) over two channels and
-/// a pipe, two semaphores, a signal pair, 50 events, and a deadlock between
-/// 101 and 102 that is still active when `active`.
+/// A small session: producer (101) -> consumer (102) over a channel and a
+/// pipe, results back over another channel, two semaphores (each waited on
+/// by one and held by the other), a signal from their parent to the
+/// consumer, 50 events, and a deadlock between 101 and 102 that is still
+/// active when `active`.
 pub fn snapshot_with_deadlock(active: bool) -> Snapshot {
     let mut pipe = channel(3, "", 40, 2.0);
     pipe.channel = ChannelId::numeric(ChannelKind::Pipe, 4242, 0);
     pipe.queue_depth = None;
-    let channels = vec![
-        channel(1, "jobs", 12_000, 1_200.0),
-        channel(2, "results", 900, 90.0),
-        pipe,
-    ];
-    let sem = |id, name: &str, waits, now| WaitStats {
+    let mut results = channel(2, "results", 900, 90.0);
+    results.senders = vec![102];
+    results.receivers = vec![101];
+    results.pairs = vec![(102, 101)];
+    for m in &mut results.recent {
+        (m.sender_pid, m.receiver_pid) = (102, 101);
+    }
+    let channels = vec![channel(1, "jobs", 12_000, 1_200.0), results, pipe];
+    let sem = |id, name: &str, waits, now, waiter, holder| WaitStats {
         id,
         channel: ChannelId::named(ChannelKind::Sem, name),
         waits,
         waiting_now: now,
         total_ns: waits * 40_000,
         latency: latency(waits, 20_000),
+        waiters: vec![waiter],
+        holders: vec![holder],
     };
     let events: Vec<Event> = (0..50u64)
         .map(|i| {
@@ -164,7 +171,10 @@ pub fn snapshot_with_deadlock(active: bool) -> Snapshot {
             process(102, 100, "consumer"),
         ],
         channels,
-        waits: vec![sem(10, "/slots", 300, 1), sem(11, "/items", 20, 0)],
+        waits: vec![
+            sem(10, "/slots", 300, 1, 101, 102),
+            sem(11, "/items", 20, 0, 102, 101),
+        ],
         signals: vec![SignalStats {
             sender_pid: 100,
             target_pid: 102,
@@ -235,6 +245,8 @@ pub fn large_snapshot(channels: usize) -> Snapshot {
             waiting_now: (i % 3) as u32,
             total_ns: i as u64 * 1_000_000,
             latency: latency(i as u64 * 10, 5_000),
+            waiters: Vec::new(),
+            holders: Vec::new(),
         })
         .collect();
     let template = s.recent_events.clone();

@@ -153,6 +153,8 @@ struct WaitState {
     latency: WindowedHistogram,
     /// Whether holders are tracked: false once posted by a non-holder.
     lock_like: bool,
+    /// The processes that waited on it, in the order first seen.
+    waiters: Vec<u32>,
     last_ns: u64,
     changed: u64,
 }
@@ -396,6 +398,7 @@ impl Analyzer {
                     total_ns: 0,
                     latency: WindowedHistogram::new(),
                     lock_like: false,
+                    waiters: Vec::new(),
                     last_ns: 0,
                     changed: seq,
                 });
@@ -426,6 +429,7 @@ impl Analyzer {
                     total_ns: 0,
                     latency: WindowedHistogram::new(),
                     lock_like: true,
+                    waiters: Vec::new(),
                     last_ns: 0,
                     changed: seq,
                 });
@@ -444,6 +448,7 @@ impl Analyzer {
                 self.graph.block(thread, id, e.ts_ns);
                 if let Some(w) = self.touch_wait(id, e.ts_ns) {
                     w.waiting_now += 1;
+                    add_pid(&mut w.waiters, thread.pid);
                 }
             }
             EventKind::SemWaitEnd => {
@@ -469,14 +474,14 @@ impl Analyzer {
             }
             EventKind::LockAcquire => {
                 if let Some(d) = e.duration_ns {
-                    self.count_wait(id, e.ts_ns, d);
+                    self.count_wait(id, thread, e.ts_ns, d);
                 }
                 self.acquired(thread, id, e.ts_ns);
             }
             // The probes see a futex wait once, when it ends.
             EventKind::FutexWait => {
                 if let Some(d) = e.duration_ns {
-                    self.count_wait(id, e.ts_ns, d);
+                    self.count_wait(id, thread, e.ts_ns, d);
                 }
             }
             _ => {}
@@ -509,6 +514,7 @@ impl Analyzer {
         self.graph.set_idle_releasers(key, &idle);
         if let Some(w) = self.touch_wait(key, e.ts_ns) {
             w.waiting_now += 1;
+            add_pid(&mut w.waiters, thread.pid);
         }
     }
 
@@ -524,9 +530,13 @@ impl Analyzer {
         Some(w)
     }
 
-    fn count_wait(&mut self, id: i64, ts_ns: u64, duration_ns: u64) {
+    /// A wait by `thread` on `id` ended after `duration_ns`. Waits seen
+    /// only when they end (a futex, a lock taken after blocking) name
+    /// their waiter here; a blocked one was named when it began.
+    fn count_wait(&mut self, id: i64, thread: Thread, ts_ns: u64, duration_ns: u64) {
         self.totals.waits += 1;
         if let Some(w) = self.touch_wait(id, ts_ns) {
+            add_pid(&mut w.waiters, thread.pid);
             w.waits += 1;
             w.total_ns = w.total_ns.saturating_add(duration_ns);
             w.latency.record(ts_ns, duration_ns);
@@ -544,6 +554,7 @@ impl Analyzer {
         }
         self.count_wait(
             res,
+            thread,
             ts_ns,
             duration_ns.unwrap_or(ts_ns.saturating_sub(since)),
         );
@@ -566,6 +577,8 @@ impl Analyzer {
         let lock_like = self.waits.get(&channel_id).is_some_and(|w| w.lock_like);
         if lock_like && self.graph.releasers(channel_id).next().is_none() {
             self.graph.acquire(holder, channel_id, ts_ns);
+            // Its holders changed: the next delta carries them.
+            self.touch_wait(channel_id, ts_ns);
         }
     }
 
@@ -665,10 +678,20 @@ impl Analyzer {
             p.info.exited = true;
             p.changed = seq;
         }
+        // What it held loses a holder: the next delta must say so.
+        let held: Vec<i64> = self
+            .waits
+            .iter()
+            .filter(|(&id, w)| w.lock_like && self.graph.releasers(id).any(|t| t.pid == e.pid))
+            .map(|(&id, _)| id)
+            .collect();
         for (_, res) in self.graph.process_exited(e.pid, e.ts_ns) {
             if let Some(w) = self.touch_wait(res, e.ts_ns) {
                 w.waiting_now = w.waiting_now.saturating_sub(1);
             }
+        }
+        for id in held {
+            self.touch_wait(id, e.ts_ns);
         }
         self.lock_order.process_exited(e.pid);
         // Deadlocks already name their members; nothing else needs these.
@@ -1019,17 +1042,30 @@ impl Analyzer {
     }
 
     fn wait_stats(&mut self, now_ns: u64, include: impl Fn(&WaitState) -> bool) -> Vec<WaitStats> {
+        let graph = &self.graph;
         let mut out: Vec<WaitStats> = self
             .waits
             .iter_mut()
             .filter(|(_, w)| include(w))
-            .map(|(&id, w)| WaitStats {
-                id,
-                channel: w.channel.clone(),
-                waits: w.waits,
-                waiting_now: w.waiting_now,
-                total_ns: w.total_ns,
-                latency: w.latency.latency(now_ns),
+            .map(|(&id, w)| {
+                let mut holders = Vec::new();
+                // The releasers of what is not a lock are whoever might
+                // post it: not holders.
+                if w.lock_like {
+                    graph
+                        .releasers(id)
+                        .for_each(|t| add_pid(&mut holders, t.pid));
+                }
+                WaitStats {
+                    id,
+                    channel: w.channel.clone(),
+                    waits: w.waits,
+                    waiting_now: w.waiting_now,
+                    total_ns: w.total_ns,
+                    latency: w.latency.latency(now_ns),
+                    waiters: w.waiters.clone(),
+                    holders,
+                }
             })
             .collect();
         out.sort_by_key(|w| w.id);
@@ -1158,6 +1194,42 @@ mod tests {
         let changed: Vec<_> = delta.processes.iter().map(|p| p.name()).collect();
         assert_eq!(changed, ["postgres: checkpointer"]);
         assert_eq!(a.snapshot(5 * MS).processes[0].comm, "postgres");
+    }
+
+    /// The dashboard's process view says who waits on what and who holds
+    /// it; a holder that exits stops holding in the very next delta.
+    #[test]
+    fn waits_name_their_waiters_and_current_holders() {
+        let mut a = analyzer();
+        feed(&mut a, take_then_wait(10 * MS, 100, "a", "b"));
+        feed(&mut a, take_then_wait(20 * MS, 200, "b", "a"));
+        let who = |w: &WaitStats| (w.id, w.waiters.clone(), w.holders.clone());
+        let snap = a.snapshot(30 * MS);
+        let mut waits: Vec<_> = snap.waits.iter().map(who).collect();
+        waits.sort();
+        assert_eq!(
+            waits,
+            [(10, vec![200], vec![100]), (11, vec![100], vec![200])]
+        );
+        a.delta(30 * MS);
+
+        feed(
+            &mut a,
+            vec![Event::new(
+                40 * MS,
+                200,
+                200,
+                Source::Ebpf,
+                EventKind::ProcessExit,
+            )],
+        );
+        let mut waits: Vec<_> = a.delta(50 * MS).waits.iter().map(who).collect();
+        waits.sort();
+        assert_eq!(
+            waits,
+            [(10, vec![200], vec![100]), (11, vec![100], vec![])],
+            "the waiters stay, as senders do; 200's hold on b is gone"
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &App) {
     );
     TableView {
         block: block(title),
-        head: header(&[
+        head: Some(header(&[
             "Channel",
             "Snd→Rcv",
             "msg/s",
@@ -65,7 +65,7 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &App) {
             "p99",
             "max",
             "queue",
-        ]),
+        ])),
         widths: &[
             Constraint::Min(14),
             Constraint::Length(11),
@@ -146,7 +146,7 @@ fn draw_detail(frame: &mut Frame<'_>, area: Rect, app: &App, c: &ChannelStats) {
     let start = app.view().map_or(0, |s| s.started_ns);
     TableView {
         block: block("Recent messages, newest first"),
-        head: header(&["Sent", "From→To", "Size", "Latency", "Payload"]),
+        head: Some(header(&["Sent", "From→To", "Size", "Latency", "Payload"])),
         widths: &[
             Constraint::Length(10),
             Constraint::Length(13),

@@ -1,13 +1,13 @@
 //! One event opened from the log: every field, and its payload.
 
 use ipc_events::Event;
-use ratatui::layout::{Constraint, Flex, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Clear, Paragraph, Wrap};
+use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::block;
+use super::{block, popup};
 use crate::format;
 
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, e: &Event, start_ns: u64) {
@@ -39,18 +39,11 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, e: &Event, start_ns: u64) 
             ])
         })
         .collect();
-    let height = (lines.len() as u16 + 2).min(area.height);
-    let [popup] = Layout::vertical([Constraint::Length(height)])
-        .flex(Flex::Center)
-        .areas(area);
-    let [popup] = Layout::horizontal([Constraint::Length(70.min(area.width))])
-        .flex(Flex::Center)
-        .areas(popup);
-    frame.render_widget(Clear, popup);
+    let at = popup(frame, area, 70, lines.len() as u16 + 2);
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
-            .block(block("Event (Esc closes)")),
-        popup,
+            .block(block("Event (Enter: its process, Esc closes)")),
+        at,
     );
 }

@@ -14,9 +14,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let total = app.view().map_or(0, |s| s.recent_events.len());
     TableView {
         block: block(format!("Events ({} of the last {total})", rows.len())),
-        head: header(&[
+        head: Some(header(&[
             "Time", "PID", "TID", "Comm", "Kind", "Channel", "Size", "Result",
-        ]),
+        ])),
         widths: &[
             Constraint::Length(10),
             Constraint::Length(7),

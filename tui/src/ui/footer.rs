@@ -58,11 +58,17 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let p99 = app.frame_times.quantile(0.99).map_or(String::new(), |d| {
         format!("draw p99 {:.1}ms ", d.as_secs_f64() * 1e3)
     });
+    // Which key opens a process here, if the selected row names one.
+    let open = match (app.process_choices().is_empty(), app.enter_drills_down()) {
+        (true, _) => "",
+        (false, true) => "o process ",
+        (false, false) => "Enter/o process ",
+    };
     // While a filter is typed the whole line is its: the hints can wait.
     let right = if typing {
         String::new()
     } else {
-        format!("{p99}? help q quit")
+        format!("{p99}{open}? help q quit")
     };
     let [l, r] = Layout::horizontal([
         Constraint::Min(0),

@@ -1,12 +1,12 @@
 //! The `?` overlay: key bindings and the measured frame time.
 
-use ratatui::layout::{Constraint, Flex, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Clear, Paragraph};
+use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
-use super::block;
+use super::{block, popup};
 use crate::action;
 use crate::app::App;
 
@@ -31,16 +31,6 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
         q(0.5),
         q(0.99)
     )));
-    let height = (lines.len() as u16 + 2).min(area.height);
-    let [popup] = Layout::vertical([Constraint::Length(height)])
-        .flex(Flex::Center)
-        .areas(area);
-    let [popup] = Layout::horizontal([Constraint::Length(66.min(area.width))])
-        .flex(Flex::Center)
-        .areas(popup);
-    frame.render_widget(Clear, popup);
-    frame.render_widget(
-        Paragraph::new(lines).block(block("Help (Esc closes)")),
-        popup,
-    );
+    let at = popup(frame, area, 76, lines.len() as u16 + 2);
+    frame.render_widget(Paragraph::new(lines).block(block("Help (Esc closes)")), at);
 }

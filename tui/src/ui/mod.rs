@@ -7,16 +7,18 @@ mod events;
 mod footer;
 mod help;
 mod overview;
+mod pick;
+mod process;
 mod signals;
 mod topology;
 mod waits;
 
 use std::ops::Range;
 
-use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::layout::{Alignment, Constraint, Flex, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Paragraph, Row, Table, TableState, Tabs};
+use ratatui::widgets::{Block, Clear, Paragraph, Row, Table, TableState, Tabs};
 use ratatui::Frame;
 
 use crate::app::{App, FeedState, Screen};
@@ -37,6 +39,9 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
     .areas(frame.area());
     draw_tabs(frame, tabs, app);
     match app.view() {
+        // A process view covers the screen it was opened from, which
+        // stays as it was underneath for Esc to go back to.
+        Some(_) if app.process().is_some() => process::draw(frame, body, app),
         Some(_) => match app.screen() {
             Screen::Overview => overview::draw(frame, body, app),
             Screen::Channels => channels::draw(frame, body, app),
@@ -51,8 +56,13 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         frame.render_widget(TimelineBar::new(t), timeline);
     }
     footer::draw(frame, footer, app);
-    if let (Screen::Events, Some(e), Some(s)) = (app.screen(), app.event_detail(), app.view()) {
+    if let (Screen::Events, Some(e), Some(s), None) =
+        (app.screen(), app.event_detail(), app.view(), app.process())
+    {
         event::draw(frame, body, e, s.started_ns);
+    }
+    if let Some(p) = app.pick() {
+        pick::draw(frame, body, app, p);
     }
     if app.help_shown() {
         help::draw(frame, body, app);
@@ -117,6 +127,19 @@ fn draw_waiting(frame: &mut Frame<'_>, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(text).alignment(Alignment::Center), mid);
 }
 
+/// A `width` x `height` area centred in `area`, cleared for a popup to
+/// draw on; smaller where `area` is.
+fn popup(frame: &mut Frame<'_>, area: Rect, width: u16, height: u16) -> Rect {
+    let [popup] = Layout::vertical([Constraint::Length(height.min(area.height))])
+        .flex(Flex::Center)
+        .areas(area);
+    let [popup] = Layout::horizontal([Constraint::Length(width.min(area.width))])
+        .flex(Flex::Center)
+        .areas(popup);
+    frame.render_widget(Clear, popup);
+    popup
+}
+
 /// A bordered block with a title.
 fn block(title: impl Into<Line<'static>>) -> Block<'static> {
     Block::bordered().title(title.into())
@@ -141,7 +164,9 @@ fn visible(len: usize, selected: usize, height: usize) -> Range<usize> {
 /// A table of which only the rows on screen are built.
 struct TableView<'a> {
     block: Block<'a>,
-    head: Row<'a>,
+    /// The header row; none where rows carry their own (the process
+    /// view's sections, a pick list).
+    head: Option<Row<'a>>,
     widths: &'a [Constraint],
     len: usize,
     /// The row to highlight, if the screen has a selection.
@@ -152,14 +177,17 @@ impl<'a> TableView<'a> {
     /// Renders, calling `row(i)` for the visible rows only.
     fn render(self, frame: &mut Frame<'_>, area: Rect, row: impl Fn(usize) -> Row<'a>) {
         // Borders and the header row.
-        let height = usize::from(area.height.saturating_sub(3));
+        let chrome = 2 + u16::from(self.head.is_some());
+        let height = usize::from(area.height.saturating_sub(chrome));
         let range = visible(self.len, self.selected.unwrap_or(0), height);
         let first = range.start;
         let rows: Vec<Row<'a>> = range.map(row).collect();
-        let table = Table::new(rows, self.widths.to_vec())
-            .header(self.head)
+        let mut table = Table::new(rows, self.widths.to_vec())
             .block(self.block)
             .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+        if let Some(head) = self.head {
+            table = table.header(head);
+        }
         let selected = self.selected.map(|s| s.saturating_sub(first));
         let mut state = TableState::default().with_selected(selected);
         frame.render_stateful_widget(table, area, &mut state);

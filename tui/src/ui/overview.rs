@@ -107,7 +107,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let w = app.window();
     TableView {
         block: block(format!("Top channels ({})", app.sort().0.label())),
-        head: header(&["Channel", "msg/s", "bytes/s", "p99"]),
+        head: Some(header(&["Channel", "msg/s", "bytes/s", "p99"])),
         widths: &[
             Constraint::Min(20),
             Constraint::Length(8),

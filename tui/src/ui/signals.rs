@@ -17,9 +17,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             "Signals by sender, target and number: {}",
             rows.len()
         )),
-        head: header(&[
+        head: Some(header(&[
             "From", "To", "Signal", "count", "deliv", "p50", "p99", "max",
-        ]),
+        ])),
         widths: &[
             Constraint::Min(12),
             Constraint::Min(12),

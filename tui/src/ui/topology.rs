@@ -25,7 +25,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             edges.len(),
             w.label()
         )),
-        head: header(&["From", "To", "Via", "msg/s", "bytes/s", "messages"]),
+        head: Some(header(&[
+            "From", "To", "Via", "msg/s", "bytes/s", "messages",
+        ])),
         widths: &[
             Constraint::Length(16),
             Constraint::Length(16),

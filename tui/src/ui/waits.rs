@@ -33,7 +33,9 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             rows.len(),
             w.label()
         )),
-        head: header(&["Object", "waits", "now", "total", "p50", "p99", "max"]),
+        head: Some(header(&[
+            "Object", "waits", "now", "total", "p50", "p99", "max",
+        ])),
         widths: &[
             Constraint::Min(16),
             Constraint::Length(7),

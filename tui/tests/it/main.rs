@@ -2,6 +2,7 @@
 //! `TestBackend`, and the run loop fed by a real channel and a replay
 //! source.
 
+mod process;
 mod run_loop;
 mod screens;
 

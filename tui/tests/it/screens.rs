@@ -302,7 +302,10 @@ fn enter_on_the_log_opens_the_event_with_every_field() {
     app.update(Action::GoTo(Screen::Events));
     app.update(Action::Enter);
     let screen = text(&render(&app, 80, 24));
-    assert!(screen.contains("Event (Esc closes)"), "{screen}");
+    assert!(
+        screen.contains("Event (Enter: its process, Esc closes)"),
+        "{screen}"
+    );
     assert!(screen.contains("process    consumer pid 102 tid 102"));
     assert!(screen.contains("channel    jobs (ipclib_channel)"));
     assert!(screen.contains("message id 24"));
@@ -313,12 +316,12 @@ fn enter_on_the_log_opens_the_event_with_every_field() {
         "the escape is dropped"
     );
     app.update(Action::Back);
-    assert!(!text(&render(&app, 80, 24)).contains("Event (Esc closes)"));
+    assert!(!text(&render(&app, 80, 24)).contains("Event (Enter: its process, Esc closes)"));
 }
 
 /// Values no sane recorder sends, but a broken or hostile peer might:
 /// nothing of it may panic or reach the terminal raw.
-fn hostile_snapshot() -> Snapshot {
+pub fn hostile_snapshot() -> Snapshot {
     let mut s = snapshot_with_deadlock(true);
     s.started_ns = u64::MAX - 5;
     s.now_ns = 3;
