@@ -350,17 +350,31 @@ fn the_demo_with_both_sources_matches_its_own_count_exactly() {
          and kind in ('unix_stream', 'unix_dgram', 'unix_seqpacket', 'shm')",
     );
     assert_eq!(unlinked, serde_json::json!([]));
-    // The counter's waits all ended; only the lockers are still blocked.
-    let open = query(
+    // Every wait ended: the counter's by a post, the deadlocked lockers'
+    // only when the demo killed them, then, with no waker (they read as
+    // blocked for good, issue 17).
+    let open = query(&db, "select count(*) as n from waits where end_ns is null");
+    assert_eq!(open, serde_json::json!([{"n": 0}]));
+    let killed = query(
         &db,
-        "select c.name from waits w join channels c on c.id = w.channel_id
-         where w.end_ns is null order by c.name",
+        "select c.name, w.end_ns = p.exited_ns as at_exit, w.waker_pid from waits w
+         join channels c on c.id = w.channel_id
+         join processes p on p.session_id = w.session_id and p.pid = w.pid
+         where c.name like '%-lock-_' order by c.name",
     );
-    let open: Vec<&str> = open
+    let killed: Vec<(&str, &serde_json::Value, &serde_json::Value)> = killed
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["name"].as_str().unwrap().rsplit('-').next().unwrap())
+        .map(|r| {
+            let name = r["name"].as_str().unwrap().rsplit('-').next().unwrap();
+            (name, &r["at_exit"], &r["waker_pid"])
+        })
         .collect();
-    assert_eq!(open, ["a", "b"], "waits still open");
+    let (yes, none) = (serde_json::json!(1), serde_json::Value::Null);
+    assert_eq!(
+        killed,
+        [("a", &yes, &none), ("b", &yes, &none)],
+        "the lockers' waits"
+    );
 }

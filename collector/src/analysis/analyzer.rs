@@ -685,10 +685,13 @@ impl Analyzer {
             .filter(|(&id, w)| w.lock_like && self.graph.releasers(id).any(|t| t.pid == e.pid))
             .map(|(&id, _)| id)
             .collect();
-        for (_, res) in self.graph.process_exited(e.pid, e.ts_ns) {
+        // Its waits ended with it, as the correlation stage ends them in
+        // `waits`: counted, so the dashboard's figures are the table's.
+        for (thread, res, since) in self.graph.process_exited(e.pid, e.ts_ns) {
             if let Some(w) = self.touch_wait(res, e.ts_ns) {
                 w.waiting_now = w.waiting_now.saturating_sub(1);
             }
+            self.count_wait(res, thread, e.ts_ns, e.ts_ns.saturating_sub(since));
         }
         for id in held {
             self.touch_wait(id, e.ts_ns);
@@ -1230,6 +1233,20 @@ mod tests {
             [(10, vec![200], vec![100]), (11, vec![100], vec![])],
             "the waiters stay, as senders do; 200's hold on b is gone"
         );
+    }
+
+    /// A wait its process's exit ended counts, as the `waits` table ends
+    /// it: a deadlocked locker killed after 2.8 s read as `waits 0`.
+    #[test]
+    fn a_wait_ended_by_its_process_exiting_counts() {
+        let mut a = analyzer();
+        feed(&mut a, take_then_wait(10 * MS, 100, "a", "b"));
+        let exit = Event::new(310 * MS, 100, 100, Source::Ebpf, EventKind::ProcessExit);
+        feed(&mut a, vec![exit]);
+        let s = a.snapshot(400 * MS);
+        let b = s.waits.iter().find(|w| w.id == 11).unwrap();
+        assert_eq!((b.waits, b.waiting_now), (1, 0));
+        assert_eq!(b.total_ns, 300 * MS - 1);
     }
 
     #[test]

@@ -362,9 +362,10 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
 
     /// Every thread of process `pid` is gone at `ts_ns`: its waits end and
     /// what it held has no releaser left in it. Deadlocks it was part of
-    /// resolve at `ts_ns`. Returns the waits that ended. Linear in the
+    /// resolve at `ts_ns`. Returns the waits that ended, with when each
+    /// began. Linear in the
     /// threads known: exits are rare.
-    pub fn process_exited(&mut self, pid: u32, ts_ns: u64) -> Vec<(Thread, R)> {
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64) -> Vec<(Thread, R, u64)> {
         let gone: Vec<Ix> = self
             .threads
             .iter()
@@ -383,7 +384,7 @@ impl<R: Copy + Eq + Hash> WaitGraph<R> {
         for t in gone {
             if let Some(w) = self.thread_nodes[t as usize].wait {
                 let key = self.thread_nodes[t as usize].key;
-                ended.push((key, self.resource_nodes[w.res as usize].key));
+                ended.push((key, self.resource_nodes[w.res as usize].key, w.since_ns));
                 self.end_wait(t, ts_ns);
             }
             for res in std::mem::take(&mut self.thread_nodes[t as usize].holds) {

@@ -267,8 +267,10 @@ impl Correlator {
                     }
                 }
             }
-            EventKind::ProcessStart | EventKind::ProcessExec | EventKind::ProcessExit => {
+            EventKind::ProcessStart | EventKind::ProcessExec => self.process(&event),
+            EventKind::ProcessExit => {
                 self.process(&event);
+                self.waits.process_exited(event.pid, event.ts_ns);
             }
             EventKind::ProcessTitle => {
                 if let Some(title) = &event.path {

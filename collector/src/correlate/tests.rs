@@ -396,3 +396,40 @@ fn with_one_end_traced_every_message_has_its_known_end() {
         [(false, 1, 2), (false, 1, 4), (true, 1, 6), (true, 1, 8)]
     );
 }
+
+/// Two deadlocked lockers killed at the end of the demo read as blocked
+/// for good: `waits.end_ns` NULL after their processes were gone. A wait
+/// ends with its process, without a waker, whether its begin came in the
+/// same batch or was reported open in an earlier one.
+#[test]
+fn a_wait_ends_when_its_process_exits() {
+    let exit = |ts| Event::new(ts, 5, 5, Source::Ebpf, EventKind::ProcessExit);
+    let mut c = Correlator::new(None);
+    c.push(lib_sem(10, EventKind::SemWaitBegin, 6));
+    let open = c.take().waits;
+    let [WaitFact::Opened(w)] = open[..] else {
+        panic!("{open:?}")
+    };
+    c.push(lib_sem(20, EventKind::SemWaitBegin, 7));
+    c.push(exit(30));
+    let ended = c.take().waits;
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(ended.contains(&WaitFact::Closed {
+        id: w.id,
+        end_ns: 30,
+        waker: None
+    }));
+    assert!(ended.iter().any(|f| matches!(
+        f,
+        WaitFact::Whole(Wait {
+            tid: 7,
+            start_ns: 20,
+            end_ns: Some(30),
+            waker: None,
+            ..
+        })
+    )));
+    // Nothing of pid 5 is left open to report again.
+    c.push(exit(40));
+    assert_eq!(c.take().waits, []);
+}

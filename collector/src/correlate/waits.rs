@@ -2,7 +2,8 @@
 //!
 //! A wait is known from its begin, with no end while the thread is
 //! blocked (so a thread blocked right now, or deadlocked, shows as one
-//! whose wait never ended), and is completed by its end. An end whose
+//! whose wait never ended), and is completed by its end, or by its
+//! process's exit (with no waker). An end whose
 //! begin was not seen (lost, or before the recording) is a whole wait
 //! from its duration; one with no duration took the object without
 //! blocking. A blocked receive (`recv_wait_begin`) ends with the
@@ -186,6 +187,29 @@ impl Waits {
         wait.end_ns = Some(event.ts_ns);
         wait.waker = waker;
         self.facts.push(WaitFact::Whole(wait));
+    }
+
+    /// Process `pid` exited: its threads' waits ended then, by nobody's
+    /// post (a deadlocked process killed, a server stopped while blocked).
+    /// Left open, they read as still blocked for good.
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64) {
+        let ended: Vec<(u32, u32)> = self.open.keys().filter(|k| k.0 == pid).copied().collect();
+        for key in ended {
+            let Some(open) = self.open.remove(&key) else {
+                continue;
+            };
+            self.facts.push(match open.reported {
+                true => WaitFact::Closed {
+                    id: open.wait.id,
+                    end_ns: ts_ns,
+                    waker: None,
+                },
+                false => WaitFact::Whole(Wait {
+                    end_ns: Some(ts_ns),
+                    ..open.wait
+                }),
+            });
+        }
     }
 
     /// Closes the batch: waits still open are reported open (once).
