@@ -338,8 +338,9 @@ async fn load(
     })
 }
 
-/// A `signals` row: id, sender, target, signo, generated, delivered.
-type SignalRow = (i64, Option<i64>, i64, i64, i64, Option<i64>);
+/// A `signals` row: id, sender, target, signo, generated, delivered,
+/// cause.
+type SignalRow = (i64, Option<i64>, i64, i64, i64, Option<i64>, Option<String>);
 
 /// The signals generated or delivered in `[from_ns, to_ns)`, in time
 /// order with that time, as the correlation stage handed them to the
@@ -351,7 +352,7 @@ async fn signals(
     to_ns: u64,
 ) -> Result<Vec<(u64, SignalFact)>, StoreError> {
     let rows: Vec<SignalRow> = sqlx::query_as(
-        "SELECT id, sender_pid, target_pid, signo, generated_ns, delivered_ns FROM signals
+        "SELECT id, sender_pid, target_pid, signo, generated_ns, delivered_ns, cause FROM signals
          WHERE session_id = ?1 AND ((generated_ns >= ?2 AND generated_ns < ?3)
                                     OR (delivered_ns >= ?2 AND delivered_ns < ?3))",
     )
@@ -363,14 +364,14 @@ async fn signals(
     .map_err(StoreError::sql("reading signals"))?;
     let in_slice = |t: i64| (from_ns as i64..to_ns as i64).contains(&t);
     let mut facts: Vec<(u64, SignalFact)> = Vec::new();
-    for (id, sender, target, signo, generated, delivered) in rows {
+    for (id, sender, target, signo, generated, delivered, cause) in rows {
         let signal = Signal {
             id: id as u64,
             sender: sender.map(|p| p as u32),
             target: target as u32,
             signo: signo as u32,
             generated_ns: generated as u64,
-            cause: None,
+            cause: cause.as_deref().and_then(crate::correlate::signal_cause),
         };
         if in_slice(generated) {
             facts.push((generated as u64, SignalFact::Generated(signal)));

@@ -179,6 +179,10 @@ pub struct SignalStats {
     pub delivered: u64,
     /// Generate to deliver.
     pub latency: Percentiles,
+    /// Why the kernel sent it, when it did: `timer`, `child`, `fault`,
+    /// `pipe` or `kernel` (as `signals.cause`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl SignalStats {

@@ -182,6 +182,7 @@ pub fn snapshot_with_deadlock(active: bool) -> Snapshot {
             count: 4,
             delivered: 4,
             latency: percentiles(4, 3_000),
+            cause: None,
         }],
         deadlocks: vec![Deadlock {
             id: 1,

@@ -471,6 +471,9 @@ fn the_dashboard_names_processes_by_title_and_signals_by_name() {
 ctypes.CDLL(None).prctl(15, b'urg-server', 0, 0, 0)
 time.sleep(0.2)
 os.kill(os.getpid(), signal.SIGURG)
+if os.fork() == 0:
+    os._exit(0)
+os.wait()
 time.sleep(0.2)";
     let out = run(&["record", "--db", db, "--", "python3", "-c", program]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -482,6 +485,8 @@ time.sleep(0.2)";
     tmux.keys(&["5"]);
     let screen = tmux.wait_for(&["SIGURG"]);
     assert!(screen.contains("urg-server"), "{screen}");
+    // Its child ending: the kernel's SIGCHLD, and why.
+    assert!(screen.contains("kernel:child"), "{screen}");
     tmux.keys(&["q"]);
     assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
 }

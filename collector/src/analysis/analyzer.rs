@@ -179,6 +179,8 @@ pub struct ProcessRates {
 struct SignalState {
     count: u64,
     delivered: u64,
+    /// Why the kernel sent it (the latest one's), when it did.
+    cause: Option<&'static str>,
     latency: WindowedHistogram,
     changed: u64,
 }
@@ -714,6 +716,7 @@ impl Analyzer {
         let key = (signal.sender.unwrap_or(0), signal.target, signal.signo);
         let s = self.signals.entry(key).or_default();
         s.changed = self.seq;
+        s.cause = signal.cause.or(s.cause);
         match delivered_ns {
             None => {
                 self.totals.signals += 1;
@@ -1087,6 +1090,7 @@ impl Analyzer {
                 count: s.count,
                 delivered: s.delivered,
                 latency: s.latency.session(),
+                cause: s.cause.map(str::to_owned),
             })
             .collect();
         out.sort_by_key(SignalStats::key);

@@ -534,6 +534,15 @@ impl Correlator {
 /// Why the kernel sent a signal, from its `si_code`; None when a process
 /// sent it (`kill`, `sigqueue`, `tgkill`). The kernel raises SIGPIPE
 /// with no siginfo, which reads as sent by the writer to itself.
+/// The causes [`kernel_cause`] names, as `signals.cause` stores them.
+const CAUSES: [&str; 5] = ["timer", "child", "fault", "pipe", "kernel"];
+
+/// A stored `signals.cause` as the cause it names; `None` for one this
+/// build does not know (a newer ipcscope's).
+pub fn signal_cause(stored: &str) -> Option<&'static str> {
+    CAUSES.into_iter().find(|&c| c == stored)
+}
+
 fn kernel_cause(si_code: i32, signo: u32, to_itself: bool) -> Option<&'static str> {
     const SI_USER: i32 = 0;
     const SI_QUEUE: i32 = -1;

@@ -36,9 +36,11 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     .render(frame, area, |i| {
         let g = rows[i];
         Row::new(vec![
-            match g.sender_pid {
-                0 => "kernel".to_owned(),
-                pid => who(&comms, pid),
+            match (g.sender_pid, &g.cause) {
+                // Short, to fit the column: `kernel:child`, `kernel:timer`.
+                (0, Some(cause)) if cause != "kernel" => format!("kernel:{cause}"),
+                (0, _) => "kernel".to_owned(),
+                (pid, _) => who(&comms, pid),
             },
             who(&comms, g.target_pid),
             ipc_events::units::signal_name(g.signo),

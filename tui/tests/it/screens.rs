@@ -409,3 +409,18 @@ fn a_wait_nobody_finished_has_no_total() {
     assert!(!row.contains("0 ns"), "{row}");
     assert_eq!(row.matches('–').count(), 4, "total, p50, p99, max: {row}");
 }
+
+/// A kernel-sent signal reads as "kernel" and nothing more; it says why
+/// the kernel sent it, as `signals.cause` does (issue 17).
+#[test]
+fn a_signal_the_kernel_sent_says_why() {
+    let mut s = snapshot_with_deadlock(false);
+    let mut chld = s.signals[0].clone();
+    (chld.sender_pid, chld.signo, chld.cause) = (0, 17, Some("child".to_owned()));
+    s.signals.push(chld);
+    let signals = on(&mut live(s), Screen::Signals);
+    assert!(
+        signals.contains("kernel:child  102 consumer SIGCHLD"),
+        "{signals}"
+    );
+}
