@@ -3,7 +3,8 @@
 //! publishing it, while waiting for room. Whatever the moment, the receiver
 //! and the other senders carry on: every survivor's message arrives once,
 //! intact and in its sender's order, and the stream ends with
-//! `Disconnected` once the survivors leave.
+//! `Disconnected` once the survivors leave. A victim killed mid-send loses
+//! that one message, which the receiver counts and traces as a drop.
 
 use std::io::Read;
 use std::process::Child;
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 use ipc_lib::channel::{Mode, Receiver, RecvError};
 
 use crate::child::nums;
-use crate::support::{open_sender, spawn, unique_name, wait_bounded, NameGuard, PATIENCE};
+use crate::support::{
+    capture_ops, open_sender, spawn, unique_name, wait_bounded, NameGuard, PATIENCE,
+};
 
 /// Kills in an ordinary run (`IPCLIB_IT_DEATH_KILLS` asks for more, or
 /// fewer, when hunting), spread over channels of this many kills each.
@@ -153,12 +156,28 @@ struct Seen {
     messages: u64,
     /// Each survivor's count, from its goodbye.
     byes: Vec<(u8, u64)>,
+    /// What `Receiver::skipped` said at the end.
+    skipped: u64,
+    /// The senders named by the drops traced.
+    dropped_by: Vec<u64>,
 }
 
 /// Receives until `Disconnected`, checking every message: each sender's
 /// come in order from 0 (a hello starts a sender's count again: victims'
 /// tags are reused), intact. Forwards each hello's tag to `hellos`.
-fn receive(mut rx: Receiver, hellos: mpsc::Sender<u8>) -> Result<Seen, String> {
+fn receive(rx: Receiver, hellos: mpsc::Sender<u8>) -> Result<Seen, String> {
+    let (seen, ops) = capture_ops(|| receive_checking(rx, hellos));
+    let mut seen = seen?;
+    for op in ops.iter().filter(|op| op.kind == "drop") {
+        if op.result != -i64::from(libc::EOWNERDEAD) || op.size != 1 {
+            return Err(format!("a drop traced as {op:?}"));
+        }
+        seen.dropped_by.push(op.obj);
+    }
+    Ok(seen)
+}
+
+fn receive_checking(mut rx: Receiver, hellos: mpsc::Sender<u8>) -> Result<Seen, String> {
     let mut next = [0u64; 256];
     let mut seen = Seen::default();
     let mut buf = Vec::new();
@@ -188,7 +207,10 @@ fn receive(mut rx: Receiver, hellos: mpsc::Sender<u8>) -> Result<Seen, String> {
                 *want += 1;
                 seen.messages += 1;
             }
-            Err(RecvError::Disconnected) => return Ok(seen),
+            Err(RecvError::Disconnected) => {
+                seen.skipped = rx.skipped();
+                return Ok(seen);
+            }
             Err(e) => return Err(format!("after {} messages: {e}", seen.messages)),
         }
     }
@@ -197,6 +219,7 @@ fn receive(mut rx: Receiver, hellos: mpsc::Sender<u8>) -> Result<Seen, String> {
 /// How one channel's run went.
 struct ChannelRun {
     kills: u64,
+    skipped: u64,
     failure: Option<String>,
 }
 
@@ -216,6 +239,7 @@ fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun
         Err(e) => {
             return ChannelRun {
                 kills: 0,
+                skipped: 0,
                 failure: Some(e.to_string()),
             }
         }
@@ -224,13 +248,14 @@ fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun
     let mut children: Vec<Child> = (0..survivors)
         .map(|tag| spawn("death-survivor", &name, &format!("{tag},{pace_us}")))
         .collect();
-    let mut done = 0;
+    let mut victims = Vec::new();
+    let mut skipped = 0;
     let mut failure = None;
     std::thread::scope(|s| {
         // Survivors never leave before the end, so the channel cannot look
         // deserted while the others attach.
         let receiving = s.spawn(|| receive(rx, hello_tx));
-        done = kill_victims(&name, &hellos, survivors, kills, rng);
+        victims = kill_victims(&name, &hellos, survivors, kills, rng);
         for c in &mut children {
             drop(c.stdin.take());
         }
@@ -239,10 +264,10 @@ fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun
             .unwrap_or_else(|_| Err("the receiving thread panicked".into()));
         failure = match seen {
             Err(e) => Some(e),
-            Ok(seen) if seen.byes.len() != usize::from(survivors) => {
-                Some(format!("goodbyes from {:?} only", seen.byes))
+            Ok(seen) => {
+                skipped = seen.skipped;
+                check_losses(&seen, survivors, &victims).err()
             }
-            Ok(_) => None,
         };
     });
     for (tag, c) in children.iter_mut().enumerate() {
@@ -254,24 +279,53 @@ fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun
         }
     }
     ChannelRun {
-        kills: done,
+        kills: victims.len() as u64,
+        skipped,
         failure,
     }
 }
 
+/// Every survivor said goodbye, and the only messages lost were victims'
+/// unfinished ones: at most one each, each counted and traced.
+fn check_losses(seen: &Seen, survivors: u8, victims: &[u32]) -> Result<(), String> {
+    if seen.byes.len() != usize::from(survivors) {
+        return Err(format!("goodbyes from {:?} only", seen.byes));
+    }
+    if seen.dropped_by.len() as u64 != seen.skipped {
+        return Err(format!(
+            "{} skipped, but drops traced for {:?}",
+            seen.skipped, seen.dropped_by
+        ));
+    }
+    let mut by = seen.dropped_by.clone();
+    by.sort_unstable();
+    by.dedup();
+    if by.len() != seen.dropped_by.len() {
+        return Err(format!("two drops for one sender: {:?}", seen.dropped_by));
+    }
+    match by
+        .iter()
+        .find(|&&pid| !victims.iter().any(|&v| u64::from(v) == pid))
+    {
+        Some(pid) => Err(format!("a drop for pid {pid}, which was not killed")),
+        None => Ok(()),
+    }
+}
+
 /// Waits for the survivors' hellos, then `kills` times starts a victim,
-/// lets it send and kills it. Returns how many were killed: fewer when the
-/// receiving thread stopped (it says why).
+/// lets it send and kills it. Returns the pids killed: fewer than `kills`
+/// when the receiving thread stopped (it says why).
 fn kill_victims(
     name: &str,
     hellos: &mpsc::Receiver<u8>,
     survivors: u8,
     kills: u64,
     rng: &mut Rng,
-) -> u64 {
+) -> Vec<u32> {
+    let mut killed = Vec::new();
     for _ in 0..survivors {
         if hellos.recv_timeout(PATIENCE).is_err() {
-            return 0;
+            return killed;
         }
     }
     for k in 0..kills {
@@ -280,14 +334,15 @@ fn kill_victims(
         if hellos.recv_timeout(PATIENCE) != Ok(tag) {
             let _ = victim.kill();
             let _ = victim.wait();
-            return k;
+            break;
         }
         drop(victim.stdin.take());
         std::thread::sleep(Duration::from_micros(rng.below(KILL_WINDOW_US)));
         let _ = victim.kill();
         let _ = victim.wait();
+        killed.push(victim.id());
     }
-    kills
+    killed
 }
 
 #[test]
@@ -305,6 +360,7 @@ fn senders_killed_at_random_moments_leave_the_others_unharmed() {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut done = 0;
+    let mut skipped = 0;
     // A broken channel ends early and the next one takes up its kills, so
     // the failures counted are a rate over all of them.
     let mut c = 0u64;
@@ -316,6 +372,7 @@ fn senders_killed_at_random_moments_leave_the_others_unharmed() {
         let n = KILLS_PER_CHANNEL.min(kills - done);
         let run = channel(survivors, pace_us, n, &mut rng);
         done += run.kills;
+        skipped += run.skipped;
         if let Some(e) = run.failure {
             failures.push(format!(
                 "channel {c} ({survivors} survivors, pace {pace_us} µs), after {} kills: {e}",
@@ -325,7 +382,8 @@ fn senders_killed_at_random_moments_leave_the_others_unharmed() {
         c += 1;
     }
     eprintln!(
-        "sender deaths: {done} kills in {:.1?} (seed {seed}): {} channels broke",
+        "sender deaths: {done} kills in {:.1?} (seed {seed}): {} channels broke, {skipped} \
+         unfinished frames skipped",
         started.elapsed(),
         failures.len(),
     );
@@ -335,4 +393,6 @@ fn senders_killed_at_random_moments_leave_the_others_unharmed() {
         failures.len(),
         failures.join("\n")
     );
+    // Else the kills all missed the moments this is about.
+    assert!(skipped > 0, "no kill left a frame unfinished");
 }
