@@ -381,6 +381,20 @@ mod tests {
         };
         assert_eq!(got.unwrap(), b"again");
         assert_eq!(rx.skipped(), 2);
+        // And through receives whose timeouts are shorter than the slice
+        // after which the receiver looks for dead senders.
+        let from = h.head.load(SeqCst);
+        forge_claim(h, 7, dead_pid(), from, layout::frame_size(1) as u64, true);
+        tx.send(b"third").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match rx.recv_timeout(Duration::from_millis(2)) {
+                Err(RecvError::Timeout) if std::time::Instant::now() < deadline => {}
+                other => break other,
+            }
+        };
+        assert_eq!(got.unwrap(), b"third");
+        assert_eq!(rx.skipped(), 3);
         drop(tx);
         assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
     }

@@ -85,6 +85,7 @@ impl ReceiverBuilder {
             spins: self.spins,
             watches: (0..MAX_SENDERS).map(|_| None).collect(),
             empty_polls: 0,
+            last_check: None,
             failed: None,
             skipped: 0,
             scratch: Vec::new(),
@@ -136,6 +137,11 @@ pub struct Receiver {
     spins: u32,
     watches: Vec<Option<PeerWatch>>,
     empty_polls: u32,
+    /// When a blocking receive began waiting, or last asked the kernel
+    /// whether the senders live; `None` once a message comes. Kept across
+    /// calls, so that receives with timeouts shorter than a slice, in a
+    /// loop, still ask every slice.
+    last_check: Option<Instant>,
     /// After corruption nothing further can be read: the position where it
     /// was found and what it was, which every later receive repeats.
     failed: Option<(u64, Corruption)>,
@@ -225,16 +231,17 @@ impl Receiver {
     ) -> Result<u64, RecvError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut spins = 0;
-        let mut last_check: Option<Instant> = None;
         loop {
             if let Some(id) = self.pop(out)? {
                 return Ok(id);
             }
             // Liveness is asked of the kernel only once a slice has passed
-            // in this call; a clean close shows in the slot at once.
-            let now_check = last_check.is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
+            // since the wait began; a clean close shows in the slot at once.
+            let now_check = self
+                .last_check
+                .is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
             if now_check {
-                last_check = Some(Instant::now());
+                self.last_check = Some(Instant::now());
                 if let Some(id) = self.pop_past_dead(out)? {
                     return Ok(id);
                 }
@@ -248,7 +255,7 @@ impl Receiver {
                 continue;
             }
             let now = Instant::now();
-            last_check.get_or_insert(now);
+            self.last_check.get_or_insert(now);
             let slice = match deadline {
                 Some(d) if d <= now => return Err(RecvError::Timeout),
                 Some(d) => (d - now).min(LIVENESS_SLICE),
@@ -305,6 +312,7 @@ impl Receiver {
         match self.consumer.try_pop(&self.sh, out) {
             Ok(Some(id)) => {
                 self.empty_polls = 0;
+                self.last_check = None;
                 trace::emit(
                     EventKind::MsgRecv,
                     ChannelKind::IpclibChannel,
