@@ -224,9 +224,9 @@ struct ChannelRun {
 }
 
 /// One channel: `survivors` senders stream throughout (pausing `pace_us`
-/// after each message) while `kills` victims, one after another, attach,
+/// after each message) while `kills` victims, `together` at a time, attach,
 /// start sending and are killed.
-fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun {
+fn channel(survivors: u8, pace_us: u64, together: u64, kills: u64, rng: &mut Rng) -> ChannelRun {
     let name = unique_name("deaths");
     let _g = NameGuard(name.clone());
     let rx = match Receiver::builder(&name)
@@ -255,7 +255,7 @@ fn channel(survivors: u8, pace_us: u64, kills: u64, rng: &mut Rng) -> ChannelRun
         // Survivors never leave before the end, so the channel cannot look
         // deserted while the others attach.
         let receiving = s.spawn(|| receive(rx, hello_tx));
-        victims = kill_victims(&name, &hellos, survivors, kills, rng);
+        victims = kill_victims(&name, &hellos, survivors, together, kills, rng);
         for c in &mut children {
             drop(c.stdin.take());
         }
@@ -312,13 +312,15 @@ fn check_losses(seen: &Seen, survivors: u8, victims: &[u32]) -> Result<(), Strin
     }
 }
 
-/// Waits for the survivors' hellos, then `kills` times starts a victim,
-/// lets it send and kills it. Returns the pids killed: fewer than `kills`
-/// when the receiving thread stopped (it says why).
+/// Waits for the survivors' hellos, then starts victims, `together` at a
+/// time, lets them send and kills them at one moment, until `kills` are
+/// dead. Returns the pids killed: fewer than `kills` when the receiving
+/// thread stopped (it says why).
 fn kill_victims(
     name: &str,
     hellos: &mpsc::Receiver<u8>,
     survivors: u8,
+    together: u64,
     kills: u64,
     rng: &mut Rng,
 ) -> Vec<u32> {
@@ -328,19 +330,44 @@ fn kill_victims(
             return killed;
         }
     }
-    for k in 0..kills {
-        let tag = SURVIVOR_TAGS + (k % u64::from(u8::MAX - SURVIVOR_TAGS)) as u8;
-        let mut victim = spawn("death-victim", name, &tag.to_string());
-        if hellos.recv_timeout(PATIENCE) != Ok(tag) {
+    let tags = u64::from(u8::MAX - SURVIVOR_TAGS);
+    let mut k = 0;
+    while k < kills {
+        let batch: Vec<(u8, Child)> = (k..kills.min(k + together))
+            .map(|k| {
+                let tag = SURVIVOR_TAGS + (k % tags) as u8;
+                (tag, spawn("death-victim", name, &tag.to_string()))
+            })
+            .collect();
+        k += batch.len() as u64;
+        let mut waiting: Vec<u8> = batch.iter().map(|(tag, _)| *tag).collect();
+        while !waiting.is_empty() {
+            match hellos.recv_timeout(PATIENCE) {
+                Ok(tag) if waiting.contains(&tag) => waiting.retain(|&t| t != tag),
+                // Nothing comes once the receiver has stopped.
+                _ => break,
+            }
+        }
+        let attached = waiting.is_empty();
+        let mut batch = batch;
+        if attached {
+            for (_, victim) in &mut batch {
+                drop(victim.stdin.take());
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(KILL_WINDOW_US)));
+        }
+        for (_, victim) in &mut batch {
             let _ = victim.kill();
+        }
+        for (_, mut victim) in batch {
             let _ = victim.wait();
+            if attached {
+                killed.push(victim.id());
+            }
+        }
+        if !attached {
             break;
         }
-        drop(victim.stdin.take());
-        std::thread::sleep(Duration::from_micros(rng.below(KILL_WINDOW_US)));
-        let _ = victim.kill();
-        let _ = victim.wait();
-        killed.push(victim.id());
     }
     killed
 }
@@ -366,16 +393,20 @@ fn senders_killed_at_random_moments_leave_the_others_unharmed() {
     let mut c = 0u64;
     while done < kills && failures.len() < MAX_FAILURES {
         // One survivor or two; flat out (the ring stays full, so victims
-        // die mostly waiting for room) or paced (they die mostly writing).
+        // die mostly waiting for room) or paced (they die mostly writing);
+        // victims one at a time, or two killed at once (two unfinished
+        // frames in a row, or two dead senders racing for one).
         let survivors = 1 + (c % 2) as u8;
         let pace_us = if c % 4 < 2 { 0 } else { 300 };
+        let together = 1 + c / 4 % 2;
         let n = KILLS_PER_CHANNEL.min(kills - done);
-        let run = channel(survivors, pace_us, n, &mut rng);
+        let run = channel(survivors, pace_us, together, n, &mut rng);
         done += run.kills;
         skipped += run.skipped;
         if let Some(e) = run.failure {
             failures.push(format!(
-                "channel {c} ({survivors} survivors, pace {pace_us} µs), after {} kills: {e}",
+                "channel {c} ({survivors} survivors, pace {pace_us} µs, victims {together} at \
+                 a time), after {} kills: {e}",
                 run.kills
             ));
         }
