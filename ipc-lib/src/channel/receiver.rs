@@ -105,10 +105,10 @@ impl ReceiverBuilder {
 /// sender that attaches later (a restarted producer) makes messages flow
 /// again. After `fork`, a child must open its own end.
 ///
-/// In a [`Mode::Mpsc`] channel, a sender whose process
-/// dies in the middle of a send loses that message only: the receiver steps
-/// over its unfinished frame once it has waited a liveness slice (20 ms) for
-/// it, counts it ([`skipped`](Self::skipped)), traces it as a `drop` on the
+/// In a [`Mode::Mpsc`] channel, a sender whose process dies in the middle
+/// of a send loses that message only: the receiver steps over its
+/// unfinished frame once it has waited a liveness slice (20 ms) for it,
+/// counts it ([`skipped`](Self::skipped)), traces it as a `drop` on the
 /// channel, and goes on with the other senders' messages.
 ///
 /// ```
