@@ -145,18 +145,15 @@ pub enum RecvError {
     /// The next frame failed validation: it was damaged in shared memory.
     /// The channel cannot be read any further (the frame's length cannot be
     /// trusted, so the next frame cannot be found) and every later receive
-    /// returns this error again.
+    /// returns this error again. (A frame left unfinished by a sender that
+    /// died is not damage: it is stepped over, see
+    /// [`Receiver::skipped`](super::Receiver::skipped).)
     #[error("corrupt frame at position {pos}: {reason}")]
     Corrupt {
         pos: u64,
         #[source]
         reason: Corruption,
     },
-    /// Multi-producer: a sender died between reserving its frame and
-    /// committing it. Frames after the hole cannot be located, so the
-    /// channel is finished, as after [`RecvError::Corrupt`].
-    #[error("sender pid {pid} died while writing the frame at position {pos}")]
-    SenderDiedMidFrame { pos: u64, pid: u32 },
     /// A typed receive got a message that does not decode as the type asked
     /// for. The message is consumed; the channel stays usable.
     #[error("message {msg_id} does not decode as the requested type")]

@@ -7,14 +7,15 @@
 //!   0           line 0, written once by the creator before `magic`:
 //!                 magic u64, version u32, mode u32, capacity u64,
 //!                 max_message u64, header_size u64, commit_key u64
-//!   128         line 1, producer: head u64 (next free byte), next_msg_id u64
+//!   128         line 1, producer: head u64 (next free byte; multi-producer:
+//!                 the reservation word, below), next_msg_id u64
 //!   256         line 2, consumer: tail u64 (next byte to read)
 //!   384         line 3, receiver sleeps: data_futex u32, recv_waiters u32
 //!   512         line 4, senders sleep: space_futex u32, send_waiters u32,
 //!                 slots_used u32 (one past the highest sender slot used)
 //!   640         receiver slot, then MAX_SENDERS sender slots, 32 bytes each:
 //!                 state_pid u64 (state << 32 | pid), start_time u64,
-//!                 busy u64, reserved u64
+//!                 claim u64, claim_size u64 (multi-producer senders, below)
 //! offset 4096   data: `capacity` bytes, a ring of frames
 //! ```
 //!
@@ -27,13 +28,34 @@
 //! A frame, all words in native byte order:
 //!
 //! ```text
-//! word 0   commit: pos ^ commit_key, stored last; a reader trusts nothing
-//!          in the frame until it sees this
+//! word 0   commit, stored last; a reader trusts nothing in the frame until
+//!          it sees this: pos ^ commit_key (single-producer), or the
+//!          reservation word the frame's reservation replaced ^ commit_key
+//!          (multi-producer: pos << 3 | the slot of the previous frame's
+//!          sender)
 //! word 1   FRAME_MARKER << 32 | payload length in bytes
 //! word 2   message id (from next_msg_id, never 0)
 //! word 3   checksum of words 1, 2 and the payload words (see `Checksum`)
 //! word 4.. payload, the last word zero-padded
 //! ```
+//!
+//! Multi-producer channels must survive a sender that dies at any
+//! instruction, so a reservation records its owner and size atomically with
+//! itself:
+//!
+//! - `head` is the reservation word `pos << 3 | slot`: the next free byte and
+//!   the sender slot that reserved the frame ending there. A sender reserves
+//!   `[pos, pos + size)` by a compare-and-swap of `head` from `W = pos << 3 |
+//!   s'` to `(pos + size) << 3 | s`.
+//! - Before that compare-and-swap it writes `claim_size = size`, then `claim
+//!   = W + 1` into its slot, and clears `claim` (0) once the frame is
+//!   committed or the attempt given up. A frame whose sender is dead is
+//!   therefore always named, with its size, by a dead sender's claim.
+//! - Senders that lost the race for the same `W` and died before retrying
+//!   name it too. The owner is told apart by what its compare-and-swap left:
+//!   `head` is `(pos + size) << 3 | s`, or the next reservation replaced
+//!   that word (its sender's claim, or its frame's commit word, says so). No
+//!   other sender's `(pos + size) << 3 | s` was ever in `head`.
 //!
 //! Producer and consumer positions sit 128 bytes apart rather than 64 because
 //! Intel cores prefetch cache lines in adjacent pairs, which would make two
@@ -45,7 +67,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// The first word of every channel segment: `IPCSCHAN` in little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSCHAN");
 /// The layout described in this module. Any change to it bumps this.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the data area: one page, so the ring starts page-aligned.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of a frame before its payload.
@@ -54,6 +76,7 @@ pub const FRAME_HEADER_SIZE: usize = 32;
 pub const FRAME_MARKER: u32 = u32::from_le_bytes(*b"FRME");
 /// The most senders a multi-producer channel can have attached at once.
 pub const MAX_SENDERS: usize = 64;
+const _: () = assert!(MAX_SENDERS <= 1 << resv::SLOT_BITS);
 /// The largest data area a channel may have (1 TiB): positions then stay far
 /// from any overflow, and a hostile header cannot ask for an absurd mapping.
 pub const MAX_CAPACITY: usize = 1 << 40;
@@ -70,7 +93,8 @@ pub const OFFSET_MODE: usize = offset_of!(Header, mode);
 pub const OFFSET_CAPACITY: usize = offset_of!(Header, capacity);
 /// Byte offset of the maximum message size (u64).
 pub const OFFSET_MAX_MESSAGE: usize = offset_of!(Header, max_message);
-/// Byte offset of the producer position (u64).
+/// Byte offset of the producer position (u64; in a multi-producer channel,
+/// the reservation word: see the module documentation).
 pub const OFFSET_HEAD: usize = offset_of!(Header, head);
 /// Byte offset of the consumer position (u64).
 pub const OFFSET_TAIL: usize = offset_of!(Header, tail);
@@ -84,7 +108,9 @@ pub enum Mode {
     /// plain store, the fastest path.
     Spsc,
     /// Up to [`MAX_SENDERS`] senders, in any processes: each reserves its
-    /// frame with a compare-and-swap on `head` and commits it on its own.
+    /// frame with a compare-and-swap on `head` and commits it on its own. A
+    /// sender that dies mid-frame costs that frame only: the receiver steps
+    /// over it.
     Mpsc,
 }
 
@@ -198,6 +224,23 @@ pub(crate) mod slot {
     }
 }
 
+/// The multi-producer reservation word (see the module documentation).
+pub(crate) mod resv {
+    /// Bits of the word that name the reserving slot.
+    pub const SLOT_BITS: u32 = 6;
+
+    /// The word saying that the frame ending at `pos` was reserved by
+    /// `slot`. `pos` is a multiple of 8 below 2^61, so nothing is lost.
+    pub const fn pack(pos: u64, slot: usize) -> u64 {
+        pos << 3 | slot as u64
+    }
+
+    /// The position a word names.
+    pub const fn pos(word: u64) -> u64 {
+        word >> SLOT_BITS << 3
+    }
+}
+
 /// One attached process.
 #[repr(C)]
 pub(crate) struct PeerSlot {
@@ -207,11 +250,13 @@ pub(crate) struct PeerSlot {
     /// `/proc/PID/stat`), so a recycled pid is not taken for the peer; 0 when
     /// unknown.
     pub start_time: AtomicU64,
-    /// Multi-producer senders: `u64::MAX` while reserving, the reserved
-    /// position + 1 while writing a frame, 0 otherwise. Lets the receiver tell
-    /// a frame whose writer died from one still being written.
-    pub busy: AtomicU64,
-    _reserved: AtomicU64,
+    /// Multi-producer senders: the reservation word this sender is
+    /// replacing, or replaced and has not yet committed the frame of, plus
+    /// one; 0 otherwise. Written before the reservation, so a frame whose
+    /// writer died is never without it.
+    pub claim: AtomicU64,
+    /// The size of the frame `claim` is for, written before `claim`.
+    pub claim_size: AtomicU64,
 }
 
 /// Everything is an atomic, padding included: another process may write any

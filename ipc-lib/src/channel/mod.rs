@@ -19,6 +19,11 @@
 //!   the receiver gets [`RecvError::Disconnected`] after draining what was
 //!   sent, the sender [`SendError::Disconnected`]. Blocked ends check every
 //!   20 ms, so nobody waits forever on a dead process.
+//! - In a [`Mode::Mpsc`] channel a sender may die at any instruction of a
+//!   send, even with its frame reserved and half written: that message is
+//!   lost, the others are not. The receiver steps over the unfinished frame
+//!   (after a 20 ms liveness slice), counts it ([`Receiver::skipped`]) and
+//!   traces it as a `drop`; the other senders never notice.
 //! - The other process can write anything into the segment at any time.
 //!   Every frame is checked on a private copy (marker, length, bounds,
 //!   checksum); damage is a [`RecvError::Corrupt`], never a panic, an
@@ -299,46 +304,193 @@ mod tests {
         assert!(!remove(&name).unwrap());
     }
 
-    #[test]
-    fn a_sender_dead_mid_frame_is_reported_rather_than_waited_on() {
-        use layout::{frame_size, slot};
-        use std::sync::atomic::Ordering::SeqCst;
+    /// A pid no process has: a child that exited and was reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
 
-        let name = unique("abandon");
-        let mut rx = Receiver::builder(&name)
+    /// A multi-producer channel with a live sender, and the channel's
+    /// header as a sender in another process sees it.
+    fn mpsc_pair(tag: &str) -> (Sender, Receiver, segment::Segment) {
+        let name = unique(tag);
+        let rx = Receiver::builder(&name)
             .capacity(4096)
             .max_message_size(64)
             .mode(Mode::Mpsc)
             .create()
             .unwrap();
-        let mut tx = Sender::builder(&name).open().unwrap();
-        tx.send(b"before").unwrap();
-
-        // Play a second sender that reserved a frame and was killed before
-        // committing it: its slot names the frame and a dead pid.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let tx = Sender::builder(&name).open().unwrap();
         let (seg, _) =
             segment::Segment::open(&name, segment::OpenHow::Open, &Default::default()).unwrap();
-        let h = seg.header();
-        let hole = h.head.fetch_add(frame_size(8) as u64, SeqCst);
-        let s = &h.senders[5];
-        s.busy.store(hole + 1, SeqCst);
-        s.state_pid.store(slot::pack(slot::ATTACHED, dead), SeqCst);
-        h.slots_used.fetch_max(6, SeqCst);
+        (tx, rx, seg)
+    }
 
-        // The live sender's next message lands behind the hole.
+    /// Plays a sender in `slot`, process `pid`, that claimed the
+    /// reservation word `from` for a frame of `size` bytes; with `reserve`,
+    /// its compare-and-swap then took the frame. Returns the new head word.
+    fn forge_claim(
+        h: &layout::Header,
+        slot: usize,
+        pid: u32,
+        from: u64,
+        size: u64,
+        reserve: bool,
+    ) -> u64 {
+        use layout::{resv, slot as state};
+        use std::sync::atomic::Ordering::SeqCst;
+        let s = &h.senders[slot];
+        s.state_pid.store(state::pack(state::ATTACHED, pid), SeqCst);
+        s.claim_size.store(size, SeqCst);
+        s.claim.store(from + 1, SeqCst);
+        h.slots_used.fetch_max(slot as u32 + 1, SeqCst);
+        let to = resv::pack(resv::pos(from) + size, slot);
+        if reserve {
+            h.head.compare_exchange(from, to, SeqCst, SeqCst).unwrap();
+        }
+        to
+    }
+
+    #[test]
+    fn a_frame_left_by_a_dead_sender_is_skipped_and_counted() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut tx, mut rx, seg) = mpsc_pair("abandon");
+        let h = seg.header();
+        tx.send(b"before").unwrap();
+        // A sender in another process reserved a frame and was killed
+        // before committing it; the live sender's next message lands
+        // behind it.
+        let from = h.head.load(SeqCst);
+        forge_claim(h, 5, dead_pid(), from, layout::frame_size(8) as u64, true);
         tx.send(b"after").unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"before");
-        for _ in 0..2 {
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Err(RecvError::SenderDiedMidFrame { pos, pid }) => {
-                    assert_eq!((pos, pid), (hole, dead));
-                }
-                other => panic!("{other:?}"),
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"after");
+        assert_eq!(rx.skipped(), 1);
+        // The same through try_recv, which checks every so many polls.
+        let from = h.head.load(SeqCst);
+        forge_claim(h, 6, dead_pid(), from, layout::frame_size(64) as u64, true);
+        tx.send(b"again").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match rx.try_recv() {
+                Err(RecvError::Empty) if std::time::Instant::now() < deadline => {}
+                other => break other,
             }
+        };
+        assert_eq!(got.unwrap(), b"again");
+        assert_eq!(rx.skipped(), 2);
+        // And through receives whose timeouts are shorter than the slice
+        // after which the receiver looks for dead senders.
+        let from = h.head.load(SeqCst);
+        forge_claim(h, 7, dead_pid(), from, layout::frame_size(1) as u64, true);
+        tx.send(b"third").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match rx.recv_timeout(Duration::from_millis(2)) {
+                Err(RecvError::Timeout) if std::time::Instant::now() < deadline => {}
+                other => break other,
+            }
+        };
+        assert_eq!(got.unwrap(), b"third");
+        assert_eq!(rx.skipped(), 3);
+        drop(tx);
+        assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+    }
+
+    #[test]
+    fn a_frame_whose_dead_sender_was_the_last_is_skipped_before_disconnected() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut tx, mut rx, seg) = mpsc_pair("abandon-last");
+        let h = seg.header();
+        tx.send(b"one").unwrap();
+        let from = h.head.load(SeqCst);
+        forge_claim(h, 3, dead_pid(), from, layout::frame_size(20) as u64, true);
+        tx.send(b"two").unwrap();
+        drop(tx);
+        assert_eq!(rx.recv().unwrap(), b"one");
+        assert_eq!(rx.recv().unwrap(), b"two");
+        assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+        assert_eq!(rx.skipped(), 1);
+    }
+
+    /// Two dead senders claim the same frame: the one whose
+    /// compare-and-swap took it, and one that lost the race for it. The
+    /// owner's size is skipped, whatever says so: `head` itself, the claim
+    /// of the sender reserving after it, or the commit word of the next
+    /// frame.
+    #[test]
+    fn of_two_dead_claims_on_a_frame_its_owners_size_is_skipped() {
+        use layout::frame_size;
+        use std::sync::atomic::Ordering::SeqCst;
+        let cases = [("head", 8), ("claim", 24), ("commit", 8), ("commit", 40)];
+        // The loser looked at before the owner, and after.
+        for ((evidence, loser_size), loser_slot) in cases.into_iter().flat_map(|c| [(c, 4), (c, 6)])
+        {
+            let (mut tx, mut rx, seg) = mpsc_pair("two-dead");
+            let h = seg.header();
+            let from = h.head.load(SeqCst);
+            let loser_frame = frame_size(loser_size) as u64;
+            forge_claim(h, loser_slot, dead_pid(), from, loser_frame, false);
+            let owned = forge_claim(h, 5, dead_pid(), from, frame_size(16) as u64, true);
+            match evidence {
+                "head" => {}
+                // A live sender (this process) claimed the owner's word and
+                // reserved after it, and is still writing.
+                "claim" => {
+                    forge_claim(h, 8, std::process::id(), owned, 64, true);
+                }
+                _ => {
+                    tx.send(b"after").unwrap();
+                }
+            }
+            let got = rx.recv_timeout(Duration::from_millis(200));
+            match evidence {
+                "commit" => assert_eq!(got.unwrap(), b"after", "{evidence} {loser_slot}"),
+                _ => assert!(matches!(got, Err(RecvError::Timeout)), "{got:?}"),
+            }
+            assert_eq!(rx.skipped(), 1, "{evidence} {loser_size} {loser_slot}");
         }
+    }
+
+    #[test]
+    fn a_frame_whose_sender_lives_is_waited_for() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (_tx, mut rx, seg) = mpsc_pair("alive");
+        let h = seg.header();
+        let from = h.head.load(SeqCst);
+        // A dead sender lost the race for the frame to a live one (this
+        // process), which is still writing it.
+        forge_claim(h, 2, dead_pid(), from, 40, false);
+        forge_claim(h, 3, std::process::id(), from, 48, true);
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(100)),
+            Err(RecvError::Timeout)
+        ));
+        assert_eq!(rx.skipped(), 0);
+    }
+
+    #[test]
+    fn a_sender_dead_before_reserving_costs_nothing_and_frees_its_slot() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut tx, mut rx, seg) = mpsc_pair("unreserved");
+        let h = seg.header();
+        let from = h.head.load(SeqCst);
+        // Killed after claiming, before its compare-and-swap.
+        forge_claim(h, 1, dead_pid(), from, 40, false);
+        tx.send(b"x").unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"x");
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(100)),
+            Err(RecvError::Timeout)
+        ));
+        assert_eq!(rx.skipped(), 0);
+        // The receiver is past what it claimed: its slot goes to the next
+        // sender to open.
+        let _tx2 = Sender::builder(tx.name()).open().unwrap();
+        let (_, pid) = layout::slot::unpack(h.senders[1].state_pid.load(SeqCst));
+        assert_eq!(pid, std::process::id());
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! The receiving end.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipc_events::{ChannelKind, EventKind};
 use serde::de::DeserializeOwned;
 
-use super::error::{CodecError, OpenError, RecvError};
+use super::error::{CodecError, Corruption, OpenError, RecvError};
 use super::layout::{Layout, Mode, MAX_SENDERS};
 use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
 use crate::sys::PeerWatch;
-use crate::trace;
+use crate::trace::{self, Op};
 
 /// Empty polls between two checks that the senders' processes still live
 /// (see `Sender`'s twin constant): `try_recv` in a loop stays syscall-free
@@ -50,7 +51,7 @@ impl ReceiverBuilder {
         let name = display_name(&self.name).to_owned();
         let sh = Shared::new(seg, name.clone());
         let h = sh.header();
-        match ring::claim(&h.receiver) {
+        match ring::claim(&h.receiver, h.tail.load(Ordering::Acquire)) {
             Claim::Claimed => {}
             Claim::Live(pid) => {
                 return Err(OpenError::PeerAttached {
@@ -59,12 +60,12 @@ impl ReceiverBuilder {
                     pid,
                 })
             }
-            // Receivers have no busy word; an unreachable answer, refused
-            // rather than trusted.
+            // Receivers make no claims; only a scribbled slot has one, and
+            // it is refused rather than trusted.
             Claim::Evidence => {
                 return Err(OpenError::CorruptHeader {
                     name,
-                    reason: "receiver slot is marked busy".into(),
+                    reason: "receiver slot holds a sender's claim".into(),
                 })
             }
         }
@@ -84,7 +85,9 @@ impl ReceiverBuilder {
             spins: self.spins,
             watches: (0..MAX_SENDERS).map(|_| None).collect(),
             empty_polls: 0,
+            last_check: None,
             failed: None,
+            skipped: 0,
             scratch: Vec::new(),
         })
     }
@@ -101,6 +104,12 @@ impl ReceiverBuilder {
 /// [`RecvError::Disconnected`] means no sender is attached right now; a
 /// sender that attaches later (a restarted producer) makes messages flow
 /// again. After `fork`, a child must open its own end.
+///
+/// In a [`Mode::Mpsc`] channel, a sender whose process dies in the middle
+/// of a send loses that message only: the receiver steps over its
+/// unfinished frame once it has waited a liveness slice (20 ms) for it,
+/// counts it ([`skipped`](Self::skipped)), traces it as a `drop` on the
+/// channel, and goes on with the other senders' messages.
 ///
 /// ```
 /// use std::time::Duration;
@@ -128,31 +137,16 @@ pub struct Receiver {
     spins: u32,
     watches: Vec<Option<PeerWatch>>,
     empty_polls: u32,
-    /// After corruption or an abandoned frame nothing further can be read;
-    /// every receive repeats the first such error.
-    failed: Option<Failure>,
+    /// When a blocking receive began waiting, or last asked the kernel
+    /// whether the senders live; `None` once a message comes. Kept across
+    /// calls, so that receives with timeouts shorter than a slice, in a
+    /// loop, still ask every slice.
+    last_check: Option<Instant>,
+    /// After corruption nothing further can be read: the position where it
+    /// was found and what it was, which every later receive repeats.
+    failed: Option<(u64, Corruption)>,
+    skipped: u64,
     scratch: Vec<u8>,
-}
-
-#[derive(Clone, Debug)]
-enum Failure {
-    Corrupt(u64, super::error::Corruption),
-    Died(u64, u32),
-}
-
-impl Failure {
-    fn error(&self) -> RecvError {
-        match self {
-            Failure::Corrupt(pos, reason) => RecvError::Corrupt {
-                pos: *pos,
-                reason: reason.clone(),
-            },
-            Failure::Died(pos, pid) => RecvError::SenderDiedMidFrame {
-                pos: *pos,
-                pid: *pid,
-            },
-        }
-    }
 }
 
 impl Receiver {
@@ -175,6 +169,13 @@ impl Receiver {
     /// The channel's layout.
     pub fn layout(&self) -> Layout {
         self.sh.layout
+    }
+
+    /// How many messages were lost because their sender died while sending
+    /// them (multi-producer channels; always 0 in a single-producer one,
+    /// whose sender publishes a frame only once it is whole).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Takes the next message if one is waiting: [`RecvError::Empty`] if
@@ -209,12 +210,13 @@ impl Receiver {
         }
         self.empty_polls += 1;
         let check = self.empty_polls >= LIVENESS_EVERY;
-        if self.senders_gone(check) {
-            // A message published just before the last sender left.
-            if let Some(id) = self.pop(out)? {
+        if check {
+            if let Some(id) = self.pop_past_dead(out)? {
                 return Ok(id);
             }
-            return Err(self.no_senders());
+        }
+        if self.senders_gone(check) {
+            return self.last_messages(out);
         }
         Err(RecvError::Empty)
     }
@@ -229,25 +231,23 @@ impl Receiver {
     ) -> Result<u64, RecvError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut spins = 0;
-        let mut last_check: Option<Instant> = None;
         loop {
             if let Some(id) = self.pop(out)? {
                 return Ok(id);
             }
             // Liveness is asked of the kernel only once a slice has passed
-            // in this call; a clean close shows in the slot at once.
-            let now_check = last_check.is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
+            // since the wait began; a clean close shows in the slot at once.
+            let now_check = self
+                .last_check
+                .is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
             if now_check {
-                last_check = Some(Instant::now());
-                if let Some(e) = self.abandoned() {
-                    return Err(e);
+                self.last_check = Some(Instant::now());
+                if let Some(id) = self.pop_past_dead(out)? {
+                    return Ok(id);
                 }
             }
             if self.senders_gone(now_check) {
-                if let Some(id) = self.pop(out)? {
-                    return Ok(id);
-                }
-                return Err(self.no_senders());
+                return self.last_messages(out);
             }
             if spins < self.spins {
                 spins += 1;
@@ -255,7 +255,7 @@ impl Receiver {
                 continue;
             }
             let now = Instant::now();
-            last_check.get_or_insert(now);
+            self.last_check.get_or_insert(now);
             let slice = match deadline {
                 Some(d) if d <= now => return Err(RecvError::Timeout),
                 Some(d) => (d - now).min(LIVENESS_SLICE),
@@ -303,12 +303,16 @@ impl Receiver {
     /// One step of the ring, with corruption made sticky and the receive
     /// traced.
     fn pop(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
-        if let Some(f) = &self.failed {
-            return Err(f.error());
+        if let Some((pos, reason)) = &self.failed {
+            return Err(RecvError::Corrupt {
+                pos: *pos,
+                reason: reason.clone(),
+            });
         }
         match self.consumer.try_pop(&self.sh, out) {
             Ok(Some(id)) => {
                 self.empty_polls = 0;
+                self.last_check = None;
                 trace::emit(
                     EventKind::MsgRecv,
                     ChannelKind::IpclibChannel,
@@ -321,27 +325,55 @@ impl Receiver {
             Ok(None) => Ok(None),
             Err(reason) => {
                 out.clear();
-                let f = Failure::Corrupt(self.consumer.position(), reason);
-                let e = f.error();
-                self.failed = Some(f);
-                Err(e)
+                let pos = self.consumer.position();
+                self.failed = Some((pos, reason.clone()));
+                Err(RecvError::Corrupt { pos, reason })
             }
         }
     }
 
-    /// The error once no sender is left: Disconnected, unless a sender died
-    /// holding a reserved frame, behind which later messages are stuck.
-    fn no_senders(&mut self) -> RecvError {
-        self.abandoned().unwrap_or(RecvError::Disconnected)
+    /// Multi-producer: steps over the frames of senders that died before
+    /// committing them, until a message comes (or nothing more does).
+    fn pop_past_dead(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
+        while self.failed.is_none() {
+            let Some(dead) = self.consumer.skip_abandoned(&self.sh, &mut self.watches) else {
+                break;
+            };
+            self.skipped += 1;
+            tracing::warn!(
+                target: "ipc_lib",
+                channel = self.sh.name,
+                pid = dead.pid,
+                pos = dead.pos,
+                "sender died while sending; its unfinished message is skipped"
+            );
+            // One message lost, sender `obj` dead: -EOWNERDEAD, as for a
+            // semaphore count recovered from a dead holder. ipc-events has
+            // no drop source for this yet, so `aux` (the source) names none.
+            trace::emit_op(Op {
+                size: 1,
+                obj: u64::from(dead.pid),
+                result: -i64::from(libc::EOWNERDEAD),
+                ..Op::new(EventKind::Drop, ChannelKind::IpclibChannel, &self.sh.name)
+            });
+            if let Some(id) = self.pop(out)? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
-    /// Multi-producer: the error for a frame whose writer died, made sticky.
-    fn abandoned(&mut self) -> Option<RecvError> {
-        let pid = self.consumer.abandoned(&self.sh, &mut self.watches)?;
-        let f = Failure::Died(self.consumer.position(), pid);
-        let e = f.error();
-        self.failed = Some(f);
-        Some(e)
+    /// Every sender has left: what they sent, frames of those that died
+    /// mid-send stepped over, then `Disconnected`.
+    fn last_messages(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
+        // A message published just before the last sender left.
+        if let Some(id) = self.pop(out)? {
+            return Ok(id);
+        }
+        match self.pop_past_dead(out)? {
+            Some(id) => Ok(id),
+            None => Err(RecvError::Disconnected),
+        }
     }
 
     fn senders_gone(&mut self, check: bool) -> bool {

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use super::error::Corruption;
 use super::layout::{
-    frame_size, len_word, slot, Checksum, Header, Layout, Mode, PeerSlot, FRAME_MARKER,
+    frame_size, len_word, resv, slot, Checksum, Header, Layout, Mode, PeerSlot, FRAME_HEADER_SIZE,
+    FRAME_MARKER,
 };
 use super::segment::Segment;
 use crate::sys::{self, PeerWatch};
@@ -23,9 +24,10 @@ use crate::sys::{self, PeerWatch};
 /// sleeper at once.
 pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(20);
 
-/// No honest position gets near this (it is 4 EiB of traffic); refusing
-/// larger ones keeps every `position + frame` sum far from overflow.
-const MAX_POSITION: u64 = 1 << 62;
+/// No honest position gets near this (it is 1 EiB of traffic, 3.6 years at
+/// 10 GB/s); refusing larger ones keeps every `position + frame` sum far
+/// from overflow, and every position fits a reservation word.
+const MAX_POSITION: u64 = 1 << 60;
 
 /// A mapped channel and the layout this end settled on when it attached.
 #[derive(Debug)]
@@ -97,9 +99,10 @@ impl Shared {
 
     // ----- producer side -----
 
-    /// Writes a frame at `pos` (already reserved) and commits it. The commit
-    /// word goes last so a reader that sees it sees the whole frame.
-    fn write_frame(&self, pos: u64, at: usize, id: u64, payload: &[u8]) {
+    /// Writes a frame (already reserved) at index `at` and commits it with
+    /// `commit` (see the layout). The commit word goes last so a reader that
+    /// sees it sees the whole frame.
+    fn write_frame(&self, commit: u64, at: usize, id: u64, payload: &[u8]) {
         let n = payload.len().div_ceil(8);
         let (a, b) = self.payload_words(at, n);
         let split = (a.len() * 8).min(payload.len());
@@ -111,15 +114,52 @@ impl Shared {
         self.word(at, 1).store(lw, Relaxed);
         self.word(at, 2).store(id, Relaxed);
         self.word(at, 3).store(sum.finish(lw, id), Relaxed);
-        let commit = self.word(at, 0);
+        let word = self.word(at, 0);
         match self.layout.mode {
             // The head store publishes (SeqCst there); this only needs to
             // order the frame before itself.
-            Mode::Spsc => commit.store(pos ^ self.key, Release),
+            Mode::Spsc => word.store(commit ^ self.key, Release),
             // The commit is the publication: SeqCst pairs with the
             // receiver's check before it sleeps (see `park`).
-            Mode::Mpsc => commit.store(pos ^ self.key, SeqCst),
+            Mode::Mpsc => word.store(commit ^ self.key, SeqCst),
         }
+    }
+
+    /// The producer position, in either mode.
+    fn head(&self) -> u64 {
+        let word = self.header().head.load(Acquire);
+        match self.layout.mode {
+            Mode::Spsc => word,
+            Mode::Mpsc => resv::pos(word),
+        }
+    }
+
+    /// Multi-producer: whether reservation word `word` was ever in `head`,
+    /// that is, whether its slot reserved the frame that ends at its
+    /// position. `head_word` must have been read before anything else here.
+    ///
+    /// If `word` was replaced before that read, the sender that replaced it
+    /// claimed `word` first and keeps the claim until its own frame, which
+    /// starts where `word` ends, is committed with `word` in its commit
+    /// word; that frame stays unread while this receiver is behind it. So
+    /// when `word` was in `head`, one of the three says so (at worst a read
+    /// ordered too early misses it, and the caller asks again later); when
+    /// it was not, none can honestly.
+    fn reserved(&self, head_word: u64, slots: &[PeerSlot], word: u64) -> bool {
+        if head_word == word || slots.iter().any(|s| s.claim.load(Acquire) == word + 1) {
+            return true;
+        }
+        let end = resv::pos(word);
+        end < resv::pos(head_word)
+            && self.word(self.index_of(end), 0).load(Acquire) == word ^ self.key
+    }
+
+    /// Multi-producer: whether `word`, a frame's commit word, commits a
+    /// frame at `pos`. Its low bits name the previous frame's sender, which
+    /// only a skip looks at.
+    #[inline]
+    fn commits(&self, word: u64, pos: u64) -> bool {
+        resv::pos(word ^ self.key) == pos
     }
 
     fn next_id(&self) -> u64 {
@@ -256,22 +296,22 @@ impl Producer {
                 Ok(Some(id))
             }
             Mode::Mpsc => {
-                let busy = &sh.header().senders[self.slot].busy;
-                // Marks "about to reserve" before the reservation exists, so
-                // a receiver never sees a reservation without a busy slot
-                // (see Consumer::abandoned).
-                busy.store(u64::MAX, SeqCst);
-                let pos = match self.reserve_mpsc(sh, need) {
-                    Ok(Some(pos)) => pos,
+                let claim = &sh.header().senders[self.slot].claim;
+                let (pos, replaced) = match self.reserve_mpsc(sh, need) {
+                    Ok(Some(r)) => r,
                     other => {
-                        busy.store(0, Release);
-                        return other;
+                        // No frame is ours: a claim left standing would make
+                        // the receiver wait for us (see
+                        // `Consumer::skip_abandoned`).
+                        claim.store(0, Relaxed);
+                        return other.map(|_| None);
                     }
                 };
-                busy.store(pos + 1, Release);
                 let id = sh.next_id();
-                sh.write_frame(pos, sh.index_of(pos), id, payload);
-                busy.store(0, Release);
+                sh.write_frame(replaced, sh.index_of(pos), id, payload);
+                // After the commit: until then the claim is what lets the
+                // receiver step over this frame should we die.
+                claim.store(0, Release);
                 sh.wake_receiver();
                 Ok(Some(id))
             }
@@ -297,14 +337,19 @@ impl Producer {
         Ok(Some(head))
     }
 
-    fn reserve_mpsc(&mut self, sh: &Shared, need: u64) -> Result<Option<u64>, Corruption> {
+    /// Reserves `need` bytes; returns their position and the reservation
+    /// word replaced. The slot's claim names that word on return (and, on
+    /// `Ok(None)` or an error, may name an older one: the caller clears it).
+    fn reserve_mpsc(&mut self, sh: &Shared, need: u64) -> Result<Option<(u64, u64)>, Corruption> {
         let h = sh.header();
+        let s = &h.senders[self.slot];
         let mut stale = 0u32;
         loop {
             // Tail first: tail <= head at every instant and head only grows,
             // so an honest pair read in this order always has tail <= head.
             let tail = h.tail.load(Acquire);
-            let head = h.head.load(Acquire);
+            let word = h.head.load(Acquire);
+            let head = resv::pos(word);
             if tail > head || head > MAX_POSITION {
                 return Err(Corruption::Positions {
                     head,
@@ -328,11 +373,16 @@ impl Producer {
             if head + need - tail > sh.cap {
                 return Ok(None);
             }
+            // Size, then claim, then the reservation (whose Release orders
+            // both before it): a receiver that sees the reservation sees the
+            // claim, and a claim is never paired with another frame's size.
+            s.claim_size.store(need, Relaxed);
+            s.claim.store(word + 1, Relaxed);
             if h.head
-                .compare_exchange_weak(head, head + need, AcqRel, Relaxed)
+                .compare_exchange_weak(word, resv::pack(head + need, self.slot), AcqRel, Relaxed)
                 .is_ok()
             {
-                return Ok(Some(head));
+                return Ok(Some((head, word)));
             }
         }
     }
@@ -345,7 +395,7 @@ impl Producer {
         let tail = h.tail.load(SeqCst);
         let head = match sh.layout.mode {
             Mode::Spsc => self.head,
-            Mode::Mpsc => h.head.load(SeqCst),
+            Mode::Mpsc => resv::pos(h.head.load(SeqCst)),
         };
         // Damage counts as "something changed": the caller finds it on its
         // next attempt.
@@ -363,9 +413,8 @@ pub(crate) struct Consumer {
 
 impl Consumer {
     pub(crate) fn new(sh: &Shared) -> Result<Self, (u64, Corruption)> {
-        let h = sh.header();
-        let tail = h.tail.load(Acquire);
-        let head = h.head.load(Acquire);
+        let tail = sh.header().tail.load(Acquire);
+        let head = sh.head();
         if tail > head || head - tail > sh.cap || !tail.is_multiple_of(8) || head > MAX_POSITION {
             return Err((
                 tail,
@@ -421,10 +470,10 @@ impl Consumer {
             Mode::Mpsc => {
                 // The commit word is the publication; until it names this
                 // position the frame is not there yet (or is being written).
-                if sh.word(at, 0).load(Acquire) != tail ^ sh.key {
+                if !sh.commits(sh.word(at, 0).load(Acquire), tail) {
                     return Ok(None);
                 }
-                let head = h.head.load(Acquire);
+                let head = resv::pos(h.head.load(Acquire));
                 if head <= tail || head - tail > sh.cap {
                     return Err(positions(head));
                 }
@@ -481,52 +530,83 @@ impl Consumer {
     pub(crate) fn ready(&self, sh: &Shared) -> bool {
         match sh.layout.mode {
             Mode::Spsc => sh.header().head.load(SeqCst) != self.tail,
-            Mode::Mpsc => sh.word(self.tail_at, 0).load(SeqCst) == self.tail ^ sh.key,
+            Mode::Mpsc => sh.commits(sh.word(self.tail_at, 0).load(SeqCst), self.tail),
         }
     }
 
-    /// Multi-producer: whether the frame at our position was reserved by a
-    /// sender that died before committing it. Then nothing after it can be
-    /// located. Returns the dead sender's pid.
-    pub(crate) fn abandoned(&self, sh: &Shared, watches: &mut [Option<PeerWatch>]) -> Option<u32> {
+    /// Multi-producer: if the frame at our position was reserved by a
+    /// sender that died before committing it, steps over it (it may be half
+    /// written, or not written at all) and says whose it was.
+    ///
+    /// Asks the kernel whether the frame's sender lives, so callers ask only
+    /// once the frame has been missing a while.
+    pub(crate) fn skip_abandoned(
+        &mut self,
+        sh: &Shared,
+        watches: &mut [Option<PeerWatch>],
+    ) -> Option<Abandoned> {
         if sh.layout.mode != Mode::Mpsc {
             return None;
         }
         let h = sh.header();
         let tail = self.tail;
-        if h.head.load(SeqCst) <= tail || self.ready(sh) {
+        // Read before the claims (see `Shared::reserved`).
+        let head_word = h.head.load(Acquire);
+        let head = resv::pos(head_word);
+        if head <= tail || head - tail > sh.cap || self.ready(sh) {
             return None;
         }
-        // Someone reserved [tail, ..) and has not committed. Its slot shows
-        // tail + 1 while it writes, or u64::MAX between setting busy and
-        // recording the position; it clears busy only after committing.
-        let mut dead_unknown = None;
-        for (i, s) in h.senders.iter().enumerate().take(used_slots(h)) {
-            let busy = s.busy.load(SeqCst);
-            if busy == 0 {
+        let slots = &h.senders[..used_slots(h)];
+        let largest = frame_size(sh.layout.max_message_size) as u64;
+        // The frame's owner claims `tail` until it commits; so may senders
+        // that lost the race for it and died, or have not retried yet. The
+        // owner is the one whose reservation word was in `head`.
+        let mut owner = None;
+        for (i, s) in slots.iter().enumerate() {
+            let claim = s.claim.load(Acquire);
+            if claim == 0 || resv::pos(claim - 1) != tail {
                 continue;
             }
-            let state = observe(s, watches.get_mut(i)?, true);
-            if busy == tail + 1 {
-                return (state == PeerState::Gone)
-                    .then(|| slot::unpack(s.state_pid.load(Relaxed)).1);
-            }
-            if busy == u64::MAX {
-                match state {
-                    PeerState::Gone => {
-                        dead_unknown = Some(slot::unpack(s.state_pid.load(Relaxed)).1)
-                    }
-                    // A live sender might be the owner: wait and see.
-                    _ => return None,
+            let size = s.claim_size.load(Relaxed);
+            let plausible = size >= FRAME_HEADER_SIZE as u64
+                && size.is_multiple_of(8)
+                && size <= largest
+                && size <= head - tail;
+            if plausible && sh.reserved(head_word, slots, resv::pack(tail + size, i)) {
+                if owner.is_some() {
+                    // Only one sender's word can have been in `head` with
+                    // this frame's end; two say so only if someone wrote
+                    // over the slots. Which to believe cannot be known.
+                    return None;
                 }
+                owner = Some((i, size));
             }
         }
-        // Committed meanwhile? Then it is not abandoned.
+        let (i, size) = owner?;
+        let s = &slots[i];
+        if observe(s, watches.get_mut(i)?, true) != PeerState::Gone {
+            // Still writing it.
+            return None;
+        }
+        let pid = slot::unpack(s.state_pid.load(Relaxed)).1;
+        // A sender that died between committing and clearing its claim left
+        // a whole frame: that one is read, not skipped.
         if self.ready(sh) {
             return None;
         }
-        dead_unknown
+        self.tail = tail + size;
+        self.tail_at = sh.advance(self.tail_at, size);
+        h.tail.store(self.tail, SeqCst);
+        sh.wake_senders();
+        Some(Abandoned { pos: tail, pid })
     }
+}
+
+/// A frame stepped over because its sender died before committing it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Abandoned {
+    pub pos: u64,
+    pub pid: u32,
 }
 
 /// What a peer slot says about its process.
@@ -580,14 +660,16 @@ pub(crate) enum Claim {
     Claimed,
     /// A live process holds it.
     Live(u32),
-    /// A dead sender holds it mid-frame; its busy word is the evidence the
-    /// receiver needs, so it is not reused.
+    /// A dead sender holds it with a claim on a frame the receiver has not
+    /// passed: the receiver needs that claim to step over the frame, so the
+    /// slot is not reused yet.
     Evidence,
 }
 
 /// Takes `s` for this process if it is free, closed, or held by a dead
-/// process.
-pub(crate) fn claim(s: &PeerSlot) -> Claim {
+/// process whose claim, if any, is on a frame before `tail` (the
+/// receiver's position, read by the caller).
+pub(crate) fn claim(s: &PeerSlot, tail: u64) -> Claim {
     let me = sys::my_pid();
     loop {
         let cur = s.state_pid.load(Acquire);
@@ -597,7 +679,8 @@ pub(crate) fn claim(s: &PeerSlot) -> Claim {
             if observe(s, &mut w, true) == PeerState::Alive {
                 return Claim::Live(pid);
             }
-            if s.busy.load(Acquire) != 0 {
+            let claimed = s.claim.load(Acquire);
+            if claimed != 0 && resv::pos(claimed - 1) >= tail {
                 return Claim::Evidence;
             }
         }
@@ -607,7 +690,7 @@ pub(crate) fn claim(s: &PeerSlot) -> Claim {
             .compare_exchange(cur, slot::pack(slot::CLAIMING, me), AcqRel, Acquire)
             .is_ok()
         {
-            s.busy.store(0, Relaxed);
+            s.claim.store(0, Relaxed);
             s.start_time.store(sys::my_start_time(), Relaxed);
             s.state_pid.store(slot::pack(slot::ATTACHED, me), Release);
             return Claim::Claimed;

@@ -63,8 +63,9 @@ impl SenderBuilder {
         let slots = sh.layout.mode.sender_slots();
         let mut slot = None;
         let mut holder = 0;
+        let tail = h.tail.load(Ordering::Acquire);
         for (i, s) in h.senders.iter().enumerate().take(slots) {
-            match ring::claim(s) {
+            match ring::claim(s, tail) {
                 Claim::Claimed => {
                     h.slots_used.fetch_max(i as u32 + 1, Ordering::AcqRel);
                     slot = Some(i);

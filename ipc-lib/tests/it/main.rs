@@ -15,6 +15,7 @@ mod props;
 mod region;
 mod rpc;
 mod sem;
+mod sender_deaths;
 mod signal;
 mod socket;
 mod support;
