@@ -438,4 +438,7 @@ pub mod drop_source {
     pub const INGEST: u64 = 3;
     /// Records that failed to decode.
     pub const DECODE: u64 = 4;
+    /// Messages of an ipc-lib channel whose sender died while writing
+    /// them: the receiver stepped over them.
+    pub const SENDER_DIED: u64 = 5;
 }

@@ -578,6 +578,7 @@ pub fn drop_source_name(code: u64) -> &'static str {
         drop_source::LIB_RING => "lib_ring",
         drop_source::INGEST => "ingest",
         drop_source::DECODE => "decode",
+        drop_source::SENDER_DIED => "sender_died",
         _ => "unknown",
     }
 }

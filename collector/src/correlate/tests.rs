@@ -433,3 +433,16 @@ fn a_wait_ends_when_its_process_exits() {
     c.push(exit(40));
     assert_eq!(c.take().waits, []);
 }
+
+/// A message ipc-lib stepped over because its sender died mid-write is a
+/// drop of its own kind, not an `unknown` one.
+#[test]
+fn a_message_lost_with_its_sender_is_a_sender_died_drop() {
+    let mut lost = Event::new(9, 5, 5, Source::Lib, EventKind::Drop);
+    lost.channel = Some(ChannelId::named(ChannelKind::IpclibChannel, "jobs"));
+    lost.aux = ipc_events::raw::drop_source::SENDER_DIED;
+    lost.size = 1;
+    let f = run(vec![lost]);
+    let drops: Vec<(&str, u64)> = f.drops.iter().map(|d| (d.source, d.count)).collect();
+    assert_eq!(drops, [("sender_died", 1)]);
+}

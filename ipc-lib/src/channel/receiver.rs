@@ -348,11 +348,11 @@ impl Receiver {
                 "sender died while sending; its unfinished message is skipped"
             );
             // One message lost, sender `obj` dead: -EOWNERDEAD, as for a
-            // semaphore count recovered from a dead holder. ipc-events has
-            // no drop source for this yet, so `aux` (the source) names none.
+            // semaphore count recovered from a dead holder.
             trace::emit_op(Op {
                 size: 1,
                 obj: u64::from(dead.pid),
+                aux: ipc_events::raw::drop_source::SENDER_DIED,
                 result: -i64::from(libc::EOWNERDEAD),
                 ..Op::new(EventKind::Drop, ChannelKind::IpclibChannel, &self.sh.name)
             });
