@@ -6,10 +6,23 @@ mod process;
 mod run_loop;
 mod screens;
 
+use ipc_events::live::{Frame, Snapshot, PROTOCOL_VERSION};
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 use tui::app::App;
+
+/// A live dashboard that has been sent `snapshot`.
+pub fn live(snapshot: Snapshot) -> App {
+    let mut app = App::live();
+    app.on_frame(Frame::Hello {
+        version: PROTOCOL_VERSION,
+        session_id: snapshot.session_id,
+    })
+    .unwrap();
+    app.on_frame(Frame::Snapshot(Box::new(snapshot))).unwrap();
+    app
+}
 
 /// Draws `app` on a `w` x `h` test terminal.
 pub fn render(app: &App, w: u16, h: u16) -> Buffer {

@@ -1,24 +1,13 @@
 //! The process view: drawn at 80x24 and 110x32, following its pid as the
 //! state moves on, and what it says when the pid is gone.
 
-use ipc_events::live::{Frame, Snapshot, PROTOCOL_VERSION};
+use ipc_events::live::Frame;
 use ratatui::style::{Color, Modifier};
 use tui::action::Action;
 use tui::app::{App, Screen};
 use tui::test_data::snapshot_with_deadlock;
 
-use crate::{lines, render, text};
-
-fn live(snapshot: Snapshot) -> App {
-    let mut app = App::live();
-    app.on_frame(Frame::Hello {
-        version: PROTOCOL_VERSION,
-        session_id: snapshot.session_id,
-    })
-    .unwrap();
-    app.on_frame(Frame::Snapshot(Box::new(snapshot))).unwrap();
-    app
-}
+use crate::{lines, live, render, text};
 
 fn press(app: &mut App, actions: &[Action]) {
     for a in actions {

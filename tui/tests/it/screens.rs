@@ -1,23 +1,12 @@
 //! Whole screens at 80x24 (and bigger, and smaller) through `TestBackend`.
 
-use ipc_events::live::{DropCount, Frame, Snapshot, PROTOCOL_VERSION};
+use ipc_events::live::{DropCount, Frame, Snapshot};
 use ratatui::style::Color;
 use tui::action::Action;
 use tui::app::{App, Screen};
 use tui::test_data::{large_snapshot, snapshot_with_deadlock};
 
-use crate::{lines, render, text};
-
-fn live(snapshot: Snapshot) -> App {
-    let mut app = App::live();
-    app.on_frame(Frame::Hello {
-        version: PROTOCOL_VERSION,
-        session_id: snapshot.session_id,
-    })
-    .unwrap();
-    app.on_frame(Frame::Snapshot(Box::new(snapshot))).unwrap();
-    app
-}
+use crate::{lines, live, render, text};
 
 fn on(app: &mut App, screen: Screen) -> String {
     app.update(Action::GoTo(screen));
