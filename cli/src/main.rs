@@ -41,6 +41,10 @@ enum Command {
     /// processes' /proc/PID/fd) and CAP_KILL (to pass Ctrl-C on to CMD),
     /// plus CAP_DAC_OVERRIDE and CAP_CHOWN when the database is another
     /// user's.
+    ///
+    /// Once CMD has ended, the session is indexed for replay (under a
+    /// second per million events), so that `ipcscope tui` opens it whole at
+    /// once.
     Record(RecordArgs),
     /// List the recorded sessions.
     Sessions(SessionsArgs),
