@@ -13,7 +13,7 @@
 //! Wiring, with the writer's per-batch observer and the live feed's
 //! `FeedSource` (the analyzer behind the feed's `Arc<Mutex<_>>`):
 //!
-//! ```ignore
+//! ```text
 //! // On each batch from the writer, before it stores it:
 //! analyzer.correlated(&c.events, &c.channel_ids, &c.messages, &c.signals, c.ingest_dropped);
 //! // Every 100 ms (or at analyzer.next_due()), before the feed's delta:
@@ -24,6 +24,8 @@
 //!         DeadlockChange::Detected(d) => {}
 //!         // UPDATE deadlocks SET resolved_ns = ? WHERE id = row of `id`.
 //!         DeadlockChange::Resolved { id, resolved_ns } => {}
+//!         // INSERT INTO lock_order_inversions.
+//!         DeadlockChange::Inversion(inversion) => {}
 //!     }
 //! }
 //! // FeedSource::snapshot / delta: Analyzer::snapshot / Analyzer::delta.
