@@ -8,6 +8,7 @@
 //! state at every position of the timeline.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::SqliteConnection;
@@ -422,7 +423,7 @@ pub struct Replay {
     _store: Store,
     conn: SqliteConnection,
     info: SessionInfo,
-    names: Names,
+    names: Arc<Names>,
     marks: Marks,
     /// The index this replay built (or is building).
     index: Vec<Keyframe>,
@@ -461,25 +462,45 @@ struct Pass {
     ticks_since_position: u64,
     /// Marks not reached yet, soonest last.
     stops: Vec<u64>,
+    /// The pass's own connection, while no read is under way on it.
+    reader: Option<SqliteConnection>,
+    /// The next slice, `[from, to)`, read beside the analysis of this one.
+    ahead: Option<(u64, u64, Reading)>,
 }
+
+/// A read-only connection for a replay's reads.
+async fn connection(store: &Store) -> Result<SqliteConnection, StoreError> {
+    let mut conn = store.read_only().await?;
+    // The session is read once from end to end, then at any moment:
+    // mapped, its pages are not copied on every read, and a larger cache
+    // keeps the time index's inner pages between reads.
+    for pragma in [
+        "PRAGMA mmap_size = 1073741824",
+        "PRAGMA cache_size = -32768",
+    ] {
+        sqlx::query(pragma)
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::sql("setting up the replay's reads"))?;
+    }
+    Ok(conn)
+}
+
+fn reader_died(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Sql {
+        action: "reading the session for its replay index",
+        error: sqlx::Error::Protocol(format!("the reader stopped: {e}")),
+    }
+}
+
+/// A slice being read on the pass's connection, which it hands back.
+type Reading = tokio::task::JoinHandle<(SqliteConnection, Result<Timed, StoreError>)>;
 
 impl Replay {
     pub async fn open(store: Store, session: SessionId) -> Result<Replay, StoreError> {
-        let mut conn = store.read_only().await?;
-        // The session is read once from end to end, then at any moment:
-        // mapped, its pages are not copied on every read, and a larger
-        // cache keeps the time index's inner pages between reads.
-        for pragma in [
-            "PRAGMA mmap_size = 1073741824",
-            "PRAGMA cache_size = -32768",
-        ] {
-            sqlx::query(pragma)
-                .execute(&mut conn)
-                .await
-                .map_err(StoreError::sql("setting up the replay's reads"))?;
-        }
+        let mut conn = connection(&store).await?;
         let info = session_info(&mut conn, session).await?;
-        let names = Names::load(&mut conn, session).await?;
+        let names = Arc::new(Names::load(&mut conn, session).await?);
         let marks = Marks::load(&mut conn, session).await?;
         let stored = stored_positions(&mut conn, &info).await?;
         let mut replay = Replay {
@@ -528,6 +549,8 @@ impl Replay {
             position_every: ticks.div_ceil(MAX_POSITIONS).max(1),
             ticks_since_position: 0,
             stops,
+            reader: None,
+            ahead: None,
         });
         self.stored = None;
         self.index.clear();
@@ -575,8 +598,21 @@ impl Replay {
         };
         let end = self.info.end_ns + 1;
         let from = pass.fed_ns;
-        let to = from.saturating_add(pass.chunk_ns).min(end);
-        let batch = load(&mut self.conn, self.info.id, &self.names, from, to).await?;
+        let (to, batch) = match pass.ahead.take() {
+            Some((ahead_from, to, reading)) if ahead_from == from => {
+                let (conn, batch) = reading.await.map_err(reader_died)?;
+                pass.reader = Some(conn);
+                (to, batch?)
+            }
+            _ => {
+                let conn = match pass.reader.as_mut() {
+                    Some(conn) => conn,
+                    None => pass.reader.insert(connection(&self._store).await?),
+                };
+                let to = from.saturating_add(pass.chunk_ns).min(end);
+                (to, load(conn, self.info.id, &self.names, from, to).await?)
+            }
+        };
         let read = batch.events.len() as u64;
         // Aim the next read at CHUNK_EVENTS, never below one tick.
         pass.chunk_ns = match read {
@@ -584,6 +620,17 @@ impl Replay {
             n => (pass.chunk_ns as u128 * CHUNK_EVENTS as u128 / n as u128) as u64,
         }
         .clamp(TICK_NS, 1_000 * TICK_NS);
+        // The next slice is read while this one is analysed: reading is
+        // about half of the pass.
+        if let (true, Some(mut conn)) = (to < end, pass.reader.take()) {
+            let next = to.saturating_add(pass.chunk_ns).min(end);
+            let (session, names) = (self.info.id, Arc::clone(&self.names));
+            let reading = tokio::spawn(async move {
+                let batch = load(&mut conn, session, &names, to, next).await;
+                (conn, batch)
+            });
+            pass.ahead = Some((to, next, reading));
+        }
         let mut slice = Slice::new(&batch);
         // Stop at every tick, mark and the end within [from, to).
         loop {
