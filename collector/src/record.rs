@@ -433,6 +433,14 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     // an index (this failed, or an older recording), a replay indexes the
     // session itself as it opens.
     if failures.is_empty() {
+        // About 0.6 s per million events: say why a big one takes a while.
+        if writer.events >= 2_000_000 {
+            note!(
+                "ipcscope: indexing session {} ({} events) for replay…",
+                session.0,
+                writer.events
+            );
+        }
         if let Err(e) = crate::replay::store_index(&store, session).await {
             note!(
                 "ipcscope: session {} was not indexed for replay ({e}); `ipcscope tui` indexes it as it opens",
