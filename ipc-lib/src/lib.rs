@@ -8,11 +8,21 @@
 //! one relaxed atomic load.
 //!
 //! Every object is a named shared-memory object (see `shm`), so they share
-//! one [`OpenError`] and one [`remove`].
+//! one [`OpenError`] and one [`remove`]. Every `open` of an object another
+//! process creates (channel ends, regions, semaphores, socket senders,
+//! rpc clients) waits for it, up to [`DEFAULT_OPEN_WAIT`] unless its
+//! builder's `wait` says otherwise (see `patience`): processes start in
+//! no particular order. And every object's name is removed when the handle
+//! that created it is dropped, unless its builder's `unlink_on_drop(false)`
+//! says otherwise: a name outliving its creator is a file left in
+//! /dev/shm that makes the next run's `create` fail (`AlreadyExists`),
+//! while the processes still using the object lose nothing (their
+//! mappings stay valid).
 
 #[cfg(feature = "tokio")]
 mod asyncio;
 pub mod channel;
+mod patience;
 pub mod region;
 pub mod rpc;
 #[cfg(feature = "tokio")]
@@ -26,5 +36,6 @@ pub mod trace;
 pub mod transport;
 
 pub use channel::{remove, OpenError, Receiver, Sender};
+pub use patience::DEFAULT_OPEN_WAIT;
 pub use region::Region;
 pub use sem::Semaphore;

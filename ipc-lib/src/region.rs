@@ -22,6 +22,7 @@
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 use ipc_events::{ChannelKind, EventKind};
 
@@ -135,7 +136,7 @@ pub(crate) fn split(offset: usize, len: usize) -> Split {
 /// use ipc_lib::region::Region;
 ///
 /// let name = format!("doc-region-{}", std::process::id());
-/// let a = Region::builder(&name).size(4096).unlink_on_drop(true).create()?;
+/// let a = Region::builder(&name).size(4096).create()?; // the name goes with `a`
 /// let b = Region::builder(&name).open()?; // another process, usually
 /// a.write(100, b"hello")?;
 /// let mut buf = [0u8; 5];
@@ -160,6 +161,7 @@ pub struct RegionBuilder {
     name: String,
     size: Option<usize>,
     unlink_on_drop: bool,
+    wait: Duration,
 }
 
 impl RegionBuilder {
@@ -176,23 +178,20 @@ impl RegionBuilder {
         let path = shm::shm_name(&self.name)?;
         let name = shm::display_name(&self.name).to_owned();
         let attach = || Region::attach(&name, path.clone(), self.size);
-        let mut region = match (how, self.size) {
+        let create = || match (how, self.size) {
             // Without a size nothing can be created, so only an existing
-            // region will do; missing, it is the size that is wanted.
-            (OpenHow::OpenOrCreate, None) => attach().map_err(|e| match e {
-                OpenError::NotFound { .. } => no_size(&name),
-                e => e,
-            })?,
-            _ => {
-                shm::open_with(
-                    how,
-                    || Region::create(&name, path.clone(), self.size),
-                    attach,
-                )?
-                .0
-            }
+            // region will do (and open_or_create does not wait for one);
+            // missing, it is the size that is wanted.
+            (OpenHow::OpenOrCreate, None) => Err(match shm::exists(&name, &path)? {
+                true => OpenError::AlreadyExists { name: name.clone() },
+                false => no_size(&name),
+            }),
+            _ => Region::create(&name, path.clone(), self.size),
         };
-        region.map.set_unlink_on_drop(self.unlink_on_drop);
+        let (mut region, created) = shm::open_with(how, self.wait, create, attach)?;
+        region
+            .map
+            .set_unlink_on_drop(created && self.unlink_on_drop);
         trace::emit_op(Op {
             size: region.size as u64,
             ..Op::new(EventKind::ShmMap, ChannelKind::IpclibShm, &region.name)
@@ -214,7 +213,8 @@ impl Region {
         RegionBuilder {
             name: name.into(),
             size: None,
-            unlink_on_drop: false,
+            unlink_on_drop: true,
+            wait: crate::DEFAULT_OPEN_WAIT,
         }
     }
 
@@ -256,7 +256,7 @@ impl Region {
         path: std::ffi::CString,
         want: Option<usize>,
     ) -> Result<Region, OpenError> {
-        let (map, started) =
+        let (map, magic) =
             Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "ipc-lib object")?;
         let mut region = Region {
             map,
@@ -264,7 +264,6 @@ impl Region {
             name: name.to_owned(),
         };
         let h = region.header();
-        let magic = Mapping::wait_magic(&h.magic, name, started)?;
         if magic != MAGIC {
             return Err(OpenError::BadMagic {
                 name: name.to_owned(),

@@ -42,9 +42,7 @@ use serde::Serialize;
 
 use crate::channel::{CodecError, Corruption, OpenError, RecvError, SendError};
 use crate::socket::frame::{Header, FAULT, HEADER_LEN, REPLY};
-use crate::socket::{
-    next_id, sys, Conn, SocketReceiver, SocketReceiverBuilder, Wait, DEFAULT_OPEN_TIMEOUT,
-};
+use crate::socket::{next_id, sys, Conn, SocketReceiver, SocketReceiverBuilder, Wait};
 use crate::trace::{self, Op};
 use crate::transport::{decode, encode};
 
@@ -483,15 +481,17 @@ pub struct Client {
 
 impl Client {
     /// Connects to server `name`, waiting up to
-    /// [`DEFAULT_OPEN_TIMEOUT`](crate::socket::DEFAULT_OPEN_TIMEOUT) for it
-    /// to accept.
+    /// [`DEFAULT_OPEN_WAIT`](crate::DEFAULT_OPEN_WAIT) (5 s) for it to
+    /// start listening: [`OpenError::NotFound`] when it did not.
     pub fn connect(name: &str) -> Result<Client, OpenError> {
-        Self::connect_timeout(name, DEFAULT_OPEN_TIMEOUT)
+        Self::connect_timeout(name, crate::DEFAULT_OPEN_WAIT)
     }
 
-    /// [`connect`](Self::connect), waiting at most `timeout`.
-    pub fn connect_timeout(name: &str, timeout: Duration) -> Result<Client, OpenError> {
-        let (conn, name, max) = Conn::open(name, timeout)?;
+    /// [`connect`](Self::connect), waiting at most `wait` for the server to
+    /// listen (`Duration::ZERO`: not at all) and then for it to greet the
+    /// connection (at least 2 s for that).
+    pub fn connect_timeout(name: &str, wait: Duration) -> Result<Client, OpenError> {
+        let (conn, name, max) = Conn::open(name, wait)?;
         Ok(Client {
             #[cfg(feature = "tokio")]
             registration: None,

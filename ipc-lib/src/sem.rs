@@ -152,7 +152,7 @@ struct Inner {
 /// use ipc_lib::sem::Semaphore;
 ///
 /// let name = format!("doc-sem-{}", std::process::id());
-/// let sem = Semaphore::builder(&name).initial(1).unlink_on_drop(true).create()?;
+/// let sem = Semaphore::builder(&name).initial(1).create()?; // the name goes with `sem`
 /// let other = Semaphore::builder(&name).open()?; // another process, usually
 /// let permit = sem.wait();
 /// assert_eq!(sem.holders()[0].pid, std::process::id());
@@ -177,6 +177,7 @@ pub struct SemaphoreBuilder {
     name: String,
     initial: u32,
     unlink_on_drop: bool,
+    wait: Duration,
 }
 
 impl SemaphoreBuilder {
@@ -192,12 +193,13 @@ impl SemaphoreBuilder {
     fn open_how(self, how: OpenHow) -> Result<Semaphore, OpenError> {
         let path = shm::shm_name(&self.name)?;
         let name = shm::display_name(&self.name);
-        let (mut map, _) = shm::open_with(
+        let (mut map, created) = shm::open_with(
             how,
+            self.wait,
             || create(name, path.clone(), self.initial),
             || attach(name, path.clone()),
         )?;
-        map.set_unlink_on_drop(self.unlink_on_drop);
+        map.set_unlink_on_drop(created && self.unlink_on_drop);
         Ok(Semaphore {
             inner: Arc::new(Inner {
                 map,
@@ -234,10 +236,8 @@ fn attach(name: &str, path: std::ffi::CString) -> Result<Mapping, OpenError> {
     // Only the header must be there to tell what the object is: the
     // creator sizes the object before it stores the magic, so once the
     // magic is seen the size is final and is checked below.
-    let (map, started) =
-        Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "ipc-lib object")?;
+    let (map, magic) = Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "ipc-lib object")?;
     let h = header(&map);
-    let magic = Mapping::wait_magic(&h.magic, name, started)?;
     if magic != MAGIC {
         return Err(OpenError::BadMagic {
             name: name.to_owned(),
@@ -282,7 +282,8 @@ impl Semaphore {
         SemaphoreBuilder {
             name: name.into(),
             initial: 0,
-            unlink_on_drop: false,
+            unlink_on_drop: true,
+            wait: crate::DEFAULT_OPEN_WAIT,
         }
     }
 

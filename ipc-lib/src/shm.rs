@@ -1,21 +1,19 @@
 //! Named shared-memory objects as every ipc-lib object uses them: the name
 //! check, creating one (mode 0600, never half-made), attaching to someone
-//! else's (same owner only, sized and initialised within a bounded wait),
-//! and unmapping. Channels, regions and semaphores each put their own header
-//! on top; what they share lives here so they cannot drift apart.
+//! else's (same owner only; waited for, bounded, until it exists and its
+//! creator has sized and initialised it), and unmapping. Channels, regions
+//! and semaphores each put their own header on top; what they share lives
+//! here so they cannot drift apart.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::channel::OpenError;
-
-/// How long an opener waits for a creator that has made the name but not
-/// yet sized or initialised it.
-pub(crate) const INIT_WAIT: Duration = Duration::from_secs(2);
+use crate::patience::Patience;
 
 /// No ipc-lib object is larger (a channel's data area is at most 1 TiB, a
 /// region's too): a bigger one is refused before it is mapped.
@@ -58,18 +56,78 @@ pub(crate) fn display_name(name: &str) -> &str {
 
 /// Runs `create`, `attach` or the one then the other, per `how`; the bool
 /// says whether this call created the object.
+///
+/// `attach` makes one attempt and answers [`OpenError::NotFound`] or
+/// [`OpenError::NotInitialized`] (their `waited` is not read) when the
+/// object is not there or not ready yet; this retries it, within `wait`
+/// for a name that does not exist and within [`Patience::for_ready`] for a
+/// creator that has not finished, and reports how long it waited.
 pub(crate) fn open_with<T>(
     how: OpenHow,
-    create: impl FnOnce() -> Result<T, OpenError>,
-    attach: impl FnOnce() -> Result<T, OpenError>,
+    wait: Duration,
+    mut create: impl FnMut() -> Result<T, OpenError>,
+    mut attach: impl FnMut() -> Result<T, OpenError>,
 ) -> Result<(T, bool), OpenError> {
-    match how {
-        OpenHow::Create => create().map(|t| (t, true)),
-        OpenHow::Open => attach().map(|t| (t, false)),
-        OpenHow::OpenOrCreate => match create() {
-            Err(OpenError::AlreadyExists { .. }) => attach().map(|t| (t, false)),
-            other => other.map(|t| (t, true)),
-        },
+    let mut patience = Patience::new(wait);
+    loop {
+        let attached = match how {
+            OpenHow::Create => return create().map(|t| (t, true)),
+            OpenHow::Open => attach(),
+            OpenHow::OpenOrCreate => match create() {
+                Err(OpenError::AlreadyExists { .. }) => attach(),
+                other => return other.map(|t| (t, true)),
+            },
+        };
+        match attached {
+            Err(OpenError::NotFound { name, .. }) => {
+                // open_or_create: the name went away between the two
+                // attempts (its creator dropped it); creating it is this
+                // call's job, so that is a race to retry, not a wait.
+                let limit = match how {
+                    OpenHow::OpenOrCreate => patience.for_ready(),
+                    _ => patience.for_name(),
+                };
+                if !patience.nap(limit) {
+                    return Err(OpenError::NotFound {
+                        name,
+                        waited: limit,
+                    });
+                }
+            }
+            Err(OpenError::NotInitialized { name, .. }) => {
+                if !patience.nap(patience.for_ready()) {
+                    return Err(OpenError::NotInitialized {
+                        name,
+                        waited: patience.for_ready(),
+                    });
+                }
+            }
+            other => return other.map(|t| (t, false)),
+        }
+    }
+}
+
+/// Whether the name exists now (whoever owns it). For an open that may
+/// not create and must not wait either.
+pub(crate) fn exists(name: &str, path: &CString) -> Result<bool, OpenError> {
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) };
+    if fd >= 0 {
+        // SAFETY: shm_open just returned this fd and nothing else owns it;
+        // dropping it closes it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        // Another user's name (EACCES) exists all the same.
+        Some(libc::EACCES) => Ok(true),
+        _ => Err(OpenError::Os {
+            name: name.to_owned(),
+            op: "shm_open",
+            source: e,
+        }),
     }
 }
 
@@ -150,23 +208,35 @@ impl Mapping {
         })
     }
 
-    /// Opens and maps an existing `path`, waiting (bounded) until its
-    /// creator has sized it to at least `min` bytes. Refuses another user's
-    /// object, and one larger than `max` bytes (`what` names the kind of
-    /// object in that error). Returns the mapping and when the wait started,
-    /// for [`Mapping::wait_magic`].
+    /// Opens and maps an existing `path`, one attempt, for
+    /// [`open_with`] to retry. Refuses another user's object, and one
+    /// larger than `max` bytes (`what` names the kind of object in that
+    /// error). Returns the mapping and the magic word at its offset 0
+    /// (every ipc-lib header starts with it), which its creator stores last
+    /// with Release: non-zero, the header is complete.
+    ///
+    /// Not there: [`OpenError::NotFound`]. There but smaller than `min`
+    /// bytes or without its magic (the creator makes the name, then sizes
+    /// it, then writes the header): [`OpenError::NotInitialized`], never a
+    /// corrupt header.
     pub(crate) fn attach(
         name: &str,
         path: CString,
         min: usize,
         max: usize,
         what: &str,
-    ) -> Result<(Mapping, Instant), OpenError> {
+    ) -> Result<(Mapping, u64), OpenError> {
         let os = |op: &'static str, source: io::Error| OpenError::Os {
             name: name.to_owned(),
             op,
             source,
         };
+        // `open_with` fills in how long it waited.
+        let not_yet = || OpenError::NotInitialized {
+            name: name.to_owned(),
+            waited: Duration::ZERO,
+        };
+        debug_assert!(min >= std::mem::size_of::<AtomicU64>());
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
         let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
         if fd < 0 {
@@ -174,41 +244,29 @@ impl Mapping {
             return Err(match e.raw_os_error() {
                 Some(libc::ENOENT) => OpenError::NotFound {
                     name: name.to_owned(),
+                    waited: Duration::ZERO,
                 },
                 _ => os("shm_open", e),
             });
         }
         // SAFETY: shm_open just returned this fd and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-
-        // The creator makes the name before it sizes the file: wait for the
-        // size, bounded.
-        let started = Instant::now();
-        let st = loop {
-            let st = fstat(&fd).map_err(|e| os("fstat", e))?;
-            // SAFETY: geteuid cannot fail and touches no memory.
-            let uid = unsafe { libc::geteuid() };
-            if st.st_uid != uid {
-                // Another user's object could be truncated under us (SIGBUS)
-                // or rewritten at will; refuse it rather than trust it.
-                return Err(OpenError::NotOwner {
-                    name: name.to_owned(),
-                    owner: st.st_uid,
-                    uid,
-                });
-            }
-            if st.st_size as u64 >= min as u64 {
-                break st;
-            }
-            if started.elapsed() > INIT_WAIT {
-                return Err(OpenError::NotInitialized {
-                    name: name.to_owned(),
-                    waited: INIT_WAIT,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let st = fstat(&fd).map_err(|e| os("fstat", e))?;
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let uid = unsafe { libc::geteuid() };
+        if st.st_uid != uid {
+            // Another user's object could be truncated under us (SIGBUS)
+            // or rewritten at will; refuse it rather than trust it.
+            return Err(OpenError::NotOwner {
+                name: name.to_owned(),
+                owner: st.st_uid,
+                uid,
+            });
+        }
         let size = st.st_size as u64;
+        if size < min as u64 {
+            return Err(not_yet());
+        }
         if size > max as u64 {
             return Err(OpenError::CorruptHeader {
                 name: name.to_owned(),
@@ -223,29 +281,15 @@ impl Mapping {
             path,
             unlink_on_drop: false,
         };
-        Ok((mapping, started))
-    }
-
-    /// Waits (bounded from `started`) for the creator to publish `magic`,
-    /// which it stores last with Release, and returns it.
-    pub(crate) fn wait_magic(
-        magic: &AtomicU64,
-        name: &str,
-        started: Instant,
-    ) -> Result<u64, OpenError> {
-        loop {
-            let m = magic.load(Ordering::Acquire);
-            if m != 0 {
-                return Ok(m);
-            }
-            if started.elapsed() > INIT_WAIT {
-                return Err(OpenError::NotInitialized {
-                    name: name.to_owned(),
-                    waited: INIT_WAIT,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: the mapping is at least `min` >= 8 bytes, page-aligned
+        // (so aligned for a u64) and lives until `mapping` is dropped,
+        // after this borrow; an atomic accepts any bits and concurrent
+        // writers.
+        let magic = unsafe { mapping.ptr.cast::<AtomicU64>().as_ref() }.load(Ordering::Acquire);
+        if magic == 0 {
+            return Err(not_yet());
         }
+        Ok((mapping, magic))
     }
 
     /// The first byte; page-aligned.
@@ -326,13 +370,25 @@ pub(crate) fn unlink(name: &str) -> Result<bool, OpenError> {
 }
 
 /// The open methods every named-object builder has, written once: each
-/// builder has `unlink_on_drop: bool` and an `open_how(self, OpenHow)`.
+/// builder has `unlink_on_drop: bool`, `wait: Duration` and an
+/// `open_how(self, OpenHow)`.
 macro_rules! open_methods {
     ($object:ty, $what:literal) => {
-        /// Removes the name when this handle is dropped (mappings others
-        /// already hold stay valid). Off by default.
+        /// Whether dropping the handle that created the object removes its
+        /// name (mappings others already hold stay valid; handles that
+        /// opened it never remove it). Default true, as for every ipc-lib
+        /// object: see [`crate::remove`] for names a killed process left.
         pub fn unlink_on_drop(mut self, yes: bool) -> Self {
             self.unlink_on_drop = yes;
+            self
+        }
+
+        #[doc = concat!("How long `open` waits for the ", $what, " to be created, \
+            and its creator to finish setting it up (at least 2 s for that). \
+            Default [`DEFAULT_OPEN_WAIT`](crate::DEFAULT_OPEN_WAIT) (5 s); \
+            `Duration::ZERO` fails at once if the name does not exist.")]
+        pub fn wait(mut self, wait: std::time::Duration) -> Self {
+            self.wait = wait;
             self
         }
 
@@ -341,7 +397,9 @@ macro_rules! open_methods {
             self.open_how(OpenHow::Create)
         }
 
-        #[doc = concat!("Opens an existing ", $what, ".")]
+        #[doc = concat!("Opens an existing ", $what, ", waiting for its creator as \
+            [`wait`](Self::wait) says: [`OpenError::NotFound`] when the name \
+            did not appear in time.")]
         pub fn open(self) -> Result<$object, OpenError> {
             self.open_how(OpenHow::Open)
         }

@@ -22,9 +22,11 @@ pub enum OpenError {
     /// `create` was asked for and the name is taken.
     #[error("{name:?} already exists")]
     AlreadyExists { name: String },
-    /// `open` was asked for and there is no such name.
-    #[error("{name:?} does not exist")]
-    NotFound { name: String },
+    /// `open` was asked for and there is no such name: nothing created it
+    /// within `waited` (the builder's `wait`; zero when it did not wait).
+    /// For a socket channel or an rpc server: nothing listens at the name.
+    #[error("{name:?} does not exist{}", waited_note(*.waited))]
+    NotFound { name: String, waited: Duration },
     /// The object belongs to another user, who could rewrite or truncate it
     /// at will.
     #[error("{name:?} belongs to uid {owner}, not to this process's uid {uid}")]
@@ -64,8 +66,9 @@ pub enum OpenError {
     /// The header's fields contradict each other or the object's size.
     #[error("{name:?} has a corrupt header: {reason}")]
     CorruptHeader { name: String, reason: String },
-    /// The name exists but its creator did not finish setting it up in time
-    /// (it may have died while doing so).
+    /// The name exists but its creator did not finish setting it up within
+    /// `waited` (it may have died while doing so); for a socket channel or
+    /// an rpc server, its receiver did not greet the connection in time.
     #[error("{name:?} was not initialized by its creator within {waited:?}")]
     NotInitialized { name: String, waited: Duration },
     /// The end asked for is taken by a live process.
@@ -87,6 +90,15 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The end of [`OpenError::NotFound`]'s message: how long the open waited.
+fn waited_note(waited: Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" (nothing created it within {waited:?})")
+    }
 }
 
 /// Why a message was not sent. Nothing of the message is in the channel

@@ -60,7 +60,7 @@
 //! ```
 
 /// The options both ends' builders share, written once. Each builder has
-/// `req: LayoutRequest`, `unlink_on_drop: bool` and a
+/// `req: LayoutRequest`, `unlink_on_drop: bool`, `wait: Duration` and a
 /// `build(self, OpenHow) -> Result<$end, OpenError>`.
 macro_rules! builder_options {
     ($end:ty) => {
@@ -85,10 +85,20 @@ macro_rules! builder_options {
         }
 
         /// Whether dropping this end removes the channel's name, when this
-        /// end created it. Default true: the name does not outlive its
-        /// creator, and the mapping lives on for whoever already opened it.
+        /// end created it. Default true, as for every ipc-lib object: the
+        /// name does not outlive its creator, and the mapping lives on for
+        /// whoever already opened it.
         pub fn unlink_on_drop(mut self, yes: bool) -> Self {
             self.unlink_on_drop = yes;
+            self
+        }
+
+        /// How long `open` waits for the channel to be created, and its
+        /// creator to finish setting it up (at least 2 s for that). Default
+        /// [`DEFAULT_OPEN_WAIT`](crate::DEFAULT_OPEN_WAIT) (5 s);
+        /// `Duration::ZERO` fails at once if the name does not exist.
+        pub fn wait(mut self, wait: std::time::Duration) -> Self {
+            self.wait = wait;
             self
         }
 
@@ -97,7 +107,9 @@ macro_rules! builder_options {
             self.build(OpenHow::Create)
         }
 
-        /// Opens an existing channel; fails if there is none.
+        /// Opens an existing channel, waiting for its creator as
+        /// [`wait`](Self::wait) says: [`OpenError::NotFound`] when the
+        /// name did not appear in time.
         pub fn open(self) -> Result<$end, OpenError> {
             self.build(OpenHow::Open)
         }
@@ -298,7 +310,7 @@ mod tests {
         ));
         drop(rx);
         assert!(matches!(
-            Sender::builder(&name).open(),
+            Sender::builder(&name).wait(Duration::ZERO).open(),
             Err(OpenError::NotFound { .. })
         ));
         assert!(!remove(&name).unwrap());
@@ -323,8 +335,13 @@ mod tests {
             .create()
             .unwrap();
         let tx = Sender::builder(&name).open().unwrap();
-        let (seg, _) =
-            segment::Segment::open(&name, segment::OpenHow::Open, &Default::default()).unwrap();
+        let (seg, _) = segment::Segment::open(
+            &name,
+            segment::OpenHow::Open,
+            &Default::default(),
+            Duration::ZERO,
+        )
+        .unwrap();
         (tx, rx, seg)
     }
 

@@ -32,6 +32,7 @@ pub struct ReceiverBuilder {
     req: LayoutRequest,
     spins: u32,
     unlink_on_drop: bool,
+    wait: Duration,
 }
 
 impl ReceiverBuilder {
@@ -46,7 +47,7 @@ impl ReceiverBuilder {
     }
 
     fn build(self, how: OpenHow) -> Result<Receiver, OpenError> {
-        let (mut seg, created) = Segment::open(&self.name, how, &self.req)?;
+        let (mut seg, created) = Segment::open(&self.name, how, &self.req, self.wait)?;
         seg.set_unlink_on_drop(created && self.unlink_on_drop);
         let name = display_name(&self.name).to_owned();
         let sh = Shared::new(seg, name.clone());
@@ -158,6 +159,7 @@ impl Receiver {
             req: LayoutRequest::default(),
             spins: DEFAULT_SPINS,
             unlink_on_drop: true,
+            wait: crate::DEFAULT_OPEN_WAIT,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use super::error::OpenError;
 use super::layout::{self, Header, Layout, Mode, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
@@ -53,17 +53,21 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates, opens or either, per `how`, and checks the layout against
-    /// `req`. Returns the segment and whether this call created it.
+    /// Creates, opens or either, per `how` (an open waiting for the
+    /// channel as `wait` says, see [`shm::open_with`]), and checks the
+    /// layout against `req`. Returns the segment and whether this call
+    /// created it.
     pub(crate) fn open(
         name: &str,
         how: OpenHow,
         req: &LayoutRequest,
+        wait: Duration,
     ) -> Result<(Segment, bool), OpenError> {
         let path = shm::shm_name(name)?;
         let name = display_name(name);
         shm::open_with(
             how,
+            wait,
             || Self::create(name, path.clone(), req),
             || Self::attach(name, path.clone(), req),
         )
@@ -95,7 +99,7 @@ impl Segment {
     }
 
     fn attach(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {
-        let (map, started) = Mapping::attach(
+        let (map, magic) = Mapping::attach(
             name,
             path,
             HEADER_SIZE,
@@ -112,22 +116,17 @@ impl Segment {
                 mode: Mode::Spsc,
             },
         };
-        seg.layout = seg.validate(name, req, started)?;
+        seg.layout = seg.validate(name, req, magic)?;
         Ok(seg)
     }
 
-    /// Reads the creator's header once into locals and checks every field,
-    /// against the file and against what the caller asked for. The layout
+    /// Reads the creator's header once into locals and checks every field
+    /// (`magic` as `attach` read it), against the file and against what
+    /// the caller asked for. The layout
     /// returned is the one this process uses from now on: later changes to
     /// the header by anyone are never read again.
-    fn validate(
-        &self,
-        name: &str,
-        req: &LayoutRequest,
-        started: Instant,
-    ) -> Result<Layout, OpenError> {
+    fn validate(&self, name: &str, req: &LayoutRequest, magic: u64) -> Result<Layout, OpenError> {
         let h = self.header();
-        let magic = Mapping::wait_magic(&h.magic, name, started)?;
         if magic != MAGIC {
             return Err(OpenError::BadMagic {
                 name: name.to_owned(),

@@ -42,6 +42,7 @@ pub struct SenderBuilder {
     req: LayoutRequest,
     when_full: WhenFull,
     unlink_on_drop: bool,
+    wait: Duration,
 }
 
 impl SenderBuilder {
@@ -55,7 +56,7 @@ impl SenderBuilder {
     }
 
     fn build(self, how: OpenHow) -> Result<Sender, OpenError> {
-        let (mut seg, created) = Segment::open(&self.name, how, &self.req)?;
+        let (mut seg, created) = Segment::open(&self.name, how, &self.req, self.wait)?;
         seg.set_unlink_on_drop(created && self.unlink_on_drop);
         let name = display_name(&self.name).to_owned();
         let sh = Shared::new(seg, name.clone());
@@ -158,6 +159,7 @@ impl Sender {
             req: LayoutRequest::default(),
             when_full: WhenFull::default(),
             unlink_on_drop: true,
+            wait: crate::DEFAULT_OPEN_WAIT,
         }
     }
 

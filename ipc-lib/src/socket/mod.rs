@@ -63,6 +63,7 @@ pub use receiver::{SocketReceiver, SocketReceiverBuilder};
 pub use sender::{SocketSender, SocketSenderBuilder};
 
 use crate::channel::{OpenError, SendError};
+use crate::patience::Patience;
 use frame::{Header, HEADER_LEN, HELLO};
 
 /// The largest message a socket channel may be built for. The kernel
@@ -73,9 +74,6 @@ pub const MAX_MESSAGE_LIMIT: usize = 192 * 1024;
 
 /// Default largest message, as for the shared-memory channel.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
-
-/// How long a sender's `open` waits for the receiver's greeting by default.
-pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a send may wait for room in the socket.
 #[derive(Clone, Copy, Debug)]
@@ -139,49 +137,77 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Connects to channel `name`, checks the receiver runs as our user and
-    /// waits up to `timeout` for its greeting. Returns the connection, the
-    /// name as traced, and the receiver's maximum message size.
-    pub(crate) fn open(name: &str, timeout: Duration) -> Result<(Conn, String, usize), OpenError> {
+    /// waits for its greeting. Waits up to `wait` for a receiver to listen
+    /// at the name, retrying the connect (a receiver may start after its
+    /// senders), and for the greeting within [`Patience::for_ready`].
+    /// Returns the connection, the name as traced, and the receiver's
+    /// maximum message size.
+    pub(crate) fn open(name: &str, wait: Duration) -> Result<(Conn, String, usize), OpenError> {
         let (shown, addr) = address(name)?;
-        let fd = sys::seqpacket().map_err(os(&shown, "socket"))?;
-        match sys::connect(&fd, &addr) {
-            Ok(()) => {}
-            // No socket bound at the name (or bound and not listening).
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                return Err(OpenError::NotFound { name: shown })
+        let mut patience = Patience::new(wait);
+        loop {
+            if let Some(found) = Self::try_open(&shown, &addr, &patience)? {
+                return Ok(found);
             }
-            Err(e) => return Err(os(&shown, "connect")(e)),
+            if !patience.nap(patience.for_name()) {
+                return Err(OpenError::NotFound {
+                    name: shown,
+                    waited: patience.for_name(),
+                });
+            }
         }
-        let (peer_pid, owner) = sys::peer_cred(&fd).map_err(os(&shown, "SO_PEERCRED"))?;
+    }
+
+    /// One attempt of [`open`](Self::open), on a fresh socket (one whose
+    /// connect failed is in no state to try again): `None` when no
+    /// receiver listens at the name, or it went away before greeting us.
+    fn try_open(
+        shown: &str,
+        addr: &sys::Address,
+        patience: &Patience,
+    ) -> Result<Option<(Conn, String, usize)>, OpenError> {
+        let fd = sys::seqpacket().map_err(os(shown, "socket"))?;
+        match sys::connect(&fd, addr) {
+            Ok(()) => {}
+            // No socket bound at the name (ENOENT would be a path's; the
+            // abstract namespace answers ECONNREFUSED), or one bound and
+            // not yet listening.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(os(shown, "connect")(e)),
+        }
+        let (peer_pid, owner) = sys::peer_cred(&fd).map_err(os(shown, "SO_PEERCRED"))?;
         let uid = sys::euid();
         if owner != uid {
             return Err(OpenError::NotOwner {
-                name: shown,
+                name: shown.to_owned(),
                 owner,
                 uid,
             });
         }
-        sys::set_nonblocking(&fd).map_err(os(&shown, "fcntl"))?;
-        sys::set_passcred(&fd).map_err(os(&shown, "SO_PASSCRED"))?;
-        let deadline = Instant::now().checked_add(timeout);
+        sys::set_nonblocking(&fd).map_err(os(shown, "fcntl"))?;
+        sys::set_passcred(&fd).map_err(os(shown, "SO_PASSCRED"))?;
+        let deadline = patience.ready_deadline();
         let mut buf = [0u8; HEADER_LEN + 1];
         loop {
             match sys::recv_trunc(fd.as_raw_fd(), &mut buf) {
                 // The receiver closed the connection before greeting us: it
-                // went away (or did not accept us).
-                Ok(sys::Datagram::End) => return Err(OpenError::NotFound { name: shown }),
+                // went away (a receiver refuses only other users, and we
+                // checked it is ours). Another may take its name.
+                Ok(sys::Datagram::End) => return Ok(None),
                 Ok(sys::Datagram::Bytes(n)) => {
                     let got = buf.len().min(n);
                     let h = Header::check(&buf[..got], n, &[HELLO], 0).map_err(|reason| {
                         OpenError::CorruptHeader {
-                            name: shown.clone(),
+                            name: shown.to_owned(),
                             reason: format!("bad greeting from the receiver: {reason}"),
                         }
                     })?;
                     let max = h.msg_id;
                     if max > MAX_MESSAGE_LIMIT as u64 {
                         return Err(OpenError::CorruptHeader {
-                            name: shown,
+                            name: shown.to_owned(),
                             reason: format!(
                                 "receiver announces a maximum message size of {max} bytes, \
                                  over the limit of {MAX_MESSAGE_LIMIT}"
@@ -189,19 +215,19 @@ impl Conn {
                         });
                     }
                     let conn = Conn { fd, peer_pid };
-                    return Ok((conn, shown, max as usize));
+                    return Ok(Some((conn, shown.to_owned(), max as usize)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let left = sys::remaining(deadline);
                     if left == Some(Duration::ZERO) {
                         return Err(OpenError::NotInitialized {
-                            name: shown,
-                            waited: timeout,
+                            name: shown.to_owned(),
+                            waited: patience.for_ready(),
                         });
                     }
-                    sys::poll_one(fd.as_fd(), libc::POLLIN, left).map_err(os(&shown, "poll"))?;
+                    sys::poll_one(fd.as_fd(), libc::POLLIN, left).map_err(os(shown, "poll"))?;
                 }
-                Err(e) => return Err(os(&shown, "recv")(e)),
+                Err(e) => return Err(os(shown, "recv")(e)),
             }
         }
     }
@@ -452,7 +478,7 @@ mod tests {
         drop(rx);
         assert!(matches!(tx.send(b"y"), Err(SendError::Disconnected)));
         assert!(matches!(
-            SocketSender::builder(tx.name()).open(),
+            SocketSender::builder(tx.name()).wait(Duration::ZERO).open(),
             Err(OpenError::NotFound { .. })
         ));
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Conn, Wait, DEFAULT_OPEN_TIMEOUT};
+use super::{Conn, Wait};
 use crate::channel::{OpenError, SendError, WhenFull};
 use crate::transport::MessageSender;
 
@@ -12,7 +12,7 @@ use crate::transport::MessageSender;
 pub struct SocketSenderBuilder {
     name: String,
     when_full: WhenFull,
-    open_timeout: Duration,
+    wait: Duration,
 }
 
 impl SocketSenderBuilder {
@@ -23,17 +23,21 @@ impl SocketSenderBuilder {
         self
     }
 
-    /// How long `open` waits for the receiver to accept. Default
-    /// [`DEFAULT_OPEN_TIMEOUT`](super::DEFAULT_OPEN_TIMEOUT).
-    pub fn open_timeout(mut self, timeout: Duration) -> Self {
-        self.open_timeout = timeout;
+    /// How long `open` waits for a receiver to listen at the name, and
+    /// for it to greet the connection (at least 2 s for that). Default
+    /// [`DEFAULT_OPEN_WAIT`](crate::DEFAULT_OPEN_WAIT) (5 s);
+    /// `Duration::ZERO` fails at once if none listens.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
         self
     }
 
-    /// Connects to the channel's receiver: [`OpenError::NotFound`] when
-    /// none listens, [`OpenError::NotOwner`] when it runs as another user.
+    /// Connects to the channel's receiver, waiting for one as
+    /// [`wait`](Self::wait) says: [`OpenError::NotFound`] when none
+    /// listened in time, [`OpenError::NotOwner`] when it runs as another
+    /// user.
     pub fn open(self) -> Result<SocketSender, OpenError> {
-        let (conn, name, max) = Conn::open(&self.name, self.open_timeout)?;
+        let (conn, name, max) = Conn::open(&self.name, self.wait)?;
         Ok(SocketSender {
             #[cfg(feature = "tokio")]
             registration: None,
@@ -72,7 +76,7 @@ impl SocketSender {
         SocketSenderBuilder {
             name: name.into(),
             when_full: WhenFull::default(),
-            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            wait: crate::DEFAULT_OPEN_WAIT,
         }
     }
 

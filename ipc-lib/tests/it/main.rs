@@ -11,6 +11,7 @@ mod corruption;
 mod cross_process;
 mod example;
 mod open_layout;
+mod patient;
 mod props;
 mod region;
 mod rpc;

@@ -169,7 +169,9 @@ fn impossible_layouts_and_names_are_refused_up_front() {
     let err = Sender::builder("a/b").create().unwrap_err();
     assert!(matches!(err, OpenError::InvalidName { .. }), "{err:?}");
     assert!(matches!(
-        Sender::builder(unique_name("absent")).open(),
+        Sender::builder(unique_name("absent"))
+            .wait(std::time::Duration::ZERO)
+            .open(),
         Err(OpenError::NotFound { .. })
     ));
 }

@@ -3,6 +3,7 @@
 //! range is an error that touches nothing.
 
 use std::io::Read;
+use std::time::Duration;
 
 use ipc_lib::region::{AccessError, Region};
 use ipc_lib::sem::Semaphore;
@@ -43,11 +44,13 @@ pub fn role(role: &str, name: &str, arg: &str) -> Option<Result<(), String>> {
             }
             Ok(())
         })(),
-        // Creates a region of ARG bytes and holds it until stdin closes.
+        // Creates a region of ARG bytes and holds it until stdin closes;
+        // the name stays for the parent to damage the header after.
         "region-create-and-hold" => (|| {
             let size = arg.parse().map_err(|_| format!("bad arg {arg:?}"))?;
             let _r = Region::builder(name)
                 .size(size)
+                .unlink_on_drop(false)
                 .create()
                 .map_err(|e| e.to_string())?;
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -195,8 +198,8 @@ fn other_objects_and_missing_names_are_not_regions() {
 
     let missing = unique_name("region-missing");
     assert!(matches!(
-        Region::builder(&missing).open(),
-        Err(OpenError::NotFound { .. })
+        Region::builder(&missing).wait(Duration::ZERO).open(),
+        Err(OpenError::NotFound { waited, .. }) if waited.is_zero()
     ));
     for bad in [
         Region::builder(&missing).create(),

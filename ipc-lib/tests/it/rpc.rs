@@ -123,7 +123,7 @@ fn server_killed_mid_call_fails_the_call_at_once() {
         Err(CallError::Disconnected)
     ));
     assert!(matches!(
-        Client::connect(&name),
+        Client::connect_timeout(&name, Duration::ZERO),
         Err(OpenError::NotFound { .. })
     ));
 }

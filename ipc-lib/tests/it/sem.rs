@@ -245,10 +245,15 @@ fn opening_a_missing_taken_or_damaged_semaphore_is_a_precise_error() {
     let name = unique_name("sem-open");
     let _g = NameGuard(name.clone());
     assert!(matches!(
-        Semaphore::builder(&name).open(),
+        Semaphore::builder(&name).wait(Duration::ZERO).open(),
         Err(OpenError::NotFound { .. })
     ));
-    let sem = Semaphore::builder(&name).initial(2).create().unwrap();
+    // Kept after `sem` is dropped, for the damage below.
+    let sem = Semaphore::builder(&name)
+        .initial(2)
+        .unlink_on_drop(false)
+        .create()
+        .unwrap();
     assert!(matches!(
         Semaphore::builder(&name).create(),
         Err(OpenError::AlreadyExists { .. })
