@@ -317,7 +317,12 @@ fn run_role(role: Role, demo: u32, peer: Option<u32>) -> Result<Tally> {
 fn producer(demo: u32) -> Result<Tally> {
     let name = name(demo, "jobs");
     let mut tally = Tally::new("jobs");
-    let Some(mut tx) = retry_open(|| Sender::builder(&name).when_full(WhenFull::Block).open())?
+    let Some(mut tx) = retry_open(|| {
+        Sender::builder(&name)
+            .when_full(WhenFull::Block)
+            .wait(Duration::ZERO)
+            .open()
+    })?
     else {
         return Ok(tally);
     };
@@ -359,7 +364,8 @@ fn consumer(demo: u32) -> Result<Tally> {
 fn reporter(demo: u32) -> Result<Tally> {
     let name = name(demo, "status");
     let mut tally = Tally::new("status");
-    let Some(mut tx) = retry_open(|| SocketSender::builder(&name).open())? else {
+    let Some(mut tx) = retry_open(|| SocketSender::builder(&name).wait(Duration::ZERO).open())?
+    else {
         return Ok(tally);
     };
     loop {
@@ -424,7 +430,7 @@ fn server(demo: u32) -> Result<Tally> {
 fn client(demo: u32) -> Result<Tally> {
     let name = name(demo, "squares");
     let mut tally = Tally::new("squares");
-    let Some(mut client) = retry_open(|| Client::connect(&name))? else {
+    let Some(mut client) = retry_open(|| Client::connect_timeout(&name, Duration::ZERO))? else {
         return Ok(tally);
     };
     loop {
@@ -560,7 +566,8 @@ fn locker(demo: u32, first: &str, second: &str) -> Result<Tally> {
 
 /// Opens an object another role creates, waiting for it to appear: for
 /// up to 10 s, or once the demo is stopping, [`STOPPED_GRACE`] (`None`: it
-/// never did, and the role leaves without a round).
+/// never did, and the role leaves without a round). Each `open` should try
+/// once (`.wait(Duration::ZERO)`), so that a stop is noticed between tries.
 fn retry_open<T, E: std::error::Error + Send + Sync + 'static>(
     mut open: impl FnMut() -> Result<T, E>,
 ) -> Result<Option<T>> {
