@@ -490,3 +490,63 @@ time.sleep(0.2)";
     tmux.keys(&["q"]);
     assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
 }
+
+/// A recorder's live feed that broke inside a frame: the dashboard said
+/// "LOST" and never why, the CLI's feed thread dropped the error (issue
+/// 17). Served here by the test, as a recorder serves it.
+#[test]
+fn a_live_feed_that_breaks_says_why_on_the_dashboard() {
+    use collector::store::{NewSession, OpenMode, Store};
+    use ipc_events::live::{encode_frame, Frame, Snapshot, PROTOCOL_VERSION};
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let sock = dir.path().join("feed.sock");
+    let session = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(&db, OpenMode::Create).await.unwrap();
+        let session = store
+            .begin_session(&NewSession {
+                name: Some("broken".into()),
+                command: "true".into(),
+                host: "h".into(),
+                started_at: "2026-12-07T00:00:00.000Z".into(),
+                sources: "lib".into(),
+                start_mono_ns: 1,
+                recorder_pid: std::process::id(),
+            })
+            .await
+            .unwrap();
+        store.set_live_socket(session, Some(&sock)).await.unwrap();
+        store.close().await;
+        session
+    });
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            session_id: session.0,
+        };
+        let snapshot = Frame::Snapshot(Box::new(Snapshot {
+            session_id: session.0,
+            session_name: "broken".into(),
+            live: true,
+            ..Snapshot::default()
+        }));
+        stream.write_all(&encode_frame(&hello)).unwrap();
+        stream.write_all(&encode_frame(&snapshot)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // Two bytes of the next frame's four-byte header, then the end.
+        stream.write_all(&[0, 0]).unwrap();
+    });
+    let (line, status) = ipcscope_in(dir.path(), &format!("tui --db {}", db.display()));
+    let Some(tmux) = Tmux::start("broken", &line) else {
+        return;
+    };
+    let screen = tmux.wait_for(&["LOST", "cut short"]);
+    assert!(screen.contains("Session 1 broken"), "{screen}");
+    server.join().unwrap();
+    tmux.keys(&["q"]);
+    assert_eq!(exit_status(&status), 0, "{}", tmux.screen());
+}
