@@ -5,10 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::error::{RecvError, SendError};
-use super::receiver::Receiver;
+use super::receiver::{decode, Receiver};
 use super::sender::Sender;
 use crate::rt::{off_runtime, CANCEL_SLICE};
 
@@ -25,9 +27,10 @@ pub struct AsyncReceiver {
 #[derive(Debug)]
 struct RecvState {
     rx: Receiver,
-    /// What a blocking wait received; taken by the next `recv`, whether or
-    /// not the `recv` that started the wait is still there.
-    received: Option<Result<Vec<u8>, RecvError>>,
+    /// What a blocking wait received (a message and its id); taken by the
+    /// next `recv`, whether or not the `recv` that started the wait is
+    /// still there.
+    received: Option<Result<(Vec<u8>, u64), RecvError>>,
 }
 
 impl Receiver {
@@ -45,6 +48,18 @@ impl Receiver {
 impl AsyncReceiver {
     /// Waits for the next message, as [`Receiver::recv`] does.
     pub async fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        self.next().await.map(|(msg, _)| msg)
+    }
+
+    /// Waits for the next message and decodes it as `T`, as
+    /// [`Receiver::recv_value`] does. Cancel safe as [`recv`](Self::recv).
+    pub async fn recv_value<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+        let (msg, id) = self.next().await?;
+        decode(&msg, id)
+    }
+
+    /// The next message and its id.
+    async fn next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
         loop {
             // Only a wait abandoned by a dropped `recv` can hold the lock,
             // and it lets go within CANCEL_SLICE.
@@ -52,16 +67,17 @@ impl AsyncReceiver {
             if let Some(r) = state.received.take() {
                 return r;
             }
-            match state.rx.try_recv() {
+            let mut msg = Vec::new();
+            match state.rx.try_recv_into(&mut msg) {
                 Err(RecvError::Empty) => {}
-                other => return other,
+                other => return other.map(|id| (msg, id)),
             }
             let done = off_runtime(move |cancelled: &AtomicBool| {
                 while !cancelled.load(Ordering::Acquire) {
-                    match state.rx.recv_timeout(CANCEL_SLICE) {
+                    match state.rx.recv_into(&mut msg, Some(CANCEL_SLICE)) {
                         Err(RecvError::Timeout) => {}
                         other => {
-                            state.received = Some(other);
+                            state.received = Some(other.map(|id| (msg, id)));
                             return;
                         }
                     }
@@ -96,24 +112,39 @@ impl AsyncSender {
     /// Sends one message, waiting for room as [`Sender::send`] does;
     /// returns its message id.
     pub async fn send(&mut self, msg: Vec<u8>) -> Result<u64, SendError> {
-        let mut tx = self.tx.clone().lock_owned().await;
-        match tx.try_send(&msg) {
-            Err(SendError::Full) => {}
-            other => return other,
-        }
-        off_runtime(move |cancelled: &AtomicBool| {
-            while !cancelled.load(Ordering::Acquire) {
-                match tx.send_timeout(&msg, CANCEL_SLICE) {
-                    Err(SendError::Timeout) => {}
-                    other => return Some(other),
-                }
-            }
-            None
-        })
-        .await
-        .flatten()
-        // `None` inside is a cancelled wait, which only dropping this
-        // future causes; outside, the runtime shut down.
-        .unwrap_or(Err(SendError::RuntimeShutdown))
+        let tx = self.tx.clone().lock_owned().await;
+        send_locked(tx, msg).await
     }
+
+    /// Encodes `value` and sends it, as [`Sender::send_value`] does.
+    pub async fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<u64, SendError> {
+        let mut tx = self.tx.clone().lock_owned().await;
+        let msg = tx.encode(value)?;
+        send_locked(tx, msg).await
+    }
+}
+
+/// Sends `msg` on the locked sender, waiting for room off the runtime.
+async fn send_locked(
+    mut tx: tokio::sync::OwnedMutexGuard<Sender>,
+    msg: Vec<u8>,
+) -> Result<u64, SendError> {
+    match tx.try_send(&msg) {
+        Err(SendError::Full) => {}
+        other => return other,
+    }
+    off_runtime(move |cancelled: &AtomicBool| {
+        while !cancelled.load(Ordering::Acquire) {
+            match tx.send_timeout(&msg, CANCEL_SLICE) {
+                Err(SendError::Timeout) => {}
+                other => return Some(other),
+            }
+        }
+        None
+    })
+    .await
+    .flatten()
+    // `None` inside is a cancelled wait, which only dropping the future
+    // causes; outside, the runtime shut down.
+    .unwrap_or(Err(SendError::RuntimeShutdown))
 }

@@ -403,7 +403,7 @@ fn senders_gone(sh: &Shared, watches: &mut [Option<PeerWatch>], check: bool) -> 
     any
 }
 
-fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
+pub(super) fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
     postcard::from_bytes(buf).map_err(|e| RecvError::Decode {
         msg_id,
         source: CodecError::from(e),

@@ -228,7 +228,10 @@ impl Sender {
         r
     }
 
-    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, SendError> {
+    pub(super) fn encode<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<Vec<u8>, SendError> {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         postcard::to_extend(value, buf).map_err(|e| SendError::Encode(CodecError::from(e)))

@@ -201,3 +201,44 @@ fn an_abandoned_async_wait_ends_and_is_traced_as_cancelled() {
     let mut child = spawn("sem-drop-async-wait", &name, "");
     assert!(wait_bounded(&mut child, PATIENCE).success());
 }
+
+/// `send_value`/`recv_value` existed only on the blocking ends (issue
+/// 18): typed values through the async ends, and a message that is not
+/// one a decode error naming its id, after which the channel goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn async_ends_send_and_receive_typed_values() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Job {
+        id: u32,
+        path: String,
+    }
+    let name = unique_name("aio-typed");
+    let _g = NameGuard(name.clone());
+    let mut rx = Receiver::builder(&name).create().unwrap().into_async();
+    let mut tx = Sender::builder(&name).open().unwrap().into_async();
+    for id in 0..100 {
+        let job = Job {
+            id,
+            path: format!("/jobs/{id}"),
+        };
+        timeout(PATIENCE, tx.send_value(&job))
+            .await
+            .unwrap()
+            .unwrap();
+        let got: Job = timeout(PATIENCE, rx.recv_value()).await.unwrap().unwrap();
+        assert_eq!(got, job);
+    }
+    let not_a_job = tx.send(vec![0xff; 3]).await.unwrap();
+    match timeout(PATIENCE, rx.recv_value::<Job>()).await.unwrap() {
+        Err(RecvError::Decode { msg_id, .. }) => assert_eq!(msg_id, not_a_job),
+        other => panic!("{other:?}"),
+    }
+    tx.send_value(&Job {
+        id: 7,
+        path: "/x".into(),
+    })
+    .await
+    .unwrap();
+    let got: Job = rx.recv_value().await.unwrap();
+    assert_eq!(got.id, 7);
+}
