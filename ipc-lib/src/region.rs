@@ -409,6 +409,39 @@ impl Region {
         Ok(())
     }
 
+    /// Adds `delta` (wrapping) to the `u64` at `offset`, which must be
+    /// 8-aligned, in one atomic step visible to every process mapping the
+    /// region; returns the value before. A counter many processes bump
+    /// without a lock. Traced as a write of the 8 bytes.
+    pub fn fetch_add_u64(&self, offset: usize, delta: u64) -> Result<u64, AccessError> {
+        self.check_typed::<u64>(offset)?;
+        let before = self.word(offset).fetch_add(delta, Ordering::AcqRel);
+        self.traced(EventKind::ShmWrite, offset, 8);
+        Ok(before)
+    }
+
+    /// Stores `new` in the `u64` at `offset` (8-aligned) if it holds
+    /// `current`, atomically: `Ok(Ok(current))` when it did, `Ok(Err(v))`
+    /// with the value found when it did not. Traced as a write of the 8
+    /// bytes when it stored, a read when it did not.
+    pub fn compare_exchange_u64(
+        &self,
+        offset: usize,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, AccessError> {
+        self.check_typed::<u64>(offset)?;
+        let r =
+            self.word(offset)
+                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire);
+        let kind = match r {
+            Ok(_) => EventKind::ShmWrite,
+            Err(_) => EventKind::ShmRead,
+        };
+        self.traced(kind, offset, 8);
+        Ok(r)
+    }
+
     fn check_typed<T>(&self, offset: usize) -> Result<(), AccessError> {
         self.check(offset, size_of::<T>())?;
         let align = std::mem::align_of::<T>();
