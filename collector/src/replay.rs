@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 use sqlx::SqliteConnection;
 
-use ipc_events::live::{Delta, MessageSample, Snapshot};
+use ipc_events::live::{ChannelStats, Delta, MessageSample, Snapshot};
 
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
@@ -405,6 +405,9 @@ const KEYFRAME_EVERY: usize = 32;
 /// does not count, small enough that a seek asked for meanwhile waits
 /// little.
 const CHUNK_EVENTS: u64 = 50_000;
+/// The channels a replay lists newest messages for (the drill-down's), the
+/// busiest first: one read each per moment shown.
+const RECENT_MESSAGES_OF: usize = 256;
 
 /// A recorded session, analysed once from start to end (in the background,
 /// a chunk per [`Replay::load_more`]) into an index of its state at every
@@ -716,7 +719,11 @@ impl Replay {
         snapshot.live = false;
         let (session, at) = (self.info.id, snapshot.now_ns);
         snapshot.recent_events = newest_events(&mut self.conn, session, &self.names, at).await?;
-        for channel in &mut snapshot.channels {
+        // One indexed read a channel: for a session of thousands of
+        // connections, the busiest ones only, so a seek stays quick.
+        let mut busiest: Vec<&mut ChannelStats> = snapshot.channels.iter_mut().collect();
+        busiest.sort_unstable_by_key(|c| std::cmp::Reverse(c.messages));
+        for channel in busiest.into_iter().take(RECENT_MESSAGES_OF) {
             channel.recent = newest_messages(&mut self.conn, session, channel.id, at).await?;
         }
         Ok(Some(snapshot))
