@@ -28,3 +28,4 @@ pub mod transport;
 pub use channel::{remove, OpenError, Receiver, Sender};
 pub use region::Region;
 pub use sem::Semaphore;
+pub use trace::set_role;
