@@ -324,6 +324,10 @@ pub struct RingListener {
     listener: UnixListener,
     address: String,
     admission: Admission,
+    /// The command `record` started, once it has: its start and exit are
+    /// the recorder's to report (it spawned it and reaps it), so its ring
+    /// reports neither again.
+    command: Option<watch::Receiver<Option<u32>>>,
 }
 
 impl RingListener {
@@ -348,7 +352,15 @@ impl RingListener {
             listener,
             address: format!("@{name}"),
             admission,
+            command: None,
         })
+    }
+
+    /// Names the command whose start and exit the caller reports itself,
+    /// as soon as it has been spawned.
+    pub fn with_command(mut self, command: watch::Receiver<Option<u32>>) -> RingListener {
+        self.command = Some(command);
+        self
     }
 
     /// The value of [`SOCKET_ENV`] that leads here: `@` and the abstract
@@ -360,11 +372,15 @@ impl RingListener {
     /// Accepts rings and feeds their events to `ingest` until `stop` turns
     /// true, then drains every ring one last time.
     ///
-    /// Each registering process is reported (its comm and executable, as a
-    /// `process_exec` that the store merges with what it already knows);
-    /// with `report_exits`, for recordings where no other source sees
-    /// processes end, so is its disconnection, as its exit.
-    pub async fn run(self, ingest: Ingest, mut stop: watch::Receiver<bool>, report_exits: bool) {
+    /// Each registering process is reported: its comm and executable, as a
+    /// `process_exec` that the store merges with what it already knows;
+    /// with `lifecycle`, for recordings where no other source sees
+    /// processes start and end, as a `process_start` (parent and start
+    /// time from `/proc`) and, once its ring closes, a `process_exit`
+    /// with its status where the kernel tells it (see [`pump`]). The
+    /// command named by [`RingListener::with_command`] is left to its
+    /// spawner.
+    pub async fn run(self, ingest: Ingest, mut stop: watch::Receiver<bool>, lifecycle: bool) {
         let mut rings = JoinSet::new();
         let ring_stop = stop.clone();
         loop {
@@ -377,11 +393,17 @@ impl RingListener {
                         // must not hold up the others, nor the end.
                         let (ingest, stop) = (ingest.clone(), ring_stop.clone());
                         let admission = self.admission.clone();
+                        let command = self.command.clone();
                         rings.spawn(async move {
                             let registered = register(&stream, &admission, &ingest);
                             match tokio::time::timeout(REGISTER_TIMEOUT, registered).await {
-                                Ok(Ok((reader, pid))) => {
-                                    pump(reader, pid, stream, ingest, stop, report_exits).await;
+                                Ok(Ok((reader, seen))) => {
+                                    let told = match lifecycle {
+                                        true if is_command(&seen, command).await => Told::Elsewhere,
+                                        true => Told::Here,
+                                        false => Told::Exec,
+                                    };
+                                    pump(reader, seen, stream, ingest, stop, told).await;
                                 }
                                 Ok(Err(e)) => tracing::warn!("ipc-lib ring refused: {e}"),
                                 Err(_) => tracing::warn!(
@@ -427,7 +449,7 @@ async fn register(
     stream: &UnixStream,
     admission: &Admission,
     ingest: &Ingest,
-) -> Result<(RingReader, u32), RingError> {
+) -> Result<(RingReader, Seen), RingError> {
     let cred = stream
         .peer_cred()
         .map_err(io_err("reading the peer's credentials"))?;
@@ -460,12 +482,153 @@ async fn register(
         ingest.own_object(inode);
     }
     let reader = RingReader::map(&fd, pid)?;
+    // Read while the caller certainly is who it says: it waits for our
+    // answer, so its pid cannot have been reused yet.
+    let seen = Seen::read(pid);
     // The caller waits for this before it goes on (and may exit): it
     // cannot block, a fresh socket's buffer is empty.
     stream
         .try_write(&[ACCEPTED])
         .map_err(io_err("answering the registration"))?;
-    Ok((reader, pid))
+    Ok((reader, seen))
+}
+
+/// Who reports a ring owner's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// Its ring: start and exit, no other source sees them.
+    Here,
+    /// Another source (the probes) reports its start and exit; the ring
+    /// adds its comm and executable, for a process they did not follow.
+    Exec,
+    /// The command, whose spawner reports all of it.
+    Elsewhere,
+}
+
+/// What the kernel says of a registering process, read while it waits for
+/// the recorder's answer.
+#[derive(Debug)]
+struct Seen {
+    pid: u32,
+    /// From `/proc/PID/stat`: `None` if it could not be read.
+    ppid: Option<u32>,
+    started_ns: Option<u64>,
+    /// Tells when the process has ended and, once its parent has reaped
+    /// it, how (`PIDFD_GET_INFO`); `None` where pidfds are not to be had.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Seen {
+    fn read(pid: u32) -> Seen {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let (ppid, ticks) = stat.as_deref().and_then(parse_stat).unzip();
+        Seen {
+            pid,
+            ppid,
+            started_ns: ticks.and_then(crate::clock::boot_ticks_to_monotonic_ns),
+            pidfd: open_pidfd(pid),
+        }
+    }
+}
+
+/// The parent pid (field 4) and start time in clock ticks since boot
+/// (field 22) of a `/proc/PID/stat` line. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace();
+    // Field 3 is the state, 4 the parent.
+    let ppid = fields.nth(1)?.parse().ok()?;
+    // Fields 5 to 21 come between.
+    let starttime = fields.nth(17)?.parse().ok()?;
+    Some((ppid, starttime))
+}
+
+/// Whether the registering process is the command, whose life its
+/// spawner reports. The command registers after `record` has its pid in
+/// all but theory (it must exec, load and reach its first traced
+/// operation first); a child of the recorder registering before that pid
+/// is known waits for it, briefly.
+async fn is_command(seen: &Seen, command: Option<watch::Receiver<Option<u32>>>) -> bool {
+    let Some(mut command) = command else {
+        return false;
+    };
+    if seen.ppid != Some(std::process::id()) {
+        return false;
+    }
+    let known = tokio::time::timeout(REGISTER_TIMEOUT, command.wait_for(Option::is_some)).await;
+    matches!(known, Ok(Ok(pid)) if *pid == Some(seen.pid))
+}
+
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: a descriptor the kernel just gave us, owned by no one else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct pidfd_info` as of Linux 6.15 (`PIDFD_INFO_SIZE_VER0`): the
+/// fields up to `exit_code`. The kernel takes the size from the ioctl
+/// number, so this prefix is all it fills.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+const _: () = assert!(size_of::<PidfdInfo>() == 64);
+
+/// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)` for the 64 bytes of
+/// [`PidfdInfo`]; libc has no binding yet.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// The wait status of the process behind `pidfd`, once it has exited and
+/// been reaped (by its parent, or by `record` as subreaper); `None`
+/// before that, and on kernels before 6.15, which do not keep it.
+fn reaped_status(pidfd: &OwnedFd) -> Option<i32> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: the ioctl writes at most size_of::<PidfdInfo>() bytes, the
+    // size its number encodes, into `info`, which lives across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    (rc == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
+}
+
+/// How often a process whose ring has closed is checked for having been
+/// reaped, which is when its status becomes known.
+const REAP_POLL: Duration = Duration::from_millis(5);
+
+/// The wait status of a process whose ring has closed, waiting for its
+/// parent to reap it until the recording stops (one last look then);
+/// `None` when it was not reaped by then, or the kernel does not say.
+async fn exit_status(pidfd: Option<&OwnedFd>, stop: &mut watch::Receiver<bool>) -> Option<i32> {
+    let pidfd = pidfd?;
+    let mut poll = tokio::time::interval(REAP_POLL);
+    loop {
+        if let Some(status) = reaped_status(pidfd) {
+            return Some(status);
+        }
+        if *stop.borrow() {
+            return None;
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            () = stopped(stop) => {}
+        }
+    }
 }
 
 fn recv_with_fd(socket: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
@@ -517,15 +680,26 @@ fn recv_with_fd(socket: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
 
 /// Drains one ring every [`DRAIN_EVERY`] until its process disconnects or
 /// recording stops, then once more.
+///
+/// With [`Told::Here`], the process's start and exit are reported too: its
+/// exit when its ring closes (which it does as it exits), with the status
+/// its parent reaps, where the kernel tells it before the recording ends.
 async fn pump(
     mut reader: RingReader,
-    pid: u32,
+    seen: Seen,
     stream: UnixStream,
     ingest: Ingest,
     mut stop: watch::Receiver<bool>,
-    report_exits: bool,
+    told: Told,
 ) {
-    if ingest.send(vec![process_seen(pid)]).await.is_err() {
+    let pid = seen.pid;
+    let lifecycle = told == Told::Here;
+    if told != Told::Elsewhere
+        && ingest
+            .send(vec![process_seen(&seen, lifecycle)])
+            .await
+            .is_err()
+    {
         return;
     }
     let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -564,7 +738,7 @@ async fn pump(
         // Gone when its socket says so, even if the recording is stopping
         // at the same moment (its end may be why it stops).
         let gone = last && matches!(stream.try_read(&mut eof), Ok(0));
-        if gone && report_exits {
+        if gone && lifecycle {
             let mut exit = Event::new(
                 monotonic_ns(),
                 pid,
@@ -572,8 +746,16 @@ async fn pump(
                 Source::Collector,
                 EventKind::ProcessExit,
             );
-            // A closed socket says it ended, not how.
-            exit.result = -i64::from(libc::ENODATA);
+            // Stamped when the ring closed; how it ended comes later, when
+            // its parent reaps it. Sent after what its ring held, which is
+            // then stored without waiting for that.
+            if ingest.send(std::mem::take(&mut events)).await.is_err() {
+                return;
+            }
+            match exit_status(seen.pidfd.as_ref(), &mut stop).await {
+                Some(status) => exit.aux = u64::from(status as u32),
+                None => exit.result = -i64::from(libc::ENODATA),
+            }
             events.push(exit);
         }
         if ingest.send(events).await.is_err() {
@@ -584,15 +766,30 @@ async fn pump(
 
 /// A registering process as the store knows processes: its comm and
 /// executable, read from /proc while it is certainly alive (it is still
-/// connected).
-fn process_seen(pid: u32) -> Event {
-    let mut e = Event::new(
-        monotonic_ns(),
-        pid,
-        pid,
-        Source::Collector,
-        EventKind::ProcessExec,
-    );
+/// connected); with `lifecycle`, as its start (parent and start time),
+/// when /proc told them.
+fn process_seen(seen: &Seen, lifecycle: bool) -> Event {
+    let pid = seen.pid;
+    let mut e = match (lifecycle, seen.ppid, seen.started_ns) {
+        (true, Some(ppid), Some(started_ns)) => {
+            let mut e = Event::new(
+                started_ns,
+                pid,
+                pid,
+                Source::Collector,
+                EventKind::ProcessStart,
+            );
+            e.aux = u64::from(ppid);
+            e
+        }
+        _ => Event::new(
+            monotonic_ns(),
+            pid,
+            pid,
+            Source::Collector,
+            EventKind::ProcessExec,
+        ),
+    };
     e.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
         .unwrap_or_default();
@@ -613,4 +810,36 @@ fn drop_event(pid: u32, source: u64, count: u64) -> Event {
     e.aux = source;
     e.size = count;
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let stat = "42 (a) b (c)) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1 2";
+        assert_eq!(parse_stat(stat), Some((7, 123456)));
+        assert_eq!(parse_stat("42 (x) S 7"), None);
+    }
+
+    #[test]
+    fn a_registering_process_is_known_by_parent_start_and_exit() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _; exit 3"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let before = monotonic_ns();
+        let seen = Seen::read(child.id());
+        assert_eq!(seen.ppid, Some(std::process::id()));
+        // To the clock tick, and not before this test began by more.
+        let started = seen.started_ns.unwrap();
+        assert!(started <= before && before - started < 60_000_000_000);
+        let pidfd = seen.pidfd.expect("pidfd_open works here");
+        assert_eq!(reaped_status(&pidfd), None, "alive");
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(reaped_status(&pidfd), Some(3 << 8));
+    }
 }

@@ -204,6 +204,10 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     let rings = RingListener::bind(admission).context("opening the ipc-lib ring socket")?;
     let (stop_rings, rings_stopped) = watch::channel(false);
     let ring_address = rings.address().to_owned();
+    // The command's start and exit are reported here, where it is spawned
+    // and reaped; its ring must not report them a second time.
+    let (command_pid, command_known) = watch::channel(None);
+    let rings = rings.with_command(command_known);
     let ring_task = tokio::spawn(rings.run(ingest.clone(), rings_stopped, probes.is_none()));
 
     // Processes already running are followed before the command starts,
@@ -279,6 +283,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
                 let pid = spawned
                     .id()
                     .context("the command exited before it could be observed")?;
+                command_pid.send_replace(Some(pid));
                 if probes.is_none() {
                     // Without the probes nobody else reports the command's start.
                     ingest

@@ -330,7 +330,8 @@ pub mod kind {
     /// collector, the process's command line as `/proc/PID/cmdline` shows
     /// it (NULs as spaces, at most [`super::MAX_TITLE`] bytes) when it
     /// changed since the process's exec: a process that rewrote its argv
-    /// (`postgres: checkpointer`).
+    /// (`postgres: checkpointer`). From ipc-lib, the role the process
+    /// gave itself (`ipc_lib::set_role`).
     pub const PROCESS_TITLE: u16 = 23;
     /// A futex wait began: what the decoder makes of a [`FUTEX_WAIT`]
     /// record whose `result` is [`super::WAIT_BEGUN`], so that the marker

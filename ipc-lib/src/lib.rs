@@ -39,3 +39,4 @@ pub use channel::{remove, OpenError, Receiver, Sender};
 pub use patience::DEFAULT_OPEN_WAIT;
 pub use region::Region;
 pub use sem::Semaphore;
+pub use trace::set_role;

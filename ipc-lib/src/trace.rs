@@ -199,6 +199,20 @@ pub fn bench_emit_msg_recv(name: &str, size: u64, msg_id: u64) {
     );
 }
 
+/// Labels the calling process with its role (`"worker-3"`), for
+/// ipcscope to name it by: the label is traced as a `process_title`, the
+/// event a process renaming itself makes, and stored as the process's
+/// `title`, which the dashboard and the report show in place of its comm.
+/// The latest label wins. It belongs to this process alone: a forked
+/// child starts without one. At most 255 bytes are kept; without a
+/// recorder this costs what any untraced operation does.
+pub fn set_role(role: &str) {
+    emit_op(Op {
+        name: role,
+        ..Op::without_object(EventKind::ProcessTitle)
+    });
+}
+
 /// The time now when tracing is on (and no clock read when it is off): for
 /// [`Op::at_ns`].
 #[inline]

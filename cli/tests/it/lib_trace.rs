@@ -149,3 +149,68 @@ fn rpc_requests_and_replies_over_sockets_are_paired_and_ordered() {
         serde_json::json!([{"n": 500}])
     );
 }
+
+/// Without the probes, every ipc-lib process is known from its ring and
+/// the recorder: parent, start time, and how it ended (3, and 137 for
+/// SIGKILL), each process once, with the role it gave itself.
+#[test]
+fn ipc_lib_processes_have_parent_start_exit_status_and_role_without_ebpf() {
+    let Some(example) = example("roles") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    record_example(&example, &db, &[], None);
+    let procs = query(
+        &db,
+        "select p.pid, p.ppid, p.title, p.exit_status,
+                p.started_ns >= s.start_mono_ns as after_start,
+                p.started_ns <= p.exited_ns as before_exit,
+                p.ppid = s.recorder_pid as from_recorder
+         from processes p join sessions s on s.id = p.session_id
+         order by p.title",
+    );
+    let rows = procs.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "one row per process: {procs}");
+    let (parent, one, two) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(parent["title"], "parent", "{procs}");
+    assert_eq!(parent["from_recorder"], 1, "{procs}");
+    assert_eq!(parent["exit_status"], 0, "{procs}");
+    for (worker, title, status) in [(one, "worker-1", 3), (two, "worker-2", 137)] {
+        assert_eq!(worker["title"], title, "{procs}");
+        assert_eq!(worker["ppid"], parent["pid"], "{procs}");
+        assert_eq!(worker["exit_status"], status, "{procs}");
+        assert_eq!(worker["before_exit"], 1, "{procs}");
+    }
+    assert_eq!(parent["after_start"], 1, "{procs}");
+    // /proc gives a start to the clock tick (10 ms): a worker's may be
+    // rounded to before its parent's, never by more than a tick.
+    let order = query(
+        &db,
+        "select count(*) as n from processes w join processes p on w.ppid = p.pid
+         where w.started_ns + 10000000 < p.started_ns",
+    );
+    assert_eq!(order, serde_json::json!([{"n": 0}]));
+    // Each start, exec and exit told once, by one source.
+    let told = query(
+        &db,
+        "select count(*) as n from events
+         where kind in ('process_start', 'process_exec', 'process_exit')
+         group by pid, kind having count(*) > 1",
+    );
+    assert_eq!(told, serde_json::json!([]));
+    let lifecycle = query(
+        &db,
+        "select kind, count(*) as n from events
+         where kind in ('process_start', 'process_exit', 'process_title')
+         group by kind order by kind",
+    );
+    assert_eq!(
+        lifecycle,
+        serde_json::json!([
+            {"kind": "process_exit", "n": 3},
+            {"kind": "process_start", "n": 3},
+            {"kind": "process_title", "n": 3},
+        ])
+    );
+}
