@@ -377,8 +377,10 @@ async fn record_on_dashboard(options: RecordOptions) -> Result<RecordOutcome> {
         Err(_) => Ok(()),
     };
     let _ = stop.send(true);
-    let outcome = recording.await.context("the recorder panicked");
+    // The dashboard has given the terminal back: what the recorder says
+    // while it ends (indexing a big session takes seconds) shows there.
     collector::notes::to_stderr();
+    let outcome = recording.await.context("the recorder panicked");
     let outcome = outcome??;
     shown?;
     summarise(&outcome);

@@ -438,19 +438,28 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     // an index (this failed, or an older recording), a replay indexes the
     // session itself as it opens.
     if failures.is_empty() {
-        // About 0.6 s per million events: say why a big one takes a while.
+        // About 0.6 s per million events: say why a big one takes a while,
+        // and let the user skip it (a replay then indexes as it opens).
         if writer.events >= 2_000_000 {
             note!(
-                "ipcscope: indexing session {} ({} events) for replay…",
+                "ipcscope: indexing session {} ({} events) for replay… (Ctrl-C skips it)",
                 session.0,
                 writer.events
             );
         }
-        if let Err(e) = crate::replay::store_index(&store, session).await {
-            note!(
-                "ipcscope: session {} was not indexed for replay ({e}); `ipcscope tui` indexes it as it opens",
+        tokio::select! {
+            indexed = crate::replay::store_index(&store, session) => {
+                if let Err(e) = indexed {
+                    note!(
+                        "ipcscope: session {} was not indexed for replay ({e}); `ipcscope tui` indexes it as it opens",
+                        session.0
+                    );
+                }
+            }
+            _ = tokio::signal::ctrl_c() => note!(
+                "ipcscope: indexing skipped; `ipcscope tui` indexes session {} as it opens",
                 session.0
-            );
+            ),
         }
     }
     store.close().await;

@@ -162,6 +162,15 @@ async fn every_position_of_a_replay_is_what_a_full_snapshot_there_shows() {
     assert!(recent
         .iter()
         .all(|m| m.latency_ns == 2 * MS && (m.sender_pid, m.receiver_pid) == (10, 20)));
+    // A signal's target, which `signals` keeps, on its event.
+    let kill = end
+        .recent_events
+        .iter()
+        .find(|e| e.kind == EventKind::SignalGenerate);
+    assert_eq!(
+        kill.expect("the kill is a recent event").target_pid,
+        Some(20)
+    );
     // The burst's messages stay counted, its last second empties.
     let late = at(BASE + 5_000 * MS - 1);
     let b = burst(late).expect("the burst channel is listed");
