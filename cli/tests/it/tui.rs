@@ -347,9 +347,8 @@ fn without_index(db: &Path) {
 /// unanswered while it loaded). On a demo of half a million events:
 /// indexed when the recording ended, the dashboard opens on the whole
 /// session without a key, with latencies on Channels, and answers Home
-/// and End within a second; without that index, it shows what it has read
-/// so far while it indexes the session, and quits at once by `q` or
-/// SIGTERM.
+/// and End within a second; without that index, it quits at once by `q`
+/// or SIGTERM as it opens, while it indexes the session.
 #[test]
 fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
     let dir = tempfile::tempdir().unwrap();
@@ -434,9 +433,17 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
             return;
         };
         let ipcscope = Stray(number_in(&pid, "ipcscope never started"));
-        // Loading: the footer says how far, the cursor is at the end.
-        let screen = tmux.wait_for(&["loading", "(read "]);
-        assert!(at_the_end(&screen), "{screen}");
+        // As soon as it shows: indexing half a million events takes well
+        // under a second now, so it may be done already; the tui crate's
+        // tests hold a load open to quit in the middle of it.
+        let screen = tmux.wait_for(&["REPLAY"]);
+        eprintln!(
+            "{quit} with the load {}",
+            match screen.contains("loading") {
+                true => "under way",
+                false => "done",
+            }
+        );
         let asked = Instant::now();
         match quit {
             "q" => tmux.keys(&["q"]),
