@@ -89,12 +89,22 @@ fn run_sqlx(
             stats.events as usize, expected,
             "the writer stored every event"
         );
+        let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            messages as usize,
+            expected / 2,
+            "the writer paired every send"
+        );
         store.close().await;
         elapsed
     })
 }
 
-/// The baseline: the same schema file and statement shape through rusqlite.
+/// The baseline: the same layout (every migration; `events` rows and a
+/// `messages` row per pair) and statement shape through rusqlite.
 fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
     let path = dir.join("baseline.db");
     let mut conn = rusqlite::Connection::open(&path).unwrap();
@@ -102,8 +112,19 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = memory;",
     )
     .unwrap();
-    conn.execute_batch(include_str!("../../migrations/0001_schema.sql"))
-        .unwrap();
+    // The same layout: every migration, so every table and index the
+    // writer fills.
+    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut migrations: Vec<_> = std::fs::read_dir(&dir_of_migrations)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    migrations.sort();
+    for m in migrations {
+        conn.execute_batch(&std::fs::read_to_string(m).unwrap())
+            .unwrap();
+    }
     conn.execute("INSERT INTO sessions (command, host, started_at, sources, start_mono_ns, recorder_pid) VALUES ('b','b','b','b',0,0)", [])
         .unwrap();
     conn.execute_batch(
@@ -120,6 +141,13 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         s
     };
     let full = sql(rows_per_statement);
+    let message_sql = |rows: usize| {
+        let mut s = String::from(
+            "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
+        );
+        s.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
+        s
+    };
     let start = Instant::now();
     let all: Vec<&Event> = batches.iter().flatten().collect();
     for tx_rows in all.chunks(rows_per_tx) {
@@ -155,6 +183,31 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
             }
             stmt.raw_execute().unwrap();
         }
+        // Each send paired with the receive after it: a `messages` row,
+        // as the correlation stage makes one.
+        let pairs: Vec<(&Event, &Event)> = tx_rows.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        for chunk in pairs.chunks(rows_per_statement) {
+            let text = message_sql(chunk.len());
+            let mut stmt = tx.prepare_cached(&text).unwrap();
+            let mut i = 1;
+            for (send, recv) in chunk {
+                stmt.raw_bind_parameter(i, 1i64).unwrap();
+                stmt.raw_bind_parameter(i + 1, 1i64).unwrap();
+                stmt.raw_bind_parameter(i + 2, send.msg_id.map(|m| m as i64))
+                    .unwrap();
+                stmt.raw_bind_parameter(i + 3, send.pid).unwrap();
+                stmt.raw_bind_parameter(i + 4, send.tid).unwrap();
+                stmt.raw_bind_parameter(i + 5, recv.pid).unwrap();
+                stmt.raw_bind_parameter(i + 6, recv.tid).unwrap();
+                stmt.raw_bind_parameter(i + 7, send.ts_ns as i64).unwrap();
+                stmt.raw_bind_parameter(i + 8, recv.ts_ns as i64).unwrap();
+                stmt.raw_bind_parameter(i + 9, recv.ts_ns as i64 - send.ts_ns as i64)
+                    .unwrap();
+                stmt.raw_bind_parameter(i + 10, send.size as i64).unwrap();
+                i += 11;
+            }
+            stmt.raw_execute().unwrap();
+        }
         tx.commit().unwrap();
     }
     let elapsed = start.elapsed();
@@ -162,6 +215,10 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored, all.len(), "the baseline stored every event");
+    let messages: usize = conn
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(messages, all.len() / 2, "the baseline paired every send");
     elapsed
 }
 

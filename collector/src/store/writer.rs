@@ -7,25 +7,27 @@
 //! Sources hand over `Vec<Event>` batches through a bounded channel, so a
 //! burst is absorbed in memory up to a limit and then pushes back (or, with
 //! [`Ingest::try_send`], is counted as dropped) instead of growing without
-//! bound. One task owns the connection: it gathers rows until
+//! bound. One thread owns the connection: it gathers rows until
 //! `rows_per_tx` or `flush_interval` after the first unflushed row, then
 //! writes them in one transaction of multi-row `INSERT ... VALUES`
-//! statements. Each sqlx statement costs tens of microseconds however small,
-//! so rows must share statements to reach a million a second.
+//! statements, the hot ones (events, messages, waits) bound in place
+//! through SQLite's C API ([`Rows`]) rather than boxed into sqlx arguments.
 
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipc_events::{ChannelId, Event};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, Sqlite, SqliteConnection};
+use sqlx::sqlite::LockedSqliteHandle;
+use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
+use super::rows::Rows;
 use super::{SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, DropFact, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
@@ -213,10 +215,13 @@ pub async fn spawn_writer(
         own_sockets: Arc::clone(&ingest.own_sockets),
         dropped_stored: 0,
         stats: WriterStats::default(),
-        full_insert_sql: String::new(),
         observer: config.observer.clone(),
     };
-    let join = tokio::spawn(writer.run(rx, config));
+    // A thread of its own: SQLite runs on it (bound in place, not handed
+    // to sqlx's worker), tens of milliseconds per transaction that must not
+    // hold up the runtime's workers, which drain the sources.
+    let runtime = tokio::runtime::Handle::current();
+    let join = tokio::task::spawn_blocking(move || runtime.block_on(writer.run(rx, config)));
     Ok((ingest, WriterHandle { join }))
 }
 
@@ -239,9 +244,6 @@ struct Writer {
     own_sockets: Arc<Mutex<Vec<u64>>>,
     dropped_stored: u64,
     stats: WriterStats,
-    /// The INSERT for a full statement, built once: sqlx caches prepared
-    /// statements by their text.
-    full_insert_sql: String,
     observer: Option<mpsc::Sender<Correlated>>,
 }
 
@@ -251,7 +253,6 @@ impl Writer {
         mut rx: mpsc::Receiver<Vec<Event>>,
         config: WriterConfig,
     ) -> Result<WriterStats, StoreError> {
-        self.full_insert_sql = insert_sql(self.rows_per_statement);
         let mut pending: Vec<Event> = Vec::with_capacity(config.rows_per_tx);
         let mut deadline: Option<Instant> = None;
         loop {
@@ -421,37 +422,21 @@ impl Writer {
             let _ = observer.send(correlated).await;
         }
 
-        // Pipelined: sqlx executes a statement on its worker thread, so
-        // while statement k runs there, this task encodes the arguments of
-        // statement k+1 (join! polls the execute first, which hands it to
-        // the worker, then runs the encoding to completion).
-        let chunks: Vec<(&[Event], &[Option<i64>])> = events
-            .chunks(self.rows_per_statement)
-            .zip(channel_ids.chunks(self.rows_per_statement))
-            .collect();
-        let mut next = chunks.first().map(|c| encode(session, *c)).transpose()?;
-        for i in 0..chunks.len() {
-            let Some(args) = next.take() else { break };
-            let partial;
-            let sql = if chunks[i].0.len() == self.rows_per_statement {
-                &self.full_insert_sql
-            } else {
-                partial = insert_sql(chunks[i].0.len());
-                &partial
-            };
-            let execute = sqlx::query_with(sql, args).execute(&mut *tx);
-            let encode_next = async { chunks.get(i + 1).map(|c| encode(session, *c)).transpose() };
-            let (done, encoded) = tokio::join!(execute, encode_next);
-            done.map_err(StoreError::sql("inserting events"))?;
-            next = encoded?;
+        // Bound in place through SQLite's C API, on the writer's own
+        // thread (see `spawn_writer`); scoped, for the locked handle (not
+        // Send) must be gone before the next await.
+        {
+            let mut handle = tx
+                .lock_handle()
+                .await
+                .map_err(StoreError::sql("inserting events"))?;
+            let per = self.rows_per_statement;
+            insert_events(&mut handle, session, per, &events, &channel_ids)?;
+            insert_messages(&mut handle, session, &messages)?;
+            insert_one_ended(&mut handle, session, &facts.one_ended, &self.channels)?;
+            insert_whole_waits(&mut handle, session, &facts.waits, &self.channels)?;
         }
-        for rows in messages.chunks(MESSAGE_ROWS_PER_STATEMENT) {
-            insert_messages(&mut tx, session, rows).await?;
-        }
-        for rows in facts.one_ended.chunks(MESSAGE_ROWS_PER_STATEMENT) {
-            insert_one_ended(&mut tx, session, rows, &self.channels).await?;
-        }
-        write_waits(
+        write_open_waits(
             &mut tx,
             session,
             &facts.waits,
@@ -507,60 +492,6 @@ fn hold_back(pending: &mut Vec<Event>, last: bool, now_ns: u64) -> Vec<Event> {
     let from = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_sub(REORDER_NS));
     let to = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_add(FUTURE_NS));
     pending.drain(from..to).collect()
-}
-
-/// The arguments of one multi-row INSERT. Built directly and sized once:
-/// chaining Query::bind moves the whole query per value, which showed in
-/// profiles.
-fn encode<'q>(
-    session: i64,
-    (events, channels): (&'q [Event], &[Option<i64>]),
-) -> Result<SqliteArguments<'q>, StoreError> {
-    let mut args = SqliteArguments::default();
-    args.reserve(events.len() * EVENT_COLUMNS, 0);
-    for (e, channel) in events.iter().zip(channels) {
-        bind_event(&mut args, session, e, *channel)
-            .map_err(|e| StoreError::sql("encoding an event")(sqlx::Error::Encode(e)))?;
-    }
-    Ok(args)
-}
-
-fn bind_event<'q>(
-    args: &mut SqliteArguments<'q>,
-    session: i64,
-    e: &'q Event,
-    channel: Option<i64>,
-) -> Result<(), sqlx::error::BoxDynError> {
-    args.add(session)?;
-    args.add(e.ts_ns as i64)?;
-    args.add(i64::from(e.pid))?;
-    args.add(i64::from(e.tid))?;
-    args.add(i64::from(e.source.code()))?;
-    args.add(i64::from(e.kind.code()))?;
-    args.add(channel)?;
-    args.add(e.size as i64)?;
-    args.add(e.msg_id.map(|m| m as i64))?;
-    args.add(e.result)?;
-    args.add(e.duration_ns.map(|d| d as i64))?;
-    args.add(e.aux as i64)?;
-    args.add(e.payload.as_deref())?;
-    Ok(())
-}
-
-fn insert_sql(rows: usize) -> String {
-    const HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, kind_code, \
-                        channel_id, size, msg_id, result, duration_ns, aux, payload) VALUES ";
-    const ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
-    debug_assert_eq!(ROW.matches('?').count(), EVENT_COLUMNS);
-    let mut sql = String::with_capacity(HEAD.len() + rows * (ROW.len() + 1));
-    sql.push_str(HEAD);
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(ROW);
-    }
-    sql
 }
 
 async fn channel_id(
@@ -678,117 +609,136 @@ async fn track_process(
     Ok(())
 }
 
-/// `messages` rows per INSERT: 11 parameters each.
-const MESSAGE_ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row INSERT of messages and waits.
+const ROWS_PER_STATEMENT: usize = 500;
 
-async fn insert_messages(
-    conn: &mut SqliteConnection,
+const EVENTS_HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, \
+                           kind_code, channel_id, size, msg_id, result, duration_ns, aux, \
+                           payload) VALUES ";
+
+fn insert_events(
+    handle: &mut LockedSqliteHandle<'_>,
+    session: i64,
+    per: usize,
+    events: &[Event],
+    channels: &[Option<i64>],
+) -> Result<(), StoreError> {
+    let what = "inserting events";
+    insert_rows(
+        handle,
+        what,
+        EVENTS_HEAD,
+        EVENT_COLUMNS,
+        per,
+        events.len(),
+        |stmt, p, i| {
+            let e = &events[i];
+            stmt.int_at(p, Some(session))?;
+            stmt.int_at(p + 1, Some(e.ts_ns as i64))?;
+            stmt.int_at(p + 2, Some(i64::from(e.pid)))?;
+            stmt.int_at(p + 3, Some(i64::from(e.tid)))?;
+            stmt.int_at(p + 4, Some(i64::from(e.source.code())))?;
+            stmt.int_at(p + 5, Some(i64::from(e.kind.code())))?;
+            stmt.int_at(p + 6, channels[i])?;
+            stmt.int_at(p + 7, Some(e.size as i64))?;
+            stmt.int_at(p + 8, e.msg_id.map(|m| m as i64))?;
+            stmt.int_at(p + 9, Some(e.result))?;
+            stmt.int_at(p + 10, e.duration_ns.map(|d| d as i64))?;
+            stmt.int_at(p + 11, Some(e.aux as i64))?;
+            stmt.blob_at(p + 12, e.payload.as_deref())
+        },
+    )
+}
+
+fn insert_messages(
+    handle: &mut LockedSqliteHandle<'_>,
     session: i64,
     rows: &[Paired<i64>],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
                         sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, \
                         latency_ns, size) VALUES ";
-    insert_rows(conn, HEAD, 11, rows, "inserting messages", |args, row| {
-        args.add(session)?;
-        args.add(row.channel)?;
-        args.add(row.msg_id.map(|m| m as i64))?;
-        args.add(i64::from(row.send.pid))?;
-        args.add(i64::from(row.send.tid))?;
-        args.add(i64::from(row.recv.pid))?;
-        args.add(i64::from(row.recv.tid))?;
-        args.add(row.send.ts_ns as i64)?;
-        args.add(row.recv.ts_ns as i64)?;
-        // Signed: a negative latency would show a mis-pairing, not hide it.
-        args.add(row.recv.ts_ns as i64 - row.send.ts_ns as i64)?;
-        args.add(row.send.size as i64)?;
-        Ok(())
-    })
-    .await
+    let what = "inserting messages";
+    insert_rows(
+        handle,
+        what,
+        HEAD,
+        11,
+        ROWS_PER_STATEMENT,
+        rows.len(),
+        |stmt, p, i| {
+            let row = &rows[i];
+            stmt.int_at(p, Some(session))?;
+            stmt.int_at(p + 1, Some(row.channel))?;
+            stmt.int_at(p + 2, row.msg_id.map(|m| m as i64))?;
+            stmt.int_at(p + 3, Some(i64::from(row.send.pid)))?;
+            stmt.int_at(p + 4, Some(i64::from(row.send.tid)))?;
+            stmt.int_at(p + 5, Some(i64::from(row.recv.pid)))?;
+            stmt.int_at(p + 6, Some(i64::from(row.recv.tid)))?;
+            stmt.int_at(p + 7, Some(row.send.ts_ns as i64))?;
+            stmt.int_at(p + 8, Some(row.recv.ts_ns as i64))?;
+            // Signed: a negative latency would show a mis-pairing, not hide it.
+            stmt.int_at(p + 9, Some(row.recv.ts_ns as i64 - row.send.ts_ns as i64))?;
+            stmt.int_at(p + 10, Some(row.send.size as i64))
+        },
+    )
 }
 
 /// Messages with one end known: the other end's columns and the latency
 /// are NULL (unknown, not 0).
-async fn insert_one_ended(
-    conn: &mut SqliteConnection,
+fn insert_one_ended(
+    handle: &mut LockedSqliteHandle<'_>,
     session: i64,
     rows: &[Unpaired<ChannelRef>],
     channels: &[i64],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
-                        sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, size) VALUES ";
-    insert_rows(conn, HEAD, 10, rows, "inserting messages", |args, row| {
-        let known = (
-            Some(i64::from(row.side.pid)),
-            Some(i64::from(row.side.tid)),
-            Some(row.side.ts_ns as i64),
-        );
-        let unknown = (None::<i64>, None::<i64>, None::<i64>);
-        let (sender, receiver) = match row.sent {
-            true => (known, unknown),
-            false => (unknown, known),
-        };
-        args.add(session)?;
-        args.add(channels[row.channel.0 as usize])?;
-        args.add(row.msg_id.map(|m| m as i64))?;
-        args.add(sender.0)?;
-        args.add(sender.1)?;
-        args.add(receiver.0)?;
-        args.add(receiver.1)?;
-        args.add(sender.2)?;
-        args.add(receiver.2)?;
-        args.add(row.side.size as i64)?;
-        Ok(())
-    })
-    .await
+                        sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, size) \
+                        VALUES ";
+    let what = "inserting messages";
+    insert_rows(
+        handle,
+        what,
+        HEAD,
+        10,
+        ROWS_PER_STATEMENT,
+        rows.len(),
+        |stmt, p, i| {
+            let row = &rows[i];
+            let known = [
+                Some(i64::from(row.side.pid)),
+                Some(i64::from(row.side.tid)),
+                Some(row.side.ts_ns as i64),
+            ];
+            let (sender, receiver) = match row.sent {
+                true => (known, [None; 3]),
+                false => ([None; 3], known),
+            };
+            stmt.int_at(p, Some(session))?;
+            stmt.int_at(p + 1, Some(channels[row.channel.0 as usize]))?;
+            stmt.int_at(p + 2, row.msg_id.map(|m| m as i64))?;
+            stmt.int_at(p + 3, sender[0])?;
+            stmt.int_at(p + 4, sender[1])?;
+            stmt.int_at(p + 5, receiver[0])?;
+            stmt.int_at(p + 6, receiver[1])?;
+            stmt.int_at(p + 7, sender[2])?;
+            stmt.int_at(p + 8, receiver[2])?;
+            stmt.int_at(p + 9, Some(row.side.size as i64))
+        },
+    )
 }
 
-/// One multi-row INSERT: `head` (`INSERT INTO t (a, b) VALUES `), then a
-/// group of `columns` placeholders for each of `rows`, which `bind` binds.
-async fn insert_rows<T>(
-    conn: &mut SqliteConnection,
-    head: &str,
-    columns: usize,
-    rows: &[T],
-    action: &'static str,
-    bind: impl Fn(&mut SqliteArguments<'_>, &T) -> Result<(), sqlx::error::BoxDynError>,
-) -> Result<(), StoreError> {
-    let group = format!("({})", vec!["?"; columns].join(","));
-    let mut sql = String::with_capacity(head.len() + rows.len() * (group.len() + 1));
-    sql.push_str(head);
-    let mut args = SqliteArguments::default();
-    args.reserve(rows.len() * columns, 0);
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&group);
-        bind(&mut args, row).map_err(|e| StoreError::sql(action)(sqlx::Error::Encode(e)))?;
-    }
-    sqlx::query_with(&sql, args)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::sql(action))?;
-    Ok(())
-}
-
-/// `waits` rows per INSERT: 7 parameters each.
-const WAIT_ROWS_PER_STATEMENT: usize = 1000;
-
-/// Stores a batch's waits: whole ones in multi-row INSERTs (a semaphore or
-/// futex flood is otherwise a statement per wait, ten times slower than
-/// the events themselves), a wait still open with a statement of its own
-/// (its row is completed when it ends), and the ends of those.
-async fn write_waits(
-    conn: &mut SqliteConnection,
+/// Whole waits (begun and ended within the batch) in multi-row INSERTs: a
+/// semaphore or futex flood is otherwise a statement per wait, ten times
+/// slower than the events themselves.
+fn insert_whole_waits(
+    handle: &mut LockedSqliteHandle<'_>,
     session: i64,
     facts: &[WaitFact],
     channels: &[i64],
-    open_rows: &mut HashMap<u64, i64>,
 ) -> Result<(), StoreError> {
     const HEAD: &str =
         "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid) VALUES ";
-    let channel = |w: &Wait| w.channel.map(|r| channels[r.0 as usize]);
     let whole: Vec<&Wait> = facts
         .iter()
         .filter_map(|f| match f {
@@ -796,19 +746,79 @@ async fn write_waits(
             _ => None,
         })
         .collect();
-    for rows in whole.chunks(WAIT_ROWS_PER_STATEMENT) {
-        insert_rows(conn, HEAD, 7, rows, "recording waits", |args, w| {
-            args.add(session)?;
-            args.add(i64::from(w.pid))?;
-            args.add(i64::from(w.tid))?;
-            args.add(channel(w))?;
-            args.add(w.start_ns as i64)?;
-            args.add(w.end_ns.map(|e| e as i64))?;
-            args.add(w.waker.map(i64::from))?;
-            Ok(())
-        })
-        .await?;
+    let what = "recording waits";
+    insert_rows(
+        handle,
+        what,
+        HEAD,
+        7,
+        ROWS_PER_STATEMENT,
+        whole.len(),
+        |stmt, p, i| {
+            let w = whole[i];
+            stmt.int_at(p, Some(session))?;
+            stmt.int_at(p + 1, Some(i64::from(w.pid)))?;
+            stmt.int_at(p + 2, Some(i64::from(w.tid)))?;
+            stmt.int_at(p + 3, w.channel.map(|r| channels[r.0 as usize]))?;
+            stmt.int_at(p + 4, Some(w.start_ns as i64))?;
+            stmt.int_at(p + 5, w.end_ns.map(|e| e as i64))?;
+            stmt.int_at(p + 6, w.waker.map(i64::from))
+        },
+    )
+}
+
+/// Inserts `count` rows through multi-row INSERTs of `per` rows each:
+/// `head` (`INSERT INTO t (a, b) VALUES `), then a group of `columns`
+/// placeholders per row. `bind(statement, first, i)` binds row `i`'s
+/// values from parameter `first` on. The full statement is prepared once
+/// per call and bound and run again for each group of rows.
+fn insert_rows(
+    handle: &mut LockedSqliteHandle<'_>,
+    what: &'static str,
+    head: &str,
+    columns: usize,
+    per: usize,
+    count: usize,
+    bind: impl Fn(&Rows<'_>, c_int, usize) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if count == 0 {
+        return Ok(());
     }
+    let per = per.clamp(1, MAX_PARAMS / columns);
+    let sql = |rows: usize| {
+        let group = format!("({})", vec!["?"; columns].join(","));
+        let mut sql = String::with_capacity(head.len() + rows * (group.len() + 1));
+        sql.push_str(head);
+        sql.push_str(&vec![group; rows].join(","));
+        sql
+    };
+    // Whole statements of `per` rows, then one of the rest.
+    let whole = count / per * per;
+    for (rows, from, to) in [(per, 0, whole), (count - whole, whole, count)] {
+        if from == to {
+            continue;
+        }
+        let mut stmt = Rows::prepare(handle, what, &sql(rows))?;
+        for first in (from..to).step_by(rows) {
+            for i in 0..rows {
+                bind(&stmt, (i * columns) as c_int + 1, first + i)?;
+            }
+            stmt.execute()?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores a batch's waits still open (each with a statement of its own:
+/// its row is completed when it ends), and the ends of those.
+async fn write_open_waits(
+    conn: &mut SqliteConnection,
+    session: i64,
+    facts: &[WaitFact],
+    channels: &[i64],
+    open_rows: &mut HashMap<u64, i64>,
+) -> Result<(), StoreError> {
+    let channel = |w: &Wait| w.channel.map(|r| channels[r.0 as usize]);
     for fact in facts {
         match fact {
             WaitFact::Whole(_) => {}
