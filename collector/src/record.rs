@@ -19,6 +19,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,6 +176,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     let analysis = tokio::spawn(analyse(
         Arc::clone(&analyzer),
         correlated,
+        writer.unstored(),
         store.clone(),
         session,
     ));
@@ -503,6 +505,7 @@ const DETECT_EVERY: Duration = Duration::from_millis(20);
 async fn analyse(
     analyzer: Arc<Mutex<Analyzer>>,
     mut correlated: mpsc::Receiver<Correlated>,
+    unstored: Arc<AtomicU64>,
     store: Store,
     session: SessionId,
 ) -> Result<()> {
@@ -521,7 +524,11 @@ async fn analyse(
             },
             _ = detect.tick() => false,
         };
-        let changes = lock(&analyzer).tick(monotonic_ns());
+        let changes = {
+            let mut analyzer = lock(&analyzer);
+            analyzer.set_unstored(unstored.load(Ordering::Relaxed));
+            analyzer.tick(monotonic_ns())
+        };
         for change in changes {
             match change {
                 DeadlockChange::Detected(d) => {
@@ -808,10 +815,11 @@ fn spawn_pump(
                 }
                 _ = &mut drain => break,
             }
+            // Never waits: a reader that waited for the writer would leave
+            // the kernel's ring to fill and drop. A full queue is counted
+            // (`ingest`) and shown instead.
             if !buf.is_empty() {
-                ingest
-                    .send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))
-                    .await?;
+                ingest.try_send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))?;
             }
         }
         let drops = probes

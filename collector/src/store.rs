@@ -8,6 +8,7 @@
 
 mod header;
 pub(crate) mod rows;
+mod stage;
 mod writer;
 
 use std::fs::{self, OpenOptions};

@@ -74,6 +74,10 @@ pub struct Totals {
     pub signals: u64,
     /// Events lost, all sources together; [`Snapshot::drops`] splits them.
     pub drops: u64,
+    /// Events analysed (and counted above) but not yet stored: how far
+    /// the disk is behind a live recording. 0 in a replay.
+    #[serde(default)]
+    pub unstored: u64,
 }
 
 /// A process seen in the session.

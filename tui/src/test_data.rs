@@ -151,6 +151,7 @@ pub fn snapshot_with_deadlock(active: bool) -> Snapshot {
             waits: 320,
             signals: 4,
             drops: 0,
+            unstored: 0,
         },
         rate_1s: Rates {
             events_per_s: 2_584.0,

@@ -277,6 +277,12 @@ impl Analyzer {
         }
     }
 
+    /// How many events the writer has not yet stored; shown with the
+    /// totals, so a disk that cannot keep up is seen, not hidden.
+    pub fn set_unstored(&mut self, events: u64) {
+        self.totals.unstored = events;
+    }
+
     /// The recording ended: snapshots and deltas say so, and a snapshot's
     /// windows count its last second as complete, however short.
     pub fn finish(&mut self) {

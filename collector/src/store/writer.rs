@@ -1,17 +1,19 @@
-//! The single writer: ingest batches in, multi-row INSERTs out.
+//! The single writer: correlated batches in, multi-row INSERTs out.
 //!
-//! Events pass through the correlation stage ([`Correlator`]) on their way
-//! in, in time order; what is stored is its facts, and the writer computes
-//! nothing of its own: it is a sink.
+//! Sources hand over `Vec<Event>` batches through a bounded channel to the
+//! correlation stage ([`Stage`](super::stage)), which pairs and names them
+//! and hands its facts to the analysis and to this writer side by side; the
+//! writer computes nothing of its own: it is a sink. A burst is absorbed in
+//! memory up to a limit and then pushes back (or, with [`Ingest::try_send`],
+//! is counted as dropped) instead of growing without bound.
 //!
-//! Sources hand over `Vec<Event>` batches through a bounded channel, so a
-//! burst is absorbed in memory up to a limit and then pushes back (or, with
-//! [`Ingest::try_send`], is counted as dropped) instead of growing without
-//! bound. One thread owns the connection: it gathers rows until
-//! `rows_per_tx` or `flush_interval` after the first unflushed row, then
+//! One thread owns the connection: it gathers what the stage has handed
+//! over until `rows_per_tx` rows, or `flush_interval` after the first, then
 //! writes them in one transaction of multi-row `INSERT ... VALUES`
 //! statements, the hot ones (events, messages, waits) bound in place
 //! through SQLite's C API ([`Rows`]) rather than boxed into sqlx arguments.
+//! A writer that falls behind holds more batches at once, so its
+//! transactions grow and cost less per row.
 
 use std::collections::HashMap;
 use std::ffi::c_int;
@@ -28,9 +30,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::rows::Rows;
+use super::stage::{Stage, Stored};
 use super::{SessionId, Store, StoreError};
 use crate::correlate::{
-    ChannelRef, Correlator, DropFact, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
+    ChannelRef, Correlator, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
 };
 
 /// Columns bound per `events` row; SQLite allows 32766 parameters per
@@ -47,20 +50,30 @@ pub struct WriterConfig {
     pub rows_per_statement: usize,
     /// Rows that trigger a commit before the interval is up.
     pub rows_per_tx: usize,
-    /// Longest time a row waits to be committed: what a crash can lose.
+    /// Longest time a row waits in the writer before its transaction
+    /// starts: with `correlate_every`, what a crash can lose.
     pub flush_interval: Duration,
-    /// Where each correlated batch goes (the analysis), if anywhere, as
-    /// soon as its channels have ids. Bounded: analysis that falls behind
-    /// holds the writer back rather than see a partial stream.
+    /// How often the correlation stage correlates what has come and hands
+    /// it on: with the 10 ms reorder hold-back, how fresh the analysis is.
+    pub correlate_every: Duration,
+    /// Events correlated but not yet committed beyond which a batch's rows
+    /// are counted as dropped (`ingest`) instead of queued: the bound on
+    /// the writer's memory when the disk cannot keep up.
+    pub max_unstored: u64,
+    /// Waits this long before each commit: a slow disk, simulated for the
+    /// benchmarks that show the analysis does not wait for one.
+    pub commit_delay: Duration,
+    /// Where each correlated batch goes (the analysis), if anywhere, ahead
+    /// of the writer. Bounded: analysis that falls behind holds the
+    /// correlation stage back rather than see a partial stream.
     pub observer: Option<mpsc::Sender<Correlated>>,
     /// The recorder's own process, whose activity is not the user's.
     pub recorder_pid: Option<u32>,
 }
 
-/// One transaction's worth of the correlation stage's facts, for the
-/// analysis, with channels named by their `channels.id`. Handed over once
-/// the transaction has given its channels their ids, before the events are
-/// stored: the analysis does not wait for the disk.
+/// One batch of the correlation stage's facts, for the analysis, with
+/// channels named by their `channels.id`. Handed over as the writer is
+/// given the same batch: the analysis does not wait for the disk.
 #[derive(Debug, Default)]
 pub struct Correlated {
     /// Shared with the writer, which stores them meanwhile.
@@ -70,7 +83,8 @@ pub struct Correlated {
     /// Sends paired with receives, keyed by `channels.id`.
     pub messages: Vec<Paired<i64>>,
     pub signals: Vec<SignalFact>,
-    /// Events the ingest queue refused since the previous batch.
+    /// Events the ingest queue refused since the previous batch, and this
+    /// batch's own if the writer's queue had no room for them.
     pub ingest_dropped: u64,
 }
 
@@ -81,6 +95,10 @@ impl Default for WriterConfig {
             rows_per_statement: 500,
             rows_per_tx: 50_000,
             flush_interval: Duration::from_millis(50),
+            correlate_every: super::stage::CORRELATE_EVERY,
+            // About 2 s at 500,000 events/s; some 300 bytes each held.
+            max_unstored: 1_000_000,
+            commit_delay: Duration::ZERO,
             observer: None,
             recorder_pid: None,
         }
@@ -92,8 +110,9 @@ impl Default for WriterConfig {
 pub struct WriterStats {
     pub events: u64,
     pub transactions: u64,
-    /// Events refused by [`Ingest::try_send`] because the queue was full;
-    /// also stored in `drops` with source `ingest`.
+    /// Events refused by [`Ingest::try_send`] because the queue was full,
+    /// or correlated while the writer's queue was full; stored in `drops`
+    /// with source `ingest`.
     pub ingest_dropped: u64,
 }
 
@@ -169,67 +188,106 @@ impl Ingest {
     }
 }
 
-/// The writer task; [`WriterHandle::finish`] flushes and stops it once every
-/// [`Ingest`] clone has been dropped.
+/// The correlation stage and the writer; [`WriterHandle::finish`] waits
+/// for both once every [`Ingest`] clone has been dropped.
 #[derive(Debug)]
 pub struct WriterHandle {
-    join: JoinHandle<Result<WriterStats, StoreError>>,
+    stage: JoinHandle<Result<(), StoreError>>,
+    writer: JoinHandle<Result<WriterStats, StoreError>>,
+    unstored: Arc<AtomicU64>,
 }
 
 impl WriterHandle {
-    /// Waits for the writer to drain its queue and commit. Drop every
-    /// [`Ingest`] first, or this waits for them.
+    /// Events correlated (and shown to the analysis) but not yet
+    /// committed: how far the disk is behind.
+    pub fn unstored(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.unstored)
+    }
+
+    /// Waits for the stage and the writer to drain their queues and
+    /// commit. Drop every [`Ingest`] first, or this waits for them.
     pub async fn finish(self) -> Result<WriterStats, StoreError> {
-        match self.join.await {
+        let stage = self.stage.await;
+        let writer = match self.writer.await {
             Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        match stage {
+            Ok(Ok(())) => writer,
+            // The stage's failure comes first: the writer only saw its
+            // queue end.
+            Ok(Err(e)) => Err(e),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 }
 
-/// Starts the writer for one session.
+/// Starts the correlation stage and the writer for one session.
 pub async fn spawn_writer(
     store: &Store,
     session: SessionId,
     config: WriterConfig,
 ) -> Result<(Ingest, WriterHandle), StoreError> {
-    let conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::sql("acquiring the writer's connection"))?;
+    let acquire = || async {
+        store
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::sql("acquiring the writer's connection"))
+    };
+    let (conn, stage_conn) = (acquire().await?, acquire().await?);
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let ingest = Ingest::new(tx);
+    let (to_writer, from_stage) = mpsc::unbounded_channel();
+    let unstored = Arc::new(AtomicU64::new(0));
+    let stage = Stage {
+        session,
+        conn: stage_conn,
+        correlator: Correlator::new(config.recorder_pid),
+        channels: Vec::new(),
+        dropped: Arc::clone(&ingest.dropped),
+        dropped_told: 0,
+        own_sockets: Arc::clone(&ingest.own_sockets),
+        observer: config.observer.clone(),
+        writer: to_writer,
+        unstored: Arc::clone(&unstored),
+        max_unstored: config.max_unstored,
+    };
     let writer = Writer {
         conn,
         session,
         rows_per_statement: config
             .rows_per_statement
             .clamp(1, MAX_PARAMS / EVENT_COLUMNS),
-        correlator: Correlator::new(config.recorder_pid),
         channels: Vec::new(),
         processes: HashMap::new(),
         wait_rows: HashMap::new(),
         signal_rows: HashMap::new(),
-        dropped: Arc::clone(&ingest.dropped),
-        own_sockets: Arc::clone(&ingest.own_sockets),
-        dropped_stored: 0,
+        unstored: Arc::clone(&unstored),
+        commit_delay: config.commit_delay,
         stats: WriterStats::default(),
-        observer: config.observer.clone(),
     };
+    let stage = tokio::spawn(stage.run(rx, config.clone()));
     // A thread of its own: SQLite runs on it (bound in place, not handed
     // to sqlx's worker), tens of milliseconds per transaction that must not
     // hold up the runtime's workers, which drain the sources.
     let runtime = tokio::runtime::Handle::current();
-    let join = tokio::task::spawn_blocking(move || runtime.block_on(writer.run(rx, config)));
-    Ok((ingest, WriterHandle { join }))
+    let writer =
+        tokio::task::spawn_blocking(move || runtime.block_on(writer.run(from_stage, config)));
+    Ok((
+        ingest,
+        WriterHandle {
+            stage,
+            writer,
+            unstored,
+        },
+    ))
 }
 
 struct Writer {
     conn: PoolConnection<Sqlite>,
     session: SessionId,
     rows_per_statement: usize,
-    correlator: Correlator,
     /// `channels.id` of each of the correlator's channels, by ref.
     channels: Vec<i64>,
     /// `processes.id` of the live process of each pid.
@@ -240,75 +298,69 @@ struct Writer {
     /// `signals.id` of each generated signal, by the correlator's id,
     /// until it is delivered.
     signal_rows: HashMap<u64, i64>,
-    dropped: Arc<AtomicU64>,
-    own_sockets: Arc<Mutex<Vec<u64>>>,
-    dropped_stored: u64,
+    unstored: Arc<AtomicU64>,
+    commit_delay: Duration,
     stats: WriterStats,
-    observer: Option<mpsc::Sender<Correlated>>,
 }
 
 impl Writer {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Vec<Event>>,
+        mut rx: mpsc::UnboundedReceiver<Stored>,
         config: WriterConfig,
     ) -> Result<WriterStats, StoreError> {
-        let mut pending: Vec<Event> = Vec::with_capacity(config.rows_per_tx);
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let received = match deadline {
-                // None: the flush interval is up.
-                Some(at) => timeout_at(at, rx.recv()).await.ok(),
-                None => Some(rx.recv().await),
-            };
-            match received {
-                Some(Some(mut batch)) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + config.flush_interval);
+        while let Some(first) = rx.recv().await {
+            // What else comes within the flush interval, or is queued
+            // already, shares the transaction.
+            let deadline = Instant::now() + config.flush_interval;
+            let mut rows = first.events.len();
+            let mut batches = vec![first];
+            while rows < config.rows_per_tx {
+                match timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => {
+                        rows += next.events.len();
+                        batches.push(next);
                     }
-                    pending.append(&mut batch);
-                    if pending.len() < config.rows_per_tx {
-                        continue;
-                    }
+                    Ok(None) | Err(_) => break,
                 }
-                // Every sender is gone: write what is left and stop.
-                Some(None) => {
-                    let held = pending.len() as u64;
-                    if let Err(e) = self.flush(&mut pending, true).await {
-                        return self.count_the_rest(e, held, rx).await;
-                    }
-                    return Ok(self.stats);
-                }
-                None => {}
             }
-            let held = pending.len() as u64;
-            if let Err(e) = self.flush(&mut pending, false).await {
-                return self.count_the_rest(e, held, rx).await;
+            if let Err(e) = self.write(&batches).await {
+                return self.count_the_rest(e, &batches, rx).await;
             }
-            // Events held back for ordering are written on the next round
-            // even if nothing else comes.
-            deadline = (!pending.is_empty()).then(|| Instant::now() + config.flush_interval);
         }
+        Ok(self.stats)
     }
 
     /// After a failed commit (a full disk, a lock held past the busy
-    /// timeout) nothing more can be stored consistently: the failed
-    /// transaction's facts are gone from the correlator, and later facts
-    /// would refer to rows it never wrote. So the rest is counted: the
-    /// `lost` events held when it failed and all that still comes, stored
-    /// (if the database takes that much) as one `drops` row of source
-    /// `storage`, so the session says how much it lacks.
+    /// timeout) nothing more can be stored consistently: later facts would
+    /// refer to rows the failed transaction never wrote. So the rest is
+    /// counted: the events of the `failed` batches and all that still
+    /// comes, stored (if the database takes that much) as one `drops` row
+    /// of source `storage`, so the session says how much it lacks.
     async fn count_the_rest(
         mut self,
         error: StoreError,
-        mut lost: u64,
-        mut rx: mpsc::Receiver<Vec<Event>>,
+        failed: &[Stored],
+        mut rx: mpsc::UnboundedReceiver<Stored>,
     ) -> Result<WriterStats, StoreError> {
+        let lost_in = |b: &Stored| {
+            // Rows the stage already counted as dropped are not counted
+            // twice; its count of them is lost with this row, though.
+            let ingest: u64 = b
+                .facts
+                .drops
+                .iter()
+                .filter(|d| d.source == "ingest")
+                .map(|d| d.count)
+                .sum();
+            b.events.len() as u64 + ingest
+        };
+        let mut lost: u64 = failed.iter().map(lost_in).sum();
         while let Some(batch) = rx.recv().await {
-            lost += batch.len() as u64;
+            lost += lost_in(&batch);
+            self.unstored
+                .fetch_sub(batch.events.len() as u64, Ordering::Relaxed);
         }
-        // Batches refused by a full queue were never received: theirs too.
-        lost += self.dropped.load(Ordering::Relaxed) - self.dropped_stored;
         let now = crate::clock::monotonic_ns();
         if let Err(e) = insert_drop(&mut self.conn, self.session.0, "storage", lost, now).await {
             tracing::warn!("recording the {lost} events not stored: {e}");
@@ -316,185 +368,99 @@ impl Writer {
         Err(error)
     }
 
-    /// Writes what `pending` holds in time order, except (unless `last`)
-    /// events too recent to be sure nothing older is still on its way,
-    /// which stay in `pending`.
-    async fn flush(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
-        let held = hold_back(pending, last, crate::clock::monotonic_ns());
-        let result = self.write(pending, last).await;
-        pending.extend(held);
-        result
-    }
-
-    /// Correlates and stores `pending`; with `last`, the recording's end,
-    /// also what will now never pair.
-    async fn write(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        let new_drops = dropped - self.dropped_stored;
-        if pending.is_empty() && new_drops == 0 && !last {
-            return Ok(());
-        }
-        if new_drops > 0 {
-            // Whole batches were refused: message positions are lost.
-            self.correlator.lost();
-        }
-        for inode in lock(&self.own_sockets).drain(..) {
-            self.correlator.own_object(inode);
-        }
-        for event in pending.drain(..) {
-            self.correlator.push(event);
-        }
-        let mut facts = match last {
-            true => self.correlator.finish(),
-            false => self.correlator.take(),
-        };
-        if new_drops > 0 {
-            facts.drops.push(DropFact {
-                source: "ingest",
-                count: new_drops,
-                ts_ns: crate::clock::monotonic_ns(),
-            });
-        }
+    /// Stores `batches`, in order, in one transaction.
+    async fn write(&mut self, batches: &[Stored]) -> Result<(), StoreError> {
         let session = self.session.0;
         let mut tx = sqlx::Connection::begin(&mut *self.conn)
             .await
             .map_err(StoreError::sql("starting a transaction"))?;
-
-        // Channels and processes first: events refer to them.
-        for (r, id) in &facts.new_channels {
-            debug_assert_eq!(r.0 as usize, self.channels.len());
-            self.channels.push(channel_id(&mut tx, session, id).await?);
-        }
-        for renamed in &facts.renamed {
-            rename_channel(
+        let mut events = 0;
+        let mut ingest_dropped = 0;
+        for batch in batches {
+            let facts = &batch.facts;
+            // Channels and processes first: events refer to them.
+            self.channels.extend(&batch.new_channels);
+            for renamed in &facts.renamed {
+                rename_channel(
+                    &mut tx,
+                    self.channels[renamed.channel.0 as usize],
+                    &renamed.id,
+                )
+                .await?;
+            }
+            for &(socket, lib) in &facts.carried {
+                sqlx::query("UPDATE channels SET carries_channel_id = ? WHERE id = ?")
+                    .bind(self.channels[lib.0 as usize])
+                    .bind(self.channels[socket.0 as usize])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::sql(
+                        "linking an object to the ipc-lib one it carries",
+                    ))?;
+            }
+            for fact in &facts.processes {
+                track_process(&mut tx, &mut self.processes, session, fact).await?;
+            }
+            // Bound in place through SQLite's C API, on the writer's own
+            // thread (see `spawn_writer`); scoped, for the locked handle
+            // (not Send) must be gone before the next await.
+            {
+                let mut handle = tx
+                    .lock_handle()
+                    .await
+                    .map_err(StoreError::sql("inserting events"))?;
+                let per = self.rows_per_statement;
+                insert_events(&mut handle, session, per, &batch.events, &batch.channel_ids)?;
+                insert_messages(&mut handle, session, &batch.messages)?;
+                insert_one_ended(&mut handle, session, &facts.one_ended, &self.channels)?;
+                insert_whole_waits(&mut handle, session, &facts.waits, &self.channels)?;
+            }
+            write_open_waits(
                 &mut tx,
-                self.channels[renamed.channel.0 as usize],
-                &renamed.id,
+                session,
+                &facts.waits,
+                &self.channels,
+                &mut self.wait_rows,
             )
             .await?;
-        }
-        for &(socket, lib) in &facts.carried {
-            sqlx::query("UPDATE channels SET carries_channel_id = ? WHERE id = ?")
-                .bind(self.channels[lib.0 as usize])
-                .bind(self.channels[socket.0 as usize])
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql(
-                    "linking an object to the ipc-lib one it carries",
-                ))?;
-        }
-        for fact in &facts.processes {
-            track_process(&mut tx, &mut self.processes, session, fact).await?;
-        }
-        let channel_ids: Vec<Option<i64>> = facts
-            .channels
-            .iter()
-            .map(|r| r.map(|r| self.channels[r.0 as usize]))
-            .collect();
-        let messages: Vec<Paired<i64>> = facts
-            .messages
-            .iter()
-            .map(|m| Paired {
-                channel: self.channels[m.channel.0 as usize],
-                send: m.send,
-                recv: m.recv,
-                msg_id: m.msg_id,
-            })
-            .collect();
-        let events = Arc::new(std::mem::take(&mut facts.events));
-        if let Some(observer) = &self.observer {
-            // What one source saw of an operation counted under another's
-            // is analysed once: under no object of its own.
-            let analysed = channel_ids
-                .iter()
-                .zip(&facts.shadowed)
-                .map(|(id, &shadowed)| id.filter(|_| !shadowed))
-                .collect();
-            let correlated = Correlated {
-                events: Arc::clone(&events),
-                channel_ids: analysed,
-                messages: messages.clone(),
-                signals: facts.signals.clone(),
-                ingest_dropped: new_drops,
-            };
-            // A closed observer (the analysis stopped) leaves storing
-            // unaffected.
-            let _ = observer.send(correlated).await;
-        }
-
-        // Bound in place through SQLite's C API, on the writer's own
-        // thread (see `spawn_writer`); scoped, for the locked handle (not
-        // Send) must be gone before the next await.
-        {
-            let mut handle = tx
-                .lock_handle()
-                .await
-                .map_err(StoreError::sql("inserting events"))?;
-            let per = self.rows_per_statement;
-            insert_events(&mut handle, session, per, &events, &channel_ids)?;
-            insert_messages(&mut handle, session, &messages)?;
-            insert_one_ended(&mut handle, session, &facts.one_ended, &self.channels)?;
-            insert_whole_waits(&mut handle, session, &facts.waits, &self.channels)?;
-        }
-        write_open_waits(
-            &mut tx,
-            session,
-            &facts.waits,
-            &self.channels,
-            &mut self.wait_rows,
-        )
-        .await?;
-        for fact in &facts.signals {
-            store_signal(&mut tx, session, fact, &mut self.signal_rows).await?;
-        }
-        for d in &facts.drops {
-            insert_drop(&mut tx, session, d.source, d.count, d.ts_ns).await?;
+            for fact in &facts.signals {
+                store_signal(&mut tx, session, fact, &mut self.signal_rows).await?;
+            }
+            for d in &facts.drops {
+                insert_drop(&mut tx, session, d.source, d.count, d.ts_ns).await?;
+                if d.source == "ingest" {
+                    ingest_dropped += d.count;
+                }
+            }
+            events += batch.events.len() as u64;
         }
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
-            .bind(events.len() as i64)
+            .bind(events as i64)
             .bind(session)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::sql("counting events"))?;
+        if !self.commit_delay.is_zero() {
+            tokio::time::sleep(self.commit_delay).await;
+        }
         tx.commit()
             .await
             .map_err(StoreError::sql("committing events"))?;
 
-        self.stats.events += events.len() as u64;
+        self.unstored.fetch_sub(events, Ordering::Relaxed);
+        self.stats.events += events;
         self.stats.transactions += 1;
-        self.stats.ingest_dropped = dropped;
-        self.dropped_stored = dropped;
+        self.stats.ingest_dropped += ingest_dropped;
         Ok(())
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A list of numbers cannot be left half-changed by a panic.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How long an event is held back so that events from other sources that
-/// happened before it, but arrive later, are written (and paired) first.
-/// Each ipc-lib ring and the kernel ring is drained separately, every
-/// millisecond, so a signal's handling can arrive before its sending.
-const REORDER_NS: u64 = 10_000_000;
-/// Events stamped further than this in the future are not real times (a
-/// broken or hostile writer): holding them back would hold them forever.
-const FUTURE_NS: u64 = 1_000_000_000;
-
-/// Sorts `pending` by time and takes out the events to write later: those
-/// stamped within [`REORDER_NS`] of `now_ns` (none when `last`).
-fn hold_back(pending: &mut Vec<Event>, last: bool, now_ns: u64) -> Vec<Event> {
-    pending.sort_by_key(|e| e.ts_ns);
-    if last {
-        return Vec::new();
-    }
-    let from = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_sub(REORDER_NS));
-    let to = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_add(FUTURE_NS));
-    pending.drain(from..to).collect()
-}
-
-async fn channel_id(
+pub(super) async fn channel_id(
     conn: &mut SqliteConnection,
     session: i64,
     channel: &ChannelId,
@@ -970,24 +936,6 @@ mod tests {
         store
     }
 
-    #[test]
-    fn recent_events_wait_for_their_elders_and_the_rest_go_in_time_order() {
-        let now = 100 * REORDER_NS;
-        let at = |ts: u64| Event::new(ts, 1, 1, Source::Lib, EventKind::MsgSend);
-        let times = |v: &[Event]| v.iter().map(|e| e.ts_ns).collect::<Vec<_>>();
-        let future = now + 2 * FUTURE_NS;
-        let mut pending = vec![at(now - 1), at(5), at(future), at(now - REORDER_NS), at(3)];
-        let held = hold_back(&mut pending, false, now);
-        assert_eq!(times(&pending), [3, 5, now - REORDER_NS, future]);
-        assert_eq!(times(&held), [now - 1]);
-        let mut pending = vec![at(now - 1), at(5)];
-        assert!(
-            hold_back(&mut pending, true, now).is_empty(),
-            "the last flush writes all"
-        );
-        assert_eq!(times(&pending), [5, now - 1]);
-    }
-
     #[tokio::test]
     async fn waits_rows_open_when_a_wait_begins_and_close_when_it_ends() {
         let dir = tempfile::tempdir().unwrap();
@@ -1135,6 +1083,76 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rows, [(8, 7, 2, 4, 2, 3), (7, 8, 1, 5, 4, 8)]);
+    }
+
+    /// A disk that cannot keep up: the analysis still sees every event at
+    /// once, the writer's queue stays within its budget, and what did not
+    /// fit is counted (`ingest`), so stored plus dropped is what came.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_disk_never_holds_back_the_analysis_and_what_it_cannot_take_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db"), OpenMode::Create)
+            .await
+            .unwrap();
+        let session = store.begin_session(&session()).await.unwrap();
+        let (observer, mut analysed) = mpsc::channel::<Correlated>(64);
+        let config = WriterConfig {
+            max_unstored: 2_000,
+            commit_delay: Duration::from_secs(2),
+            observer: Some(observer),
+            ..WriterConfig::default()
+        };
+        let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+        let unstored = writer.unstored();
+        let (send, recv) = (EventKind::MsgSend, EventKind::MsgRecv);
+        const BATCHES: u64 = 20;
+        let started = std::time::Instant::now();
+        for b in 0..BATCHES {
+            let batch = (0..500)
+                .flat_map(|i| {
+                    let ts = 1 + b * 1_000 + 2 * i;
+                    [message(ts, send, 7, 10, 8), message(ts + 1, recv, 8, 20, 8)]
+                })
+                .collect();
+            ingest.send(batch).await.unwrap();
+        }
+        drop(ingest);
+        let mut seen = 0;
+        let mut dropped_seen = 0;
+        while seen < BATCHES * 1_000 {
+            let c = tokio::time::timeout(Duration::from_secs(1), analysed.recv())
+                .await
+                .expect("the analysis is not held back by the 2 s commits")
+                .unwrap();
+            seen += c.events.len() as u64;
+            dropped_seen += c.ingest_dropped;
+        }
+        let analysed_in = started.elapsed();
+        assert!(
+            unstored.load(Ordering::Relaxed) <= 2_000,
+            "the writer's queue stays within its budget"
+        );
+        let stats = writer.finish().await.unwrap();
+        assert!(
+            analysed_in < Duration::from_secs(2),
+            "everything analysed before the first commit ({analysed_in:?})"
+        );
+        assert!(stats.ingest_dropped > 0, "the budget was exceeded");
+        assert_eq!(
+            stats.ingest_dropped, dropped_seen,
+            "the analysis counts the same drops"
+        );
+        assert_eq!(stats.events + stats.ingest_dropped, BATCHES * 1_000);
+        let (rows, counted, dropped): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events), (SELECT event_count FROM sessions),
+                    (SELECT sum(count) FROM drops WHERE source = 'ingest')",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!((rows as u64, counted as u64), (stats.events, stats.events));
+        assert_eq!(dropped as u64, stats.ingest_dropped);
+        assert_eq!(unstored.load(Ordering::Relaxed), 0);
     }
 
     fn wait(ts: u64, kind: EventKind, tid: u32, result: i64, duration: Option<u64>) -> Event {

@@ -65,7 +65,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         Span::raw("0")
     };
-    let lines = vec![
+    let mut lines = vec![
         Line::from(vec![
             label("events/s "),
             Span::raw(format!("{:<8}", format::per_s(s.rate_1s.events_per_s))),
@@ -85,6 +85,17 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             drops,
         ]),
     ];
+    if t.unstored > 0 {
+        // The disk is behind: what is shown is ahead of what is stored.
+        lines[1].spans.extend([
+            Span::raw("  "),
+            label("not yet stored "),
+            Span::styled(
+                format::count(t.unstored),
+                Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            ),
+        ]);
+    }
     let title = format!("Session {} {}", s.session_id, s.session_name);
     frame.render_widget(Paragraph::new(lines).block(block(title)), totals);
 
