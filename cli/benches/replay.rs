@@ -93,10 +93,19 @@ async fn database(n: u64) -> PathBuf {
         })
         .await
         .unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
-        .await
-        .unwrap();
+    // As fast as the writer takes them: no budget (nothing counted as
+    // dropped for being ahead of the disk); the producer waits instead
+    // while a million events are not yet stored, so memory stays bounded.
+    let config = WriterConfig {
+        max_unstored: u64::MAX,
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+    let unstored = writer.unstored();
     for batch in batches(n) {
+        while unstored.load(std::sync::atomic::Ordering::Relaxed) > 1_000_000 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         ingest.send(batch).await.unwrap();
     }
     drop(ingest);

@@ -374,11 +374,9 @@ impl Writer {
         let mut tx = sqlx::Connection::begin(&mut *self.conn)
             .await
             .map_err(StoreError::sql("starting a transaction"))?;
-        let mut events = 0;
-        let mut ingest_dropped = 0;
+        // Channels and processes first: events refer to them.
         for batch in batches {
             let facts = &batch.facts;
-            // Channels and processes first: events refer to them.
             self.channels.extend(&batch.new_channels);
             for renamed in &facts.renamed {
                 rename_channel(
@@ -401,20 +399,41 @@ impl Writer {
             for fact in &facts.processes {
                 track_process(&mut tx, &mut self.processes, session, fact).await?;
             }
-            // Bound in place through SQLite's C API, on the writer's own
-            // thread (see `spawn_writer`); scoped, for the locked handle
-            // (not Send) must be gone before the next await.
-            {
-                let mut handle = tx
-                    .lock_handle()
-                    .await
-                    .map_err(StoreError::sql("inserting events"))?;
-                let per = self.rows_per_statement;
-                insert_events(&mut handle, session, per, &batch.events, &batch.channel_ids)?;
-                insert_messages(&mut handle, session, &batch.messages)?;
-                insert_one_ended(&mut handle, session, &facts.one_ended, &self.channels)?;
-                insert_whole_waits(&mut handle, session, &facts.waits, &self.channels)?;
-            }
+        }
+        // The rows of every batch together: each statement is prepared
+        // once per transaction, not once per batch.
+        let rows: Vec<(&Event, Option<i64>)> = batches
+            .iter()
+            .flat_map(|b| b.events.iter().zip(b.channel_ids.iter().copied()))
+            .collect();
+        let messages: Vec<&Paired<i64>> = batches.iter().flat_map(|b| &b.messages).collect();
+        let one_ended: Vec<&Unpaired<ChannelRef>> =
+            batches.iter().flat_map(|b| &b.facts.one_ended).collect();
+        let whole_waits: Vec<&Wait> = batches
+            .iter()
+            .flat_map(|b| &b.facts.waits)
+            .filter_map(|f| match f {
+                WaitFact::Whole(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        // Bound in place through SQLite's C API, on the writer's own
+        // thread (see `spawn_writer`); scoped, for the locked handle (not
+        // Send) must be gone before the next await.
+        {
+            let mut handle = tx
+                .lock_handle()
+                .await
+                .map_err(StoreError::sql("inserting events"))?;
+            let per = self.rows_per_statement;
+            insert_events(&mut handle, session, per, &rows)?;
+            insert_messages(&mut handle, session, &messages)?;
+            insert_one_ended(&mut handle, session, &one_ended, &self.channels)?;
+            insert_whole_waits(&mut handle, session, &whole_waits, &self.channels)?;
+        }
+        let mut ingest_dropped = 0;
+        for batch in batches {
+            let facts = &batch.facts;
             write_open_waits(
                 &mut tx,
                 session,
@@ -432,8 +451,8 @@ impl Writer {
                     ingest_dropped += d.count;
                 }
             }
-            events += batch.events.len() as u64;
         }
+        let events = rows.len() as u64;
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(events as i64)
             .bind(session)
@@ -582,12 +601,12 @@ const EVENTS_HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, sour
                            kind_code, channel_id, size, msg_id, result, duration_ns, aux, \
                            payload) VALUES ";
 
+/// Events, each with its object's `channels.id`.
 fn insert_events(
     handle: &mut LockedSqliteHandle<'_>,
     session: i64,
     per: usize,
-    events: &[Event],
-    channels: &[Option<i64>],
+    events: &[(&Event, Option<i64>)],
 ) -> Result<(), StoreError> {
     let what = "inserting events";
     insert_rows(
@@ -598,14 +617,14 @@ fn insert_events(
         per,
         events.len(),
         |stmt, p, i| {
-            let e = &events[i];
+            let (e, channel) = events[i];
             stmt.int_at(p, Some(session))?;
             stmt.int_at(p + 1, Some(e.ts_ns as i64))?;
             stmt.int_at(p + 2, Some(i64::from(e.pid)))?;
             stmt.int_at(p + 3, Some(i64::from(e.tid)))?;
             stmt.int_at(p + 4, Some(i64::from(e.source.code())))?;
             stmt.int_at(p + 5, Some(i64::from(e.kind.code())))?;
-            stmt.int_at(p + 6, channels[i])?;
+            stmt.int_at(p + 6, channel)?;
             stmt.int_at(p + 7, Some(e.size as i64))?;
             stmt.int_at(p + 8, e.msg_id.map(|m| m as i64))?;
             stmt.int_at(p + 9, Some(e.result))?;
@@ -619,7 +638,7 @@ fn insert_events(
 fn insert_messages(
     handle: &mut LockedSqliteHandle<'_>,
     session: i64,
-    rows: &[Paired<i64>],
+    rows: &[&Paired<i64>],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
                         sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, \
@@ -655,7 +674,7 @@ fn insert_messages(
 fn insert_one_ended(
     handle: &mut LockedSqliteHandle<'_>,
     session: i64,
-    rows: &[Unpaired<ChannelRef>],
+    rows: &[&Unpaired<ChannelRef>],
     channels: &[i64],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
@@ -700,18 +719,11 @@ fn insert_one_ended(
 fn insert_whole_waits(
     handle: &mut LockedSqliteHandle<'_>,
     session: i64,
-    facts: &[WaitFact],
+    whole: &[&Wait],
     channels: &[i64],
 ) -> Result<(), StoreError> {
     const HEAD: &str =
         "INSERT INTO waits (session_id, pid, tid, channel_id, start_ns, end_ns, waker_pid) VALUES ";
-    let whole: Vec<&Wait> = facts
-        .iter()
-        .filter_map(|f| match f {
-            WaitFact::Whole(w) => Some(w),
-            _ => None,
-        })
-        .collect();
     let what = "recording waits";
     insert_rows(
         handle,
