@@ -94,7 +94,7 @@ impl Default for WriterConfig {
             queue_batches: 256,
             rows_per_statement: 500,
             rows_per_tx: 50_000,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(20),
             correlate_every: super::stage::CORRELATE_EVERY,
             // About 2 s at 500,000 events/s; some 300 bytes each held.
             max_unstored: 1_000_000,
