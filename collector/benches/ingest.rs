@@ -8,6 +8,11 @@
 //!
 //! It also checks what it measures: both databases must hold every event.
 //!
+//! Then a breakdown of the recording path by stage, each timed alone on
+//! the same events in this run, one thread, per event: decoding the
+//! kernel's records, correlation, analysis, and storage (the writer's
+//! time above, of which SQLite's own is the baseline's).
+//!
 //! Defaults: 10,000,000 events, 3 runs each.
 
 use std::time::{Duration, Instant};
@@ -231,6 +236,88 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
     elapsed
 }
 
+/// Per-event time of decoding, correlation and analysis, each stage alone.
+fn stages(batches: &[Vec<Event>]) -> [Duration; 3] {
+    use collector::analysis::{Analyzer, AnalyzerConfig};
+    use collector::correlate::{Correlator, Paired};
+    use ipc_events::raw::{chan, kind, RawEvent};
+
+    // The kernel's record of each event, as the probes write it.
+    let records: Vec<RawEvent> = batches
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, e)| RawEvent {
+            ts_ns: e.ts_ns,
+            pid: e.pid,
+            tid: e.tid,
+            kind: match e.kind {
+                EventKind::MsgSend => kind::MSG_SEND,
+                _ => kind::MSG_RECV,
+            },
+            chan_kind: chan::UNIX_STREAM,
+            obj: 1000 + (i / 2 % 16) as u64,
+            obj2: 2000 + (i / 2 % 16) as u64,
+            size: e.size,
+            result: e.result,
+            comm: *b"bench\0\0\0\0\0\0\0\0\0\0\0",
+            ..RawEvent::default()
+        })
+        .collect();
+    let start = Instant::now();
+    for r in &records {
+        // SAFETY: RawEvent is repr(C) with no padding (ipc-events asserts
+        // its size), so its bytes are initialised; the slice lives no
+        // longer than `r`.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((r as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+        };
+        std::hint::black_box(ipc_events::decode(Source::Ebpf, bytes).unwrap());
+    }
+    let decode = start.elapsed();
+
+    let mut correlator = Correlator::new(None);
+    let mut facts = Vec::with_capacity(batches.len());
+    let start = Instant::now();
+    for batch in batches {
+        for e in batch {
+            correlator.push(e.clone());
+        }
+        facts.push(correlator.take());
+    }
+    let correlation = start.elapsed();
+
+    // The analysis's inputs as the stage makes them: channels by id.
+    let inputs: Vec<_> = facts
+        .iter()
+        .map(|f| {
+            let ids: Vec<Option<i64>> = f
+                .channels
+                .iter()
+                .map(|c| c.map(|c| i64::from(c.0)))
+                .collect();
+            let messages: Vec<Paired<i64>> = f
+                .messages
+                .iter()
+                .map(|m| Paired {
+                    channel: i64::from(m.channel.0),
+                    send: m.send,
+                    recv: m.recv,
+                    msg_id: m.msg_id,
+                })
+                .collect();
+            (ids, messages)
+        })
+        .collect();
+    let mut analyzer = Analyzer::new(1, "bench", 0, AnalyzerConfig::default());
+    let start = Instant::now();
+    for (f, (ids, messages)) in facts.iter().zip(&inputs) {
+        analyzer.correlated(&f.events, ids, messages, &f.signals, 0);
+    }
+    let analysis = start.elapsed();
+    [decode, correlation, analysis]
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -252,8 +339,10 @@ fn main() {
         .unwrap();
 
     let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let mut by_stage = Vec::new();
     for run in 0..runs {
         let batches = events(n);
+        by_stage.push(stages(&batches));
         let dir = tempfile::tempdir().unwrap();
         let b = run_baseline(dir.path(), &batches);
         let o = run_sqlx(&rt, dir.path(), batches);
@@ -271,5 +360,16 @@ fn main() {
         n as f64 / o.as_secs_f64(),
         n as f64 / b.as_secs_f64(),
         o.as_secs_f64() / b.as_secs_f64()
+    );
+    let per_event = |d: Duration| d.as_nanos() as f64 / n as f64;
+    let stage = |k: usize| per_event(median(by_stage.iter().map(|s| s[k]).collect()));
+    println!(
+        "per event, median of {runs}, one thread each: decode {:.0} ns, correlation {:.0} ns, \
+         analysis {:.0} ns, storage {:.0} ns (of which SQLite, the baseline's, {:.0} ns)",
+        stage(0),
+        stage(1),
+        stage(2),
+        per_event(o),
+        per_event(b),
     );
 }
