@@ -12,6 +12,10 @@ use crate::app::App;
 use crate::format;
 use crate::widgets::cycle::cycle_path;
 
+/// How far behind the writer must be, at the last second's rate, for the
+/// overview to say so.
+const UNSTORED_WARN_NS: u64 = 500_000_000;
+
 pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let Some(s) = app.view() else {
         return;
@@ -85,13 +89,23 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             drops,
         ]),
     ];
-    if t.unstored > 0 {
-        // The disk is behind: what is shown is ahead of what is stored.
+    // The disk is behind: what is shown is ahead of what is stored. A
+    // transaction in flight always holds a few tens of milliseconds of
+    // events; only a lag of half a second or more is worth a warning.
+    let behind_ns = match s.rate_1s.events_per_s {
+        r if r > 0.0 => (t.unstored as f64 / r * 1e9) as u64,
+        _ => u64::MAX,
+    };
+    if t.unstored > 0 && behind_ns >= UNSTORED_WARN_NS {
+        let behind = match behind_ns {
+            u64::MAX => String::new(),
+            ns => format!(" ({} behind)", format::duration_ns(ns)),
+        };
         lines[1].spans.extend([
             Span::raw("  "),
             label("not yet stored "),
             Span::styled(
-                format::count(t.unstored),
+                format!("{}{behind}", format::count(t.unstored)),
                 Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
             ),
         ]);
