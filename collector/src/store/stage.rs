@@ -69,6 +69,45 @@ impl Stage {
         config: WriterConfig,
     ) -> Result<(), StoreError> {
         let mut pending: Vec<Event> = Vec::with_capacity(config.rows_per_tx);
+        let Err((error, lost)) = self.correlate_all(&mut rx, &config, &mut pending).await else {
+            return Ok(());
+        };
+        // A channel row could not be stored (a full disk, a lock held past
+        // the busy timeout): later facts would name channels that have no
+        // row. As the writer does after a failed commit, the rest is
+        // counted (`storage`), so the sources never see the recorder stop
+        // and the session says how much it lacks.
+        let mut lost = lost + pending.len() as u64;
+        while let Some(batch) = rx.recv().await {
+            lost += batch.len() as u64;
+        }
+        lost += self.dropped.load(Ordering::Relaxed) - self.dropped_told;
+        let facts = Facts {
+            drops: vec![DropFact {
+                source: "storage",
+                count: lost,
+                ts_ns: crate::clock::monotonic_ns(),
+            }],
+            ..Facts::default()
+        };
+        let _ = self.writer.send(Stored {
+            events: Arc::default(),
+            channel_ids: Vec::new(),
+            messages: Vec::new(),
+            new_channels: Vec::new(),
+            facts,
+        });
+        Err(error)
+    }
+
+    /// Correlates what comes until every sender is gone; on a failure,
+    /// returns it with the number of events it lost.
+    async fn correlate_all(
+        &mut self,
+        rx: &mut mpsc::Receiver<Vec<Event>>,
+        config: &WriterConfig,
+        pending: &mut Vec<Event>,
+    ) -> Result<(), (StoreError, u64)> {
         let mut deadline: Option<Instant> = None;
         loop {
             let received = match deadline {
@@ -87,10 +126,10 @@ impl Stage {
                     }
                 }
                 // Every sender is gone: correlate what is left and stop.
-                Some(None) => return self.flush(&mut pending, true).await,
+                Some(None) => return self.flush(pending, true).await,
                 None => {}
             }
-            self.flush(&mut pending, false).await?;
+            self.flush(pending, false).await?;
             // Events held back for ordering are correlated on the next
             // round even if nothing else comes.
             deadline = (!pending.is_empty()).then(|| Instant::now() + config.correlate_every);
@@ -100,7 +139,11 @@ impl Stage {
     /// Correlates what `pending` holds in time order, except (unless
     /// `last`) events too recent to be sure nothing older is still on its
     /// way, which stay in `pending`.
-    async fn flush(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
+    async fn flush(
+        &mut self,
+        pending: &mut Vec<Event>,
+        last: bool,
+    ) -> Result<(), (StoreError, u64)> {
         let held = hold_back(pending, last, crate::clock::monotonic_ns());
         let result = self.correlate(pending, last).await;
         pending.extend(held);
@@ -109,7 +152,11 @@ impl Stage {
 
     /// Correlates `pending` and hands the facts on; with `last`, the
     /// recording's end, also what will now never pair.
-    async fn correlate(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
+    async fn correlate(
+        &mut self,
+        pending: &mut Vec<Event>,
+        last: bool,
+    ) -> Result<(), (StoreError, u64)> {
         let dropped = self.dropped.load(Ordering::Relaxed);
         let refused = dropped - self.dropped_told;
         self.dropped_told = dropped;
@@ -133,7 +180,9 @@ impl Stage {
         let mut new_channels = Vec::with_capacity(facts.new_channels.len());
         for (r, id) in std::mem::take(&mut facts.new_channels) {
             debug_assert_eq!(r.0 as usize, self.channels.len());
-            let row = channel_id(&mut self.conn, self.session.0, &id).await?;
+            let row = channel_id(&mut self.conn, self.session.0, &id)
+                .await
+                .map_err(|e| (e, facts.events.len() as u64))?;
             self.channels.push(row);
             new_channels.push(row);
         }

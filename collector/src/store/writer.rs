@@ -1167,6 +1167,49 @@ mod tests {
         assert_eq!(unstored.load(Ordering::Relaxed), 0);
     }
 
+    /// A channel row the stage cannot store: the sources still hand over
+    /// everything, and all of it is counted as `storage` drops.
+    #[tokio::test]
+    async fn a_channel_the_stage_cannot_store_counts_the_rest_and_never_stops_the_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db"), OpenMode::Create)
+            .await
+            .unwrap();
+        let session = store.begin_session(&session()).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER no_channels BEFORE INSERT ON channels
+             BEGIN SELECT RAISE(FAIL, 'disk full, say'); END",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+            .await
+            .unwrap();
+        let (send, recv) = (EventKind::MsgSend, EventKind::MsgRecv);
+        for b in 0..10 {
+            let batch = vec![
+                message(1 + 2 * b, send, 7, 10, 8),
+                message(2 + 2 * b, recv, 8, 20, 8),
+            ];
+            ingest
+                .send(batch)
+                .await
+                .expect("the sources are never refused");
+        }
+        drop(ingest);
+        let error = writer.finish().await.unwrap_err();
+        assert!(error.to_string().contains("disk full, say"), "{error}");
+        let (stored, lost): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events),
+                    (SELECT sum(count) FROM drops WHERE source = 'storage')",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!((stored, lost), (0, 20));
+    }
+
     fn wait(ts: u64, kind: EventKind, tid: u32, result: i64, duration: Option<u64>) -> Event {
         let mut e = Event::new(ts, 7, tid, Source::Ebpf, kind);
         e.channel = Some(ChannelId::numeric(ChannelKind::Futex, 0x1000, 0));
