@@ -8,6 +8,7 @@
 
 mod header;
 pub(crate) mod rows;
+mod traffic;
 mod writer;
 
 use std::fs::{self, OpenOptions};

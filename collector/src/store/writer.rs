@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
-use super::{SessionId, Store, StoreError};
+use super::{traffic, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, DropFact, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
 };
@@ -465,6 +465,10 @@ impl Writer {
         for d in &facts.drops {
             insert_drop(&mut tx, session, d.source, d.count, d.ts_ns).await?;
         }
+        let mut traffic = traffic::Tally::default();
+        traffic.events(&events, &channel_ids);
+        traffic.messages(&messages, &facts.one_ended, &self.channels);
+        traffic.store(&mut tx, session).await?;
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(events.len() as i64)
             .bind(session)
