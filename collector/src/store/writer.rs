@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
+use super::retention::Retention;
 use super::{traffic, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, DropFact, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
@@ -53,6 +54,9 @@ pub struct WriterConfig {
     pub observer: Option<mpsc::Sender<Correlated>>,
     /// The recorder's own process, whose activity is not the user's.
     pub recorder_pid: Option<u32>,
+    /// Keep the database under this many bytes by removing the session's
+    /// oldest raw rows (`record --max-db-size`; see `retention`).
+    pub max_db_bytes: Option<u64>,
 }
 
 /// One transaction's worth of the correlation stage's facts, for the
@@ -81,6 +85,7 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(50),
             observer: None,
             recorder_pid: None,
+            max_db_bytes: None,
         }
     }
 }
@@ -93,6 +98,11 @@ pub struct WriterStats {
     /// Events refused by [`Ingest::try_send`] because the queue was full;
     /// also stored in `drops` with source `ingest`.
     pub ingest_dropped: u64,
+    /// The session's oldest events removed to keep the database under
+    /// [`WriterConfig::max_db_bytes`] (in `drops` as `retention`), and in
+    /// how many chunks.
+    pub retention_removed: u64,
+    pub retention_chunks: u64,
 }
 
 /// Why a batch was not taken.
@@ -191,11 +201,15 @@ pub async fn spawn_writer(
     session: SessionId,
     config: WriterConfig,
 ) -> Result<(Ingest, WriterHandle), StoreError> {
-    let conn = store
+    let mut conn = store
         .pool()
         .acquire()
         .await
         .map_err(StoreError::sql("acquiring the writer's connection"))?;
+    let retention = match config.max_db_bytes {
+        Some(limit) => Some(Retention::start(&mut conn, limit).await?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let ingest = Ingest::new(tx);
     let writer = Writer {
@@ -215,6 +229,7 @@ pub async fn spawn_writer(
         stats: WriterStats::default(),
         full_insert_sql: String::new(),
         observer: config.observer.clone(),
+        retention,
     };
     let join = tokio::spawn(writer.run(rx, config));
     Ok((ingest, WriterHandle { join }))
@@ -243,6 +258,7 @@ struct Writer {
     /// statements by their text.
     full_insert_sql: String,
     observer: Option<mpsc::Sender<Correlated>>,
+    retention: Option<Retention>,
 }
 
 impl Writer {
@@ -320,9 +336,30 @@ impl Writer {
     /// which stay in `pending`.
     async fn flush(&mut self, pending: &mut Vec<Event>, last: bool) -> Result<(), StoreError> {
         let held = hold_back(pending, last, crate::clock::monotonic_ns());
+        self.make_room(pending.len()).await;
         let result = self.write(pending, last).await;
         pending.extend(held);
+        if last && result.is_ok() {
+            self.make_room(0).await;
+        }
         result
+    }
+
+    /// Keeps the size limit, if there is one: room for `coming` events
+    /// before a transaction, and after the last. What is stored is
+    /// stored: a removal that fails (and is rolled back) leaves the
+    /// recording going without retention, and says so.
+    async fn make_room(&mut self, coming: usize) {
+        let Some(retention) = self.retention.as_mut() else {
+            return;
+        };
+        let kept = retention
+            .make_room(&mut self.conn, self.session.0, coming, &mut self.stats)
+            .await;
+        if let Err(e) = kept {
+            crate::note!("ipcscope: removing old events to keep --max-db-size failed, so the database may grow past it from now on: {e}");
+            self.retention = None;
+        }
     }
 
     /// Correlates and stores `pending`; with `last`, the recording's end,
