@@ -227,7 +227,7 @@ struct QueryArgs {
     #[arg(long)]
     raw: bool,
     /// The SQL; tables: sessions, processes, channels, events, messages,
-    /// waits, signals, deadlocks, drops (see README).
+    /// waits, signals, deadlocks, drops, traffic (see README).
     sql: String,
 }
 
