@@ -184,6 +184,15 @@ struct RecordArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
     kernel_ring_kib: Option<u32>,
+    /// Keep the database file under SIZE (20MiB, 1GiB, 500MB, or bytes; at
+    /// least 1MiB) for a long recording: as it fills, this session's
+    /// oldest raw events and messages are removed, a chunk (an eighth of
+    /// SIZE) at a time, and counted in `drops` as `retention`. Its
+    /// aggregates stay whole: per-second traffic per channel (what
+    /// `report` counts), latency, waits, signals, deadlocks, processes.
+    /// The WAL file beside it is extra (a few MiB).
+    #[arg(long, value_name = "SIZE", value_parser = collector::store::parse_size)]
+    max_db_size: Option<u64>,
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -218,7 +227,7 @@ struct QueryArgs {
     #[arg(long)]
     raw: bool,
     /// The SQL; tables: sessions, processes, channels, events, messages,
-    /// waits, signals, deadlocks, drops (see README).
+    /// waits, signals, deadlocks, drops, traffic (see README).
     sql: String,
 }
 
@@ -440,14 +449,14 @@ fn summarise(outcome: &RecordOutcome) {
         );
         return;
     }
-    let dropped = if outcome.drops.is_empty() {
+    // What retention removed on purpose, the recorder has said already.
+    let lost: Vec<_> = (outcome.drops.iter())
+        .filter(|(source, _)| source != collector::store::RETENTION_DROP_SOURCE)
+        .collect();
+    let dropped = if lost.is_empty() {
         "nothing dropped".to_owned()
     } else {
-        let parts: Vec<String> = outcome
-            .drops
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect();
+        let parts: Vec<String> = lost.iter().map(|(s, n)| format!("{s} {n}")).collect();
         format!("DROPPED {} (see `ipcscope report`)", parts.join(", "))
     };
     note!(
@@ -472,6 +481,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 all: args.all,
                 payload_bytes: args.payload_bytes,
                 kernel_ring_bytes: args.kernel_ring_kib.map(|kib| kib * 1024),
+                max_db_bytes: args.max_db_size,
             };
             let outcome = match args.tui {
                 true => record_on_dashboard(options).await?,
@@ -508,6 +518,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 all: false,
                 payload_bytes: 0,
                 kernel_ring_bytes: None,
+                max_db_bytes: None,
             };
             let outcome = match dashboard {
                 true => record_on_dashboard(options).await?,

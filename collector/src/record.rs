@@ -41,7 +41,7 @@ use crate::live::LiveFeed;
 use crate::note;
 use crate::store::{
     spawn_writer, Correlated, Ingest, NewSession, OpenMode, SessionId, Store, WriterConfig,
-    WriterStats,
+    WriterStats, MIN_DB_BYTES,
 };
 
 /// What to record.
@@ -73,6 +73,11 @@ pub struct RecordOptions {
     /// Bytes in the kernel's event ring; `None` for the default
     /// (`ebpf::DEFAULT_RING_BYTES`). Loading the probes checks it.
     pub kernel_ring_bytes: Option<u32>,
+    /// Keep the database under this many bytes by removing the session's
+    /// oldest raw events and messages as it grows (retention); every
+    /// aggregate is kept for the whole session. At least
+    /// [`MIN_DB_BYTES`].
+    pub max_db_bytes: Option<u64>,
 }
 
 /// How a caller steers a recording while it runs.
@@ -169,10 +174,18 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         WriterConfig {
             observer: Some(observer),
             recorder_pid: Some(recorder_pid),
+            max_db_bytes: options.max_db_bytes,
             ..WriterConfig::default()
         },
     )
     .await?;
+    if let Some(limit) = options.max_db_bytes {
+        note!(
+            "ipcscope: retention on: {} is kept under {} (--max-db-size) by removing this session's oldest events and messages as it fills; its aggregates (traffic, latency, waits, signals) stay whole",
+            options.db.display(),
+            ipc_events::units::bytes(limit)
+        );
+    }
     let analysis = tokio::spawn(analyse(
         Arc::clone(&analyzer),
         correlated,
@@ -436,17 +449,26 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         failures.push(e.into());
         Vec::new()
     });
+    if writer.retention_removed > 0 {
+        note!(
+            "ipcscope: retention removed the oldest {} of session {}'s {} events ({} chunks, `retention` in drops); `report` still counts its whole traffic",
+            writer.retention_removed,
+            session.0,
+            writer.events,
+            writer.retention_chunks
+        );
+    }
     // Indexed once, here, so that replays open complete at once; without
     // an index (this failed, or an older recording), a replay indexes the
     // session itself as it opens.
     if failures.is_empty() {
         // About 0.6 s per million events: say why a big one takes a while,
         // and let the user skip it (a replay then indexes as it opens).
-        if writer.events >= 2_000_000 {
+        let stored = writer.events - writer.retention_removed;
+        if stored >= 2_000_000 {
             note!(
-                "ipcscope: indexing session {} ({} events) for replay… (Ctrl-C skips it)",
+                "ipcscope: indexing session {} ({stored} events) for replay… (Ctrl-C skips it)",
                 session.0,
-                writer.events
             );
         }
         tokio::select! {
@@ -604,6 +626,12 @@ const TARGETS_POLL: Duration = Duration::from_millis(100);
 fn check_options(options: &RecordOptions) -> Result<()> {
     if !options.ebpf && options.payload_bytes > 0 {
         bail!("--payload-bytes keeps what the eBPF probes see, which --no-ebpf turns off");
+    }
+    if let Some(limit) = options.max_db_bytes.filter(|&l| l < MIN_DB_BYTES) {
+        bail!(
+            "--max-db-size: {limit} bytes is too small; give at least {}MiB (the schema and a session's aggregates need room)",
+            MIN_DB_BYTES >> 20
+        );
     }
     if !options.ebpf && options.kernel_ring_bytes.is_some() {
         bail!("--kernel-ring-kib sizes the eBPF probes' ring, which --no-ebpf turns off");

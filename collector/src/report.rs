@@ -38,28 +38,26 @@ const SECTIONS: &[(&str, &str)] = &[
         // `messages` and `bytes` the correlation stage's messages, each
         // once (a message whose other end is not traced included, so a
         // server followed with -p shows its traffic), `paired` those with
-        // both ends. Latency percentiles are the `latency` table's (the
-        // analysis's HDR histograms over the whole session, the figures
-        // the dashboard shows): unknown where nothing paired, or where a
-        // killed recording never wrote them. A socket or file that
-        // carries an ipc-lib object is counted under that object.
+        // both ends. All five are the `traffic` table's, which the writer
+        // adds up as it stores the rows they count: a session whose
+        // oldest raw rows were removed (`record --max-db-size`) still
+        // shows its whole traffic. Latency percentiles are the `latency`
+        // table's (the analysis's HDR histograms over the whole session,
+        // the figures the dashboard shows): unknown where nothing paired,
+        // or where a killed recording never wrote them. A socket or file
+        // that carries an ipc-lib object is counted under that object.
         "channels",
-        "WITH traffic AS (
-             SELECT channel_id, sum(kind = 'msg_send') AS sends, sum(kind = 'msg_recv') AS receives
-             FROM events
-             WHERE session_id = ?1 AND kind IN ('msg_send', 'msg_recv') AND channel_id IS NOT NULL
-             GROUP BY channel_id),
-         facts AS (
-             SELECT channel_id, count(*) AS messages, count(latency_ns) AS paired,
-                    sum(size) AS bytes
-             FROM messages WHERE session_id = ?1 GROUP BY channel_id)
-         SELECT c.kind, c.name, t.sends, t.receives, f.messages, f.paired, f.bytes,
+        "WITH t AS (
+             SELECT channel_id, sum(sends) AS sends, sum(receives) AS receives,
+                    sum(messages) AS messages, sum(paired) AS paired, sum(bytes) AS bytes
+             FROM traffic WHERE session_id = ?1
+             GROUP BY channel_id HAVING sum(sends) + sum(receives) > 0)
+         SELECT c.kind, c.name, t.sends, t.receives, t.messages, t.paired, t.bytes,
                 l.p50_ns, l.p99_ns, l.max_ns,
-                CAST(f.messages * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
-                CAST(f.bytes * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
-         FROM traffic t JOIN channels c ON c.id = t.channel_id AND c.carries_channel_id IS NULL
+                CAST(t.messages * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS msgs_per_s,
+                CAST(t.bytes * 1e9 / nullif(s.end_mono_ns - s.start_mono_ns, 0) AS INTEGER) AS bytes_per_s
+         FROM t JOIN channels c ON c.id = t.channel_id AND c.carries_channel_id IS NULL
          JOIN sessions s ON s.id = ?1
-         LEFT JOIN facts f ON f.channel_id = t.channel_id
          LEFT JOIN latency l ON l.session_id = ?1 AND l.what = 'message' AND l.channel_id = t.channel_id
          ORDER BY max(t.sends, t.receives) DESC, c.id LIMIT 50",
     ),

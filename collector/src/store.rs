@@ -7,8 +7,10 @@
 //! that leaves it byte-for-byte untouched.
 
 mod header;
+mod retention;
 pub(crate) mod rows;
 mod stage;
+mod traffic;
 mod writer;
 
 use std::fs::{self, OpenOptions};
@@ -28,6 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection};
 
 pub use header::{Header, APPLICATION_ID};
+pub use retention::{parse_size, SizeError, DROP_SOURCE as RETENTION_DROP_SOURCE, MIN_DB_BYTES};
 pub use writer::{
     spawn_writer, Correlated, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats,
 };

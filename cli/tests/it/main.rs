@@ -17,6 +17,7 @@ mod lib_trace;
 mod real_server;
 mod record;
 mod redis;
+mod retention;
 mod security;
 mod tui;
 

@@ -29,9 +29,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
+use super::retention::Retention;
 use super::rows::Rows;
 use super::stage::{Stage, Stored};
-use super::{SessionId, Store, StoreError};
+use super::{traffic, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
 };
@@ -69,6 +70,9 @@ pub struct WriterConfig {
     pub observer: Option<mpsc::Sender<Correlated>>,
     /// The recorder's own process, whose activity is not the user's.
     pub recorder_pid: Option<u32>,
+    /// Keep the database under this many bytes by removing the session's
+    /// oldest raw rows (`record --max-db-size`; see `retention`).
+    pub max_db_bytes: Option<u64>,
 }
 
 /// One batch of the correlation stage's facts, for the analysis, with
@@ -101,6 +105,7 @@ impl Default for WriterConfig {
             commit_delay: Duration::ZERO,
             observer: None,
             recorder_pid: None,
+            max_db_bytes: None,
         }
     }
 }
@@ -114,6 +119,11 @@ pub struct WriterStats {
     /// or correlated while the writer's queue was full; stored in `drops`
     /// with source `ingest`.
     pub ingest_dropped: u64,
+    /// The session's oldest events removed to keep the database under
+    /// [`WriterConfig::max_db_bytes`] (in `drops` as `retention`), and in
+    /// how many chunks.
+    pub retention_removed: u64,
+    pub retention_chunks: u64,
 }
 
 /// Why a batch was not taken.
@@ -235,7 +245,11 @@ pub async fn spawn_writer(
             .await
             .map_err(StoreError::sql("acquiring the writer's connection"))
     };
-    let (conn, stage_conn) = (acquire().await?, acquire().await?);
+    let (mut conn, stage_conn) = (acquire().await?, acquire().await?);
+    let retention = match config.max_db_bytes {
+        Some(limit) => Some(Retention::start(&mut conn, limit).await?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let ingest = Ingest::new(tx);
     let (to_writer, from_stage) = mpsc::unbounded_channel();
@@ -266,6 +280,7 @@ pub async fn spawn_writer(
         unstored: Arc::clone(&unstored),
         commit_delay: config.commit_delay,
         stats: WriterStats::default(),
+        retention,
     };
     let stage = tokio::spawn(stage.run(rx, config.clone()));
     // A thread of its own: SQLite runs on it (bound in place, not handed
@@ -301,6 +316,7 @@ struct Writer {
     unstored: Arc<AtomicU64>,
     commit_delay: Duration,
     stats: WriterStats,
+    retention: Option<Retention>,
 }
 
 impl Writer {
@@ -324,11 +340,30 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            self.make_room(rows).await;
             if let Err(e) = self.write(&batches).await {
                 return self.count_the_rest(e, &batches, rx).await;
             }
         }
+        self.make_room(0).await;
         Ok(self.stats)
+    }
+
+    /// Keeps the size limit, if there is one: room for `coming` events
+    /// before a transaction, and after the last. What is stored is
+    /// stored: a removal that fails (and is rolled back) leaves the
+    /// recording going without retention, and says so.
+    async fn make_room(&mut self, coming: usize) {
+        let Some(retention) = self.retention.as_mut() else {
+            return;
+        };
+        let kept = retention
+            .make_room(&mut self.conn, self.session.0, coming, &mut self.stats)
+            .await;
+        if let Err(e) = kept {
+            crate::note!("ipcscope: removing old events to keep --max-db-size failed, so the database may grow past it from now on: {e}");
+            self.retention = None;
+        }
     }
 
     /// After a failed commit (a full disk, a lock held past the busy
@@ -452,6 +487,12 @@ impl Writer {
                 }
             }
         }
+        let mut traffic = traffic::Tally::default();
+        for batch in batches {
+            traffic.events(&batch.events, &batch.channel_ids);
+            traffic.messages(&batch.messages, &batch.facts.one_ended, &self.channels);
+        }
+        traffic.store(&mut tx, session).await?;
         let events = rows.len() as u64;
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(events as i64)

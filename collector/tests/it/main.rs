@@ -5,4 +5,5 @@ mod ebpf;
 mod ebpf_truth;
 mod lib_ring;
 mod replay;
+mod retention;
 mod store;

@@ -162,6 +162,19 @@ async fn every_contract_column_exists() {
             &["session_id", "detected_ns", "resolved_ns", "cycle"],
         ),
         ("drops", &["session_id", "source", "count", "ts_ns"]),
+        (
+            "traffic",
+            &[
+                "session_id",
+                "channel_id",
+                "second",
+                "sends",
+                "receives",
+                "messages",
+                "paired",
+                "bytes",
+            ],
+        ),
     ];
     for (table, columns) in contract {
         let have: Vec<String> =
@@ -360,6 +373,135 @@ async fn a_full_queue_counts_drops_instead_of_blocking() {
         )
         .await as u64,
         stats.ingest_dropped
+    );
+}
+
+/// Per channel and second: (sends, receives) counted from `events`,
+/// (messages, paired, bytes) from `messages`, and the same five from
+/// `traffic`; what `report` read from the first two it reads from the third.
+async fn traffic_both_ways(store: &Store) -> (Vec<[i64; 7]>, Vec<[i64; 7]>) {
+    let counted: Vec<(i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel_id, second, sum(sends), sum(receives), sum(messages), sum(paired),
+                sum(bytes)
+         FROM (SELECT channel_id, ts_ns / 1000000000 AS second, kind = 'msg_send' AS sends,
+                      kind = 'msg_recv' AS receives, 0 AS messages, 0 AS paired, 0 AS bytes
+               FROM events WHERE kind IN ('msg_send', 'msg_recv')
+               UNION ALL
+               SELECT channel_id, coalesce(received_ns, sent_ns) / 1000000000, 0, 0, 1,
+                      latency_ns IS NOT NULL, size
+               FROM messages)
+         GROUP BY channel_id, second ORDER BY channel_id, second",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let stored: Vec<(i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel_id, second, sends, receives, messages, paired, bytes
+         FROM traffic ORDER BY channel_id, second",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let rows = |v: Vec<(i64, i64, i64, i64, i64, i64, i64)>| {
+        v.into_iter()
+            .map(|r| [r.0, r.1, r.2, r.3, r.4, r.5, r.6])
+            .collect()
+    };
+    (rows(counted), rows(stored))
+}
+
+/// ipc-lib traffic on two channels over three seconds: sends, their
+/// receives (one never comes), in batches that split seconds across
+/// transactions.
+fn two_channels_three_seconds() -> Vec<Vec<Event>> {
+    let a = ChannelId::named(ChannelKind::IpclibChannel, "a");
+    let b = ChannelId::named(ChannelKind::IpclibChannel, "b");
+    let recv = |ts: u64, channel: &ChannelId, msg: u64| {
+        let mut e = send(ts, 2, channel, msg);
+        e.kind = EventKind::MsgRecv;
+        e
+    };
+    let mut events = Vec::new();
+    for i in 0..300u64 {
+        let ts = 1_000_000_000 + i * 10_000_000; // 100 a second
+        let channel = if i % 3 == 0 { &b } else { &a };
+        events.push(send(ts, 1, channel, i + 1));
+        if i != 150 {
+            events.push(recv(ts + 1_000_000, channel, i + 1));
+        }
+    }
+    events.chunks(37).map(<[Event]>::to_vec).collect()
+}
+
+#[tokio::test]
+async fn traffic_adds_up_what_events_and_messages_hold_across_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let config = WriterConfig {
+        rows_per_tx: 20,
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+    for batch in two_channels_three_seconds() {
+        ingest.send(batch).await.unwrap();
+    }
+    drop(ingest);
+    let stats = writer.finish().await.unwrap();
+    assert!(stats.transactions > 10, "{stats:?}");
+    let (counted, stored) = traffic_both_ways(&store).await;
+    assert_eq!(stored, counted);
+    // Two channels, each in seconds 1, 2 and 3; message 150 never received.
+    assert_eq!(stored.len(), 6, "{stored:?}");
+    let total = |i: usize| stored.iter().map(|r| r[i]).sum::<i64>();
+    assert_eq!([2, 3, 4, 5, 6].map(total), [300, 299, 300, 299, 300 * 64]);
+}
+
+#[tokio::test]
+async fn an_older_database_gains_the_traffic_of_its_sessions() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    // The same traffic recorded by this build and by one at schema 8.
+    let new = Store::open(&dir.path().join("new.db"), OpenMode::Create)
+        .await
+        .unwrap();
+    let session = new.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&new, session, WriterConfig::default())
+        .await
+        .unwrap();
+    for batch in two_channels_three_seconds() {
+        ingest.send(batch).await.unwrap();
+    }
+    drop(ingest);
+    writer.finish().await.unwrap();
+    let (_, recorded) = traffic_both_ways(&new).await;
+    new.close().await;
+
+    let path = dir.path().join("v8.db");
+    std::fs::copy(dir.path().join("new.db"), &path).unwrap();
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    // Back to schema 8: no traffic table, as that build left its files.
+    sqlx::query(
+        "DROP TABLE traffic; DELETE FROM _sqlx_migrations WHERE version = 9;
+         PRAGMA user_version = 8;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+    let (counted, migrated) = traffic_both_ways(&store).await;
+    assert_eq!(migrated, counted);
+    assert_eq!(
+        migrated, recorded,
+        "the migration counts as the writer does"
     );
 }
 
