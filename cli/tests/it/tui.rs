@@ -385,7 +385,10 @@ fn a_big_replay_opens_whole_answers_at_once_and_quits_while_loading() {
     assert!(at_the_end(&tmux.screen()), "{}", tmux.screen());
     assert!(opened < Duration::from_secs(5), "opening took {opened:?}");
     tmux.keys(&["2"]);
-    let screen = tmux.wait_for(&["Channels 3"]);
+    // The screen's title: the tab bar reads "2 Channels 3 Topology" on
+    // every screen, so "Channels 3" alone matched before the key was read
+    // (a loaded machine showed the overview's busiest-channels row).
+    let screen = tmux.wait_for(&["Channels 3 · sort"]);
     let jobs = screen
         .lines()
         .find(|l| l.contains("-jobs"))

@@ -310,7 +310,7 @@ fn every_screen_follows_the_replay_cursor() {
     assert!(after.contains("resolved after 5.00 s"), "{after}");
     let channels = at(&mut app, Some(GoTo(Screen::Channels)));
     assert_eq!(app.view().unwrap().channels[0].messages, 2_700);
-    assert!(channels.contains("Channels 3"));
+    assert!(channels.contains("Channels 3 · sort"), "{channels}");
 }
 
 /// Inputs that never run dry, as a stuck signal flag once did.
