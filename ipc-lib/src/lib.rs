@@ -22,6 +22,7 @@
 #[cfg(feature = "tokio")]
 mod asyncio;
 pub mod channel;
+mod codec;
 mod patience;
 pub mod region;
 pub mod rpc;

@@ -30,7 +30,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{CodecError, Receiver, RecvError, SendError, Sender};
+use crate::channel::{Receiver, RecvError, SendError, Sender};
+use crate::codec::{decode, encode};
 
 /// The sending end of a channel, whatever carries it.
 pub trait MessageSender {
@@ -108,17 +109,6 @@ pub trait MessageReceiver {
         let id = self.try_recv_into(&mut out)?;
         decode(&out, id)
     }
-}
-
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
-    postcard::to_stdvec(value).map_err(|e| SendError::Encode(CodecError::from(e)))
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
-    postcard::from_bytes(buf).map_err(|e| RecvError::Decode {
-        msg_id,
-        source: CodecError::from(e),
-    })
 }
 
 impl MessageSender for Sender {
