@@ -6,7 +6,8 @@
 //! its own builder (their options differ: a ring has a capacity, a socket
 //! has none), and generic code only needs to move messages. The typed and
 //! convenience forms are provided methods, written once here over the two
-//! primitives each transport implements.
+//! primitives each transport implements. [`TypedSender`] and
+//! [`TypedReceiver`] wrap any end, so that the message type is stated once.
 //!
 //! ```
 //! use std::time::Duration;
@@ -25,6 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod typed;
+
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -32,6 +35,8 @@ use serde::Serialize;
 
 use crate::channel::{Receiver, RecvError, SendError, Sender};
 use crate::codec::{decode, encode};
+
+pub use typed::{TypedReceiver, TypedSender};
 
 /// The sending end of a channel, whatever carries it.
 pub trait MessageSender {

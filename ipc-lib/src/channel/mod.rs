@@ -130,6 +130,9 @@ mod ring;
 mod segment;
 mod sender;
 
+/// The typed ends, here too because shared memory is their default
+/// transport: `channel::TypedSender<Job>` wraps a [`Sender`].
+pub use crate::transport::{TypedReceiver, TypedSender};
 #[cfg(feature = "tokio")]
 pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
