@@ -183,6 +183,89 @@ impl<T: DeserializeOwned, R: MessageReceiver> TypedReceiver<T, R> {
     }
 }
 
+/// `into_typed` on each byte end: the same as `From`, but reads left to
+/// right and needs no trait in scope.
+macro_rules! into_typed {
+    ($($end:ty => $typed:ident<T: [$($bound:tt)*]>;)*) => {$(
+        impl $end {
+            #[doc = concat!("This end, sending or receiving `T`s: a [`", stringify!($typed),
+                "`] (see there). [`", stringify!($typed), "::into_inner`] gives it back.")]
+            pub fn into_typed<T: $($bound)*>(self) -> $typed<T, Self> {
+                $typed::new(self)
+            }
+        }
+    )*};
+}
+
+/// The async shared-memory ends (`tokio` feature): [`AsyncSender`] /
+/// [`AsyncReceiver`], made typed by `into_typed` as the blocking ones are.
+///
+/// [`AsyncSender`]: crate::channel::AsyncSender
+/// [`AsyncReceiver`]: crate::channel::AsyncReceiver
+#[cfg(feature = "tokio")]
+mod aio {
+    use super::*;
+    use crate::channel::{AsyncReceiver, AsyncSender};
+
+    impl<T: Serialize + ?Sized> TypedSender<T, AsyncSender> {
+        /// Sends `value`, waiting for room without blocking a runtime
+        /// thread, as [`AsyncSender::send_value`] does (it is that call);
+        /// returns its message id.
+        ///
+        /// Not cancel safe, as [`AsyncSender::send`] is not: a future
+        /// dropped while it waits for room may or may not have sent the
+        /// value. (The value is encoded before any wait, so a dropped
+        /// future never leaves half a message.)
+        pub async fn send(&mut self, value: &T) -> Result<u64, SendError> {
+            self.inner.send_value(value).await
+        }
+    }
+
+    impl<T: DeserializeOwned> TypedReceiver<T, AsyncReceiver> {
+        /// Waits for the next message, without blocking a runtime thread,
+        /// and decodes it, as [`AsyncReceiver::recv_value`] does (it is
+        /// that call).
+        ///
+        /// Cancel safe, as [`AsyncReceiver::recv`] is: a message that
+        /// arrives while the future waits is kept in the end (not in the
+        /// future) for the next `recv`, and the decoding follows the
+        /// taking of the message with no `.await` between them, so a
+        /// dropped future never holds a message it took.
+        pub async fn recv(&mut self) -> Result<T, RecvError> {
+            self.inner.recv_value().await
+        }
+    }
+
+    into_typed! {
+        AsyncSender => TypedSender<T: [?Sized + Serialize]>;
+        AsyncReceiver => TypedReceiver<T: [DeserializeOwned]>;
+    }
+
+    /// The socket ends' async forms, named as theirs are (`*_async`, beside
+    /// the blocking methods of the same end).
+    impl<T: Serialize + ?Sized> TypedSender<T, crate::socket::SocketSender> {
+        /// [`send`](Self::send) for async code, as
+        /// [`SocketSender::send_async`](crate::socket::SocketSender::send_async)
+        /// (which it calls). Cancel safe: the value goes out whole (one
+        /// datagram) in a step that does not wait, after which the future
+        /// is done; one dropped while it waits for room has sent nothing.
+        pub async fn send_async(&mut self, value: &T) -> Result<u64, SendError> {
+            encode_into(value, &mut self.scratch)?;
+            self.inner.send_async(&self.scratch).await
+        }
+    }
+
+    impl<T: DeserializeOwned> TypedReceiver<T, crate::socket::SocketReceiver> {
+        /// [`recv`](Self::recv) for async code, as
+        /// [`SocketReceiver::recv_value_async`](crate::socket::SocketReceiver::recv_value_async)
+        /// (which it is). Cancel safe: a message is taken from the socket
+        /// only in a step that does not wait, and decoded in the same step.
+        pub async fn recv_async(&mut self) -> Result<T, RecvError> {
+            self.inner.recv_value_async().await
+        }
+    }
+}
+
 impl<T: ?Sized, S> From<S> for TypedSender<T, S> {
     fn from(inner: S) -> Self {
         TypedSender::new(inner)
@@ -211,20 +294,6 @@ impl<T, R: fmt::Debug> fmt::Debug for TypedReceiver<T, R> {
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
-}
-
-/// `into_typed` on each byte end: the same as `From`, but reads left to
-/// right and needs no trait in scope.
-macro_rules! into_typed {
-    ($($end:ty => $typed:ident<T: [$($bound:tt)*]>;)*) => {$(
-        impl $end {
-            #[doc = concat!("This end, sending or receiving `T`s: a [`", stringify!($typed),
-                "`] (see there). [`", stringify!($typed), "::into_inner`] gives it back.")]
-            pub fn into_typed<T: $($bound)*>(self) -> $typed<T, Self> {
-                $typed::new(self)
-            }
-        }
-    )*};
 }
 
 into_typed! {
@@ -371,5 +440,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), job(20));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_socket_transport_has_typed_async_forms() {
+        let name = unique("socket-async");
+        let rx = SocketReceiver::builder(&name).create().unwrap();
+        let mut rx: TypedReceiver<Job, _> = rx.into_typed();
+        let tx = SocketSender::builder(&name).open().unwrap();
+        let mut tx: TypedSender<Job, _> = tx.into_typed();
+        for id in 0..20 {
+            tx.send_async(&job(id)).await.unwrap();
+            assert_eq!(rx.recv_async().await.unwrap(), job(id));
+        }
+        tx.get_mut().send(&[0xff]).unwrap();
+        tx.send_async(&job(20)).await.unwrap();
+        assert!(matches!(
+            rx.recv_async().await,
+            Err(RecvError::Decode { .. })
+        ));
+        assert_eq!(rx.recv_async().await.unwrap(), job(20));
     }
 }
