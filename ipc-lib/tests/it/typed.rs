@@ -11,8 +11,8 @@ use tokio::time::timeout;
 
 use crate::child::nums;
 use crate::support::{
-    open_receiver, open_sender, open_when_ready, spawn, unique_name, wait_bounded, NameGuard,
-    PATIENCE,
+    capture_ops, open_receiver, open_sender, open_when_ready, spawn, unique_name, wait_bounded,
+    NameGuard, PATIENCE,
 };
 
 /// A message with some shape: nested, variable-length, an enum.
@@ -262,4 +262,44 @@ async fn a_dropped_async_typed_recv_loses_no_message() {
     let garbage_id = sender.join().unwrap();
     assert_eq!(got, (0..n).collect::<Vec<_>>());
     assert_eq!(decode_errors, [garbage_id]);
+}
+
+/// A typed send and receive are traced as the byte operations they wrap:
+/// the same events, sizes and message ids as send_value / recv_value of
+/// the same value.
+#[test]
+fn typed_ends_are_traced_as_the_byte_ends() {
+    let name = unique_name("typed-trace");
+    let _g = NameGuard(name.clone());
+    let mut rx = Receiver::builder(&name).create().unwrap();
+    let mut tx = Sender::builder(&name).open().unwrap();
+    let (ids, byte_ops) = capture_ops(|| {
+        let sent = tx.send_value(&job(4)).unwrap();
+        let got: Job = rx.recv_value_timeout(PATIENCE).unwrap();
+        assert_eq!(got, job(4));
+        sent
+    });
+    let mut tx: TypedSender<Job> = tx.into_typed();
+    let mut rx: TypedReceiver<Job> = rx.into_typed();
+    let (typed_id, typed_ops) = capture_ops(|| {
+        let sent = tx.send(&job(4)).unwrap();
+        assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), job(4));
+        sent
+    });
+    let shape = |ops: &[crate::support::TracedOp]| -> Vec<_> {
+        ops.iter()
+            .map(|o| (o.kind.clone(), o.channel.clone(), o.name.clone(), o.size))
+            .collect()
+    };
+    assert_eq!(shape(&typed_ops), shape(&byte_ops));
+    assert_eq!(
+        typed_ops
+            .iter()
+            .map(|o| o.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["msg_send", "msg_recv"]
+    );
+    assert!(byte_ops.iter().all(|o| o.msg_id == ids));
+    assert!(typed_ops.iter().all(|o| o.msg_id == typed_id));
+    assert_eq!(typed_id, ids + 1);
 }
