@@ -41,3 +41,4 @@ pub use patience::DEFAULT_OPEN_WAIT;
 pub use region::Region;
 pub use sem::Semaphore;
 pub use trace::set_role;
+pub use transport::{TypedReceiver, TypedSender};
