@@ -22,6 +22,7 @@
 #[cfg(feature = "tokio")]
 mod asyncio;
 pub mod channel;
+mod codec;
 mod patience;
 pub mod region;
 pub mod rpc;
@@ -40,3 +41,4 @@ pub use patience::DEFAULT_OPEN_WAIT;
 pub use region::Region;
 pub use sem::Semaphore;
 pub use trace::set_role;
+pub use transport::{TypedReceiver, TypedSender};

@@ -41,10 +41,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{CodecError, Corruption, OpenError, RecvError, SendError};
+use crate::codec::{decode, decode_bytes, encode};
 use crate::socket::frame::{Header, FAULT, HEADER_LEN, REPLY};
 use crate::socket::{next_id, sys, Conn, SocketReceiver, SocketReceiverBuilder, Wait};
 use crate::trace::{self, Op};
-use crate::transport::{decode, encode};
 
 /// How long a server waits for room to send a reply by default: a client
 /// that stops reading its replies must not stall every other client.
@@ -431,7 +431,7 @@ impl Client {
 }
 
 fn decode_reply<T: DeserializeOwned>(reply: &[u8]) -> Result<T, CallError> {
-    postcard::from_bytes(reply).map_err(|e| CallError::Decode(CodecError::from(e)))
+    decode_bytes(reply).map_err(CallError::Decode)
 }
 
 /// An error and its sources, joined, for a fault message.

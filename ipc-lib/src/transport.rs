@@ -6,7 +6,8 @@
 //! its own builder (their options differ: a ring has a capacity, a socket
 //! has none), and generic code only needs to move messages. The typed and
 //! convenience forms are provided methods, written once here over the two
-//! primitives each transport implements.
+//! primitives each transport implements. [`TypedSender`] and
+//! [`TypedReceiver`] wrap any end, so that the message type is stated once.
 //!
 //! ```
 //! use std::time::Duration;
@@ -25,12 +26,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod typed;
+
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{CodecError, Receiver, RecvError, SendError, Sender};
+use crate::channel::{Receiver, RecvError, SendError, Sender};
+use crate::codec::{decode, encode};
+
+pub use typed::{TypedReceiver, TypedSender};
 
 /// The sending end of a channel, whatever carries it.
 pub trait MessageSender {
@@ -108,17 +114,6 @@ pub trait MessageReceiver {
         let id = self.try_recv_into(&mut out)?;
         decode(&out, id)
     }
-}
-
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
-    postcard::to_stdvec(value).map_err(|e| SendError::Encode(CodecError::from(e)))
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
-    postcard::from_bytes(buf).map_err(|e| RecvError::Decode {
-        msg_id,
-        source: CodecError::from(e),
-    })
 }
 
 impl MessageSender for Sender {

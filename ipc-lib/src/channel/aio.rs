@@ -10,8 +10,9 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::error::{RecvError, SendError};
-use super::receiver::{decode, Receiver};
+use super::receiver::Receiver;
 use super::sender::Sender;
+use crate::codec::decode;
 use crate::rt::{off_runtime, CANCEL_SLICE};
 
 /// The receiving end of a channel, for async code: [`Receiver::into_async`].

@@ -167,10 +167,15 @@ pub enum RecvError {
         reason: Corruption,
     },
     /// A typed receive got a message that does not decode as the type asked
-    /// for. The message is consumed; the channel stays usable.
-    #[error("message {msg_id} does not decode as the requested type")]
+    /// for. The message is consumed; the channel stays usable, and the next
+    /// receive returns the next message.
+    #[error("message {msg_id} does not decode as {type_name}")]
     Decode {
+        /// The message's id, as its send and receive were traced.
         msg_id: u64,
+        /// The type asked for (`std::any::type_name`, for people to read).
+        type_name: &'static str,
+        /// What the codec found wrong.
         #[source]
         source: CodecError,
     },

@@ -9,6 +9,10 @@
 //! - Messages are byte slices ([`Sender::send`]) or any serde value
 //!   ([`Sender::send_value`], encoded with postcard). A message larger than
 //!   the channel's maximum is refused whole ([`SendError::TooLarge`]).
+//!   An application that moves one type says so once:
+//!   [`Sender::into_typed`] gives a [`TypedSender<T>`] whose `send` takes a
+//!   `&T`, [`Receiver::into_typed`] a [`TypedReceiver<T>`] whose `recv`
+//!   returns a `T`, with the same encoding and tracing.
 //! - A full channel blocks the sender or returns [`SendError::Full`], as the
 //!   sender was built ([`WhenFull`]).
 //! - [`Receiver::recv`] spins briefly and then sleeps on a futex; a sender
@@ -130,6 +134,9 @@ mod ring;
 mod segment;
 mod sender;
 
+/// The typed ends, here too because shared memory is their default
+/// transport: `channel::TypedSender<Job>` wraps a [`Sender`].
+pub use crate::transport::{TypedReceiver, TypedSender};
 #[cfg(feature = "tokio")]
 pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use ipc_events::{ChannelKind, EventKind};
 use serde::de::DeserializeOwned;
 
-use super::error::{CodecError, Corruption, OpenError, RecvError};
+use super::error::{Corruption, OpenError, RecvError};
 use super::layout::{Layout, Mode, MAX_SENDERS};
 use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
+use crate::codec::decode;
 use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
@@ -401,13 +402,6 @@ fn senders_gone(sh: &Shared, watches: &mut [Option<PeerWatch>], check: bool) -> 
         }
     }
     any
-}
-
-pub(super) fn decode<T: DeserializeOwned>(buf: &[u8], msg_id: u64) -> Result<T, RecvError> {
-    postcard::from_bytes(buf).map_err(|e| RecvError::Decode {
-        msg_id,
-        source: CodecError::from(e),
-    })
 }
 
 impl Drop for Receiver {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ipc_events::{ChannelKind, EventKind};
 use serde::Serialize;
 
-use super::error::{CodecError, OpenError, SendError};
+use super::error::{OpenError, SendError};
 use super::layout::{Layout, Mode};
 use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
@@ -233,8 +233,8 @@ impl Sender {
         value: &T,
     ) -> Result<Vec<u8>, SendError> {
         let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        postcard::to_extend(value, buf).map_err(|e| SendError::Encode(CodecError::from(e)))
+        crate::codec::encode_into(value, &mut buf)?;
+        Ok(buf)
     }
 
     fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {

@@ -413,7 +413,7 @@ impl SocketReceiver {
     ) -> Result<T, RecvError> {
         let mut out = Vec::new();
         let r = self.recv_frame_async(&mut out).await?;
-        crate::transport::decode(&out, r.header.msg_id)
+        crate::codec::decode(&out, r.header.msg_id)
     }
 }
 

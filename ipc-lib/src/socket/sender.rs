@@ -141,7 +141,7 @@ impl SocketSender {
         &mut self,
         value: &T,
     ) -> Result<u64, SendError> {
-        let buf = crate::transport::encode(value)?;
+        let buf = crate::codec::encode(value)?;
         self.send_async(&buf).await
     }
 }

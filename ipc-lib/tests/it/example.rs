@@ -105,3 +105,25 @@ fn rpc_example_pairs_every_reply_with_its_call() {
         }
     }
 }
+
+#[test]
+fn typed_jobs_example_answers_every_job_blocking_and_async() {
+    let Some(bin) = example("typed_jobs") else {
+        return;
+    };
+    for args in [
+        &["--jobs", "3000"][..],
+        &["--jobs", "3000", "--async"],
+        &["--jobs", "0"],
+    ] {
+        let out = Command::new(&bin).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("jobs, every answer correct"), "{stdout}");
+    }
+}

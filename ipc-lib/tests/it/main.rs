@@ -20,3 +20,4 @@ mod sender_deaths;
 mod signal;
 mod socket;
 mod support;
+mod typed;

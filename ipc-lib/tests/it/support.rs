@@ -218,6 +218,7 @@ pub struct TracedOp {
     pub channel: String,
     pub name: String,
     pub size: u64,
+    pub msg_id: u64,
     pub obj: u64,
     pub obj2: u64,
     pub aux: u64,
@@ -238,6 +239,7 @@ impl tracing::field::Visit for TracedOp {
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         match field.name() {
             "size" => self.size = value,
+            "msg_id" => self.msg_id = value,
             "obj" => self.obj = value,
             "obj2" => self.obj2 = value,
             "aux" => self.aux = value,
