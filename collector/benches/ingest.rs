@@ -17,6 +17,8 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use collector::store::{spawn_writer, NewSession, OpenMode, Store, WriterConfig};
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
@@ -126,19 +128,8 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = memory;",
     )
     .unwrap();
-    // The same layout: every migration, so every table and index the
-    // writer fills.
-    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let mut migrations: Vec<_> = std::fs::read_dir(&dir_of_migrations)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    migrations.sort();
-    for m in migrations {
-        conn.execute_batch(&std::fs::read_to_string(m).unwrap())
-            .unwrap();
-    }
+    // The same layout: every table and index the writer fills.
+    common::migrate(&conn);
     conn.execute("INSERT INTO sessions (command, host, started_at, sources, start_mono_ns, recorder_pid) VALUES ('b','b','b','b',0,0)", [])
         .unwrap();
     conn.execute_batch(

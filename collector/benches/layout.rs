@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params_from_iter, Connection};
 
+mod common;
+
 /// One paired message: a send and its receive.
 #[derive(Clone, Copy)]
 struct Message {
@@ -58,17 +60,7 @@ struct Layout {
 }
 
 fn migrations(conn: &Connection) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
-    for f in files {
-        conn.execute_batch(&std::fs::read_to_string(f).unwrap())
-            .unwrap();
-    }
+    common::migrate(conn);
     // What `messages` refers to (its foreign keys are checked, as sqlx
     // has them on).
     conn.execute_batch(

@@ -418,6 +418,13 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         )));
         WriterStats::default()
     });
+    if !failures.is_empty() {
+        // A full disk, most likely: the failed transaction's frames still
+        // fill the WAL, and the session's end needs a little room.
+        if let Err(e) = store.checkpoint().await {
+            tracing::debug!("checkpointing after a failed commit: {e}");
+        }
+    }
     // When the writer failed, the sources only saw it go: its error is
     // the one worth reporting.
     let probes = drained.unwrap_or_else(|e| {

@@ -777,15 +777,7 @@ impl Store {
         }
         match self.pool.acquire().await {
             Ok(mut conn) => {
-                let checkpoint = async {
-                    sqlx::query("PRAGMA busy_timeout = 0")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                        .execute(&mut *conn)
-                        .await
-                };
-                if let Err(e) = checkpoint.await {
+                if let Err(e) = checkpoint(&mut conn).await {
                     // Not fatal: the WAL keeps every committed page. (On a
                     // full disk, the failure that matters was reported.)
                     tracing::debug!("checkpointing {}: {e}", self.path.display());
@@ -798,6 +790,25 @@ impl Store {
         }
         self.pool.close().await;
     }
+
+    /// Checkpoints the WAL into the main file and empties it, as `close`
+    /// does, and goes on. After a commit failed on a full disk, the WAL
+    /// still holds the failed transaction's frames: emptying it gives
+    /// their space back for the session's last rows (its end, its status).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(StoreError::sql("checkpointing"))?;
+        let checkpointed = checkpoint(&mut conn).await;
+        // The connection goes back to the pool: it waits for locks again.
+        sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::sql("checkpointing"))?;
+        checkpointed.map_err(StoreError::sql("checkpointing"))
+    }
 }
 
 /// Brings the schema up to date. Another process may be migrating the
@@ -807,6 +818,20 @@ impl Store {
 /// leaves nothing half done, and running ours again finds it applied.
 /// Opens the pool, retrying while another opener holds the lock.
 ///
+/// `PRAGMA wal_checkpoint(TRUNCATE)` without waiting for readers: a
+/// reader in the middle of a long `query` keeps what it reads in the WAL,
+/// and the checkpoint copies the rest (the busy timeout would otherwise
+/// hold the caller for the reader's whole length).
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// busy_timeout does not cover the connection setup: `journal_mode = WAL`
 /// reads under a shared lock and then needs an exclusive one, and SQLite
 /// answers SQLITE_BUSY at once, without the busy handler, when another

@@ -1,0 +1,17 @@
+//! What the rusqlite floors of several benches share.
+
+/// Applies every migration, in order, to `conn`: the schema `record`
+/// writes, every table and index of it.
+pub fn migrate(conn: &rusqlite::Connection) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    for f in files {
+        conn.execute_batch(&std::fs::read_to_string(f).unwrap())
+            .unwrap();
+    }
+}
