@@ -28,6 +28,7 @@ pub mod region;
 pub mod rpc;
 #[cfg(feature = "tokio")]
 mod rt;
+pub mod select;
 pub mod sem;
 mod shm;
 pub mod signal;

@@ -177,6 +177,16 @@ impl Server {
         self.socket.name()
     }
 
+    /// The socket requests arrive on, and its descriptor that polls
+    /// readable when one has, for [`crate::select`].
+    pub(crate) fn socket_mut(&mut self) -> &mut SocketReceiver {
+        &mut self.socket
+    }
+
+    pub(crate) fn select_fd(&self) -> RawFd {
+        self.socket.select_fd()
+    }
+
     /// Waits for the next request (at most `timeout` when given).
     /// [`RecvError::Disconnected`] once every client that came has left;
     /// [`RecvError::Corrupt`] for a client that sent garbage (it is cut off;

@@ -335,6 +335,13 @@ impl Semaphore {
         self.state().owner_deaths.load(Ordering::Acquire)
     }
 
+    /// For [`crate::select`]: the count (the futex a post wakes) and the
+    /// number of sleepers a post reads before it wakes one.
+    pub(crate) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let st = self.state();
+        (&st.count, &st.waiters)
+    }
+
     /// The holders the table names now.
     pub fn holders(&self) -> Vec<Holder> {
         self.slots()
@@ -563,7 +570,7 @@ impl Semaphore {
 
     /// Frees the slots of holders whose process has exited and posts their
     /// counts back, each traced as a `SemPost` with `-EOWNERDEAD`.
-    fn recover_dead(&self) {
+    pub(crate) fn recover_dead(&self) {
         for (i, s) in self.slots().iter().enumerate() {
             let owner = s.owner.load(Ordering::Acquire);
             if owner == 0 || owner == RECOVERING {

@@ -1,6 +1,6 @@
 //! The receiving end.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_events::{ChannelKind, EventKind};
@@ -338,32 +338,66 @@ impl Receiver {
     /// Multi-producer: steps over the frames of senders that died before
     /// committing them, until a message comes (or nothing more does).
     fn pop_past_dead(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
-        while self.failed.is_none() {
-            let Some(dead) = self.consumer.skip_abandoned(&self.sh, &mut self.watches) else {
-                break;
-            };
-            self.skipped += 1;
-            tracing::warn!(
-                target: "ipc_lib",
-                channel = self.sh.name,
-                pid = dead.pid,
-                pos = dead.pos,
-                "sender died while sending; its unfinished message is skipped"
-            );
-            // One message lost, sender `obj` dead: -EOWNERDEAD, as for a
-            // semaphore count recovered from a dead holder.
-            trace::emit_op(Op {
-                size: 1,
-                obj: u64::from(dead.pid),
-                aux: ipc_events::raw::drop_source::SENDER_DIED,
-                result: -i64::from(libc::EOWNERDEAD),
-                ..Op::new(EventKind::Drop, ChannelKind::IpclibChannel, &self.sh.name)
-            });
+        while self.failed.is_none() && self.step_over_dead() {
             if let Some(id) = self.pop(out)? {
                 return Ok(Some(id));
             }
         }
         Ok(None)
+    }
+
+    /// Steps over one frame whose sender died before committing it, if the
+    /// frame at our position is one: counted and traced. Asks the kernel
+    /// whether senders live, so callers ask once a slice.
+    fn step_over_dead(&mut self) -> bool {
+        let Some(dead) = self.consumer.skip_abandoned(&self.sh, &mut self.watches) else {
+            return false;
+        };
+        self.skipped += 1;
+        tracing::warn!(
+            target: "ipc_lib",
+            channel = self.sh.name,
+            pid = dead.pid,
+            pos = dead.pos,
+            "sender died while sending; its unfinished message is skipped"
+        );
+        // One message lost, sender `obj` dead: -EOWNERDEAD, as for a
+        // semaphore count recovered from a dead holder.
+        trace::emit_op(Op {
+            size: 1,
+            obj: u64::from(dead.pid),
+            aux: ipc_events::raw::drop_source::SENDER_DIED,
+            result: -i64::from(libc::EOWNERDEAD),
+            ..Op::new(EventKind::Drop, ChannelKind::IpclibChannel, &self.sh.name)
+        });
+        true
+    }
+
+    /// For [`crate::select`]: whether a `try_recv` would return at once
+    /// with something other than `Empty` (a message, `Disconnected`, or
+    /// the corruption it found). Takes nothing; with `check` (once a
+    /// liveness slice) also asks whether senders died, stepping over a
+    /// dead sender's unfinished frame as a receive would.
+    pub(crate) fn select_ready(&mut self, check: bool) -> bool {
+        if self.failed.is_some() || self.consumer.ready(&self.sh) {
+            return true;
+        }
+        if check {
+            while self.failed.is_none() && self.step_over_dead() {
+                if self.consumer.ready(&self.sh) {
+                    return true;
+                }
+            }
+        }
+        self.senders_gone(check)
+    }
+
+    /// For [`crate::select`]: the futex a sender bumps when it publishes
+    /// (or leaves) and the count of sleepers it reads first; see
+    /// `ring::park` for the handshake.
+    pub(crate) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let h = self.sh.header();
+        (&h.data_futex, &h.recv_waiters)
     }
 
     /// Every sender has left: what they sent, frames of those that died

@@ -274,6 +274,25 @@ impl SocketReceiver {
         !matches!(pending, Ok(r) if r != 0)
     }
 
+    /// For [`crate::select`]: the descriptor that turns readable when a
+    /// connection has a frame (or ended), and whether a receive would
+    /// return at once now (something to read, or `Disconnected`).
+    pub(crate) fn select_fd(&self) -> RawFd {
+        self.shared.epoll.raw()
+    }
+
+    pub(crate) fn select_ready(&mut self) -> bool {
+        let fd = self.shared.epoll.raw();
+        // SAFETY: the epoll descriptor is owned by `shared`, which outlives
+        // this borrow.
+        let epoll = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if matches!(sys::poll_one(epoll, libc::POLLIN, Some(Duration::ZERO)), Ok(r) if r != 0) {
+            return true;
+        }
+        self.take_new();
+        self.conns.is_empty() && self.disconnected()
+    }
+
     /// Takes the next DATA frame into `out`, waiting until `deadline`
     /// (`Some(now)`: not at all). `Empty` when not waiting, `Timeout` when
     /// the deadline passed.

@@ -322,8 +322,8 @@ impl Epoll {
         Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// The epoll descriptor itself, to register with tokio.
-    #[cfg(feature = "tokio")]
+    /// The epoll descriptor itself, to register with tokio or to poll
+    /// (`crate::select`): readable while a connection has something.
     pub(crate) fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }

@@ -161,6 +161,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
         sig if sig.starts_with("sig-") => crate::signal::play(sig, name, arg),
         death if death.starts_with("death-") => crate::sender_deaths::play(death, name, arg),
         patient if patient.starts_with("patient-") => crate::patient::play(patient, name, arg),
+        sel if sel.starts_with("select-") => crate::select::play(sel, name, arg),
         typed if typed.starts_with("typed-") => crate::typed::play(typed, name, arg),
         other => crate::region::role(other, name, arg)
             .or_else(|| crate::sem::role(other, name, arg))

@@ -15,6 +15,7 @@ mod patient;
 mod props;
 mod region;
 mod rpc;
+mod select;
 mod sem;
 mod sender_deaths;
 mod signal;
