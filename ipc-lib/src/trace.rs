@@ -330,7 +330,20 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     // capacity was clamped to a power of two in range.
     unsafe { ring::init(base.cast(), capacity, pid) };
     let socket = connect(path)?;
-    send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd())?;
+    match send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd()) {
+        Ok(()) => {}
+        // The recorder checks who connected before it reads a byte, and
+        // closes on a stranger: the hello can meet a closed socket.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Err(refused())
+        }
+        Err(e) => return Err(e),
+    }
     await_acceptance(&socket)?;
 
     PID.store(pid, Ordering::Relaxed);
@@ -342,6 +355,15 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     );
     register_atfork();
     Ok(())
+}
+
+/// The recorder said no (it closes the socket on a process it does not
+/// admit, and logs why).
+fn refused() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "the recorder refused this process (see its log)",
+    )
 }
 
 /// How long a process waits for the recorder to take its ring: far above
@@ -357,12 +379,6 @@ fn await_acceptance(socket: &UnixStream) -> io::Result<()> {
     let mut answer = [0u8; 1];
     let read = (&*socket).read(&mut answer);
     socket.set_read_timeout(None)?;
-    let refused = || {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the recorder refused this process (see its log)",
-        )
-    };
     match read {
         Ok(1) if answer[0] == ring::ACCEPTED => Ok(()),
         // Closed on us: with the registration unread, as a reset.
