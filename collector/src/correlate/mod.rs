@@ -579,6 +579,7 @@ pub fn drop_source_name(code: u64) -> &'static str {
         drop_source::INGEST => "ingest",
         drop_source::DECODE => "decode",
         drop_source::SENDER_DIED => "sender_died",
+        drop_source::LAGGED => "lagged",
         _ => "unknown",
     }
 }
