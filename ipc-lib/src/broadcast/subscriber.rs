@@ -89,6 +89,7 @@ impl SubscriberBuilder {
             next,
             missed: 0,
             watch: None,
+            dead_publisher: None,
             empty_polls: 0,
             scratch: Vec::new(),
         })
@@ -111,6 +112,8 @@ pub struct Subscriber {
     next: u64,
     missed: u64,
     watch: Option<PeerWatch>,
+    /// The publisher slot's word when its process was found gone.
+    dead_publisher: Option<u64>,
     empty_polls: u32,
     scratch: Vec<u8>,
 }
@@ -283,7 +286,18 @@ impl Subscriber {
         if check {
             self.empty_polls = 0;
         }
-        ring::observe(&self.seg.header().publisher, &mut self.watch, check) == PeerState::Gone
+        let slot = &self.seg.header().publisher;
+        let word = slot.state_pid.load(Ordering::Acquire);
+        // A death, once seen, stays seen until someone else attaches:
+        // `try_recv` asks the kernel only every so often.
+        if self.dead_publisher == Some(word) {
+            return true;
+        }
+        let gone = ring::observe(slot, &mut self.watch, check) == PeerState::Gone;
+        if gone {
+            self.dead_publisher = Some(word);
+        }
+        gone
     }
 
     /// Reads the next message if it is there, traced; a lag or damage
