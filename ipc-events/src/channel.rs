@@ -85,6 +85,7 @@ coded_enum! {
         IpclibShm = chan::IPCLIB_SHM, "ipclib_shm";
         IpclibSem = chan::IPCLIB_SEM, "ipclib_sem";
         SysvShm = chan::SYSV_SHM, "sysv_shm";
+        IpclibBroadcast = chan::IPCLIB_BROADCAST, "ipclib_broadcast";
     }
 }
 
@@ -110,6 +111,7 @@ impl ChannelKind {
                 | ChannelKind::IpclibChannel
                 | ChannelKind::IpclibShm
                 | ChannelKind::IpclibSem
+                | ChannelKind::IpclibBroadcast
         )
     }
 }

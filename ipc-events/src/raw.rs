@@ -384,6 +384,9 @@ pub mod chan {
     /// A SysV shared-memory segment: `obj` its key (or
     /// [`super::SYSV_KEY_UNKNOWN`]), `obj2` its id.
     pub const SYSV_SHM: u16 = 16;
+    /// Named: ipc-lib broadcast (one publisher, many subscribers; each
+    /// message is received once by every subscriber).
+    pub const IPCLIB_BROADCAST: u16 = 17;
 }
 
 /// What a [`chan::SHM`] object from the probes is, in the low byte of its
@@ -442,4 +445,7 @@ pub mod drop_source {
     /// Messages of an ipc-lib channel whose sender died while writing
     /// them: the receiver stepped over them.
     pub const SENDER_DIED: u64 = 5;
+    /// Messages of an ipc-lib broadcast that a subscriber fell too far
+    /// behind to read: the publisher wrote over them.
+    pub const LAGGED: u64 = 6;
 }

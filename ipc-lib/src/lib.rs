@@ -21,6 +21,7 @@
 
 #[cfg(feature = "tokio")]
 mod asyncio;
+pub mod broadcast;
 pub mod channel;
 mod codec;
 mod patience;

@@ -28,6 +28,61 @@ fn record_example(
     stderr(&out)
 }
 
+/// A broadcast's publish is received once per subscriber: each delivery
+/// is a message of its own, paired with the one publish (before, a
+/// publish paired with one subscriber's receive and the others' were left
+/// with no sender).
+#[test]
+fn every_delivery_of_a_broadcast_is_paired_with_its_publish() {
+    let Some(example) = example("broadcast") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    // A capacity above the ticks: no subscriber can lag, so every publish
+    // reaches all three.
+    record_example(
+        &example,
+        &db,
+        &[
+            "--subscribers",
+            "3",
+            "--messages",
+            "500",
+            "--capacity",
+            "1024",
+        ],
+        None,
+    );
+    let channel = "(select id from channels where kind = 'ipclib_broadcast')";
+    let events = query(
+        &db,
+        &format!(
+            "select kind, count(*) as n, count(distinct pid) as pids from events
+             where channel_id = {channel} group by kind order by kind"
+        ),
+    );
+    assert_eq!(
+        events,
+        serde_json::json!([
+            {"kind": "msg_recv", "n": 1500, "pids": 3},
+            {"kind": "msg_send", "n": 500, "pids": 1},
+        ])
+    );
+    let messages = query(
+        &db,
+        &format!(
+            "select count(*) as n, count(latency_ns) as paired, count(distinct msg_id) as ids,
+                    count(distinct receiver_pid) as receivers, min(latency_ns) >= 0 as ordered
+             from messages where channel_id = {channel}"
+        ),
+    );
+    assert_eq!(
+        messages,
+        serde_json::json!([{"n": 1500, "paired": 1500, "ids": 500, "receivers": 3, "ordered": 1}])
+    );
+}
+
 #[test]
 fn every_send_and_receive_of_an_ipc_lib_channel_is_stored_and_paired_by_id() {
     let Some(example) = producer_consumer() else {

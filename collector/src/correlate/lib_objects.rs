@@ -39,7 +39,10 @@ const MAX_MAPPINGS: usize = 64;
 fn is_lib_object(kind: ChannelKind) -> bool {
     matches!(
         kind,
-        ChannelKind::IpclibChannel | ChannelKind::IpclibSem | ChannelKind::IpclibShm
+        ChannelKind::IpclibChannel
+            | ChannelKind::IpclibSem
+            | ChannelKind::IpclibShm
+            | ChannelKind::IpclibBroadcast
     )
 }
 

@@ -28,8 +28,8 @@ use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
 pub use channels::{ChannelRef, Renamed};
 pub use pairing::{
-    awaits_delivery, kills_by_default, signal_result, Framing, IdPairer, MessagePairer, Paired,
-    Side, SignalPairer, Unpaired, MAX_UNPAIRED, MAX_UNPAIRED_IDS, SIGKILL,
+    awaits_delivery, kills_by_default, signal_result, FanOutPairer, Framing, IdPairer,
+    MessagePairer, Paired, Side, SignalPairer, Unpaired, MAX_UNPAIRED, MAX_UNPAIRED_IDS, SIGKILL,
 };
 pub use waits::{Wait, WaitFact};
 
@@ -154,6 +154,7 @@ pub struct Correlator {
     channels: Channels,
     messages: MessagePairer<(ChannelRef, u64)>,
     framed: IdPairer<ChannelRef>,
+    broadcasts: FanOutPairer<ChannelRef>,
     waits: Waits,
     signals: SignalPairer<Signal>,
     next_signal: u64,
@@ -182,6 +183,7 @@ impl Correlator {
             channels: Channels::default(),
             messages: MessagePairer::new(),
             framed: IdPairer::default(),
+            broadcasts: FanOutPairer::default(),
             waits: Waits::default(),
             signals: SignalPairer::new(),
             next_signal: 0,
@@ -214,6 +216,7 @@ impl Correlator {
     pub fn finish(&mut self) -> Facts {
         self.messages.finish();
         self.framed.finish(&mut self.facts.one_ended);
+        self.broadcasts.finish(&mut self.facts.one_ended);
         self.take_unpaired();
         self.take()
     }
@@ -388,10 +391,16 @@ impl Correlator {
         let send = event.kind == EventKind::MsgSend;
         if let Some(id) = event.msg_id {
             let (out, one_ended) = (&mut self.facts.messages, &mut self.facts.one_ended);
-            if send {
-                self.framed.send(r, id, side, out, one_ended);
-            } else {
-                self.framed.recv(r, id, side, out, one_ended);
+            // A broadcast's publish is received once per subscriber.
+            let broadcast = event
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.kind() == ChannelKind::IpclibBroadcast);
+            match (broadcast, send) {
+                (true, true) => self.broadcasts.send(r, id, side, out, one_ended),
+                (true, false) => self.broadcasts.recv(r, id, side, out, one_ended),
+                (false, true) => self.framed.send(r, id, side, out, one_ended),
+                (false, false) => self.framed.recv(r, id, side, out, one_ended),
             }
             return;
         }
@@ -579,6 +588,7 @@ pub fn drop_source_name(code: u64) -> &'static str {
         drop_source::INGEST => "ingest",
         drop_source::DECODE => "decode",
         drop_source::SENDER_DIED => "sender_died",
+        drop_source::LAGGED => "lagged",
         _ => "unknown",
     }
 }

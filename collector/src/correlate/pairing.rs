@@ -248,6 +248,127 @@ impl<K: Copy + Eq + Hash> IdPairer<K> {
     }
 }
 
+/// Pairs a broadcast's messages (ipc-lib's `broadcast`): each publish
+/// with every subscriber's receive of its id, in whatever order they
+/// arrive. A publish is kept for the receives still to come, the newest
+/// [`MAX_UNPAIRED_IDS`] of them (a subscriber cannot receive a message
+/// older than the broadcast's capacity); a receive that comes before its
+/// publish waits for it.
+#[derive(Debug)]
+pub struct FanOutPairer<K> {
+    /// Publishes, with whether any receive took them yet.
+    sends: HashMap<(K, u64), (Side, bool)>,
+    /// The publishes' keys, oldest first: which one to forget first.
+    order: VecDeque<(K, u64)>,
+    /// Receives that came before their publish.
+    recvs: HashMap<(K, u64), Vec<Side>>,
+}
+
+impl<K> Default for FanOutPairer<K> {
+    fn default() -> Self {
+        FanOutPairer {
+            sends: HashMap::new(),
+            order: VecDeque::new(),
+            recvs: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> FanOutPairer<K> {
+    /// A publish: paired with the receives that waited for it, then kept
+    /// for those to come.
+    pub fn send(
+        &mut self,
+        key: K,
+        id: u64,
+        side: Side,
+        out: &mut Vec<Paired<K>>,
+        unpaired: &mut Vec<Unpaired<K>>,
+    ) {
+        let waited = self.recvs.remove(&(key, id)).unwrap_or_default();
+        out.extend(waited.iter().map(|&recv| Paired {
+            channel: key,
+            send: side,
+            recv,
+            msg_id: Some(id),
+        }));
+        if self.order.len() >= MAX_UNPAIRED_IDS {
+            if let Some(oldest) = self.order.pop_front() {
+                if let Some((send, false)) = self.sends.remove(&oldest) {
+                    unpaired.push(Unpaired {
+                        channel: oldest.0,
+                        side: send,
+                        sent: true,
+                        msg_id: Some(oldest.1),
+                    });
+                }
+            }
+        }
+        if self
+            .sends
+            .insert((key, id), (side, !waited.is_empty()))
+            .is_none()
+        {
+            self.order.push_back((key, id));
+        }
+    }
+
+    /// A subscriber's receive: paired with its publish if that came.
+    pub fn recv(
+        &mut self,
+        key: K,
+        id: u64,
+        side: Side,
+        out: &mut Vec<Paired<K>>,
+        unpaired: &mut Vec<Unpaired<K>>,
+    ) {
+        if let Some((send, paired)) = self.sends.get_mut(&(key, id)) {
+            *paired = true;
+            out.push(Paired {
+                channel: key,
+                send: *send,
+                recv: side,
+                msg_id: Some(id),
+            });
+            return;
+        }
+        if self.recvs.len() >= MAX_UNPAIRED_IDS {
+            // As IdPairer does: starting over keeps memory bounded.
+            unpaired.extend(self.recvs.drain().flat_map(|((channel, id), sides)| {
+                sides.into_iter().map(move |side| Unpaired {
+                    channel,
+                    side,
+                    sent: false,
+                    msg_id: Some(id),
+                })
+            }));
+        }
+        self.recvs.entry((key, id)).or_default().push(side);
+    }
+
+    /// The recording ended: a publish nobody received, and a receive
+    /// whose publish never came, are messages with one end known.
+    pub fn finish(&mut self, unpaired: &mut Vec<Unpaired<K>>) {
+        self.order.clear();
+        unpaired.extend(self.sends.drain().filter(|(_, (_, paired))| !paired).map(
+            |((channel, id), (side, _))| Unpaired {
+                channel,
+                side,
+                sent: true,
+                msg_id: Some(id),
+            },
+        ));
+        unpaired.extend(self.recvs.drain().flat_map(|((channel, id), sides)| {
+            sides.into_iter().map(move |side| Unpaired {
+                channel,
+                side,
+                sent: false,
+                msg_id: Some(id),
+            })
+        }));
+    }
+}
+
 /// How a channel carries messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -515,6 +636,37 @@ mod tests {
 
     const SIGUSR1: u32 = 10;
     const SIGUSR2: u32 = 12;
+
+    #[test]
+    fn a_publish_pairs_with_every_receive_of_it_whichever_comes_first() {
+        let side = |ts_ns| Side {
+            pid: 1,
+            tid: 1,
+            ts_ns,
+            size: 8,
+        };
+        let mut p = FanOutPairer::default();
+        let (mut out, mut unpaired) = (Vec::new(), Vec::new());
+        // Subscriber rings drain independently: a receive before its
+        // publish waits for it.
+        p.recv(7, 1, side(12), &mut out, &mut unpaired);
+        p.send(7, 1, side(10), &mut out, &mut unpaired);
+        p.recv(7, 1, side(13), &mut out, &mut unpaired);
+        p.recv(7, 1, side(14), &mut out, &mut unpaired);
+        // Nobody received 2; nobody published 3.
+        p.send(7, 2, side(20), &mut out, &mut unpaired);
+        p.recv(7, 3, side(31), &mut out, &mut unpaired);
+        let received: Vec<u64> = out.iter().map(|m| m.recv.ts_ns).collect();
+        assert_eq!(received, [12, 13, 14]);
+        assert!(out
+            .iter()
+            .all(|m| m.send.ts_ns == 10 && m.msg_id == Some(1)));
+        assert!(unpaired.is_empty());
+        p.finish(&mut unpaired);
+        unpaired.sort_by_key(|u| u.msg_id);
+        let ends: Vec<(Option<u64>, bool)> = unpaired.iter().map(|u| (u.msg_id, u.sent)).collect();
+        assert_eq!(ends, [(Some(2), true), (Some(3), false)]);
+    }
 
     #[test]
     fn pairs_each_delivery_with_the_oldest_waiting_generation() {

@@ -130,7 +130,7 @@ mod aio;
 mod error;
 pub mod layout;
 mod receiver;
-mod ring;
+pub(crate) mod ring;
 mod segment;
 mod sender;
 

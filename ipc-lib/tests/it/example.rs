@@ -127,3 +127,34 @@ fn typed_jobs_example_answers_every_job_blocking_and_async() {
         assert!(stdout.contains("jobs, every answer correct"), "{stdout}");
     }
 }
+
+#[test]
+fn broadcast_example_accounts_for_every_tick_in_every_subscriber() {
+    let Some(bin) = example("broadcast") else {
+        return;
+    };
+    for capacity in ["20000", "8"] {
+        let out = Command::new(&bin)
+            .args([
+                "--subscribers",
+                "3",
+                "--messages",
+                "5000",
+                "--capacity",
+                capacity,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "--capacity {capacity}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.matches("ticks received").count(), 3, "{stdout}");
+        if capacity == "20000" {
+            assert_eq!(stdout.matches(" 0 missed").count(), 3, "{stdout}");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 mod aio;
 mod asyncio;
+mod broadcast;
 mod child;
 mod corruption;
 mod cross_process;
