@@ -790,25 +790,6 @@ impl Store {
         }
         self.pool.close().await;
     }
-
-    /// Checkpoints the WAL into the main file and empties it, as `close`
-    /// does, and goes on. After a commit failed on a full disk, the WAL
-    /// still holds the failed transaction's frames: emptying it gives
-    /// their space back for the session's last rows (its end, its status).
-    pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(StoreError::sql("checkpointing"))?;
-        let checkpointed = checkpoint(&mut conn).await;
-        // The connection goes back to the pool: it waits for locks again.
-        sqlx::query("PRAGMA busy_timeout = 10000")
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::sql("checkpointing"))?;
-        checkpointed.map_err(StoreError::sql("checkpointing"))
-    }
 }
 
 /// Brings the schema up to date. Another process may be migrating the

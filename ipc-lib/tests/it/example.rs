@@ -158,3 +158,30 @@ fn broadcast_example_accounts_for_every_tick_in_every_subscriber() {
         }
     }
 }
+
+#[test]
+fn coordinator_example_counts_every_result_and_sees_a_crashed_worker_at_once() {
+    let Some(bin) = example("coordinator") else {
+        return;
+    };
+    for (args, failed) in [
+        (
+            &["--workers", "4", "--items", "1000"][..],
+            "workers failed: []",
+        ),
+        (
+            &["--workers", "4", "--items", "1000", "--crash-one"],
+            "workers failed: [3]",
+        ),
+    ] {
+        let out = Command::new(&bin).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(failed), "{args:?}: {stdout}");
+    }
+}
