@@ -156,7 +156,6 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
             recorder_pid,
         })
         .await?;
-    let mut reserve = Reserve::hold(&options.db);
     // What the writer correlates goes on to the analysis before it is stored,
     // which the live feed and the deadlock detector read.
     let analyzer = Arc::new(Mutex::new(Analyzer::new(
@@ -422,7 +421,7 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
     if !failures.is_empty() {
         // A full disk, most likely: what the session's end stores (its
         // latencies, its end, the command's status) needs a little room.
-        reserve.release();
+        store.release_reserve();
     }
     // When the writer failed, the sources only saw it go: its error is
     // the one worth reporting.
@@ -501,57 +500,6 @@ pub async fn record_with(options: RecordOptions, control: RecordControl) -> Resu
         drops,
         failures: failures.iter().map(|e| format!("{e:#}")).collect(),
     })
-}
-
-/// Room kept on the database's disk for the session's end: a file of
-/// [`Reserve::BYTES`] beside the database, removed once the session is
-/// stored, or as soon as storing failed (a full disk) so that the end, the
-/// command's status and the latencies still fit. Without it, whichever
-/// write came first took the last bytes, and the session could be left
-/// unfinished.
-struct Reserve(Option<PathBuf>);
-
-impl Reserve {
-    const BYTES: usize = 256 * 1024;
-
-    /// Best effort: a disk without room for it has none for the session
-    /// either, and says so soon enough.
-    fn hold(db: &Path) -> Reserve {
-        let mut path = db.as_os_str().to_owned();
-        path.push("-reserve");
-        let path = PathBuf::from(path);
-        let made = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &[0u8; Self::BYTES]));
-        match made {
-            Ok(()) => Reserve(Some(path)),
-            Err(e) => {
-                tracing::debug!(
-                    "no room kept for the session's end at {}: {e}",
-                    path.display()
-                );
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    let _ = std::fs::remove_file(&path);
-                }
-                Reserve(None)
-            }
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl Drop for Reserve {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 /// Marks the session ended: no live feed any more, the command's status,

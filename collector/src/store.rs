@@ -353,6 +353,9 @@ pub struct Store {
     /// The schema version of `path` when it is older than this build's:
     /// then `reads` is a copy in this directory, removed with the last clone.
     upgraded: Option<(i64, Arc<tempfile::TempDir>)>,
+    /// Room kept for a recording's end on a disk that fills (`record`'s
+    /// store only).
+    reserve: Reserve,
 }
 
 impl Store {
@@ -397,6 +400,7 @@ impl Store {
             path: path.into(),
             writable: false,
             upgraded,
+            reserve: Reserve::default(),
         })
     }
 
@@ -446,7 +450,19 @@ impl Store {
             path: path.into(),
             writable: true,
             upgraded: None,
+            reserve: Reserve::hold(path),
         })
+    }
+
+    /// Frees the room kept beside the database: storing failed (a full
+    /// disk), and what is still to store (the count of what was lost, the
+    /// session's end) needs it.
+    pub fn release_reserve(&self) {
+        self.reserve.release();
+    }
+
+    pub(crate) fn reserve(&self) -> Reserve {
+        self.reserve.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -799,6 +815,62 @@ impl Store {
 /// leaves nothing half done, and running ours again finds it applied.
 /// Opens the pool, retrying while another opener holds the lock.
 ///
+/// Room kept on the database's disk for what a recording must still store
+/// when the disk fills: a file of [`Reserve::BYTES`] beside the database
+/// (`FILE-reserve`, `0600`), removed as soon as storing fails (so that the
+/// count of what was lost, the latencies, the session's end and the
+/// command's status still fit), and with the store's last clone. Without
+/// it, whichever write came first took the disk's last bytes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reserve(Arc<ReserveFile>);
+
+#[derive(Debug, Default)]
+struct ReserveFile(std::sync::Mutex<Option<PathBuf>>);
+
+impl Reserve {
+    const BYTES: usize = 256 * 1024;
+
+    /// Best effort: a disk without room for it has none for a recording
+    /// either, and says so soon enough. One a killed recorder left behind
+    /// is taken over.
+    fn hold(db: &Path) -> Reserve {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-reserve");
+        let path = PathBuf::from(path);
+        let made = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &[0u8; Self::BYTES]));
+        let kept = match made {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::debug!("no room kept at {}: {e}", path.display());
+                let _ = fs::remove_file(&path);
+                None
+            }
+        };
+        Reserve(Arc::new(ReserveFile(std::sync::Mutex::new(kept))))
+    }
+
+    pub(crate) fn release(&self) {
+        let taken = self.0 .0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(path) = taken {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for ReserveFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 /// `PRAGMA wal_checkpoint(TRUNCATE)` without waiting for readers: a
 /// reader in the middle of a long `query` keeps what it reads in the WAL,
 /// and the checkpoint copies the rest (the busy timeout would otherwise

@@ -32,7 +32,7 @@ use tokio::time::{timeout_at, Instant};
 use super::retention::Retention;
 use super::rows::Rows;
 use super::stage::{Stage, Stored};
-use super::{traffic, SessionId, Store, StoreError};
+use super::{traffic, Reserve, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
 };
@@ -281,6 +281,7 @@ pub async fn spawn_writer(
         commit_delay: config.commit_delay,
         stats: WriterStats::default(),
         retention,
+        reserve: store.reserve(),
     };
     let stage = tokio::spawn(stage.run(rx, config.clone()));
     // A thread of its own: SQLite runs on it (bound in place, not handed
@@ -317,6 +318,7 @@ struct Writer {
     commit_delay: Duration,
     stats: WriterStats,
     retention: Option<Retention>,
+    reserve: Reserve,
 }
 
 impl Writer {
@@ -396,6 +398,8 @@ impl Writer {
             self.unstored
                 .fetch_sub(batch.events.len() as u64, Ordering::Relaxed);
         }
+        // A full disk, most likely: the count needs the room kept for it.
+        self.reserve.release();
         let now = crate::clock::monotonic_ns();
         if let Err(e) = insert_drop(&mut self.conn, self.session.0, "storage", lost, now).await {
             tracing::warn!("recording the {lost} events not stored: {e}");
