@@ -39,3 +39,80 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
     let _cancel = CancelOnDrop(flag.clone());
     tokio::task::spawn_blocking(move || work(&flag)).await.ok()
 }
+
+/// A blocking receiving end an async one is built on: the shared-memory
+/// channel's [`Receiver`](crate::channel::Receiver) and the broadcast's
+/// [`Subscriber`](crate::broadcast::Subscriber).
+pub(crate) trait BlockingRecv: Send + 'static {
+    type Error: Send + std::fmt::Debug + 'static;
+    /// The next message into `msg` and its id, without waiting.
+    fn try_recv_into(&mut self, msg: &mut Vec<u8>) -> Result<u64, Self::Error>;
+    /// The next message into `msg` and its id, waiting at most `timeout`.
+    fn recv_into(&mut self, msg: &mut Vec<u8>, timeout: Duration) -> Result<u64, Self::Error>;
+    /// Whether `error` only says nothing came (now, or within the wait).
+    fn nothing_yet(error: &Self::Error) -> bool;
+    /// The runtime shut down during the wait.
+    fn runtime_shutdown() -> Self::Error;
+}
+
+/// The receive of every async end: an inline try first, then a wait on
+/// the blocking pool. Cancel safe: a message that arrives as the awaiting
+/// future is dropped is kept for the next receive, not lost.
+#[derive(Debug)]
+pub(crate) struct AsyncRecv<R: BlockingRecv> {
+    state: Arc<tokio::sync::Mutex<RecvState<R>>>,
+}
+
+#[derive(Debug)]
+struct RecvState<R: BlockingRecv> {
+    end: R,
+    /// What a blocking wait received (a message and its id); taken by the
+    /// next receive, whether or not the one that started the wait is still
+    /// there.
+    received: Option<Received<R>>,
+}
+
+/// A message and its id, or why there was none.
+type Received<R> = Result<(Vec<u8>, u64), <R as BlockingRecv>::Error>;
+
+impl<R: BlockingRecv> AsyncRecv<R> {
+    pub(crate) fn new(end: R) -> Self {
+        AsyncRecv {
+            state: Arc::new(tokio::sync::Mutex::new(RecvState {
+                end,
+                received: None,
+            })),
+        }
+    }
+
+    /// The next message and its id.
+    pub(crate) async fn next(&mut self) -> Received<R> {
+        loop {
+            // Only a wait abandoned by a dropped receive can hold the lock,
+            // and it lets go within CANCEL_SLICE.
+            let mut state = self.state.clone().lock_owned().await;
+            if let Some(r) = state.received.take() {
+                return r;
+            }
+            let mut msg = Vec::new();
+            match state.end.try_recv_into(&mut msg) {
+                Err(e) if R::nothing_yet(&e) => {}
+                other => return other.map(|id| (msg, id)),
+            }
+            let done = off_runtime(move |cancelled: &AtomicBool| {
+                while !cancelled.load(Ordering::Acquire) {
+                    match state.end.recv_into(&mut msg, CANCEL_SLICE) {
+                        Err(e) if R::nothing_yet(&e) => {}
+                        other => {
+                            state.received = Some(other.map(|id| (msg, id)));
+                            return;
+                        }
+                    }
+                }
+            });
+            if done.await.is_none() {
+                return Err(R::runtime_shutdown());
+            }
+        }
+    }
+}

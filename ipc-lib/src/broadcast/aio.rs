@@ -2,15 +2,13 @@
 //! an inline try first and a wait that must sleep moved off the runtime
 //! (see `crate::rt` for why).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::Mutex;
 
 use super::subscriber::Subscriber;
 use super::{decode, RecvError};
-use crate::rt::{off_runtime, CANCEL_SLICE};
+use crate::rt::{AsyncRecv, BlockingRecv};
 
 /// A subscriber for async code: [`Subscriber::into_async`].
 ///
@@ -19,23 +17,30 @@ use crate::rt::{off_runtime, CANCEL_SLICE};
 /// `recv` (as is a lag report).
 #[derive(Debug)]
 pub struct AsyncSubscriber {
-    state: Arc<Mutex<State>>,
+    inner: AsyncRecv<Subscriber>,
 }
 
-#[derive(Debug)]
-struct State {
-    sub: Subscriber,
-    received: Option<Result<(Vec<u8>, u64), RecvError>>,
+impl BlockingRecv for Subscriber {
+    type Error = RecvError;
+    fn try_recv_into(&mut self, msg: &mut Vec<u8>) -> Result<u64, RecvError> {
+        Subscriber::try_recv_into(self, msg)
+    }
+    fn recv_into(&mut self, msg: &mut Vec<u8>, timeout: Duration) -> Result<u64, RecvError> {
+        Subscriber::recv_into(self, msg, Some(timeout))
+    }
+    fn nothing_yet(error: &RecvError) -> bool {
+        matches!(error, RecvError::Empty | RecvError::Timeout)
+    }
+    fn runtime_shutdown() -> RecvError {
+        RecvError::RuntimeShutdown
+    }
 }
 
 impl Subscriber {
     /// This subscriber, for async code.
     pub fn into_async(self) -> AsyncSubscriber {
         AsyncSubscriber {
-            state: Arc::new(Mutex::new(State {
-                sub: self,
-                received: None,
-            })),
+            inner: AsyncRecv::new(self),
         }
     }
 }
@@ -53,30 +58,6 @@ impl AsyncSubscriber {
     }
 
     async fn next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
-        loop {
-            let mut state = self.state.clone().lock_owned().await;
-            if let Some(r) = state.received.take() {
-                return r;
-            }
-            let mut msg = Vec::new();
-            match state.sub.try_recv_into(&mut msg) {
-                Err(RecvError::Empty) => {}
-                other => return other.map(|id| (msg, id)),
-            }
-            let done = off_runtime(move |cancelled: &AtomicBool| {
-                while !cancelled.load(Ordering::Acquire) {
-                    match state.sub.recv_into(&mut msg, Some(CANCEL_SLICE)) {
-                        Err(RecvError::Timeout) => {}
-                        other => {
-                            state.received = Some(other.map(|id| (msg, id)));
-                            return;
-                        }
-                    }
-                }
-            });
-            if done.await.is_none() {
-                return Err(RecvError::RuntimeShutdown);
-            }
-        }
+        self.inner.next().await
     }
 }

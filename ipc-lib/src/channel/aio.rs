@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,7 +14,7 @@ use super::error::{RecvError, SendError};
 use super::receiver::Receiver;
 use super::sender::Sender;
 use crate::codec::decode;
-use crate::rt::{off_runtime, CANCEL_SLICE};
+use crate::rt::{off_runtime, AsyncRecv, BlockingRecv, CANCEL_SLICE};
 
 /// The receiving end of a channel, for async code: [`Receiver::into_async`].
 ///
@@ -22,26 +23,30 @@ use crate::rt::{off_runtime, CANCEL_SLICE};
 /// `recv`.
 #[derive(Debug)]
 pub struct AsyncReceiver {
-    state: Arc<Mutex<RecvState>>,
+    inner: AsyncRecv<Receiver>,
 }
 
-#[derive(Debug)]
-struct RecvState {
-    rx: Receiver,
-    /// What a blocking wait received (a message and its id); taken by the
-    /// next `recv`, whether or not the `recv` that started the wait is
-    /// still there.
-    received: Option<Result<(Vec<u8>, u64), RecvError>>,
+impl BlockingRecv for Receiver {
+    type Error = RecvError;
+    fn try_recv_into(&mut self, msg: &mut Vec<u8>) -> Result<u64, RecvError> {
+        Receiver::try_recv_into(self, msg)
+    }
+    fn recv_into(&mut self, msg: &mut Vec<u8>, timeout: Duration) -> Result<u64, RecvError> {
+        Receiver::recv_into(self, msg, Some(timeout))
+    }
+    fn nothing_yet(error: &RecvError) -> bool {
+        matches!(error, RecvError::Empty | RecvError::Timeout)
+    }
+    fn runtime_shutdown() -> RecvError {
+        RecvError::RuntimeShutdown
+    }
 }
 
 impl Receiver {
     /// This end, for async code.
     pub fn into_async(self) -> AsyncReceiver {
         AsyncReceiver {
-            state: Arc::new(Mutex::new(RecvState {
-                rx: self,
-                received: None,
-            })),
+            inner: AsyncRecv::new(self),
         }
     }
 }
@@ -59,35 +64,8 @@ impl AsyncReceiver {
         decode(&msg, id)
     }
 
-    /// The next message and its id.
     async fn next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
-        loop {
-            // Only a wait abandoned by a dropped `recv` can hold the lock,
-            // and it lets go within CANCEL_SLICE.
-            let mut state = self.state.clone().lock_owned().await;
-            if let Some(r) = state.received.take() {
-                return r;
-            }
-            let mut msg = Vec::new();
-            match state.rx.try_recv_into(&mut msg) {
-                Err(RecvError::Empty) => {}
-                other => return other.map(|id| (msg, id)),
-            }
-            let done = off_runtime(move |cancelled: &AtomicBool| {
-                while !cancelled.load(Ordering::Acquire) {
-                    match state.rx.recv_into(&mut msg, Some(CANCEL_SLICE)) {
-                        Err(RecvError::Timeout) => {}
-                        other => {
-                            state.received = Some(other.map(|id| (msg, id)));
-                            return;
-                        }
-                    }
-                }
-            });
-            if done.await.is_none() {
-                return Err(RecvError::RuntimeShutdown);
-            }
-        }
+        self.inner.next().await
     }
 }
 
