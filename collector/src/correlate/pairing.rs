@@ -168,6 +168,18 @@ pub struct Unpaired<K> {
     pub msg_id: Option<u64>,
 }
 
+impl<K> Unpaired<K> {
+    /// A side of a message whose frame carried id `id` (ipc-lib's).
+    fn framed(channel: K, id: u64, side: Side, sent: bool) -> Self {
+        Unpaired {
+            channel,
+            side,
+            sent,
+            msg_id: Some(id),
+        }
+    }
+}
+
 impl<K: Copy + Eq + Hash> IdPairer<K> {
     /// A framed send; what it pairs goes to `out`, and sides given up on
     /// to keep memory bounded to `unpaired`.
@@ -219,12 +231,10 @@ impl<K: Copy + Eq + Hash> IdPairer<K> {
         if map.len() >= MAX_UNPAIRED_IDS {
             // No order to evict by; starting over keeps memory bounded,
             // and what waited becomes messages with one end known.
-            unpaired.extend(map.drain().map(|((channel, id), side)| Unpaired {
-                channel,
-                side,
-                sent,
-                msg_id: Some(id),
-            }));
+            unpaired.extend(
+                map.drain()
+                    .map(|((channel, id), side)| Unpaired::framed(channel, id, side, sent)),
+            );
         }
         map.insert(at, side);
     }
@@ -233,12 +243,10 @@ impl<K: Copy + Eq + Hash> IdPairer<K> {
     /// one end known.
     pub fn finish(&mut self, unpaired: &mut Vec<Unpaired<K>>) {
         for (map, sent) in [(&mut self.sends, true), (&mut self.recvs, false)] {
-            unpaired.extend(map.drain().map(|((channel, id), side)| Unpaired {
-                channel,
-                side,
-                sent,
-                msg_id: Some(id),
-            }));
+            unpaired.extend(
+                map.drain()
+                    .map(|((channel, id), side)| Unpaired::framed(channel, id, side, sent)),
+            );
         }
     }
 
@@ -295,12 +303,7 @@ impl<K: Copy + Eq + Hash> FanOutPairer<K> {
         if self.order.len() >= MAX_UNPAIRED_IDS {
             if let Some(oldest) = self.order.pop_front() {
                 if let Some((send, false)) = self.sends.remove(&oldest) {
-                    unpaired.push(Unpaired {
-                        channel: oldest.0,
-                        side: send,
-                        sent: true,
-                        msg_id: Some(oldest.1),
-                    });
+                    unpaired.push(Unpaired::framed(oldest.0, oldest.1, send, true));
                 }
             }
         }
@@ -334,14 +337,7 @@ impl<K: Copy + Eq + Hash> FanOutPairer<K> {
         }
         if self.recvs.len() >= MAX_UNPAIRED_IDS {
             // As IdPairer does: starting over keeps memory bounded.
-            unpaired.extend(self.recvs.drain().flat_map(|((channel, id), sides)| {
-                sides.into_iter().map(move |side| Unpaired {
-                    channel,
-                    side,
-                    sent: false,
-                    msg_id: Some(id),
-                })
-            }));
+            self.give_up_receives(unpaired);
         }
         self.recvs.entry((key, id)).or_default().push(side);
     }
@@ -350,21 +346,22 @@ impl<K: Copy + Eq + Hash> FanOutPairer<K> {
     /// whose publish never came, are messages with one end known.
     pub fn finish(&mut self, unpaired: &mut Vec<Unpaired<K>>) {
         self.order.clear();
-        unpaired.extend(self.sends.drain().filter(|(_, (_, paired))| !paired).map(
-            |((channel, id), (side, _))| Unpaired {
-                channel,
-                side,
-                sent: true,
-                msg_id: Some(id),
-            },
-        ));
+        unpaired.extend(
+            self.sends
+                .drain()
+                .filter(|(_, (_, paired))| !paired)
+                .map(|((channel, id), (side, _))| Unpaired::framed(channel, id, side, true)),
+        );
+        self.give_up_receives(unpaired);
+    }
+
+    /// Every receive still waiting for its publish becomes a message with
+    /// one end known.
+    fn give_up_receives(&mut self, unpaired: &mut Vec<Unpaired<K>>) {
         unpaired.extend(self.recvs.drain().flat_map(|((channel, id), sides)| {
-            sides.into_iter().map(move |side| Unpaired {
-                channel,
-                side,
-                sent: false,
-                msg_id: Some(id),
-            })
+            sides
+                .into_iter()
+                .map(move |side| Unpaired::framed(channel, id, side, false))
         }));
     }
 }
