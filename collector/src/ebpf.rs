@@ -24,6 +24,7 @@
 //! process forked below it, in the kernel, before the child first runs.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::raw_trace_point::RawTracePointLink;
@@ -279,6 +280,13 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// A program's run statistics could not be read.
+    #[error("cannot read the run statistics of probe {name}")]
+    ReadSkips {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// The kernel's drop counter could not be read.
     #[error("cannot read the probes' DROPS counter")]
     ReadDrops {
@@ -315,7 +323,7 @@ pub struct Probes {
     /// them all at once.
     links: Vec<Link>,
     /// Owns the programs.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 /// One attachment of a program to a tracepoint.
@@ -486,7 +494,7 @@ impl Probes {
             ring: Ring::Idle(ring),
             decode_warned: false,
             links,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
@@ -647,6 +655,65 @@ impl Probes {
             })?;
         Ok(per_cpu.iter().sum())
     }
+
+    /// How many times the kernel skipped one of the programs because it
+    /// was already running on that CPU: a signal raised from an interrupt
+    /// (a timer's) while `signal_generate` handled another one. Skips are
+    /// counted for every process, traced or not, so this bounds the
+    /// events lost that way from above. Monotonic over the life of the
+    /// probes.
+    pub fn skipped_runs(&self) -> Result<u64, ProbeError> {
+        let mut skipped = 0;
+        for (name, program) in self.ebpf.programs() {
+            let error = |source| ProbeError::ReadSkips {
+                name: name.to_owned(),
+                source,
+            };
+            let fd = program
+                .fd()
+                .map_err(|e| error(io::Error::other(e.to_string())))?;
+            skipped += recursion_misses(fd.as_fd()).map_err(error)?;
+        }
+        Ok(skipped)
+    }
+}
+
+/// A loaded program's `bpf_prog_info.recursion_misses`, which aya does not
+/// expose. The field's offset is part of the kernel's ABI (`bpf_prog_info`
+/// only grows at its end); asking for exactly the bytes up to it makes the
+/// kernel fill no more.
+fn recursion_misses(program: BorrowedFd<'_>) -> io::Result<u64> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `offsetof(struct bpf_prog_info, recursion_misses)`, since Linux 5.12.
+    const OFFSET: usize = 208;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = [0u64; OFFSET / 8 + 1];
+    let mut attr = InfoByFd {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the bpf(2) union's obj_info member, valid for the
+    // call; the kernel writes at most `info_len` bytes to `info`, which
+    // has that many.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An older kernel's shorter struct leaves the field at its zero.
+    Ok(info[OFFSET / 8])
 }
 
 /// Decodes up to [`MAX_BATCH`] samples from `ring` into `out`; true when

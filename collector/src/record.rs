@@ -802,7 +802,7 @@ fn spawn_pump(
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let join = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(4096);
-        let mut drops_stored = 0;
+        let mut losses = KernelLosses::default();
         let mut tick = tokio::time::interval(DROP_POLL);
         let mut scan = tokio::time::interval(blocked::SCAN_EVERY);
         let mut blocked = BlockedReceives::default();
@@ -824,13 +824,7 @@ fn spawn_pump(
                         titles.observe(event, Path::new("/proc"));
                     }
                 }
-                _ = tick.tick() => {
-                    let drops = probes.kernel_drops().context("reading the kernel's drop counter")?;
-                    if drops > drops_stored {
-                        buf.push(drop_event(drop_source::EBPF_RING, drops - drops_stored));
-                        drops_stored = drops;
-                    }
-                }
+                _ = tick.tick() => losses.count_new(&probes, &mut buf)?,
                 // A short walk of /proc at most, and only for receives
                 // newly blocked long enough: the ring holds seconds of
                 // events meanwhile.
@@ -855,20 +849,44 @@ fn spawn_pump(
                 ingest.try_send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))?;
             }
         }
-        let drops = probes
-            .kernel_drops()
-            .context("reading the kernel's drop counter")?;
-        if drops > drops_stored {
-            ingest
-                .send(vec![drop_event(
-                    drop_source::EBPF_RING,
-                    drops - drops_stored,
-                )])
-                .await?;
+        losses.count_new(&probes, &mut buf)?;
+        if !buf.is_empty() {
+            ingest.send(buf).await?;
         }
-        Ok((drops, probes))
+        Ok((losses.ring, probes))
     });
     (stop_tx, join)
+}
+
+/// The kernel's counts of lost events already turned into drop events.
+#[derive(Default)]
+struct KernelLosses {
+    /// Records the probes could not write (`ebpf_ring`).
+    ring: u64,
+    /// Probe runs the kernel skipped (`ebpf_skipped`).
+    skipped: u64,
+}
+
+impl KernelLosses {
+    /// A drop event for each count that grew since the last call.
+    fn count_new(&mut self, probes: &Probes, out: &mut Vec<Event>) -> Result<()> {
+        let ring = probes
+            .kernel_drops()
+            .context("reading the kernel's drop counter")?;
+        let skipped = probes
+            .skipped_runs()
+            .context("reading the probes' skipped runs")?;
+        for (stored, now, source) in [
+            (&mut self.ring, ring, drop_source::EBPF_RING),
+            (&mut self.skipped, skipped, drop_source::EBPF_SKIPPED),
+        ] {
+            if now > *stored {
+                out.push(drop_event(source, now - *stored));
+                *stored = now;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The status a shell would report: the exit code, or 128+N for signal N.

@@ -448,4 +448,7 @@ pub mod drop_source {
     /// Messages of an ipc-lib broadcast that a subscriber fell too far
     /// behind to read: the publisher wrote over them.
     pub const LAGGED: u64 = 6;
+    /// Probe runs the kernel skipped because the same probe was already
+    /// running on that CPU; counted for every process, traced or not.
+    pub const EBPF_SKIPPED: u64 = 7;
 }

@@ -441,6 +441,8 @@ const SEND_SIG_PRIV: u64 = 1;
 /// `si_code` values (`<asm-generic/siginfo.h>`).
 const SI_USER: i32 = 0;
 const SI_KERNEL: i32 = 0x80;
+/// `si_code` of a POSIX timer's expiry.
+const SI_TIMER: i32 = -2;
 
 /// msgrcv's `MSG_COPY` (`<linux/msg.h>`).
 const MSG_COPY: u64 = 0o40000;
@@ -560,7 +562,8 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: `task` is the tracepoint's live task_struct and the offsets
     // are its fields' (from BTF); bpf_probe_read_kernel faults safely.
     let target_tgid: u32 = unsafe { read_field(task, &KOFF_TASK_TGID) }?;
-    if !is_traced(tgid) && !is_traced(target_tgid) {
+    let target_traced = is_traced(target_tgid);
+    if !target_traced && !is_traced(tgid) {
         return Ok(());
     }
     // SAFETY: as above.
@@ -578,6 +581,11 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i64> {
         // offset is from BTF; bpf_probe_read_kernel faults safely.
         _ => unsafe { read_field::<i32>(info as *const u8, &KOFF_SIGINFO_CODE) }?,
     };
+    // A timer's or the kernel's own signal to an untraced process says
+    // nothing about the traced one it interrupted.
+    if !target_traced && matches!(si_code, SI_KERNEL | SI_TIMER) {
+        return Ok(());
+    }
     emit(&RawEvent {
         ts_ns: now(),
         pid: tgid,
@@ -2047,12 +2055,13 @@ fn wakeup() -> u64 {
 
 fn count_drop() {
     if let Some(slot) = DROPS.get_ptr_mut(0) {
-        // A plain increment is enough: the slot is this CPU's, tracepoint
-        // programs run with preemption off, and the kernel's per-CPU
-        // bpf_prog_active guard keeps a second program from interleaving.
-        // (The BPF target's core has no atomic read-modify-write either.)
+        // A plain increment: the slot is this CPU's, and programs run with
+        // preemption off. Only `signal_generate` raised in an interrupt (a
+        // timer's signal) can land between another program's load and
+        // store here, and then loses that one count; the BPF target's core
+        // has no atomic read-modify-write to close that window.
         // SAFETY: `slot` points at this CPU's u64 in the map, valid for the
-        // program's whole run, and nothing else writes it meanwhile (above).
+        // program's whole run.
         unsafe { *slot += 1 };
     }
 }

@@ -392,6 +392,9 @@ fn signals_the_kernel_sent_are_stored_without_a_sender() {
         "select signo, sender_pid, target_pid, cause from signals
          where signo in (10, 13, 14, 17) order by signo",
     );
+    // A miss once failed CI and never ran again: what the session counted
+    // as dropped says whether the probes or the collector lost it.
+    let drops = query(&db, "select source, count from drops");
     assert_eq!(
         rows,
         json!([
@@ -399,6 +402,48 @@ fn signals_the_kernel_sent_are_stored_without_a_sender() {
             {"signo": 13, "sender_pid": null, "target_pid": parent, "cause": "pipe"},
             {"signo": 14, "sender_pid": null, "target_pid": parent, "cause": "timer"},
             {"signo": 17, "sender_pid": null, "target_pid": parent, "cause": "child"},
-        ])
+        ]),
+        "drops: {drops}"
     );
+}
+
+/// Spins on CPU 0 for a second: a traced process that is the current task
+/// whenever a timer interrupts that CPU.
+const SPIN_ON_CPU0: &str = r#"
+import os, time
+os.sched_setaffinity(0, {0})
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    pass
+"#;
+
+/// Takes SIGALRM every millisecond on CPU 0 until killed: an untraced
+/// process whose timer fires while the traced spinner runs there.
+const ALARMED_ON_CPU0: &str = r#"
+import os, signal
+os.sched_setaffinity(0, {0})
+signal.signal(signal.SIGALRM, lambda *_: None)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+print(os.getpid(), flush=True)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn a_timer_signal_to_an_untraced_process_is_not_pinned_on_the_traced_one_it_interrupted() {
+    if !need_root(
+        "a_timer_signal_to_an_untraced_process_is_not_pinned_on_the_traced_one_it_interrupted",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alarmed, pid) = start_python(ALARMED_ON_CPU0, &[]);
+    let (db, _) = record_python_with(dir.path(), SPIN_ON_CPU0, &[], &[]);
+    alarmed.kill().unwrap();
+    alarmed.wait().unwrap();
+    let rows = query(
+        &db,
+        &format!("select count(*) as n from signals where target_pid = {pid}"),
+    );
+    assert_eq!(rows, json!([{"n": 0}]));
 }
