@@ -119,8 +119,9 @@ fn run_sqlx(
     })
 }
 
-/// The baseline: the same layout (every migration; `events` rows and a
-/// `messages` row per pair) and statement shape through rusqlite.
+/// The baseline: the same layout (every migration; a `messages` row per
+/// pair holding both its events, as the writer stores a pair correlated in
+/// one batch) and statement shape through rusqlite.
 fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
     let path = dir.join("baseline.db");
     let mut conn = rusqlite::Connection::open(&path).unwrap();
@@ -138,58 +139,24 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
     .unwrap();
     let rows_per_statement = WriterConfig::default().rows_per_statement;
     let rows_per_tx = WriterConfig::default().rows_per_tx;
-    let sql = |rows: usize| {
-        let mut s = String::from(
-            "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, kind_code, channel_id, size, msg_id, result, duration_ns, aux, payload) VALUES ",
-        );
-        s.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
-        s
-    };
-    let full = sql(rows_per_statement);
+    const COLUMNS: usize = 22;
     let message_sql = |rows: usize| {
         let mut s = String::from(
-            "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, latency_ns, size) VALUES ",
+            "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, sender_tid, \
+             receiver_pid, receiver_tid, sent_ns, received_ns, latency_ns, size, ends, \
+             send_source_code, send_duration_ns, send_result, send_aux, send_payload, \
+             recv_source_code, recv_duration_ns, recv_result, recv_aux, recv_payload) VALUES ",
         );
-        s.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
+        let group = format!("({})", vec!["?"; COLUMNS].join(","));
+        s.push_str(&vec![group; rows].join(","));
         s
     };
     let start = Instant::now();
     let all: Vec<&Event> = batches.iter().flatten().collect();
     for tx_rows in all.chunks(rows_per_tx) {
         let tx = conn.transaction().unwrap();
-        for chunk in tx_rows.chunks(rows_per_statement) {
-            let partial;
-            let text = if chunk.len() == rows_per_statement {
-                &full
-            } else {
-                partial = sql(chunk.len());
-                &partial
-            };
-            let mut stmt = tx.prepare_cached(text).unwrap();
-            let mut i = 1;
-            for e in chunk {
-                stmt.raw_bind_parameter(i, 1i64).unwrap();
-                stmt.raw_bind_parameter(i + 1, e.ts_ns as i64).unwrap();
-                stmt.raw_bind_parameter(i + 2, e.pid).unwrap();
-                stmt.raw_bind_parameter(i + 3, e.tid).unwrap();
-                stmt.raw_bind_parameter(i + 4, e.source.code()).unwrap();
-                stmt.raw_bind_parameter(i + 5, e.kind.code()).unwrap();
-                stmt.raw_bind_parameter(i + 6, 1i64).unwrap();
-                stmt.raw_bind_parameter(i + 7, e.size as i64).unwrap();
-                stmt.raw_bind_parameter(i + 8, e.msg_id.map(|m| m as i64))
-                    .unwrap();
-                stmt.raw_bind_parameter(i + 9, e.result).unwrap();
-                stmt.raw_bind_parameter(i + 10, e.duration_ns.map(|d| d as i64))
-                    .unwrap();
-                stmt.raw_bind_parameter(i + 11, e.aux as i64).unwrap();
-                stmt.raw_bind_parameter(i + 12, e.payload.as_deref())
-                    .unwrap();
-                i += 13;
-            }
-            stmt.raw_execute().unwrap();
-        }
-        // Each send paired with the receive after it: a `messages` row,
-        // as the correlation stage makes one.
+        // Each send paired with the receive after it, as the correlation
+        // stage pairs them.
         let pairs: Vec<(&Event, &Event)> = tx_rows.chunks_exact(2).map(|p| (p[0], p[1])).collect();
         for chunk in pairs.chunks(rows_per_statement) {
             let text = message_sql(chunk.len());
@@ -209,7 +176,18 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
                 stmt.raw_bind_parameter(i + 9, recv.ts_ns as i64 - send.ts_ns as i64)
                     .unwrap();
                 stmt.raw_bind_parameter(i + 10, send.size as i64).unwrap();
-                i += 11;
+                stmt.raw_bind_parameter(i + 11, 3i64).unwrap();
+                // Each end: its source and duration; result, aux and
+                // payload the usual (NULL).
+                for (at, end) in [(i + 12, send), (i + 17, recv)] {
+                    stmt.raw_bind_parameter(at, end.source.code()).unwrap();
+                    stmt.raw_bind_parameter(at + 1, end.duration_ns.map(|d| d as i64))
+                        .unwrap();
+                    for p in at + 2..at + 5 {
+                        stmt.raw_bind_parameter(p, None::<i64>).unwrap();
+                    }
+                }
+                i += COLUMNS;
             }
             stmt.raw_execute().unwrap();
         }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json};
 use sqlx::{Row, SqliteConnection};
 
 use crate::query::{decode_row, QueryError};
-use crate::store::SessionId;
+use crate::store::{events_merged, SessionId};
 
 /// Writes one JSON object per event, in time order, streaming: a session of
 /// any size exports in constant memory.
@@ -19,15 +19,15 @@ pub async fn jsonl(
     session: SessionId,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
-    let mut rows = sqlx::query(
-        "SELECT e.ts_ns, e.pid, e.tid, e.source, e.kind, c.kind AS channel_kind,
-                c.name AS channel_name, e.size, e.msg_id, e.result, e.duration_ns, e.aux,
-                e.payload
-         FROM events e LEFT JOIN channels c ON c.id = e.channel_id
-         WHERE e.session_id = ? ORDER BY e.ts_ns, e.id",
-    )
-    .bind(session.0)
-    .fetch(conn);
+    let sql = events_merged(
+        "e.ts_ns, e.pid, e.tid, e.source, e.kind, c.kind AS channel_kind,
+         c.name AS channel_name, e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload,
+         e.id AS event_id",
+        "LEFT JOIN channels c ON c.id = e.channel_id",
+        "e.session_id = ?1",
+        "ORDER BY ts_ns, event_id",
+    );
+    let mut rows = sqlx::query(&sql).bind(session.0).fetch(conn);
     let mut n = 0;
     while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
         let values = decode_row(&row).map_err(QueryError::Sql)?;
@@ -36,8 +36,9 @@ pub async fn jsonl(
             .iter()
             .map(|c| sqlx::Column::name(c).to_owned())
             .zip(values.iter().map(|v| v.to_json()))
-            // Absent optional fields are left out rather than written as null.
-            .filter(|(_, v)| !v.is_null())
+            // Absent optional fields are left out rather than written as
+            // null; the id only orders events of the same time.
+            .filter(|(name, v)| !v.is_null() && name != "event_id")
             .collect();
         serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;

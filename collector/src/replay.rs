@@ -18,7 +18,7 @@ use ipc_events::live::{ChannelStats, Delta, MessageSample, Snapshot};
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
 use crate::store::rows::Rows;
-use crate::store::{SessionId, Store, StoreError};
+use crate::store::{events_merged, newest_event_ns, SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,12 +43,7 @@ pub async fn session_info(
     .fetch_one(&mut *conn)
     .await
     .map_err(StoreError::sql("reading the session"))?;
-    let newest: Option<i64> =
-        sqlx::query_scalar("SELECT max(ts_ns) FROM events WHERE session_id = ?")
-            .bind(session.0)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::sql("finding the session's newest event"))?;
+    let newest = newest_event_ns(&mut *conn, session.0).await?;
     let start_ns = start.max(0) as u64;
     Ok(SessionInfo {
         id: session,
@@ -165,22 +160,26 @@ struct Timed {
     signals: Vec<(u64, SignalFact)>,
 }
 
-/// The columns [`read_events`] decodes.
-const EVENT_COLUMNS: &str =
-    "SELECT e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, e.size,
-            e.msg_id, e.result, e.duration_ns, e.aux, e.payload
-     FROM events e WHERE e.session_id = ?1 ";
+/// The columns [`read_events`] decodes (the id only orders).
+const EVENT_COLUMNS: &str = "e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, \
+                             e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload, e.id";
 
-/// Events of `session` chosen by `filter` (appended to [`EVENT_COLUMNS`],
-/// with `?2` and `?3` bound to `a` and `b`), with their `channels.id`.
+/// Events of `session` where `filter` holds, then `order` (see
+/// [`events_merged`]; `?2` and `?3` bound to `a` and `b`), with their
+/// `channels.id`.
 async fn read_events(
     conn: &mut SqliteConnection,
     session: SessionId,
     names: &Names,
-    filter: &str,
+    (filter, order): (&str, &str),
     (a, b): (i64, i64),
 ) -> Result<(Vec<Event>, Vec<Option<i64>>), StoreError> {
-    let sql = format!("{EVENT_COLUMNS}{filter}");
+    let sql = events_merged(
+        EVENT_COLUMNS,
+        "",
+        &format!("e.session_id = ?1 {filter}"),
+        order,
+    );
     let mut events = Vec::new();
     let mut channel_ids = Vec::new();
     // Scoped: the statement (not Send) must be gone before the next await.
@@ -283,7 +282,7 @@ async fn newest_events(
         conn,
         session,
         names,
-        "AND e.ts_ns <= ?2 ORDER BY e.ts_ns DESC, e.id DESC LIMIT ?3",
+        ("AND e.ts_ns <= ?2", "ORDER BY ts_ns DESC, id DESC LIMIT ?3"),
         (at_ns as i64, Snapshot::RECENT_EVENTS as i64),
     )
     .await?;
@@ -339,7 +338,7 @@ async fn load(
         conn,
         session,
         names,
-        "AND e.ts_ns >= ?2 AND e.ts_ns < ?3 ORDER BY e.ts_ns, e.id",
+        ("AND e.ts_ns >= ?2 AND e.ts_ns < ?3", "ORDER BY ts_ns, id"),
         (from_ns as i64, to_ns as i64),
     )
     .await?;

@@ -6,6 +6,7 @@
 //! older than this build is migrated; anything else is refused with an error
 //! that leaves it byte-for-byte untouched.
 
+mod fold;
 mod header;
 mod retention;
 pub(crate) mod rows;
@@ -37,6 +38,42 @@ pub use writer::{
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The tables that hold a session's events (migration 10): `event_rows`,
+/// and the views of the send and the receive each `messages` row holds.
+/// `events` is their union.
+const EVENT_TABLES: [&str; 3] = ["event_rows", "message_sends", "message_receives"];
+
+/// A SELECT of `columns` (over `e`, one of the [`EVENT_TABLES`], and what
+/// `join` adds) where `filter` holds, in each of the tables, then `order`
+/// (ORDER BY and LIMIT over the output columns' names). SQLite merges the
+/// three as they come off their indexes by time; the same ORDER BY on the
+/// `events` view sorts every row it selects first (a whole session, for
+/// an export or the newest events before a moment).
+pub(crate) fn events_merged(columns: &str, join: &str, filter: &str, order: &str) -> String {
+    let arms =
+        EVENT_TABLES.map(|from| format!("SELECT {columns} FROM {from} e {join} WHERE {filter}"));
+    format!("{} {order}", arms.join(" UNION ALL "))
+}
+
+/// The stamp of the session's newest event: the last entry of each index
+/// by time (`max` over the `events` view reads every row). Every stamp of
+/// a `messages` row is an event's, held there or in `event_rows`.
+pub(crate) async fn newest_event_ns(
+    conn: &mut SqliteConnection,
+    session: i64,
+) -> Result<Option<i64>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT max(t) FROM (
+             SELECT max(ts_ns) AS t FROM event_rows WHERE session_id = ?1
+             UNION ALL SELECT max(sent_ns) FROM messages WHERE session_id = ?1
+             UNION ALL SELECT max(received_ns) FROM messages WHERE session_id = ?1)",
+    )
+    .bind(session)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::sql("finding the session's newest event"))
+}
 
 /// The analysis names drops as the `drops` table does.
 pub(crate) use crate::correlate::drop_source_name;

@@ -14,8 +14,8 @@ fn size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// About 2.2 million events (1.1 million messages, 200 MB of rows) into a
-/// 20 MiB database, at a pace the recorder keeps up with, so that the
+/// About 3.2 million events (1.6 million messages, 150 MB of rows) into a
+/// 20 MiB database (which holds some 290,000 of them), at a pace the recorder keeps up with, so that the
 /// workload's own count is the recording's. The file is watched as it
 /// grows; the traffic `report` shows must be the workload's, although all
 /// but the newest tenth of the raw rows is gone.
@@ -28,7 +28,7 @@ fn a_recording_ten_times_the_limit_stays_under_it_and_reports_its_whole_traffic(
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kept.db");
     let wal = dir.path().join("kept.db-wal");
-    const MESSAGES: u64 = 1_100_000;
+    const MESSAGES: u64 = 1_600_000;
     const SIZE: u64 = 64;
     const LIMIT: u64 = 20 * MIB;
     const CHUNK: u64 = LIMIT / 8;
@@ -39,7 +39,7 @@ fn a_recording_ten_times_the_limit_stays_under_it_and_reports_its_whole_traffic(
         .arg("--")
         .arg(&example)
         .args(["--messages", &MESSAGES.to_string()])
-        .args(["--size", &SIZE.to_string(), "--rate", "50000"])
+        .args(["--size", &SIZE.to_string(), "--rate", "64000"])
         // A bigger ring than the default rides out a pause of the
         // recorder on this shared 2-core machine: any event lost would
         // make the counts below the ring's, not retention's.

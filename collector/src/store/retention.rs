@@ -15,10 +15,11 @@
 //! checkpoint after each removal, and a journal size limit, keep the WAL
 //! beside it from growing either.
 //!
-//! Events are removed by id: the writer stores them in time order (each
-//! transaction sorted, and held back 10 ms for late ones), so the lowest
-//! ids of a session are its oldest events, and a range of ids is one walk
-//! of the table's b-tree.
+//! Events are removed by time: a chunk ends at the stamp of the session's
+//! `count`-th oldest event left, found by one merge of the three indexes
+//! by time (`event_rows`, messages by send and by receipt: a message's
+//! events live in its row, see migration 10), and everything of the
+//! session stamped up to it goes.
 
 use std::time::{Duration, Instant};
 
@@ -46,8 +47,7 @@ const CHUNKS_PER_CHECK: u32 = 16;
 pub(super) struct Retention {
     limit: u64,
     chunk: u64,
-    /// Every `events.id` up to this one of the session is removed (or
-    /// belongs to an earlier session).
+    /// Every event of the session stamped up to this is removed.
     removed_to: i64,
     /// Said once, when only other sessions' rows and aggregates are left.
     said_full: bool,
@@ -63,14 +63,10 @@ impl Retention {
             .execute(&mut *conn)
             .await
             .map_err(StoreError::sql("limiting the journal's size"))?;
-        let removed_to: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::sql("finding where the session's events begin"))?;
         Ok(Retention {
             limit,
             chunk,
-            removed_to,
+            removed_to: i64::MIN,
             said_full: false,
         })
     }
@@ -133,10 +129,10 @@ impl Retention {
         Ok(())
     }
 
-    /// Removes the session's oldest `events` (at most `count`, all in one
-    /// chunk) and the messages received up to the last of them, and counts
-    /// them in `drops`; returns how many events, or `None` when none is
-    /// left.
+    /// Removes the session's oldest events (about `count`, all in one
+    /// chunk: those stamped up to the `count`-th oldest left), with the
+    /// messages received by then, and counts them in `drops`; returns how
+    /// many events, or `None` when none is left.
     async fn remove_oldest(
         &mut self,
         conn: &mut SqliteConnection,
@@ -144,76 +140,71 @@ impl Retention {
         count: u64,
     ) -> Result<Option<u64>, StoreError> {
         const REMOVING: &str = "removing the oldest events";
-        // `+session_id`: walk the ids, not the session's index by time.
-        let end: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, ts_ns FROM events WHERE id > ?1 AND +session_id = ?2
-             ORDER BY id LIMIT 1 OFFSET ?3",
-        )
-        .bind(self.removed_to)
-        .bind(session)
-        .bind(count as i64 - 1)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(StoreError::sql(REMOVING))?;
-        let (end_id, end_ns) = match end {
-            Some(end) => end,
+        // One merge of the three indexes by time.
+        let sql = super::events_merged(
+            "e.ts_ns",
+            "",
+            "e.session_id = ?1 AND e.ts_ns > ?2",
+            "ORDER BY ts_ns LIMIT 1 OFFSET ?3",
+        );
+        let oldest = |offset: i64| {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind(session)
+                .bind(self.removed_to)
+                .bind(offset)
+        };
+        let end = match oldest(count as i64 - 1).fetch_optional(&mut *conn).await {
+            Ok(Some(end)) => end,
             // Fewer than a chunk left: the rest.
-            None => match self.newest(conn, session).await? {
-                Some(end) => end,
-                None => return Ok(None),
+            Ok(None) => match super::newest_event_ns(conn, session).await? {
+                Some(end) if end > self.removed_to => end,
+                _ => return Ok(None),
             },
+            Err(e) => return Err(StoreError::sql(REMOVING)(e)),
         };
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(StoreError::sql(REMOVING))?;
-        let removed =
-            sqlx::query("DELETE FROM events WHERE id > ?1 AND id <= ?2 AND +session_id = ?3")
-                .bind(self.removed_to)
-                .bind(end_id)
-                .bind(session)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql(REMOVING))?
-                .rows_affected();
+        let rows = sqlx::query("DELETE FROM event_rows WHERE session_id = ?1 AND ts_ns <= ?2")
+            .bind(session)
+            .bind(end)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql(REMOVING))?
+            .rows_affected();
         // A message is as old as its receipt, or its send when its receiver
-        // is unknown.
+        // is unknown; the events it holds go with it.
+        let (held, _): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum((ends & 1) + (ends >> 1 & 1)), 0), count(*) FROM messages
+             WHERE session_id = ?1 AND (received_ns <= ?2
+                                        OR (received_ns IS NULL AND sent_ns <= ?2))",
+        )
+        .bind(session)
+        .bind(end)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::sql("counting the oldest messages"))?;
         sqlx::query(
             "DELETE FROM messages WHERE session_id = ?1 AND received_ns <= ?2;
              DELETE FROM messages WHERE session_id = ?1 AND received_ns IS NULL AND sent_ns <= ?2",
         )
         .bind(session)
-        .bind(end_ns)
+        .bind(end)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::sql("removing the oldest messages"))?;
+        let removed = rows + held as u64;
         sqlx::query("INSERT INTO drops (session_id, source, count, ts_ns) VALUES (?, ?, ?, ?)")
             .bind(session)
             .bind(DROP_SOURCE)
             .bind(removed as i64)
-            .bind(end_ns)
+            .bind(end)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::sql("counting the removed events"))?;
         tx.commit().await.map_err(StoreError::sql(REMOVING))?;
-        self.removed_to = end_id;
+        self.removed_to = end;
         Ok(Some(removed))
-    }
-
-    /// The session's newest stored event: (id, ts_ns).
-    async fn newest(
-        &self,
-        conn: &mut SqliteConnection,
-        session: i64,
-    ) -> Result<Option<(i64, i64)>, StoreError> {
-        sqlx::query_as(
-            "SELECT id, ts_ns FROM events WHERE id > ?1 AND +session_id = ?2
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(self.removed_to)
-        .bind(session)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(StoreError::sql("finding the newest event"))
     }
 }
 

@@ -20,18 +20,24 @@ use sqlx::Sqlite;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
+use super::fold::{fold, Ends};
 use super::writer::{channel_id, lock, Correlated, WriterConfig};
 use super::{SessionId, StoreError};
 use crate::correlate::{Correlator, DropFact, Facts, Paired, WaitFact};
 
 /// What the writer stores of one correlated batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Stored {
     /// Shared with the analysis, which has them meanwhile.
     pub events: Arc<Vec<Event>>,
     /// `channels.id` of each event's object, index for index.
     pub channel_ids: Vec<Option<i64>>,
     pub messages: Vec<Paired<i64>>,
+    /// The events each message's row holds, message for message.
+    pub ends: Vec<Ends>,
+    /// Whether each event is held by a message's row (and so not stored as
+    /// an `event_rows` row), index for index.
+    pub folded: Vec<bool>,
     /// `channels.id` of the channels first seen in this batch, in the
     /// order of their refs: rows the stage has stored already.
     pub new_channels: Vec<i64>,
@@ -91,11 +97,8 @@ impl Stage {
             ..Facts::default()
         };
         let _ = self.writer.send(Stored {
-            events: Arc::default(),
-            channel_ids: Vec::new(),
-            messages: Vec::new(),
-            new_channels: Vec::new(),
             facts,
+            ..Stored::default()
         });
         Err(error)
     }
@@ -239,10 +242,13 @@ impl Stage {
         let stored = match over {
             false => {
                 self.unstored.fetch_add(rows, Ordering::Relaxed);
+                let (ends, folded) = fold(&events, &channel_ids, &messages);
                 Stored {
                     events,
                     channel_ids,
                     messages,
+                    ends,
+                    folded,
                     new_channels,
                     facts,
                 }
@@ -251,11 +257,9 @@ impl Stage {
                 facts.one_ended.clear();
                 facts.waits.retain(|w| !matches!(w, WaitFact::Whole(_)));
                 Stored {
-                    events: Arc::default(),
-                    channel_ids: Vec::new(),
-                    messages: Vec::new(),
                     new_channels,
                     facts,
+                    ..Stored::default()
                 }
             }
         };

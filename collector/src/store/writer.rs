@@ -441,11 +441,31 @@ impl Writer {
         }
         // The rows of every batch together: each statement is prepared
         // once per transaction, not once per batch.
+        // Events a message row holds are stored in it, not as rows.
         let rows: Vec<(&Event, Option<i64>)> = batches
             .iter()
-            .flat_map(|b| b.events.iter().zip(b.channel_ids.iter().copied()))
+            .flat_map(|b| {
+                b.events
+                    .iter()
+                    .zip(b.channel_ids.iter().copied())
+                    .zip(&b.folded)
+                    .filter(|(_, &folded)| !folded)
+                    .map(|(row, _)| row)
+            })
             .collect();
-        let messages: Vec<&Paired<i64>> = batches.iter().flat_map(|b| &b.messages).collect();
+        let messages: Vec<MessageRow> = batches
+            .iter()
+            .flat_map(|b| {
+                b.messages
+                    .iter()
+                    .zip(&b.ends)
+                    .map(|(paired, ends)| MessageRow {
+                        paired,
+                        send: ends[0].map(|i| &b.events[i as usize]),
+                        recv: ends[1].map(|i| &b.events[i as usize]),
+                    })
+            })
+            .collect();
         let one_ended: Vec<&Unpaired<ChannelRef>> =
             batches.iter().flat_map(|b| &b.facts.one_ended).collect();
         let whole_waits: Vec<&Wait> = batches
@@ -497,7 +517,7 @@ impl Writer {
             traffic.messages(&batch.messages, &batch.facts.one_ended, &self.channels);
         }
         traffic.store(&mut tx, session).await?;
-        let events = rows.len() as u64;
+        let events: u64 = batches.iter().map(|b| b.events.len() as u64).sum();
         sqlx::query("UPDATE sessions SET event_count = event_count + ? WHERE id = ?")
             .bind(events as i64)
             .bind(session)
@@ -642,7 +662,7 @@ async fn track_process(
 /// Rows per multi-row INSERT of messages and waits.
 const ROWS_PER_STATEMENT: usize = 500;
 
-const EVENTS_HEAD: &str = "INSERT INTO events (session_id, ts_ns, pid, tid, source_code, \
+const EVENTS_HEAD: &str = "INSERT INTO event_rows (session_id, ts_ns, pid, tid, source_code, \
                            kind_code, channel_id, size, msg_id, result, duration_ns, aux, \
                            payload) VALUES ";
 
@@ -683,35 +703,76 @@ fn insert_events(
 fn insert_messages(
     handle: &mut LockedSqliteHandle<'_>,
     session: i64,
-    rows: &[&Paired<i64>],
+    rows: &[MessageRow<'_>],
 ) -> Result<(), StoreError> {
     const HEAD: &str = "INSERT INTO messages (session_id, channel_id, msg_id, sender_pid, \
                         sender_tid, receiver_pid, receiver_tid, sent_ns, received_ns, \
-                        latency_ns, size) VALUES ";
+                        latency_ns, size, ends, send_source_code, send_duration_ns, \
+                        send_result, send_aux, send_payload, recv_source_code, \
+                        recv_duration_ns, recv_result, recv_aux, recv_payload) VALUES ";
     let what = "inserting messages";
     insert_rows(
         handle,
         what,
         HEAD,
-        11,
+        22,
         ROWS_PER_STATEMENT,
         rows.len(),
         |stmt, p, i| {
-            let row = &rows[i];
+            let MessageRow { paired, send, recv } = rows[i];
+            let size = paired.send.size as i64;
             stmt.int_at(p, Some(session))?;
-            stmt.int_at(p + 1, Some(row.channel))?;
-            stmt.int_at(p + 2, row.msg_id.map(|m| m as i64))?;
-            stmt.int_at(p + 3, Some(i64::from(row.send.pid)))?;
-            stmt.int_at(p + 4, Some(i64::from(row.send.tid)))?;
-            stmt.int_at(p + 5, Some(i64::from(row.recv.pid)))?;
-            stmt.int_at(p + 6, Some(i64::from(row.recv.tid)))?;
-            stmt.int_at(p + 7, Some(row.send.ts_ns as i64))?;
-            stmt.int_at(p + 8, Some(row.recv.ts_ns as i64))?;
+            stmt.int_at(p + 1, Some(paired.channel))?;
+            stmt.int_at(p + 2, paired.msg_id.map(|m| m as i64))?;
+            stmt.int_at(p + 3, Some(i64::from(paired.send.pid)))?;
+            stmt.int_at(p + 4, Some(i64::from(paired.send.tid)))?;
+            stmt.int_at(p + 5, Some(i64::from(paired.recv.pid)))?;
+            stmt.int_at(p + 6, Some(i64::from(paired.recv.tid)))?;
+            stmt.int_at(p + 7, Some(paired.send.ts_ns as i64))?;
+            stmt.int_at(p + 8, Some(paired.recv.ts_ns as i64))?;
             // Signed: a negative latency would show a mis-pairing, not hide it.
-            stmt.int_at(p + 9, Some(row.recv.ts_ns as i64 - row.send.ts_ns as i64))?;
-            stmt.int_at(p + 10, Some(row.send.size as i64))
+            stmt.int_at(
+                p + 9,
+                Some(paired.recv.ts_ns as i64 - paired.send.ts_ns as i64),
+            )?;
+            stmt.int_at(p + 10, Some(size))?;
+            let ends = i64::from(send.is_some()) | i64::from(recv.is_some()) << 1;
+            stmt.int_at(p + 11, (ends != 0).then_some(ends))?;
+            bind_end(stmt, p + 12, send, size)?;
+            bind_end(stmt, p + 17, recv, size)
         },
     )
+}
+
+/// A `messages` row: the paired message, and the events of its ends that
+/// the row holds ([`super::fold`]).
+#[derive(Clone, Copy)]
+struct MessageRow<'a> {
+    paired: &'a Paired<i64>,
+    send: Option<&'a Event>,
+    recv: Option<&'a Event>,
+}
+
+/// The five columns of a message end's event from `first` on: its source,
+/// duration, and its result, aux and payload where they are not the usual
+/// (the message's size, 0, none), which are NULL.
+fn bind_end(
+    stmt: &Rows<'_>,
+    first: c_int,
+    end: Option<&Event>,
+    size: i64,
+) -> Result<(), StoreError> {
+    let Some(e) = end else {
+        for p in first..first + 4 {
+            stmt.int_at(p, None)?;
+        }
+        return stmt.blob_at(first + 4, None);
+    };
+    stmt.int_at(first, Some(i64::from(e.source.code())))?;
+    stmt.int_at(first + 1, e.duration_ns.map(|d| d as i64))?;
+    stmt.int_at(first + 2, (e.result != size).then_some(e.result))?;
+    stmt.int_at(first + 3, (e.aux != 0).then_some(e.aux as i64))?;
+    stmt.blob_at(first + 4, e.payload.as_deref())
 }
 
 /// Messages with one end known: the other end's columns and the latency

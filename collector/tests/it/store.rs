@@ -215,14 +215,18 @@ async fn every_kind_and_source_reads_back_by_name() {
     ingest.send(batch.clone()).await.unwrap();
     drop(ingest);
     writer.finish().await.unwrap();
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT source, kind FROM events ORDER BY id")
+    // Sorted: a message's send and receive are stored in its row and
+    // read back through the view after the other events.
+    let mut rows: Vec<(String, String)> = sqlx::query_as("SELECT source, kind FROM events")
         .fetch_all(store.pool())
         .await
         .unwrap();
-    let expected: Vec<(String, String)> = batch
+    rows.sort();
+    let mut expected: Vec<(String, String)> = batch
         .iter()
         .map(|e| (e.source.as_str().to_owned(), e.kind.as_str().to_owned()))
         .collect();
+    expected.sort();
     assert_eq!(rows, expected);
 }
 
@@ -486,6 +490,7 @@ async fn an_older_database_gains_the_traffic_of_its_sessions() {
         .await
         .unwrap();
     // Back to schema 8: no traffic table, as that build left its files.
+    back_to_schema_9(&pool).await;
     sqlx::query(
         "DROP TABLE traffic; DELETE FROM _sqlx_migrations WHERE version = 9;
          PRAGMA user_version = 8;",
@@ -503,6 +508,92 @@ async fn an_older_database_gains_the_traffic_of_its_sessions() {
         migrated, recorded,
         "the migration counts as the writer does"
     );
+}
+
+/// Turns a database of this build into one as the build at schema 9 left
+/// it: every event a row of the `events` table, messages without the
+/// columns of their ends.
+async fn back_to_schema_9(pool: &sqlx::SqlitePool) {
+    const COLUMNS: &str = "session_id, ts_ns, pid, tid, source_code, kind_code, channel_id, \
+                           size, msg_id, result, duration_ns, aux, payload";
+    let mut sql = format!(
+        "INSERT INTO event_rows ({COLUMNS}) SELECT {COLUMNS} FROM message_sends
+         UNION ALL SELECT {COLUMNS} FROM message_receives;
+         DROP VIEW events; DROP VIEW message_sends; DROP VIEW message_receives;
+         DROP INDEX messages_by_session_sent;
+         ALTER TABLE event_rows RENAME TO events;"
+    );
+    for end in ["send", "recv"] {
+        for column in ["source_code", "duration_ns", "result", "aux", "payload"] {
+            sql += &format!("ALTER TABLE messages DROP COLUMN {end}_{column};");
+        }
+    }
+    sql += "ALTER TABLE messages DROP COLUMN ends;
+            DELETE FROM _sqlx_migrations WHERE version = 10; PRAGMA user_version = 9;";
+    sqlx::raw_sql(&sql).execute(pool).await.unwrap();
+}
+
+/// Every column of every event of `pool`'s database, in one order.
+async fn all_events(pool: &sqlx::SqlitePool) -> Vec<Vec<Option<i64>>> {
+    let rows: Vec<sqlx::sqlite::SqliteRow> = sqlx::query(
+        "SELECT session_id, ts_ns, pid, tid, source_code, kind_code, channel_id, size, msg_id,
+                result, duration_ns, aux, length(payload)
+         FROM events ORDER BY ts_ns, kind_code, pid",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| (0..13).map(|i| sqlx::Row::get(r, i)).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_events_a_message_row_holds_read_back_as_the_rows_they_were() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    let mut batches = two_channels_three_seconds();
+    // Ends that are not the usual: a payload, an aux, a result that is not
+    // the size, a duration.
+    let odd = &mut batches[1][3];
+    odd.payload = Some(vec![1, 2, 3]);
+    odd.aux = 9;
+    odd.result = -4;
+    odd.duration_ns = Some(1234);
+    for batch in batches {
+        ingest.send(batch).await.unwrap();
+    }
+    drop(ingest);
+    writer.finish().await.unwrap();
+    // Most are held by their message (the rest were paired in the batch
+    // after their own).
+    let held = count(&store, "SELECT count(*) FROM message_sends").await
+        + count(&store, "SELECT count(*) FROM message_receives").await;
+    let rows = count(&store, "SELECT count(*) FROM event_rows").await;
+    assert!(held > 8 * rows, "{held} held, {rows} rows");
+    let odd_held = "SELECT count(*) FROM events WHERE aux = 9 AND id >= 1 << 40";
+    assert_eq!(count(&store, odd_held).await, 1);
+    let recorded = all_events(store.pool()).await;
+    assert_eq!(recorded.len(), 599);
+    store.close().await;
+
+    // The same file at schema 9, every event a row of its own, migrated.
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    back_to_schema_9(&pool).await;
+    assert_eq!(all_events(&pool).await, recorded);
+    pool.close().await;
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+    assert_eq!(all_events(store.pool()).await, recorded);
 }
 
 /// A plain SQLite connection standing in for another program, waiting for
