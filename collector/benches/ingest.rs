@@ -45,7 +45,8 @@ fn events(n: usize) -> Vec<Vec<Event>> {
             kind,
         );
         e.channel = Some(channels[(i / 2) % channels.len()].clone());
-        e.size = 64 + (i % 512) as u64;
+        // A message's receive returns what its send wrote.
+        e.size = 64 + (i / 2 % 512) as u64;
         e.msg_id = Some(i as u64 / 2 + 1);
         e.result = e.size as i64;
         batch.push(e);
