@@ -131,7 +131,7 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
     )
     .unwrap();
     // The same layout: every table and index the writer fills.
-    common::migrate(&conn);
+    common::migrate(&conn, u32::MAX);
     conn.execute("INSERT INTO sessions (command, host, started_at, sources, start_mono_ns, recorder_pid) VALUES ('b','b','b','b',0,0)", [])
         .unwrap();
     conn.execute_batch(

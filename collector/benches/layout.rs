@@ -1,10 +1,10 @@
 //! What a storage layout costs: the same paired sends and receives written
 //! by a rusqlite loop (the floor: nothing but SQLite's own work) into
 //! candidate layouts, side by side in one run, each measured in events
-//! stored per second and bytes on disk per event. The layouts are
-//! candidates for the compact layout of issue 16, not the schema `record`
-//! writes: `current` is that schema (every migration), the others what a
-//! change to it would buy.
+//! stored per second and bytes on disk per event: `current` is the schema
+//! `record` writes (every migration: a `messages` row holding both its
+//! events), `schema-9` the one before it (two `events` rows and a
+//! `messages` row), the others what a further change would buy.
 //!
 //!     cargo bench -p collector --bench layout -- [EVENTS] [RUNS]
 //!
@@ -61,7 +61,11 @@ struct Layout {
 }
 
 fn migrations(conn: &Connection) {
-    common::migrate(conn);
+    migrations_to(conn, u32::MAX);
+}
+
+fn migrations_to(conn: &Connection, last: u32) {
+    common::migrate(conn, last);
     // What `messages` refers to (its foreign keys are checked, as sqlx
     // has them on).
     conn.execute_batch(
@@ -134,7 +138,7 @@ fn columns(table: &str) -> &'static str {
         "folded" => {
             "(session_id, channel_id, msg_id, sender_pid, sender_tid, receiver_pid, \
               receiver_tid, sent_ns, received_ns, latency_ns, size, ends, send_source_code, \
-              recv_source_code)"
+              send_duration_ns, recv_source_code, recv_duration_ns)"
         }
         // One row per message, both ends: the receive's time as a delta.
         _ => {
@@ -165,13 +169,6 @@ fn pair_row(m: &Message) -> Rows {
     )]
 }
 
-/// The folded candidate: `messages` grows the columns its ends' `events`
-/// rows held, and a time index for the view's send rows.
-const FOLDED: &str = "ALTER TABLE messages ADD COLUMN ends INTEGER;
-    ALTER TABLE messages ADD COLUMN send_source_code INTEGER;
-    ALTER TABLE messages ADD COLUMN recv_source_code INTEGER;
-    CREATE INDEX messages_by_session_sent ON messages(session_id, sent_ns);";
-
 const PAIRS: &str = "CREATE TABLE pairs (
     id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL, channel_id INTEGER NOT NULL,
     msg_id INTEGER, sender_pid INTEGER, sender_tid INTEGER, receiver_pid INTEGER,
@@ -181,52 +178,26 @@ fn layouts() -> Vec<Layout> {
     vec![
         Layout {
             name: "current",
-            what: "two events rows and a messages row per message, every index of today's schema",
+            what: "a messages row holding both ends' events (events a view), every index of \
+                   today's schema (foreign keys on, as sqlx has them)",
             schema: migrations,
             rows: |m| {
-                let mut rows = event_rows(m);
-                rows.push(message_row(m));
-                rows
-            },
-            count: "SELECT count(*) FROM messages",
-        },
-        Layout {
-            name: "no-messages-time-index",
-            what: "current without messages_by_session_received (messages by channel only)",
-            schema: |c| {
-                migrations(c);
-                c.execute_batch("DROP INDEX messages_by_session_received")
-                    .unwrap();
-            },
-            rows: |m| {
-                let mut rows = event_rows(m);
-                rows.push(message_row(m));
-                rows
-            },
-            count: "SELECT count(*) FROM messages",
-        },
-        Layout {
-            name: "events-only",
-            what: "the two events rows and their time index, no messages table",
-            schema: migrations,
-            rows: event_rows,
-            count: "SELECT count(*) / 2 FROM events",
-        },
-        Layout {
-            name: "folded",
-            what: "a messages row holding both ends' events (events a view), messages indexed \
-                   by received, by channel and by sent",
-            schema: |c| {
-                migrations(c);
-                c.execute_batch(FOLDED).unwrap();
-            },
-            rows: |m| {
-                let (table, mut values) = message_row(m);
-                // ends (both), each end's source; results, aux and
-                // durations NULL: equal to the size, 0, none.
-                values.extend([Some(3), Some(2), Some(2)]);
-                let _ = table;
+                let (_, mut values) = message_row(m);
+                // ends (both), each end's source and duration; results,
+                // aux and payloads NULL: the size, 0, none.
+                values.extend([Some(3), Some(2), Some(1_000), Some(2), Some(2_000)]);
                 vec![("folded", values)]
+            },
+            count: "SELECT count(*) FROM messages",
+        },
+        Layout {
+            name: "schema-9",
+            what: "two events rows and a messages row per message, every index of schema 9",
+            schema: |c| migrations_to(c, 9),
+            rows: |m| {
+                let mut rows = event_rows(m);
+                rows.push(message_row(m));
+                rows
             },
             count: "SELECT count(*) FROM messages",
         },
