@@ -247,4 +247,65 @@ mod tests {
         job.ack().unwrap();
         drop(t.join().unwrap());
     }
+
+    /// A pid no process has: a child that exited and was reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// The queue's segment as another process maps it.
+    fn segment(name: &str) -> layout::Segment {
+        layout::Segment::open(
+            name,
+            crate::shm::OpenHow::Open,
+            &Default::default(),
+            Duration::ZERO,
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn a_job_left_half_written_by_a_dead_producer_is_skipped_and_counted() {
+        use crate::channel::layout::slot;
+        use layout::State;
+        let (mut p, mut c) = queue("deadw", 4);
+        let seg = segment(p.name());
+        let h = seg.header();
+        // A producer in another process took position 0 and was killed
+        // before it finished the job.
+        h.producers[5]
+            .state_pid
+            .store(slot::pack(slot::ATTACHED, dead_pid()), Ordering::SeqCst);
+        seg.slot(0)[0].store(State::writing(0, 5), Ordering::SeqCst);
+        h.head.store(1, Ordering::SeqCst);
+        p.push(b"after").unwrap();
+        let job = c.next_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(job.payload(), b"after");
+        assert_eq!(c.skipped(), 1);
+        job.ack().unwrap();
+    }
+
+    #[test]
+    fn a_job_held_by_a_dead_consumer_goes_to_a_live_one() {
+        use crate::channel::layout::slot;
+        use layout::State;
+        let (mut p, mut c) = queue("deadc", 4);
+        let id = p.push(b"work").unwrap();
+        let seg = segment(p.name());
+        let h = seg.header();
+        // A consumer in another process took the job and was killed.
+        h.consumers[9]
+            .state_pid
+            .store(slot::pack(slot::ATTACHED, dead_pid()), Ordering::SeqCst);
+        seg.slot(0)[0].store(State::taken(0, 1, 9), Ordering::SeqCst);
+        h.next.store(1, Ordering::SeqCst);
+        let job = c.next_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((job.id(), job.deliveries()), (id, 2));
+        job.ack().unwrap();
+        assert_eq!(c.redelivered(), 1);
+    }
 }
