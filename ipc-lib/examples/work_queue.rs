@@ -8,9 +8,10 @@
 //! workers (this program again, with a hidden `--worker NAME`), pushes M
 //! typed jobs (square a number) and one stop job per worker. Each worker
 //! takes jobs, sends each result back, then acknowledges the job. With
-//! `--crash`, the first worker SIGKILLs itself holding its first job,
-//! unacknowledged: the queue delivers that job again to another worker,
-//! and the coordinator still gets every result. It exits 0 when every
+//! `--crash`, the first worker is started alone and SIGKILLs itself
+//! holding the first job, unacknowledged: the queue delivers that job
+//! again to one of the others, and the coordinator still gets every
+//! result. It exits 0 when every
 //! number came back squared and every surviving worker succeeded.
 
 use std::process::{Child, Command, ExitCode};
@@ -31,7 +32,8 @@ struct Args {
     /// Jobs to push.
     #[arg(long, default_value_t = 10_000)]
     jobs: u64,
-    /// The first worker dies (SIGKILL) holding its first job.
+    /// The first worker dies (SIGKILL) holding the first job (and counts
+    /// among the workers).
     #[arg(long)]
     crash: bool,
     /// Run as a worker of this queue (the coordinator passes it).
@@ -88,18 +90,30 @@ fn coordinate(args: &Args) -> Result<()> {
         .create()
         .context("creating the results channel")?;
     let exe = std::env::current_exe().context("finding this program")?;
-    let mut workers: Vec<Child> = (0..args.workers)
-        .map(|i| {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--worker", &name]);
-            if args.crash && i == 0 {
-                cmd.arg("--crash");
-            }
-            cmd.spawn().context("starting a worker")
-        })
+    let spawn = |crash: bool| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--worker", &name]);
+        if crash {
+            cmd.arg("--crash");
+        }
+        cmd.spawn().context("starting a worker")
+    };
+    let mut survivors = args.workers;
+    if args.crash && args.jobs > 0 {
+        // The crashing worker alone gets the first job, and dies with it
+        // before the others start: the job is certainly redelivered.
+        queue.push_value(&Task::Square(0))?;
+        let status = spawn(true)?
+            .wait()
+            .context("waiting for the crashing worker")?;
+        if status.success() {
+            bail!("the crashing worker did not crash");
+        }
+        survivors = survivors.saturating_sub(1);
+    }
+    let mut workers: Vec<Child> = (0..survivors)
+        .map(|_| spawn(false))
         .collect::<Result<_>>()?;
-    // Results are read while jobs are pushed: the queue holds 256 jobs,
-    // and the workers block on a full results channel otherwise.
     let mut squared = vec![false; args.jobs as usize];
     // Whether `done` is a number's first result (a worker killed between
     // its result and its ack does the job twice; the result is the same).
@@ -113,7 +127,8 @@ fn coordinate(args: &Args) -> Result<()> {
         )))
     };
     let mut received = 0;
-    for n in 0..args.jobs {
+    let first_pushed = u64::from(args.crash && args.jobs > 0);
+    for n in first_pushed..args.jobs {
         queue.push_value(&Task::Square(n))?;
         while let Ok(done) = results.try_recv_value::<Done>() {
             received += first(done)?;
@@ -125,19 +140,17 @@ fn coordinate(args: &Args) -> Result<()> {
             .context("waiting for a result")?;
         received += first(done)?;
     }
-    for _ in 0..args.workers {
+    for _ in 0..survivors {
         queue.push_value(&Task::Stop)?;
     }
     let mut failed = 0;
-    for (i, w) in workers.iter_mut().enumerate() {
-        let status = w.wait().context("waiting for a worker")?;
-        let crashed = args.crash && i == 0;
-        if !status.success() && !crashed {
+    for w in &mut workers {
+        if !w.wait().context("waiting for a worker")?.success() {
             failed += 1;
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} workers failed", args.workers);
+        bail!("{failed} of {survivors} workers failed");
     }
     let watcher = Consumer::builder(&name)
         .open()
