@@ -282,6 +282,10 @@ impl Consumer {
     }
 
     /// Waits for the next job.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "a wait that fails or times out is not an iterator step: a queue never ends"
+    )]
     pub fn next(&mut self) -> Result<Job, TakeError> {
         self.next_until(Some(None))
     }
