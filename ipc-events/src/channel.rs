@@ -86,6 +86,7 @@ coded_enum! {
         IpclibSem = chan::IPCLIB_SEM, "ipclib_sem";
         SysvShm = chan::SYSV_SHM, "sysv_shm";
         IpclibBroadcast = chan::IPCLIB_BROADCAST, "ipclib_broadcast";
+        IpclibQueue = chan::IPCLIB_QUEUE, "ipclib_queue";
     }
 }
 
@@ -112,6 +113,7 @@ impl ChannelKind {
                 | ChannelKind::IpclibShm
                 | ChannelKind::IpclibSem
                 | ChannelKind::IpclibBroadcast
+                | ChannelKind::IpclibQueue
         )
     }
 }

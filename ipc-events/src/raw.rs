@@ -387,6 +387,12 @@ pub mod chan {
     /// Named: ipc-lib broadcast (one publisher, many subscribers; each
     /// message is received once by every subscriber).
     pub const IPCLIB_BROADCAST: u16 = 17;
+    /// Named: ipc-lib work queue (producers push jobs, each job goes to
+    /// one of many consumers, which acknowledge it). A push is a
+    /// `msg_send`; the `msg_recv` is the acknowledged delivery, traced at
+    /// the ack: `aux` the delivery it was (1 the first; more after a
+    /// redelivery), `duration_ns` how long the consumer held the job.
+    pub const IPCLIB_QUEUE: u16 = 18;
 }
 
 /// What a [`chan::SHM`] object from the probes is, in the low byte of its
@@ -451,4 +457,9 @@ pub mod drop_source {
     /// Probe runs the kernel skipped because the same probe was already
     /// running on that CPU; counted for every process, traced or not.
     pub const EBPF_SKIPPED: u64 = 7;
+    /// Deliveries of an ipc-lib queue's job that were never acknowledged
+    /// (the consumer died, `result` -EOWNERDEAD, or gave the job back):
+    /// the job went to another delivery. `msg_id` the job, `obj` the pid
+    /// of the consumer that lost it.
+    pub const REDELIVERED: u64 = 8;
 }

@@ -1,5 +1,5 @@
-//! ipc-lib: the IPC library applications link (channels, shared-memory
-//! regions, semaphores, signals, request/response), whose every operation
+//! ipc-lib: the IPC library applications link (channels, broadcasts, work
+//! queues, shared-memory regions, semaphores, signals, request/response), whose every operation
 //! is traced exactly into ipcscope.
 //!
 //! Tracing sits in [`trace`]: each operation writes one record into a
@@ -25,6 +25,7 @@ pub mod broadcast;
 pub mod channel;
 mod codec;
 mod patience;
+pub mod queue;
 pub mod region;
 pub mod rpc;
 #[cfg(feature = "tokio")]

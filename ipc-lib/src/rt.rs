@@ -41,14 +41,17 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
 }
 
 /// A blocking receiving end an async one is built on: the shared-memory
-/// channel's [`Receiver`](crate::channel::Receiver) and the broadcast's
-/// [`Subscriber`](crate::broadcast::Subscriber).
+/// channel's [`Receiver`](crate::channel::Receiver), the broadcast's
+/// [`Subscriber`](crate::broadcast::Subscriber) and the work queue's
+/// [`Consumer`](crate::queue::Consumer).
 pub(crate) trait BlockingRecv: Send + 'static {
+    /// What one receive gives: a message and its id, or a queue's job.
+    type Item: Send + std::fmt::Debug + 'static;
     type Error: Send + std::fmt::Debug + 'static;
-    /// The next message into `msg` and its id, without waiting.
-    fn try_recv_into(&mut self, msg: &mut Vec<u8>) -> Result<u64, Self::Error>;
-    /// The next message into `msg` and its id, waiting at most `timeout`.
-    fn recv_into(&mut self, msg: &mut Vec<u8>, timeout: Duration) -> Result<u64, Self::Error>;
+    /// The next item, without waiting.
+    fn try_next(&mut self) -> Result<Self::Item, Self::Error>;
+    /// The next item, waiting at most `timeout`.
+    fn next_timeout(&mut self, timeout: Duration) -> Result<Self::Item, Self::Error>;
     /// Whether `error` only says nothing came (now, or within the wait).
     fn nothing_yet(error: &Self::Error) -> bool;
     /// The runtime shut down during the wait.
@@ -66,14 +69,13 @@ pub(crate) struct AsyncRecv<R: BlockingRecv> {
 #[derive(Debug)]
 struct RecvState<R: BlockingRecv> {
     end: R,
-    /// What a blocking wait received (a message and its id); taken by the
-    /// next receive, whether or not the one that started the wait is still
-    /// there.
+    /// What a blocking wait received; taken by the next receive, whether
+    /// or not the one that started the wait is still there.
     received: Option<Received<R>>,
 }
 
-/// A message and its id, or why there was none.
-type Received<R> = Result<(Vec<u8>, u64), <R as BlockingRecv>::Error>;
+/// An item, or why there was none.
+type Received<R> = Result<<R as BlockingRecv>::Item, <R as BlockingRecv>::Error>;
 
 impl<R: BlockingRecv> AsyncRecv<R> {
     pub(crate) fn new(end: R) -> Self {
@@ -85,7 +87,7 @@ impl<R: BlockingRecv> AsyncRecv<R> {
         }
     }
 
-    /// The next message and its id.
+    /// The next item.
     pub(crate) async fn next(&mut self) -> Received<R> {
         loop {
             // Only a wait abandoned by a dropped receive can hold the lock,
@@ -94,17 +96,16 @@ impl<R: BlockingRecv> AsyncRecv<R> {
             if let Some(r) = state.received.take() {
                 return r;
             }
-            let mut msg = Vec::new();
-            match state.end.try_recv_into(&mut msg) {
+            match state.end.try_next() {
                 Err(e) if R::nothing_yet(&e) => {}
-                other => return other.map(|id| (msg, id)),
+                other => return other,
             }
             let done = off_runtime(move |cancelled: &AtomicBool| {
                 while !cancelled.load(Ordering::Acquire) {
-                    match state.end.recv_into(&mut msg, CANCEL_SLICE) {
+                    match state.end.next_timeout(CANCEL_SLICE) {
                         Err(e) if R::nothing_yet(&e) => {}
                         other => {
-                            state.received = Some(other.map(|id| (msg, id)));
+                            state.received = Some(other);
                             return;
                         }
                     }

@@ -83,6 +83,75 @@ fn every_delivery_of_a_broadcast_is_paired_with_its_publish() {
     );
 }
 
+/// A queue's job is received when it is acknowledged: each push pairs
+/// with the one acknowledged delivery, and a delivery whose worker died
+/// holding the job is a `redelivered` drop, not a message.
+#[test]
+fn every_push_of_a_queue_is_paired_with_its_acknowledgement_and_redeliveries_are_counted() {
+    let Some(example) = example("work_queue") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    // The first of two workers SIGKILLs itself holding the first job.
+    record_example(
+        &example,
+        &db,
+        &["--workers", "2", "--jobs", "300", "--crash"],
+        None,
+    );
+    let queue = "(select id from channels where kind = 'ipclib_queue')";
+    // 300 jobs and the survivor's stop; the dead worker acked nothing,
+    // so every ack is the survivor's, one of them a second delivery.
+    let events = query(
+        &db,
+        &format!(
+            "select kind, count(*) as n, count(distinct msg_id) as ids,
+                    count(distinct pid) as pids, sum(aux = 2) as second
+             from events where channel_id = {queue} group by kind order by kind"
+        ),
+    );
+    assert_eq!(
+        events,
+        serde_json::json!([
+            {"kind": "drop", "n": 1, "ids": 1, "pids": 1, "second": 0},
+            {"kind": "msg_recv", "n": 301, "ids": 301, "pids": 1, "second": 1},
+            {"kind": "msg_send", "n": 301, "ids": 301, "pids": 1, "second": 0},
+        ])
+    );
+    let messages = query(
+        &db,
+        &format!(
+            "select count(*) as n, count(latency_ns) as paired, min(latency_ns) >= 0 as ordered
+             from messages where channel_id = {queue}"
+        ),
+    );
+    assert_eq!(
+        messages,
+        serde_json::json!([{"n": 301, "paired": 301, "ordered": 1}])
+    );
+    // The drop names the job that went round again, lost by a death.
+    let redelivered = query(
+        &db,
+        &format!(
+            "select d.result as result, r.aux as delivery from events d
+             join events r on r.msg_id = d.msg_id and r.channel_id = d.channel_id
+             where d.channel_id = {queue} and d.kind = 'drop' and r.kind = 'msg_recv'"
+        ),
+    );
+    assert_eq!(
+        redelivered,
+        serde_json::json!([{"result": -i64::from(libc::EOWNERDEAD), "delivery": 2}])
+    );
+    assert_eq!(
+        query(
+            &db,
+            "select source, sum(count) as n from drops group by source"
+        ),
+        serde_json::json!([{"source": "redelivered", "n": 1}])
+    );
+}
+
 #[test]
 fn every_send_and_receive_of_an_ipc_lib_channel_is_stored_and_paired_by_id() {
     let Some(example) = producer_consumer() else {

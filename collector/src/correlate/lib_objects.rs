@@ -43,6 +43,7 @@ fn is_lib_object(kind: ChannelKind) -> bool {
             | ChannelKind::IpclibSem
             | ChannelKind::IpclibShm
             | ChannelKind::IpclibBroadcast
+            | ChannelKind::IpclibQueue
     )
 }
 

@@ -590,6 +590,7 @@ pub fn drop_source_name(code: u64) -> &'static str {
         drop_source::SENDER_DIED => "sender_died",
         drop_source::LAGGED => "lagged",
         drop_source::EBPF_SKIPPED => "ebpf_skipped",
+        drop_source::REDELIVERED => "redelivered",
         _ => "unknown",
     }
 }

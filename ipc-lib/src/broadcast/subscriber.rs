@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::layout::{done, Layout, LayoutRequest, Segment, MAX_CAPACITY};
 use super::{decode, Corruption, RecvError};
-use crate::channel::layout::{len_word, Checksum, FRAME_MARKER};
+use crate::channel::layout::{check_frame, Checksum};
 use crate::channel::ring::{self, PeerState, LIVENESS_SLICE};
 use crate::channel::OpenError;
 use crate::shm::{self, OpenHow};
@@ -364,7 +364,7 @@ impl Subscriber {
         let s2 = slot[0].load(Ordering::Relaxed);
         self.next = seq + 1;
         if s1 == s2 && s1 == done(seq) {
-            if let Err(reason) = check_frame(lw, max, &sum, seq, stored) {
+            if let Err(reason) = check_frame(lw, max, &sum, seq + 1, stored) {
                 out.clear();
                 return Err(RecvError::Corrupt { seq, reason });
             }
@@ -396,31 +396,4 @@ impl Subscriber {
             }),
         }
     }
-}
-
-/// Checks a whole copy of message `seq`'s frame.
-fn check_frame(
-    lw: u64,
-    max: usize,
-    sum: &Checksum,
-    seq: u64,
-    stored: u64,
-) -> Result<(), Corruption> {
-    let marker = (lw >> 32) as u32;
-    if marker != FRAME_MARKER {
-        return Err(Corruption::Marker { found: marker });
-    }
-    let len = lw as u32;
-    if len as usize > max {
-        return Err(Corruption::Length {
-            len: u64::from(len),
-            max: max as u64,
-        });
-    }
-    debug_assert_eq!(lw, len_word(len));
-    let computed = sum.finish(lw, seq + 1);
-    if computed != stored {
-        return Err(Corruption::Checksum { stored, computed });
-    }
-    Ok(())
 }

@@ -27,12 +27,16 @@ pub struct AsyncReceiver {
 }
 
 impl BlockingRecv for Receiver {
+    /// A message and its id.
+    type Item = (Vec<u8>, u64);
     type Error = RecvError;
-    fn try_recv_into(&mut self, msg: &mut Vec<u8>) -> Result<u64, RecvError> {
-        Receiver::try_recv_into(self, msg)
+    fn try_next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
+        let mut msg = Vec::new();
+        Receiver::try_recv_into(self, &mut msg).map(|id| (msg, id))
     }
-    fn recv_into(&mut self, msg: &mut Vec<u8>, timeout: Duration) -> Result<u64, RecvError> {
-        Receiver::recv_into(self, msg, Some(timeout))
+    fn next_timeout(&mut self, timeout: Duration) -> Result<(Vec<u8>, u64), RecvError> {
+        let mut msg = Vec::new();
+        Receiver::recv_into(self, &mut msg, Some(timeout)).map(|id| (msg, id))
     }
     fn nothing_yet(error: &RecvError) -> bool {
         matches!(error, RecvError::Empty | RecvError::Timeout)

@@ -505,6 +505,37 @@ pub const fn len_word(len: u32) -> u64 {
     (FRAME_MARKER as u64) << 32 | len as u64
 }
 
+/// Checks a whole private copy of a slot's frame (broadcast, queue):
+/// its length word `lw`, against the largest message `max`, and the
+/// checksum `sum` computed over the copied payload, for message `id`,
+/// against the `stored` one.
+pub(crate) fn check_frame(
+    lw: u64,
+    max: usize,
+    sum: &Checksum,
+    id: u64,
+    stored: u64,
+) -> Result<(), super::Corruption> {
+    use super::Corruption;
+    let marker = (lw >> 32) as u32;
+    if marker != FRAME_MARKER {
+        return Err(Corruption::Marker { found: marker });
+    }
+    let len = lw as u32;
+    if len as usize > max {
+        return Err(Corruption::Length {
+            len: u64::from(len),
+            max: max as u64,
+        });
+    }
+    debug_assert_eq!(lw, len_word(len));
+    let computed = sum.finish(lw, id);
+    if computed != stored {
+        return Err(Corruption::Checksum { stored, computed });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

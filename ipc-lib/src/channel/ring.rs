@@ -197,7 +197,7 @@ impl Shared {
     }
 }
 
-fn wake_all(futex: &AtomicU32) {
+pub(crate) fn wake_all(futex: &AtomicU32) {
     futex.fetch_add(1, SeqCst);
     sys::futex_wake_all(futex);
 }

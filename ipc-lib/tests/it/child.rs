@@ -157,6 +157,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             Ok(())
         }
         bc if bc.starts_with("bc-") => crate::broadcast::play(bc, name, arg),
+        queue if queue.starts_with("queue-") => crate::queue::play(queue, name, arg),
         sock if sock.starts_with("sock-") => crate::socket::play(sock, name, arg),
         rpc if rpc.starts_with("rpc-") => crate::rpc::play(rpc, name, arg),
         sig if sig.starts_with("sig-") => crate::signal::play(sig, name, arg),

@@ -185,3 +185,29 @@ fn coordinator_example_counts_every_result_and_sees_a_crashed_worker_at_once() {
         assert!(stdout.contains(failed), "{args:?}: {stdout}");
     }
 }
+
+#[test]
+fn work_queue_squares_every_number_though_a_worker_dies_holding_a_job() {
+    let Some(bin) = example("work_queue") else {
+        return;
+    };
+    for (workers, jobs, crash) in [("3", "3000", true), ("1", "500", false)] {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--workers", workers, "--jobs", jobs]);
+        if crash {
+            cmd.arg("--crash");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "--workers {workers} --jobs {jobs}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let redelivered = if crash { 1 } else { 0 };
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{jobs} numbers squared by {workers} workers; {redelivered} jobs redelivered")
+        );
+    }
+}

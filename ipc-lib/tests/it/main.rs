@@ -14,6 +14,7 @@ mod example;
 mod open_layout;
 mod patient;
 mod props;
+mod queue;
 mod region;
 mod rpc;
 mod select;
