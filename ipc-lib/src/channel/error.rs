@@ -127,9 +127,6 @@ pub enum SendError {
     /// The value could not be serialized.
     #[error("could not encode the message")]
     Encode(#[source] CodecError),
-    /// An async send: the runtime shut down while it waited for room.
-    #[error("the async runtime shut down during the send")]
-    RuntimeShutdown,
     /// A system call failed in a way that says nothing about the peer
     /// (socket transport: e.g. the kernel is out of buffers).
     #[error("{op} failed")]
@@ -179,9 +176,6 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
-    /// An async receive: the runtime shut down while it waited.
-    #[error("the async runtime shut down during the receive")]
-    RuntimeShutdown,
     /// A system call failed in a way that says nothing about the senders
     /// (socket transport: e.g. the kernel is out of memory).
     #[error("{op} failed")]
