@@ -215,8 +215,11 @@ impl Drop for Watch<'_> {
 }
 
 /// One watcher thread's shared state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Watcher {
+    /// The process whose thread this is: a forked child inherits the list
+    /// of watchers but none of their threads.
+    pid: u32,
     /// Bumped and woken when the entries change, to call the thread out
     /// of its sleep.
     control: AtomicU32,
@@ -274,10 +277,16 @@ fn register(word: &AtomicU32, val: u32, waker: &Waker) -> io::Result<(Arc<Watche
     // Held while the entry goes in, so no two registrations fill the
     // same last place.
     let mut all = WATCHERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let me = crate::sys::my_pid();
+    all.retain(|w| w.pid == me);
     let watcher = match all.iter().find(|w| w.lock().entries.len() < PER_WATCHER) {
         Some(w) => Arc::clone(w),
         None => {
-            let w = Arc::new(Watcher::default());
+            let w = Arc::new(Watcher {
+                pid: me,
+                control: AtomicU32::new(0),
+                state: Mutex::default(),
+            });
             let thread_w = Arc::clone(&w);
             std::thread::Builder::new()
                 .name("ipc-lib-watch".into())
