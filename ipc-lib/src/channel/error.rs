@@ -211,6 +211,10 @@ pub enum Corruption {
     /// Message id 0 is never issued.
     #[error("message id 0")]
     ZeroId,
+    /// An rpc call's method name is empty, runs past its frame, or is not
+    /// UTF-8.
+    #[error("malformed method name in an rpc call")]
+    MethodName,
 }
 
 /// The binary codec's error (postcard), kept opaque so the codec can change
