@@ -1,6 +1,8 @@
 //! The subscribing end.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(feature = "tokio")]
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_events::{ChannelKind, EventKind};
@@ -242,6 +244,7 @@ impl Subscriber {
 
     /// The futex the publisher bumps when it publishes (or leaves) and the
     /// count of sleepers it reads first; see `ring::park`.
+    #[cfg(feature = "tokio")]
     pub(crate) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
         let h = self.seg.header();
         (&h.data_futex, &h.recv_waiters)
