@@ -31,6 +31,12 @@
 //! for a liveness slice (20 ms) wakes its task anyway, so the end asks
 //! whether its peers live as often as a blocking wait does.
 //!
+//! What it costs: a wait that must sleep wakes the watcher once to hand it
+//! the word (one FUTEX_WAKE of a private word), and a wake-up reaches the
+//! task through the watcher thread, one hop, as it reached it through a
+//! blocking-pool thread before (`select_wake`'s `recv async` case measures
+//! it).
+//!
 //! Cancel safe by construction: a try that takes something (a message, a
 //! count, room for a send) returns it in the same poll, so the future
 //! only ever sleeps with nothing taken, and dropping it loses nothing.
