@@ -13,11 +13,12 @@
 //! side is asleep, then sends its clock reading):
 //!
 //! - `recv`: a plain blocking `recv` (spins 0), the baseline;
+//! - `recv async`: an async receive on a current-thread tokio runtime;
 //! - `select futex`: a receiver and a semaphore: one `futex_waitv`;
 //! - `select mixed`: a receiver and a process exit: poll on a pidfd and
 //!   the helper thread's eventfd, the helper in `futex_waitv`.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -71,7 +72,7 @@ fn run(rounds: usize) -> Result<()> {
     let sleeper = Command::new("sleep").arg("600").spawn()?;
     let exit = Process::from_child(&sleeper)?;
     let r = (|| {
-        for case in ["recv", "select futex", "select mixed"] {
+        for case in ["recv", "recv async", "select futex", "select mixed"] {
             let lat = case_latencies(case, rounds, &exit)?;
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
             println!(
@@ -99,13 +100,24 @@ fn case_latencies(case: &str, rounds: usize, exit: &Process) -> Result<Vec<u64>>
     let mut rx = Receiver::builder(&data).spins(0).create()?;
     let mut tx = Sender::builder(&go).create()?;
     let sem = Semaphore::builder(format!("{tag}-sem")).create()?;
-    let mut peer = Command::new(std::env::current_exe()?)
+    let peer = Command::new(std::env::current_exe()?)
         .args(["--peer", &data, &go])
         .stdin(Stdio::null())
         .spawn()
         .context("starting the peer")?;
     let mut select = Select::new();
     let mut lat = Vec::with_capacity(rounds);
+    if case == "recv async" {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let mut rx = rx.into_async();
+        for _ in 0..rounds {
+            tx.send(b"go")?;
+            let msg = rt.block_on(rx.recv())?;
+            let woke = now_ns();
+            lat.push(woke.saturating_sub(u64::from_le_bytes(msg[..8].try_into()?)));
+        }
+        return finish(tx, peer, lat);
+    }
     for _ in 0..rounds {
         tx.send(b"go")?;
         let msg = match case {
@@ -128,6 +140,11 @@ fn case_latencies(case: &str, rounds: usize, exit: &Process) -> Result<Vec<u64>>
         let woke = now_ns();
         lat.push(woke.saturating_sub(u64::from_le_bytes(msg[..8].try_into()?)));
     }
+    finish(tx, peer, lat)
+}
+
+/// Lets the peer go and sorts the latencies.
+fn finish(tx: Sender, mut peer: Child, mut lat: Vec<u64>) -> Result<Vec<u64>> {
     drop(tx);
     peer.wait()?;
     lat.sort_unstable();

@@ -9,9 +9,17 @@
 //! ends every client's connection, so a call in progress fails at once
 //! ([`CallError::Disconnected`]) instead of waiting out its timeout.
 //!
-//! A request is a DATA frame like any channel message; a reply is a REPLY
-//! frame (or a FAULT, when the server could not handle the request) whose
-//! header carries the request's message id. Tracing: the request's
+//! A request is a DATA frame like any channel message, or a CALL frame
+//! when it names the method it calls ([`Client::call_method`]); a reply is
+//! a REPLY frame (or a FAULT, when the server could not handle the
+//! request) whose header carries the request's message id.
+//!
+//! A server answers one request at a time with [`Server::serve`], or
+//! routes requests by method to the handlers of a [`Routes`] table with
+//! [`Server::serve_routes`], on as many worker threads as it is given
+//! (async: [`AsyncRoutes`] and `serve_routes_async`, each request a task
+//! of its own). A call to a method the table lacks gets a fault that says
+//! so and names the methods there are. Tracing: the request's
 //! `msg_send` / `msg_recv` pair as channel messages do; the reply's
 //! `msg_send` / `msg_recv` carry the reply's own id and, in `aux`, the
 //! request's id, so the collector pairs the reply with its request too.
@@ -32,8 +40,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ipc_events::{ChannelKind, EventKind};
@@ -42,8 +53,10 @@ use serde::Serialize;
 
 use crate::channel::{CodecError, Corruption, OpenError, RecvError, SendError};
 use crate::codec::{decode, decode_bytes, encode};
-use crate::socket::frame::{Header, FAULT, HEADER_LEN, REPLY};
-use crate::socket::{next_id, sys, Conn, SocketReceiver, SocketReceiverBuilder, Wait};
+use crate::socket::frame::{
+    call_payload, split_call, Header, CALL, DATA, FAULT, HEADER_LEN, REPLY,
+};
+use crate::socket::{next_id, sys, Conn, Received, SocketReceiver, SocketReceiverBuilder, Wait};
 use crate::trace::{self, Op};
 
 /// How long a server waits for room to send a reply by default: a client
@@ -83,6 +96,9 @@ pub enum CallError {
         #[source]
         source: io::Error,
     },
+    /// [`Client::call_method`]: a method name is 1 to 255 bytes.
+    #[error("method name {method:?} is not 1 to 255 bytes")]
+    MethodName { method: String },
 }
 
 impl From<SendError> for CallError {
@@ -120,8 +136,10 @@ impl ServerBuilder {
 
     /// Binds the server's name; fails if a live server holds it.
     pub fn create(self) -> Result<Server, OpenError> {
+        let mut socket = self.socket.create()?;
+        socket.accept_calls();
         Ok(Server {
-            socket: self.socket.create()?,
+            socket,
             pid: std::process::id(),
             reply_timeout: self.reply_timeout,
         })
@@ -135,13 +153,42 @@ pub struct Request {
     id: u64,
     fd: RawFd,
     serial: u64,
+    method: Option<String>,
     payload: Vec<u8>,
 }
 
 impl Request {
+    /// The request as received: a CALL frame's payload split into its
+    /// method and the request proper.
+    fn new(r: Received, mut payload: Vec<u8>) -> Result<Request, RecvError> {
+        let method = if r.header.magic == CALL {
+            // The receiver checked the frame; this cannot fail.
+            let (method, body) =
+                split_call(&payload).map_err(|reason| RecvError::Corrupt { pos: 0, reason })?;
+            let (method, skip) = (method.to_owned(), payload.len() - body.len());
+            payload.drain(..skip);
+            Some(method)
+        } else {
+            None
+        };
+        Ok(Request {
+            id: r.header.msg_id,
+            fd: r.fd,
+            serial: r.serial,
+            method,
+            payload,
+        })
+    }
+
     /// The request's message id (the client's pid in the high 32 bits).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The method it calls ([`Client::call_method`]); `None` for a plain
+    /// [`Client::call`].
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
     }
 
     /// The request's bytes.
@@ -195,12 +242,7 @@ impl Server {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut payload = Vec::new();
         let r = self.socket.recv_frame(&mut payload, deadline, true)?;
-        Ok(Request {
-            id: r.header.msg_id,
-            fd: r.fd,
-            serial: r.serial,
-            payload,
-        })
+        Request::new(r, payload)
     }
 
     /// Answers `request` with `response`; returns the reply's id.
@@ -222,13 +264,7 @@ impl Server {
     /// client's call returns [`CallError::Remote`]).
     pub fn fault(&mut self, request: &Request, reason: &str) -> Result<u64, SendError> {
         let max = self.socket.max_message_size();
-        // A reason too long to send is cut at a character boundary: the
-        // client learns of the failure either way.
-        let mut end = reason.len().min(max);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.answer(request, FAULT, &reason.as_bytes()[..end])
+        self.answer(request, FAULT, fault_body(reason, max))
     }
 
     fn answer(&mut self, request: &Request, magic: u32, body: &[u8]) -> Result<u64, SendError> {
@@ -246,30 +282,27 @@ impl Server {
             .socket
             .conn(request.fd, request.serial)
             .ok_or(SendError::Disconnected)?;
-        let id = next_id(self.pid);
-        let head = Header {
-            magic,
-            len: 0,
-            msg_id: id,
-            reply_to: request.id,
-        };
-        let max = self.socket.max_message_size();
-        let at = conn.send_frame(head, body, wait, max)?;
-        trace_reply(
-            EventKind::MsgSend,
-            self.socket.name(),
-            body.len(),
-            id,
-            request.id,
-            Some(at),
-        );
-        Ok(id)
+        self.answerer(wait).send(conn, request.id, magic, body)
     }
 
-    /// Answers requests with `handler` until every client that came has
-    /// left; returns how many were answered. A client that sends garbage,
-    /// leaves before its answer or stops reading answers is logged (the
-    /// `tracing` crate, target `ipc_lib`) and does not stop the loop.
+    /// What answers need of the server, for a reply sent from here or
+    /// from a worker thread.
+    fn answerer(&self, wait: Wait) -> Answerer<'_> {
+        Answerer {
+            name: self.socket.name(),
+            pid: self.pid,
+            max: self.socket.max_message_size(),
+            wait,
+        }
+    }
+
+    /// Answers requests with `handler`, one at a time, until every client
+    /// that came has left; returns how many were answered. A client that
+    /// sends garbage, leaves before its answer or stops reading answers is
+    /// logged (the `tracing` crate, target `ipc_lib`) and does not stop
+    /// the loop. The method a call names, if any, goes unread: one
+    /// handler answers them all ([`serve_routes`](Self::serve_routes)
+    /// routes by method).
     pub fn serve(&mut self, mut handler: impl FnMut(&[u8]) -> Vec<u8>) -> Result<u64, RecvError> {
         self.serve_with(|server, req| {
             let response = handler(req.payload());
@@ -298,26 +331,353 @@ impl Server {
         mut answer: impl FnMut(&mut Server, &Request) -> Result<u64, SendError>,
     ) -> Result<u64, RecvError> {
         let mut answered = 0;
+        self.each_request(|server, req| {
+            let r = answer(server, &req);
+            answered += u64::from(delivered(server.name(), req.id, r));
+        })?;
+        Ok(answered)
+    }
+
+    /// Answers requests by method with the handlers of `routes` (see
+    /// [`Routes`]), on `workers` threads (at least one), so that a slow
+    /// request holds up no other while a worker is free; until every
+    /// client that came has left. Returns how many were answered. A
+    /// request that names no method, or one `routes` lacks, is answered
+    /// with a fault that says so. Otherwise as [`serve`](Self::serve).
+    pub fn serve_routes(&mut self, routes: &Routes, workers: usize) -> Result<u64, RecvError> {
+        let answered = AtomicU64::new(0);
+        let (jobs, queue) = std::sync::mpsc::channel::<(Request, Arc<Conn>)>();
+        let queue = Mutex::new(queue);
+        let name = self.name().to_owned();
+        let answerer = Answerer {
+            name: &name,
+            wait: Wait::timeout(self.reply_timeout),
+            ..self.answerer(Wait::No)
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..workers.max(1) {
+                let work = || {
+                    // The lock is held only to take a job, not to do it.
+                    let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    while let Ok((req, conn)) = next() {
+                        let r = match routes.table.find(&req).and_then(|h| h(&req)) {
+                            Ok(reply) => answerer.send(&conn, req.id, REPLY, &reply),
+                            Err(fault) => answerer.send(
+                                &conn,
+                                req.id,
+                                FAULT,
+                                fault_body(&fault, answerer.max),
+                            ),
+                        };
+                        let n = u64::from(delivered(answerer.name, req.id, r));
+                        answered.fetch_add(n, Ordering::Relaxed);
+                    }
+                };
+                std::thread::Builder::new()
+                    .name("ipc-lib-rpc".into())
+                    .spawn_scoped(scope, work)
+                    .map_err(|source| RecvError::Os {
+                        op: "starting an rpc worker thread",
+                        source,
+                    })?;
+            }
+            let received = self.each_request(|server, req| {
+                match server.socket.conn(req.fd, req.serial) {
+                    // Only a closed queue refuses a job, and the workers
+                    // keep it open while this loop runs.
+                    Some(conn) => drop(jobs.send((req, Arc::clone(conn)))),
+                    None => drop(delivered(
+                        server.name(),
+                        req.id,
+                        Err(SendError::Disconnected),
+                    )),
+                }
+            });
+            // The workers finish the jobs queued, then see the queue close.
+            drop(jobs);
+            received
+        })?;
+        Ok(answered.into_inner())
+    }
+
+    /// Hands each request to `handle` until every client that came has
+    /// left. A client that sends garbage is cut off and logged.
+    fn each_request(
+        &mut self,
+        mut handle: impl FnMut(&mut Server, Request),
+    ) -> Result<(), RecvError> {
         loop {
-            let req = match self.next_request(None) {
-                Ok(req) => req,
-                Err(RecvError::Disconnected) => return Ok(answered),
+            match self.next_request(None) {
+                Ok(req) => handle(self, req),
+                Err(RecvError::Disconnected) => return Ok(()),
                 Err(e @ RecvError::Corrupt { .. }) => {
                     tracing::warn!(target: "ipc_lib", server = self.name(), "client cut off: {e}");
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            match answer(self, &req) {
-                Ok(_) => answered += 1,
-                Err(e) => tracing::warn!(
-                    target: "ipc_lib",
-                    server = self.name(),
-                    request = req.id,
-                    "reply not delivered: {e}"
-                ),
             }
         }
+    }
+}
+
+/// Whether an answer was delivered; logs one that was not.
+fn delivered(server: &str, request: u64, r: Result<u64, SendError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(
+                target: "ipc_lib",
+                server,
+                request,
+                "reply not delivered: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// A fault's reason as sent: one too long to send is cut at a character
+/// boundary, so the client learns of the failure either way.
+fn fault_body(reason: &str, max: usize) -> &[u8] {
+    let mut end = reason.len().min(max);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason.as_bytes()[..end]
+}
+
+/// What sending an answer needs of the server.
+#[derive(Clone, Copy)]
+struct Answerer<'a> {
+    name: &'a str,
+    pid: u32,
+    max: usize,
+    wait: Wait,
+}
+
+impl Answerer<'_> {
+    /// Sends a REPLY or FAULT (`magic`) to request `request` on `conn`,
+    /// traced; returns the answer's id.
+    fn send(&self, conn: &Conn, request: u64, magic: u32, body: &[u8]) -> Result<u64, SendError> {
+        let id = next_id(self.pid);
+        let head = Header {
+            magic,
+            len: 0,
+            msg_id: id,
+            reply_to: request,
+        };
+        let at = conn.send_frame(head, body, self.wait, self.max)?;
+        trace_reply(
+            EventKind::MsgSend,
+            self.name,
+            body.len(),
+            id,
+            request,
+            Some(at),
+        );
+        Ok(id)
+    }
+}
+
+/// The handlers of a routing table by method name, and the fault for a
+/// request that finds none.
+struct Table<H> {
+    handlers: BTreeMap<String, H>,
+}
+
+impl<H> Default for Table<H> {
+    fn default() -> Self {
+        Table {
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+impl<H> Table<H> {
+    fn find(&self, req: &Request) -> Result<&H, String> {
+        let Some(method) = req.method() else {
+            return Err(
+                "the request names no method, and this server routes calls by \
+                        method (Client::call_method)"
+                    .into(),
+            );
+        };
+        self.handlers.get(method).ok_or_else(|| {
+            let known: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+            // The name came from the client: quoted and escaped.
+            format!("no method {method:?} here; there are: {}", known.join(", "))
+        })
+    }
+}
+
+/// A handler's answer: the reply's bytes, or a fault's reason.
+type Answer = Result<Vec<u8>, String>;
+
+/// A routed handler, typed or not, as [`Routes`] keeps it.
+type Handler = Box<dyn Fn(&Request) -> Answer + Send + Sync>;
+
+/// An async handler's answer, to come.
+#[cfg(feature = "tokio")]
+type AnswerFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+
+/// A routed async handler, as [`AsyncRoutes`] keeps it.
+#[cfg(feature = "tokio")]
+type AsyncHandler = Box<dyn Fn(&Request) -> AnswerFuture + Send + Sync>;
+
+/// Async handlers by method name for [`Server::serve_routes_async`]: each
+/// takes a request's bytes and gives a future of the reply's, run as a
+/// task of its own.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_lib::rpc::{AsyncRoutes, Client, Server};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-async-routes-{}", std::process::id());
+/// let mut server = Server::builder(&name).create()?;
+/// let routes = AsyncRoutes::new().route_value("double", |x: u32| async move { x * 2 });
+/// let serving = tokio::spawn(async move { server.serve_routes_async(&routes).await });
+/// let mut client = Client::connect(&name)?;
+/// let wait = Duration::from_secs(5);
+/// let doubled: u32 = client.call_method_value_async("double", &21u32, wait).await?;
+/// assert_eq!(doubled, 42);
+/// drop(client);
+/// assert_eq!(serving.await??, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+#[derive(Default)]
+pub struct AsyncRoutes {
+    table: Table<AsyncHandler>,
+}
+
+#[cfg(feature = "tokio")]
+impl std::fmt::Debug for AsyncRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.table.handlers.keys()).finish()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncRoutes {
+    /// An empty table.
+    pub fn new() -> AsyncRoutes {
+        AsyncRoutes::default()
+    }
+
+    /// Answers calls to `method` with the bytes `handler`'s future gives.
+    /// A second handler for one method replaces the first.
+    pub fn route<F>(
+        mut self,
+        method: impl Into<String>,
+        handler: impl Fn(Vec<u8>) -> F + Send + Sync + 'static,
+    ) -> AsyncRoutes
+    where
+        F: std::future::Future<Output = Vec<u8>> + Send + 'static,
+    {
+        let h = move |req: &Request| -> AnswerFuture {
+            let reply = handler(req.payload().to_vec());
+            Box::pin(async move { Ok(reply.await) })
+        };
+        self.table.handlers.insert(method.into(), Box::new(h));
+        self
+    }
+
+    /// [`route`](Self::route) with a typed request and reply (postcard);
+    /// a request that does not decode as `Req` gets a fault.
+    pub fn route_value<Req, Resp, F>(
+        mut self,
+        method: impl Into<String>,
+        handler: impl Fn(Req) -> F + Send + Sync + 'static,
+    ) -> AsyncRoutes
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: std::future::Future<Output = Resp> + Send + 'static,
+    {
+        let h = move |req: &Request| -> AnswerFuture {
+            match req.value::<Req>() {
+                Ok(value) => {
+                    let reply = handler(value);
+                    Box::pin(async move { encode(&reply.await).map_err(|e| chain(&e)) })
+                }
+                Err(e) => Box::pin(std::future::ready(Err(chain(&e)))),
+            }
+        };
+        self.table.handlers.insert(method.into(), Box::new(h));
+        self
+    }
+}
+
+/// Handlers by method name for [`Server::serve_routes`]: each takes a
+/// request's bytes and gives the reply's.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_lib::rpc::{CallError, Client, Routes, Server};
+///
+/// let name = format!("doc-routes-{}", std::process::id());
+/// let mut server = Server::builder(&name).create()?;
+/// let routes = Routes::new()
+///     .route_value("double", |x: u32| x * 2)
+///     .route("echo", |req: &[u8]| req.to_vec());
+/// let t = std::thread::spawn(move || server.serve_routes(&routes, 4));
+/// let mut client = Client::connect(&name)?;
+/// let wait = Duration::from_secs(5);
+/// assert_eq!(client.call_method_value::<_, u32>("double", &21u32, wait)?, 42);
+/// assert_eq!(client.call_method("echo", b"hi", wait)?, b"hi");
+/// assert!(matches!(client.call_method("nope", b"", wait), Err(CallError::Remote { .. })));
+/// drop(client);
+/// assert_eq!(t.join().unwrap()?, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Default)]
+pub struct Routes {
+    table: Table<Handler>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.table.handlers.keys()).finish()
+    }
+}
+
+impl Routes {
+    /// An empty table.
+    pub fn new() -> Routes {
+        Routes::default()
+    }
+
+    /// Answers calls to `method` with `handler`'s bytes. A second handler
+    /// for one method replaces the first.
+    pub fn route(
+        mut self,
+        method: impl Into<String>,
+        handler: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Routes {
+        let h = move |req: &Request| Ok(handler(req.payload()));
+        self.table.handlers.insert(method.into(), Box::new(h));
+        self
+    }
+
+    /// [`route`](Self::route) with a typed request and reply (postcard);
+    /// a request that does not decode as `Req` gets a fault.
+    pub fn route_value<Req, Resp>(
+        mut self,
+        method: impl Into<String>,
+        handler: impl Fn(Req) -> Resp + Send + Sync + 'static,
+    ) -> Routes
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+    {
+        let h = move |req: &Request| {
+            let value = req.value::<Req>().map_err(|e| chain(&e))?;
+            encode(&handler(value)).map_err(|e| chain(&e))
+        };
+        self.table.handlers.insert(method.into(), Box::new(h));
+        self
     }
 }
 
@@ -328,12 +688,7 @@ impl Server {
     pub async fn next_request_async(&mut self) -> Result<Request, RecvError> {
         let mut payload = Vec::new();
         let r = self.socket.recv_frame_async(&mut payload).await?;
-        Ok(Request {
-            id: r.header.msg_id,
-            fd: r.fd,
-            serial: r.serial,
-            payload,
-        })
+        Request::new(r, payload)
     }
 
     /// [`reply`](Self::reply) for async code: waits for room in the
@@ -344,9 +699,76 @@ impl Server {
         request: &Request,
         response: &[u8],
     ) -> Result<u64, SendError> {
+        self.answer_async(request, REPLY, response).await
+    }
+
+    /// Answers requests by method with the async handlers of `routes`
+    /// (see [`AsyncRoutes`]), each request a task of its own, so a slow
+    /// one holds up no other; until every client that came has left and
+    /// every request taken is answered. Returns how many were answered.
+    /// A request that names no method, or one `routes` lacks, gets a
+    /// fault that says so. Replies wait for room as
+    /// [`reply_async`](Self::reply_async) does.
+    pub async fn serve_routes_async(&mut self, routes: &AsyncRoutes) -> Result<u64, RecvError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut answered = 0;
+        let received = loop {
+            tokio::select! {
+                req = self.next_request_async() => match req {
+                    Ok(req) => {
+                        let answer = match routes.table.find(&req) {
+                            Ok(handler) => handler(&req),
+                            Err(fault) => Box::pin(std::future::ready(Err(fault))),
+                        };
+                        tasks.spawn(async move { (answer.await, req) });
+                    }
+                    Err(RecvError::Disconnected) => break Ok(()),
+                    Err(e @ RecvError::Corrupt { .. }) => {
+                        tracing::warn!(target: "ipc_lib", server = self.name(), "client cut off: {e}");
+                    }
+                    Err(e) => break Err(e),
+                },
+                Some(done) = tasks.join_next() => answered += self.answer_task(done).await,
+            }
+        };
+        while let Some(done) = tasks.join_next().await {
+            answered += self.answer_task(done).await;
+        }
+        received.map(|()| answered)
+    }
+
+    /// Sends what a handler's task gave; 1 when it was delivered.
+    async fn answer_task(
+        &mut self,
+        done: Result<(Answer, Request), tokio::task::JoinError>,
+    ) -> u64 {
+        let (answer, req) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // Its request went with it: the client's call times out.
+                tracing::error!(target: "ipc_lib", server = self.name(), "handler failed: {e}");
+                return 0;
+            }
+        };
+        let max = self.socket.max_message_size();
+        let r = match &answer {
+            Ok(reply) => self.answer_async(&req, REPLY, reply).await,
+            Err(fault) => self.answer_async(&req, FAULT, fault_body(fault, max)).await,
+        };
+        u64::from(delivered(self.name(), req.id, r))
+    }
+
+    /// Sends a REPLY or FAULT (`magic`), waiting for room without blocking
+    /// the thread.
+    async fn answer_async(
+        &mut self,
+        request: &Request,
+        magic: u32,
+        response: &[u8],
+    ) -> Result<u64, SendError> {
         use tokio::io::Interest;
 
-        match self.answer_with(request, REPLY, response, Wait::No) {
+        match self.answer_with(request, magic, response, Wait::No) {
             Err(SendError::Full) => {}
             r => return r,
         }
@@ -368,7 +790,7 @@ impl Server {
         crate::asyncio::retry(
             &reg,
             Interest::WRITABLE,
-            || match self.answer_with(request, REPLY, response, Wait::No) {
+            || match self.answer_with(request, magic, response, Wait::No) {
                 Err(SendError::Full) => Ok(None),
                 r => r.map(Some),
             },
@@ -386,6 +808,25 @@ impl Client {
     /// [`call`](Self::call) for async code: never blocks the thread.
     pub async fn call_async(
         &mut self,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.exchange_async(None, request, timeout).await
+    }
+
+    /// [`call_method`](Self::call_method) for async code.
+    pub async fn call_method_async(
+        &mut self,
+        method: &str,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.exchange_async(Some(method), request, timeout).await
+    }
+
+    async fn exchange_async(
+        &mut self,
+        method: Option<&str>,
         request: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
@@ -410,7 +851,7 @@ impl Client {
             let id = crate::asyncio::retry(
                 &reg,
                 Interest::WRITABLE,
-                || match self.send_request(request, Wait::No) {
+                || match self.send_request(method, request, Wait::No) {
                     Err(CallError::Send(SendError::Full)) => Ok(None),
                     r => r.map(Some),
                 },
@@ -437,6 +878,21 @@ impl Client {
         Resp: DeserializeOwned,
     {
         decode_reply(&self.call_async(&encode(request)?, timeout).await?)
+    }
+
+    /// [`call_method_value`](Self::call_method_value) for async code.
+    pub async fn call_method_value_async<Req, Resp>(
+        &mut self,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let request = encode(request)?;
+        decode_reply(&self.call_method_async(method, &request, timeout).await?)
     }
 }
 
@@ -532,8 +988,29 @@ impl Client {
     /// Sends `request` and waits at most `timeout` (sending included) for
     /// its reply.
     pub fn call(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        self.exchange(None, request, timeout)
+    }
+
+    /// [`call`](Self::call) naming the `method` to call (1 to 255 bytes),
+    /// for a server that routes requests by method
+    /// ([`Server::serve_routes`]).
+    pub fn call_method(
+        &mut self,
+        method: &str,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.exchange(Some(method), request, timeout)
+    }
+
+    fn exchange(
+        &mut self,
+        method: Option<&str>,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         let deadline = Instant::now().checked_add(timeout);
-        let id = self.send_request(request, Wait::Until(deadline))?;
+        let id = self.send_request(method, request, Wait::Until(deadline))?;
         loop {
             // Wait first: the reply is hardly ever back already, and a
             // receive that finds nothing would be a wasted syscall.
@@ -550,11 +1027,27 @@ impl Client {
         }
     }
 
-    /// Sends one request frame, traced; returns its id.
-    fn send_request(&mut self, request: &[u8], wait: Wait) -> Result<u64, CallError> {
+    /// Sends one request frame (a CALL when it names a method), traced;
+    /// returns its id.
+    fn send_request(
+        &mut self,
+        method: Option<&str>,
+        request: &[u8],
+        wait: Wait,
+    ) -> Result<u64, CallError> {
+        let (magic, payload) = match method {
+            None => (DATA, None),
+            Some(m) => {
+                let payload = call_payload(m, request).ok_or_else(|| CallError::MethodName {
+                    method: m.to_owned(),
+                })?;
+                (CALL, Some(payload))
+            }
+        };
+        let msg = payload.as_deref().unwrap_or(request);
         Ok(self
             .conn
-            .send_message(&self.name, self.pid, request, wait, self.max)?)
+            .send_message(magic, &self.name, self.pid, msg, wait, self.max)?)
     }
 
     /// The reply to request `id` if it has come (late replies to earlier
@@ -613,6 +1106,20 @@ impl Client {
     {
         decode_reply(&self.call(&encode(request)?, timeout)?)
     }
+
+    /// [`call_method`](Self::call_method) with a typed request and reply.
+    pub fn call_method_value<Req, Resp>(
+        &mut self,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        decode_reply(&self.call_method(method, &encode(request)?, timeout)?)
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +1136,109 @@ mod tests {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    use std::sync::mpsc;
+
+    /// What a test holds of a "slow" handler: a word when it has begun,
+    /// and the gate that lets it answer.
+    struct Slow {
+        begun: mpsc::Receiver<()>,
+        open: mpsc::Sender<()>,
+    }
+
+    /// A "slow" handler that says when it begins and answers once its gate
+    /// opens, and its side for the test.
+    fn slow_handler() -> (impl Fn() -> Vec<u8> + Send + Sync + 'static, Slow) {
+        let (began, begun) = mpsc::channel();
+        let (open, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let handler = move || {
+            let _ = began.send(());
+            let opened = gate.lock().unwrap().recv_timeout(PATIENCE).is_ok();
+            vec![u8::from(opened)]
+        };
+        (handler, Slow { begun, open })
+    }
+
+    /// Calls "slow", then, while its handler runs, "fast": the fast reply
+    /// comes before the slow handler may answer (its gate opens only
+    /// after), which a server answering one request at a time cannot do.
+    fn fast_is_answered_during_slow(name: &str, slow: Slow) {
+        let mut slow_client = Client::connect(name).unwrap();
+        let slow_call = std::thread::spawn(move || slow_client.call_method("slow", b"", PATIENCE));
+        slow.begun.recv_timeout(PATIENCE).unwrap();
+        let mut client = Client::connect(name).unwrap();
+        assert_eq!(
+            client.call_method("fast", b"now", PATIENCE).unwrap(),
+            b"now"
+        );
+        assert!(!slow_call.is_finished());
+        slow.open.send(()).unwrap();
+        assert_eq!(slow_call.join().unwrap().unwrap(), [1]);
+    }
+
+    #[test]
+    fn a_routed_server_with_workers_answers_a_fast_call_during_a_slow_one() {
+        let name = unique("workers");
+        let mut server = Server::builder(&name).create().unwrap();
+        let (slow, test_side) = slow_handler();
+        let routes = Routes::new()
+            .route("slow", move |_: &[u8]| slow())
+            .route("fast", |req: &[u8]| req.to_vec());
+        let t = std::thread::spawn(move || server.serve_routes(&routes, 2));
+        fast_is_answered_during_slow(&name, test_side);
+        assert_eq!(t.join().unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_async_routed_server_answers_a_fast_call_during_a_slow_one() {
+        let name = unique("tasks");
+        let mut server = Server::builder(&name).create().unwrap();
+        let (slow, test_side) = slow_handler();
+        let slow = Arc::new(slow);
+        let routes = AsyncRoutes::new()
+            .route("slow", move |_| {
+                // A handler that blocks, on the blocking pool: the gate
+                // stands for slow work of any kind.
+                let slow = Arc::clone(&slow);
+                async move { tokio::task::spawn_blocking(move || slow()).await.unwrap() }
+            })
+            .route("fast", |req| async move { req });
+        let serving = tokio::spawn(async move { server.serve_routes_async(&routes).await });
+        tokio::task::spawn_blocking(move || fast_is_answered_during_slow(&name, test_side))
+            .await
+            .unwrap();
+        assert_eq!(serving.await.unwrap().unwrap(), 2);
+    }
+
+    #[test]
+    fn calls_to_no_method_or_an_unknown_one_get_a_fault_that_says_so() {
+        let name = unique("routes");
+        let mut server = Server::builder(&name).create().unwrap();
+        let routes = Routes::new()
+            .route_value("len", |s: String| s.len())
+            .route("echo", |req: &[u8]| req.to_vec());
+        let t = std::thread::spawn(move || server.serve_routes(&routes, 1));
+        let mut client = Client::connect(&name).unwrap();
+        let fault = |r: Result<Vec<u8>, CallError>| match r {
+            Err(CallError::Remote { message }) => message,
+            other => panic!("{other:?}"),
+        };
+        let unknown = fault(client.call_method("stats\n", b"", PATIENCE));
+        assert_eq!(unknown, r#"no method "stats\n" here; there are: echo, len"#);
+        assert!(fault(client.call(b"plain", PATIENCE)).contains("names no method"));
+        assert!(fault(client.call_method("len", &[0xff], PATIENCE)).contains("decode"));
+        let n: usize = client.call_method_value("len", "four", PATIENCE).unwrap();
+        assert_eq!(n, 4);
+        assert!(matches!(
+            client.call_method("", b"", PATIENCE),
+            Err(CallError::MethodName { .. })
+        ));
+        assert_eq!(client.call_method("echo", b"e", PATIENCE).unwrap(), b"e");
+        drop(client);
+        // Faults are answers too.
+        assert_eq!(t.join().unwrap().unwrap(), 5);
     }
 
     #[test]

@@ -320,7 +320,7 @@ const FUTEX2_PRIVATE: u32 = 128;
 /// `struct futex_waitv` (include/uapi/linux/futex.h).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-struct FutexWaitv {
+pub(crate) struct FutexWaitv {
     val: u64,
     uaddr: u64,
     flags: u32,
@@ -333,7 +333,7 @@ unsafe impl Send for FutexWaitv {}
 
 impl FutexWaitv {
     /// A shared (cross-process) word.
-    fn shared(word: &AtomicU32, val: u32) -> Self {
+    pub(crate) fn shared(word: &AtomicU32, val: u32) -> Self {
         FutexWaitv {
             val: u64::from(val),
             uaddr: word.as_ptr() as u64,
@@ -343,7 +343,7 @@ impl FutexWaitv {
     }
 
     /// A word of this process only (the helper's control word).
-    fn private(word: &AtomicU32, val: u32) -> Self {
+    pub(crate) fn private(word: &AtomicU32, val: u32) -> Self {
         FutexWaitv {
             flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
             ..FutexWaitv::shared(word, val)
@@ -354,8 +354,12 @@ impl FutexWaitv {
 /// Sleeps until one of `words` is woken or no longer holds its value, or
 /// `timeout` passes. Returns on any of these (and on a signal): callers
 /// re-check their sources, so the reason does not matter, except a
-/// refusal of the call itself (an old kernel: ENOSYS).
-fn futex_waitv(words: &[FutexWaitv], timeout: Option<Duration>) -> io::Result<()> {
+/// refusal of the call itself (an old kernel: ENOSYS). `Some(i)`: word
+/// `i` was woken.
+pub(crate) fn futex_waitv(
+    words: &[FutexWaitv],
+    timeout: Option<Duration>,
+) -> io::Result<Option<usize>> {
     let ts = timeout.map(|t| {
         let mut now = libc::timespec {
             tv_sec: 0,
@@ -391,15 +395,15 @@ fn futex_waitv(words: &[FutexWaitv], timeout: Option<Duration>) -> io::Result<()
     };
     if r < 0 {
         let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR) => {}
-            _ => return Err(e),
-        }
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR) => Ok(None),
+            _ => Err(e),
+        };
     }
-    Ok(())
+    Ok(usize::try_from(r).ok())
 }
 
-fn wake_private(word: &AtomicU32) {
+pub(crate) fn wake_private(word: &AtomicU32) {
     // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only uses its
     // address as a key.
     unsafe {
@@ -692,7 +696,9 @@ impl Select {
                 None => SLICE,
             };
             match (reg.words.is_empty(), fds.is_empty()) {
-                (false, true) => futex_waitv(&reg.words, Some(slice)).map_err(os("futex_waitv"))?,
+                (false, true) => {
+                    futex_waitv(&reg.words, Some(slice)).map_err(os("futex_waitv"))?;
+                }
                 (true, _) => {
                     poll_many(&mut pollfds(&fds, None), Some(slice)).map_err(os("poll"))?
                 }

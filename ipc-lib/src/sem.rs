@@ -114,9 +114,10 @@ pub enum WaitError {
     /// `wait_timeout`: no count became free within the timeout.
     #[error("timed out waiting for the semaphore")]
     Timeout,
-    /// `wait_async`: the runtime shut down before the wait finished.
-    #[error("the async runtime shut down during the wait")]
-    RuntimeShutdown,
+    /// `wait_async`: no watcher thread could be started to sleep on the
+    /// count (the process is out of threads; the cause is logged).
+    #[error("could not start the thread async waits sleep on")]
+    NoWatcher,
 }
 
 /// Why a post added nothing.
@@ -378,9 +379,9 @@ impl Semaphore {
     /// Takes a count, blocking until there is one.
     pub fn wait(&self) -> Permit {
         loop {
-            // With no deadline and no cancel flag the wait only ends by
-            // taking a count, so this loop runs once.
-            if let Some(p) = self.wait_until(None, &|| false) {
+            // With no deadline the wait only ends by taking a count, so
+            // this loop runs once.
+            if let Some(p) = self.wait_until(None) {
                 return p;
             }
         }
@@ -389,36 +390,23 @@ impl Semaphore {
     /// Takes a count, blocking at most `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Permit, WaitError> {
         let deadline = Instant::now().checked_add(timeout);
-        self.wait_until(deadline, &|| false)
-            .ok_or(WaitError::Timeout)
+        self.wait_until(deadline).ok_or(WaitError::Timeout)
     }
 
     /// Takes a count, waiting without blocking the async runtime: tried
-    /// inline first, and only a wait that must sleep moves to tokio's
-    /// blocking pool (see `rt` for why). Dropping the future abandons the
-    /// wait within 50 ms (its blocking slice); a count taken in that
-    /// window is released at once, so cancelling never loses a count. For
-    /// a timeout, wrap it in `tokio::time::timeout`.
-    ///
-    /// A wait that sleeps is traced, and its holder slot names, the
-    /// blocking-pool thread that slept, not the task.
+    /// inline first; a wait that must sleep holds no thread (the
+    /// process's watcher thread sleeps on the count for it, see `rt`).
+    /// Cancel safe: a dropped future took no count, and its wait is traced
+    /// as ended with `-ECANCELED`. For a timeout, wrap it in
+    /// `tokio::time::timeout`.
     #[cfg(feature = "tokio")]
     pub async fn wait_async(&self) -> Result<Permit, WaitError> {
         if let Some(p) = self.try_take() {
             return Ok(self.acquired(p, 0));
         }
-        let sem = self.clone();
-        // If this future is dropped after the count was taken, the permit
-        // is dropped with the task's output, which releases it.
-        let waited = crate::rt::off_runtime(move |cancelled| {
-            sem.wait_until(None, &|| cancelled.load(Ordering::Acquire))
-        });
-        match waited.await {
-            Some(Some(permit)) => Ok(permit),
-            // `Some(None)` is a cancelled wait, which only dropping this
-            // future causes: no one is left to see it.
-            _ => Err(WaitError::RuntimeShutdown),
-        }
+        let mut waiting = Waiting::begin(self);
+        let slot = crate::rt::wait(&mut waiting).await?;
+        Ok(waiting.took(slot))
     }
 
     /// Adds one to the count, waking one waiter. This is a post from no
@@ -508,45 +496,27 @@ impl Semaphore {
         }
     }
 
-    /// The blocking wait under `wait`, `wait_timeout` and `wait_async`.
-    /// `None`: the deadline passed or `cancelled` said so, and nothing was
-    /// taken.
-    fn wait_until(
-        &self,
-        deadline: Option<Instant>,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Option<Permit> {
+    /// The blocking wait under `wait` and `wait_timeout`. `None`: the
+    /// deadline passed, and nothing was taken.
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<Permit> {
         if let Some(p) = self.try_take() {
             return Some(self.acquired(p, 0));
         }
-        let started = trace::monotonic_ns();
-        let holders = self.holders();
-        let (holder_pid, holder_tid) = holders.first().map_or((0, 0), |h| (h.pid, h.tid));
-        trace::emit_op(Op {
-            obj: u64::from(holder_pid),
-            obj2: u64::from(holder_tid),
-            aux: holders.len() as u64,
-            ..Op::new(EventKind::SemWaitBegin, ChannelKind::IpclibSem, self.name())
-        });
+        let mut waiting = Waiting::begin(self);
         let st = self.state();
         st.waiters.fetch_add(1, Ordering::SeqCst);
-        // Holders' liveness costs syscalls per holder, so it is asked once
-        // per LIVENESS_CHECK of waiting, not at every wake-up.
         let mut last_check = Instant::now();
         let taken = loop {
-            if let Some(p) = self.try_take() {
-                break Ok(p);
-            }
             let now = Instant::now();
-            if cancelled() {
-                break Err(libc::ECANCELED);
+            let check = now.duration_since(last_check) >= LIVENESS_CHECK;
+            if check {
+                last_check = now;
+            }
+            if let Some(p) = waiting.attempt(check) {
+                break Some(p);
             }
             if deadline.is_some_and(|d| now >= d) {
-                break Err(libc::ETIMEDOUT);
-            }
-            if now.duration_since(last_check) >= LIVENESS_CHECK {
-                last_check = now;
-                self.recover_dead();
+                break None;
             }
             let slice = deadline.map_or(LIVENESS_CHECK, |d| (d - now).min(LIVENESS_CHECK));
             // Sleeps only while the count is still zero; a post in between
@@ -554,15 +524,10 @@ impl Semaphore {
             sys::futex_wait(&st.count, 0, slice);
         };
         st.waiters.fetch_sub(1, Ordering::SeqCst);
-        let waited = trace::monotonic_ns().saturating_sub(started);
         match taken {
-            Ok(p) => Some(self.acquired(p, waited)),
-            Err(errno) => {
-                trace::emit_op(Op {
-                    result: -i64::from(errno),
-                    duration_ns: waited,
-                    ..Op::new(EventKind::SemWaitEnd, ChannelKind::IpclibSem, self.name())
-                });
+            Some(p) => Some(waiting.took(p)),
+            None => {
+                waiting.errno = libc::ETIMEDOUT;
                 None
             }
         }
@@ -600,6 +565,91 @@ impl Semaphore {
             // stays at the maximum, which is what the post would give.
             let _ = self.post_for(pid, tid, i + 1, -i64::from(libc::EOWNERDEAD));
         }
+    }
+}
+
+/// A wait that found the count at zero: traced as begun when made, and as
+/// ended when it takes a count or is dropped without one (`errno` says
+/// why: cancelled unless the waiter says otherwise).
+struct Waiting<'a> {
+    sem: &'a Semaphore,
+    started: u64,
+    errno: i32,
+}
+
+impl<'a> Waiting<'a> {
+    fn begin(sem: &'a Semaphore) -> Self {
+        let started = trace::monotonic_ns();
+        let holders = sem.holders();
+        let (holder_pid, holder_tid) = holders.first().map_or((0, 0), |h| (h.pid, h.tid));
+        trace::emit_op(Op {
+            obj: u64::from(holder_pid),
+            obj2: u64::from(holder_tid),
+            aux: holders.len() as u64,
+            ..Op::new(EventKind::SemWaitBegin, ChannelKind::IpclibSem, sem.name())
+        });
+        Waiting {
+            sem,
+            started,
+            errno: libc::ECANCELED,
+        }
+    }
+
+    /// Takes a count if there is one (the slot it holds, if any). With
+    /// `check` (once a liveness slice of waiting) first recovers the
+    /// counts of dead holders: that costs syscalls per holder.
+    fn attempt(&self, check: bool) -> Option<Option<usize>> {
+        if check {
+            self.sem.recover_dead();
+        }
+        self.sem.try_take()
+    }
+
+    /// The count was taken: traced with how long the wait took.
+    fn took(mut self, slot: Option<usize>) -> Permit {
+        self.errno = 0;
+        self.sem.acquired(slot, self.waited_ns())
+    }
+
+    fn waited_ns(&self) -> u64 {
+        trace::monotonic_ns().saturating_sub(self.started)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.errno != 0 {
+            trace::emit_op(Op {
+                result: -i64::from(self.errno),
+                duration_ns: self.waited_ns(),
+                ..Op::new(
+                    EventKind::SemWaitEnd,
+                    ChannelKind::IpclibSem,
+                    self.sem.name(),
+                )
+            });
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl crate::rt::Wait for Waiting<'_> {
+    type Output = Option<usize>;
+    type Error = WaitError;
+    fn attempt(&mut self, check: bool) -> Result<Option<Option<usize>>, WaitError> {
+        Ok(Waiting::attempt(self, check))
+    }
+    fn sleep_on(&self) -> (&AtomicU32, &AtomicU32, Option<u32>) {
+        let (count, waiters) = self.sem.wake_words();
+        // A post moves the count off zero.
+        (count, waiters, Some(0))
+    }
+    fn ready(&self) -> bool {
+        self.sem.state().count.load(Ordering::SeqCst) > 0
+    }
+    fn no_watcher(source: std::io::Error) -> WaitError {
+        tracing::error!(target: "ipc_lib", "starting the async watcher thread: {source}");
+        WaitError::NoWatcher
     }
 }
 

@@ -1,67 +1,57 @@
 //! The async (tokio) subscriber: the channel's pattern (`channel::aio`),
-//! an inline try first and a wait that must sleep moved off the runtime
-//! (see `crate::rt` for why).
+//! an inline try first and a wait that must sleep handed to the process's
+//! watcher thread (see `crate::rt`).
 
-use std::time::Duration;
+use std::io;
+use std::sync::atomic::AtomicU32;
 
 use serde::de::DeserializeOwned;
 
 use super::subscriber::Subscriber;
 use super::{decode, RecvError};
-use crate::rt::{AsyncRecv, BlockingRecv};
+use crate::rt::{self, Receive};
 
 /// A subscriber for async code: [`Subscriber::into_async`].
 ///
 /// Cancel safe: dropping a [`recv`](AsyncSubscriber::recv) future loses no
-/// message; one that arrives as the future is dropped is kept for the next
-/// `recv` (as is a lag report).
+/// message, nor a lag report (it only ever sleeps with nothing taken).
 #[derive(Debug)]
 pub struct AsyncSubscriber {
-    inner: AsyncRecv<Subscriber>,
+    sub: Subscriber,
 }
 
-impl BlockingRecv for Subscriber {
-    /// A message and its id.
-    type Item = (Vec<u8>, u64);
+impl Receive for Subscriber {
     type Error = RecvError;
-    fn try_next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
-        let mut msg = Vec::new();
-        Subscriber::try_recv_into(self, &mut msg).map(|id| (msg, id))
+    fn attempt_into(&mut self, msg: &mut Vec<u8>, check: bool) -> Result<Option<u64>, RecvError> {
+        self.attempt(msg, check)
     }
-    fn next_timeout(&mut self, timeout: Duration) -> Result<(Vec<u8>, u64), RecvError> {
-        let mut msg = Vec::new();
-        Subscriber::recv_into(self, &mut msg, Some(timeout)).map(|id| (msg, id))
+    fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        Subscriber::wake_words(self)
     }
-    fn nothing_yet(error: &RecvError) -> bool {
-        matches!(error, RecvError::Empty | RecvError::Timeout)
+    fn wake_ready(&self) -> bool {
+        Subscriber::wake_ready(self)
     }
-    fn runtime_shutdown() -> RecvError {
-        RecvError::RuntimeShutdown
+    fn os(op: &'static str, source: io::Error) -> RecvError {
+        RecvError::Os { op, source }
     }
 }
 
 impl Subscriber {
     /// This subscriber, for async code.
     pub fn into_async(self) -> AsyncSubscriber {
-        AsyncSubscriber {
-            inner: AsyncRecv::new(self),
-        }
+        AsyncSubscriber { sub: self }
     }
 }
 
 impl AsyncSubscriber {
     /// Waits for the next message, as [`Subscriber::recv`] does.
     pub async fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
-        self.next().await.map(|(msg, _)| msg)
+        rt::wait(&mut self.sub).await.map(|(msg, _)| msg)
     }
 
     /// Waits for the next message and decodes it as `T`.
     pub async fn recv_value<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
-        let (msg, id) = self.next().await?;
+        let (msg, id) = rt::wait(&mut self.sub).await?;
         decode(&msg, id)
-    }
-
-    async fn next(&mut self) -> Result<(Vec<u8>, u64), RecvError> {
-        self.inner.next().await
     }
 }

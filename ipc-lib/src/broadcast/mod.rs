@@ -103,9 +103,14 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
-    /// An async receive: the runtime shut down while it waited.
-    #[error("the async runtime shut down during the receive")]
-    RuntimeShutdown,
+    /// A system call failed in a way that says nothing about the
+    /// publisher (an async receive: no watcher thread could be started).
+    #[error("{op} failed")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Decodes message `msg_id` as a `T`, with the codec every ipc-lib end

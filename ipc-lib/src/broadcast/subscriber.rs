@@ -1,5 +1,7 @@
 //! The subscribing end.
 
+#[cfg(feature = "tokio")]
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
@@ -180,18 +182,10 @@ impl Subscriber {
     /// [`try_recv`](Self::try_recv) into `out` (replacing its contents);
     /// returns the message id.
     pub fn try_recv_into(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
-        match self.step(out)? {
-            Step::Message(id) => Ok(id),
-            Step::Empty => {
-                self.empty_polls += 1;
-                let check = self.empty_polls >= LIVENESS_EVERY;
-                if self.publisher_gone(check) {
-                    self.last_message(out)
-                } else {
-                    Err(RecvError::Empty)
-                }
-            }
-        }
+        // Reset by a message: counts empty polls only.
+        self.empty_polls += 1;
+        let check = self.empty_polls >= LIVENESS_EVERY;
+        self.attempt(out, check)?.ok_or(RecvError::Empty)
     }
 
     /// Waits for the next message into `out` (replacing its contents), at
@@ -205,7 +199,14 @@ impl Subscriber {
         let mut spins = 0;
         let mut last_check: Option<Instant> = None;
         loop {
-            if let Step::Message(id) = self.step(out)? {
+            // A clean leave is one load; a death costs a syscall, asked
+            // once the spins are spent and then once per liveness slice.
+            let check =
+                spins >= SPINS && last_check.is_none_or(|at| at.elapsed() >= LIVENESS_SLICE);
+            if check {
+                last_check = Some(Instant::now());
+            }
+            if let Some(id) = self.attempt(out, check)? {
                 return Ok(id);
             }
             if spins < SPINS {
@@ -213,28 +214,48 @@ impl Subscriber {
                 std::hint::spin_loop();
                 continue;
             }
-            // A clean leave is one load; a death costs a syscall, asked
-            // once per liveness slice of waiting.
             let now = Instant::now();
-            let check = last_check.is_none_or(|at| now.duration_since(at) >= LIVENESS_SLICE);
-            if check {
-                last_check = Some(now);
-            }
-            if self.publisher_gone(check) {
-                return self.last_message(out);
-            }
             let slice = match deadline {
                 Some(d) if d <= now => return Err(RecvError::Timeout),
                 Some(d) => (d - now).min(LIVENESS_SLICE),
                 None => LIVENESS_SLICE,
             };
             let h = self.seg.header();
-            let next = self.next;
-            ring::park(&h.data_futex, &h.recv_waiters, slice, || {
-                h.write_seq.load(Ordering::SeqCst) > next
-                    || ring::observe(&h.publisher, &mut None, false) == PeerState::Gone
-            });
+            ring::park(&h.data_futex, &h.recv_waiters, slice, || self.wake_ready());
         }
+    }
+
+    /// One look for a message, as every receive makes it: `Ok(None)` when
+    /// none is there and the publisher may still publish one. With
+    /// `check` it asks the kernel whether the publisher lives.
+    pub(crate) fn attempt(
+        &mut self,
+        out: &mut Vec<u8>,
+        check: bool,
+    ) -> Result<Option<u64>, RecvError> {
+        if let Step::Message(id) = self.step(out)? {
+            return Ok(Some(id));
+        }
+        if self.publisher_gone(check) {
+            return self.last_message(out).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The futex the publisher bumps when it publishes (or leaves) and the
+    /// count of sleepers it reads first; see `ring::park`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let h = self.seg.header();
+        (&h.data_futex, &h.recv_waiters)
+    }
+
+    /// Whether a receive would find something now (a message, or the
+    /// publisher gone): the check half of the sleep handshake.
+    pub(crate) fn wake_ready(&self) -> bool {
+        let h = self.seg.header();
+        h.write_seq.load(Ordering::SeqCst) > self.next
+            || ring::observe(&h.publisher, &mut None, false) == PeerState::Gone
     }
 
     /// Receives one message and decodes it as `T` (the counterpart of

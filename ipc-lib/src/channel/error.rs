@@ -127,9 +127,6 @@ pub enum SendError {
     /// The value could not be serialized.
     #[error("could not encode the message")]
     Encode(#[source] CodecError),
-    /// An async send: the runtime shut down while it waited for room.
-    #[error("the async runtime shut down during the send")]
-    RuntimeShutdown,
     /// A system call failed in a way that says nothing about the peer
     /// (socket transport: e.g. the kernel is out of buffers).
     #[error("{op} failed")]
@@ -179,9 +176,6 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
-    /// An async receive: the runtime shut down while it waited.
-    #[error("the async runtime shut down during the receive")]
-    RuntimeShutdown,
     /// A system call failed in a way that says nothing about the senders
     /// (socket transport: e.g. the kernel is out of memory).
     #[error("{op} failed")]
@@ -217,6 +211,10 @@ pub enum Corruption {
     /// Message id 0 is never issued.
     #[error("message id 0")]
     ZeroId,
+    /// An rpc call's method name is empty, runs past its frame, or is not
+    /// UTF-8.
+    #[error("malformed method name in an rpc call")]
+    MethodName,
 }
 
 /// The binary codec's error (postcard), kept opaque so the codec can change

@@ -208,20 +208,10 @@ impl Receiver {
     /// [`try_recv`](Self::try_recv) into a buffer the caller reuses;
     /// returns the message id. `out` holds exactly the message afterwards.
     pub fn try_recv_into(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
-        if let Some(id) = self.pop(out)? {
-            return Ok(id);
-        }
+        // Reset by a message: counts empty polls only.
         self.empty_polls += 1;
         let check = self.empty_polls >= LIVENESS_EVERY;
-        if check {
-            if let Some(id) = self.pop_past_dead(out)? {
-                return Ok(id);
-            }
-        }
-        if self.senders_gone(check) {
-            return self.last_messages(out);
-        }
-        Err(RecvError::Empty)
+        self.attempt(out, check)?.ok_or(RecvError::Empty)
     }
 
     /// [`recv`](Self::recv) (`timeout` `None`) or
@@ -235,9 +225,6 @@ impl Receiver {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut spins = 0;
         loop {
-            if let Some(id) = self.pop(out)? {
-                return Ok(id);
-            }
             // Liveness is asked of the kernel only once a slice has passed
             // since the wait began; a clean close shows in the slot at once.
             let now_check = self
@@ -245,12 +232,9 @@ impl Receiver {
                 .is_some_and(|t| t.elapsed() >= LIVENESS_SLICE);
             if now_check {
                 self.last_check = Some(Instant::now());
-                if let Some(id) = self.pop_past_dead(out)? {
-                    return Ok(id);
-                }
             }
-            if self.senders_gone(now_check) {
-                return self.last_messages(out);
+            if let Some(id) = self.attempt(out, now_check)? {
+                return Ok(id);
             }
             if spins < self.spins {
                 spins += 1;
@@ -265,10 +249,7 @@ impl Receiver {
                 None => LIVENESS_SLICE,
             };
             let h = self.sh.header();
-            let (consumer, sh) = (&self.consumer, &self.sh);
-            ring::park(&h.data_futex, &h.recv_waiters, slice, || {
-                consumer.ready(sh) || senders_gone(sh, &mut [], false)
-            });
+            ring::park(&h.data_futex, &h.recv_waiters, slice, || self.wake_ready());
         }
     }
 
@@ -301,6 +282,30 @@ impl Receiver {
             .and_then(|id| decode(&buf, id));
         self.scratch = buf;
         r
+    }
+
+    /// One look for a message, as every receive makes it: `Ok(None)` when
+    /// none is there and a sender may still send one. With `check` (once
+    /// a liveness slice of waiting, or every so many empty polls) it asks
+    /// the kernel whether the senders live, stepping over a dead one's
+    /// unfinished frame.
+    pub(crate) fn attempt(
+        &mut self,
+        out: &mut Vec<u8>,
+        check: bool,
+    ) -> Result<Option<u64>, RecvError> {
+        if let Some(id) = self.pop(out)? {
+            return Ok(Some(id));
+        }
+        if check {
+            if let Some(id) = self.pop_past_dead(out)? {
+                return Ok(Some(id));
+            }
+        }
+        if self.senders_gone(check) {
+            return self.last_messages(out).map(Some);
+        }
+        Ok(None)
     }
 
     /// One step of the ring, with corruption made sticky and the receive
@@ -392,12 +397,20 @@ impl Receiver {
         self.senders_gone(check)
     }
 
-    /// For [`crate::select`]: the futex a sender bumps when it publishes
+    /// For [`crate::select`] and async receives: the futex a sender bumps
+    /// when it publishes
     /// (or leaves) and the count of sleepers it reads first; see
     /// `ring::park` for the handshake.
     pub(crate) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
         let h = self.sh.header();
         (&h.data_futex, &h.recv_waiters)
+    }
+
+    /// Whether a receive would find something now (a frame, or every
+    /// sender gone): the check half of the sleep handshake
+    /// (`ring::park`).
+    pub(crate) fn wake_ready(&self) -> bool {
+        self.consumer.ready(&self.sh) || senders_gone(&self.sh, &mut [], false)
     }
 
     /// Every sender has left: what they sent, frames of those that died

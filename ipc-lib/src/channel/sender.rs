@@ -1,5 +1,7 @@
 //! The sending end.
 
+#[cfg(feature = "tokio")]
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -311,12 +313,40 @@ impl Sender {
                 None => LIVENESS_SLICE,
             };
             let h = self.sh.header();
-            let (producer, sh) = (&self.producer, &self.sh);
             ring::park(&h.space_futex, &h.send_waiters, slice, || {
-                producer.has_space(sh, msg.len())
-                    || ring::observe(&h.receiver, &mut None, false) == PeerState::Gone
+                self.wake_ready(msg.len())
             });
         }
+    }
+
+    /// One try to send, as an async send makes it while it waits for
+    /// room: `Ok(None)` when the channel is full. With `check` (once a
+    /// liveness slice of waiting) it asks the kernel whether the receiver
+    /// lives.
+    #[cfg(feature = "tokio")]
+    pub(super) fn attempt(&mut self, msg: &[u8], check: bool) -> Result<Option<u64>, SendError> {
+        if check && self.receiver_gone(true) {
+            return Err(SendError::Disconnected);
+        }
+        match self.try_send(msg) {
+            Err(SendError::Full) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// The futex a receiver bumps when it frees room (or leaves) and the
+    /// count of sleepers it reads first; see `ring::park`.
+    #[cfg(feature = "tokio")]
+    pub(super) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let h = self.sh.header();
+        (&h.space_futex, &h.send_waiters)
+    }
+
+    /// Whether a message of `len` bytes fits now, or the receiver left:
+    /// the check half of the sleep handshake.
+    pub(super) fn wake_ready(&self, len: usize) -> bool {
+        self.producer.has_space(&self.sh, len)
+            || ring::observe(&self.sh.header().receiver, &mut None, false) == PeerState::Gone
     }
 
     /// Whether the receiver closed its end or (with `check`) its process

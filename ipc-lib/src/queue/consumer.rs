@@ -1,5 +1,6 @@
 //! The consuming end and the job guard.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -342,20 +343,33 @@ impl Consumer {
                 Some(d) => (d - now).min(LIVENESS_SLICE),
                 None => LIVENESS_SLICE,
             };
-            let (seg, seen) = (&self.inner.seg, self.seen_returned);
-            let h = seg.header();
-            ring::park(&h.data_futex, &h.recv_waiters, slice, || {
-                let pos = h.next.load(SeqCst);
-                let s = State::unpack(seg.slot(pos)[0].load(SeqCst));
-                (s.pos == pos && s.phase == phase::READY) || h.returned.load(SeqCst) != seen
-            });
+            let h = self.inner.seg.header();
+            ring::park(&h.data_futex, &h.recv_waiters, slice, || self.job_ready());
         }
+    }
+
+    /// Whether a look would now find a job: the next one in line ready,
+    /// or jobs given back since the last look (the check half of the
+    /// sleep handshake, SeqCst loads).
+    pub(super) fn job_ready(&self) -> bool {
+        let seg = &self.inner.seg;
+        let h = seg.header();
+        let pos = h.next.load(SeqCst);
+        let s = State::unpack(seg.slot(pos)[0].load(SeqCst));
+        (s.pos == pos && s.phase == phase::READY) || h.returned.load(SeqCst) != self.seen_returned
+    }
+
+    /// The futex word producers bump and wake for a job, and the count of
+    /// sleepers they read first.
+    pub(super) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let h = self.inner.seg.header();
+        (&h.data_futex, &h.recv_waiters)
     }
 
     /// One look for a job: given back or left by a dead consumer first
     /// (they are the oldest), when jobs were given back since the last
     /// look or a liveness slice has passed; then the next job in line.
-    fn take(&mut self) -> Result<Option<Job>, TakeError> {
+    pub(super) fn take(&mut self) -> Result<Option<Job>, TakeError> {
         let inner = self.inner.clone();
         let h = inner.seg.header();
         let returned = h.returned.load(Acquire);

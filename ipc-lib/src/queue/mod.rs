@@ -121,9 +121,14 @@ pub enum TakeError {
         #[source]
         source: CodecError,
     },
-    /// An async receive: the runtime shut down while it waited.
-    #[error("the async runtime shut down while waiting for a job")]
-    RuntimeShutdown,
+    /// A system call failed: `op` says which (an async wait that could
+    /// not start the process's watcher thread).
+    #[error("{op}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why an ack did not take.

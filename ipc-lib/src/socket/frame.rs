@@ -2,13 +2,20 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic     what the frame is (DATA, REPLY, FAULT, HELLO)
+//!      0     4  magic     what the frame is (DATA, CALL, REPLY, FAULT,
+//!                         HELLO)
 //!      4     4  len       payload bytes that follow the header
 //!      8     8  msg_id    the message id (HELLO: the receiver's maximum
 //!                         message size)
 //!     16     8  reply_to  REPLY / FAULT: the msg_id of the request answered;
 //!                         0 otherwise
 //! ```
+//!
+//! A CALL (an rpc request naming the method it calls) is a DATA frame
+//! whose payload starts with the method's name: one byte of length (1 to
+//! 255), then the name in UTF-8, then the request. A server that predates
+//! CALL refuses the frame (an unknown magic) rather than take the name for
+//! part of the request.
 //!
 //! All little-endian. SOCK_SEQPACKET keeps one frame per datagram, so the
 //! header's `len` must equal the datagram's length less the header: the
@@ -22,6 +29,8 @@ pub(crate) const HEADER_LEN: usize = 24;
 
 /// A message on a channel, or a request to an rpc server ("IPCD").
 pub(crate) const DATA: u32 = u32::from_le_bytes(*b"IPCD");
+/// A request to an rpc server that names its method ("IPCM").
+pub(crate) const CALL: u32 = u32::from_le_bytes(*b"IPCM");
 /// An rpc server's answer ("IPCR").
 pub(crate) const REPLY: u32 = u32::from_le_bytes(*b"IPCR");
 /// An rpc server could not handle the request ("IPCF"); the payload is the
@@ -100,6 +109,29 @@ impl Header {
     }
 }
 
+/// The payload of a CALL frame: `method`'s length and name, then `body`.
+/// `None`: the name is empty or longer than a byte can say.
+pub(crate) fn call_payload(method: &str, body: &[u8]) -> Option<Vec<u8>> {
+    let len = u8::try_from(method.len()).ok().filter(|&l| l > 0)?;
+    let mut payload = Vec::with_capacity(1 + method.len() + body.len());
+    payload.push(len);
+    payload.extend_from_slice(method.as_bytes());
+    payload.extend_from_slice(body);
+    Some(payload)
+}
+
+/// A CALL frame's payload split into its method and its request.
+pub(crate) fn split_call(payload: &[u8]) -> Result<(&str, &[u8]), Corruption> {
+    let (&len, rest) = payload.split_first().ok_or(Corruption::MethodName)?;
+    let len = usize::from(len);
+    if len == 0 || len > rest.len() {
+        return Err(Corruption::MethodName);
+    }
+    let (name, body) = rest.split_at(len);
+    let name = std::str::from_utf8(name).map_err(|_| Corruption::MethodName)?;
+    Ok((name, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +194,17 @@ mod tests {
             Header::check(&zero, zero.len(), &[DATA], 3),
             Err(Corruption::ZeroId)
         );
+    }
+
+    #[test]
+    fn a_call_payload_splits_back_and_malformed_names_are_refused() {
+        let p = call_payload("stats", b"req").unwrap();
+        assert_eq!(split_call(&p), Ok(("stats", &b"req"[..])));
+        assert_eq!(call_payload("", b"x"), None);
+        assert_eq!(call_payload(&"m".repeat(256), b"x"), None);
+        for bad in [&[][..], &[0, 1], &[5, b'a'], &[2, 0xff, 0xfe]] {
+            assert_eq!(split_call(bad), Err(Corruption::MethodName), "{bad:?}");
+        }
     }
 
     proptest::proptest! {

@@ -59,6 +59,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub(crate) use receiver::Received;
 pub use receiver::{SocketReceiver, SocketReceiverBuilder};
 pub use sender::{SocketSender, SocketSenderBuilder};
 
@@ -232,11 +233,12 @@ impl Conn {
         }
     }
 
-    /// Sends `msg` as a data frame with a fresh id from process `pid`,
-    /// traced as a send on channel `name`; returns the id. What a channel
-    /// send and an rpc request share.
+    /// Sends `msg` as a frame of `magic` (DATA, or an rpc's CALL) with a
+    /// fresh id from process `pid`, traced as a send on channel `name`;
+    /// returns the id. What a channel send and an rpc request share.
     pub(crate) fn send_message(
         &mut self,
+        magic: u32,
         name: &str,
         pid: u32,
         msg: &[u8],
@@ -245,7 +247,7 @@ impl Conn {
     ) -> Result<u64, SendError> {
         let id = next_id(pid);
         let head = Header {
-            magic: frame::DATA,
+            magic,
             len: 0,
             msg_id: id,
             reply_to: 0,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipc_events::{ChannelKind, EventKind};
 
-use super::frame::{Header, DATA, HEADER_LEN, HELLO};
+use super::frame::{split_call, Header, CALL, DATA, HEADER_LEN, HELLO};
 use super::{address, os, sys, Conn, DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_LIMIT};
 use crate::channel::{OpenError, RecvError};
 use crate::trace::{self, Op};
@@ -80,6 +80,7 @@ impl SocketReceiverBuilder {
             acceptor: Some(acceptor),
             conns: HashMap::new(),
             frames: 0,
+            accept: &[DATA],
             buf: vec![0; HEADER_LEN + max],
         })
     }
@@ -194,10 +195,13 @@ pub struct SocketReceiver {
     name: String,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
-    /// Open connections by descriptor, with their serial numbers.
-    conns: HashMap<RawFd, (u64, Conn)>,
+    /// Open connections by descriptor, with their serial numbers. Shared
+    /// with an rpc server's workers, which reply on them.
+    conns: HashMap<RawFd, (u64, Arc<Conn>)>,
     /// Frames received, the position a [`RecvError::Corrupt`] reports.
     frames: u64,
+    /// The frames taken: DATA, and CALL too for an rpc server.
+    accept: &'static [u32],
     buf: Vec<u8>,
 }
 
@@ -237,8 +241,14 @@ impl SocketReceiver {
         self.conns.len()
     }
 
+    /// Takes rpc calls (CALL frames) as well as plain requests: for an rpc
+    /// server, whose channel is no plain one.
+    pub(crate) fn accept_calls(&mut self) {
+        self.accept = &[DATA, CALL];
+    }
+
     /// The connection a frame came from, if it is still open.
-    pub(crate) fn conn(&self, fd: RawFd, serial: u64) -> Option<&Conn> {
+    pub(crate) fn conn(&self, fd: RawFd, serial: u64) -> Option<&Arc<Conn>> {
         self.conns
             .get(&fd)
             .filter(|(s, _)| *s == serial)
@@ -248,7 +258,8 @@ impl SocketReceiver {
     fn take_new(&mut self) {
         let new = std::mem::take(&mut self.shared.accepted().new);
         for (serial, conn) in new {
-            self.conns.insert(conn.fd.as_raw_fd(), (serial, conn));
+            self.conns
+                .insert(conn.fd.as_raw_fd(), (serial, Arc::new(conn)));
         }
     }
 
@@ -345,7 +356,14 @@ impl SocketReceiver {
                 Ok(sys::Datagram::End) => self.close(fd),
                 Ok(sys::Datagram::Bytes(n)) => {
                     let got = n.min(self.buf.len());
-                    match Header::check(&self.buf[..got], n, &[DATA], self.shared.max) {
+                    let checked = Header::check(&self.buf[..got], n, self.accept, self.shared.max)
+                        .and_then(|h| {
+                            if h.magic == CALL {
+                                split_call(&self.buf[HEADER_LEN..got])?;
+                            }
+                            Ok(h)
+                        });
+                    match checked {
                         Ok(header) => {
                             out.clear();
                             out.extend_from_slice(&self.buf[HEADER_LEN..got]);

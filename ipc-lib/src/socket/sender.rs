@@ -96,8 +96,14 @@ impl SocketSender {
     }
 
     fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {
-        self.conn
-            .send_message(&self.name, self.pid, msg, wait, self.max)
+        self.conn.send_message(
+            super::frame::DATA,
+            &self.name,
+            self.pid,
+            msg,
+            wait,
+            self.max,
+        )
     }
 }
 

@@ -11,8 +11,8 @@ use ipc_lib::sem::Semaphore;
 use tokio::time::timeout;
 
 use crate::support::{
-    capture_process_wide, open_when_ready, pattern, size_of_msg, spawn, unique_name, wait_bounded,
-    NameGuard, PATIENCE,
+    capture_process_wide, open_sender, open_when_ready, pattern, size_of_msg, spawn, unique_name,
+    wait_bounded, NameGuard, PATIENCE,
 };
 
 /// Child roles for these tests; `None` when `role` is not one of them.
@@ -25,9 +25,16 @@ pub fn role(role: &str, name: &str, arg: &str) -> Option<Result<(), String>> {
             std::thread::sleep(Duration::from_millis(ms));
             sem.post().map_err(|e| e.to_string())
         })(),
-        // Drops an async wait, then checks that the abandoned blocking wait
-        // ends by itself and says why in the trace.
+        // Drops an async wait, then checks that the trace says the wait
+        // ended, and why.
         "sem-drop-async-wait" => dropped_wait_is_traced(name),
+        // Creates N channels NAME-0.. and waits on each with an async
+        // receive, all at once on one thread; posts NAME-ready once they
+        // all sleep, then checks that each receives its index.
+        "many-async-recvs" => arg
+            .parse()
+            .map_err(|_| format!("bad arg {arg:?}"))
+            .and_then(|n| many_waiting_receives(name, n)),
         _ => return None,
     })
 }
@@ -59,6 +66,52 @@ fn dropped_wait_is_traced(name: &str) -> Result<(), String> {
             _ => return Err(format!("traced: {ops:?}")),
         }
     }
+}
+
+/// The threads of this process now.
+fn threads() -> Result<usize, String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(Iterator::count)
+        .map_err(|e| format!("/proc/self/task: {e}"))
+}
+
+fn many_waiting_receives(name: &str, n: u64) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let before = threads()?;
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let mut rx = Receiver::builder(format!("{name}-{i}"))
+                .create()
+                .map_err(|e| e.to_string())?
+                .into_async();
+            tasks.push(tokio::spawn(
+                async move { timeout(PATIENCE, rx.recv()).await },
+            ));
+        }
+        // Time for every receive to find its channel empty and sleep.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let added = threads()? - before;
+        let ready = Semaphore::builder(format!("{name}-ready"))
+            .create()
+            .map_err(|e| e.to_string())?;
+        ready.post().map_err(|e| e.to_string())?;
+        for (i, task) in (0..n).zip(tasks) {
+            match task.await {
+                Ok(Ok(Ok(msg))) if msg == i.to_le_bytes() => {}
+                other => return Err(format!("receive {i}: {other:?}")),
+            }
+        }
+        // One watcher thread sleeps for up to 127 waits; the blocking pool
+        // took one thread per wait.
+        if added > 2 {
+            return Err(format!("{added} threads added while {n} receives waited"));
+        }
+        Ok(())
+    })
 }
 
 /// A task that counts 2 ms ticks: proof that the runtime thread is free.
@@ -108,15 +161,10 @@ async fn a_dropped_wait_async_takes_no_count() {
         .await
         .is_err());
     sem.post().unwrap();
-    // The abandoned wait stops within its slice; if it took the count in
-    // that time, it released it. Either way the count comes back to 1.
-    let settled = timeout(PATIENCE, async {
-        while sem.count() != 1 || !sem.holders().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(settled.is_ok(), "count {}", sem.count());
+    // The dropped wait took nothing and left no waiter behind to take
+    // the count later.
+    assert_eq!(sem.count(), 1);
+    assert!(sem.holders().is_empty());
     assert!(sem.try_wait().is_ok());
 }
 
@@ -193,6 +241,51 @@ async fn a_dropped_recv_loses_no_message() {
     assert_eq!(got, (0..n).collect::<Vec<_>>());
 }
 
+/// Issue 18: a waiting async receive held a blocking-pool thread.
+#[test]
+fn sixty_four_async_receives_wait_at_once_without_a_thread_each() {
+    let name = unique_name("aio-many");
+    let n = 64;
+    let mut child = spawn("many-async-recvs", &name, &n.to_string());
+    let ready = open_when_ready(|| Semaphore::builder(format!("{name}-ready")).open());
+    ready.wait_timeout(PATIENCE).unwrap().forget();
+    for i in 0..n {
+        let mut tx = open_sender(&format!("{name}-{i}"));
+        tx.send(&u64::to_le_bytes(i)).unwrap();
+    }
+    assert!(wait_bounded(&mut child, PATIENCE).success());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_send_sent_nothing() {
+    let name = unique_name("aio-send-cancel");
+    let _g = NameGuard(name.clone());
+    let mut rx = Receiver::builder(&name)
+        .capacity(4096)
+        .max_message_size(64)
+        .create()
+        .unwrap();
+    let mut tx = Sender::builder(&name).open().unwrap().into_async();
+    // Fill the channel: the send that finds no room is dropped.
+    let mut sent = 0u64;
+    while let Ok(r) = timeout(
+        Duration::from_millis(20),
+        tx.send(sent.to_le_bytes().to_vec()),
+    )
+    .await
+    {
+        r.unwrap();
+        sent += 1;
+    }
+    // Room now, for the dropped send too, had it been kept somewhere.
+    for i in 0..sent {
+        assert_eq!(rx.try_recv().unwrap(), i.to_le_bytes());
+    }
+    assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
+    tx.send(b"after".to_vec()).await.unwrap();
+    assert_eq!(rx.try_recv().unwrap(), b"after");
+}
+
 #[test]
 fn an_abandoned_async_wait_ends_and_is_traced_as_cancelled() {
     let name = unique_name("aio-cancel-trace");
@@ -241,4 +334,36 @@ async fn async_ends_send_and_receive_typed_values() {
     .unwrap();
     let got: Job = rx.recv_value().await.unwrap();
     assert_eq!(got.id, 7);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_consumer_takes_jobs_pushed_while_it_waits_and_a_dropped_wait_takes_none() {
+    use ipc_lib::queue::{Consumer, Producer};
+    let name = unique_name("aio-queue");
+    let _g = NameGuard(name.clone());
+    let mut producer = Producer::builder(&name)
+        .capacity(8)
+        .max_message_size(64)
+        .create()
+        .unwrap();
+    let mut consumer = Consumer::builder(&name).open().unwrap().into_async();
+    // A wait given up before any job came took none: the job pushed
+    // next is the next one handed out, on its first delivery.
+    assert!(timeout(Duration::from_millis(30), consumer.next())
+        .await
+        .is_err());
+    producer.push(b"first").unwrap();
+    let job = timeout(PATIENCE, consumer.next()).await.unwrap().unwrap();
+    assert_eq!((job.payload(), job.deliveries()), (&b"first"[..], 1));
+    job.ack().unwrap();
+    // A job pushed from another thread while the consumer sleeps.
+    let pusher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        producer.push(b"second").unwrap();
+        producer
+    });
+    let job = timeout(PATIENCE, consumer.next()).await.unwrap().unwrap();
+    assert_eq!(job.payload(), b"second");
+    job.ack().unwrap();
+    drop(pusher.join().unwrap());
 }
