@@ -494,7 +494,12 @@ fn counter(demo: u32) -> Result<Tally> {
 fn listener() -> Result<Tally> {
     let mut signals = Signals::new(&[SIGUSR1]).context("listening for SIGUSR1")?;
     let mut tally = Tally::new("signals");
-    while !stopping() {
+    // One round at least: a demo stopped at once still waits for the
+    // first signal, as long as the signaller waits for this handler. (A
+    // listener that left at the stop was gone before a loaded machine
+    // let the signaller see it catch SIGUSR1: no signal at all.)
+    let started = Instant::now();
+    while !stopping() || (tally.signals_received == 0 && started.elapsed() < STOPPED_GRACE) {
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(_) => tally.signals_received += 1,
             Err(SignalError::Timeout) => {}

@@ -361,6 +361,7 @@ impl Consumer {
 
     /// The futex word producers bump and wake for a job, and the count of
     /// sleepers they read first.
+    #[cfg(feature = "tokio")]
     pub(super) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
         let h = self.inner.seg.header();
         (&h.data_futex, &h.recv_waiters)
