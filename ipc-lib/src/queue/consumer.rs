@@ -1,6 +1,5 @@
 //! The consuming end and the job guard.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -362,7 +361,9 @@ impl Consumer {
     /// The futex word producers bump and wake for a job, and the count of
     /// sleepers they read first.
     #[cfg(feature = "tokio")]
-    pub(super) fn wake_words(&self) -> (&AtomicU32, &AtomicU32) {
+    pub(super) fn wake_words(
+        &self,
+    ) -> (&std::sync::atomic::AtomicU32, &std::sync::atomic::AtomicU32) {
         let h = self.inner.seg.header();
         (&h.data_futex, &h.recv_waiters)
     }
