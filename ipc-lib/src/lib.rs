@@ -34,6 +34,7 @@ pub mod select;
 pub mod sem;
 mod shm;
 pub mod signal;
+mod slots;
 pub mod socket;
 mod sys;
 pub mod trace;

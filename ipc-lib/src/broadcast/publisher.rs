@@ -6,12 +6,13 @@ use std::time::Duration;
 use ipc_events::{ChannelKind, EventKind};
 use serde::Serialize;
 
-use super::layout::{done, writing, Layout, LayoutRequest, Segment, MAX_CAPACITY};
+use super::layout::{done, writing, Layout, Segment, MAX_CAPACITY};
 use super::PublishError;
 use crate::channel::layout::{len_word, Checksum};
 use crate::channel::ring::{self, Claim};
 use crate::channel::OpenError;
 use crate::shm::{self, OpenHow};
+use crate::slots::LayoutRequest;
 use crate::trace::{self, Op};
 
 /// Builds a [`Publisher`]. Layout settings apply when it creates the
@@ -116,7 +117,7 @@ impl Publisher {
 
     /// The broadcast's shape.
     pub fn layout(&self) -> Layout {
-        self.seg.layout
+        self.seg.layout()
     }
 
     /// Messages published so far (by this publisher and any before it).
@@ -127,7 +128,7 @@ impl Publisher {
     /// Publishes one message to every subscriber and returns its id (its
     /// sequence number plus one).
     pub fn publish(&mut self, msg: &[u8]) -> Result<u64, PublishError> {
-        let max = self.seg.layout.max_message_size;
+        let max = self.seg.max_message_size;
         if msg.len() > max {
             return Err(PublishError::TooLarge {
                 len: msg.len(),

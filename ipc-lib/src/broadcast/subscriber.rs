@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use ipc_events::{ChannelKind, EventKind};
 use serde::de::DeserializeOwned;
 
-use super::layout::{done, Layout, LayoutRequest, Segment, MAX_CAPACITY};
+use super::layout::{done, Layout, Segment, MAX_CAPACITY};
 use super::{decode, Corruption, RecvError};
 use crate::channel::layout::{check_frame, Checksum};
 use crate::channel::ring::{self, PeerState, LIVENESS_SLICE};
 use crate::channel::OpenError;
 use crate::shm::{self, OpenHow};
+use crate::slots::LayoutRequest;
 use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
@@ -73,7 +74,7 @@ impl SubscriberBuilder {
         )?;
         let name = shm::display_name(&self.name).to_owned();
         let head = seg.header().write_seq.load(Ordering::Acquire);
-        let cap = seg.layout.capacity as u64;
+        let cap = seg.capacity as u64;
         if head > u64::MAX / 4 - MAX_CAPACITY as u64 {
             return Err(OpenError::CorruptHeader {
                 name,
@@ -143,7 +144,7 @@ impl Subscriber {
 
     /// The broadcast's shape.
     pub fn layout(&self) -> Layout {
-        self.seg.layout
+        self.seg.layout()
     }
 
     /// Messages this subscriber lost to lag, in all.
@@ -353,8 +354,8 @@ impl Subscriber {
     /// nothing another process writes can keep it looping.
     fn read(&mut self, out: &mut Vec<u8>) -> Result<Step, RecvError> {
         let h = self.seg.header();
-        let cap = self.seg.layout.capacity as u64;
-        let max = self.seg.layout.max_message_size;
+        let cap = self.seg.capacity as u64;
+        let max = self.seg.max_message_size;
         let head = h.write_seq.load(Ordering::Acquire);
         let seq = self.next;
         if head <= seq {

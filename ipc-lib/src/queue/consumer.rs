@@ -7,14 +7,13 @@ use std::time::{Duration, Instant};
 use ipc_events::{ChannelKind, EventKind};
 use serde::de::DeserializeOwned;
 
-use super::layout::{
-    phase, LayoutRequest, Segment, State, MAX_CONSUMERS, MAX_POSITION, MAX_PRODUCERS, ORPHAN,
-};
+use super::layout::{phase, Segment, State, MAX_CONSUMERS, MAX_POSITION, MAX_PRODUCERS, ORPHAN};
 use super::producer::free_dead_write;
 use super::{AckError, Corruption, Layout, OpenError, TakeError};
 use crate::channel::layout::{check_frame, slot, Checksum};
 use crate::channel::ring::{self, Claim, PeerState, LIVENESS_SLICE};
 use crate::shm::{self, OpenHow};
+use crate::slots::LayoutRequest;
 use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
@@ -97,7 +96,7 @@ impl Inner {
     /// jobs: gives them back, for any consumer to take, before anyone
     /// could take them for ours.
     fn give_back_jobs_of(&self, pid: u32) {
-        let cap = self.seg.layout.capacity as u64;
+        let cap = self.seg.capacity as u64;
         for i in 0..cap {
             let word = self.seg.slot(i)[0].load(Acquire);
             let s = State::unpack(word);
@@ -211,7 +210,7 @@ impl Job {
     pub fn ack(mut self) -> Result<(), AckError> {
         self.settled = true;
         let h = self.inner.seg.header();
-        let cap = self.inner.seg.layout.capacity as u64;
+        let cap = self.inner.seg.capacity as u64;
         // SeqCst: the other half of a sleeping producer's handshake.
         if self.inner.seg.slot(self.pos)[0]
             .compare_exchange(self.word, State::free(self.pos + cap), SeqCst, Relaxed)
@@ -266,7 +265,7 @@ impl Consumer {
 
     /// The queue's shape.
     pub fn layout(&self) -> Layout {
-        self.inner.seg.layout
+        self.inner.seg.layout()
     }
 
     /// Deliveries never acknowledged, by any consumer of this queue since
@@ -382,7 +381,7 @@ impl Consumer {
                 return Ok(Some(job));
             }
         }
-        let cap = inner.seg.layout.capacity as u64;
+        let cap = inner.seg.capacity as u64;
         loop {
             let pos = h.next.load(Acquire);
             if pos >= MAX_POSITION {
@@ -462,7 +461,7 @@ impl Consumer {
     fn reclaim(&mut self) -> Result<Option<Job>, TakeError> {
         let seg = &self.inner.seg;
         let h = seg.header();
-        let cap = seg.layout.capacity as u64;
+        let cap = seg.capacity as u64;
         let mut alive: [Option<bool>; MAX_CONSUMERS] = [None; MAX_CONSUMERS];
         for i in 0..cap {
             let word = seg.slot(i)[0].load(Acquire);
@@ -501,7 +500,7 @@ impl Consumer {
     /// it; a damaged one is removed.
     fn deliver(&self, pos: u64, word: u64) -> Result<Job, TakeError> {
         let seg = &self.inner.seg;
-        let max = seg.layout.max_message_size;
+        let max = seg.max_message_size;
         let slot = seg.slot(pos);
         let lw = slot[1].load(Relaxed);
         let id = slot[2].load(Relaxed);
@@ -517,7 +516,7 @@ impl Consumer {
             _ => check_frame(lw, max, &sum, id, stored),
         };
         if let Err(reason) = checked {
-            let cap = seg.layout.capacity as u64;
+            let cap = seg.capacity as u64;
             let _ = slot[0].compare_exchange(word, State::free(pos + cap), SeqCst, Relaxed);
             return Err(TakeError::Corrupt { pos, reason });
         }

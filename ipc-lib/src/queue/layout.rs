@@ -1,4 +1,4 @@
-//! The bytes of a work-queue segment, and mapping one.
+//! The bytes of a work-queue segment; `crate::slots` maps and checks it.
 //!
 //! ```text
 //! offset 0      header (HEADER_SIZE bytes, see `Header`)
@@ -32,14 +32,12 @@
 //! finds a hint behind the slot it names moves it on, so a process killed
 //! between its compare-and-swap and the hint's update stalls nobody.
 
-use std::ffi::CString;
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
 
-use crate::channel::layout::{PeerSlot, FRAME_HEADER_SIZE};
-use crate::channel::OpenError;
-use crate::shm::{self, Mapping, OpenHow};
+use crate::channel::layout::PeerSlot;
+use crate::slots::{self, Prefix, SlotHeader};
+pub use crate::slots::{slot_size, MAX_MESSAGE_SIZE};
 
 /// The first word of every queue segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSWQUE");
@@ -49,17 +47,10 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4576;
 /// The most slots a queue may have.
 pub const MAX_CAPACITY: usize = 1 << 20;
-/// The largest job (a slot stays within a 32-bit length).
-pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 /// Processes that may push at once.
 pub const MAX_PRODUCERS: usize = 64;
 /// Processes that may consume at once (one owner value is [`ORPHAN`]).
 pub const MAX_CONSUMERS: usize = 63;
-
-/// Default slots: jobs waiting plus jobs being worked on.
-pub(crate) const DEFAULT_CAPACITY: usize = 1024;
-/// Default largest job.
-pub(crate) const DEFAULT_MAX_MESSAGE: usize = 4096;
 
 /// Slot phases, bits 6..8 of the state word.
 pub(crate) mod phase {
@@ -114,11 +105,6 @@ impl State {
     }
 }
 
-/// Bytes one slot takes for jobs of at most `max` bytes.
-pub const fn slot_size(max: usize) -> usize {
-    FRAME_HEADER_SIZE + max.div_ceil(8) * 8
-}
-
 /// The shape of a queue, fixed when it is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -132,53 +118,15 @@ pub struct Layout {
 impl Layout {
     /// Bytes of the whole segment.
     pub const fn segment_size(&self) -> usize {
-        HEADER_SIZE + self.capacity * slot_size(self.max_message_size)
+        slots::segment_size::<Header>(self.capacity, self.max_message_size)
     }
-
-    pub(crate) fn check(&self) -> Result<(), String> {
-        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
-            return Err(format!(
-                "capacity {} is not between 1 and {MAX_CAPACITY} jobs",
-                self.capacity
-            ));
-        }
-        if self.max_message_size > MAX_MESSAGE_SIZE {
-            return Err(format!(
-                "max message size {} exceeds the limit of {MAX_MESSAGE_SIZE}",
-                self.max_message_size
-            ));
-        }
-        let size = (self.capacity as u128) * (slot_size(self.max_message_size) as u128);
-        if size > shm::MAX_OBJECT as u128 {
-            return Err(format!(
-                "{} slots of {} bytes exceed the limit of {} bytes",
-                self.capacity,
-                slot_size(self.max_message_size),
-                shm::MAX_OBJECT
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What a builder asked for; `None` is taken from an existing queue, or
-/// defaulted when creating one.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct LayoutRequest {
-    pub capacity: Option<usize>,
-    pub max_message_size: Option<usize>,
 }
 
 /// Every field is an atomic: other processes write any byte at any time.
 #[repr(C)]
 pub(crate) struct Header {
-    pub magic: AtomicU64,
-    pub version: AtomicU32,
-    _pad_v: AtomicU32,
-    pub capacity: AtomicU64,
-    pub max_message: AtomicU64,
-    pub header_size: AtomicU64,
-    _pad0: [AtomicU64; 11],
+    /// Read and written by `slots::Segment` only.
+    _prefix: Prefix,
 
     /// The next position to push (a hint, see the module documentation).
     pub head: AtomicU64,
@@ -214,163 +162,36 @@ const _: () = assert!(offset_of!(Header, data_futex) == 384);
 const _: () = assert!(offset_of!(Header, producers) == 512);
 const _: () = assert!(size_of::<Header>() == HEADER_SIZE);
 
-/// A mapped queue segment.
-#[derive(Debug)]
-pub(crate) struct Segment {
-    map: Mapping,
-    pub layout: Layout,
-    slot_words: usize,
-}
+// SAFETY: `Header` is `#[repr(C)]`, atomics only, 8-aligned, starts with
+// the prefix and is exactly HEADER_SIZE (asserted above), a multiple of 8.
+unsafe impl SlotHeader for Header {
+    const KIND: &'static str = "queue";
+    const UNIT: &'static str = "jobs";
+    const MAGIC: u64 = MAGIC;
+    const VERSION: u32 = LAYOUT_VERSION;
+    const SIZE: usize = HEADER_SIZE;
+    const MAX_CAPACITY: usize = MAX_CAPACITY;
+    /// Jobs waiting plus jobs being worked on.
+    const DEFAULT_CAPACITY: usize = 1024;
 
-impl Segment {
-    /// Creates, opens or either, as channels do (`shm::open_with`).
-    pub(crate) fn open(
-        name: &str,
-        how: OpenHow,
-        req: &LayoutRequest,
-        wait: Duration,
-    ) -> Result<(Segment, bool), OpenError> {
-        let path = shm::shm_name(name)?;
-        let name = shm::display_name(name);
-        shm::open_with(
-            how,
-            wait,
-            || Self::create(name, path.clone(), req),
-            || Self::attach(name, path.clone(), req),
-        )
-    }
-
-    fn create(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {
-        let layout = Layout {
-            capacity: req.capacity.unwrap_or(DEFAULT_CAPACITY),
-            max_message_size: req.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE),
-        };
-        layout.check().map_err(|reason| OpenError::InvalidLayout {
-            name: name.to_owned(),
-            reason,
-        })?;
-        let map = Mapping::create(name, path, layout.segment_size())?;
-        let seg = Segment::new(map, layout);
+    fn init(seg: &Segment) {
         // Slot i waits for position i; the file is zero-filled, which is
         // slot 0's state already.
-        for i in 1..layout.capacity as u64 {
+        for i in 1..seg.capacity as u64 {
             seg.slot(i)[0].store(State::free(i), Ordering::Relaxed);
         }
-        let h = seg.header();
-        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
-        h.capacity.store(layout.capacity as u64, Ordering::Relaxed);
-        h.max_message
-            .store(layout.max_message_size as u64, Ordering::Relaxed);
-        h.header_size.store(HEADER_SIZE as u64, Ordering::Relaxed);
-        h.next_msg_id.store(1, Ordering::Relaxed);
-        // Last, so an opener that sees it sees the rest.
-        h.magic.store(MAGIC, Ordering::Release);
-        Ok(seg)
+        seg.header().next_msg_id.store(1, Ordering::Relaxed);
     }
+}
 
-    fn attach(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {
-        let (map, magic) = Mapping::attach(name, path, HEADER_SIZE, shm::MAX_OBJECT, "queue")?;
-        let corrupt = |reason: String| OpenError::CorruptHeader {
-            name: name.to_owned(),
-            reason,
-        };
-        if magic != MAGIC {
-            return Err(OpenError::BadMagic {
-                name: name.to_owned(),
-                kind: "queue",
-                found: magic,
-            });
-        }
-        // SAFETY: as in `header`: at least HEADER_SIZE bytes, page-aligned,
-        // atomics only; the borrow ends before `map` moves.
-        let h = unsafe { map.ptr().cast::<Header>().as_ref() };
-        let version = h.version.load(Ordering::Relaxed);
-        if version != LAYOUT_VERSION {
-            return Err(OpenError::VersionMismatch {
-                name: name.to_owned(),
-                found: version,
-                expected: LAYOUT_VERSION,
-            });
-        }
-        let header_size = h.header_size.load(Ordering::Relaxed);
-        if header_size != HEADER_SIZE as u64 {
-            return Err(corrupt(format!(
-                "header size {header_size}, expected {HEADER_SIZE}"
-            )));
-        }
-        // Read once: later changes by anyone are never read again.
-        let layout = Layout {
-            capacity: usize::try_from(h.capacity.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
-            max_message_size: usize::try_from(h.max_message.load(Ordering::Relaxed))
-                .unwrap_or(usize::MAX),
-        };
-        layout.check().map_err(corrupt)?;
-        if layout.segment_size() != map.len() {
-            return Err(corrupt(format!(
-                "{} slots of {} bytes do not fill the object's {} bytes",
-                layout.capacity,
-                slot_size(layout.max_message_size),
-                map.len()
-            )));
-        }
-        let mismatch = |field: &'static str, expected: usize, found: usize| {
-            Err(OpenError::LayoutMismatch {
-                name: name.to_owned(),
-                field,
-                expected: expected as u64,
-                found: found as u64,
-            })
-        };
-        if let Some(want) = req.capacity.filter(|&c| c != layout.capacity) {
-            return mismatch("capacity", want, layout.capacity);
-        }
-        if let Some(want) = req
-            .max_message_size
-            .filter(|&m| m != layout.max_message_size)
-        {
-            return mismatch("max message size", want, layout.max_message_size);
-        }
-        Ok(Segment::new(map, layout))
-    }
+/// A mapped queue segment; slot `p % capacity` holds position `p`.
+pub(crate) type Segment = slots::Segment<Header>;
 
-    fn new(map: Mapping, layout: Layout) -> Segment {
-        Segment {
-            map,
-            slot_words: slot_size(layout.max_message_size) / 8,
-            layout,
-        }
-    }
-
-    pub(crate) fn set_unlink_on_drop(&mut self, yes: bool) {
-        self.map.set_unlink_on_drop(yes);
-    }
-
-    pub(crate) fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least HEADER_SIZE bytes (create sized
-        // it so, attach checked it), page-aligned, lives as long as
-        // `self`, and `Header` is atomics only: any bits are valid and
-        // other processes' writes are no data race.
-        unsafe { self.map.ptr().cast::<Header>().as_ref() }
-    }
-
-    /// The words of the slot position `pos` lives in.
-    pub(crate) fn slot(&self, pos: u64) -> &[AtomicU64] {
-        let i = (pos % self.layout.capacity as u64) as usize;
-        // SAFETY: slot i < capacity spans [HEADER_SIZE + i * slot bytes,
-        // + slot bytes), inside the mapping, whose size is exactly
-        // segment_size() (checked on attach, made so on create); HEADER_SIZE
-        // and slot sizes are multiples of 8 and the mapping page-aligned,
-        // so the words are aligned; atomics accept any bits and concurrent
-        // writers; the slice borrows `self`, so it dies before the mapping.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map
-                    .ptr()
-                    .as_ptr()
-                    .add(HEADER_SIZE + i * self.slot_words * 8)
-                    .cast::<AtomicU64>(),
-                self.slot_words,
-            )
+impl Segment {
+    pub(crate) fn layout(&self) -> Layout {
+        Layout {
+            capacity: self.capacity,
+            max_message_size: self.max_message_size,
         }
     }
 }

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use ipc_events::{ChannelKind, EventKind};
 use serde::Serialize;
 
-use super::layout::{phase, LayoutRequest, Segment, State, MAX_POSITION, MAX_PRODUCERS};
+use super::layout::{phase, Segment, State, MAX_POSITION, MAX_PRODUCERS};
 use super::{Corruption, Layout, OpenError, PushError};
 use crate::channel::layout::{len_word, slot, Checksum, PeerSlot};
 use crate::channel::ring::{self, Claim, LIVENESS_SLICE};
 use crate::shm::{self, OpenHow};
+use crate::slots::LayoutRequest;
 use crate::trace::{self, Op};
 
 /// Builds a [`Producer`]. Layout settings apply when it creates the
@@ -87,7 +88,7 @@ fn settle(seg: &Segment, name: &str, i: usize, s: &PeerSlot) {
 /// Frees the slot of position `pos` if producer `i` (process `pid`, dead)
 /// left it half written; counts and traces the lost job.
 pub(super) fn free_dead_write(seg: &Segment, name: &str, pos: u64, i: usize, pid: u32) -> bool {
-    let cap = seg.layout.capacity as u64;
+    let cap = seg.capacity as u64;
     let h = seg.header();
     let freed = seg.slot(pos)[0]
         .compare_exchange(
@@ -151,7 +152,7 @@ impl Producer {
 
     /// The queue's shape.
     pub fn layout(&self) -> Layout {
-        self.seg.layout
+        self.seg.layout()
     }
 
     /// Pushes one job and returns its id, waiting for a free slot when the
@@ -187,7 +188,7 @@ impl Producer {
     /// `wait`: `None` do not wait, `Some(None)` wait for ever,
     /// `Some(Some(deadline))` until then.
     fn push_until(&mut self, job: &[u8], wait: Option<Option<Instant>>) -> Result<u64, PushError> {
-        let max = self.seg.layout.max_message_size;
+        let max = self.seg.max_message_size;
         if job.len() > max {
             return Err(PushError::TooLarge {
                 len: job.len(),
@@ -230,7 +231,7 @@ impl Producer {
     /// full.
     fn try_write(&mut self, job: &[u8]) -> Result<Option<u64>, PushError> {
         let h = self.seg.header();
-        let cap = self.seg.layout.capacity as u64;
+        let cap = self.seg.capacity as u64;
         let claim = &h.producers[self.slot].claim;
         // Each turn either takes the slot, finds it full, or moves the
         // head hint on; a hint pushed around by a hostile writer is
