@@ -21,11 +21,10 @@ pub async fn jsonl(
 ) -> Result<u64, ExportError> {
     let sql = events_merged(
         "e.ts_ns, e.pid, e.tid, e.source, e.kind, c.kind AS channel_kind,
-         c.name AS channel_name, e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload,
-         e.id AS event_id",
+         c.name AS channel_name, e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload",
         "LEFT JOIN channels c ON c.id = e.channel_id",
         "e.session_id = ?1",
-        "ORDER BY ts_ns, event_id",
+        "ORDER BY ts_ns",
     );
     let mut rows = sqlx::query(&sql).bind(session.0).fetch(conn);
     let mut n = 0;
@@ -36,9 +35,8 @@ pub async fn jsonl(
             .iter()
             .map(|c| sqlx::Column::name(c).to_owned())
             .zip(values.iter().map(|v| v.to_json()))
-            // Absent optional fields are left out rather than written as
-            // null; the id only orders events of the same time.
-            .filter(|(name, v)| !v.is_null() && name != "event_id")
+            // Absent optional fields are left out rather than written as null.
+            .filter(|(_, v)| !v.is_null())
             .collect();
         serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;

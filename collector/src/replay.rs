@@ -160,9 +160,9 @@ struct Timed {
     signals: Vec<(u64, SignalFact)>,
 }
 
-/// The columns [`read_events`] decodes (the id only orders).
+/// The columns [`read_events`] decodes.
 const EVENT_COLUMNS: &str = "e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, \
-                             e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload, e.id";
+                             e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload";
 
 /// Events of `session` where `filter` holds, then `order` (see
 /// [`events_merged`]; `?2` and `?3` bound to `a` and `b`), with their
@@ -282,7 +282,7 @@ async fn newest_events(
         conn,
         session,
         names,
-        ("AND e.ts_ns <= ?2", "ORDER BY ts_ns DESC, id DESC LIMIT ?3"),
+        ("AND e.ts_ns <= ?2", "ORDER BY ts_ns DESC LIMIT ?3"),
         (at_ns as i64, Snapshot::RECENT_EVENTS as i64),
     )
     .await?;
@@ -338,7 +338,7 @@ async fn load(
         conn,
         session,
         names,
-        ("AND e.ts_ns >= ?2 AND e.ts_ns < ?3", "ORDER BY ts_ns, id"),
+        ("AND e.ts_ns >= ?2 AND e.ts_ns < ?3", "ORDER BY ts_ns"),
         (from_ns as i64, to_ns as i64),
     )
     .await?;

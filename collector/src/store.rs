@@ -46,10 +46,13 @@ const EVENT_TABLES: [&str; 3] = ["event_rows", "message_sends", "message_receive
 
 /// A SELECT of `columns` (over `e`, one of the [`EVENT_TABLES`], and what
 /// `join` adds) where `filter` holds, in each of the tables, then `order`
-/// (ORDER BY and LIMIT over the output columns' names). SQLite merges the
-/// three as they come off their indexes by time; the same ORDER BY on the
-/// `events` view sorts every row it selects first (a whole session, for
-/// an export or the newest events before a moment).
+/// (ORDER BY and LIMIT over the output columns' names). Ordered by `ts_ns`
+/// alone, SQLite merges the three as they come off their indexes by time,
+/// each in id order within a time, and events of one time in the tables'
+/// order (`event_rows` first, as their ids are). A tie-break by `id` as
+/// well sorts each table's rows again (it took twice the time to index a
+/// replay), and the same ORDER BY on the `events` view sorts every row it
+/// selects first (a whole session, for an export).
 pub(crate) fn events_merged(columns: &str, join: &str, filter: &str, order: &str) -> String {
     let arms =
         EVENT_TABLES.map(|from| format!("SELECT {columns} FROM {from} e {join} WHERE {filter}"));
