@@ -392,19 +392,27 @@ fn signals_the_kernel_sent_are_stored_without_a_sender() {
         "select signo, sender_pid, target_pid, cause from signals
          where signo in (10, 13, 14, 17) order by signo",
     );
-    // A miss once failed CI and never ran again: what the session counted
-    // as dropped says whether the probes or the collector lost it.
+    let mut expected = vec![
+        json!({"signo": 10, "sender_pid": parent, "target_pid": child, "cause": null}),
+        json!({"signo": 13, "sender_pid": null, "target_pid": parent, "cause": "pipe"}),
+        json!({"signo": 14, "sender_pid": null, "target_pid": parent, "cause": "timer"}),
+        json!({"signo": 17, "sender_pid": null, "target_pid": parent, "cause": "child"}),
+    ];
+    // The timer's signal is raised in an interrupt, where the kernel skips
+    // the probe if it is running on that CPU already (for another
+    // process's signal, on a busy machine): a loss the session counts as
+    // `ebpf_skipped`, and the only one tolerated here. The SIGALRM went
+    // missing once in CI, before skips were counted.
     let drops = query(&db, "select source, count from drops");
-    assert_eq!(
-        rows,
-        json!([
-            {"signo": 10, "sender_pid": parent, "target_pid": child, "cause": null},
-            {"signo": 13, "sender_pid": null, "target_pid": parent, "cause": "pipe"},
-            {"signo": 14, "sender_pid": null, "target_pid": parent, "cause": "timer"},
-            {"signo": 17, "sender_pid": null, "target_pid": parent, "cause": "child"},
-        ]),
-        "drops: {drops}"
-    );
+    let skipped = drops
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["source"] == "ebpf_skipped");
+    if skipped && !rows.as_array().unwrap().iter().any(|r| r["signo"] == 14) {
+        expected.remove(2);
+    }
+    assert_eq!(rows, json!(expected), "drops: {drops}");
 }
 
 /// Spins on CPU 0 for a second: a traced process that is the current task
