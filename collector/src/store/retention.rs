@@ -23,6 +23,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt;
 use sqlx::SqliteConnection;
 
 use super::writer::WriterStats;
@@ -173,26 +174,26 @@ impl Retention {
             .map_err(StoreError::sql(REMOVING))?
             .rows_affected();
         // A message is as old as its receipt, or its send when its receiver
-        // is unknown; the events it holds go with it.
-        let (held, _): (i64, i64) = sqlx::query_as(
-            "SELECT coalesce(sum((ends & 1) + (ends >> 1 & 1)), 0), count(*) FROM messages
-             WHERE session_id = ?1 AND (received_ns <= ?2
-                                        OR (received_ns IS NULL AND sent_ns <= ?2))",
-        )
-        .bind(session)
-        .bind(end)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::sql("counting the oldest messages"))?;
-        sqlx::query(
-            "DELETE FROM messages WHERE session_id = ?1 AND received_ns <= ?2;
-             DELETE FROM messages WHERE session_id = ?1 AND received_ns IS NULL AND sent_ns <= ?2",
-        )
-        .bind(session)
-        .bind(end)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("removing the oldest messages"))?;
+        // is unknown (two statements: each uses its index); the events it
+        // holds go with it, counted as they go.
+        let mut held = 0;
+        for oldest in ["received_ns <= ?2", "received_ns IS NULL AND sent_ns <= ?2"] {
+            let sql = format!(
+                "DELETE FROM messages WHERE session_id = ?1 AND {oldest}
+                 RETURNING (ends & 1) + (ends >> 1 & 1)"
+            );
+            let mut ends = sqlx::query_scalar::<_, Option<i64>>(&sql)
+                .bind(session)
+                .bind(end)
+                .fetch(&mut *tx);
+            while let Some(n) = ends
+                .try_next()
+                .await
+                .map_err(StoreError::sql("removing the oldest messages"))?
+            {
+                held += n.unwrap_or(0);
+            }
+        }
         let removed = rows + held as u64;
         sqlx::query("INSERT INTO drops (session_id, source, count, ts_ns) VALUES (?, ?, ?, ?)")
             .bind(session)
