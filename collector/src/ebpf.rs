@@ -121,6 +121,9 @@ pub struct ReadStats {
     /// Samples that did not decode and were left out; the caller records
     /// them as a drop with source `DECODE`.
     pub decode_errors: u64,
+    /// When the ring was drained (monotonic): every record the probes
+    /// committed before it was read.
+    pub read_through: u64,
 }
 
 /// Why loading the probes or talking to them failed.
@@ -612,6 +615,7 @@ impl Probes {
         match tokio::time::timeout(RING_POLL, ring.readable_mut()).await {
             Ok(guard) => {
                 let mut guard = guard.map_err(|source| ProbeError::RingWait { source })?;
+                stats.read_through = crate::clock::monotonic_ns();
                 let drained = drain(guard.get_inner_mut(), out, &mut stats, decode_warned);
                 // Readiness is edge-triggered: clearing it with samples
                 // still in the ring would leave them there until the next
@@ -626,6 +630,7 @@ impl Probes {
             }
             // The timer: whatever arrived without a wakeup.
             Err(_) => {
+                stats.read_through = crate::clock::monotonic_ns();
                 drain(ring.get_mut(), out, &mut stats, decode_warned);
             }
         }

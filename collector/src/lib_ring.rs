@@ -702,6 +702,7 @@ async fn pump(
     {
         return;
     }
+    let read = ingest.source();
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = false;
@@ -723,6 +724,7 @@ async fn pump(
         }
         let mut events = Vec::new();
         let mut stats = DrainStats::default();
+        let drained_at = monotonic_ns();
         let result = reader.drain(&mut events, &mut stats);
         if stats.rejected > 0 {
             events.push(drop_event(pid, drop_source::DECODE, stats.rejected));
@@ -752,6 +754,9 @@ async fn pump(
             if ingest.send(std::mem::take(&mut events)).await.is_err() {
                 return;
             }
+            // Its ring is read to the end: waiting for its parent holds
+            // no other source's events back.
+            read.advance(u64::MAX);
             match exit_status(seen.pidfd.as_ref(), &mut stop).await {
                 Some(status) => exit.aux = u64::from(status as u32),
                 None => exit.result = -i64::from(libc::ENODATA),
@@ -761,6 +766,7 @@ async fn pump(
         if ingest.send(events).await.is_err() {
             return;
         }
+        read.advance(drained_at);
     }
 }
 

@@ -811,10 +811,13 @@ fn spawn_pump(
         let drain = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain);
         let mut stopping = false;
+        let ring = ingest.source();
         loop {
+            let mut read_through = None;
             tokio::select! {
                 read = probes.read_into(&mut buf) => {
                     let stats = read.context("reading the eBPF ring buffer")?;
+                    read_through = Some(stats.read_through);
                     if stats.decode_errors > 0 {
                         buf.push(drop_event(drop_source::DECODE, stats.decode_errors));
                     }
@@ -847,6 +850,9 @@ fn spawn_pump(
             // (`ingest`) and shown instead.
             if !buf.is_empty() {
                 ingest.try_send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))?;
+            }
+            if let Some(at) = read_through {
+                ring.advance(at);
             }
         }
         losses.count_new(&probes, &mut buf)?;

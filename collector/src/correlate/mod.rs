@@ -19,7 +19,7 @@ mod lib_objects;
 mod pairing;
 mod waits;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use ipc_events::raw::drop_source;
 
@@ -137,9 +137,18 @@ pub struct Facts {
     pub drops: Vec<DropFact>,
 }
 
-/// How long after an ipc-lib signal send the probes' sight of the same
-/// `kill` may come: ipc-lib stamps it just before the call.
+/// How far apart ipc-lib's record of a signal send and the probes' sight
+/// of the same `kill` may be stamped: ipc-lib stamps it just before the
+/// call.
 const SIGNAL_FUSE_NS: u64 = 10_000_000;
+/// How many sends of one (thread, target, signo) one source reported
+/// alone are kept for the other's record to fuse with (a program may call
+/// `kill` itself as well as through ipc-lib).
+const UNFUSED_SIGNALS_PER_SENDER: usize = 32;
+/// Past this many (thread, target, signo) keys, those whose latest send
+/// is older than [`UNFUSED_SIGNAL_HORIZON_NS`] are forgotten.
+const MAX_UNFUSED_SIGNALS: usize = 1 << 16;
+const UNFUSED_SIGNAL_HORIZON_NS: u64 = 10_000_000_000;
 
 /// How close a probe-seen socket send or receive and ipc-lib's own record
 /// of it are: ipc-lib stamps a send just before its `sendmsg` and a
@@ -158,9 +167,10 @@ pub struct Correlator {
     waits: Waits,
     signals: SignalPairer<Signal>,
     next_signal: u64,
-    /// ipc-lib signal sends not yet seen by the probes, per (sending
-    /// thread, target, signo): the same `kill` is one signal.
-    lib_signals: HashMap<(u32, u32, u32), u64>,
+    /// Signal sends one source reported and the other has not, per
+    /// (sending thread, target, signo), with their time: the same `kill`
+    /// is one signal, whichever source's record is correlated first.
+    unfused_signals: HashMap<(u32, u32, u32), VecDeque<(Source, u64)>>,
     /// Processes alive now.
     live: FastMap<u32, ()>,
     /// Processes that use ipc-lib: only their sockets may carry its
@@ -187,7 +197,7 @@ impl Correlator {
             waits: Waits::default(),
             signals: SignalPairer::new(),
             next_signal: 0,
-            lib_signals: HashMap::new(),
+            unfused_signals: HashMap::new(),
             live: FastMap::default(),
             lib_pids: FastMap::default(),
             lib_op: FastMap::default(),
@@ -505,6 +515,41 @@ impl Correlator {
         self.facts.processes.push(fact);
     }
 
+    /// Whether `event` is the second record of a `kill` another source
+    /// reported already. Either may be correlated first: ipc-lib stamps
+    /// its record earlier, but its ring may be drained later than the
+    /// reorder hold-back (a loaded machine), and a signal counted twice
+    /// would also be delivered twice.
+    fn fuses_signal(&mut self, event: &Event, target: u32, signo: u32) -> bool {
+        if !matches!(event.source, Source::Ebpf | Source::Lib) {
+            return false;
+        }
+        let key = (event.tid, target, signo);
+        let sends = self.unfused_signals.entry(key).or_default();
+        // The other source's closest record, if close enough.
+        let twin = (sends.iter().enumerate())
+            .filter(|(_, &(source, _))| source != event.source)
+            .map(|(i, &(_, at))| (event.ts_ns.abs_diff(at), i))
+            .min()
+            .filter(|&(apart, _)| apart <= SIGNAL_FUSE_NS);
+        if let Some((_, i)) = twin {
+            sends.remove(i);
+            return true;
+        }
+        if sends.len() == UNFUSED_SIGNALS_PER_SENDER {
+            sends.pop_front();
+        }
+        sends.push_back((event.source, event.ts_ns));
+        if self.unfused_signals.len() > MAX_UNFUSED_SIGNALS {
+            // Senders quiet for a while: a late twin comes within the
+            // hold-back's order, not seconds later.
+            let horizon = event.ts_ns.saturating_sub(UNFUSED_SIGNAL_HORIZON_NS);
+            self.unfused_signals
+                .retain(|_, sends| sends.back().is_some_and(|&(_, at)| at >= horizon));
+        }
+        false
+    }
+
     fn signal_generated(&mut self, event: &Event) {
         let Some(target) = event.target_pid else {
             // Only the probes and ipc-lib make these, and both name the
@@ -512,16 +557,8 @@ impl Correlator {
             return;
         };
         let signo = event.aux as u32;
-        let key = (event.tid, target, signo);
-        if event.source == Source::Ebpf {
-            // The probes seeing a `kill` that ipc-lib already reported.
-            if let Some(at) = self.lib_signals.remove(&key) {
-                if event.ts_ns.saturating_sub(at) <= SIGNAL_FUSE_NS {
-                    return;
-                }
-            }
-        } else {
-            self.lib_signals.insert(key, event.ts_ns);
+        if self.fuses_signal(event, target, signo) {
+            return;
         }
         self.next_signal += 1;
         let cause = event

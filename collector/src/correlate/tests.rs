@@ -187,6 +187,48 @@ fn a_signal_ipc_lib_sent_and_the_kernel_saw_is_one_signal() {
     assert_eq!(delivered, [(10, 30)]);
 }
 
+/// Each signal's (sender, generated_ns).
+fn generated(f: &Facts) -> Vec<(Option<u32>, u64)> {
+    f.signals
+        .iter()
+        .filter_map(|s| match s {
+            SignalFact::Generated(s) => Some((s.sender, s.generated_ns)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_signal_ipc_lib_reported_after_the_probes_is_still_one_signal() {
+    // ipc-lib's ring drained late: its records of two kills come after
+    // the probes' (of the same thread, target and signo), each just
+    // before its twin, and a raw `kill` of the program's own in between
+    // has no twin.
+    let mut c = Correlator::new(None);
+    for e in [
+        generate(11, Source::Ebpf, 7, 8, 10),
+        generate(5_000_000, Source::Ebpf, 7, 8, 10),
+        generate(21, Source::Ebpf, 7, 8, 10),
+    ] {
+        c.push(e);
+    }
+    let first = c.take();
+    c.push(generate(10, Source::Lib, 7, 8, 10));
+    c.push(generate(20, Source::Lib, 7, 8, 10));
+    let late = c.take();
+    assert_eq!(generated(&first).len(), 3);
+    assert_eq!(generated(&late), []);
+    // A second kill by the same source is a second signal, however close.
+    let f = run(vec![
+        generate(10, Source::Lib, 7, 8, 10),
+        generate(12, Source::Lib, 7, 8, 10),
+        generate(13, Source::Ebpf, 7, 8, 10),
+        generate(14, Source::Ebpf, 7, 8, 10),
+        generate(15, Source::Ebpf, 7, 8, 10),
+    ]);
+    assert_eq!(generated(&f), [(Some(7), 10), (Some(7), 12), (Some(7), 15)]);
+}
+
 #[test]
 fn processes_start_change_and_end_with_their_status() {
     let mut start = Event::new(1, 7, 7, Source::Ebpf, EventKind::ProcessStart);

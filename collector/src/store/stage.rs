@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use super::fold::{fold, Ends};
+use super::watermark::Watermarks;
 use super::writer::{channel_id, lock, Correlated, WriterConfig};
 use super::{SessionId, StoreError};
 use crate::correlate::{Correlator, DropFact, Facts, Paired, WaitFact};
@@ -61,6 +62,7 @@ pub(super) struct Stage {
     pub dropped: Arc<AtomicU64>,
     pub dropped_told: u64,
     pub own_sockets: Arc<Mutex<Vec<u64>>>,
+    pub watermarks: Arc<Watermarks>,
     pub observer: Option<mpsc::Sender<Correlated>>,
     pub writer: mpsc::UnboundedSender<Stored>,
     /// Events handed to the writer and not yet committed.
@@ -129,10 +131,10 @@ impl Stage {
                     }
                 }
                 // Every sender is gone: correlate what is left and stop.
-                Some(None) => return self.flush(pending, true).await,
+                Some(None) => return self.flush(rx, pending, true).await,
                 None => {}
             }
-            self.flush(pending, false).await?;
+            self.flush(rx, pending, false).await?;
             // Events held back for ordering are correlated on the next
             // round even if nothing else comes.
             deadline = (!pending.is_empty()).then(|| Instant::now() + config.correlate_every);
@@ -144,10 +146,18 @@ impl Stage {
     /// way, which stay in `pending`.
     async fn flush(
         &mut self,
+        rx: &mut mpsc::Receiver<Vec<Event>>,
         pending: &mut Vec<Event>,
         last: bool,
     ) -> Result<(), (StoreError, u64)> {
-        let held = hold_back(pending, last, crate::clock::monotonic_ns());
+        let now = crate::clock::monotonic_ns();
+        let read_through = self.watermarks.read_through(now);
+        // A source publishes its mark after queueing what it read: what is
+        // queued now holds everything before `read_through`.
+        while let Ok(mut batch) = rx.try_recv() {
+            pending.append(&mut batch);
+        }
+        let held = hold_back(pending, last, read_through, now);
         let result = self.correlate(pending, last).await;
         pending.extend(held);
         result
@@ -271,23 +281,31 @@ impl Stage {
     }
 }
 
-/// How long an event is held back so that events from other sources that
-/// happened before it, but arrive later, are correlated (and paired) first.
-/// Each ipc-lib ring and the kernel ring is drained separately, every
-/// millisecond, so a signal's handling can arrive before its sending.
+/// How long before the time every source has read through an event is
+/// still held back, so that events from other sources that happened before
+/// it, but arrive later, are correlated (and paired) first. Each ipc-lib
+/// ring and the kernel ring is drained separately, so a signal's handling
+/// can arrive before its sending; this margin is for what a source stamps
+/// before it writes it (an ipc-lib thread preempted in between).
 const REORDER_NS: u64 = 10_000_000;
 /// Events stamped further than this in the future are not real times (a
 /// broken or hostile writer): holding them back would hold them forever.
 const FUTURE_NS: u64 = 1_000_000_000;
 
 /// Sorts `pending` by time and takes out the events to correlate later:
-/// those stamped within [`REORDER_NS`] of `now_ns` (none when `last`).
-pub(super) fn hold_back(pending: &mut Vec<Event>, last: bool, now_ns: u64) -> Vec<Event> {
+/// those stamped after [`REORDER_NS`] before `read_through`, the time every
+/// source has read through (none when `last`).
+pub(super) fn hold_back(
+    pending: &mut Vec<Event>,
+    last: bool,
+    read_through: u64,
+    now_ns: u64,
+) -> Vec<Event> {
     pending.sort_by_key(|e| e.ts_ns);
     if last {
         return Vec::new();
     }
-    let from = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_sub(REORDER_NS));
+    let from = pending.partition_point(|e| e.ts_ns <= read_through.saturating_sub(REORDER_NS));
     let to = pending.partition_point(|e| e.ts_ns <= now_ns.saturating_add(FUTURE_NS));
     pending.drain(from..to).collect()
 }
@@ -308,12 +326,19 @@ mod tests {
         let times = |v: &[Event]| v.iter().map(|e| e.ts_ns).collect::<Vec<_>>();
         let future = now + 2 * FUTURE_NS;
         let mut pending = vec![at(now - 1), at(5), at(future), at(now - REORDER_NS), at(3)];
-        let held = hold_back(&mut pending, false, now);
+        let held = hold_back(&mut pending, false, now, now);
         assert_eq!(times(&pending), [3, 5, now - REORDER_NS, future]);
+        assert_eq!(times(&held), [now - 1]);
+        // A source that has read only up to 20 ms ago holds back what came
+        // after 30 ms ago.
+        let behind = now - 2 * REORDER_NS;
+        let mut pending = vec![at(now - 1), at(5), at(behind - REORDER_NS - 1)];
+        let held = hold_back(&mut pending, false, behind, now);
+        assert_eq!(times(&pending), [5, behind - REORDER_NS - 1]);
         assert_eq!(times(&held), [now - 1]);
         let mut pending = vec![at(now - 1), at(5)];
         assert!(
-            hold_back(&mut pending, true, now).is_empty(),
+            hold_back(&mut pending, true, now, now).is_empty(),
             "the last flush writes all"
         );
         assert_eq!(times(&pending), [5, now - 1]);

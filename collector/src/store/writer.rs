@@ -32,6 +32,7 @@ use tokio::time::{timeout_at, Instant};
 use super::retention::Retention;
 use super::rows::Rows;
 use super::stage::{Stage, Stored};
+use super::watermark::{ReadThrough, Watermarks};
 use super::{traffic, Reserve, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
@@ -141,6 +142,9 @@ pub struct Ingest {
     /// Inodes of the recorder's own sockets and rings, for the writer to hand the
     /// correlation stage before it correlates what it holds.
     own_sockets: Arc<Mutex<Vec<u64>>>,
+    /// How far each source has read, for the stage to wait for the
+    /// slowest.
+    watermarks: Arc<Watermarks>,
 }
 
 impl Ingest {
@@ -160,7 +164,17 @@ impl Ingest {
             tx,
             dropped: Arc::default(),
             own_sockets: Arc::default(),
+            watermarks: Arc::default(),
         }
+    }
+
+    /// Registers a source that drains a ring of its own: until it is
+    /// dropped, events are correlated only up to the time it has read
+    /// through (at most [`MAX_WAIT_NS`](super::watermark::MAX_WAIT_NS)
+    /// behind), so that its events are paired with other sources' in time
+    /// order even when its task runs late.
+    pub fn source(&self) -> ReadThrough {
+        self.watermarks.source()
     }
 
     /// Says that the socket or memfd of inode `inode` is the recorder's
@@ -262,6 +276,7 @@ pub async fn spawn_writer(
         dropped: Arc::clone(&ingest.dropped),
         dropped_told: 0,
         own_sockets: Arc::clone(&ingest.own_sockets),
+        watermarks: Arc::clone(&ingest.watermarks),
         observer: config.observer.clone(),
         writer: to_writer,
         unstored: Arc::clone(&unstored),
