@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 
 use crate::clock::monotonic_ns;
 use crate::sockdiag;
-use crate::store::Ingest;
+use crate::store::{Ingest, IngestError, ReadThrough};
 
 /// Why a ring was refused or detached.
 #[derive(Debug, thiserror::Error)]
@@ -702,7 +702,8 @@ async fn pump(
     {
         return;
     }
-    let read = ingest.source();
+    // None once the ring is read to the end.
+    let mut read = Some(ingest.source());
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = false;
@@ -751,22 +752,46 @@ async fn pump(
             // Stamped when the ring closed; how it ended comes later, when
             // its parent reaps it. Sent after what its ring held, which is
             // then stored without waiting for that.
-            if ingest.send(std::mem::take(&mut events)).await.is_err() {
+            if send(
+                &ingest,
+                read.as_ref(),
+                std::mem::take(&mut events),
+                drained_at,
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
             // Its ring is read to the end: waiting for its parent holds
             // no other source's events back.
-            read.advance(u64::MAX);
+            read = None;
             match exit_status(seen.pidfd.as_ref(), &mut stop).await {
                 Some(status) => exit.aux = u64::from(status as u32),
                 None => exit.result = -i64::from(libc::ENODATA),
             }
             events.push(exit);
         }
-        if ingest.send(events).await.is_err() {
+        if send(&ingest, read.as_ref(), events, drained_at)
+            .await
+            .is_err()
+        {
             return;
         }
-        read.advance(drained_at);
+    }
+}
+
+/// Hands over what a drain that began at `drained_at` read, moving the
+/// ring's mark if it still has one.
+async fn send(
+    ingest: &Ingest,
+    read: Option<&ReadThrough>,
+    events: Vec<Event>,
+    drained_at: u64,
+) -> Result<(), IngestError> {
+    match read {
+        Some(read) => ingest.send_read(read, events, drained_at).await,
+        None => ingest.send(events).await,
     }
 }
 

@@ -848,11 +848,13 @@ fn spawn_pump(
             // Never waits: a reader that waited for the writer would leave
             // the kernel's ring to fill and drop. A full queue is counted
             // (`ingest`) and shown instead.
-            if !buf.is_empty() {
-                ingest.try_send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))?;
-            }
-            if let Some(at) = read_through {
-                ring.advance(at);
+            let batch = match buf.is_empty() {
+                true => Vec::new(),
+                false => std::mem::replace(&mut buf, Vec::with_capacity(4096)),
+            };
+            match read_through {
+                Some(at) => ingest.try_send_read(&ring, batch, at)?,
+                None => ingest.try_send(batch)?,
             }
         }
         losses.count_new(&probes, &mut buf)?;

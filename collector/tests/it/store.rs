@@ -960,3 +960,57 @@ async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() 
     );
     assert!(jobs.rate_1s.messages_per_s > 0.0, "{:?}", jobs.rate_1s);
 }
+
+/// A source whose task runs late holds back what the others sent after:
+/// ipc-lib's record of a signal, drained 60 ms late, still comes before
+/// the probes' sight of its delivery a millisecond later, and pairs with
+/// it. (A fixed hold-back of 10 ms correlated the delivery first, with
+/// nothing to deliver.)
+#[tokio::test]
+async fn a_late_source_is_waited_for_and_its_events_pair_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    let kernel = ingest.source();
+    let ring = ingest.source();
+    let sent_at = collector::clock::monotonic_ns();
+    ingest
+        .send_read(&ring, Vec::new(), sent_at - 1_000)
+        .await
+        .unwrap();
+    let mut delivery = Event::new(
+        sent_at + 1_000_000,
+        8,
+        8,
+        Source::Ebpf,
+        EventKind::SignalDeliver,
+    );
+    delivery.aux = 10;
+    let drained_at = collector::clock::monotonic_ns();
+    ingest
+        .send_read(&kernel, vec![delivery], drained_at)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut generate = Event::new(sent_at, 7, 7, Source::Lib, EventKind::SignalGenerate);
+    generate.target_pid = Some(8);
+    generate.aux = 10;
+    let drained_at = collector::clock::monotonic_ns();
+    ingest
+        .send_read(&ring, vec![generate], drained_at)
+        .await
+        .unwrap();
+    drop((kernel, ring, ingest));
+    writer.finish().await.unwrap();
+    let delivered: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT sender_pid, delivered_ns FROM signals")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(delivered, [(7, Some((sent_at + 1_000_000) as i64))]);
+}
