@@ -26,7 +26,7 @@ use ipc_events::raw::{drop_source, RAW_EVENT_SIZE};
 pub use ipc_events::ring::SOCKET_ENV;
 use ipc_events::ring::{
     Hello, RingHeader, ACCEPTED, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
-    MIN_CAPACITY, PADDING, SLOT_HEADER, VERSION,
+    MIN_CAPACITY, PADDING, READY, SLOT_HEADER, VERSION,
 };
 use ipc_events::{decode, Event, EventKind, Source};
 use tokio::io::Interest;
@@ -397,13 +397,13 @@ impl RingListener {
                         rings.spawn(async move {
                             let registered = register(&stream, &admission, &ingest);
                             match tokio::time::timeout(REGISTER_TIMEOUT, registered).await {
-                                Ok(Ok((reader, seen))) => {
+                                Ok(Ok((reader, seen, read))) => {
                                     let told = match lifecycle {
                                         true if is_command(&seen, command).await => Told::Elsewhere,
                                         true => Told::Here,
                                         false => Told::Exec,
                                     };
-                                    pump(reader, seen, stream, ingest, stop, told).await;
+                                    pump(reader, seen, stream, ingest, read, stop, told).await;
                                 }
                                 Ok(Err(e)) => tracing::warn!("ipc-lib ring refused: {e}"),
                                 Err(_) => tracing::warn!(
@@ -444,12 +444,14 @@ fn own_sockets(stream: &UnixStream, ingest: &Ingest) {
     }
 }
 
-/// Checks the caller and takes its ring.
+/// Checks the caller and takes its ring, with the mark its events are
+/// correlated by: from the moment it was told [`READY`], before it made
+/// the ring.
 async fn register(
     stream: &UnixStream,
     admission: &Admission,
     ingest: &Ingest,
-) -> Result<(RingReader, Seen), RingError> {
+) -> Result<(RingReader, Seen, ReadThrough), RingError> {
     let cred = stream
         .peer_cred()
         .map_err(io_err("reading the peer's credentials"))?;
@@ -458,6 +460,12 @@ async fn register(
         .and_then(|p| u32::try_from(p).ok())
         .ok_or(RingError::BadHello(0))?;
     admission.check(pid, cred.uid())?;
+    // Held back from here until the ring is known as ours (below): the
+    // probes see the process map it once it reads READY.
+    let read = ingest.source(monotonic_ns());
+    stream
+        .try_write(&[READY])
+        .map_err(io_err("answering the connection"))?;
     let (hello, fd) = loop {
         stream
             .readable()
@@ -490,7 +498,7 @@ async fn register(
     stream
         .try_write(&[ACCEPTED])
         .map_err(io_err("answering the registration"))?;
-    Ok((reader, seen))
+    Ok((reader, seen, read))
 }
 
 /// Who reports a ring owner's life.
@@ -689,6 +697,7 @@ async fn pump(
     seen: Seen,
     stream: UnixStream,
     ingest: Ingest,
+    read: ReadThrough,
     mut stop: watch::Receiver<bool>,
     told: Told,
 ) {
@@ -703,7 +712,7 @@ async fn pump(
         return;
     }
     // None once the ring is read to the end.
-    let mut read = Some(ingest.source());
+    let mut read = Some(read);
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = false;

@@ -811,7 +811,7 @@ fn spawn_pump(
         let drain = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain);
         let mut stopping = false;
-        let ring = ingest.source();
+        let ring = ingest.source(0);
         loop {
             let mut read_through = None;
             tokio::select! {

@@ -30,9 +30,12 @@ pub(super) struct Watermarks {
 }
 
 impl Watermarks {
-    /// A new source, which has read nothing yet.
-    pub(super) fn source(&self) -> ReadThrough {
-        let mark = Arc::new(Mark::default());
+    /// A new source, which has nothing stamped before `read_through`.
+    pub(super) fn source(&self, read_through: u64) -> ReadThrough {
+        let mark = Arc::new(Mark {
+            at: AtomicU64::new(read_through),
+            in_flight: Mutex::new(0),
+        });
         let mut marks = lock(&self.marks);
         marks.retain(|m| m.strong_count() > 0);
         marks.push(Arc::downgrade(&mark));
@@ -53,7 +56,7 @@ impl Watermarks {
 
 /// One source's mark. A batch on its way holds it (and so keeps the source
 /// live) until the stage takes the batch in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Mark {
     at: AtomicU64,
     /// Batches sent and not yet taken in. Changed under `lock` with `at`
@@ -128,8 +131,8 @@ mod tests {
         let marks = Watermarks::default();
         let now = 10 * MAX_WAIT_NS;
         assert_eq!(marks.read_through(now), now);
-        let kernel = marks.source();
-        let ring = marks.source();
+        let kernel = marks.source(0);
+        let ring = marks.source(0);
         assert!(kernel.batch(Vec::new(), now - 1_000).is_none());
         assert!(ring.batch(Vec::new(), now - 5_000_000).is_none());
         assert_eq!(marks.read_through(now), now - 5_000_000);
@@ -138,7 +141,7 @@ mod tests {
         assert_eq!(marks.read_through(now), now - 5_000_000);
         // A source that has read nothing for longer than the longest wait
         // holds the others back only that long.
-        let starved = marks.source();
+        let starved = marks.source(0);
         assert_eq!(marks.read_through(now), now - MAX_WAIT_NS);
         drop(starved);
         drop(ring);
@@ -149,7 +152,7 @@ mod tests {
     fn a_mark_moves_when_the_stage_takes_its_batch_in() {
         let marks = Watermarks::default();
         let now = 10 * MAX_WAIT_NS;
-        let ring = marks.source();
+        let ring = marks.source(0);
         assert!(ring.batch(Vec::new(), now - 3_000).is_none());
         let batch = ring.batch(one(), now - 2_000).unwrap();
         // Nothing found since, but the batch is on its way.

@@ -168,13 +168,14 @@ impl Ingest {
         }
     }
 
-    /// Registers a source that drains a ring of its own: until it is
+    /// Registers a source that drains a ring of its own and has nothing
+    /// stamped before `read_through` (0: it may have anything): until it is
     /// dropped, events are correlated only up to the time it has read
     /// through (at most [`MAX_WAIT_NS`](super::watermark::MAX_WAIT_NS)
     /// behind), so that its events are paired with other sources' in time
     /// order even when its task runs late.
-    pub fn source(&self) -> ReadThrough {
-        self.watermarks.source()
+    pub fn source(&self, read_through: u64) -> ReadThrough {
+        self.watermarks.source(read_through)
     }
 
     /// Says that the socket or memfd of inode `inode` is the recorder's

@@ -976,8 +976,8 @@ async fn a_late_source_is_waited_for_and_its_events_pair_in_time_order() {
     let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
         .await
         .unwrap();
-    let kernel = ingest.source();
-    let ring = ingest.source();
+    let kernel = ingest.source(0);
+    let ring = ingest.source(0);
     let sent_at = collector::clock::monotonic_ns();
     ingest
         .send_read(&ring, Vec::new(), sent_at - 1_000)
@@ -1013,4 +1013,36 @@ async fn a_late_source_is_waited_for_and_its_events_pair_in_time_order() {
             .await
             .unwrap();
     assert_eq!(delivered, [(7, Some((sent_at + 1_000_000) as i64))]);
+}
+
+/// An ipc-lib ring is known as the recorder's only when its registration
+/// is handled, which can be tens of milliseconds after the probes saw the
+/// process map it. Held from the moment the process was told to make it,
+/// that mapping is still known as the recorder's plumbing, not a user's
+/// shared memory.
+#[tokio::test]
+async fn a_ring_mapped_before_its_registration_is_handled_is_still_the_recorders() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    let told_ready = collector::clock::monotonic_ns();
+    let registration = ingest.source(told_ready);
+    let mut map = Event::new(told_ready + 1_000, 7, 7, Source::Ebpf, EventKind::ShmMap);
+    map.channel = Some(ChannelId::named(
+        ChannelKind::Shm,
+        "memfd:ipcscope-ring:[4242]",
+    ));
+    map.size = 1 << 20;
+    ingest.send(vec![map]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    ingest.own_object(4242);
+    drop(registration);
+    drop(ingest);
+    writer.finish().await.unwrap();
+    assert_eq!(count(&store, "SELECT count(*) FROM channels").await, 0);
 }
