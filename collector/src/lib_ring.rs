@@ -799,7 +799,7 @@ async fn send(
     drained_at: u64,
 ) -> Result<(), IngestError> {
     match read {
-        Some(read) => ingest.send_read(read, events, drained_at).await,
+        Some(read) => ingest.send_batch(read.batch(events, drained_at)).await,
         None => ingest.send(events).await,
     }
 }

@@ -853,7 +853,7 @@ fn spawn_pump(
                 false => std::mem::replace(&mut buf, Vec::with_capacity(4096)),
             };
             match read_through {
-                Some(at) => ingest.try_send_read(&ring, batch, at)?,
+                Some(at) => ingest.try_send_batch(ring.batch(batch, at))?,
                 None => ingest.try_send(batch)?,
             }
         }

@@ -99,21 +99,30 @@ pub struct ReadThrough(Arc<Mark>);
 
 impl ReadThrough {
     /// `events` were read by a drain that began at `ts_ns` (monotonic):
-    /// the batch that carries them. Empty, it moves the mark now if no
-    /// batch is on its way (and returns `None`).
-    pub(super) fn batch(&self, events: Vec<Event>, ts_ns: u64) -> Option<Batch> {
+    /// the batch that carries them, to hand to
+    /// [`Ingest::send_batch`](super::Ingest::send_batch). With no events,
+    /// the mark moves now if no batch is on its way (and the batch is
+    /// empty).
+    pub fn batch(&self, events: Vec<Event>, ts_ns: u64) -> Batch {
         let mut in_flight = lock(&self.0.in_flight);
         if events.is_empty() {
             if *in_flight == 0 {
                 self.0.advance(ts_ns);
             }
-            return None;
+            return Batch::from(events);
         }
         *in_flight += 1;
-        Some(Batch {
+        Batch {
             events,
             read: Some((Arc::clone(&self.0), ts_ns)),
-        })
+        }
+    }
+}
+
+impl From<Vec<Event>> for Batch {
+    /// Events of no source with a mark.
+    fn from(events: Vec<Event>) -> Self {
+        Batch { events, read: None }
     }
 }
 
@@ -133,11 +142,11 @@ mod tests {
         assert_eq!(marks.read_through(now), now);
         let kernel = marks.source(0);
         let ring = marks.source(0);
-        assert!(kernel.batch(Vec::new(), now - 1_000).is_none());
-        assert!(ring.batch(Vec::new(), now - 5_000_000).is_none());
+        assert!(kernel.batch(Vec::new(), now - 1_000).events.is_empty());
+        assert!(ring.batch(Vec::new(), now - 5_000_000).events.is_empty());
         assert_eq!(marks.read_through(now), now - 5_000_000);
         // A mark never goes back.
-        assert!(ring.batch(Vec::new(), now - 9_000_000).is_none());
+        assert!(ring.batch(Vec::new(), now - 9_000_000).events.is_empty());
         assert_eq!(marks.read_through(now), now - 5_000_000);
         // A source that has read nothing for longer than the longest wait
         // holds the others back only that long.
@@ -153,10 +162,10 @@ mod tests {
         let marks = Watermarks::default();
         let now = 10 * MAX_WAIT_NS;
         let ring = marks.source(0);
-        assert!(ring.batch(Vec::new(), now - 3_000).is_none());
-        let batch = ring.batch(one(), now - 2_000).unwrap();
+        assert!(ring.batch(Vec::new(), now - 3_000).events.is_empty());
+        let batch = ring.batch(one(), now - 2_000);
         // Nothing found since, but the batch is on its way.
-        assert!(ring.batch(Vec::new(), now - 1_000).is_none());
+        assert!(ring.batch(Vec::new(), now - 1_000).events.is_empty());
         assert_eq!(marks.read_through(now), now - 3_000);
         // Dropped with its batch still queued: still waited for.
         drop(ring);

@@ -189,25 +189,12 @@ impl Ingest {
 
     /// Hands over a batch, waiting while the queue is full.
     pub async fn send(&self, events: Vec<Event>) -> Result<(), IngestError> {
-        self.send_batch(Batch { events, read: None }).await
+        self.send_batch(Batch::from(events)).await
     }
 
-    /// Hands over what `source` read in a drain that began at `drained_at`
-    /// (monotonic), waiting while the queue is full: its mark moves there
-    /// once the stage has the events (at once, if there are none).
-    pub async fn send_read(
-        &self,
-        source: &ReadThrough,
-        events: Vec<Event>,
-        drained_at: u64,
-    ) -> Result<(), IngestError> {
-        match source.batch(events, drained_at) {
-            Some(batch) => self.send_batch(batch).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn send_batch(&self, batch: Batch) -> Result<(), IngestError> {
+    /// Hands over a batch (one [`ReadThrough::batch`] made, or plain
+    /// events), waiting while the queue is full.
+    pub async fn send_batch(&self, batch: Batch) -> Result<(), IngestError> {
         if batch.events.is_empty() {
             return Ok(());
         }
@@ -217,23 +204,11 @@ impl Ingest {
     /// Hands over a batch without waiting; when the queue is full the batch
     /// is counted as dropped (stored in `drops`), never lost silently.
     pub fn try_send(&self, events: Vec<Event>) -> Result<(), IngestError> {
-        self.try_send_batch(Batch { events, read: None })
+        self.try_send_batch(Batch::from(events))
     }
 
-    /// [`Ingest::send_read`] without waiting, as [`Ingest::try_send`].
-    pub fn try_send_read(
-        &self,
-        source: &ReadThrough,
-        events: Vec<Event>,
-        drained_at: u64,
-    ) -> Result<(), IngestError> {
-        match source.batch(events, drained_at) {
-            Some(batch) => self.try_send_batch(batch),
-            None => Ok(()),
-        }
-    }
-
-    fn try_send_batch(&self, batch: Batch) -> Result<(), IngestError> {
+    /// [`Ingest::send_batch`] without waiting, as [`Ingest::try_send`].
+    pub fn try_send_batch(&self, batch: Batch) -> Result<(), IngestError> {
         if batch.events.is_empty() {
             return Ok(());
         }
