@@ -957,8 +957,30 @@ impl Client {
     /// listen (`Duration::ZERO`: not at all) and then for it to greet the
     /// connection (at least 2 s for that).
     pub fn connect_timeout(name: &str, wait: Duration) -> Result<Client, OpenError> {
-        let (conn, name, max) = Conn::open(name, wait)?;
-        Ok(Client {
+        let opened = crate::patience::block(Conn::opening(name, wait)?)?;
+        Ok(Client::new(opened))
+    }
+
+    /// [`connect`](Self::connect) for async code (feature `tokio`): waits
+    /// as long, with the same errors, for the server to listen (naps on
+    /// tokio's timer, so it needs a runtime with time enabled) and to
+    /// greet the connection (on tokio's reactor), never blocking the
+    /// thread. Cancel safe: a dropped future leaves nothing open.
+    #[cfg(feature = "tokio")]
+    pub async fn connect_async(name: &str) -> Result<Client, OpenError> {
+        Self::connect_timeout_async(name, crate::DEFAULT_OPEN_WAIT).await
+    }
+
+    /// [`connect_timeout`](Self::connect_timeout) for async code, as
+    /// [`connect_async`](Self::connect_async).
+    #[cfg(feature = "tokio")]
+    pub async fn connect_timeout_async(name: &str, wait: Duration) -> Result<Client, OpenError> {
+        let opened = crate::patience::wait(Conn::opening(name, wait)?).await?;
+        Ok(Client::new(opened))
+    }
+
+    fn new((conn, name, max): (Conn, String, usize)) -> Client {
+        Client {
             #[cfg(feature = "tokio")]
             registration: None,
             name,
@@ -967,7 +989,7 @@ impl Client {
             pid: std::process::id(),
             buf: vec![0; HEADER_LEN + max],
             late: 0,
-        })
+        }
     }
 
     /// The server's name, as traced.

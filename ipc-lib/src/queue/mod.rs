@@ -263,14 +263,10 @@ mod tests {
 
     /// The queue's segment as another process maps it.
     fn segment(name: &str) -> layout::Segment {
-        layout::Segment::open(
-            name,
-            crate::shm::OpenHow::Open,
-            &Default::default(),
-            Duration::ZERO,
-        )
-        .unwrap()
-        .0
+        let req = Default::default();
+        let opening =
+            layout::Segment::opening(name, crate::shm::OpenHow::Open, &req, Duration::ZERO);
+        crate::patience::block(opening.unwrap()).unwrap().0
     }
 
     #[test]
