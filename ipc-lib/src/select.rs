@@ -889,7 +889,7 @@ impl Drop for Lent<'_> {
 }
 
 #[cfg(feature = "tokio")]
-fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor or fails; `fd` is
     // open (borrowed from a live source).
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
