@@ -49,3 +49,10 @@ pub use region::Region;
 pub use sem::Semaphore;
 pub use trace::set_role;
 pub use transport::{TypedReceiver, TypedSender};
+
+/// The README's Rust snippets (its "Tracing your own programs with
+/// ipc-lib" section), compiled and run as doc tests of this crate, so that
+/// none of them can stop compiling or stop being true unnoticed.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeSnippets;
