@@ -1506,8 +1506,7 @@ mod tests {
 
     /// The panic a panicking handler's call gets, and that the server
     /// answered the next call: what every server's panic tests check.
-    fn panics_are_answered_and_serving_goes_on(name: &str, method: Option<&str>) {
-        let mut client = Client::connect(name).unwrap();
+    fn panics_are_answered_and_serving_goes_on(client: &mut Client, method: Option<&str>) {
         let mut call = |req: &[u8]| match method {
             Some(m) => client.call_method(m, req, PATIENCE),
             None => client.call(req, PATIENCE),
@@ -1536,7 +1535,7 @@ mod tests {
         let name = unique("panic-serve");
         let mut server = Server::builder(&name).create().unwrap();
         let t = std::thread::spawn(move || server.serve(panicky));
-        panics_are_answered_and_serving_goes_on(&name, None);
+        panics_are_answered_and_serving_goes_on(&mut Client::connect(&name).unwrap(), None);
         // Panics are answers too.
         assert_eq!(t.join().unwrap().unwrap(), 4);
 
@@ -1562,7 +1561,9 @@ mod tests {
         let routes = Routes::new().route("rev", panicky);
         // One worker: it must survive the panic for the next call.
         let t = std::thread::spawn(move || server.serve_routes(&routes, 1));
-        panics_are_answered_and_serving_goes_on(&name, Some("rev"));
+        let mut client = Client::connect(&name).unwrap();
+        panics_are_answered_and_serving_goes_on(&mut client, Some("rev"));
+        drop(client);
         assert_eq!(t.join().unwrap().unwrap(), 4);
     }
 
@@ -1583,8 +1584,10 @@ mod tests {
             });
         let serving = tokio::spawn(async move { server.serve_routes_async(&routes).await });
         tokio::task::spawn_blocking(move || {
-            panics_are_answered_and_serving_goes_on(&name, Some("rev"));
-            panics_are_answered_and_serving_goes_on(&name, Some("rev-now"));
+            // One client for both: the loop ends when the last one leaves.
+            let mut client = Client::connect(&name).unwrap();
+            panics_are_answered_and_serving_goes_on(&mut client, Some("rev"));
+            panics_are_answered_and_serving_goes_on(&mut client, Some("rev-now"));
         })
         .await
         .unwrap();
