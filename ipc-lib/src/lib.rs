@@ -12,7 +12,10 @@
 //! process creates (channel ends, regions, semaphores, socket senders,
 //! rpc clients) waits for it, up to [`DEFAULT_OPEN_WAIT`] unless its
 //! builder's `wait` says otherwise (see `patience`): processes start in
-//! no particular order. And every object's name is removed when the handle
+//! no particular order. With the `tokio` feature each such open has an
+//! async form (`open_async`, `Client::connect_async`) that waits as long,
+//! with the same errors, without blocking a runtime thread. And every
+//! object's name is removed when the handle
 //! that created it is dropped, unless its builder's `unlink_on_drop(false)`
 //! says otherwise: a name outliving its creator is a file left in
 //! /dev/shm that makes the next run's `create` fail (`AlreadyExists`),
@@ -46,3 +49,10 @@ pub use region::Region;
 pub use sem::Semaphore;
 pub use trace::set_role;
 pub use transport::{TypedReceiver, TypedSender};
+
+/// The README's Rust snippets (its "Tracing your own programs with
+/// ipc-lib" section), compiled and run as doc tests of this crate, so that
+/// none of them can stop compiling or stop being true unnoticed.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeSnippets;

@@ -174,21 +174,31 @@ impl RegionBuilder {
 
     shm::open_methods!(Region, "region");
 
-    fn open_how(self, how: OpenHow) -> Result<Region, OpenError> {
+    fn opening(
+        &self,
+        how: OpenHow,
+    ) -> Result<impl crate::patience::Opening<Output = (Region, bool)> + '_, OpenError> {
         let path = shm::shm_name(&self.name)?;
-        let name = shm::display_name(&self.name).to_owned();
-        let attach = || Region::attach(&name, path.clone(), self.size);
-        let create = || match (how, self.size) {
+        let name = shm::display_name(&self.name);
+        let attach_path = path.clone();
+        let size = self.size;
+        let attach = move || Region::attach(name, attach_path.clone(), size);
+        let create = move || match (how, size) {
             // Without a size nothing can be created, so only an existing
             // region will do (and open_or_create does not wait for one);
             // missing, it is the size that is wanted.
-            (OpenHow::OpenOrCreate, None) => Err(match shm::exists(&name, &path)? {
-                true => OpenError::AlreadyExists { name: name.clone() },
-                false => no_size(&name),
+            (OpenHow::OpenOrCreate, None) => Err(match shm::exists(name, &path)? {
+                true => OpenError::AlreadyExists {
+                    name: name.to_owned(),
+                },
+                false => no_size(name),
             }),
-            _ => Region::create(&name, path.clone(), self.size),
+            _ => Region::create(name, path.clone(), size),
         };
-        let (mut region, created) = shm::open_with(how, self.wait, create, attach)?;
+        Ok(shm::opening(name, how, self.wait, create, attach))
+    }
+
+    fn finish(self, (mut region, created): (Region, bool)) -> Result<Region, OpenError> {
         region
             .map
             .set_unlink_on_drop(created && self.unlink_on_drop);

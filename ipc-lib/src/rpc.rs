@@ -12,7 +12,20 @@
 //! A request is a DATA frame like any channel message, or a CALL frame
 //! when it names the method it calls ([`Client::call_method`]); a reply is
 //! a REPLY frame (or a FAULT, when the server could not handle the
-//! request) whose header carries the request's message id.
+//! request, or a PANIC, when its handler panicked) whose header carries
+//! the request's message id.
+//!
+//! A handler that panics (in [`Server::serve`], [`serve_values`],
+//! [`serve_routes`] or `serve_routes_async`) answers its request: the
+//! client's call returns [`CallError::HandlerPanicked`] with the panic's
+//! message, and the server goes on serving the others. (Not in a program
+//! built with `panic = "abort"`, where a panic ends the process.) A
+//! client that stops reading its replies holds up no other: a reply waits
+//! for room in its socket at most the server's
+//! [`reply_timeout`](ServerBuilder::reply_timeout), blocking or async.
+//!
+//! [`serve_values`]: Server::serve_values
+//! [`serve_routes`]: Server::serve_routes
 //!
 //! A server answers one request at a time with [`Server::serve`], or
 //! routes requests by method to the handlers of a [`Routes`] table with
@@ -54,7 +67,7 @@ use serde::Serialize;
 use crate::channel::{CodecError, Corruption, OpenError, RecvError, SendError};
 use crate::codec::{decode, decode_bytes, encode};
 use crate::socket::frame::{
-    call_payload, split_call, Header, CALL, DATA, FAULT, HEADER_LEN, REPLY,
+    call_payload, split_call, Header, CALL, DATA, FAULT, HEADER_LEN, PANIC, REPLY,
 };
 use crate::socket::{next_id, sys, Conn, Received, SocketReceiver, SocketReceiverBuilder, Wait};
 use crate::trace::{self, Op};
@@ -86,6 +99,10 @@ pub enum CallError {
     /// The server could not handle the request, and said why.
     #[error("the server could not handle the request: {message}")]
     Remote { message: String },
+    /// The server's handler panicked on the request; `message` is the
+    /// panic's. The server goes on serving.
+    #[error("the server's handler panicked: {message}")]
+    HandlerPanicked { message: String },
     /// A typed call got a reply that does not decode as the type asked for.
     #[error("the reply does not decode as the requested type")]
     Decode(#[source] CodecError),
@@ -127,8 +144,10 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a reply may wait for room in a client's socket. Default
-    /// [`DEFAULT_REPLY_TIMEOUT`].
+    /// How long a reply may wait for room in a client's socket (blocking
+    /// or async, [`Server::reply_async`]), after which it fails with
+    /// [`SendError::Timeout`]: a client that stops reading its replies
+    /// holds up no other for longer. Default [`DEFAULT_REPLY_TIMEOUT`].
     pub fn reply_timeout(mut self, timeout: Duration) -> Self {
         self.reply_timeout = timeout;
         self
@@ -139,6 +158,7 @@ impl ServerBuilder {
         let mut socket = self.socket.create()?;
         socket.accept_calls();
         Ok(Server {
+            name: Arc::from(socket.name()),
             socket,
             pid: std::process::id(),
             reply_timeout: self.reply_timeout,
@@ -205,6 +225,9 @@ impl Request {
 /// The answering side: any number of clients connect to it by name.
 #[derive(Debug)]
 pub struct Server {
+    /// The socket's name, shared with answers sent from other threads and
+    /// tasks.
+    name: Arc<str>,
     socket: SocketReceiver,
     pid: u32,
     reply_timeout: Duration,
@@ -267,6 +290,13 @@ impl Server {
         self.answer(request, FAULT, fault_body(reason, max))
     }
 
+    /// Answers `request` with the panic its handler raised.
+    fn panicked(&mut self, request: &Request, message: &str) -> Result<u64, SendError> {
+        log_panic(self.name(), request.id, message);
+        let max = self.socket.max_message_size();
+        self.answer(request, PANIC, fault_body(message, max))
+    }
+
     fn answer(&mut self, request: &Request, magic: u32, body: &[u8]) -> Result<u64, SendError> {
         self.answer_with(request, magic, body, Wait::timeout(self.reply_timeout))
     }
@@ -282,17 +312,16 @@ impl Server {
             .socket
             .conn(request.fd, request.serial)
             .ok_or(SendError::Disconnected)?;
-        self.answerer(wait).send(conn, request.id, magic, body)
+        self.answerer().send(conn, request.id, magic, body, wait)
     }
 
     /// What answers need of the server, for a reply sent from here or
     /// from a worker thread.
-    fn answerer(&self, wait: Wait) -> Answerer<'_> {
+    fn answerer(&self) -> Answerer {
         Answerer {
-            name: self.socket.name(),
+            name: Arc::clone(&self.name),
             pid: self.pid,
             max: self.socket.max_message_size(),
-            wait,
         }
     }
 
@@ -300,13 +329,15 @@ impl Server {
     /// that came has left; returns how many were answered. A client that
     /// sends garbage, leaves before its answer or stops reading answers is
     /// logged (the `tracing` crate, target `ipc_lib`) and does not stop
-    /// the loop. The method a call names, if any, goes unread: one
-    /// handler answers them all ([`serve_routes`](Self::serve_routes)
-    /// routes by method).
+    /// the loop; nor does a handler that panics: its request is answered
+    /// with the panic ([`CallError::HandlerPanicked`]), and `handler`
+    /// serves the next one in whatever state the panic left it. The
+    /// method a call names, if any, goes unread: one handler answers them
+    /// all ([`serve_routes`](Self::serve_routes) routes by method).
     pub fn serve(&mut self, mut handler: impl FnMut(&[u8]) -> Vec<u8>) -> Result<u64, RecvError> {
-        self.serve_with(|server, req| {
-            let response = handler(req.payload());
-            server.reply(req, &response)
+        self.serve_with(|server, req| match caught(|| handler(req.payload())) {
+            Ok(response) => server.reply(req, &response),
+            Err(panic) => server.panicked(req, &panic),
         })
     }
 
@@ -321,7 +352,10 @@ impl Server {
         Resp: Serialize,
     {
         self.serve_with(|server, req| match req.value::<Req>() {
-            Ok(value) => server.reply_value(req, &handler(value)),
+            Ok(value) => match caught(|| handler(value)) {
+                Ok(response) => server.reply_value(req, &response),
+                Err(panic) => server.panicked(req, &panic),
+            },
             Err(e) => server.fault(req, &chain(&e)),
         })
     }
@@ -343,33 +377,26 @@ impl Server {
     /// request holds up no other while a worker is free; until every
     /// client that came has left. Returns how many were answered. A
     /// request that names no method, or one `routes` lacks, is answered
-    /// with a fault that says so. Otherwise as [`serve`](Self::serve).
+    /// with a fault that says so; one whose handler panics, with the
+    /// panic ([`CallError::HandlerPanicked`]), and its worker goes on.
+    /// Otherwise as [`serve`](Self::serve).
     pub fn serve_routes(&mut self, routes: &Routes, workers: usize) -> Result<u64, RecvError> {
         let answered = AtomicU64::new(0);
         let (jobs, queue) = std::sync::mpsc::channel::<(Request, Arc<Conn>)>();
         let queue = Mutex::new(queue);
-        let name = self.name().to_owned();
-        let answerer = Answerer {
-            name: &name,
-            wait: Wait::timeout(self.reply_timeout),
-            ..self.answerer(Wait::No)
-        };
+        let reply_timeout = self.reply_timeout;
+        let answerer = &self.answerer();
         std::thread::scope(|scope| {
             for _ in 0..workers.max(1) {
                 let work = || {
                     // The lock is held only to take a job, not to do it.
                     let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     while let Ok((req, conn)) = next() {
-                        let r = match routes.table.find(&req).and_then(|h| h(&req)) {
-                            Ok(reply) => answerer.send(&conn, req.id, REPLY, &reply),
-                            Err(fault) => answerer.send(
-                                &conn,
-                                req.id,
-                                FAULT,
-                                fault_body(&fault, answerer.max),
-                            ),
-                        };
-                        let n = u64::from(delivered(answerer.name, req.id, r));
+                        // The deadline runs from when the answer is ready.
+                        let wait = Wait::timeout(reply_timeout);
+                        let outcome = caught(|| routes.table.find(&req).and_then(|h| h(&req)));
+                        let r = answerer.answer(&conn, req.id, &outcome, wait);
+                        let n = u64::from(delivered(&answerer.name, req.id, r));
                         answered.fetch_add(n, Ordering::Relaxed);
                     }
                 };
@@ -445,19 +472,78 @@ fn fault_body(reason: &str, max: usize) -> &[u8] {
     &reason.as_bytes()[..end]
 }
 
-/// What sending an answer needs of the server.
-#[derive(Clone, Copy)]
-struct Answerer<'a> {
-    name: &'a str,
-    pid: u32,
-    max: usize,
-    wait: Wait,
+/// A handler's answer (the reply's bytes, or a fault's reason), or the
+/// message of the panic that ended it.
+type Outcome = Result<Answer, String>;
+
+/// Runs a handler, catching a panic as its message. A handler's state may
+/// be left half changed by its panic, as it would be for a panic caught
+/// anywhere else; the server serves on all the same (its own state is
+/// untouched: no lock is held, nothing half sent).
+fn caught<T>(handler: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).map_err(|p| panic_message(&*p))
 }
 
-impl Answerer<'_> {
-    /// Sends a REPLY or FAULT (`magic`) to request `request` on `conn`,
-    /// traced; returns the answer's id.
-    fn send(&self, conn: &Conn, request: u64, magic: u32, body: &[u8]) -> Result<u64, SendError> {
+/// A panic's message, as `panic!` and the standard library raise them.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with no message".to_owned()
+    }
+}
+
+fn log_panic(server: &str, request: u64, message: &str) {
+    tracing::error!(target: "ipc_lib", server, request, "handler panicked: {message}");
+}
+
+/// What sending an answer needs of the server.
+#[derive(Clone)]
+struct Answerer {
+    name: Arc<str>,
+    pid: u32,
+    max: usize,
+}
+
+impl Answerer {
+    /// Sends what a handler came to, whatever it was, waiting for room as
+    /// `wait` says.
+    fn answer(
+        &self,
+        conn: &Conn,
+        request: u64,
+        outcome: &Outcome,
+        wait: Wait,
+    ) -> Result<u64, SendError> {
+        let (magic, body) = self.frame(request, outcome);
+        self.send(conn, request, magic, body, wait)
+    }
+
+    /// The frame an outcome is answered with (a panic is logged here).
+    fn frame<'o>(&self, request: u64, outcome: &'o Outcome) -> (u32, &'o [u8]) {
+        match outcome {
+            Ok(Ok(reply)) => (REPLY, reply),
+            Ok(Err(fault)) => (FAULT, fault_body(fault, self.max)),
+            Err(panic) => {
+                log_panic(&self.name, request, panic);
+                (PANIC, fault_body(panic, self.max))
+            }
+        }
+    }
+
+    /// Sends a REPLY, FAULT or PANIC (`magic`) to request `request` on
+    /// `conn`, traced, waiting for room as `wait` says; returns the
+    /// answer's id.
+    fn send(
+        &self,
+        conn: &Conn,
+        request: u64,
+        magic: u32,
+        body: &[u8],
+        wait: Wait,
+    ) -> Result<u64, SendError> {
         let id = next_id(self.pid);
         let head = Header {
             magic,
@@ -465,10 +551,10 @@ impl Answerer<'_> {
             msg_id: id,
             reply_to: request,
         };
-        let at = conn.send_frame(head, body, self.wait, self.max)?;
+        let at = conn.send_frame(head, body, wait, self.max)?;
         trace_reply(
             EventKind::MsgSend,
-            self.name,
+            &self.name,
             body.len(),
             id,
             request,
@@ -693,13 +779,21 @@ impl Server {
 
     /// [`reply`](Self::reply) for async code: waits for room in the
     /// client's socket (which only a client that stopped reading lets
-    /// fill) without blocking the thread.
+    /// fill) without blocking the thread, at most the server's
+    /// [`reply_timeout`](ServerBuilder::reply_timeout): then
+    /// [`SendError::Timeout`], and the client's call times out.
     pub async fn reply_async(
         &mut self,
         request: &Request,
         response: &[u8],
     ) -> Result<u64, SendError> {
-        self.answer_async(request, REPLY, response).await
+        let conn = self
+            .socket
+            .conn(request.fd, request.serial)
+            .ok_or(SendError::Disconnected)?;
+        let answer = self.answerer();
+        let wait = answer.send_async(conn, request.id, REPLY, response, self.reply_timeout);
+        wait.await
     }
 
     /// Answers requests by method with the async handlers of `routes`
@@ -707,20 +801,40 @@ impl Server {
     /// one holds up no other; until every client that came has left and
     /// every request taken is answered. Returns how many were answered.
     /// A request that names no method, or one `routes` lacks, gets a
-    /// fault that says so. Replies wait for room as
-    /// [`reply_async`](Self::reply_async) does.
+    /// fault that says so; one whose handler panics, the panic
+    /// ([`CallError::HandlerPanicked`]). Each task sends its own answer,
+    /// waiting for room as [`reply_async`](Self::reply_async) does, so a
+    /// client that stopped reading delays only its own answers.
     pub async fn serve_routes_async(&mut self, routes: &AsyncRoutes) -> Result<u64, RecvError> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut answered = 0;
+        let answerer = self.answerer();
+        let timeout = self.reply_timeout;
         let received = loop {
             tokio::select! {
                 req = self.next_request_async() => match req {
                     Ok(req) => {
-                        let answer = match routes.table.find(&req) {
-                            Ok(handler) => handler(&req),
-                            Err(fault) => Box::pin(std::future::ready(Err(fault))),
+                        let Some(conn) = self.socket.conn(req.fd, req.serial) else {
+                            delivered(self.name(), req.id, Err(SendError::Disconnected));
+                            continue;
                         };
-                        tasks.spawn(async move { (answer.await, req) });
+                        let conn = Arc::clone(conn);
+                        // The handler's own part runs here, its future in
+                        // the task: a panic in either is the request's.
+                        let answer = match routes.table.find(&req) {
+                            Ok(handler) => caught(|| handler(&req)),
+                            Err(fault) => Ok(Box::pin(std::future::ready(Err(fault))) as AnswerFuture),
+                        };
+                        let answerer = answerer.clone();
+                        tasks.spawn(async move {
+                            let outcome = match answer {
+                                Ok(answer) => CatchUnwind(answer).await,
+                                Err(panic) => Err(panic),
+                            };
+                            let (magic, body) = answerer.frame(req.id, &outcome);
+                            let r = answerer.send_async(&conn, req.id, magic, body, timeout).await;
+                            u64::from(delivered(&answerer.name, req.id, r))
+                        });
                     }
                     Err(RecvError::Disconnected) => break Ok(()),
                     Err(e @ RecvError::Corrupt { .. }) => {
@@ -728,78 +842,92 @@ impl Server {
                     }
                     Err(e) => break Err(e),
                 },
-                Some(done) = tasks.join_next() => answered += self.answer_task(done).await,
+                Some(done) = tasks.join_next() => answered += self.task_answered(done),
             }
         };
         while let Some(done) = tasks.join_next().await {
-            answered += self.answer_task(done).await;
+            answered += self.task_answered(done);
         }
         received.map(|()| answered)
     }
 
-    /// Sends what a handler's task gave; 1 when it was delivered.
-    async fn answer_task(
-        &mut self,
-        done: Result<(Answer, Request), tokio::task::JoinError>,
-    ) -> u64 {
-        let (answer, req) = match done {
-            Ok(done) => done,
-            Err(e) => {
-                // Its request went with it: the client's call times out.
-                tracing::error!(target: "ipc_lib", server = self.name(), "handler failed: {e}");
-                return 0;
-            }
-        };
-        let max = self.socket.max_message_size();
-        let r = match &answer {
-            Ok(reply) => self.answer_async(&req, REPLY, reply).await,
-            Err(fault) => self.answer_async(&req, FAULT, fault_body(fault, max)).await,
-        };
-        u64::from(delivered(self.name(), req.id, r))
+    /// What an answering task came to: 1 when its answer was delivered.
+    fn task_answered(&self, done: Result<u64, tokio::task::JoinError>) -> u64 {
+        done.unwrap_or_else(|e| {
+            // The task catches its handler's panics; this is the runtime
+            // shutting down under it.
+            tracing::error!(target: "ipc_lib", server = self.name(), "answer not sent: {e}");
+            0
+        })
     }
+}
 
-    /// Sends a REPLY or FAULT (`magic`), waiting for room without blocking
-    /// the thread.
-    async fn answer_async(
-        &mut self,
-        request: &Request,
+#[cfg(feature = "tokio")]
+impl Answerer {
+    /// [`send`](Self::send) for async code: waits for room in the
+    /// client's socket on the reactor, at most `timeout` (then
+    /// [`SendError::Timeout`]).
+    async fn send_async(
+        &self,
+        conn: &Conn,
+        request: u64,
         magic: u32,
-        response: &[u8],
+        body: &[u8],
+        timeout: Duration,
     ) -> Result<u64, SendError> {
+        use tokio::io::unix::AsyncFd;
         use tokio::io::Interest;
 
-        match self.answer_with(request, magic, response, Wait::No) {
+        match self.send(conn, request, magic, body, Wait::No) {
             Err(SendError::Full) => {}
             r => return r,
         }
-        let fd = self
-            .socket
-            .conn(request.fd, request.serial)
-            .ok_or(SendError::Disconnected)?
-            .fd
-            .as_raw_fd();
-        // SAFETY: the connection is only closed by a receive on the
-        // server, which needs `&mut self`, held by this call for the
-        // registration's whole life.
-        let reg = unsafe { crate::asyncio::take(&mut None, fd, Interest::WRITABLE) }.map_err(
-            |source| SendError::Os {
-                op: "tokio register",
-                source,
-            },
-        )?;
-        crate::asyncio::retry(
-            &reg,
-            Interest::WRITABLE,
-            || match self.answer_with(request, magic, response, Wait::No) {
-                Err(SendError::Full) => Ok(None),
-                r => r.map(Some),
-            },
-            |source| SendError::Os {
-                op: "tokio ready",
-                source,
-            },
-        )
-        .await
+        let os = |op| move |source| SendError::Os { op, source };
+        // A duplicate of the connection, registered for this wait only:
+        // answers to one client may wait at once, each task its own, and
+        // the reactor takes a descriptor once.
+        let fd = crate::select::dup(conn.fd.as_raw_fd()).map_err(os("dup"))?;
+        // SAFETY: the AsyncFd owns the duplicate, so it stays open, naming
+        // the same socket, as long as the registration.
+        let reg = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }
+            .map_err(|e| os("tokio register")(e.into_parts().1))?;
+        let room = async {
+            loop {
+                let mut ready = reg.writable().await.map_err(os("tokio ready"))?;
+                match self.send(conn, request, magic, body, Wait::No) {
+                    // Not writable after all: wait for the next edge.
+                    Err(SendError::Full) => ready.clear_ready(),
+                    r => return r,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, room)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+}
+
+/// A future whose panic is caught as its message ([`caught`] for
+/// futures), so a task answers its request even when its handler
+/// panics.
+#[cfg(feature = "tokio")]
+struct CatchUnwind<F>(F);
+
+#[cfg(feature = "tokio")]
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = &mut self.0;
+        match caught(|| std::pin::Pin::new(fut).poll(cx)) {
+            Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            // Never polled again: the task ends with it.
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
     }
 }
 
@@ -957,8 +1085,30 @@ impl Client {
     /// listen (`Duration::ZERO`: not at all) and then for it to greet the
     /// connection (at least 2 s for that).
     pub fn connect_timeout(name: &str, wait: Duration) -> Result<Client, OpenError> {
-        let (conn, name, max) = Conn::open(name, wait)?;
-        Ok(Client {
+        let opened = crate::patience::block(Conn::opening(name, wait)?)?;
+        Ok(Client::new(opened))
+    }
+
+    /// [`connect`](Self::connect) for async code (feature `tokio`): waits
+    /// as long, with the same errors, for the server to listen (naps on
+    /// tokio's timer, so it needs a runtime with time enabled) and to
+    /// greet the connection (on tokio's reactor), never blocking the
+    /// thread. Cancel safe: a dropped future leaves nothing open.
+    #[cfg(feature = "tokio")]
+    pub async fn connect_async(name: &str) -> Result<Client, OpenError> {
+        Self::connect_timeout_async(name, crate::DEFAULT_OPEN_WAIT).await
+    }
+
+    /// [`connect_timeout`](Self::connect_timeout) for async code, as
+    /// [`connect_async`](Self::connect_async).
+    #[cfg(feature = "tokio")]
+    pub async fn connect_timeout_async(name: &str, wait: Duration) -> Result<Client, OpenError> {
+        let opened = crate::patience::wait(Conn::opening(name, wait)?).await?;
+        Ok(Client::new(opened))
+    }
+
+    fn new((conn, name, max): (Conn, String, usize)) -> Client {
+        Client {
             #[cfg(feature = "tokio")]
             registration: None,
             name,
@@ -967,7 +1117,7 @@ impl Client {
             pid: std::process::id(),
             buf: vec![0; HEADER_LEN + max],
             late: 0,
-        })
+        }
     }
 
     /// The server's name, as traced.
@@ -1061,7 +1211,7 @@ impl Client {
                 Err(source) => return Err(CallError::Os { op: "recv", source }),
             };
             let got = n.min(self.buf.len());
-            let h = Header::check(&self.buf[..got], n, &[REPLY, FAULT], self.max)
+            let h = Header::check(&self.buf[..got], n, &[REPLY, FAULT, PANIC], self.max)
                 .map_err(CallError::Corrupt)?;
             let body = &self.buf[HEADER_LEN..got];
             // Ids from this process only grow (until the sequence wraps),
@@ -1085,10 +1235,11 @@ impl Client {
                 self.late += 1;
                 continue;
             }
-            if h.magic == FAULT {
-                return Err(CallError::Remote {
-                    message: String::from_utf8_lossy(body).into_owned(),
-                });
+            let message = || String::from_utf8_lossy(body).into_owned();
+            match h.magic {
+                FAULT => return Err(CallError::Remote { message: message() }),
+                PANIC => return Err(CallError::HandlerPanicked { message: message() }),
+                _ => {}
             }
             return Ok(Some(body.to_vec()));
         }
@@ -1351,6 +1502,166 @@ mod tests {
             "{a:?}"
         );
         assert!(matches!(b, Err(CallError::UnexpectedReply { .. })), "{b:?}");
+    }
+
+    /// The panic a panicking handler's call gets, and that the server
+    /// answered the next call: what every server's panic tests check.
+    fn panics_are_answered_and_serving_goes_on(client: &mut Client, method: Option<&str>) {
+        let mut call = |req: &[u8]| match method {
+            Some(m) => client.call_method(m, req, PATIENCE),
+            None => client.call(req, PATIENCE),
+        };
+        for _ in 0..2 {
+            match call(b"boom") {
+                Err(CallError::HandlerPanicked { message }) => {
+                    assert_eq!(message, "handler asked to panic on 4 bytes")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(call(b"fine").unwrap(), b"enif");
+        }
+    }
+
+    /// A handler that panics on "boom" and reverses anything else.
+    fn panicky(req: &[u8]) -> Vec<u8> {
+        if req == b"boom" {
+            panic!("handler asked to panic on {} bytes", req.len());
+        }
+        req.iter().rev().copied().collect()
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_its_call_and_the_server_goes_on() {
+        let name = unique("panic-serve");
+        let mut server = Server::builder(&name).create().unwrap();
+        let t = std::thread::spawn(move || server.serve(panicky));
+        panics_are_answered_and_serving_goes_on(&mut Client::connect(&name).unwrap(), None);
+        // Panics are answers too.
+        assert_eq!(t.join().unwrap().unwrap(), 4);
+
+        let name = unique("panic-values");
+        let mut server = Server::builder(&name).create().unwrap();
+        let t = std::thread::spawn(move || {
+            server.serve_values(|v: u32| if v == 0 { panic!("zero") } else { v + 1 })
+        });
+        let mut client = Client::connect(&name).unwrap();
+        assert!(matches!(
+            client.call_value::<_, u32>(&0u32, PATIENCE),
+            Err(CallError::HandlerPanicked { message }) if message == "zero"
+        ));
+        assert_eq!(client.call_value::<_, u32>(&1u32, PATIENCE).unwrap(), 2);
+        drop(client);
+        assert_eq!(t.join().unwrap().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_panicking_routed_handler_answers_its_call_and_its_worker_goes_on() {
+        let name = unique("panic-routes");
+        let mut server = Server::builder(&name).create().unwrap();
+        let routes = Routes::new().route("rev", panicky);
+        // One worker: it must survive the panic for the next call.
+        let t = std::thread::spawn(move || server.serve_routes(&routes, 1));
+        let mut client = Client::connect(&name).unwrap();
+        panics_are_answered_and_serving_goes_on(&mut client, Some("rev"));
+        drop(client);
+        assert_eq!(t.join().unwrap().unwrap(), 4);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_async_handler_answers_its_call_and_the_server_goes_on() {
+        let name = unique("panic-async");
+        let mut server = Server::builder(&name).create().unwrap();
+        let routes = AsyncRoutes::new()
+            // Panics in its future, in the task.
+            .route("rev", |req| async move {
+                tokio::task::yield_now().await;
+                panicky(&req)
+            })
+            // Panics before it makes its future, in the serving loop.
+            .route("rev-now", |req| {
+                let reply = panicky(&req);
+                async move { reply }
+            });
+        let serving = tokio::spawn(async move { server.serve_routes_async(&routes).await });
+        tokio::task::spawn_blocking(move || {
+            // One client for both: the loop ends when the last one leaves.
+            let mut client = Client::connect(&name).unwrap();
+            panics_are_answered_and_serving_goes_on(&mut client, Some("rev"));
+            panics_are_answered_and_serving_goes_on(&mut client, Some("rev-now"));
+        })
+        .await
+        .unwrap();
+        assert_eq!(serving.await.unwrap().unwrap(), 8);
+    }
+
+    /// A client that calls `method` `n` times and never reads a reply:
+    /// they fill its socket. (A `Client` would read them, setting them
+    /// aside, at its next call.)
+    fn stalled_client(name: &str, method: &str, n: usize) -> Conn {
+        let opening = Conn::opening(name, PATIENCE).unwrap();
+        let (mut conn, name, max) = crate::patience::block(opening).unwrap();
+        let call = call_payload(method, b"").unwrap();
+        for _ in 0..n {
+            let wait = Wait::timeout(PATIENCE);
+            conn.send_message(CALL, &name, std::process::id(), &call, wait, max)
+                .unwrap();
+        }
+        conn
+    }
+
+    const BIG: usize = 60 * 1024;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_async_reply_to_a_client_that_stopped_reading_times_out() {
+        let name = unique("stalled-reply");
+        let timeout = Duration::from_millis(200);
+        let mut server = Server::builder(&name)
+            .reply_timeout(timeout)
+            .create()
+            .unwrap();
+        let _client = stalled_client(&name, "big", 16);
+        let replies = async {
+            for i in 0.. {
+                let req = server.next_request_async().await.unwrap();
+                match server.reply_async(&req, &[0; BIG]).await {
+                    Ok(_) => {}
+                    Err(SendError::Timeout) => return i,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            unreachable!()
+        };
+        // Bounded, so that a reply that waits for ever fails the test.
+        let delivered = tokio::time::timeout(PATIENCE, replies).await.unwrap();
+        // Some fitted in the client's socket before it was full.
+        assert!(delivered > 0, "{delivered}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_async_server_answers_others_while_a_client_stopped_reading() {
+        let name = unique("stalled-others");
+        let mut server = Server::builder(&name)
+            .reply_timeout(Duration::from_millis(300))
+            .create()
+            .unwrap();
+        let routes = AsyncRoutes::new()
+            .route("big", |_| async { vec![0; BIG] })
+            .route("echo", |req| async move { req });
+        let serving = tokio::spawn(async move { server.serve_routes_async(&routes).await });
+        let others = tokio::task::spawn_blocking(move || {
+            let stalled = stalled_client(&name, "big", 16);
+            let mut client = Client::connect(&name).unwrap();
+            for i in 0..20u32 {
+                let req = i.to_le_bytes();
+                assert_eq!(client.call_method("echo", &req, PATIENCE).unwrap(), req);
+            }
+            drop(stalled);
+        });
+        others.await.unwrap();
+        // The stalled client's first replies went into its socket; the
+        // rest timed out (or found it gone).
+        let answered = serving.await.unwrap().unwrap();
+        assert!((20..36).contains(&answered), "{answered}");
     }
 
     #[test]

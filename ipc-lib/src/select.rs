@@ -1,5 +1,6 @@
-//! Waiting on several things at once: channel receivers, rpc servers,
-//! semaphores and process exits, blocking with a timeout or as a future.
+//! Waiting on several things at once: channel receivers, work-queue
+//! consumers, rpc servers, semaphores and process exits, blocking with a
+//! timeout or as a future.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -31,8 +32,9 @@
 //! # Ready, not taken
 //!
 //! [`Select::wait`] returns the index of a source that is ready and takes
-//! nothing from it: the caller then calls `try_recv`, `try_wait`,
-//! `next_request(Some(Duration::ZERO))` or `Child::wait` on that one.
+//! nothing from it: the caller then calls `try_recv`, `try_next`,
+//! `try_wait`, `next_request(Some(Duration::ZERO))` or `Child::wait` on
+//! that one.
 //! Why not take it: the sources give different things (bytes, a
 //! [`Permit`](crate::sem::Permit) with its holder recorded, an rpc
 //! request, an exit status), each with its own errors and trace events,
@@ -43,14 +45,18 @@
 //! What "ready" means: the source's non-blocking operation would return at
 //! once with something other than "nothing yet". A receiver is ready with
 //! a message waiting, and also once its senders are gone (its `try_recv`
-//! says `Disconnected`) or it found corruption; an rpc server or socket
+//! says `Disconnected`) or it found corruption; a queue consumer with a
+//! job to take: the next in line, one given back, or one whose consumer
+//! died (looked for once a liveness slice, as its blocking `next` does);
+//! an rpc server or socket
 //! receiver with a frame or a closed connection to read, or once every
 //! client has left; a semaphore with a count above zero; a process once it
 //! exited (a zombie counts: it has exited, and `wait` reaps it at once).
 //! A receiver, server or process has one consumer, so its readiness lasts
 //! until the caller acts. A semaphore's count may be taken by another
-//! process between the select and the `try_wait`: the `try_wait` then
-//! says `WouldBlock` and the caller selects again.
+//! process between the select and the `try_wait`, and a queue's job by
+//! another consumer before the `try_next`: the `try_wait` then says
+//! `WouldBlock`, the `try_next` `Empty`, and the caller selects again.
 //!
 //! When several are ready the one returned rotates, starting after the
 //! last one returned, so a busy source cannot starve the others.
@@ -58,7 +64,8 @@
 //! # How it sleeps
 //!
 //! Two kinds of source wake a sleeper in two ways. Shared-memory sources
-//! (channel receivers, semaphores) are words in shared memory that the
+//! (channel receivers, queue consumers, semaphores) are words in shared
+//! memory that the
 //! other process bumps and wakes with FUTEX_WAKE, only when a sleeper has
 //! registered in the object's waiters count (the handshake of
 //! `channel::ring::park`). Descriptor sources (rpc servers and socket
@@ -86,9 +93,11 @@
 //! return at once.
 //!
 //! Sleeps last at most a liveness slice (20 ms), after which a receiver's
-//! senders and a semaphore's holders are asked whether they live, as a
-//! blocking receive or wait does: a sender that dies is noticed within a
-//! slice.
+//! senders, a queue's consumers holding jobs and producers writing them,
+//! and a semaphore's holders are asked whether they live, as a blocking
+//! receive or wait does: a sender that dies is noticed within a slice,
+//! and so is a consumer that died holding a job (its job is ready for
+//! the others).
 //!
 //! A semaphore post wakes one sleeper. If a select is that sleeper and its
 //! caller then does not take the count, a thread blocked in `wait` on the
@@ -114,6 +123,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::channel::Receiver;
+use crate::queue::Consumer;
 use crate::rpc::Server;
 use crate::sem::Semaphore;
 use crate::socket::SocketReceiver;
@@ -122,7 +132,7 @@ use crate::socket::SocketReceiver;
 /// semaphore's holders still live (as their own blocking waits do).
 const SLICE: Duration = Duration::from_millis(20);
 
-/// The most shared-memory sources (receivers and semaphores) one select
+/// The most shared-memory sources (receivers, consumers, semaphores) one select
 /// takes: `futex_waitv` takes 128 words, and one is the helper's own.
 pub const MAX_FUTEX_SOURCES: usize = 127;
 
@@ -134,6 +144,8 @@ pub enum Source<'a> {
     /// A shared-memory channel's receiving end: a message to receive (or
     /// `Disconnected`).
     Receiver(&'a mut Receiver),
+    /// A work queue's consumer: a job to take.
+    Consumer(&'a mut Consumer),
     /// A semaphore: a count to take.
     Semaphore(&'a Semaphore),
     /// An rpc server: a request to answer.
@@ -147,6 +159,12 @@ pub enum Source<'a> {
 impl<'a> From<&'a mut Receiver> for Source<'a> {
     fn from(r: &'a mut Receiver) -> Self {
         Source::Receiver(r)
+    }
+}
+
+impl<'a> From<&'a mut Consumer> for Source<'a> {
+    fn from(c: &'a mut Consumer) -> Self {
+        Source::Consumer(c)
     }
 }
 
@@ -268,6 +286,7 @@ impl Source<'_> {
     fn ready(&mut self, check: bool) -> bool {
         match self {
             Source::Receiver(r) => r.select_ready(check),
+            Source::Consumer(c) => c.select_ready(check),
             Source::Semaphore(s) => {
                 let (count, _) = s.wake_words();
                 // SeqCst: the check half of the handshake with a post.
@@ -292,6 +311,10 @@ impl Source<'_> {
         match self {
             Source::Receiver(r) => {
                 let (word, waiters) = r.wake_words();
+                Some((word, waiters, None))
+            }
+            Source::Consumer(c) => {
+                let (word, waiters) = c.wake_words();
                 Some((word, waiters, None))
             }
             Source::Semaphore(s) => {
@@ -866,7 +889,7 @@ impl Drop for Lent<'_> {
 }
 
 #[cfg(feature = "tokio")]
-fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor or fails; `fd` is
     // open (borrowed from a live source).
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };

@@ -191,20 +191,29 @@ impl SemaphoreBuilder {
 
     shm::open_methods!(Semaphore, "semaphore");
 
-    fn open_how(self, how: OpenHow) -> Result<Semaphore, OpenError> {
+    fn opening(
+        &self,
+        how: OpenHow,
+    ) -> Result<impl crate::patience::Opening<Output = (Mapping, bool)> + '_, OpenError> {
         let path = shm::shm_name(&self.name)?;
         let name = shm::display_name(&self.name);
-        let (mut map, created) = shm::open_with(
+        let attach_path = path.clone();
+        let initial = self.initial;
+        Ok(shm::opening(
+            name,
             how,
             self.wait,
-            || create(name, path.clone(), self.initial),
-            || attach(name, path.clone()),
-        )?;
+            move || create(name, path.clone(), initial),
+            move || attach(name, attach_path.clone()),
+        ))
+    }
+
+    fn finish(self, (mut map, created): (Mapping, bool)) -> Result<Semaphore, OpenError> {
         map.set_unlink_on_drop(created && self.unlink_on_drop);
         Ok(Semaphore {
             inner: Arc::new(Inner {
                 map,
-                name: name.to_owned(),
+                name: shm::display_name(&self.name).to_owned(),
             }),
         })
     }

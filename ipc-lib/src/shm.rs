@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::channel::OpenError;
-use crate::patience::Patience;
+use crate::patience::{Opening, Patience, Step};
 
 /// No ipc-lib object is larger (a channel's data area is at most 1 TiB, a
 /// region's too): a bigger one is refused before it is mapped.
@@ -54,55 +54,86 @@ pub(crate) fn display_name(name: &str) -> &str {
     name.strip_prefix('/').unwrap_or(name)
 }
 
-/// Runs `create`, `attach` or the one then the other, per `how`; the bool
-/// says whether this call created the object.
+/// Runs `create`, `attach` or the one then the other, per `how`, as an
+/// [`Opening`] whose output says whether this open created the object.
 ///
 /// `attach` makes one attempt and answers [`OpenError::NotFound`] or
 /// [`OpenError::NotInitialized`] (their `waited` is not read) when the
-/// object is not there or not ready yet; this retries it, within `wait`
-/// for a name that does not exist and within [`Patience::for_ready`] for a
-/// creator that has not finished, and reports how long it waited.
-pub(crate) fn open_with<T>(
+/// object is not there or not ready yet; the opening tries it again,
+/// within `wait` for a name that does not exist and within
+/// [`Patience::for_ready`] for a creator that has not finished, and
+/// reports how long it waited.
+pub(crate) fn opening<'a, T>(
+    name: &'a str,
     how: OpenHow,
     wait: Duration,
-    mut create: impl FnMut() -> Result<T, OpenError>,
-    mut attach: impl FnMut() -> Result<T, OpenError>,
-) -> Result<(T, bool), OpenError> {
-    let mut patience = Patience::new(wait);
-    loop {
-        let attached = match how {
-            OpenHow::Create => return create().map(|t| (t, true)),
-            OpenHow::Open => attach(),
-            OpenHow::OpenOrCreate => match create() {
-                Err(OpenError::AlreadyExists { .. }) => attach(),
-                other => return other.map(|t| (t, true)),
+    create: impl FnMut() -> Result<T, OpenError> + 'a,
+    attach: impl FnMut() -> Result<T, OpenError> + 'a,
+) -> impl Opening<Output = (T, bool)> + 'a {
+    OpenWith {
+        name,
+        how,
+        patience: Patience::new(wait),
+        create,
+        attach,
+    }
+}
+
+/// See [`opening`].
+struct OpenWith<'a, C, A> {
+    name: &'a str,
+    how: OpenHow,
+    patience: Patience,
+    create: C,
+    attach: A,
+}
+
+impl<T, C, A> Opening for OpenWith<'_, C, A>
+where
+    C: FnMut() -> Result<T, OpenError>,
+    A: FnMut() -> Result<T, OpenError>,
+{
+    type Output = (T, bool);
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn step(&mut self) -> Step<(T, bool)> {
+        let attached = match self.how {
+            OpenHow::Create => return Step::Done((self.create)().map(|t| (t, true))),
+            OpenHow::Open => (self.attach)(),
+            OpenHow::OpenOrCreate => match (self.create)() {
+                Err(OpenError::AlreadyExists { .. }) => (self.attach)(),
+                other => return Step::Done(other.map(|t| (t, true))),
             },
         };
+        let p = &mut self.patience;
         match attached {
             Err(OpenError::NotFound { name, .. }) => {
                 // open_or_create: the name went away between the two
                 // attempts (its creator dropped it); creating it is this
                 // call's job, so that is a race to retry, not a wait.
-                let limit = match how {
-                    OpenHow::OpenOrCreate => patience.for_ready(),
-                    _ => patience.for_name(),
+                let limit = match self.how {
+                    OpenHow::OpenOrCreate => p.for_ready(),
+                    _ => p.for_name(),
                 };
-                if !patience.nap(limit) {
-                    return Err(OpenError::NotFound {
+                match p.next_nap(limit) {
+                    Some(nap) => Step::Nap(nap),
+                    None => Step::Done(Err(OpenError::NotFound {
                         name,
                         waited: limit,
-                    });
+                    })),
                 }
             }
-            Err(OpenError::NotInitialized { name, .. }) => {
-                if !patience.nap(patience.for_ready()) {
-                    return Err(OpenError::NotInitialized {
-                        name,
-                        waited: patience.for_ready(),
-                    });
-                }
-            }
-            other => return other.map(|t| (t, false)),
+            Err(OpenError::NotInitialized { name, .. }) => match p.next_nap(p.for_ready()) {
+                Some(nap) => Step::Nap(nap),
+                None => Step::Done(Err(OpenError::NotInitialized {
+                    name,
+                    waited: p.for_ready(),
+                })),
+            },
+            other => Step::Done(other.map(|t| (t, false))),
         }
     }
 }
@@ -370,8 +401,11 @@ pub(crate) fn unlink(name: &str) -> Result<bool, OpenError> {
 }
 
 /// The open methods every named-object builder has, written once: each
-/// builder has `unlink_on_drop: bool`, `wait: Duration` and an
-/// `open_how(self, OpenHow)`.
+/// builder has `unlink_on_drop: bool` and `wait: Duration` fields, an
+/// `opening(&self, OpenHow)` giving the [`Opening`] that finds or makes
+/// its object, and a `finish(self, opened)` that turns what it found into
+/// the handle (claims its place, checks what only it can check; never
+/// waits). The blocking and async opens run the same opening.
 macro_rules! open_methods {
     ($object:ty, $what:literal) => {
         /// Whether dropping the handle that created the object removes its
@@ -407,6 +441,35 @@ macro_rules! open_methods {
         #[doc = concat!("Opens the ", $what, ", creating it first if the name does not exist.")]
         pub fn open_or_create(self) -> Result<$object, OpenError> {
             self.open_how(OpenHow::OpenOrCreate)
+        }
+
+        #[doc = concat!("[`open`](Self::open) for async code (feature `tokio`): \
+            waits for the ", $what, "'s creator as long as `open` does, with \
+            the same errors, between tries that never block (naps on \
+            tokio's timer, so it needs a runtime with time enabled, as \
+            `#[tokio::main]` gives). Cancel safe: a dropped future leaves \
+            nothing open.")]
+        #[cfg(feature = "tokio")]
+        pub async fn open_async(self) -> Result<$object, OpenError> {
+            self.open_how_async(OpenHow::Open).await
+        }
+
+        #[doc = concat!("[`open_or_create`](Self::open_or_create) for async code, \
+            as [`open_async`](Self::open_async).")]
+        #[cfg(feature = "tokio")]
+        pub async fn open_or_create_async(self) -> Result<$object, OpenError> {
+            self.open_how_async(OpenHow::OpenOrCreate).await
+        }
+
+        fn open_how(self, how: OpenHow) -> Result<$object, OpenError> {
+            let opened = crate::patience::block(self.opening(how)?)?;
+            self.finish(opened)
+        }
+
+        #[cfg(feature = "tokio")]
+        async fn open_how_async(self, how: OpenHow) -> Result<$object, OpenError> {
+            let opened = crate::patience::wait(self.opening(how)?).await?;
+            self.finish(opened)
         }
     };
 }

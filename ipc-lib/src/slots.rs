@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::channel::layout::FRAME_HEADER_SIZE;
 use crate::channel::OpenError;
+use crate::patience::Opening;
 use crate::shm::{self, Mapping, OpenHow};
 
 /// The largest message (a slot stays within a 32-bit length).
@@ -146,21 +147,23 @@ impl<H: SlotHeader> std::fmt::Debug for Segment<H> {
 }
 
 impl<H: SlotHeader> Segment<H> {
-    /// Creates, opens or either, as channels do (`shm::open_with`).
-    pub(crate) fn open(
-        name: &str,
+    /// Creates, opens or either, as channels do (`shm::opening`).
+    pub(crate) fn opening<'a>(
+        name: &'a str,
         how: OpenHow,
-        req: &LayoutRequest,
+        req: &'a LayoutRequest,
         wait: Duration,
-    ) -> Result<(Self, bool), OpenError> {
+    ) -> Result<impl Opening<Output = (Self, bool)> + 'a, OpenError> {
         let path = shm::shm_name(name)?;
         let name = shm::display_name(name);
-        shm::open_with(
+        let attach_path = path.clone();
+        Ok(shm::opening(
+            name,
             how,
             wait,
-            || Self::create(name, path.clone(), req),
-            || Self::attach(name, path.clone(), req),
-        )
+            move || Self::create(name, path.clone(), req),
+            move || Self::attach(name, attach_path.clone(), req),
+        ))
     }
 
     fn create(name: &str, path: CString, req: &LayoutRequest) -> Result<Self, OpenError> {

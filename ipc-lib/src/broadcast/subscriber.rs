@@ -66,12 +66,32 @@ impl SubscriberBuilder {
     /// [`wait`](Self::wait) says. A subscriber never creates one: it could
     /// not know its shape.
     pub fn open(self) -> Result<Subscriber, OpenError> {
-        let (seg, _) = Segment::open(
-            &self.name,
-            OpenHow::Open,
-            &LayoutRequest::default(),
-            self.wait,
-        )?;
+        let opened = crate::patience::block(self.opening()?)?;
+        self.finish(opened)
+    }
+
+    /// [`open`](Self::open) for async code (feature `tokio`): waits as
+    /// long, with the same errors, on tokio's timer between tries that
+    /// never block (so it needs a runtime with time enabled). Cancel
+    /// safe: a dropped future leaves nothing open.
+    #[cfg(feature = "tokio")]
+    pub async fn open_async(self) -> Result<Subscriber, OpenError> {
+        let opened = crate::patience::wait(self.opening()?).await?;
+        self.finish(opened)
+    }
+
+    fn opening(
+        &self,
+    ) -> Result<impl crate::patience::Opening<Output = (Segment, bool)> + '_, OpenError> {
+        // Whatever shape the publisher gave it.
+        const ANY: &LayoutRequest = &LayoutRequest {
+            capacity: None,
+            max_message_size: None,
+        };
+        Segment::opening(&self.name, OpenHow::Open, ANY, self.wait)
+    }
+
+    fn finish(self, (seg, _): (Segment, bool)) -> Result<Subscriber, OpenError> {
         let name = shm::display_name(&self.name).to_owned();
         let head = seg.header().write_seq.load(Ordering::Acquire);
         let cap = seg.capacity as u64;

@@ -64,8 +64,10 @@
 //! ```
 
 /// The options both ends' builders share, written once. Each builder has
-/// `req: LayoutRequest`, `unlink_on_drop: bool`, `wait: Duration` and a
-/// `build(self, OpenHow) -> Result<$end, OpenError>`.
+/// `name: String`, `req: LayoutRequest`, `unlink_on_drop: bool`, `wait:
+/// Duration` and a `finish(self, (Segment, bool)) -> Result<$end,
+/// OpenError>` that takes its place in the segment found or made; the
+/// open methods are every named object's (`shm::open_methods`).
 macro_rules! builder_options {
     ($end:ty) => {
         /// Bytes in the ring (rounded up to a multiple of 8). Default 1 MiB,
@@ -88,39 +90,13 @@ macro_rules! builder_options {
             self
         }
 
-        /// Whether dropping this end removes the channel's name, when this
-        /// end created it. Default true, as for every ipc-lib object: the
-        /// name does not outlive its creator, and the mapping lives on for
-        /// whoever already opened it.
-        pub fn unlink_on_drop(mut self, yes: bool) -> Self {
-            self.unlink_on_drop = yes;
-            self
-        }
+        crate::shm::open_methods!($end, "channel");
 
-        /// How long `open` waits for the channel to be created, and its
-        /// creator to finish setting it up (at least 2 s for that). Default
-        /// [`DEFAULT_OPEN_WAIT`](crate::DEFAULT_OPEN_WAIT) (5 s);
-        /// `Duration::ZERO` fails at once if the name does not exist.
-        pub fn wait(mut self, wait: std::time::Duration) -> Self {
-            self.wait = wait;
-            self
-        }
-
-        /// Creates the channel; fails if the name exists.
-        pub fn create(self) -> Result<$end, OpenError> {
-            self.build(OpenHow::Create)
-        }
-
-        /// Opens an existing channel, waiting for its creator as
-        /// [`wait`](Self::wait) says: [`OpenError::NotFound`] when the
-        /// name did not appear in time.
-        pub fn open(self) -> Result<$end, OpenError> {
-            self.build(OpenHow::Open)
-        }
-
-        /// Opens the channel, creating it first if needed.
-        pub fn open_or_create(self) -> Result<$end, OpenError> {
-            self.build(OpenHow::OpenOrCreate)
+        fn opening(
+            &self,
+            how: OpenHow,
+        ) -> Result<impl crate::patience::Opening<Output = (Segment, bool)> + '_, OpenError> {
+            Segment::opening(&self.name, how, &self.req, self.wait)
         }
     };
 }
@@ -342,13 +318,10 @@ mod tests {
             .create()
             .unwrap();
         let tx = Sender::builder(&name).open().unwrap();
-        let (seg, _) = segment::Segment::open(
-            &name,
-            segment::OpenHow::Open,
-            &Default::default(),
-            Duration::ZERO,
-        )
-        .unwrap();
+        let req = Default::default();
+        let opening =
+            segment::Segment::opening(&name, segment::OpenHow::Open, &req, Duration::ZERO);
+        let (seg, _) = crate::patience::block(opening.unwrap()).unwrap();
         (tx, rx, seg)
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::error::OpenError;
 use super::layout::{self, Header, Layout, Mode, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
+use crate::patience::Opening;
 use crate::shm::{self, Mapping};
 pub(crate) use crate::shm::{display_name, OpenHow};
 
@@ -54,23 +55,25 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates, opens or either, per `how` (an open waiting for the
-    /// channel as `wait` says, see [`shm::open_with`]), and checks the
-    /// layout against `req`. Returns the segment and whether this call
+    /// channel as `wait` says, see [`shm::opening`]), and checks the
+    /// layout against `req`. The opening gives the segment and whether it
     /// created it.
-    pub(crate) fn open(
-        name: &str,
+    pub(crate) fn opening<'a>(
+        name: &'a str,
         how: OpenHow,
-        req: &LayoutRequest,
+        req: &'a LayoutRequest,
         wait: Duration,
-    ) -> Result<(Segment, bool), OpenError> {
+    ) -> Result<impl Opening<Output = (Segment, bool)> + 'a, OpenError> {
         let path = shm::shm_name(name)?;
         let name = display_name(name);
-        shm::open_with(
+        let attach_path = path.clone();
+        Ok(shm::opening(
+            name,
             how,
             wait,
-            || Self::create(name, path.clone(), req),
-            || Self::attach(name, path.clone(), req),
-        )
+            move || Self::create(name, path.clone(), req),
+            move || Self::attach(name, attach_path.clone(), req),
+        ))
     }
 
     fn create(name: &str, path: CString, req: &LayoutRequest) -> Result<Segment, OpenError> {

@@ -57,8 +57,7 @@ impl SenderBuilder {
         self
     }
 
-    fn build(self, how: OpenHow) -> Result<Sender, OpenError> {
-        let (mut seg, created) = Segment::open(&self.name, how, &self.req, self.wait)?;
+    fn finish(self, (mut seg, created): (Segment, bool)) -> Result<Sender, OpenError> {
         seg.set_unlink_on_drop(created && self.unlink_on_drop);
         let name = display_name(&self.name).to_owned();
         let sh = Shared::new(seg, name.clone());

@@ -47,8 +47,14 @@ impl ConsumerBuilder {
         self
     }
 
-    fn open_how(self, how: OpenHow) -> Result<Consumer, OpenError> {
-        let (mut seg, created) = Segment::open(&self.name, how, &self.req, self.wait)?;
+    fn opening(
+        &self,
+        how: OpenHow,
+    ) -> Result<impl crate::patience::Opening<Output = (Segment, bool)> + '_, OpenError> {
+        Segment::opening(&self.name, how, &self.req, self.wait)
+    }
+
+    fn finish(self, (mut seg, created): (Segment, bool)) -> Result<Consumer, OpenError> {
         seg.set_unlink_on_drop(created && self.unlink_on_drop);
         let name = shm::display_name(&self.name).to_owned();
         let h = seg.header();
@@ -75,6 +81,7 @@ impl ConsumerBuilder {
             consumer_watches: (0..MAX_CONSUMERS).map(|_| None).collect(),
             producer_watches: (0..MAX_PRODUCERS).map(|_| None).collect(),
             last_scan: Instant::now(),
+            rescan: false,
             writer_seen: None,
         })
     }
@@ -163,6 +170,9 @@ pub struct Consumer {
     last_scan: Instant,
     /// The queue's give-back count when we last looked.
     seen_returned: u64,
+    /// A select found a job to take back (given back, or its consumer
+    /// dead): the next look scans for it whatever the time.
+    rescan: bool,
     /// Since when the job at the head of the queue has been half written.
     writer_seen: Option<(u64, Instant)>,
 }
@@ -357,30 +367,77 @@ impl Consumer {
         (s.pos == pos && s.phase == phase::READY) || h.returned.load(SeqCst) != self.seen_returned
     }
 
-    /// The futex word producers bump and wake for a job, and the count of
-    /// sleepers they read first.
-    #[cfg(feature = "tokio")]
-    pub(super) fn wake_words(
+    /// The futex word producers bump and wake for a job (and consumers
+    /// for a job given back), and the count of sleepers they read first:
+    /// for async waits and [`crate::select`].
+    pub(crate) fn wake_words(
         &self,
     ) -> (&std::sync::atomic::AtomicU32, &std::sync::atomic::AtomicU32) {
         let h = self.inner.seg.header();
         (&h.data_futex, &h.recv_waiters)
     }
 
+    /// For [`crate::select`]: whether a try would now hand out a job (or
+    /// an error). With `check` (once a liveness slice) it also does what
+    /// a try does that takes nothing: steps over a job a dead producer
+    /// left half written, and looks for jobs given back or held by dead
+    /// consumers, which the next try then takes first.
+    pub(crate) fn select_ready(&mut self, check: bool) -> bool {
+        if self.rescan || self.job_ready() {
+            return true;
+        }
+        if !check {
+            return false;
+        }
+        let mut alive = [None; MAX_CONSUMERS];
+        if self.next_lost(0, &mut alive).is_some() {
+            self.rescan = true;
+            return true;
+        }
+        // A damaged position is ready too: the try says so.
+        !matches!(self.head(), Ok(None))
+    }
+
     /// One look for a job: given back or left by a dead consumer first
     /// (they are the oldest), when jobs were given back since the last
     /// look or a liveness slice has passed; then the next job in line.
     pub(super) fn take(&mut self) -> Result<Option<Job>, TakeError> {
-        let inner = self.inner.clone();
-        let h = inner.seg.header();
-        let returned = h.returned.load(Acquire);
-        if returned != self.seen_returned || self.last_scan.elapsed() >= LIVENESS_SLICE {
+        let returned = self.inner.seg.header().returned.load(Acquire);
+        if returned != self.seen_returned
+            || self.rescan
+            || self.last_scan.elapsed() >= LIVENESS_SLICE
+        {
             self.seen_returned = returned;
             self.last_scan = Instant::now();
+            self.rescan = false;
             if let Some(job) = self.reclaim()? {
                 return Ok(Some(job));
             }
         }
+        loop {
+            let Some((pos, word)) = self.head()? else {
+                return Ok(None);
+            };
+            let seg = &self.inner.seg;
+            let mine = State::taken(pos, 1, self.inner.slot);
+            if seg.slot(pos)[0]
+                .compare_exchange(word, mine, AcqRel, Relaxed)
+                .is_ok()
+            {
+                let next = &seg.header().next;
+                let _ = next.compare_exchange(pos, pos + 1, AcqRel, Relaxed);
+                return self.deliver(pos, mine).map(Some);
+            }
+        }
+    }
+
+    /// The next job in line, ready to take (its position and state word),
+    /// once what needs no taking is stepped over: positions already
+    /// delivered, and a job a dead producer left half written. `None`:
+    /// nothing is ready at the head of the line.
+    fn head(&mut self) -> Result<Option<(u64, u64)>, TakeError> {
+        let inner = self.inner.clone();
+        let h = inner.seg.header();
         let cap = inner.seg.capacity as u64;
         loop {
             let pos = h.next.load(Acquire);
@@ -394,8 +451,7 @@ impl Consumer {
                     },
                 });
             }
-            let slot = inner.seg.slot(pos);
-            let word = slot[0].load(Acquire);
+            let word = inner.seg.slot(pos)[0].load(Acquire);
             let s = State::unpack(word);
             if s.pos < pos || (s.pos == pos && s.phase == phase::FREE) {
                 // Nothing pushed at our position yet (or its slot still
@@ -414,14 +470,7 @@ impl Consumer {
                 }
                 return Ok(None);
             }
-            let mine = State::taken(pos, 1, inner.slot);
-            if slot[0]
-                .compare_exchange(word, mine, AcqRel, Relaxed)
-                .is_ok()
-            {
-                let _ = h.next.compare_exchange(pos, pos + 1, AcqRel, Relaxed);
-                return self.deliver(pos, mine).map(Some);
-            }
+            return Ok(Some((pos, word)));
         }
     }
 
@@ -459,30 +508,13 @@ impl Consumer {
     /// is one: a scan of every slot, asking the kernel at most once per
     /// consumer whether it lives.
     fn reclaim(&mut self) -> Result<Option<Job>, TakeError> {
-        let seg = &self.inner.seg;
-        let h = seg.header();
-        let cap = seg.capacity as u64;
-        let mut alive: [Option<bool>; MAX_CONSUMERS] = [None; MAX_CONSUMERS];
-        for i in 0..cap {
-            let word = seg.slot(i)[0].load(Acquire);
+        let mut alive = [None; MAX_CONSUMERS];
+        let mut from = 0;
+        while let Some((i, word, lost_by)) = self.next_lost(from, &mut alive) {
+            from = i + 1;
             let s = State::unpack(word);
-            if s.phase != phase::TAKEN || s.owner == self.inner.slot {
-                continue;
-            }
-            let mut lost_by = None;
-            if s.owner != ORPHAN {
-                let peer = &h.consumers[s.owner];
-                let live = *alive[s.owner].get_or_insert_with(|| {
-                    ring::observe(peer, &mut self.consumer_watches[s.owner], true)
-                        == PeerState::Alive
-                });
-                if live {
-                    continue;
-                }
-                lost_by = Some(slot::unpack(peer.state_pid.load(Relaxed)).1);
-            }
             let mine = State::taken(s.pos, s.deliveries.saturating_add(1), self.inner.slot);
-            if seg.slot(i)[0]
+            if self.inner.seg.slot(i)[0]
                 .compare_exchange(word, mine, AcqRel, Relaxed)
                 .is_ok()
             {
@@ -494,6 +526,37 @@ impl Consumer {
             }
         }
         Ok(None)
+    }
+
+    /// The first slot from `from` on holding a job nobody works on: given
+    /// back, or taken by a consumer that died (`alive` caches, per
+    /// consumer, what the kernel said). Returns the slot, its state word
+    /// and the dead consumer's pid (`None`: given back).
+    fn next_lost(
+        &mut self,
+        from: u64,
+        alive: &mut [Option<bool>; MAX_CONSUMERS],
+    ) -> Option<(u64, u64, Option<u32>)> {
+        let seg = &self.inner.seg;
+        let h = seg.header();
+        for i in from..seg.capacity as u64 {
+            let word = seg.slot(i)[0].load(Acquire);
+            let s = State::unpack(word);
+            if s.phase != phase::TAKEN || s.owner == self.inner.slot {
+                continue;
+            }
+            if s.owner == ORPHAN {
+                return Some((i, word, None));
+            }
+            let peer = &h.consumers[s.owner];
+            let live = *alive[s.owner].get_or_insert_with(|| {
+                ring::observe(peer, &mut self.consumer_watches[s.owner], true) == PeerState::Alive
+            });
+            if !live {
+                return Some((i, word, Some(slot::unpack(peer.state_pid.load(Relaxed)).1)));
+            }
+        }
+        None
     }
 
     /// Copies out the job at `pos`, ours with state `word`, and checks

@@ -263,14 +263,10 @@ mod tests {
 
     /// The queue's segment as another process maps it.
     fn segment(name: &str) -> layout::Segment {
-        layout::Segment::open(
-            name,
-            crate::shm::OpenHow::Open,
-            &Default::default(),
-            Duration::ZERO,
-        )
-        .unwrap()
-        .0
+        let req = Default::default();
+        let opening =
+            layout::Segment::opening(name, crate::shm::OpenHow::Open, &req, Duration::ZERO);
+        crate::patience::block(opening.unwrap()).unwrap().0
     }
 
     #[test]
@@ -291,6 +287,33 @@ mod tests {
         let job = c.next_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(job.payload(), b"after");
         assert_eq!(c.skipped(), 1);
+        job.ack().unwrap();
+    }
+
+    #[test]
+    fn a_select_steps_over_a_job_a_dead_producer_left_half_written() {
+        use crate::channel::layout::slot;
+        use crate::select::{Select, SelectError};
+        use layout::State;
+        let (mut p, mut c) = queue("deadw-select", 4);
+        let seg = segment(p.name());
+        let h = seg.header();
+        h.producers[5]
+            .state_pid
+            .store(slot::pack(slot::ATTACHED, dead_pid()), Ordering::SeqCst);
+        seg.slot(0)[0].store(State::writing(0, 5), Ordering::SeqCst);
+        h.head.store(1, Ordering::SeqCst);
+        let mut select = Select::new();
+        let got = select.wait(&mut [(&mut c).into()], Some(Duration::ZERO));
+        assert!(matches!(got, Err(SelectError::Timeout)), "{got:?}");
+        // A job behind the dead one: the select finds it once the dead
+        // producer's is stepped over, as a blocking next would.
+        p.push(b"after").unwrap();
+        let got = select.wait(&mut [(&mut c).into()], Some(Duration::from_secs(10)));
+        assert_eq!(got.unwrap(), 0);
+        assert_eq!(c.skipped(), 1);
+        let job = c.try_next().unwrap();
+        assert_eq!(job.payload(), b"after");
         job.ack().unwrap();
     }
 

@@ -41,8 +41,14 @@ impl ProducerBuilder {
         self
     }
 
-    fn open_how(self, how: OpenHow) -> Result<Producer, OpenError> {
-        let (mut seg, created) = Segment::open(&self.name, how, &self.req, self.wait)?;
+    fn opening(
+        &self,
+        how: OpenHow,
+    ) -> Result<impl crate::patience::Opening<Output = (Segment, bool)> + '_, OpenError> {
+        Segment::opening(&self.name, how, &self.req, self.wait)
+    }
+
+    fn finish(self, (mut seg, created): (Segment, bool)) -> Result<Producer, OpenError> {
         seg.set_unlink_on_drop(created && self.unlink_on_drop);
         let name = shm::display_name(&self.name).to_owned();
         let h = seg.header();

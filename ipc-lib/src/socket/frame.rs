@@ -3,12 +3,12 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic     what the frame is (DATA, CALL, REPLY, FAULT,
-//!                         HELLO)
+//!                         PANIC, HELLO)
 //!      4     4  len       payload bytes that follow the header
 //!      8     8  msg_id    the message id (HELLO: the receiver's maximum
 //!                         message size)
-//!     16     8  reply_to  REPLY / FAULT: the msg_id of the request answered;
-//!                         0 otherwise
+//!     16     8  reply_to  REPLY / FAULT / PANIC: the msg_id of the request
+//!                         answered; 0 otherwise
 //! ```
 //!
 //! A CALL (an rpc request naming the method it calls) is a DATA frame
@@ -36,6 +36,10 @@ pub(crate) const REPLY: u32 = u32::from_le_bytes(*b"IPCR");
 /// An rpc server could not handle the request ("IPCF"); the payload is the
 /// reason, in UTF-8.
 pub(crate) const FAULT: u32 = u32::from_le_bytes(*b"IPCF");
+/// An rpc server's handler panicked on the request ("IPCP"); the payload
+/// is the panic's message, in UTF-8. A client that predates it refuses
+/// the frame (an unknown magic) rather than take it for a reply.
+pub(crate) const PANIC: u32 = u32::from_le_bytes(*b"IPCP");
 /// The receiver's greeting to a new sender ("IPCH"), carrying its maximum
 /// message size in `msg_id`.
 pub(crate) const HELLO: u32 = u32::from_le_bytes(*b"IPCH");

@@ -64,7 +64,7 @@ pub use receiver::{SocketReceiver, SocketReceiverBuilder};
 pub use sender::{SocketSender, SocketSenderBuilder};
 
 use crate::channel::{OpenError, SendError};
-use crate::patience::Patience;
+use crate::patience::{Opening, Patience, Step};
 use frame::{Header, HEADER_LEN, HELLO};
 
 /// The largest message a socket channel may be built for. The kernel
@@ -129,46 +129,36 @@ fn os<'a>(name: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> OpenErro
     }
 }
 
-/// One connected socket and the pid of the process at its other end.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    pub(crate) fd: OwnedFd,
-    pub(crate) peer_pid: u32,
+/// A connection being made ([`Conn::opening`]).
+pub(crate) struct ConnOpening {
+    shown: String,
+    addr: sys::Address,
+    patience: Patience,
+    /// A socket connected to the receiver and waiting for its greeting,
+    /// and the receiver's pid.
+    connected: Option<(OwnedFd, u32)>,
 }
 
-impl Conn {
-    /// Connects to channel `name`, checks the receiver runs as our user and
-    /// waits for its greeting. Waits up to `wait` for a receiver to listen
-    /// at the name, retrying the connect (a receiver may start after its
-    /// senders), and for the greeting within [`Patience::for_ready`].
-    /// Returns the connection, the name as traced, and the receiver's
-    /// maximum message size.
-    pub(crate) fn open(name: &str, wait: Duration) -> Result<(Conn, String, usize), OpenError> {
-        let (shown, addr) = address(name)?;
-        let mut patience = Patience::new(wait);
-        loop {
-            if let Some(found) = Self::try_open(&shown, &addr, &patience)? {
-                return Ok(found);
-            }
-            if !patience.nap(patience.for_name()) {
-                return Err(OpenError::NotFound {
-                    name: shown,
-                    waited: patience.for_name(),
-                });
-            }
+impl ConnOpening {
+    /// No receiver at the name (yet): another try after a nap, or
+    /// `NotFound` once the wait for the name is spent.
+    fn again(&mut self) -> Step<(Conn, String, usize)> {
+        let limit = self.patience.for_name();
+        match self.patience.next_nap(limit) {
+            Some(nap) => Step::Nap(nap),
+            None => Step::Done(Err(OpenError::NotFound {
+                name: self.shown.clone(),
+                waited: limit,
+            })),
         }
     }
 
-    /// One attempt of [`open`](Self::open), on a fresh socket (one whose
-    /// connect failed is in no state to try again): `None` when no
-    /// receiver listens at the name, or it went away before greeting us.
-    fn try_open(
-        shown: &str,
-        addr: &sys::Address,
-        patience: &Patience,
-    ) -> Result<Option<(Conn, String, usize)>, OpenError> {
+    /// One connect, on a fresh socket (one whose connect failed is in no
+    /// state to try again): `None` when no receiver listens at the name.
+    fn connect(&self) -> Result<Option<(OwnedFd, u32)>, OpenError> {
+        let shown = &self.shown;
         let fd = sys::seqpacket().map_err(os(shown, "socket"))?;
-        match sys::connect(&fd, addr) {
+        match sys::connect(&fd, &self.addr) {
             Ok(()) => {}
             // No socket bound at the name (ENOENT would be a path's; the
             // abstract namespace answers ECONNREFUSED), or one bound and
@@ -182,55 +172,121 @@ impl Conn {
         let uid = sys::euid();
         if owner != uid {
             return Err(OpenError::NotOwner {
-                name: shown.to_owned(),
+                name: shown.clone(),
                 owner,
                 uid,
             });
         }
         sys::set_nonblocking(&fd).map_err(os(shown, "fcntl"))?;
         sys::set_passcred(&fd).map_err(os(shown, "SO_PASSCRED"))?;
-        let deadline = patience.ready_deadline();
+        Ok(Some((fd, peer_pid)))
+    }
+
+    /// One look for the receiver's greeting on a connected socket:
+    /// `Ok(None)` when it has not come yet.
+    fn greeting(&self, fd: &OwnedFd) -> Result<Option<Greeting>, OpenError> {
+        let shown = &self.shown;
         let mut buf = [0u8; HEADER_LEN + 1];
-        loop {
-            match sys::recv_trunc(fd.as_raw_fd(), &mut buf) {
-                // The receiver closed the connection before greeting us: it
-                // went away (a receiver refuses only other users, and we
-                // checked it is ours). Another may take its name.
-                Ok(sys::Datagram::End) => return Ok(None),
-                Ok(sys::Datagram::Bytes(n)) => {
-                    let got = buf.len().min(n);
-                    let h = Header::check(&buf[..got], n, &[HELLO], 0).map_err(|reason| {
-                        OpenError::CorruptHeader {
-                            name: shown.to_owned(),
-                            reason: format!("bad greeting from the receiver: {reason}"),
-                        }
-                    })?;
-                    let max = h.msg_id;
-                    if max > MAX_MESSAGE_LIMIT as u64 {
-                        return Err(OpenError::CorruptHeader {
-                            name: shown.to_owned(),
-                            reason: format!(
-                                "receiver announces a maximum message size of {max} bytes, \
-                                 over the limit of {MAX_MESSAGE_LIMIT}"
-                            ),
-                        });
+        match sys::recv_trunc(fd.as_raw_fd(), &mut buf) {
+            // The receiver closed the connection before greeting us: it
+            // went away (a receiver refuses only other users, and we
+            // checked it is ours). Another may take its name.
+            Ok(sys::Datagram::End) => Ok(Some(Greeting::Gone)),
+            Ok(sys::Datagram::Bytes(n)) => {
+                let got = buf.len().min(n);
+                let h = Header::check(&buf[..got], n, &[HELLO], 0).map_err(|reason| {
+                    OpenError::CorruptHeader {
+                        name: shown.clone(),
+                        reason: format!("bad greeting from the receiver: {reason}"),
                     }
-                    let conn = Conn { fd, peer_pid };
-                    return Ok(Some((conn, shown.to_owned(), max as usize)));
+                })?;
+                let max = h.msg_id;
+                if max > MAX_MESSAGE_LIMIT as u64 {
+                    return Err(OpenError::CorruptHeader {
+                        name: shown.clone(),
+                        reason: format!(
+                            "receiver announces a maximum message size of {max} bytes, \
+                             over the limit of {MAX_MESSAGE_LIMIT}"
+                        ),
+                    });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = sys::remaining(deadline);
-                    if left == Some(Duration::ZERO) {
-                        return Err(OpenError::NotInitialized {
-                            name: shown.to_owned(),
-                            waited: patience.for_ready(),
-                        });
-                    }
-                    sys::poll_one(fd.as_fd(), libc::POLLIN, left).map_err(os(shown, "poll"))?;
-                }
-                Err(e) => return Err(os(shown, "recv")(e)),
+                Ok(Some(Greeting::Max(max as usize)))
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(os(shown, "recv")(e)),
         }
+    }
+}
+
+/// What a receiver said first.
+enum Greeting {
+    /// Its maximum message size.
+    Max(usize),
+    /// Nothing: it closed the connection.
+    Gone,
+}
+
+impl Opening for ConnOpening {
+    type Output = (Conn, String, usize);
+
+    fn name(&self) -> &str {
+        &self.shown
+    }
+
+    fn step(&mut self) -> Step<(Conn, String, usize)> {
+        let (fd, peer_pid) = match self.connected.take() {
+            Some(c) => c,
+            None => match self.connect() {
+                Ok(Some(c)) => c,
+                Ok(None) => return self.again(),
+                Err(e) => return Step::Done(Err(e)),
+            },
+        };
+        match self.greeting(&fd) {
+            Ok(Some(Greeting::Max(max))) => {
+                let conn = Conn { fd, peer_pid };
+                Step::Done(Ok((conn, self.shown.clone(), max)))
+            }
+            Ok(Some(Greeting::Gone)) => self.again(),
+            Ok(None) => {
+                let until = self.patience.ready_deadline();
+                if sys::remaining(until) == Some(Duration::ZERO) {
+                    return Step::Done(Err(OpenError::NotInitialized {
+                        name: self.shown.clone(),
+                        waited: self.patience.for_ready(),
+                    }));
+                }
+                let raw = fd.as_raw_fd();
+                self.connected = Some((fd, peer_pid));
+                Step::Readable { fd: raw, until }
+            }
+            Err(e) => Step::Done(Err(e)),
+        }
+    }
+}
+
+/// One connected socket and the pid of the process at its other end.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) fd: OwnedFd,
+    pub(crate) peer_pid: u32,
+}
+
+impl Conn {
+    /// Connects to channel `name`, checks the receiver runs as our user and
+    /// waits for its greeting, as an [`Opening`] that gives the
+    /// connection, the name as traced, and the receiver's maximum message
+    /// size. Waits up to `wait` for a receiver to listen at the name,
+    /// retrying the connect (a receiver may start after its senders), and
+    /// for the greeting within [`Patience::for_ready`].
+    pub(crate) fn opening(name: &str, wait: Duration) -> Result<ConnOpening, OpenError> {
+        let (shown, addr) = address(name)?;
+        Ok(ConnOpening {
+            shown,
+            addr,
+            patience: Patience::new(wait),
+            connected: None,
+        })
     }
 
     /// Sends `msg` as a frame of `magic` (DATA, or an rpc's CALL) with a

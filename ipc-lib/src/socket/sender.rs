@@ -37,8 +37,23 @@ impl SocketSenderBuilder {
     /// listened in time, [`OpenError::NotOwner`] when it runs as another
     /// user.
     pub fn open(self) -> Result<SocketSender, OpenError> {
-        let (conn, name, max) = Conn::open(&self.name, self.wait)?;
-        Ok(SocketSender {
+        let opened = crate::patience::block(Conn::opening(&self.name, self.wait)?)?;
+        Ok(self.finish(opened))
+    }
+
+    /// [`open`](Self::open) for async code (feature `tokio`): waits as
+    /// long, with the same errors, for the receiver to listen (naps on
+    /// tokio's timer, so it needs a runtime with time enabled) and to
+    /// greet the connection (on tokio's reactor), never blocking the
+    /// thread. Cancel safe: a dropped future leaves nothing open.
+    #[cfg(feature = "tokio")]
+    pub async fn open_async(self) -> Result<SocketSender, OpenError> {
+        let opened = crate::patience::wait(Conn::opening(&self.name, self.wait)?).await?;
+        Ok(self.finish(opened))
+    }
+
+    fn finish(self, (conn, name, max): (Conn, String, usize)) -> SocketSender {
+        SocketSender {
             #[cfg(feature = "tokio")]
             registration: None,
             name,
@@ -46,7 +61,7 @@ impl SocketSenderBuilder {
             max,
             pid: std::process::id(),
             when_full: self.when_full,
-        })
+        }
     }
 }
 

@@ -1,11 +1,15 @@
 //! Opens that wait for their creator (issue 18): an opener started before
 //! the process that creates its object, an open whose creator never comes,
-//! and an object found half made by its creator.
+//! and an object found half made by its creator; blocking and async.
 
+use std::any::Any;
 use std::ffi::CString;
+use std::future::Future;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use ipc_lib::broadcast::{Publisher, Subscriber};
+use ipc_lib::queue::{Consumer, Producer};
 use ipc_lib::region::{self, Region};
 use ipc_lib::rpc::{Client, Server};
 use ipc_lib::sem::Semaphore;
@@ -197,4 +201,171 @@ fn an_object_its_creator_never_finishes_is_not_initialized_after_the_wait() {
         matches!(&err, OpenError::NotInitialized { waited, .. } if *waited == wait),
         "{err:?}"
     );
+}
+
+/// A runtime with one thread: whatever blocks it stops every task.
+fn one_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `open` and, on the same runtime thread, a creator that makes the
+/// object LATE after it starts: an async open that blocked its thread
+/// would keep the creator from ever running, and give up (`NotFound`).
+/// `Send`, as a future `tokio::spawn` takes must be.
+fn open_async_before_creator<T, F>(kind: &str, open: F, create: impl FnOnce() -> Box<dyn Any>)
+where
+    F: Future<Output = Result<T, OpenError>> + Send,
+{
+    let (opened, created) = one_thread().block_on(async {
+        let creator = async {
+            tokio::time::sleep(LATE).await;
+            create()
+        };
+        let (opened, created) = tokio::join!(open, creator);
+        (opened.map(drop), created)
+    });
+    drop(created);
+    if let Err(e) = opened {
+        panic!("{kind}: async open failed: {e}");
+    }
+}
+
+#[test]
+fn async_opens_wait_for_their_creator_without_blocking_the_runtime() {
+    let n = |kind: &str| unique_name(&format!("patient-async-{kind}"));
+    let name = n("sender");
+    open_async_before_creator("sender", Sender::builder(&name).open_async(), || {
+        Box::new(Receiver::builder(&name).create().unwrap())
+    });
+    let name = n("receiver");
+    open_async_before_creator("receiver", Receiver::builder(&name).open_async(), || {
+        Box::new(Sender::builder(&name).create().unwrap())
+    });
+    let name = n("region");
+    open_async_before_creator("region", Region::builder(&name).open_async(), || {
+        Box::new(Region::builder(&name).size(64).create().unwrap())
+    });
+    let name = n("sem");
+    open_async_before_creator("sem", Semaphore::builder(&name).open_async(), || {
+        Box::new(Semaphore::builder(&name).create().unwrap())
+    });
+    let name = n("consumer");
+    open_async_before_creator("consumer", Consumer::builder(&name).open_async(), || {
+        Box::new(Producer::builder(&name).create().unwrap())
+    });
+    let name = n("producer");
+    open_async_before_creator("producer", Producer::builder(&name).open_async(), || {
+        Box::new(Consumer::builder(&name).create().unwrap())
+    });
+    let name = n("subscriber");
+    open_async_before_creator(
+        "subscriber",
+        Subscriber::builder(&name).open_async(),
+        || Box::new(Publisher::builder(&name).create().unwrap()),
+    );
+    // The socket opens also wait for the receiver's greeting, on the
+    // reactor.
+    let name = n("socket");
+    open_async_before_creator("socket", SocketSender::builder(&name).open_async(), || {
+        Box::new(SocketReceiver::builder(&name).create().unwrap())
+    });
+    let name = n("rpc");
+    open_async_before_creator("rpc", Client::connect_async(&name), || {
+        Box::new(Server::builder(&name).create().unwrap())
+    });
+}
+
+#[test]
+fn an_async_rpc_client_connecting_before_its_server_process_waits_for_it() {
+    open_before_creator("rpc", |n| one_thread().block_on(Client::connect_async(n)));
+}
+
+#[test]
+fn an_async_open_whose_creator_never_comes_fails_as_the_blocking_one_does() {
+    let wait = Duration::from_millis(400);
+    let name = |kind: &str| unique_name(&format!("patient-async-never-{kind}"));
+    let (names, results) = one_thread().block_on(async {
+        let names = [
+            name("sender"),
+            name("region"),
+            name("sem"),
+            name("consumer"),
+            name("subscriber"),
+            name("socket"),
+            name("rpc"),
+        ];
+        let started = Instant::now();
+        // All at once, on one thread: each gives up on its own wait.
+        let results = tokio::join!(
+            Sender::builder(&names[0]).wait(wait).open_async(),
+            Region::builder(&names[1]).wait(wait).open_async(),
+            Semaphore::builder(&names[2]).wait(wait).open_async(),
+            Consumer::builder(&names[3]).wait(wait).open_async(),
+            Subscriber::builder(&names[4]).wait(wait).open_async(),
+            SocketSender::builder(&names[5]).wait(wait).open_async(),
+            Client::connect_timeout_async(&names[6], wait),
+        );
+        let took = started.elapsed();
+        assert!(took >= wait, "gave up after {took:?}");
+        assert!(took < DEFAULT_OPEN_WAIT, "gave up after {took:?}");
+        let results = [
+            results.0.map(drop),
+            results.1.map(drop),
+            results.2.map(drop),
+            results.3.map(drop),
+            results.4.map(drop),
+            results.5.map(drop),
+            results.6.map(drop),
+        ];
+        (names, results)
+    });
+    for (name, r) in names.iter().zip(results) {
+        match r {
+            Err(OpenError::NotFound { name: n, waited }) if n == *name && waited == wait => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // A zero wait fails at once, as `open`'s does.
+    let name = name("zero");
+    let r = one_thread().block_on(Sender::builder(&name).wait(Duration::ZERO).open_async());
+    assert!(matches!(r, Err(OpenError::NotFound { .. })), "{r:?}");
+}
+
+#[test]
+fn an_async_open_of_an_object_never_finished_is_not_initialized_after_the_wait() {
+    let name = unique_name("patient-async-unfinished");
+    let _g = NameGuard(name.clone());
+    let file = bare_object(&name);
+    file.set_len(4096 + region::HEADER_SIZE as u64).unwrap();
+    let wait = Duration::from_millis(2500);
+    let (channel, region) = one_thread().block_on(async {
+        tokio::join!(
+            Sender::builder(&name).wait(wait).open_async(),
+            Region::builder(&name).wait(wait).open_async(),
+        )
+    });
+    for err in [
+        channel.map(drop).unwrap_err(),
+        region.map(drop).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, OpenError::NotInitialized { name: n, waited } if *n == name && *waited == wait),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn an_async_open_outside_a_runtime_is_an_error_not_a_panic() {
+    let name = unique_name("patient-async-no-runtime");
+    let open = Sender::builder(&name).open_async();
+    let mut open = std::pin::pin!(open);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match open.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(OpenError::Os { .. })) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,5 +1,5 @@
-//! Request/response between real processes: pairing, many clients, and a
-//! server that dies mid-call.
+//! Request/response between real processes: pairing, many clients, a
+//! server that dies mid-call, and one whose handler panics.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,24 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             let mut server = Server::builder(name).create().map_err(|e| e.to_string())?;
             let answered = server
                 .serve_values(answer)
+                .map_err(|e| format!("serve: {e}"))?;
+            if answered != n {
+                return Err(format!("answered {answered} calls, expected {n}"));
+            }
+            Ok(())
+        }
+        // Serves with a handler that panics on odd indexes; exits 0 iff it
+        // answered N calls, panics included.
+        "rpc-serve-panicky" => {
+            let n = nums(arg).first().copied().unwrap_or(0);
+            // The panics are the test's; not noise on its stderr.
+            std::panic::set_hook(Box::new(|_| {}));
+            let mut server = Server::builder(name).create().map_err(|e| e.to_string())?;
+            let answered = server
+                .serve_values(|req: Req| {
+                    assert!(req.0.is_multiple_of(2), "odd request {}", req.0);
+                    answer(req)
+                })
                 .map_err(|e| format!("serve: {e}"))?;
             if answered != n {
                 return Err(format!("answered {answered} calls, expected {n}"));
@@ -126,4 +144,23 @@ fn server_killed_mid_call_fails_the_call_at_once() {
         Client::connect_timeout(&name, Duration::ZERO),
         Err(OpenError::NotFound { .. })
     ));
+}
+
+#[test]
+fn a_server_process_whose_handler_panics_answers_with_the_panic_and_serves_on() {
+    let name = unique_name("rpc-panic");
+    let mut server = spawn("rpc-serve-panicky", &name, "100");
+    let mut client = connect(&name);
+    for i in 0..100 {
+        let req = request(i);
+        match client.call_value::<_, Resp>(&req, PATIENCE) {
+            Ok(got) if i % 2 == 0 => assert_eq!(got, answer(req)),
+            Err(CallError::HandlerPanicked { message }) if i % 2 == 1 => {
+                assert_eq!(message, format!("odd request {i}"));
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    drop(client);
+    assert!(wait_bounded(&mut server, PATIENCE).success());
 }

@@ -1,10 +1,11 @@
-//! `select`: one wait over channel receivers, semaphores, rpc servers and
-//! process exits, each woken from another process.
+//! `select`: one wait over channel receivers, queue consumers, semaphores,
+//! rpc servers and process exits, each woken from another process.
 
 use std::io::Read;
 use std::time::Duration;
 
 use ipc_lib::channel::{Receiver, RecvError};
+use ipc_lib::queue::{Consumer, Producer, TakeError};
 use ipc_lib::rpc::{Client, Server};
 use ipc_lib::select::{Process, Select, SelectError, Source};
 use ipc_lib::sem::Semaphore;
@@ -48,6 +49,22 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
                 return Err(format!("reply {r:?}"));
             }
             Ok(())
+        }
+        // Pushes one job on queue NAME.
+        "select-push" => {
+            let mut producer = open_when_ready(|| Producer::builder(name).open());
+            producer.push(b"job").map(drop).map_err(|e| e.to_string())
+        }
+        // Takes a job from queue NAME, posts semaphore NAME-taken and
+        // works on it until killed.
+        "select-take-hang" => {
+            let mut consumer = open_when_ready(|| Consumer::builder(name).open());
+            let taken = open_when_ready(|| Semaphore::builder(format!("{name}-taken")).open());
+            let job = consumer.next_timeout(PATIENCE).map_err(|e| e.to_string())?;
+            taken.post().map_err(|e| e.to_string())?;
+            std::thread::sleep(PATIENCE);
+            drop(job);
+            Err("was not killed".into())
         }
         // Exits after the delay.
         "select-exit" => Ok(()),
@@ -121,6 +138,76 @@ fn wakes_on_a_message_while_also_waiting_on_a_process() {
     assert_eq!(rx.try_recv().unwrap(), b"hello");
     drop(child.stdin.take());
     assert!(wait_bounded(&mut child, PATIENCE).success());
+}
+
+#[test]
+fn wakes_on_a_job_pushed_by_another_process() {
+    let name = unique_name("sel-queue");
+    let mut producer = Producer::builder(&name).create().unwrap();
+    let mut consumer = Consumer::builder(&name).open().unwrap();
+    let sem = idle_sem("sel-queue-sem");
+    let sleeper = Sleeper::new();
+    let mut select = Select::new();
+    // Shared-memory sources only (one futex_waitv), then with a
+    // descriptor (the helper thread).
+    for with_process in [false, true] {
+        let mut child = spawn("select-push", &name, "");
+        let got = if with_process {
+            let sources = &mut [(&sleeper.1).into(), (&sem).into(), (&mut consumer).into()];
+            select.wait(sources, Some(PATIENCE))
+        } else {
+            select.wait(&mut [(&sem).into(), (&mut consumer).into()], Some(PATIENCE))
+        };
+        assert_eq!(got.unwrap(), if with_process { 2 } else { 1 });
+        // Taken by nobody but us: the job is there for try_next.
+        let job = consumer.try_next().unwrap();
+        assert_eq!(job.payload(), b"job");
+        job.ack().unwrap();
+        assert!(wait_bounded(&mut child, PATIENCE).success());
+    }
+    let got = select.wait(
+        &mut [(&mut consumer).into()],
+        Some(Duration::from_millis(50)),
+    );
+    assert!(matches!(got, Err(SelectError::Timeout)), "{got:?}");
+    // A job given back (dropped unacknowledged) is ready at once.
+    producer.push(b"again").unwrap();
+    drop(consumer.try_next().unwrap());
+    let got = select.wait(&mut [(&mut consumer).into()], Some(Duration::ZERO));
+    assert_eq!(got.unwrap(), 0);
+    let job = consumer.try_next().unwrap();
+    assert_eq!((job.payload(), job.deliveries()), (&b"again"[..], 2));
+    job.ack().unwrap();
+}
+
+#[test]
+fn wakes_on_a_job_whose_consumer_process_was_killed() {
+    let name = unique_name("sel-queue-kill");
+    let mut producer = Producer::builder(&name).create().unwrap();
+    let taken = Semaphore::builder(format!("{name}-taken"))
+        .create()
+        .unwrap();
+    let mut consumer = Consumer::builder(&name).open().unwrap();
+    let id = producer.push(b"work").unwrap();
+    let mut child = spawn("select-take-hang", &name, "0");
+    taken.wait_timeout(PATIENCE).unwrap().forget();
+    let mut select = Select::new();
+    // The job is the child's: nothing to take.
+    let got = select.wait(
+        &mut [(&mut consumer).into()],
+        Some(Duration::from_millis(60)),
+    );
+    assert!(matches!(got, Err(SelectError::Timeout)), "{got:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nobody pushes, nobody wakes the word: the select finds the dead
+    // consumer's job when it asks, once a liveness slice.
+    let got = select.wait(&mut [(&mut consumer).into()], Some(PATIENCE));
+    assert_eq!(got.unwrap(), 0);
+    let job = consumer.try_next().unwrap();
+    assert_eq!((job.id(), job.deliveries()), (id, 2));
+    job.ack().unwrap();
+    assert!(matches!(consumer.try_next(), Err(TakeError::Empty)));
 }
 
 #[test]
@@ -300,4 +387,22 @@ async fn async_select_wakes_on_a_message_and_on_an_exit() {
     assert_eq!(got.unwrap(), 1);
     drop(sender.stdin.take());
     assert!(wait_bounded(&mut sender, PATIENCE).success());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_select_wakes_on_a_job() {
+    let name = unique_name("sel-async-queue");
+    let _producer = Producer::builder(&name).create().unwrap();
+    let mut consumer = Consumer::builder(&name).open().unwrap();
+    let sem = idle_sem("sel-async-queue-sem");
+    let mut child = spawn("select-push", &name, "");
+    let mut select = Select::new();
+    let got = select
+        .wait_async(&mut [(&sem).into(), (&mut consumer).into()])
+        .await;
+    assert_eq!(got.unwrap(), 1);
+    let job = consumer.try_next().unwrap();
+    assert_eq!(job.payload(), b"job");
+    job.ack().unwrap();
+    assert!(wait_bounded(&mut child, PATIENCE).success());
 }
