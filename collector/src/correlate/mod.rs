@@ -245,7 +245,10 @@ impl Correlator {
 
     /// Takes `event`, the next in time order.
     pub fn push(&mut self, event: Event) {
-        if self.recorder_pid == Some(event.pid) && event.source == Source::Ebpf {
+        if self.recorder_pid == Some(event.pid)
+            && event.source == Source::Ebpf
+            && !self.sent_by_the_kernel_to_another(&event)
+        {
             return;
         }
         let facts = &mut self.facts;
@@ -548,6 +551,19 @@ impl Correlator {
                 .retain(|_, sends| sends.back().is_some_and(|&(_, at)| at >= horizon));
         }
         false
+    }
+
+    /// Whether `event` is a signal the kernel raised (a timer's, a
+    /// child's exit) for a process other than the recorder while the
+    /// recorder happened to be the current task: the user's, though its
+    /// `pid` reads as the recorder's.
+    fn sent_by_the_kernel_to_another(&self, event: &Event) -> bool {
+        let (Some(target), Some(si_code)) = (event.target_pid, event.si_code) else {
+            return false;
+        };
+        event.kind == EventKind::SignalGenerate
+            && self.recorder_pid != Some(target)
+            && kernel_cause(si_code, event.aux as u32, false).is_some()
     }
 
     fn signal_generated(&mut self, event: &Event) {

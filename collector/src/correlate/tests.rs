@@ -230,6 +230,32 @@ fn a_signal_ipc_lib_reported_after_the_probes_is_still_one_signal() {
 }
 
 #[test]
+fn a_timer_signal_raised_while_the_recorder_ran_is_the_users() {
+    // The recorder (pid 99) was the current task when the timer fired
+    // for process 7; its own activity, and a signal it sent, stay out.
+    let mut c = Correlator::new(Some(99));
+    let mut timer = generate(10, Source::Ebpf, 99, 7, 14);
+    timer.si_code = Some(0x80);
+    let mut own_timer = generate(11, Source::Ebpf, 99, 99, 14);
+    own_timer.si_code = Some(0x80);
+    let mut sent = generate(12, Source::Ebpf, 99, 7, 15);
+    sent.si_code = Some(0);
+    for e in [timer, own_timer, sent] {
+        c.push(e);
+    }
+    let f = c.take();
+    let signals: Vec<_> = f
+        .signals
+        .iter()
+        .filter_map(|s| match s {
+            SignalFact::Generated(s) => Some((s.sender, s.target, s.signo, s.cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals, [(None, 7, 14, Some("timer"))]);
+}
+
+#[test]
 fn processes_start_change_and_end_with_their_status() {
     let mut start = Event::new(1, 7, 7, Source::Ebpf, EventKind::ProcessStart);
     start.aux = 1;
