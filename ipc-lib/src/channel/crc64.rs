@@ -22,7 +22,7 @@
 //! it in one pass where they can (AVX-512: each 64 bytes loaded is stored
 //! and folded from the same register), so a large message is read once.
 
-use std::sync::atomic::{compiler_fence, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{compiler_fence, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 
 /// The ECMA-182 polynomial without its x^64 term, most significant bit
 /// first.
@@ -80,6 +80,25 @@ pub(crate) unsafe fn copy_out(head: Head, src: *const u8, dst: &mut [u8]) -> u64
     unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
     // Summed from `dst`, never from `src` again.
     compiler_fence(SeqCst);
+    checksum(head, dst)
+}
+
+/// Copies the shared words `src` into `dst` (`src.len() * 8` bytes), one
+/// atomic load each, and returns `checksum(head, dst)`. Up to 112 bytes
+/// the sum is folded from the loaded words themselves, not read back from
+/// `dst`: a 16-byte read of two 8-byte stores just made waits for them to
+/// drain (no store-to-load forwarding), which would cost a small message
+/// more than its whole sum.
+pub(crate) fn copy_out_words(head: Head, src: &[AtomicU64], dst: &mut [u8]) -> u64 {
+    assert_eq!(dst.len(), src.len() * 8);
+    #[cfg(target_arch = "x86_64")]
+    if src.len() <= 14 && engine() != Engine::Table {
+        // SAFETY: `engine` saw PCLMULQDQ and SSE4.1.
+        return !unsafe { x86::small_words(!0, head, src, dst) };
+    }
+    for (s, o) in src.iter().zip(dst.chunks_exact_mut(8)) {
+        o.copy_from_slice(&s.load(Relaxed).to_ne_bytes());
+    }
     checksum(head, dst)
 }
 
@@ -264,7 +283,7 @@ mod table {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use std::sync::atomic::{compiler_fence, Ordering::SeqCst};
+    use std::sync::atomic::{compiler_fence, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
     use super::{fold_k, Head, BARRETT_MU, BARRETT_POLY};
 
@@ -454,6 +473,32 @@ mod x86 {
             acc = _mm_xor_si128(acc, fold(load(&body[16 * i..]), k(NEAR[n - 1 - i])));
         }
         reduce(acc)
+    }
+
+    /// `small` over up to 14 words loaded from shared memory, each stored
+    /// into `dst` and summed from the register it was loaded into.
+    #[target_feature(enable = "pclmulqdq,sse4.1")]
+    pub(super) fn small_words(state: u64, head: Head, src: &[AtomicU64], dst: &mut [u8]) -> u64 {
+        debug_assert!(src.len() <= 14 && dst.len() == src.len() * 8);
+        let first = head_block(state, head);
+        let n = src.len().div_ceil(2);
+        if n == 0 {
+            return reduce(first);
+        }
+        let mut block = |i: usize| {
+            let w0 = src[2 * i].load(Relaxed);
+            let w1 = src.get(2 * i + 1).map_or(0, |w| w.load(Relaxed));
+            dst[16 * i..16 * i + 8].copy_from_slice(&w0.to_ne_bytes());
+            if let Some(o) = dst.get_mut(16 * i + 8..16 * i + 16) {
+                o.copy_from_slice(&w1.to_ne_bytes());
+            }
+            _mm_set_epi64x(w1 as i64, w0 as i64)
+        };
+        let mut acc = fold(first, k(NEAR[n]));
+        for i in 0..n - 1 {
+            acc = _mm_xor_si128(acc, fold(block(i), k(NEAR[n - 1 - i])));
+        }
+        reduce(_mm_xor_si128(acc, block(n - 1)))
     }
 
     #[target_feature(enable = "pclmulqdq,sse4.1")]
@@ -671,6 +716,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn words_copied_out_sum_as_the_reference_at_every_length_to_300() {
+        let head = Head(0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210);
+        for words in 0..=38usize {
+            let src: Vec<AtomicU64> = (0..words as u64)
+                .map(|i| AtomicU64::new(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                .collect();
+            let bytes: Vec<u8> = src
+                .iter()
+                .flat_map(|w| w.load(Relaxed).to_ne_bytes())
+                .collect();
+            let mut out = vec![0xAAu8; words * 8];
+            let sum = copy_out_words(head, &src, &mut out);
+            assert_eq!(out, bytes, "{words} words");
+            assert_eq!(sum, reference(&padded(head, &bytes)), "{words} words");
+        }
+    }
+
     proptest! {
         #[test]
         fn every_engine_agrees_with_the_reference(
@@ -706,6 +769,20 @@ mod tests {
             // SAFETY: `dst` is a separate buffer of `copy_len` bytes.
             let sum = unsafe { copy_in(head, src, dst.as_mut_ptr(), copy_len) };
             prop_assert_eq!(&dst[..], &src[..copy_len]);
+            prop_assert_eq!(sum, want);
+            // Out of shared words, as a receiver copies a small frame.
+            let words: Vec<AtomicU64> = src
+                .chunks(8)
+                .map(|c| {
+                    let mut w = [0u8; 8];
+                    w[..c.len()].copy_from_slice(c);
+                    AtomicU64::new(u64::from_ne_bytes(w))
+                })
+                .collect();
+            let mut out = vec![0xAAu8; words.len() * 8];
+            let sum = copy_out_words(head, &words, &mut out);
+            prop_assert_eq!(&out[..src.len()], src);
+            prop_assert!(out[src.len()..].iter().all(|&b| b == 0));
             prop_assert_eq!(sum, want);
             // Out, as a receiver copies.
             let mut out = vec![0u8; src.len()];

@@ -614,6 +614,8 @@ impl Consumer {
             // bytes of the segment, which private `out` does not overlap;
             // races: see "Payloads cross the segment in bulk" above.
             unsafe { crc64::copy_out(Head(lw, id), shared_ptr(a), out) }
+        } else if b.is_empty() {
+            crc64::copy_out_words(Head(lw, id), a, out)
         } else {
             let (oa, ob) = out.split_at_mut(a.len() * 8);
             copy_from_shared(a, oa);
