@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use collector::lib_ring::{Admission, RingListener, SOCKET_ENV};
-use collector::store::Ingest;
-use ipc_events::{Event, EventKind, Source};
+use collector::store::{Batch, Ingest};
+use ipc_events::{EventKind, Source};
 use ipc_lib::channel::{OpenError, Receiver, RecvError, Sender};
 use ipc_lib::socket::{SocketReceiver, SocketSender};
 use ipc_lib::transport::{MessageReceiver, MessageSender};
@@ -414,9 +414,9 @@ impl Collector {
     }
 }
 
-async fn count(mut batches: mpsc::Receiver<Vec<Event>>, counts: Arc<Counts>) {
+async fn count(mut batches: mpsc::Receiver<Batch>, counts: Arc<Counts>) {
     while let Some(batch) = batches.recv().await {
-        for e in batch {
+        for e in batch.taken_in() {
             if e.source == Source::Lib {
                 counts.events.fetch_add(1, Ordering::AcqRel);
             } else if e.kind == EventKind::Drop {

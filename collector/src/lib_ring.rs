@@ -26,7 +26,7 @@ use ipc_events::raw::{drop_source, RAW_EVENT_SIZE};
 pub use ipc_events::ring::SOCKET_ENV;
 use ipc_events::ring::{
     Hello, RingHeader, ACCEPTED, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
-    MIN_CAPACITY, PADDING, SLOT_HEADER, VERSION,
+    MIN_CAPACITY, PADDING, READY, SLOT_HEADER, VERSION,
 };
 use ipc_events::{decode, Event, EventKind, Source};
 use tokio::io::Interest;
@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 
 use crate::clock::monotonic_ns;
 use crate::sockdiag;
-use crate::store::Ingest;
+use crate::store::{Ingest, IngestError, ReadThrough};
 
 /// Why a ring was refused or detached.
 #[derive(Debug, thiserror::Error)]
@@ -397,13 +397,13 @@ impl RingListener {
                         rings.spawn(async move {
                             let registered = register(&stream, &admission, &ingest);
                             match tokio::time::timeout(REGISTER_TIMEOUT, registered).await {
-                                Ok(Ok((reader, seen))) => {
+                                Ok(Ok((reader, seen, read))) => {
                                     let told = match lifecycle {
                                         true if is_command(&seen, command).await => Told::Elsewhere,
                                         true => Told::Here,
                                         false => Told::Exec,
                                     };
-                                    pump(reader, seen, stream, ingest, stop, told).await;
+                                    pump(reader, seen, stream, ingest, read, stop, told).await;
                                 }
                                 Ok(Err(e)) => tracing::warn!("ipc-lib ring refused: {e}"),
                                 Err(_) => tracing::warn!(
@@ -444,12 +444,14 @@ fn own_sockets(stream: &UnixStream, ingest: &Ingest) {
     }
 }
 
-/// Checks the caller and takes its ring.
+/// Checks the caller and takes its ring, with the mark its events are
+/// correlated by: from the moment it was told [`READY`], before it made
+/// the ring.
 async fn register(
     stream: &UnixStream,
     admission: &Admission,
     ingest: &Ingest,
-) -> Result<(RingReader, Seen), RingError> {
+) -> Result<(RingReader, Seen, ReadThrough), RingError> {
     let cred = stream
         .peer_cred()
         .map_err(io_err("reading the peer's credentials"))?;
@@ -458,6 +460,12 @@ async fn register(
         .and_then(|p| u32::try_from(p).ok())
         .ok_or(RingError::BadHello(0))?;
     admission.check(pid, cred.uid())?;
+    // Held back from here until the ring is known as ours (below): the
+    // probes see the process map it once it reads READY.
+    let read = ingest.source(monotonic_ns());
+    stream
+        .try_write(&[READY])
+        .map_err(io_err("answering the connection"))?;
     let (hello, fd) = loop {
         stream
             .readable()
@@ -490,7 +498,7 @@ async fn register(
     stream
         .try_write(&[ACCEPTED])
         .map_err(io_err("answering the registration"))?;
-    Ok((reader, seen))
+    Ok((reader, seen, read))
 }
 
 /// Who reports a ring owner's life.
@@ -689,6 +697,7 @@ async fn pump(
     seen: Seen,
     stream: UnixStream,
     ingest: Ingest,
+    read: ReadThrough,
     mut stop: watch::Receiver<bool>,
     told: Told,
 ) {
@@ -702,7 +711,8 @@ async fn pump(
     {
         return;
     }
-    let read = ingest.source();
+    // None once the ring is read to the end.
+    let mut read = Some(read);
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = false;
@@ -751,22 +761,46 @@ async fn pump(
             // Stamped when the ring closed; how it ended comes later, when
             // its parent reaps it. Sent after what its ring held, which is
             // then stored without waiting for that.
-            if ingest.send(std::mem::take(&mut events)).await.is_err() {
+            if send(
+                &ingest,
+                read.as_ref(),
+                std::mem::take(&mut events),
+                drained_at,
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
             // Its ring is read to the end: waiting for its parent holds
             // no other source's events back.
-            read.advance(u64::MAX);
+            read = None;
             match exit_status(seen.pidfd.as_ref(), &mut stop).await {
                 Some(status) => exit.aux = u64::from(status as u32),
                 None => exit.result = -i64::from(libc::ENODATA),
             }
             events.push(exit);
         }
-        if ingest.send(events).await.is_err() {
+        if send(&ingest, read.as_ref(), events, drained_at)
+            .await
+            .is_err()
+        {
             return;
         }
-        read.advance(drained_at);
+    }
+}
+
+/// Hands over what a drain that began at `drained_at` read, moving the
+/// ring's mark if it still has one.
+async fn send(
+    ingest: &Ingest,
+    read: Option<&ReadThrough>,
+    events: Vec<Event>,
+    drained_at: u64,
+) -> Result<(), IngestError> {
+    match read {
+        Some(read) => ingest.send_batch(read.batch(events, drained_at)).await,
+        None => ingest.send(events).await,
     }
 }
 

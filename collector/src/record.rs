@@ -811,7 +811,7 @@ fn spawn_pump(
         let drain = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain);
         let mut stopping = false;
-        let ring = ingest.source();
+        let ring = ingest.source(0);
         loop {
             let mut read_through = None;
             tokio::select! {
@@ -848,11 +848,13 @@ fn spawn_pump(
             // Never waits: a reader that waited for the writer would leave
             // the kernel's ring to fill and drop. A full queue is counted
             // (`ingest`) and shown instead.
-            if !buf.is_empty() {
-                ingest.try_send(std::mem::replace(&mut buf, Vec::with_capacity(4096)))?;
-            }
-            if let Some(at) = read_through {
-                ring.advance(at);
+            let batch = match buf.is_empty() {
+                true => Vec::new(),
+                false => std::mem::replace(&mut buf, Vec::with_capacity(4096)),
+            };
+            match read_through {
+                Some(at) => ingest.try_send_batch(ring.batch(batch, at))?,
+                None => ingest.try_send(batch)?,
             }
         }
         losses.count_new(&probes, &mut buf)?;

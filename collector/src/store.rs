@@ -33,7 +33,7 @@ use sqlx::{Connection, Row, SqliteConnection};
 
 pub use header::{Header, APPLICATION_ID};
 pub use retention::{parse_size, SizeError, DROP_SOURCE as RETENTION_DROP_SOURCE, MIN_DB_BYTES};
-pub use watermark::ReadThrough;
+pub use watermark::{Batch, ReadThrough};
 pub use writer::{
     spawn_writer, Correlated, Ingest, IngestError, WriterConfig, WriterHandle, WriterStats,
 };

@@ -24,8 +24,15 @@ use crate::raw::{RawEvent, RAW_EVENT_SIZE};
 /// `RingHeader::magic`: "IPCSRING".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSRING");
 /// Bumped whenever this layout or the registration changes (2: the
-/// recorder answers a registration with [`ACCEPTED`]).
-pub const VERSION: u32 = 2;
+/// recorder answers a registration with [`ACCEPTED`]; 3: it says
+/// [`READY`] before the process makes its ring).
+pub const VERSION: u32 = 3;
+/// The byte the recorder sends as soon as it admits a connection; the
+/// process makes its ring only then. From that moment the recorder holds
+/// back what it correlates until it knows the ring, so that the probes'
+/// sight of the ring's mapping is known as its plumbing, not the user's
+/// shared memory, however late the registration is handled.
+pub const READY: u8 = 2;
 /// The byte the recorder sends back once it has taken a ring; it closes
 /// the connection instead when it refuses one. The process waits for the
 /// answer, so that it is still alive while the recorder checks who it is.

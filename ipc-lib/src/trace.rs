@@ -284,6 +284,10 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
             c.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two()
         });
     let len = HEADER_SIZE + capacity as usize;
+    // The recorder first: it must know a ring is coming before the probes
+    // see it mapped.
+    let socket = connect(path)?;
+    await_answer(&socket, ring::READY)?;
     // SAFETY: the name is a NUL-terminated literal; memfd_create has no
     // other preconditions.
     let fd = unsafe {
@@ -329,7 +333,6 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     // HEADER_SIZE + capacity bytes that nothing else references yet, and
     // capacity was clamped to a power of two in range.
     unsafe { ring::init(base.cast(), capacity, pid) };
-    let socket = connect(path)?;
     match send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd()) {
         Ok(()) => {}
         // The recorder checks who connected before it reads a byte, and
@@ -344,7 +347,7 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     }
-    await_acceptance(&socket)?;
+    await_answer(&socket, ring::ACCEPTED)?;
 
     PID.store(pid, Ordering::Relaxed);
     CAPACITY.store(capacity, Ordering::Relaxed);
@@ -370,17 +373,18 @@ fn refused() -> io::Error {
 /// the microseconds it takes, so only a stuck recorder is given up on.
 const ACCEPT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Waits for the recorder's answer to the registration: the process stays
-/// alive (and its parents known) while the recorder checks it, and learns
-/// if it was refused.
-fn await_acceptance(socket: &UnixStream) -> io::Result<()> {
+/// Waits for the recorder's `expected` answer: [`ring::READY`] to the
+/// connection, [`ring::ACCEPTED`] to the registration (the process stays
+/// alive, and its parents known, while the recorder checks it). Anything
+/// else, or the socket closed, is a refusal.
+fn await_answer(socket: &UnixStream, expected: u8) -> io::Result<()> {
     use std::io::Read;
     socket.set_read_timeout(Some(ACCEPT_PATIENCE))?;
     let mut answer = [0u8; 1];
     let read = (&*socket).read(&mut answer);
     socket.set_read_timeout(None)?;
     match read {
-        Ok(1) if answer[0] == ring::ACCEPTED => Ok(()),
+        Ok(1) if answer[0] == expected => Ok(()),
         // Closed on us: with the registration unread, as a reset.
         Ok(_) => Err(refused()),
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(refused()),

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use super::fold::{fold, Ends};
-use super::watermark::Watermarks;
+use super::watermark::{Batch, Watermarks};
 use super::writer::{channel_id, lock, Correlated, WriterConfig};
 use super::{SessionId, StoreError};
 use crate::correlate::{Correlator, DropFact, Facts, Paired, WaitFact};
@@ -73,7 +73,7 @@ pub(super) struct Stage {
 impl Stage {
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Vec<Event>>,
+        mut rx: mpsc::Receiver<Batch>,
         config: WriterConfig,
     ) -> Result<(), StoreError> {
         let mut pending: Vec<Event> = Vec::with_capacity(config.rows_per_tx);
@@ -87,7 +87,7 @@ impl Stage {
         // and the session says how much it lacks.
         let mut lost = lost + pending.len() as u64;
         while let Some(batch) = rx.recv().await {
-            lost += batch.len() as u64;
+            lost += batch.taken_in().len() as u64;
         }
         lost += self.dropped.load(Ordering::Relaxed) - self.dropped_told;
         let facts = Facts {
@@ -109,7 +109,7 @@ impl Stage {
     /// returns it with the number of events it lost.
     async fn correlate_all(
         &mut self,
-        rx: &mut mpsc::Receiver<Vec<Event>>,
+        rx: &mut mpsc::Receiver<Batch>,
         config: &WriterConfig,
         pending: &mut Vec<Event>,
     ) -> Result<(), (StoreError, u64)> {
@@ -121,20 +121,20 @@ impl Stage {
                 None => Some(rx.recv().await),
             };
             match received {
-                Some(Some(mut batch)) => {
+                Some(Some(batch)) => {
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + config.correlate_every);
                     }
-                    pending.append(&mut batch);
+                    pending.append(&mut batch.taken_in());
                     if pending.len() < config.rows_per_tx {
                         continue;
                     }
                 }
                 // Every sender is gone: correlate what is left and stop.
-                Some(None) => return self.flush(rx, pending, true).await,
+                Some(None) => return self.flush(pending, true).await,
                 None => {}
             }
-            self.flush(rx, pending, false).await?;
+            self.flush(pending, false).await?;
             // Events held back for ordering are correlated on the next
             // round even if nothing else comes.
             deadline = (!pending.is_empty()).then(|| Instant::now() + config.correlate_every);
@@ -146,17 +146,11 @@ impl Stage {
     /// way, which stay in `pending`.
     async fn flush(
         &mut self,
-        rx: &mut mpsc::Receiver<Vec<Event>>,
         pending: &mut Vec<Event>,
         last: bool,
     ) -> Result<(), (StoreError, u64)> {
         let now = crate::clock::monotonic_ns();
         let read_through = self.watermarks.read_through(now);
-        // A source publishes its mark after queueing what it read: what is
-        // queued now holds everything before `read_through`.
-        while let Ok(mut batch) = rx.try_recv() {
-            pending.append(&mut batch);
-        }
         let held = hold_back(pending, last, read_through, now);
         let result = self.correlate(pending, last).await;
         pending.extend(held);

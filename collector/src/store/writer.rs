@@ -32,7 +32,7 @@ use tokio::time::{timeout_at, Instant};
 use super::retention::Retention;
 use super::rows::Rows;
 use super::stage::{Stage, Stored};
-use super::watermark::{ReadThrough, Watermarks};
+use super::watermark::{Batch, ReadThrough, Watermarks};
 use super::{traffic, Reserve, SessionId, Store, StoreError};
 use crate::correlate::{
     ChannelRef, Correlator, Paired, ProcessFact, SignalFact, Unpaired, Wait, WaitFact,
@@ -137,7 +137,7 @@ pub enum IngestError {
 /// The sending side of the writer: cheap to clone, one per source.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Batch>,
     dropped: Arc<AtomicU64>,
     /// Inodes of the recorder's own sockets and rings, for the writer to hand the
     /// correlation stage before it correlates what it holds.
@@ -154,12 +154,12 @@ impl Ingest {
     /// behind it: the channel benchmark drains ipc-lib rings through the
     /// real [`RingListener`](crate::lib_ring::RingListener) this way, so
     /// that what it measures is tracing, not SQLite.
-    pub fn detached(queue_batches: usize) -> (Ingest, mpsc::Receiver<Vec<Event>>) {
+    pub fn detached(queue_batches: usize) -> (Ingest, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::channel(queue_batches.max(1));
         (Ingest::new(tx), rx)
     }
 
-    fn new(tx: mpsc::Sender<Vec<Event>>) -> Ingest {
+    fn new(tx: mpsc::Sender<Batch>) -> Ingest {
         Ingest {
             tx,
             dropped: Arc::default(),
@@ -168,13 +168,14 @@ impl Ingest {
         }
     }
 
-    /// Registers a source that drains a ring of its own: until it is
+    /// Registers a source that drains a ring of its own and has nothing
+    /// stamped before `read_through` (0: it may have anything): until it is
     /// dropped, events are correlated only up to the time it has read
     /// through (at most [`MAX_WAIT_NS`](super::watermark::MAX_WAIT_NS)
     /// behind), so that its events are paired with other sources' in time
     /// order even when its task runs late.
-    pub fn source(&self) -> ReadThrough {
-        self.watermarks.source()
+    pub fn source(&self, read_through: u64) -> ReadThrough {
+        self.watermarks.source(read_through)
     }
 
     /// Says that the socket or memfd of inode `inode` is the recorder's
@@ -187,8 +188,14 @@ impl Ingest {
     }
 
     /// Hands over a batch, waiting while the queue is full.
-    pub async fn send(&self, batch: Vec<Event>) -> Result<(), IngestError> {
-        if batch.is_empty() {
+    pub async fn send(&self, events: Vec<Event>) -> Result<(), IngestError> {
+        self.send_batch(Batch::from(events)).await
+    }
+
+    /// Hands over a batch (one [`ReadThrough::batch`] made, or plain
+    /// events), waiting while the queue is full.
+    pub async fn send_batch(&self, batch: Batch) -> Result<(), IngestError> {
+        if batch.events.is_empty() {
             return Ok(());
         }
         self.tx.send(batch).await.map_err(|_| IngestError::Closed)
@@ -196,15 +203,23 @@ impl Ingest {
 
     /// Hands over a batch without waiting; when the queue is full the batch
     /// is counted as dropped (stored in `drops`), never lost silently.
-    pub fn try_send(&self, batch: Vec<Event>) -> Result<(), IngestError> {
-        if batch.is_empty() {
+    pub fn try_send(&self, events: Vec<Event>) -> Result<(), IngestError> {
+        self.try_send_batch(Batch::from(events))
+    }
+
+    /// [`Ingest::send_batch`] without waiting, as [`Ingest::try_send`].
+    pub fn try_send_batch(&self, batch: Batch) -> Result<(), IngestError> {
+        if batch.events.is_empty() {
             return Ok(());
         }
         match self.tx.try_send(batch) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(batch)) => {
+                // Counted instead of stored: its source's mark moves past
+                // it as if the stage had it.
+                let events = batch.taken_in();
                 self.dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Closed),

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use collector::store::{
-    inspect, schema_version, spawn_writer, Inspection, NewSession, OpenMode, SessionId, Store,
-    StoreError, WriterConfig,
+    inspect, schema_version, spawn_writer, Ingest, Inspection, NewSession, OpenMode, SessionId,
+    Store, StoreError, WriterConfig, WriterHandle,
 };
 use ipc_events::{ChannelId, ChannelKind, Event, EventKind, Source};
 
@@ -196,13 +196,7 @@ async fn every_contract_column_exists() {
 #[tokio::test]
 async fn every_kind_and_source_reads_back_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
-        .await
-        .unwrap();
-    let session = store.begin_session(&new_session()).await.unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
-        .await
-        .unwrap();
+    let (store, ingest, writer) = recording(dir.path()).await;
     let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
     let mut batch = Vec::new();
     for (i, kind) in EventKind::ALL.iter().enumerate() {
@@ -315,13 +309,7 @@ async fn writer_stores_events_channels_processes_and_drops() {
 #[tokio::test]
 async fn rows_become_queryable_within_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db"), OpenMode::Create)
-        .await
-        .unwrap();
-    let session = store.begin_session(&new_session()).await.unwrap();
-    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
-        .await
-        .unwrap();
+    let (store, ingest, writer) = recording(dir.path()).await;
     let pipe = ChannelId::numeric(ChannelKind::Pipe, 1, 0);
     ingest.send(vec![send(1, 2, &pipe, 1)]).await.unwrap();
     // The writer is still running: the row must reach the file on the
@@ -959,4 +947,90 @@ async fn a_replay_at_the_end_of_a_short_session_shows_its_rates_and_latencies() 
         jobs.latency
     );
     assert!(jobs.rate_1s.messages_per_s > 0.0, "{:?}", jobs.rate_1s);
+}
+
+/// A store in `dir` with a session being written, as `record` has it.
+async fn recording(dir: &Path) -> (Store, Ingest, WriterHandle) {
+    let store = Store::open(&dir.join("a.db"), OpenMode::Create)
+        .await
+        .unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let (ingest, writer) = spawn_writer(&store, session, WriterConfig::default())
+        .await
+        .unwrap();
+    (store, ingest, writer)
+}
+
+/// A source whose task runs late holds back what the others sent after:
+/// ipc-lib's record of a signal, drained 60 ms late, still comes before
+/// the probes' sight of its delivery a millisecond later, and pairs with
+/// it. (A fixed hold-back of 10 ms correlated the delivery first, with
+/// nothing to deliver.)
+#[tokio::test]
+async fn a_late_source_is_waited_for_and_its_events_pair_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ingest, writer) = recording(dir.path()).await;
+    let kernel = ingest.source(0);
+    let ring = ingest.source(0);
+    let sent_at = collector::clock::monotonic_ns();
+    ingest
+        .send_batch(ring.batch(Vec::new(), sent_at - 1_000))
+        .await
+        .unwrap();
+    let mut delivery = Event::new(
+        sent_at + 1_000_000,
+        8,
+        8,
+        Source::Ebpf,
+        EventKind::SignalDeliver,
+    );
+    delivery.aux = 10;
+    let drained_at = collector::clock::monotonic_ns();
+    ingest
+        .send_batch(kernel.batch(vec![delivery], drained_at))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut generate = Event::new(sent_at, 7, 7, Source::Lib, EventKind::SignalGenerate);
+    generate.target_pid = Some(8);
+    generate.aux = 10;
+    let drained_at = collector::clock::monotonic_ns();
+    ingest
+        .send_batch(ring.batch(vec![generate], drained_at))
+        .await
+        .unwrap();
+    drop((kernel, ring, ingest));
+    writer.finish().await.unwrap();
+    let delivered: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT sender_pid, delivered_ns FROM signals")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(delivered, [(7, Some((sent_at + 1_000_000) as i64))]);
+}
+
+/// An ipc-lib ring is known as the recorder's only when its registration
+/// is handled, which can be tens of milliseconds after the probes saw the
+/// process map it. Held from the moment the process was told to make it,
+/// that mapping is still known as the recorder's plumbing, not a user's
+/// shared memory.
+#[tokio::test]
+async fn a_ring_mapped_before_its_registration_is_handled_is_still_the_recorders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ingest, writer) = recording(dir.path()).await;
+    let told_ready = collector::clock::monotonic_ns();
+    let registration = ingest.source(told_ready);
+    let mut map = Event::new(told_ready + 1_000, 7, 7, Source::Ebpf, EventKind::ShmMap);
+    map.channel = Some(ChannelId::named(
+        ChannelKind::Shm,
+        "memfd:ipcscope-ring:[4242]",
+    ));
+    map.size = 1 << 20;
+    ingest.send(vec![map]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    ingest.own_object(4242);
+    drop(registration);
+    drop(ingest);
+    writer.finish().await.unwrap();
+    assert_eq!(count(&store, "SELECT count(*) FROM channels").await, 0);
 }
