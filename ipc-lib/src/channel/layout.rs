@@ -328,8 +328,9 @@ pub fn frame_checksum(len: u32, msg_id: u64, payload: &[u8]) -> u64 {
 
 /// Stores payload bytes as words into shared memory (`dst.len() ==
 /// src.len().div_ceil(8)`), zero-padding the last word. Word by word, each
-/// an atomic store: for the slots of broadcast and the work queue, whose
-/// readers may copy a slot while it is being written (a seqlock).
+/// an atomic store: for broadcast's slots, which a subscriber may copy
+/// while the publisher writes them (a seqlock), and the work queue's, whose
+/// copies were left as they were when the channel's went to bulk copies.
 pub(crate) fn store_words(src: &[u8], dst: &[AtomicU64]) {
     debug_assert_eq!(dst.len(), src.len().div_ceil(8));
     for (s, d) in src.chunks(8).zip(dst) {
