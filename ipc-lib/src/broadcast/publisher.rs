@@ -147,12 +147,14 @@ impl Publisher {
         slot[0].store(writing(seq), Ordering::Relaxed);
         fence(Ordering::Release);
         let n = msg.len().div_ceil(8);
-        store_words(msg, &slot[4..4 + n]);
         // The length was checked against the maximum, which fits u32.
         let lw = len_word(msg.len() as u32);
+        // Summed before the stores into the slot (see `ring::write_frame`).
+        let sum = checksum(lw, id, msg);
+        store_words(msg, &slot[4..4 + n]);
         slot[1].store(lw, Ordering::Relaxed);
         slot[2].store(id, Ordering::Relaxed);
-        slot[3].store(checksum(lw, id, msg), Ordering::Relaxed);
+        slot[3].store(sum, Ordering::Relaxed);
         slot[0].store(done(seq), Ordering::Release);
         self.seq = seq + 1;
         let h = self.seg.header();

@@ -270,12 +270,15 @@ impl Producer {
             let _ = h.head.compare_exchange(pos, pos + 1, AcqRel, Relaxed);
             let id = next_id(&h.next_msg_id);
             let n = job.len().div_ceil(8);
-            store_words(job, &slot[4..4 + n]);
             // The length was checked against the maximum, which fits u32.
             let lw = len_word(job.len() as u32);
+            // Summed before the stores into the slot (see
+            // `ring::write_frame`).
+            let sum = checksum(lw, id, job);
+            store_words(job, &slot[4..4 + n]);
             slot[1].store(lw, Relaxed);
             slot[2].store(id, Relaxed);
-            slot[3].store(checksum(lw, id, job), Relaxed);
+            slot[3].store(sum, Relaxed);
             // SeqCst: the publication, and the other half of a sleeping
             // consumer's handshake (`ring::park`).
             slot[0].store(State::ready(pos), SeqCst);
