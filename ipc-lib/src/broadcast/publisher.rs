@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::layout::{done, writing, Layout, Segment, MAX_CAPACITY};
 use super::PublishError;
-use crate::channel::layout::{len_word, Checksum};
+use crate::channel::layout::{checksum, len_word, store_words};
 use crate::channel::ring::{self, Claim};
 use crate::channel::OpenError;
 use crate::shm::{self, OpenHow};
@@ -153,13 +153,14 @@ impl Publisher {
         slot[0].store(writing(seq), Ordering::Relaxed);
         fence(Ordering::Release);
         let n = msg.len().div_ceil(8);
-        let mut sum = Checksum::new();
-        sum.copy_in(msg, &slot[4..4 + n]);
         // The length was checked against the maximum, which fits u32.
         let lw = len_word(msg.len() as u32);
+        // Summed before the stores into the slot (see `ring::write_frame`).
+        let sum = checksum(lw, id, msg);
+        store_words(msg, &slot[4..4 + n]);
         slot[1].store(lw, Ordering::Relaxed);
         slot[2].store(id, Ordering::Relaxed);
-        slot[3].store(sum.finish(lw, id), Ordering::Relaxed);
+        slot[3].store(sum, Ordering::Relaxed);
         slot[0].store(done(seq), Ordering::Release);
         self.seq = seq + 1;
         let h = self.seg.header();

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::layout::{done, Layout, Segment, MAX_CAPACITY};
 use super::{decode, Corruption, RecvError};
-use crate::channel::layout::{check_frame, Checksum};
+use crate::channel::layout::{check_frame, load_words};
 use crate::channel::ring::{self, PeerState, LIVENESS_SLICE};
 use crate::channel::OpenError;
 use crate::shm::{self, OpenHow};
@@ -400,13 +400,14 @@ impl Subscriber {
         let n = len.div_ceil(8);
         out.clear();
         out.resize(n * 8, 0);
-        let mut sum = Checksum::new();
-        sum.copy_out(&slot[4..4 + n], out);
+        // Word by word, atomically: the publisher may be writing this slot
+        // as we read it (the stamps below say whether it did).
+        load_words(&slot[4..4 + n], out);
         fence(Ordering::Acquire);
         let s2 = slot[0].load(Ordering::Relaxed);
         self.next = seq + 1;
         if s1 == s2 && s1 == done(seq) {
-            if let Err(reason) = check_frame(lw, max, &sum, seq + 1, stored) {
+            if let Err(reason) = check_frame(lw, max, out, seq + 1, stored) {
                 out.clear();
                 return Err(RecvError::Corrupt { seq, reason });
             }

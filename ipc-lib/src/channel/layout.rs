@@ -35,7 +35,8 @@
 //!          sender)
 //! word 1   FRAME_MARKER << 32 | payload length in bytes
 //! word 2   message id (from next_msg_id, never 0)
-//! word 3   checksum of words 1, 2 and the payload words (see `Checksum`)
+//! word 3   checksum: CRC-64/XZ of words 1 and 2, then the payload words
+//!          zero-padded to a multiple of 16 bytes (see `checksum`)
 //! word 4.. payload, the last word zero-padded
 //! ```
 //!
@@ -62,12 +63,12 @@
 //! 64-byte neighbours bounce between cores anyway.
 
 use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// The first word of every channel segment: `IPCSCHAN` in little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSCHAN");
 /// The layout described in this module. Any change to it bumps this.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes before the data area: one page, so the ring starts page-aligned.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of a frame before its payload.
@@ -304,200 +305,55 @@ const _: () = assert!(offset_of!(Header, receiver) == 640);
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8) && FRAME_HEADER_SIZE.is_multiple_of(8));
 
-/// The frame checksum: four independent lanes over the payload words (so the
-/// multiplies overlap and it runs near copy speed), folded with the length
-/// and id words.
+/// The checksum of a frame whose length word is `lw`: CRC-64/XZ over the
+/// length and id words as stored (native byte order), then the payload
+/// zero-padded to a multiple of 16 bytes (see `crc64`). `payload` is the
+/// message, or a private copy of its words (the ring's padding bytes, which
+/// a sender writes as zeros, included).
 ///
-/// Each step, `rotl((h ^ w) * K, 31)` with K odd, is a bijection of `w` for a
-/// fixed `h` and of `h` for a fixed `w`, and so is the final mix. Changing any
-/// single word of a frame (length, id, or any payload word) therefore always
-/// changes the checksum; wider damage goes unnoticed with probability about
-/// 2^-64. It guards against scribbles, not forgery: a writer that can reach
-/// the segment can compute it too, which is why the reader validates every
-/// field on its own as well.
-#[derive(Clone, Debug)]
-pub(crate) struct Checksum {
-    lanes: [u64; 4],
-    words: u64,
-}
-
-const K: u64 = 0x9E37_79B9_7F4A_7C15;
-
-#[inline(always)]
-fn mix(h: u64, w: u64) -> u64 {
-    (h ^ w).wrapping_mul(K).rotate_left(31)
-}
-
-/// Murmur3's 64-bit finaliser: a bijection that spreads every input bit.
-#[inline]
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-impl Checksum {
-    pub(crate) fn new() -> Self {
-        Checksum {
-            lanes: [
-                0x243F_6A88_85A3_08D3,
-                0x1319_8A2E_0370_7344,
-                0xA409_3822_299F_31D0,
-                0x082E_FA98_EC4E_6C89,
-            ],
-            words: 0,
-        }
-    }
-
-    #[inline(always)]
-    fn one(&mut self, w: u64) {
-        let lane = &mut self.lanes[(self.words & 3) as usize];
-        *lane = mix(*lane, w);
-        self.words += 1;
-    }
-
-    /// Absorbs words read from shared memory while copying them into `out`
-    /// (`out.len() == src.len() * 8`). One pass, and every read is an atomic
-    /// load, so a concurrent writer in another process is no data race.
-    pub(crate) fn copy_out(&mut self, src: &[AtomicU64], out: &mut [u8]) {
-        debug_assert_eq!(out.len(), src.len() * 8);
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut i = 0;
-        while self.words & 3 != 0 && i < src.len() {
-            let w = src[i].load(Relaxed);
-            out[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
-            self.one(w);
-            i += 1;
-        }
-        let (src, out) = (&src[i..], &mut out[i * 8..]);
-        let [mut a, mut b, mut c, mut d] = self.lanes;
-        let mut s4 = src.chunks_exact(4);
-        let mut o32 = out.chunks_exact_mut(32);
-        for (s, o) in (&mut s4).zip(&mut o32) {
-            let (w0, w1, w2, w3) = (
-                s[0].load(Relaxed),
-                s[1].load(Relaxed),
-                s[2].load(Relaxed),
-                s[3].load(Relaxed),
-            );
-            o[0..8].copy_from_slice(&w0.to_ne_bytes());
-            o[8..16].copy_from_slice(&w1.to_ne_bytes());
-            o[16..24].copy_from_slice(&w2.to_ne_bytes());
-            o[24..32].copy_from_slice(&w3.to_ne_bytes());
-            a = mix(a, w0);
-            b = mix(b, w1);
-            c = mix(c, w2);
-            d = mix(d, w3);
-        }
-        self.lanes = [a, b, c, d];
-        self.words += (src.len() / 4 * 4) as u64;
-        for (s, o) in s4
-            .remainder()
-            .iter()
-            .zip(o32.into_remainder().chunks_exact_mut(8))
-        {
-            let w = s.load(Relaxed);
-            o.copy_from_slice(&w.to_ne_bytes());
-            self.one(w);
-        }
-    }
-
-    /// Absorbs payload bytes while storing them as words into shared memory
-    /// (`dst.len() == src.len().div_ceil(8)`), zero-padding the last word.
-    pub(crate) fn copy_in(&mut self, src: &[u8], dst: &[AtomicU64]) {
-        debug_assert_eq!(dst.len(), src.len().div_ceil(8));
-        use std::sync::atomic::Ordering::Relaxed;
-        let n = dst.len();
-        // i < n means i * 8 < src.len(), so every slice below is in bounds.
-        let chunk = |i: usize| &src[i * 8..(i * 8 + 8).min(src.len())];
-        let mut i = 0;
-        while self.words & 3 != 0 && i < n {
-            let w = word_of(chunk(i));
-            dst[i].store(w, Relaxed);
-            self.one(w);
-            i += 1;
-        }
-        // Runs of four words that src covers entirely; fixed-size reads, so
-        // no per-word length logic.
-        let runs = (src.len() / 8).saturating_sub(i) / 4;
-        // With no runs, i may already sit past src's last whole word.
-        let body = if runs > 0 {
-            &src[i * 8..(i + runs * 4) * 8]
-        } else {
-            &[]
-        };
-        let [mut a, mut b, mut c, mut d] = self.lanes;
-        for (s, o) in body
-            .chunks_exact(32)
-            .zip(dst[i..i + runs * 4].chunks_exact(4))
-        {
-            let (w0, w1, w2, w3) = (
-                word8(&s[0..8]),
-                word8(&s[8..16]),
-                word8(&s[16..24]),
-                word8(&s[24..32]),
-            );
-            o[0].store(w0, Relaxed);
-            o[1].store(w1, Relaxed);
-            o[2].store(w2, Relaxed);
-            o[3].store(w3, Relaxed);
-            a = mix(a, w0);
-            b = mix(b, w1);
-            c = mix(c, w2);
-            d = mix(d, w3);
-        }
-        self.lanes = [a, b, c, d];
-        self.words += (runs * 4) as u64;
-        i += runs * 4;
-        while i < n {
-            let w = word_of(chunk(i));
-            dst[i].store(w, Relaxed);
-            self.one(w);
-            i += 1;
-        }
-    }
-
-    /// Absorbs payload bytes without storing them: what a reader computes
-    /// over a local copy, and what tests use to forge frames.
-    pub(crate) fn absorb(&mut self, src: &[u8]) {
-        for s in src.chunks(8) {
-            self.one(word_of(s));
-        }
-    }
-
-    /// The checksum of a frame with these length and id words.
-    pub(crate) fn finish(&self, len_word: u64, id: u64) -> u64 {
-        let mut h = mix(mix(0x4B7E_1516_28AE_D2A6, len_word), id);
-        for lane in self.lanes {
-            h = mix(h, lane);
-        }
-        fmix64(h ^ self.words)
-    }
-}
-
-/// Exactly 8 bytes as a native-endian word.
-#[inline(always)]
-fn word8(s: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&s[..8]);
-    u64::from_ne_bytes(b)
-}
-
-/// Up to 8 bytes as a native-endian word, zero-padded.
-#[inline(always)]
-fn word_of(s: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b[..s.len()].copy_from_slice(s);
-    u64::from_ne_bytes(b)
+/// A 64-bit CRC detects every burst of up to 64 bits, so changing any single
+/// word of a frame (length, id, or any payload word) always changes the
+/// checksum; wider damage goes unnoticed with probability about 2^-64. It
+/// guards against scribbles and torn copies, not forgery: a writer that can
+/// reach the segment can compute it too, which is why the reader validates
+/// every field on its own as well.
+pub(crate) fn checksum(lw: u64, id: u64, payload: &[u8]) -> u64 {
+    super::crc64::checksum(super::crc64::Head(lw, id), payload)
 }
 
 /// The checksum of a whole payload (used by the sender and by tests).
 pub fn frame_checksum(len: u32, msg_id: u64, payload: &[u8]) -> u64 {
-    let mut sum = Checksum::new();
-    sum.absorb(payload);
-    sum.finish(len_word(len), msg_id)
+    checksum(len_word(len), msg_id, payload)
+}
+
+/// Stores payload bytes as words into shared memory (`dst.len() ==
+/// src.len().div_ceil(8)`), zero-padding the last word. Word by word, each
+/// an atomic store: for broadcast's slots, which a subscriber may copy
+/// while the publisher writes them (a seqlock), and the work queue's, whose
+/// copies were left as they were when the channel's went to bulk copies.
+pub(crate) fn store_words(src: &[u8], dst: &[AtomicU64]) {
+    debug_assert_eq!(dst.len(), src.len().div_ceil(8));
+    for (s, d) in src.chunks(8).zip(dst) {
+        d.store(word_of(s), Relaxed);
+    }
+}
+
+/// Copies words out of shared memory (`out.len() == src.len() * 8`), each
+/// an atomic load, so a concurrent writer in another thread or process is
+/// no data race.
+pub(crate) fn load_words(src: &[AtomicU64], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), src.len() * 8);
+    for (s, o) in src.iter().zip(out.chunks_exact_mut(8)) {
+        o.copy_from_slice(&s.load(Relaxed).to_ne_bytes());
+    }
+}
+
+/// Up to 8 bytes as a native-endian word, zero-padded.
+#[inline(always)]
+pub(crate) fn word_of(s: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b[..s.len()].copy_from_slice(s);
+    u64::from_ne_bytes(b)
 }
 
 /// The second word of a frame.
@@ -507,12 +363,12 @@ pub const fn len_word(len: u32) -> u64 {
 
 /// Checks a whole private copy of a slot's frame (broadcast, queue):
 /// its length word `lw`, against the largest message `max`, and the
-/// checksum `sum` computed over the copied payload, for message `id`,
+/// checksum of the copied payload words `payload`, for message `id`,
 /// against the `stored` one.
 pub(crate) fn check_frame(
     lw: u64,
     max: usize,
-    sum: &Checksum,
+    payload: &[u8],
     id: u64,
     stored: u64,
 ) -> Result<(), super::Corruption> {
@@ -529,7 +385,7 @@ pub(crate) fn check_frame(
         });
     }
     debug_assert_eq!(lw, len_word(len));
-    let computed = sum.finish(lw, id);
+    let computed = checksum(lw, id, payload);
     if computed != stored {
         return Err(Corruption::Checksum { stored, computed });
     }
@@ -571,36 +427,102 @@ mod tests {
         assert!(Layout { capacity: 0, ..ok }.check().is_err());
     }
 
+    #[test]
+    fn the_checksum_is_crc_64_xz_of_the_length_and_id_words_then_the_padded_payload() {
+        // Pinned, so that a change to what the checksum covers cannot pass
+        // unnoticed: it would need LAYOUT_VERSION bumped. Bytes as on a
+        // little-endian machine.
+        #[cfg(target_endian = "little")]
+        {
+            let mut stream = len_word(5).to_le_bytes().to_vec();
+            stream.extend_from_slice(&9u64.to_le_bytes());
+            stream.extend_from_slice(b"hello");
+            stream.resize(32, 0);
+            assert_eq!(frame_checksum(5, 9, b"hello"), crc_64_xz(&stream));
+            assert_eq!(frame_checksum(5, 9, b"hello"), 0x01E7_31C7_9BE7_1B93);
+        }
+    }
+
+    /// CRC-64/XZ one bit at a time.
+    fn crc_64_xz(bytes: &[u8]) -> u64 {
+        let poly = 0x42F0_E1EB_A9EA_3693u64.reverse_bits();
+        let mut crc = !0u64;
+        for &b in bytes {
+            crc ^= u64::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ poly
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn bytes_of(words: &[u64]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
     proptest! {
         #[test]
-        fn copy_in_and_copy_out_agree_with_absorb(
+        fn stored_words_load_back_zero_padded(
             data in proptest::collection::vec(any::<u8>(), 0..300),
-            split in 0usize..40,
-            id in 1u64..,
         ) {
             let words = data.len().div_ceil(8);
             let ring = atomics(words);
-            // Writing in two pieces, as a frame that wraps is written.
-            let split = split.min(words);
-            let mut w = Checksum::new();
-            w.copy_in(&data[..(split * 8).min(data.len())], &ring[..split]);
-            w.copy_in(&data[(split * 8).min(data.len())..], &ring[split..]);
-            let len = data.len() as u32;
-            let sent = w.finish(len_word(len), id);
-            prop_assert_eq!(sent, frame_checksum(len, id, &data));
-
-            let mut out = vec![0u8; words * 8];
-            let mut r = Checksum::new();
-            let (a, b) = out.split_at_mut(split * 8);
-            r.copy_out(&ring[..split], a);
-            r.copy_out(&ring[split..], b);
-            prop_assert_eq!(r.finish(len_word(len), id), sent);
+            store_words(&data, &ring);
+            let mut out = vec![0xAAu8; words * 8];
+            load_words(&ring, &mut out);
             prop_assert_eq!(&out[..data.len()], &data[..]);
             prop_assert!(out[data.len()..].iter().all(|&b| b == 0));
+            // What a reader checks (the words, padding included) is what
+            // the sender summed (the message).
+            let len = data.len() as u32;
+            prop_assert_eq!(checksum(len_word(len), 3, &out), frame_checksum(len, 3, &data));
         }
 
         #[test]
         fn any_single_word_change_changes_the_checksum(
+            words in proptest::collection::vec(any::<u64>(), 1..300),
+            at in any::<prop::sample::Index>(),
+            flip in 1u64..,
+            id in any::<u64>(),
+        ) {
+            let data = bytes_of(&words);
+            let lw = len_word(data.len() as u32);
+            let good = checksum(lw, id, &data);
+            let mut bad = words.clone();
+            bad[at.index(words.len())] ^= flip;
+            prop_assert_ne!(checksum(lw, id, &bytes_of(&bad)), good);
+            prop_assert_ne!(checksum(lw, id ^ flip, &data), good);
+            prop_assert_ne!(checksum(lw ^ flip, id, &data), good);
+        }
+
+        #[test]
+        fn any_burst_of_up_to_64_bits_changes_the_checksum(
+            data in proptest::collection::vec(any::<u8>(), 9..600),
+            at in any::<prop::sample::Index>(),
+            burst in any::<u64>(),
+        ) {
+            // A burst of errors anywhere, across a word boundary too: bits
+            // [bit, bit + 64) xored with a pattern whose first bit is set.
+            let burst = burst | 1;
+            let len = data.len() as u32;
+            let good = frame_checksum(len, 7, &data);
+            let bit = at.index(data.len() * 8 - 63);
+            let mut bad = data.clone();
+            for i in 0..64 {
+                if burst >> i & 1 == 1 {
+                    let b = bit + i;
+                    bad[b / 8] ^= 1 << (b % 8);
+                }
+            }
+            prop_assert_ne!(frame_checksum(len, 7, &bad), good);
+        }
+
+        #[test]
+        fn any_single_byte_change_changes_the_checksum(
             data in proptest::collection::vec(any::<u8>(), 1..200),
             at in any::<prop::sample::Index>(),
             flip in 1u8..,

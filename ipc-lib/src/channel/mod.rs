@@ -103,6 +103,7 @@ macro_rules! builder_options {
 
 #[cfg(feature = "tokio")]
 mod aio;
+mod crc64;
 mod error;
 pub mod layout;
 mod receiver;

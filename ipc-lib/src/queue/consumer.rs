@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::layout::{phase, Segment, State, MAX_CONSUMERS, MAX_POSITION, MAX_PRODUCERS, ORPHAN};
 use super::producer::free_dead_write;
 use super::{AckError, Corruption, Layout, OpenError, TakeError};
-use crate::channel::layout::{check_frame, slot, Checksum};
+use crate::channel::layout::{check_frame, load_words, slot};
 use crate::channel::ring::{self, Claim, PeerState, LIVENESS_SLICE};
 use crate::shm::{self, OpenHow};
 use crate::slots::LayoutRequest;
@@ -572,11 +572,10 @@ impl Consumer {
         let len = (lw as u32 as usize).min(max);
         let n = len.div_ceil(8);
         let mut payload = vec![0; n * 8];
-        let mut sum = Checksum::new();
-        sum.copy_out(&slot[4..4 + n], &mut payload);
+        load_words(&slot[4..4 + n], &mut payload);
         let checked = match id {
             0 => Err(Corruption::ZeroId),
-            _ => check_frame(lw, max, &sum, id, stored),
+            _ => check_frame(lw, max, &payload, id, stored),
         };
         if let Err(reason) = checked {
             let cap = seg.capacity as u64;

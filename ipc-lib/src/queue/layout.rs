@@ -13,7 +13,7 @@
 //! word 0   state: pos << 16 | deliveries << 8 | phase << 6 | owner
 //! word 1   FRAME_MARKER << 32 | payload length in bytes
 //! word 2   message id (the job's id; 0 is never an id)
-//! word 3   checksum of words 1-2 and the payload (channel's `Checksum`)
+//! word 3   checksum of words 1-2 and the payload (the channel's, `checksum`)
 //! word 4.. payload, zero-padded to a whole word
 //! ```
 //!
@@ -42,7 +42,7 @@ pub use crate::slots::{slot_size, MAX_MESSAGE_SIZE};
 /// The first word of every queue segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSWQUE");
 /// Bumped on any change to these bytes; other versions are refused.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before slot 0.
 pub const HEADER_SIZE: usize = 4576;
 /// The most slots a queue may have.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::layout::{phase, Segment, State, MAX_POSITION, MAX_PRODUCERS};
 use super::{Corruption, Layout, OpenError, PushError};
-use crate::channel::layout::{len_word, slot, Checksum, PeerSlot};
+use crate::channel::layout::{checksum, len_word, slot, store_words, PeerSlot};
 use crate::channel::ring::{self, Claim, LIVENESS_SLICE};
 use crate::shm::{self, OpenHow};
 use crate::slots::LayoutRequest;
@@ -276,13 +276,15 @@ impl Producer {
             let _ = h.head.compare_exchange(pos, pos + 1, AcqRel, Relaxed);
             let id = next_id(&h.next_msg_id);
             let n = job.len().div_ceil(8);
-            let mut sum = Checksum::new();
-            sum.copy_in(job, &slot[4..4 + n]);
             // The length was checked against the maximum, which fits u32.
             let lw = len_word(job.len() as u32);
+            // Summed before the stores into the slot (see
+            // `ring::write_frame`).
+            let sum = checksum(lw, id, job);
+            store_words(job, &slot[4..4 + n]);
             slot[1].store(lw, Relaxed);
             slot[2].store(id, Relaxed);
-            slot[3].store(sum.finish(lw, id), Relaxed);
+            slot[3].store(sum, Relaxed);
             // SeqCst: the publication, and the other half of a sleeping
             // consumer's handshake (`ring::park`).
             slot[0].store(State::ready(pos), SeqCst);

@@ -107,6 +107,23 @@ fn a_foreign_magic_or_version_is_a_clear_error() {
         "{err:?}"
     );
 
+    // A channel made by the build before (version 2 summed frames with
+    // another checksum): refused as clearly, not read as corrupt frames.
+    shm.write_u32(OFFSET_VERSION, LAYOUT_VERSION - 1);
+    let err = Sender::builder(&name).open().unwrap_err();
+    assert!(
+        matches!(err, OpenError::VersionMismatch { found, expected, .. }
+            if found == LAYOUT_VERSION - 1 && expected == LAYOUT_VERSION),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "has layout version {}, this library speaks version {LAYOUT_VERSION}",
+            LAYOUT_VERSION - 1
+        )),
+        "{err}"
+    );
+
     shm.write_u32(OFFSET_VERSION, LAYOUT_VERSION);
     shm.write_u64(OFFSET_CAPACITY, 1 << 20);
     let err = Sender::builder(&name).open().unwrap_err();

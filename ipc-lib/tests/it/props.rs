@@ -15,9 +15,9 @@ enum Op {
     Recv,
 }
 
-fn ops() -> impl Strategy<Value = Vec<Op>> {
+fn ops(largest: usize) -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
-        prop_oneof![(0usize..200).prop_map(Op::Send), Just(Op::Recv)],
+        prop_oneof![(0usize..largest).prop_map(Op::Send), Just(Op::Recv)],
         1..300,
     )
 }
@@ -45,60 +45,88 @@ proptest! {
         cap_words in 4usize..80,
         max_seed in any::<prop::sample::Index>(),
         mpsc in any::<bool>(),
-        ops in ops(),
+        ops in ops(200),
     ) {
         let capacity = cap_words * 8;
         let max = max_seed.index(capacity - 32 + 1);
-        let mode = if mpsc { Mode::Mpsc } else { Mode::Spsc };
-        let (_g, mut tx, mut rx) = open("prop", capacity, max, mode);
+        against_the_model(capacity, max, mpsc, ops)?;
+    }
 
-        let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
-        let mut used = 0usize;
-        let mut next_id = 1u64;
-        for op in ops {
-            match op {
-                Op::Send(len) => {
-                    let msg = pattern(next_id, len);
-                    match tx.try_send(&msg) {
-                        Ok(id) => {
-                            prop_assert!(len <= max);
-                            prop_assert!(used + frame_size(len) <= capacity);
-                            prop_assert_eq!(id, next_id);
-                            next_id += 1;
-                            used += frame_size(len);
-                            model.push_back((id, msg));
-                        }
-                        Err(SendError::TooLarge { .. }) => prop_assert!(len > max),
-                        Err(SendError::Full) => {
-                            prop_assert!(len <= max);
-                            prop_assert!(used + frame_size(len) > capacity, "full at {used}/{capacity}");
-                        }
-                        Err(e) => prop_assert!(false, "send: {e}"),
+    /// Messages past the size copied word by word (256 bytes), so the
+    /// bulk copies in and out run into the ring's end and on from its
+    /// start at every offset.
+    #[test]
+    fn ring_behaves_like_a_bounded_queue_of_large_frames(
+        cap_words in 100usize..1200,
+        max_seed in any::<prop::sample::Index>(),
+        mpsc in any::<bool>(),
+        ops in ops(3000),
+    ) {
+        let capacity = cap_words * 8;
+        let max = max_seed.index(capacity - 32 + 1);
+        against_the_model(capacity, max, mpsc, ops)?;
+    }
+}
+
+fn against_the_model(
+    capacity: usize,
+    max: usize,
+    mpsc: bool,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let mode = if mpsc { Mode::Mpsc } else { Mode::Spsc };
+    let (_g, mut tx, mut rx) = open("prop", capacity, max, mode);
+
+    let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut used = 0usize;
+    let mut next_id = 1u64;
+    for op in ops {
+        match op {
+            Op::Send(len) => {
+                let msg = pattern(next_id, len);
+                match tx.try_send(&msg) {
+                    Ok(id) => {
+                        prop_assert!(len <= max);
+                        prop_assert!(used + frame_size(len) <= capacity);
+                        prop_assert_eq!(id, next_id);
+                        next_id += 1;
+                        used += frame_size(len);
+                        model.push_back((id, msg));
                     }
+                    Err(SendError::TooLarge { .. }) => prop_assert!(len > max),
+                    Err(SendError::Full) => {
+                        prop_assert!(len <= max);
+                        prop_assert!(
+                            used + frame_size(len) > capacity,
+                            "full at {used}/{capacity}"
+                        );
+                    }
+                    Err(e) => prop_assert!(false, "send: {e}"),
                 }
-                Op::Recv => {
-                    let mut got = Vec::new();
-                    match rx.try_recv_into(&mut got) {
-                        Ok(id) => {
-                            let (want_id, want) = model.pop_front().expect("model has a message");
-                            prop_assert_eq!(id, want_id);
-                            prop_assert_eq!(&got, &want);
-                            used -= frame_size(want.len());
-                        }
-                        Err(RecvError::Empty) => prop_assert!(model.is_empty()),
-                        Err(e) => prop_assert!(false, "recv: {e}"),
+            }
+            Op::Recv => {
+                let mut got = Vec::new();
+                match rx.try_recv_into(&mut got) {
+                    Ok(id) => {
+                        let (want_id, want) = model.pop_front().expect("model has a message");
+                        prop_assert_eq!(id, want_id);
+                        prop_assert_eq!(&got, &want);
+                        used -= frame_size(want.len());
                     }
+                    Err(RecvError::Empty) => prop_assert!(model.is_empty()),
+                    Err(e) => prop_assert!(false, "recv: {e}"),
                 }
             }
         }
-        // Drain: what is left comes out in order, then the ring is empty.
-        while let Some((want_id, want)) = model.pop_front() {
-            let mut got = Vec::new();
-            prop_assert_eq!(rx.try_recv_into(&mut got).unwrap(), want_id);
-            prop_assert_eq!(got, want);
-        }
-        prop_assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
     }
+    // Drain: what is left comes out in order, then the ring is empty.
+    while let Some((want_id, want)) = model.pop_front() {
+        let mut got = Vec::new();
+        prop_assert_eq!(rx.try_recv_into(&mut got).unwrap(), want_id);
+        prop_assert_eq!(got, want);
+    }
+    prop_assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
+    Ok(())
 }
 
 #[test]
