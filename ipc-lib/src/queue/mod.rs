@@ -269,20 +269,25 @@ mod tests {
         crate::patience::block(opening.unwrap()).unwrap().0
     }
 
-    #[test]
-    fn a_job_left_half_written_by_a_dead_producer_is_skipped_and_counted() {
+    /// A queue whose position 0 a producer in another process took and
+    /// was killed before it finished the job.
+    fn queue_with_a_half_written_job(name: &str) -> (Producer, Consumer) {
         use crate::channel::layout::slot;
         use layout::State;
-        let (mut p, mut c) = queue("deadw", 4);
+        let (p, c) = queue(name, 4);
         let seg = segment(p.name());
         let h = seg.header();
-        // A producer in another process took position 0 and was killed
-        // before it finished the job.
         h.producers[5]
             .state_pid
             .store(slot::pack(slot::ATTACHED, dead_pid()), Ordering::SeqCst);
         seg.slot(0)[0].store(State::writing(0, 5), Ordering::SeqCst);
         h.head.store(1, Ordering::SeqCst);
+        (p, c)
+    }
+
+    #[test]
+    fn a_job_left_half_written_by_a_dead_producer_is_skipped_and_counted() {
+        let (mut p, mut c) = queue_with_a_half_written_job("deadw");
         p.push(b"after").unwrap();
         let job = c.next_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(job.payload(), b"after");
@@ -292,17 +297,8 @@ mod tests {
 
     #[test]
     fn a_select_steps_over_a_job_a_dead_producer_left_half_written() {
-        use crate::channel::layout::slot;
         use crate::select::{Select, SelectError};
-        use layout::State;
-        let (mut p, mut c) = queue("deadw-select", 4);
-        let seg = segment(p.name());
-        let h = seg.header();
-        h.producers[5]
-            .state_pid
-            .store(slot::pack(slot::ATTACHED, dead_pid()), Ordering::SeqCst);
-        seg.slot(0)[0].store(State::writing(0, 5), Ordering::SeqCst);
-        h.head.store(1, Ordering::SeqCst);
+        let (mut p, mut c) = queue_with_a_half_written_job("deadw-select");
         let mut select = Select::new();
         let got = select.wait(&mut [(&mut c).into()], Some(Duration::ZERO));
         assert!(matches!(got, Err(SelectError::Timeout)), "{got:?}");
