@@ -14,32 +14,25 @@
 //!
 //! So each waiting end keeps a budget, as glibc's adaptive mutexes keep a
 //! spin count per mutex: a wait spins at most the budget; a spin that
-//! catches its message raises the budget to about twice the spins it took,
-//! and one that runs out and is followed by a short sleep halves it. Once
-//! waits keep ending that way the budget reaches 0 and waits sleep at
-//! once, except for an occasional probe at the full limit, so that a
-//! change (a stream starting, a peer moving to a free CPU) is found;
-//! probes that fail grow further apart.
+//! catches its message raises the budget to about twice the spins it took
+//! (never lowers it), and one that runs out halves it. Once waits keep
+//! ending in the futex the budget reaches 0 and waits sleep at once,
+//! except for an occasional probe at the full limit, so that a change (a
+//! stream starting, a peer moving to a free CPU) is found; probes that
+//! fail grow further apart. With fewer than two CPUs to run on, nothing
+//! else can run while we spin, and no wait spins.
 //!
-//! A spin that runs out and is followed by a long sleep (`LONG_SLEEP`
-//! times the spin or more) says something else: the spin was a small
-//! part of the wait, so it cost little, and it was not what kept the peer
-//! from running. It restores the whole budget. That keeps two ends that
-//! both spin able to reach the state where each catches the other's
-//! messages and neither sleeps: on that VM, at times when a wake-up across
-//! CPUs took 20-30 µs, a ping-pong pinned to two CPUs sometimes ran 0.8 µs
-//! a round trip that way with a fixed 200 spins, against 50-60 µs asleep,
-//! and ends that stopped spinning after a few misses never did.
+//! What it gives up: two ends that both spin can reach a state where each
+//! catches the other's messages and neither ever sleeps (on that VM 0.8 µs
+//! a round trip, where a wake-up across CPUs took 20-30 µs). A fixed spin
+//! stumbles into it now and then; ends that stop spinning after a few
+//! misses rarely do. A budget kept up through long sleeps did not find it
+//! either in the runs of BENCHMARKS.md, so the policy stays this simple.
 //!
-//! With fewer than two CPUs to run on, nothing else can run while we
-//! spin, and no wait spins.
-//!
-//! A wait that finds its message at once costs the policy nothing. One
-//! that waits reads the clock only if its spin lasts `TIMED_AFTER` spins,
-//! and after its first futex sleep: never per spin.
+//! The bookkeeping is a few integer operations a wait (none when the wait
+//! finds its message at once): no clock, no syscall.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// Spins a caught message's budget keeps beyond twice what it took, so a
 /// wait as long as the last one, or a little longer, is still caught.
@@ -49,13 +42,6 @@ const FIRST_PROBE_GAP: u32 = 16;
 /// The most waits between two probes: a probe that fails costs one full
 /// spin, at most once in this many waits.
 const LAST_PROBE_GAP: u32 = 256;
-/// A sleep after a spin that ran out is long when it lasts this many
-/// times the spin or more: spinning took at most a ninth of the wait.
-const LONG_SLEEP: u32 = 8;
-/// Spins before a waiting end reads the clock to time its spin: a wait
-/// caught sooner reads none. A spin that ends sooner is not timed, and
-/// its miss counts as short.
-const TIMED_AFTER: u32 = 32;
 
 /// One waiting end's spin budget.
 #[derive(Clone, Debug)]
@@ -95,8 +81,8 @@ impl Spin {
     }
 
     /// The spins a wait that found nothing at once may make. Call once a
-    /// wait, and then [`caught`](Self::caught), or [`missed`](Self::missed)
-    /// after its first sleep, when it returned more than 0.
+    /// wait, and then [`caught`](Self::caught) or [`missed`](Self::missed)
+    /// when it returned more than 0.
     pub(crate) fn budget(&mut self) -> u32 {
         if self.budget > 0 || self.limit == 0 {
             return self.budget;
@@ -116,15 +102,8 @@ impl Spin {
         self.probe_in = FIRST_PROBE_GAP;
     }
 
-    /// The wait spun all [`budget`](Self::budget) gave it, for `spun`
-    /// from its `TIMED_AFTER`th spin (`None`: it stopped before), and then
-    /// slept for `slept` (its first futex sleep).
-    pub(crate) fn missed(&mut self, spun: Option<Duration>, slept: Duration) {
-        if spun.is_some_and(|spun| slept >= spun * LONG_SLEEP) {
-            self.budget = self.limit;
-            self.probe_gap = FIRST_PROBE_GAP;
-            return;
-        }
+    /// The wait spun all [`budget`](Self::budget) gave it, and sleeps.
+    pub(crate) fn missed(&mut self) {
         if self.budget > 0 {
             self.budget /= 2;
         } else {
@@ -139,61 +118,41 @@ impl Spin {
 
 /// One wait's spin phase, as a waiting end runs it against its [`Spin`]:
 /// the end looks, and while it finds nothing calls [`spin`](Self::spin)
-/// until that says to sleep; [`sleeping`](Self::sleeping) and
-/// [`woke`](Self::woke) around each sleep; [`done`](Self::done) when the
-/// wait gets what it waited for.
+/// until that says to sleep; [`done`](Self::done) when the wait gets what
+/// it waited for.
 #[derive(Debug, Default)]
 pub(crate) struct SpinWait {
     spins: u32,
     /// The budget, asked at the first empty look: a wait that finds its
     /// message at once tells the policy nothing.
     allowed: Option<u32>,
-    /// When the spin reached `TIMED_AFTER` spins.
-    timed: Option<Instant>,
-    /// When a spin that ran out went to sleep, until it is reported.
-    missed_at: Option<Instant>,
-    slept: bool,
+    /// The spin ran out (and the policy was told): the wait sleeps.
+    ran_out: bool,
 }
 
 impl SpinWait {
     /// After a look that found nothing: spins once and returns true while
-    /// the budget lasts; false when the wait should sleep.
+    /// the budget lasts; false when the wait should sleep. The first false
+    /// of a wait that spun tells the policy its spin ran out.
     pub(crate) fn spin(&mut self, policy: &mut Spin) -> bool {
         let allowed = *self.allowed.get_or_insert_with(|| policy.budget());
-        if self.spins >= allowed {
-            return false;
+        if self.spins < allowed {
+            self.spins += 1;
+            std::hint::spin_loop();
+            return true;
         }
-        self.spins += 1;
-        if self.spins == TIMED_AFTER {
-            self.timed = Some(Instant::now());
+        // Told once: the wait's later looks (after a sleep) sleep again.
+        if self.spins > 0 && !self.ran_out {
+            policy.missed();
         }
-        std::hint::spin_loop();
-        true
-    }
-
-    /// The wait is about to sleep; `now` is the clock its caller read
-    /// for the sleep's deadline.
-    pub(crate) fn sleeping(&mut self, now: Instant) {
-        if !self.slept {
-            self.slept = true;
-            if self.spins > 0 {
-                self.missed_at = Some(now);
-            }
-        }
-    }
-
-    /// The wait woke from a sleep: the first one, after a spin that ran
-    /// out, tells the policy how long the spin and the sleep took.
-    pub(crate) fn woke(&mut self, policy: &mut Spin) {
-        if let Some(at) = self.missed_at.take() {
-            policy.missed(self.timed.map(|t| at - t), at.elapsed());
-        }
+        self.ran_out = true;
+        false
     }
 
     /// The wait got what it waited for: caught by the spin, if it never
     /// slept.
     pub(crate) fn done(&self, policy: &mut Spin) {
-        if self.spins > 0 && !self.slept {
+        if self.spins > 0 && !self.ran_out {
             policy.caught(self.spins);
         }
     }
@@ -210,23 +169,23 @@ fn cpus() -> Option<usize> {
 mod tests {
     use super::*;
 
-    const SPIN: Duration = Duration::from_micros(4);
-
-    /// Runs one wait: spins up to the budget, caught after `needs` spins
-    /// (`None`: nothing came during the spin) or else a short sleep;
-    /// returns the budget it had.
+    /// Runs one wait as `SpinWait` does: spins up to the budget, caught
+    /// after `needs` spins (`None`: nothing came during the spin); returns
+    /// the budget it had.
     fn wait(s: &mut Spin, needs: Option<u32>) -> u32 {
-        wait_sleeping(s, needs, SPIN)
-    }
-
-    fn wait_sleeping(s: &mut Spin, needs: Option<u32>, slept: Duration) -> u32 {
-        let b = s.budget();
-        match needs {
-            Some(k) if b > 0 && k <= b => s.caught(k),
-            _ if b > 0 => s.missed((b > TIMED_AFTER).then_some(SPIN), slept),
-            _ => {}
+        let mut w = SpinWait::default();
+        let mut looks = 0;
+        loop {
+            looks += 1;
+            if needs.is_some_and(|k| looks > k) {
+                w.done(s);
+                break;
+            }
+            if !w.spin(s) {
+                break;
+            }
         }
-        b
+        w.allowed.unwrap_or(0)
     }
 
     #[test]
@@ -301,28 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn a_long_sleep_after_a_spin_keeps_the_budget_and_brings_it_back() {
-        let long = SPIN * LONG_SLEEP;
+    fn a_wait_that_slept_is_no_catch_and_is_told_once() {
         let mut s = Spin::for_cpus(200, Some(8));
-        for _ in 0..100 {
-            assert_eq!(wait_sleeping(&mut s, None, long), 200);
-        }
-        // Short sleeps take it to nothing; a probe with a long sleep
-        // restores it.
-        while wait(&mut s, None) > 0 {}
-        while wait_sleeping(&mut s, None, long) == 0 {}
-        assert_eq!(s.budget(), 200);
-    }
-
-    #[test]
-    fn an_untimed_spin_counts_as_short() {
-        let mut s = Spin::for_cpus(200, Some(8));
-        while s.budget() > TIMED_AFTER {
-            s.missed(Some(SPIN), SPIN);
-        }
-        let b = s.budget();
-        s.missed(None, Duration::from_secs(1));
-        assert_eq!(s.budget(), b / 2);
+        let mut w = SpinWait::default();
+        while w.spin(&mut s) {}
+        // Woken, it looks again, finds nothing and sleeps again.
+        assert!(!w.spin(&mut s));
+        w.done(&mut s);
+        assert_eq!(s.budget(), 100);
     }
 
     #[test]

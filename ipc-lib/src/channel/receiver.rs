@@ -46,13 +46,11 @@ impl ReceiverBuilder {
     ///
     /// How many of them a receive makes, the receiver learns from its last
     /// waits: a spin that catches a message keeps the next ones at about
-    /// twice the spins it took or more; one that runs out halves them when
-    /// the sleep that follows is short next to the spin, down to none
-    /// (sleeping at once, with an occasional spin of the whole bound to
-    /// notice when spinning pays again), and restores them when that
-    /// sleep is long, the spin a small part of the wait. With fewer than
-    /// two CPUs to run on it never spins. 0 sleeps at once; `u32::MAX`
-    /// spins until a message comes.
+    /// twice the spins it took or more, and one that runs out halves them,
+    /// down to none (sleeping at once) when waits keep ending in the
+    /// futex, with an occasional spin of the whole bound to notice when
+    /// spinning pays again. With fewer than two CPUs to run on it never
+    /// spins. 0 sleeps at once; `u32::MAX` spins until a message comes.
     pub fn spins(mut self, spins: u32) -> Self {
         self.spins = spins;
         self
@@ -258,10 +256,8 @@ impl Receiver {
                 Some(d) => (d - now).min(LIVENESS_SLICE),
                 None => LIVENESS_SLICE,
             };
-            waiting.sleeping(now);
             let h = self.sh.header();
             ring::park(&h.data_futex, &h.recv_waiters, slice, || self.wake_ready());
-            waiting.woke(&mut self.spin);
         }
     }
 

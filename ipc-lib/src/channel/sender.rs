@@ -314,12 +314,10 @@ impl Sender {
                 Some(d) => (d - now).min(LIVENESS_SLICE),
                 None => LIVENESS_SLICE,
             };
-            waiting.sleeping(now);
             let h = self.sh.header();
             ring::park(&h.space_futex, &h.send_waiters, slice, || {
                 self.wake_ready(msg.len())
             });
-            waiting.woke(&mut self.spin);
         }
     }
 
