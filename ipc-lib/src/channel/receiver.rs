@@ -45,12 +45,13 @@ impl ReceiverBuilder {
     /// sleeps on the futex. Default 200, a few microseconds.
     ///
     /// How many of them a receive makes, the receiver learns from its last
-    /// waits: a spin that catches a message keeps the next ones at about
-    /// twice the spins it took or more, and one that runs out halves them,
-    /// down to none (sleeping at once) when waits keep ending in the
-    /// futex, with an occasional spin of the whole bound to notice when
-    /// spinning pays again. With fewer than two CPUs to run on it never
-    /// spins. 0 sleeps at once; `u32::MAX` spins until a message comes.
+    /// waits: while at least 1 in 32 of the spins catch a message, a
+    /// receive spins up to about twice what the longest recent catch
+    /// took; when fewer do (typically a sender that needs the CPU the
+    /// receiver spins on), it sleeps at once, with an occasional spin of
+    /// the whole bound to notice when spinning pays again. With fewer than
+    /// two CPUs to run on it never spins. 0 sleeps at once; `u32::MAX`
+    /// spins until a message comes.
     pub fn spins(mut self, spins: u32) -> Self {
         self.spins = spins;
         self
