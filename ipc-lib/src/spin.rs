@@ -20,8 +20,8 @@
 //! about twice that many spins. Below it, waits sleep at once, except for
 //! an occasional probe at the full limit, so that a change (a stream
 //! starting, a peer moving to a free CPU) is found; probes that fail grow
-//! further apart. With fewer than two CPUs to run on, nothing else can
-//! run while we spin, and no wait spins.
+//! further apart. On a machine with one CPU online, nothing else can run
+//! while we spin, and no wait spins.
 //!
 //! The rate is what tells the two costs apart. A pair the scheduler keeps
 //! on one CPU catches nothing (the peer cannot run until the spin ends),
@@ -186,11 +186,13 @@ impl SpinWait {
     }
 }
 
-/// The CPUs this process may run on (its affinity mask and cgroup quota,
-/// not merely those online), read once: `None` if unknown.
+/// The CPUs online, read once: `None` if unknown. Online, not the ones
+/// this process may run on: a process pinned to one CPU whose peer runs
+/// on another (a common low-latency setup) is where spinning pays most,
+/// while on a machine with one CPU online it never can.
 fn cpus() -> Option<usize> {
     static CPUS: OnceLock<Option<usize>> = OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+    *CPUS.get_or_init(crate::sys::online_cpus)
 }
 
 #[cfg(test)]

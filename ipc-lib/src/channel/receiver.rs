@@ -49,8 +49,8 @@ impl ReceiverBuilder {
     /// receive spins up to about twice what the longest recent catch
     /// took; when fewer do (typically a sender that needs the CPU the
     /// receiver spins on), it sleeps at once, with an occasional spin of
-    /// the whole bound to notice when spinning pays again. With fewer than
-    /// two CPUs to run on it never spins. 0 sleeps at once; `u32::MAX`
+    /// the whole bound to notice when spinning pays again. On a machine
+    /// with one CPU online it never spins. 0 sleeps at once; `u32::MAX`
     /// spins until a message comes.
     pub fn spins(mut self, spins: u32) -> Self {
         self.spins = spins;
