@@ -29,11 +29,17 @@
 //! stops. A peer on another CPU is caught now and then even when most of
 //! its messages come later than a spin lasts (5 to 14 in 100 waits of a
 //! 64 B ping-pong on that VM at times when a wake-up across CPUs took
-//! 20-30 µs; half of a 64 KiB stream's waits for room), and each catch
-//! saves a sleep and a wake-up; the spin there costs CPU time, not the
-//! peer's latency. Halving a budget on every miss instead stopped those
-//! catches too: 64 B one way 25.6 µs against 17.5 µs with the fixed
-//! spins, 64 KiB streams 13% slower (BENCHMARKS.md).
+//! 20-30 µs; more than half of a 64 KiB stream's waits for room), and
+//! each catch saves a sleep and a wake-up; the spin there costs CPU time,
+//! not the peer's latency. Halving a budget on every miss instead stopped
+//! those catches too: 64 B one way 25.6 µs against 17.5 µs with the fixed
+//! spins, 64 KiB streams 13-15% slower (BENCHMARKS.md).
+//!
+//! What no count of catches sees: on that VM, spinning a few microseconds
+//! before sleeping also made the wake-up itself cheaper when the answer
+//! came later than the spin (a 64 KiB round trip to a peer busy-polling
+//! on the other CPU: 32 µs with the fixed spin, 48 µs with this policy,
+//! which stops spinning there, as with none).
 //!
 //! The bookkeeping is a few integer operations a wait (none when the wait
 //! finds its message at once): no clock, no syscall.
