@@ -39,6 +39,7 @@ mod shm;
 pub mod signal;
 mod slots;
 pub mod socket;
+mod spin;
 mod sys;
 pub mod trace;
 pub mod transport;

@@ -245,6 +245,14 @@ pub(crate) fn random_u64() -> u64 {
     t ^ (u64::from(my_pid()) << 32) ^ 0x9E37_79B9_7F4A_7C15
 }
 
+/// The CPUs online now (not this process's affinity or quota): `None`
+/// if the kernel does not say.
+pub(crate) fn online_cpus() -> Option<usize> {
+    // SAFETY: sysconf reads a system setting; it takes no pointer.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

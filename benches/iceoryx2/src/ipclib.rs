@@ -1,7 +1,7 @@
 //! ipc-lib's shared-memory channel, used as its README shows: bytes sent
 //! from the caller's buffer, received into the caller's buffer.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipc_lib::channel::{Receiver, RecvError, Sender};
 
 use crate::ends::{self, read_stamp, stamp, Rx, Tx};
@@ -48,12 +48,22 @@ impl Rx for IpcRx {
     }
 }
 
+/// Sets the receivers' `spins(n)`; unset, the library's default.
+const SPINS_ENV: &str = "IPCSCOPE_BENCH_SPINS";
+/// Set (to anything), the peer of a blocking latency run busy-polls: the
+/// driver's blocking receive then waits for a peer that is always awake.
+const PEER_POLLS_ENV: &str = "IPCSCOPE_BENCH_PEER_POLLS";
+
 /// Creates the receiving end of `name`, which the other process opens.
 fn receiver(name: &str, run: &Run) -> Result<IpcRx> {
-    let rx = Receiver::builder(name)
-        .capacity(RING)
-        .max_message_size(run.size)
-        .create()?;
+    let mut builder = Receiver::builder(name);
+    if let Ok(spins) = std::env::var(SPINS_ENV) {
+        let spins = spins
+            .parse()
+            .with_context(|| format!("{SPINS_ENV}={spins:?}"))?;
+        builder = builder.spins(spins);
+    }
+    let rx = builder.capacity(RING).max_message_size(run.size).create()?;
     Ok(IpcRx {
         rx,
         wait: run.wait,
@@ -97,6 +107,9 @@ pub fn peer(run: &Run, name: &str) -> Result<()> {
     match run.measure {
         Measure::Latency => {
             let mut rx = receiver(&format!("{name}-a"), run)?;
+            if std::env::var_os(PEER_POLLS_ENV).is_some() {
+                rx.wait = Wait::Spin;
+            }
             let mut tx = sender(&format!("{name}-b"), run)?;
             ends::echo(&mut rx, &mut tx, run.count)
         }

@@ -22,6 +22,16 @@
 //!   blocking) with the payload copied in and out, and for throughput a
 //!   plain memcpy through a ring in a shared mapping.
 //!
+//! One run can also be made by hand, its figures printed on one line
+//! (p50 and p99 round trip in ns, or messages a second):
+//!
+//!     bench-iceoryx2 --driver SUBJECT spin|block latency|throughput SIZE COUNT NAME
+//!
+//! with, in its environment, `IPCSCOPE_BENCH_DRIVER_CPU`/`_PEER_CPU` to
+//! pin each process to a CPU, `IPCSCOPE_BENCH_SPINS` for ipc-lib
+//! receivers' `spins(n)`, and `IPCSCOPE_BENCH_PEER_POLLS` to have the
+//! peer of a blocking ipc-lib latency run busy-poll.
+//!
 //! Every run is two fresh processes: this program again as the measuring
 //! "driver", which starts its "peer". Each round runs every case once; the
 //! runs compared with each other run back to back, in reverse order every

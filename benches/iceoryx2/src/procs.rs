@@ -47,9 +47,15 @@ pub fn run_driver(run: &Run, name: &str) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// Pins the driver to a CPU (see [`pin_from_env`]).
+const DRIVER_CPU_ENV: &str = "IPCSCOPE_BENCH_DRIVER_CPU";
+/// Pins the peer to a CPU.
+const PEER_CPU_ENV: &str = "IPCSCOPE_BENCH_PEER_CPU";
+
 /// `--driver RUN NAME`: measures the run and prints its figures.
 pub fn driver_main(args: &[String]) -> Result<()> {
     die_with_parent()?;
+    pin_from_env(DRIVER_CPU_ENV)?;
     let (run, name) = parse(args)?;
     // A traced run would measure the tracer too.
     ensure!(
@@ -69,6 +75,7 @@ pub fn driver_main(args: &[String]) -> Result<()> {
 /// `--peer RUN NAME`: the driver's other end.
 pub fn peer_main(args: &[String]) -> Result<()> {
     die_with_parent()?;
+    pin_from_env(PEER_CPU_ENV)?;
     let (run, name) = parse(args)?;
     match run.subject {
         Subject::IpcLib => ipclib::peer(&run, name),
@@ -92,6 +99,36 @@ fn die_with_parent() -> Result<()> {
     ensure!(
         r == 0,
         "prctl(PR_SET_PDEATHSIG): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Pins this process to the CPU that `var` names, if it is set: blocking
+/// runs depend on whether the scheduler puts the two processes on one CPU
+/// or on two, which it otherwise chooses afresh for every run.
+fn pin_from_env(var: &str) -> Result<()> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(());
+    };
+    let cpu: usize = value
+        .parse()
+        .with_context(|| format!("{var}={value:?}: not a CPU number"))?;
+    ensure!(
+        cpu < libc::CPU_SETSIZE as usize,
+        "{var}={cpu}: beyond the CPU set"
+    );
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside
+    // it (cpu checked against its size above); sched_setaffinity reads
+    // exactly size_of::<cpu_set_t>() bytes of it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    ensure!(
+        r == 0,
+        "{var}={cpu}: sched_setaffinity: {}",
         std::io::Error::last_os_error()
     );
     Ok(())

@@ -15,9 +15,10 @@
 //!   returns a `T`, with the same encoding and tracing.
 //! - A full channel blocks the sender or returns [`SendError::Full`], as the
 //!   sender was built ([`WhenFull`]).
-//! - [`Receiver::recv`] spins briefly and then sleeps on a futex; a sender
-//!   wakes it with a syscall only when it actually sleeps, so a busy channel
-//!   makes none. [`Receiver::try_recv`] and [`Receiver::recv_timeout`] are
+//! - [`Receiver::recv`] spins while spinning has lately caught messages
+//!   ([`ReceiverBuilder::spins`]) and then sleeps on a futex; a sender
+//!   wakes it with a syscall only when it actually sleeps, so a busy
+//!   channel makes none. [`Receiver::try_recv`] and [`Receiver::recv_timeout`] are
 //!   the non-blocking and bounded forms.
 //! - A peer that dies is noticed (pidfd; see `crate::sys::PeerWatch` for why):
 //!   the receiver gets [`RecvError::Disconnected`] after draining what was

@@ -11,6 +11,7 @@ use super::layout::{Layout, Mode, MAX_SENDERS};
 use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
 use crate::codec::decode;
+use crate::spin::{Spin, SpinWait};
 use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
@@ -18,9 +19,10 @@ use crate::trace::{self, Op};
 /// (see `Sender`'s twin constant): `try_recv` in a loop stays syscall-free
 /// nearly always.
 const LIVENESS_EVERY: u32 = 1024;
-/// Default spins on an empty ring before sleeping: about the cost of a
-/// futex round trip, so a message that is microseconds away is caught
-/// without one.
+/// Default bound on the spins of a wait on an empty ring: about 4.5 µs
+/// on the 2-vCPU machine of BENCHMARKS.md, where a spin (one look at the
+/// ring and a `pause`) takes 22 ns, so a message a few microseconds away
+/// is caught without a futex while spinning pays (see `crate::spin`).
 const DEFAULT_SPINS: u32 = 200;
 
 /// Builds a [`Receiver`]. Layout settings apply when this end creates the
@@ -39,9 +41,17 @@ pub struct ReceiverBuilder {
 impl ReceiverBuilder {
     builder_options!(Receiver);
 
-    /// How many times a blocking receive polls an empty ring before it
-    /// sleeps on the futex. 0 sleeps at once; larger values trade CPU for
-    /// latency.
+    /// The most times a blocking receive polls an empty ring before it
+    /// sleeps on the futex. Default 200, a few microseconds.
+    ///
+    /// How many of them a receive makes, the receiver learns from its last
+    /// waits: while at least 1 in 32 of the spins catch a message, a
+    /// receive spins up to about twice what the longest recent catch
+    /// took; when fewer do (typically a sender that needs the CPU the
+    /// receiver spins on), it sleeps at once, with an occasional spin of
+    /// the whole bound to notice when spinning pays again. On a machine
+    /// with one CPU online it never spins. 0 sleeps at once; `u32::MAX`
+    /// spins until a message comes.
     pub fn spins(mut self, spins: u32) -> Self {
         self.spins = spins;
         self
@@ -83,7 +93,7 @@ impl ReceiverBuilder {
         Ok(Receiver {
             sh,
             consumer,
-            spins: self.spins,
+            spin: Spin::new(self.spins),
             watches: (0..MAX_SENDERS).map(|_| None).collect(),
             empty_polls: 0,
             last_check: None,
@@ -135,7 +145,7 @@ impl ReceiverBuilder {
 pub struct Receiver {
     sh: Shared,
     consumer: Consumer,
-    spins: u32,
+    spin: Spin,
     watches: Vec<Option<PeerWatch>>,
     empty_polls: u32,
     /// When a blocking receive began waiting, or last asked the kernel
@@ -189,7 +199,8 @@ impl Receiver {
         self.try_recv_into(&mut out).map(|_| out)
     }
 
-    /// Waits for the next message: spins briefly, then sleeps on a futex.
+    /// Waits for the next message: spins while spinning has lately paid
+    /// (see [`ReceiverBuilder::spins`]), then sleeps on a futex.
     /// Returns [`RecvError::Disconnected`] once every sender is gone (closed
     /// or died) and the ring is drained.
     pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
@@ -222,7 +233,7 @@ impl Receiver {
         timeout: Option<Duration>,
     ) -> Result<u64, RecvError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut spins = 0;
+        let mut waiting = SpinWait::default();
         loop {
             // Liveness is asked of the kernel only once a slice has passed
             // since the wait began; a clean close shows in the slot at once.
@@ -233,11 +244,10 @@ impl Receiver {
                 self.last_check = Some(Instant::now());
             }
             if let Some(id) = self.attempt(out, now_check)? {
+                waiting.done(&mut self.spin);
                 return Ok(id);
             }
-            if spins < self.spins {
-                spins += 1;
-                std::hint::spin_loop();
+            if waiting.spin(&mut self.spin) {
                 continue;
             }
             let now = Instant::now();

@@ -12,14 +12,15 @@ use super::error::{OpenError, SendError};
 use super::layout::{Layout, Mode};
 use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
+use crate::spin::{Spin, SpinWait};
 use crate::sys::PeerWatch;
 use crate::trace::{self, Op};
 
 /// What [`Sender::send`] does when the channel is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenFull {
-    /// Wait until the receiver makes room (spinning briefly, then sleeping
-    /// on a futex), or until it is gone.
+    /// Wait until the receiver makes room (spinning while spinning has
+    /// lately paid, then sleeping on a futex), or until it is gone.
     #[default]
     Block,
     /// Return [`SendError::Full`] at once.
@@ -31,7 +32,8 @@ pub enum WhenFull {
 /// amortised, and a dead receiver is still reported long before the ring
 /// could fill.
 const LIVENESS_EVERY: u32 = 1024;
-/// Spins on a full ring before sleeping.
+/// The most spins on a full ring before sleeping; how many a send makes
+/// is learned from how its last waits ended (see `crate::spin`).
 const SPINS: u32 = 100;
 
 /// Builds a [`Sender`]. Layout settings apply when this end creates the
@@ -104,6 +106,7 @@ impl SenderBuilder {
             watch: None,
             sends_since_check: 0,
             full_streak: 0,
+            spin: Spin::new(SPINS),
             scratch: Vec::new(),
         })
     }
@@ -141,6 +144,7 @@ pub struct Sender {
     /// Consecutive `Full` answers; a caller polling a full channel asks the
     /// kernel about the receiver only on every 64th.
     full_streak: u32,
+    spin: Spin,
     scratch: Vec<u8>,
 }
 
@@ -253,7 +257,7 @@ impl Sender {
         if self.receiver_gone(check) {
             return Err(SendError::Disconnected);
         }
-        let mut spins = 0;
+        let mut waiting = SpinWait::default();
         // Set when the first wait starts: the fast path reads no clock.
         let mut last_check: Option<Instant> = None;
         loop {
@@ -267,6 +271,7 @@ impl Sender {
                 .map_err(SendError::Corrupt)?
             {
                 self.full_streak = 0;
+                waiting.done(&mut self.spin);
                 trace::emit_op(Op {
                     size: msg.len() as u64,
                     msg_id: id,
@@ -293,9 +298,7 @@ impl Sender {
                 }
                 Wait::Until(deadline) => deadline,
             };
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if waiting.spin(&mut self.spin) {
                 continue;
             }
             let now = Instant::now();
