@@ -3,8 +3,10 @@
 //! candidate layouts, side by side in one run, each measured in events
 //! stored per second and bytes on disk per event: `current` is the schema
 //! `record` writes (every migration: a `messages` row holding both its
-//! events), `schema-9` the one before it (two `events` rows and a
-//! `messages` row), the others what a further change would buy.
+//! events, found by time through spans of ids), `schema-10` the one before
+//! it (the same rows, two more indexes), `schema-9` the one before that
+//! (two `events` rows and a `messages` row), the others what a further
+//! change would buy.
 //!
 //!     cargo bench -p collector --bench layout -- [EVENTS] [RUNS]
 //!
@@ -58,6 +60,19 @@ struct Layout {
     rows: fn(&Message) -> Rows,
     /// Counts the messages it holds, to check it holds every one.
     count: &'static str,
+    /// Whether each transaction also stores the spans of its messages'
+    /// ids (migration 11), as the writer does: a span by send and one by
+    /// receipt per transaction here, whose messages all lie within one.
+    spans: bool,
+}
+
+/// A `messages` row holding both ends' events, as `record` stores it.
+fn folded_row(m: &Message) -> Rows {
+    let (_, mut values) = message_row(m);
+    // ends (both), each end's source and duration; results, aux and
+    // payloads NULL: the size, 0, none.
+    values.extend([Some(3), Some(2), Some(1_000), Some(2), Some(2_000)]);
+    vec![("folded", values)]
 }
 
 fn migrations(conn: &Connection) {
@@ -178,17 +193,22 @@ fn layouts() -> Vec<Layout> {
     vec![
         Layout {
             name: "current",
-            what: "a messages row holding both ends' events (events a view), every index of \
-                   today's schema (foreign keys on, as sqlx has them)",
+            what: "a messages row holding both ends' events (events a view), found by time \
+                   through spans of ids, every index of today's schema (foreign keys on, as \
+                   sqlx has them)",
             schema: migrations,
-            rows: |m| {
-                let (_, mut values) = message_row(m);
-                // ends (both), each end's source and duration; results,
-                // aux and payloads NULL: the size, 0, none.
-                values.extend([Some(3), Some(2), Some(1_000), Some(2), Some(2_000)]);
-                vec![("folded", values)]
-            },
+            rows: folded_row,
             count: "SELECT count(*) FROM messages",
+            spans: true,
+        },
+        Layout {
+            name: "schema-10",
+            what: "the same rows, found by time through two indexes on messages (by receipt \
+                   and by send) instead of spans",
+            schema: |c| migrations_to(c, 10),
+            rows: folded_row,
+            count: "SELECT count(*) FROM messages",
+            spans: false,
         },
         Layout {
             name: "schema-9",
@@ -200,6 +220,7 @@ fn layouts() -> Vec<Layout> {
                 rows
             },
             count: "SELECT count(*) FROM messages",
+            spans: false,
         },
         Layout {
             name: "pairs",
@@ -207,6 +228,7 @@ fn layouts() -> Vec<Layout> {
             schema: |c| c.execute_batch(PAIRS).unwrap(),
             rows: pair_row,
             count: "SELECT count(*) FROM pairs",
+            spans: false,
         },
         Layout {
             name: "pairs+channel",
@@ -220,6 +242,7 @@ fn layouts() -> Vec<Layout> {
             },
             rows: pair_row,
             count: "SELECT count(*) FROM pairs",
+            spans: false,
         },
     ]
 }
@@ -268,6 +291,28 @@ fn run(layout: &Layout, dir: &std::path::Path, messages: &[Message]) -> (Duratio
                 let mut stmt = tx.prepare_cached(&sql).unwrap();
                 stmt.execute(params_from_iter(group.iter().flatten()))
                     .unwrap();
+            }
+        }
+        if layout.spans {
+            let last: i64 = tx.last_insert_rowid();
+            let first = last - chunk.len() as i64 + 1;
+            let (sent, received) =
+                chunk
+                    .iter()
+                    .fold(((i64::MAX, i64::MIN), (i64::MAX, i64::MIN)), |(s, r), m| {
+                        (
+                            (s.0.min(m.sent_ns), s.1.max(m.sent_ns)),
+                            (r.0.min(m.received_ns), r.1.max(m.received_ns)),
+                        )
+                    });
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO message_spans (session_id, by_received, from_ns, to_ns, \
+                     first_id, last_id) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+                )
+                .unwrap();
+            for (by_received, (from, to)) in [(0, sent), (1, received)] {
+                stmt.execute([by_received, from, to, first, last]).unwrap();
             }
         }
         tx.commit().unwrap();

@@ -10,40 +10,75 @@ use serde_json::{Map, Value as Json};
 use sqlx::{Row, SqliteConnection};
 
 use crate::query::{decode_row, QueryError};
-use crate::store::{events_merged, SessionId};
+use crate::store::{event_span_ns, events_between, SessionId};
+
+/// How much of a session [`jsonl`] reads at a time at first: each slice's
+/// rows are sorted by time, so a slice must stay small where events are
+/// dense and may grow where they are sparse.
+const FIRST_SLICE_NS: i64 = 100_000_000;
+/// Rows in a slice past which the next is half as long, and below which
+/// (none) it is twice as long, up to [`LONGEST_SLICE_NS`].
+const SLICE_ROWS: u64 = 200_000;
+const LONGEST_SLICE_NS: i64 = 60_000_000_000;
 
 /// Writes one JSON object per event, in time order, streaming: a session of
-/// any size exports in constant memory.
+/// any size exports in constant memory, a time slice at a time.
 pub async fn jsonl(
     conn: &mut SqliteConnection,
     session: SessionId,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
-    let sql = events_merged(
+    let sql = events_between(
         "e.ts_ns, e.pid, e.tid, e.source, e.kind, c.kind AS channel_kind,
          c.name AS channel_name, e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload",
         "LEFT JOIN channels c ON c.id = e.channel_id",
-        "e.session_id = ?1",
         "ORDER BY ts_ns",
     );
-    let mut rows = sqlx::query(&sql).bind(session.0).fetch(conn);
+    let span = event_span_ns(conn, session.0)
+        .await
+        .map_err(QueryError::Store)?;
     let mut n = 0;
-    while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
-        let values = decode_row(&row).map_err(QueryError::Sql)?;
-        let obj: Map<String, Json> = row
-            .columns()
-            .iter()
-            .map(|c| sqlx::Column::name(c).to_owned())
-            .zip(values.iter().map(|v| v.to_json()))
-            // Absent optional fields are left out rather than written as null.
-            .filter(|(_, v)| !v.is_null())
-            .collect();
-        serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
-        n += 1;
+    if let Some((oldest, newest)) = span {
+        let (mut from, mut slice) = (oldest, FIRST_SLICE_NS);
+        while from <= newest {
+            let to = from.saturating_add(slice);
+            let mut rows = sqlx::query(&sql)
+                .bind(session.0)
+                .bind(from)
+                .bind(to)
+                .fetch(&mut *conn);
+            let mut in_slice = 0;
+            while let Some(row) = rows.try_next().await.map_err(QueryError::Sql)? {
+                write_object(&row, out)?;
+                in_slice += 1;
+            }
+            n += in_slice;
+            from = to;
+            slice = match in_slice {
+                0 => (slice * 2).min(LONGEST_SLICE_NS),
+                r if r > SLICE_ROWS => (slice / 2).max(1),
+                _ => slice,
+            };
+        }
     }
     out.flush()?;
     Ok(n)
+}
+
+/// One row as a JSON object on a line of its own.
+fn write_object(row: &sqlx::sqlite::SqliteRow, out: &mut impl Write) -> Result<(), ExportError> {
+    let values = decode_row(row).map_err(QueryError::Sql)?;
+    let obj: Map<String, Json> = row
+        .columns()
+        .iter()
+        .map(|c| sqlx::Column::name(c).to_owned())
+        .zip(values.iter().map(|v| v.to_json()))
+        // Absent optional fields are left out rather than written as null.
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,9 @@ use ipc_events::live::{ChannelStats, Delta, MessageSample, Snapshot};
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
 use crate::store::rows::Rows;
-use crate::store::{events_merged, newest_event_ns, SessionId, Store, StoreError};
+use crate::store::{
+    event_span_ns, events_between, newest_event_ns, spanned, SessionId, Store, StoreError,
+};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,22 +166,16 @@ struct Timed {
 const EVENT_COLUMNS: &str = "e.ts_ns, e.pid, e.tid, e.source_code, e.kind_code, e.channel_id, \
                              e.size, e.msg_id, e.result, e.duration_ns, e.aux, e.payload";
 
-/// Events of `session` where `filter` holds, then `order` (see
-/// [`events_merged`]; `?2` and `?3` bound to `a` and `b`), with their
-/// `channels.id`.
+/// Events of `session` stamped in `[a, b)`, then `order` (see
+/// [`events_between`]), with their `channels.id`.
 async fn read_events(
     conn: &mut SqliteConnection,
     session: SessionId,
     names: &Names,
-    (filter, order): (&str, &str),
+    order: &str,
     (a, b): (i64, i64),
 ) -> Result<(Vec<Event>, Vec<Option<i64>>), StoreError> {
-    let sql = events_merged(
-        EVENT_COLUMNS,
-        "",
-        &format!("e.session_id = ?1 {filter}"),
-        order,
-    );
+    let sql = events_between(EVENT_COLUMNS, "", order);
     let mut events = Vec::new();
     let mut channel_ids = Vec::new();
     // Scoped: the statement (not Send) must be gone before the next await.
@@ -270,6 +266,9 @@ async fn targets(
     Ok(())
 }
 
+/// How far back from a moment [`newest_events`] looks first.
+const LOOK_BACK_NS: i64 = 100_000_000;
+
 /// The newest [`Snapshot::RECENT_EVENTS`] events stamped at or before
 /// `at_ns`, oldest first: what the live feed showed as recent then.
 async fn newest_events(
@@ -278,16 +277,24 @@ async fn newest_events(
     names: &Names,
     at_ns: u64,
 ) -> Result<Vec<Event>, StoreError> {
-    let (mut events, _) = read_events(
-        conn,
-        session,
-        names,
-        ("AND e.ts_ns <= ?2", "ORDER BY ts_ns DESC LIMIT ?3"),
-        (at_ns as i64, Snapshot::RECENT_EVENTS as i64),
-    )
-    .await?;
-    events.reverse();
-    Ok(events)
+    // Slices back from `at_ns`, each twice the one before, until one holds
+    // enough or reaches the oldest event: a sort of the whole session
+    // before `at_ns` would cost a seek its length.
+    let Some((oldest, _)) = event_span_ns(conn, session.0).await? else {
+        return Ok(Vec::new());
+    };
+    let end = at_ns.saturating_add(1).min(i64::MAX as u64) as i64;
+    let order = format!("ORDER BY ts_ns DESC LIMIT {}", Snapshot::RECENT_EVENTS);
+    let mut back = LOOK_BACK_NS;
+    loop {
+        let from = end.saturating_sub(back);
+        let (mut events, _) = read_events(conn, session, names, &order, (from, end)).await?;
+        if events.len() >= Snapshot::RECENT_EVENTS || from <= oldest {
+            events.reverse();
+            return Ok(events);
+        }
+        back = back.saturating_mul(2);
+    }
 }
 
 /// The newest messages of channel `channel_id` received at or before
@@ -338,10 +345,11 @@ async fn load(
         conn,
         session,
         names,
-        ("AND e.ts_ns >= ?2 AND e.ts_ns < ?3", "ORDER BY ts_ns"),
+        "ORDER BY ts_ns",
         (from_ns as i64, to_ns as i64),
     )
     .await?;
+    let (from, spans) = spanned("messages", "m", "id", true);
     // Scoped: the statement (not Send) must be gone before the next await.
     let messages = {
         let what = "reading messages";
@@ -349,10 +357,12 @@ async fn load(
         let mut rows = Rows::new(
             &mut handle,
             what,
-            "SELECT channel_id, msg_id, sender_pid, sender_tid, receiver_pid, receiver_tid,
-                    sent_ns, received_ns, size
-             FROM messages WHERE session_id = ?1 AND received_ns >= ?2 AND received_ns < ?3
-             ORDER BY received_ns, id",
+            &format!(
+                "SELECT m.channel_id, m.msg_id, m.sender_pid, m.sender_tid, m.receiver_pid,
+                        m.receiver_tid, m.sent_ns, m.received_ns, m.size
+                 FROM {from} WHERE {spans} AND m.received_ns >= ?2 AND m.received_ns < ?3
+                 ORDER BY m.received_ns, m.id"
+            ),
             &[session.0, from_ns as i64, to_ns as i64],
         )?;
         let mut messages = Vec::new();

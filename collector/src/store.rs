@@ -10,6 +10,7 @@ mod fold;
 mod header;
 mod retention;
 pub(crate) mod rows;
+mod spans;
 mod stage;
 mod traffic;
 mod watermark;
@@ -41,43 +42,90 @@ pub use writer::{
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// The tables that hold a session's events (migration 10): `event_rows`,
-/// and the views of the send and the receive each `messages` row holds.
-/// `events` is their union.
-const EVENT_TABLES: [&str; 3] = ["event_rows", "message_sends", "message_receives"];
+/// How long a span of message ids lasts at most, exclusive (migration 11):
+/// a span's `to_ns - from_ns` is always less. The writer cuts its spans
+/// to it, and the readers rely on it to find a time slice's spans through
+/// their index by start.
+pub(crate) const SPAN_NS: i64 = 1_000_000_000;
 
-/// A SELECT of `columns` (over `e`, one of the [`EVENT_TABLES`], and what
-/// `join` adds) where `filter` holds, in each of the tables, then `order`
-/// (ORDER BY and LIMIT over the output columns' names). Ordered by `ts_ns`
-/// alone, SQLite merges the three as they come off their indexes by time,
-/// each in id order within a time, and events of one time in the tables'
-/// order (`event_rows` first, as their ids are). A tie-break by `id` as
-/// well sorts each table's rows again (it took twice the time to index a
-/// replay), and the same ORDER BY on the `events` view sorts every row it
-/// selects first (a whole session, for an export).
-pub(crate) fn events_merged(columns: &str, join: &str, filter: &str, order: &str) -> String {
-    let arms =
-        EVENT_TABLES.map(|from| format!("SELECT {columns} FROM {from} e {join} WHERE {filter}"));
-    format!("{} {order}", arms.join(" UNION ALL "))
+/// The FROM and WHERE of a read of the messages whose time (`received_ns`
+/// when `by_received`, else `sent_ns`) may lie in `[?2, ?3)` in session
+/// `?1`: `table` (`messages` or a view of the events its rows hold) as
+/// `alias`, joined with the spans that overlap the slice on `id` (its
+/// column of the message's id). Each message once: a session's spans of
+/// one kind cover disjoint ids. The caller still filters by time: a span
+/// holds other times too.
+pub(crate) fn spanned(table: &str, alias: &str, id: &str, by_received: bool) -> (String, String) {
+    (
+        format!(
+            "message_spans s JOIN {table} {alias} ON {alias}.{id} BETWEEN s.first_id AND s.last_id"
+        ),
+        // `+`: the session is not what to look rows up by (SQLite would
+        // take the index by channel, which starts with it, over the ids).
+        format!(
+            "s.session_id = ?1 AND s.by_received = {} AND s.from_ns > ?2 - {SPAN_NS} \
+             AND s.from_ns < ?3 AND s.to_ns >= ?2 AND +{alias}.session_id = ?1",
+            u8::from(by_received)
+        ),
+    )
 }
 
-/// The stamp of the session's newest event: the last entry of each index
-/// by time (`max` over the `events` view reads every row). Every stamp of
-/// a `messages` row is an event's, held there or in `event_rows`.
+/// A SELECT of `columns` (over `e`, an event, and what `join` adds) of
+/// the events of session `?1` stamped in `[?2, ?3)`, then `order`
+/// (ORDER BY and LIMIT over the output columns' names): the rows of
+/// `event_rows` through their index by time, and the sends and receives
+/// that `messages` rows hold (migration 10) through the spans of their
+/// ids (migration 11). Ordered by `ts_ns`, SQLite sorts the slice's rows.
+pub(crate) fn events_between(columns: &str, join: &str, order: &str) -> String {
+    const IN_SLICE: &str = "e.ts_ns >= ?2 AND e.ts_ns < ?3";
+    let rows =
+        format!("SELECT {columns} FROM event_rows e {join} WHERE e.session_id = ?1 AND {IN_SLICE}");
+    let held = [("message_sends", false), ("message_receives", true)].map(|(view, by)| {
+        let (from, spans) = spanned(view, "e", "message_id", by);
+        format!("SELECT {columns} FROM {from} {join} WHERE {spans} AND {IN_SLICE}")
+    });
+    format!("{rows} UNION ALL {} {order}", held.join(" UNION ALL "))
+}
+
+/// The stamps of the session's oldest and newest events: the ends of
+/// `event_rows`' index by time, and of the spans of `messages` (every
+/// stamp a message row holds is in one of its spans, or is an event's in
+/// `event_rows`). `None` for a session without events.
+pub(crate) async fn event_span_ns(
+    conn: &mut SqliteConnection,
+    session: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    // The newest span of a kind starts at most a span's length before
+    // the one that ends last.
+    let (oldest, newest): (Option<i64>, Option<i64>) = sqlx::query_as(&format!(
+        "SELECT min(lo), max(hi) FROM (
+             SELECT min(ts_ns) AS lo, max(ts_ns) AS hi FROM event_rows WHERE session_id = ?1
+             UNION ALL
+             SELECT (SELECT min(from_ns) FROM message_spans
+                     WHERE session_id = ?1 AND by_received = k),
+                    (SELECT max(to_ns) FROM message_spans
+                     WHERE session_id = ?1 AND by_received = k
+                       AND from_ns > (SELECT max(from_ns) FROM message_spans
+                                      WHERE session_id = ?1 AND by_received = k) - {SPAN_NS})
+             FROM (SELECT 0 AS k UNION ALL SELECT 1))"
+    ))
+    .bind(session)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::sql(
+        "finding the session's oldest and newest events",
+    ))?;
+    Ok(oldest.zip(newest))
+}
+
+/// The stamp of the session's newest event.
 pub(crate) async fn newest_event_ns(
     conn: &mut SqliteConnection,
     session: i64,
 ) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT max(t) FROM (
-             SELECT max(ts_ns) AS t FROM event_rows WHERE session_id = ?1
-             UNION ALL SELECT max(sent_ns) FROM messages WHERE session_id = ?1
-             UNION ALL SELECT max(received_ns) FROM messages WHERE session_id = ?1)",
-    )
-    .bind(session)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(StoreError::sql("finding the session's newest event"))
+    Ok(event_span_ns(conn, session)
+        .await?
+        .map(|(_, newest)| newest))
 }
 
 /// The analysis names drops as the `drops` table does.

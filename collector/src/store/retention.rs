@@ -16,10 +16,9 @@
 //! beside it from growing either.
 //!
 //! Events are removed by time: a chunk ends at the stamp of the session's
-//! `count`-th oldest event left, found by one merge of the three indexes
-//! by time (`event_rows`, messages by send and by receipt: a message's
-//! events live in its row, see migration 10), and everything of the
-//! session stamped up to it goes.
+//! `count`-th oldest event left (in `event_rows` or held by a message row,
+//! see migrations 10 and 11), and everything of the session stamped up to
+//! it goes.
 
 use std::time::{Duration, Instant};
 
@@ -141,27 +140,34 @@ impl Retention {
         count: u64,
     ) -> Result<Option<u64>, StoreError> {
         const REMOVING: &str = "removing the oldest events";
-        // One merge of the three indexes by time.
-        let sql = super::events_merged(
-            "e.ts_ns",
-            "",
-            "e.session_id = ?1 AND e.ts_ns > ?2",
-            "ORDER BY ts_ns LIMIT 1 OFFSET ?3",
-        );
-        let oldest = |offset: i64| {
-            sqlx::query_scalar::<_, i64>(&sql)
-                .bind(session)
-                .bind(self.removed_to)
-                .bind(offset)
+        let Some((oldest, newest)) = super::event_span_ns(conn, session).await? else {
+            return Ok(None);
         };
-        let end = match oldest(count as i64 - 1).fetch_optional(&mut *conn).await {
-            Ok(Some(end)) => end,
-            // Fewer than a chunk left: the rest.
-            Ok(None) => match super::newest_event_ns(conn, session).await? {
-                Some(end) if end > self.removed_to => end,
-                _ => return Ok(None),
-            },
-            Err(e) => return Err(StoreError::sql(REMOVING)(e)),
+        let from = oldest.max(self.removed_to.saturating_add(1));
+        if from > newest {
+            return Ok(None);
+        }
+        // The chunk ends at the `count`-th oldest event left: looked for in
+        // a slice from the oldest, twice as long each time it holds fewer
+        // (each try sorts its slice; the whole session would be sorted at
+        // once otherwise). Fewer than a chunk left: the rest.
+        let sql = super::events_between("e.ts_ns", "", "ORDER BY ts_ns LIMIT 1 OFFSET ?4");
+        let mut slice = super::SPAN_NS;
+        let end = loop {
+            let to = from.saturating_add(slice);
+            let found = sqlx::query_scalar::<_, i64>(&sql)
+                .bind(session)
+                .bind(from)
+                .bind(to)
+                .bind(count as i64 - 1)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::sql(REMOVING))?;
+            match found {
+                Some(end) => break end,
+                None if to > newest => break newest,
+                None => slice = slice.saturating_mul(2),
+            }
         };
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
@@ -174,17 +180,24 @@ impl Retention {
             .map_err(StoreError::sql(REMOVING))?
             .rows_affected();
         // A message is as old as its receipt, or its send when its receiver
-        // is unknown (two statements: each uses its index); the events it
-        // holds go with it, counted as they go.
+        // is unknown: each found through the spans of that time from the
+        // last removal's end on (everything before it went then); the
+        // events it holds go with it, counted as they go.
         let mut held = 0;
-        for oldest in ["received_ns <= ?2", "received_ns IS NULL AND sent_ns <= ?2"] {
+        for (by_received, oldest) in [
+            (true, "m.received_ns < ?3"),
+            (false, "m.received_ns IS NULL AND m.sent_ns < ?3"),
+        ] {
+            let (spans, within) = super::spanned("messages", "m", "id", by_received);
             let sql = format!(
-                "DELETE FROM messages WHERE session_id = ?1 AND {oldest}
+                "DELETE FROM messages WHERE id IN (
+                     SELECT m.id FROM {spans} WHERE {within} AND {oldest})
                  RETURNING (ends & 1) + (ends >> 1 & 1)"
             );
             let mut ends = sqlx::query_scalar::<_, Option<i64>>(&sql)
                 .bind(session)
-                .bind(end)
+                .bind(from)
+                .bind(end.saturating_add(1))
                 .fetch(&mut *tx);
             while let Some(n) = ends
                 .try_next()
@@ -194,6 +207,23 @@ impl Retention {
                 held += n.unwrap_or(0);
             }
         }
+        // Spans by receipt that ended by then hold nothing any more. A span
+        // by send may still hold a message received later: it goes once
+        // its ids are all gone.
+        sqlx::query(&format!(
+            "DELETE FROM message_spans
+             WHERE session_id = ?1 AND from_ns > ?2 - {span} AND from_ns <= ?3
+               AND (by_received = 1 AND to_ns <= ?3
+                    OR by_received = 0 AND NOT EXISTS (
+                        SELECT 1 FROM messages WHERE id BETWEEN first_id AND last_id))",
+            span = super::SPAN_NS
+        ))
+        .bind(session)
+        .bind(from)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("removing the oldest messages' spans"))?;
         let removed = rows + held as u64;
         sqlx::query("INSERT INTO drops (session_id, source, count, ts_ns) VALUES (?, ?, ?, ?)")
             .bind(session)

@@ -175,6 +175,16 @@ impl Drop for Rows<'_> {
     }
 }
 
+/// The rowid of the last row inserted on `handle`'s connection: with the
+/// number of rows a multi-row INSERT made, the ids it gave them (SQLite
+/// gives each new row the largest rowid plus one, so one statement's rows,
+/// and one transaction's, have consecutive ids).
+pub(crate) fn last_insert_rowid(handle: &mut LockedSqliteHandle<'_>) -> i64 {
+    // SAFETY: the locked connection's open handle, used by this thread
+    // alone while the lock is held.
+    unsafe { ffi::sqlite3_last_insert_rowid(handle.as_raw_handle().as_ptr()) }
+}
+
 fn last_error(db: NonNull<ffi::sqlite3>) -> String {
     // SAFETY: an open handle; the message is SQLite's, NUL-terminated and
     // valid until the next call on the handle, and copied at once.

@@ -518,6 +518,7 @@ impl Writer {
             insert_events(&mut handle, session, per, &rows)?;
             insert_messages(&mut handle, session, &messages)?;
             insert_one_ended(&mut handle, session, &one_ended, &self.channels)?;
+            insert_spans(&mut handle, session, &messages, &one_ended)?;
             insert_whole_waits(&mut handle, session, &whole_waits, &self.channels)?;
         }
         let mut ingest_dropped = 0;
@@ -845,6 +846,56 @@ fn insert_one_ended(
             stmt.int_at(p + 7, sender[2])?;
             stmt.int_at(p + 8, receiver[2])?;
             stmt.int_at(p + 9, Some(row.side.size as i64))
+        },
+    )
+}
+
+/// The spans of the message rows just inserted (`messages`, then
+/// `one_ended`, with consecutive ids up to the last one inserted), by
+/// which readers find them by time ([`super::spans`]).
+fn insert_spans(
+    handle: &mut LockedSqliteHandle<'_>,
+    session: i64,
+    messages: &[MessageRow<'_>],
+    one_ended: &[&Unpaired<ChannelRef>],
+) -> Result<(), StoreError> {
+    let count = messages.len() + one_ended.len();
+    if count == 0 {
+        return Ok(());
+    }
+    let first_id = super::rows::last_insert_rowid(handle) - count as i64 + 1;
+    let paired = messages
+        .iter()
+        .map(|m| [Some(m.paired.send.ts_ns), Some(m.paired.recv.ts_ns)]);
+    let one_ended = one_ended.iter().map(|row| {
+        let t = Some(row.side.ts_ns);
+        if row.sent {
+            [t, None]
+        } else {
+            [None, t]
+        }
+    });
+    let times = paired
+        .chain(one_ended)
+        .map(|ends| ends.map(|t| t.map(|t| t as i64)));
+    let spans = super::spans::spans(first_id, times);
+    const HEAD: &str = "INSERT INTO message_spans (session_id, by_received, from_ns, to_ns, \
+                        first_id, last_id) VALUES ";
+    insert_rows(
+        handle,
+        "recording the spans of messages",
+        HEAD,
+        6,
+        ROWS_PER_STATEMENT,
+        spans.len(),
+        |stmt, p, i| {
+            let s = &spans[i];
+            stmt.int_at(p, Some(session))?;
+            stmt.int_at(p + 1, Some(i64::from(s.by_received)))?;
+            stmt.int_at(p + 2, Some(s.from_ns))?;
+            stmt.int_at(p + 3, Some(s.to_ns))?;
+            stmt.int_at(p + 4, Some(s.first_id))?;
+            stmt.int_at(p + 5, Some(s.last_id))
         },
     )
 }

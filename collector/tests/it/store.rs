@@ -498,12 +498,33 @@ async fn an_older_database_gains_the_traffic_of_its_sessions() {
     );
 }
 
+/// Turns a database of this build into one as the build at schema 10 left
+/// it: messages found by time through two indexes, no spans.
+async fn back_to_schema_10(pool: &sqlx::SqlitePool) {
+    let views: String = include_str!("../../../migrations/0010_compact_messages.sql")
+        .split("CREATE VIEW")
+        .skip(1)
+        .map(|view| format!("CREATE VIEW{}", view.split("PRAGMA").next().unwrap()))
+        .collect();
+    sqlx::raw_sql(&format!(
+        "DROP VIEW events; DROP VIEW message_sends; DROP VIEW message_receives; {views}
+         DROP TABLE message_spans;
+         CREATE INDEX messages_by_session_received ON messages(session_id, received_ns);
+         CREATE INDEX messages_by_session_sent ON messages(session_id, sent_ns);
+         DELETE FROM _sqlx_migrations WHERE version = 11; PRAGMA user_version = 10;"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// Turns a database of this build into one as the build at schema 9 left
 /// it: every event a row of the `events` table, messages without the
 /// columns of their ends.
 async fn back_to_schema_9(pool: &sqlx::SqlitePool) {
     const COLUMNS: &str = "session_id, ts_ns, pid, tid, source_code, kind_code, channel_id, \
                            size, msg_id, result, duration_ns, aux, payload";
+    back_to_schema_10(pool).await;
     let mut sql = format!(
         "INSERT INTO event_rows ({COLUMNS}) SELECT {COLUMNS} FROM message_sends
          UNION ALL SELECT {COLUMNS} FROM message_receives;
@@ -582,6 +603,98 @@ async fn the_events_a_message_row_holds_read_back_as_the_rows_they_were() {
     let store = Store::open(&path, OpenMode::Create).await.unwrap();
     assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
     assert_eq!(all_events(store.pool()).await, recorded);
+}
+
+/// The stamps and kinds of session 1's events as an export gives them,
+/// and as a scan of the whole `events` view does, each sorted.
+async fn exported_and_scanned(pool: &sqlx::SqlitePool) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
+    let mut conn = pool.acquire().await.unwrap();
+    let mut out = Vec::new();
+    collector::export::jsonl(&mut conn, collector::store::SessionId(1), &mut out)
+        .await
+        .unwrap();
+    let exported: Vec<(i64, String)> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["ts_ns"].as_i64().unwrap(),
+                v["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let scanned = sqlx::query_as("SELECT ts_ns, kind FROM events WHERE session_id = 1")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    (exported, scanned)
+}
+
+#[tokio::test]
+async fn every_event_is_found_by_time_through_the_spans_of_message_ids() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    let session = store.begin_session(&new_session()).await.unwrap();
+    let config = WriterConfig {
+        rows_per_tx: 20,
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = spawn_writer(&store, session, config).await.unwrap();
+    let mut batches = two_channels_three_seconds();
+    // A message sent at the start and received 2.5 s later, stored among
+    // messages sent and received then: its send is far out of the order
+    // of the ids around it.
+    let slow = ChannelId::named(ChannelKind::IpclibChannel, "slow");
+    batches[0].push(send(1_000_000_000, 3, &slow, 1));
+    let mut late = send(3_500_000_000, 4, &slow, 1);
+    late.kind = EventKind::MsgRecv;
+    let last = batches.len() - 1;
+    batches[last].push(late);
+    for batch in batches {
+        ingest.send(batch).await.unwrap();
+    }
+    drop(ingest);
+    writer.finish().await.unwrap();
+    let slow_latency = "SELECT latency_ns FROM messages WHERE sender_pid = 3";
+    assert_eq!(count(&store, slow_latency).await, 2_500_000_000);
+
+    let (exported, mut scanned) = exported_and_scanned(store.pool()).await;
+    assert!(
+        exported.windows(2).all(|w| w[0].0 <= w[1].0),
+        "in time order"
+    );
+    let mut sorted = exported.clone();
+    sorted.sort();
+    scanned.sort();
+    assert_eq!(scanned.len(), 601);
+    let missed: Vec<_> = scanned
+        .iter()
+        .filter(|e| sorted.binary_search(e).is_err())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} not exported: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(5)]
+    );
+    assert_eq!(sorted.len(), scanned.len(), "every event once");
+    store.close().await;
+
+    // The same file as the build at schema 10 left it, migrated: the
+    // migration makes the spans of the messages already there.
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    back_to_schema_10(&pool).await;
+    pool.close().await;
+    let store = Store::open(&path, OpenMode::Create).await.unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version").await, schema_version());
+    let (migrated, _) = exported_and_scanned(store.pool()).await;
+    assert_eq!(migrated, exported);
 }
 
 /// A plain SQLite connection standing in for another program, waiting for
