@@ -192,6 +192,28 @@ fn run_baseline(dir: &std::path::Path, batches: &[Vec<Event>]) -> Duration {
             }
             stmt.raw_execute().unwrap();
         }
+        // The spans of the transaction's message ids, by send and by
+        // receipt, as the writer stores them (one of each: the messages of
+        // a transaction here lie within a second).
+        let last = tx.last_insert_rowid();
+        let first = last - pairs.len() as i64 + 1;
+        let bounds = |ts: fn(&(&Event, &Event)) -> u64| {
+            let (lo, hi) = pairs
+                .iter()
+                .map(ts)
+                .fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+            (lo as i64, hi as i64)
+        };
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO message_spans (session_id, by_received, from_ns, to_ns, first_id, \
+                 last_id) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            )
+            .unwrap();
+        for (by_received, (from, to)) in [(0, bounds(|p| p.0.ts_ns)), (1, bounds(|p| p.1.ts_ns))] {
+            stmt.execute([by_received, from, to, first, last]).unwrap();
+        }
+        drop(stmt);
         tx.commit().unwrap();
     }
     let elapsed = start.elapsed();
