@@ -6,8 +6,9 @@
 -- The writer inserts a commit's messages in the order the correlation
 -- stage paired them, close to the order of their receipt. A span is a
 -- run of consecutive ids whose times, by send (`by_received` 0) or by
--- receipt (1), lie within one second: `to_ns - from_ns` is less than
--- 1,000,000,000, always (the readers rely on it), and the spans of one
+-- receipt (1), lie within one second, at most 1,024 of them:
+-- `to_ns - from_ns` is less than 1,000,000,000, always (the readers rely
+-- on it), and the spans of one
 -- session and kind cover disjoint ids. The messages of a time slice are
 -- those of the spans that overlap it, read by id range and filtered by
 -- time again: a span starting after the slice's end, or more than a
@@ -24,10 +25,15 @@ CREATE TABLE message_spans (
 CREATE INDEX message_spans_by_time ON message_spans(session_id, by_received, from_ns);
 
 -- Spans of the messages already stored: runs of ids within one second
--- (the same second, counted from 0) of each kind of time.
+-- (the same second, counted from 0) of each kind of time, cut every 1,024
+-- ids as the writer cuts them (a reader reads a whole span).
 INSERT INTO message_spans (session_id, by_received, from_ns, to_ns, first_id, last_id)
 SELECT session_id, by_received, min(t), max(t), min(id), max(id)
 FROM (
+    SELECT session_id, by_received, id, t, run,
+           (id - first_value(id) OVER (PARTITION BY session_id, by_received, run ORDER BY id))
+               / 1024 AS part
+    FROM (
     SELECT session_id, by_received, id, t,
            sum(new_run) OVER (PARTITION BY session_id, by_received ORDER BY id) AS run
     FROM (
@@ -41,8 +47,9 @@ FROM (
               SELECT session_id, 1, id, received_ns FROM messages
               WHERE received_ns IS NOT NULL)
     )
+    )
 )
-GROUP BY session_id, by_received, run;
+GROUP BY session_id, by_received, run, part;
 
 DROP INDEX messages_by_session_received;
 DROP INDEX messages_by_session_sent;

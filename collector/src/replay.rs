@@ -266,8 +266,10 @@ async fn targets(
     Ok(())
 }
 
-/// How far back from a moment [`newest_events`] looks first.
-const LOOK_BACK_NS: i64 = 100_000_000;
+/// How far back from a moment [`newest_events`] looks first: a busy
+/// session's recent events are in its last milliseconds (each try sorts
+/// what it finds).
+const LOOK_BACK_NS: i64 = 1_000_000;
 
 /// The newest [`Snapshot::RECENT_EVENTS`] events stamped at or before
 /// `at_ns`, oldest first: what the live feed showed as recent then.
@@ -277,9 +279,9 @@ async fn newest_events(
     names: &Names,
     at_ns: u64,
 ) -> Result<Vec<Event>, StoreError> {
-    // Slices back from `at_ns`, each twice the one before, until one holds
-    // enough or reaches the oldest event: a sort of the whole session
-    // before `at_ns` would cost a seek its length.
+    // Slices back from `at_ns`, each longer than the one before, until one
+    // holds enough or reaches the oldest event: a sort of the whole
+    // session before `at_ns` would cost a seek its length.
     let Some((oldest, _)) = event_span_ns(conn, session.0).await? else {
         return Ok(Vec::new());
     };
@@ -289,11 +291,15 @@ async fn newest_events(
     loop {
         let from = end.saturating_sub(back);
         let (mut events, _) = read_events(conn, session, names, &order, (from, end)).await?;
-        if events.len() >= Snapshot::RECENT_EVENTS || from <= oldest {
+        let found = events.len() as i64;
+        let wanted = Snapshot::RECENT_EVENTS as i64;
+        if found >= wanted || from <= oldest {
             events.reverse();
             return Ok(events);
         }
-        back = back.saturating_mul(2);
+        // As far back again as the events found so far say it takes (a
+        // quarter more), at least twice as far.
+        back = back.saturating_mul((wanted * 5 / 4 / found.max(1)).clamp(2, 1024));
     }
 }
 

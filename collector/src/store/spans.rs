@@ -7,9 +7,16 @@
 //! times of one kind lie within [`SPAN_NS`] of each other; a message out
 //! of order (received long after it was sent, or stored late) starts a
 //! span of its own, and the one after it another: the span's bound holds
-//! for every span, whatever the order.
+//! for every span, whatever the order. A span also ends after
+//! [`MAX_SPAN_IDS`] ids.
 
 use super::SPAN_NS;
+
+/// The most ids a span covers: a reader of a time slice reads the whole
+/// id range of each span that overlaps it, so a span must be short beside
+/// a slice (a replay reads 100 ms at a time, a million messages at full
+/// rate), and spans are still a thousandth of the rows.
+pub(super) const MAX_SPAN_IDS: i64 = 1024;
 
 /// A run of message ids and the bounds of their times of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +38,10 @@ pub(super) fn spans(first_id: i64, times: impl IntoIterator<Item = [Option<i64>;
         for (k, t) in ends.into_iter().enumerate() {
             let Some(t) = t else { continue };
             match &mut open[k] {
-                Some(span) if t.max(span.to_ns) - t.min(span.from_ns) < SPAN_NS => {
+                Some(span)
+                    if t.max(span.to_ns) - t.min(span.from_ns) < SPAN_NS
+                        && id - span.first_id < MAX_SPAN_IDS =>
+                {
                     span.from_ns = span.from_ns.min(t);
                     span.to_ns = span.to_ns.max(t);
                     span.last_id = id;
@@ -103,6 +113,15 @@ mod tests {
                 span(true, 5 * S + 1, 5 * S + 4, (1, 3)),
             ]
         );
+    }
+
+    #[test]
+    fn a_span_ends_after_its_most_ids() {
+        let n = MAX_SPAN_IDS * 2 + 1;
+        let made = spans(0, (0..n).map(|i| [Some(i), None]));
+        let ids: Vec<_> = made.iter().map(|s| (s.first_id, s.last_id)).collect();
+        let cap = MAX_SPAN_IDS;
+        assert_eq!(ids, [(0, cap - 1), (cap, 2 * cap - 1), (2 * cap, 2 * cap)]);
     }
 
     #[test]
