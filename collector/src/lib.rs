@@ -23,3 +23,4 @@ pub mod replay;
 pub mod report;
 pub mod sockdiag;
 pub mod store;
+mod time_order;

@@ -338,37 +338,6 @@ async fn newest_messages(
         .collect())
 }
 
-/// `events` (and their channels) in time order, those of one time in the
-/// order they came. Sorted here, not by SQLite: they come in three runs
-/// in order (`event_rows` by its index, the sends and receives messages
-/// hold by their spans), which SQLite sorted through a b-tree of each. An
-/// `Event` is big: the order is found on keys, then applied in place by
-/// following its cycles, each event swapped into place once.
-fn in_time_order(
-    mut events: Vec<Event>,
-    mut channel_ids: Vec<Option<i64>>,
-) -> (Vec<Event>, Vec<Option<i64>>) {
-    let mut keys: Vec<(u64, u32)> = (0..).zip(&events).map(|(i, e)| (e.ts_ns, i)).collect();
-    if keys.is_sorted() {
-        return (events, channel_ids);
-    }
-    keys.sort_unstable();
-    // `from[i]`: where the event that goes to `i` is now.
-    let mut from: Vec<u32> = keys.into_iter().map(|(_, i)| i).collect();
-    for start in 0..from.len() {
-        let mut at = start;
-        while from[at] as usize != start {
-            let next = from[at] as usize;
-            events.swap(at, next);
-            channel_ids.swap(at, next);
-            from[at] = at as u32;
-            at = next;
-        }
-        from[at] = at as u32;
-    }
-    (events, channel_ids)
-}
-
 /// The events stamped in `[from_ns, to_ns)` and the messages received and
 /// signals generated or delivered in it.
 async fn load(
@@ -378,9 +347,12 @@ async fn load(
     from_ns: u64,
     to_ns: u64,
 ) -> Result<Timed, StoreError> {
-    let (events, channel_ids) =
+    // Put in time order here, not by SQLite: they come in three runs in
+    // order (`event_rows` by its index, the sends and receives messages
+    // hold by their spans), which SQLite sorted through a b-tree of each.
+    let (mut events, mut channel_ids) =
         read_events(conn, session, names, "", (from_ns as i64, to_ns as i64)).await?;
-    let (events, channel_ids) = in_time_order(events, channel_ids);
+    crate::time_order::sort_by_time(&mut events, |a, b| channel_ids.swap(a, b));
     let (from, spans) = spanned("messages", "m", "id", true);
     // Scoped: the statement (not Send) must be gone before the next await.
     let messages = {
@@ -986,27 +958,5 @@ impl<'a> Slice<'a> {
             0,
         );
         (self.events, self.messages, self.signals) = (e, m, s);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_put_in_time_order_with_their_channels_ties_as_they_came() {
-        // Three runs in order, as the three tables give them.
-        let stamps = [5, 9, 1, 5, 7, 2, 5, 8, 3, 4];
-        let events = stamps
-            .iter()
-            .map(|&t| Event::new(t, 1, 1, Source::Lib, EventKind::MsgSend))
-            .collect();
-        let channels = (0..stamps.len() as i64).map(Some).collect();
-        let (events, channels) = in_time_order(events, channels);
-        let got: Vec<(u64, Option<i64>)> = events.iter().map(|e| e.ts_ns).zip(channels).collect();
-        let want = [1, 2, 3, 4, 5, 5, 5, 7, 8, 9]
-            .into_iter()
-            .zip([2, 5, 8, 9, 0, 3, 6, 4, 7, 1].map(Some));
-        assert_eq!(got, want.collect::<Vec<_>>());
     }
 }

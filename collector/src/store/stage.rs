@@ -295,7 +295,7 @@ pub(super) fn hold_back(
     read_through: u64,
     now_ns: u64,
 ) -> Vec<Event> {
-    pending.sort_by_key(|e| e.ts_ns);
+    crate::time_order::sort_by_time(pending, |_, _| {});
     if last {
         return Vec::new();
     }
