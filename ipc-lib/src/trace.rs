@@ -10,6 +10,14 @@
 //! refuses events and counts them, which the recorder stores as drops:
 //! tracing never blocks.
 //!
+//! An event costs what its record costs to compose and copy, and no more:
+//! each thread claims a lane of the ring for itself on its first event and
+//! writes it with plain stores (no locked instruction; threads beyond the
+//! lanes share one, reserving by compare-and-swap), and events are stamped
+//! with the raw time-stamp counter where the TSC is invariant and the
+//! kernel keeps time with it (the collector converts the readings to
+//! CLOCK_MONOTONIC), else with `clock_gettime`. See [`Stamp`].
+//!
 //! After `fork` the child must not write into its parent's ring (the
 //! collector checks that every event's pid is the ring owner's), so an
 //! atfork handler resets the child to re-attach with a ring of its own.
@@ -19,18 +27,22 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use ipc_events::raw::{RawEvent, MAX_NAME};
 use ipc_events::ring::{
-    self, Hello, RingHeader, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY, SOCKET_ENV,
+    self, clock, Hello, Lane, MAX_CAPACITY, MAX_LANES, MIN_CAPACITY, SHARED_LANE, SOCKET_ENV,
 };
 use ipc_events::{ChannelKind, EventKind};
 
-/// Ring size when `IPCSCOPE_RING_BYTES` does not say otherwise: about
-/// 40,000 events, tens of milliseconds of a busy process, which the
-/// collector drains every millisecond.
+/// Bytes per lane when `IPCSCOPE_RING_BYTES` does not say otherwise: about
+/// 40,000 events, tens of milliseconds of a busy thread, which the
+/// collector drains every millisecond. Lanes no thread writes cost address
+/// space only: a memfd's pages exist once touched.
 const DEFAULT_CAPACITY: u32 = 4 << 20;
+/// Lanes when `IPCSCOPE_RING_LANES` does not say otherwise: every one the
+/// header has room for, the shared one included.
+const DEFAULT_LANES: u32 = MAX_LANES;
 
 const UNKNOWN: u8 = 0;
 const INITIALIZING: u8 = 1;
@@ -40,14 +52,93 @@ const ON: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// The mapped ring; valid while STATE is ON.
 static RING: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Bytes in each lane's data area, and lanes in the ring; set with RING.
 static CAPACITY: AtomicU32 = AtomicU32::new(0);
+static LANES: AtomicU32 = AtomicU32::new(0);
 static PID: AtomicU32 = AtomicU32::new(0);
 /// The registration socket, kept open so the recorder sees this process end.
 static SOCKET: AtomicI32 = AtomicI32::new(-1);
+/// Whether events are stamped with the raw TSC ([`Stamp`]); decided when
+/// the ring is attached.
+static TSC: AtomicBool = AtomicBool::new(false);
+
+/// What a thread keeps of itself: its tid and comm, read once (both are
+/// syscalls), and the ring lane it writes.
+#[derive(Clone, Copy)]
+struct ThreadState {
+    tid: u32,
+    comm: [u8; 16],
+    /// The lane it writes, once it has written an event: its own, or the
+    /// shared one.
+    lane: Option<(Lane, bool)>,
+}
 
 thread_local! {
-    /// This thread's tid and comm, read once: both are syscalls.
-    static THREAD: Cell<Option<(u32, [u8; 16])>> = const { Cell::new(None) };
+    /// Plain data with no destructor: readable for as long as the thread
+    /// lives, even while other thread-locals are being torn down.
+    static THREAD: Cell<Option<ThreadState>> = const { Cell::new(None) };
+    /// Gives the thread's own lane back when the thread ends.
+    static LANE_GUARD: LaneGuard = const { LaneGuard(Cell::new(None)) };
+}
+
+/// The lane a thread claimed, and the ring mapping it belongs to.
+struct LaneGuard(Cell<Option<(usize, Lane)>>);
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        let Some((ring, lane)) = self.0.take() else {
+            return;
+        };
+        // Events after this (from other thread-locals' destructors) go to
+        // the shared lane.
+        THREAD.with(|t| {
+            if let Some(state) = t.get() {
+                t.set(Some(ThreadState {
+                    lane: None,
+                    ..state
+                }))
+            }
+        });
+        // Only a lane of this process's own ring: a forked child has a ring
+        // of its own, and must not free a lane its parent's thread writes.
+        if RING.load(Ordering::Acquire) as usize == ring {
+            ring::release(&lane);
+        }
+    }
+}
+
+/// A moment as the tracer stamps events: a raw time-stamp counter
+/// reading where the TSC is invariant and the kernel's clocksource (7 ns
+/// here, where `clock_gettime` takes 16), converted to CLOCK_MONOTONIC by
+/// the collector; else CLOCK_MONOTONIC nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    value: u64,
+    /// One of [`ipc_events::ring::clock`].
+    clock: u32,
+}
+
+impl Stamp {
+    /// A moment already read as CLOCK_MONOTONIC nanoseconds.
+    pub(crate) const fn ns(ns: u64) -> Stamp {
+        Stamp {
+            value: ns,
+            clock: clock::MONOTONIC_NS,
+        }
+    }
+
+    /// Now, by the cheapest clock the collector can convert.
+    #[inline(always)]
+    pub(crate) fn now() -> Stamp {
+        #[cfg(target_arch = "x86_64")]
+        if TSC.load(Ordering::Relaxed) {
+            return Stamp {
+                value: ring::tsc(),
+                clock: clock::TSC,
+            };
+        }
+        Stamp::ns(monotonic_ns())
+    }
 }
 
 /// Whether events are being recorded (attaching first if this is the first
@@ -79,7 +170,8 @@ pub(crate) struct Op<'a> {
     /// When the operation took effect, if not now: a send is stamped with
     /// the moment before its syscall, since the receiver may have traced
     /// its receive before the sender gets to trace anything after it.
-    pub at_ns: Option<u64>,
+    /// (Named when stamps were nanoseconds; a [`Stamp`] may be either.)
+    pub at_ns: Option<Stamp>,
 }
 
 impl<'a> Op<'a> {
@@ -157,12 +249,13 @@ fn record(op: Op<'_>) {
     if !enabled() {
         return;
     }
-    let (tid, comm) = thread_identity();
+    let at = op.at_ns.unwrap_or_else(Stamp::now);
+    let state = thread_state();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
     let raw = RawEvent {
-        ts_ns: op.at_ns.unwrap_or_else(monotonic_ns),
+        ts_ns: at.value,
         pid: PID.load(Ordering::Relaxed),
-        tid,
+        tid: state.tid,
         kind: op.kind.code(),
         chan_kind: op
             .channel
@@ -176,10 +269,64 @@ fn record(op: Op<'_>) {
         result: op.result,
         duration_ns: op.duration_ns,
         aux: op.aux,
-        comm,
+        comm: state.comm,
         ..RawEvent::default()
     };
-    write(&raw, name);
+    let (lane, owned) = match state.lane {
+        Some(lane) => lane,
+        None => match take_lane(state) {
+            Some(lane) => lane,
+            None => return,
+        },
+    };
+    if owned {
+        // SAFETY: this thread claimed the lane from the live ring RING
+        // points at (take_lane), which is never unmapped, and writes it
+        // alone: the claim is given back only as the thread ends, and a
+        // forked child starts over. Names are clamped to MAX_NAME.
+        unsafe { ring::write_owned(&lane, &raw, name, at.clock) };
+    } else {
+        // SAFETY: the shared lane of that ring, which any thread may
+        // write.
+        unsafe { ring::write_shared(&lane, &raw, name, at.clock) };
+    }
+}
+
+/// This thread's lane, on its first event: a lane of its own if one is
+/// free, else the shared lane; `None` when there is no ring (a fork
+/// handler just ran).
+#[cold]
+fn take_lane(state: ThreadState) -> Option<(Lane, bool)> {
+    let base = RING.load(Ordering::Acquire);
+    if base.is_null() {
+        return None;
+    }
+    let capacity = CAPACITY.load(Ordering::Relaxed);
+    let lanes = LANES.load(Ordering::Relaxed);
+    // Claimed only while the guard can give it back: not once this
+    // thread's thread-locals are being torn down.
+    let claimed = LANE_GUARD
+        .try_with(|guard| {
+            // SAFETY: RING is a live ring of LANES lanes of CAPACITY bytes
+            // (attach set all three before RING), never unmapped.
+            let (_, lane) = unsafe { ring::claim(base, lanes, capacity, state.tid) }?;
+            guard.0.set(Some((base as usize, lane)));
+            Some(lane)
+        })
+        .ok()
+        .flatten();
+    let lane = match claimed {
+        Some(lane) => (lane, true),
+        // SAFETY: as above; the shared lane always exists.
+        None => (unsafe { Lane::new(base, capacity, SHARED_LANE) }, false),
+    };
+    THREAD.with(|t| {
+        t.set(Some(ThreadState {
+            lane: Some(lane),
+            ..state
+        }))
+    });
+    Some(lane)
 }
 
 /// One `msg_recv` event exactly as a channel receive emits it, for the
@@ -216,32 +363,28 @@ pub fn set_role(role: &str) {
 /// The time now when tracing is on (and no clock read when it is off): for
 /// [`Op::at_ns`].
 #[inline]
-pub(crate) fn now_if_enabled() -> Option<u64> {
-    enabled().then(monotonic_ns)
+pub(crate) fn now_if_enabled() -> Option<Stamp> {
+    enabled().then(Stamp::now)
 }
 
-/// Events this process's ring refused because it was full.
+/// Events this process's ring refused because it was full (every lane's).
 pub fn dropped() -> u64 {
-    ring().map_or(0, |header| header.dropped.load(Ordering::Relaxed))
-}
-
-fn ring() -> Option<&'static RingHeader> {
-    let base = NonNull::new(RING.load(Ordering::Acquire))?;
-    // SAFETY: RING points at a live MAP_SHARED mapping that is never
-    // unmapped (it lives until the process ends), and its first bytes are a
-    // RingHeader that attach() initialised.
-    Some(unsafe { &*base.as_ptr().cast::<RingHeader>() })
-}
-
-/// Appends a record to the ring; a full ring counts it and moves on.
-fn write(raw: &RawEvent, name: &[u8]) {
-    let base = RING.load(Ordering::Acquire);
-    if base.is_null() {
-        return;
-    }
-    // SAFETY: RING is only ever a live ring mapping that attach() set up
-    // with ring::init and never unmaps; names are clamped to MAX_NAME.
-    unsafe { ring::write(base, raw, name) };
+    let Some(base) = NonNull::new(RING.load(Ordering::Acquire)) else {
+        return 0;
+    };
+    let (capacity, lanes) = (
+        CAPACITY.load(Ordering::Relaxed),
+        LANES.load(Ordering::Relaxed),
+    );
+    (0..lanes)
+        .map(|i| {
+            // SAFETY: RING points at a live MAP_SHARED mapping of LANES
+            // lanes of CAPACITY bytes that attach() initialised and that is
+            // never unmapped (it lives until the process ends).
+            let lane = unsafe { Lane::new(base.as_ptr(), capacity, i) };
+            lane.header().dropped.load(Ordering::Relaxed)
+        })
+        .sum()
 }
 
 #[cold]
@@ -283,7 +426,16 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
         .map_or(DEFAULT_CAPACITY, |c| {
             c.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two()
         });
-    let len = HEADER_SIZE + capacity as usize;
+    let lanes = std::env::var("IPCSCOPE_RING_LANES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(DEFAULT_LANES, |l| l.clamp(1, MAX_LANES));
+    let len = ring::ring_len(lanes, capacity).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no ring of {lanes} lanes of {capacity} bytes"),
+        )
+    })?;
     // The recorder first: it must know a ring is coming before the probes
     // see it mapped.
     let socket = connect(path)?;
@@ -330,9 +482,8 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     }
     let pid = std::process::id();
     // SAFETY: base is a fresh, zeroed, page-aligned mapping of
-    // HEADER_SIZE + capacity bytes that nothing else references yet, and
-    // capacity was clamped to a power of two in range.
-    unsafe { ring::init(base.cast(), capacity, pid) };
+    // ring_len(lanes, capacity) bytes that nothing else references yet.
+    unsafe { ring::init(base.cast(), lanes, capacity, pid) };
     match send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd()) {
         Ok(()) => {}
         // The recorder checks who connected before it reads a byte, and
@@ -351,6 +502,8 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
 
     PID.store(pid, Ordering::Relaxed);
     CAPACITY.store(capacity, Ordering::Relaxed);
+    LANES.store(lanes, Ordering::Relaxed);
+    TSC.store(tsc_is_usable(), Ordering::Relaxed);
     RING.store(base.cast(), Ordering::Release);
     SOCKET.store(
         std::os::fd::IntoRawFd::into_raw_fd(socket),
@@ -474,13 +627,42 @@ extern "C" fn after_fork_in_child() {
         unsafe { libc::close(fd) };
     }
     THREAD.with(|t| t.set(None));
+    // The lane this thread claimed is its parent's thread's to give back.
+    let _ = LANE_GUARD.try_with(|guard| guard.0.take());
     STATE.store(UNKNOWN, Ordering::Release);
 }
 
-fn thread_identity() -> (u32, [u8; 16]) {
+/// Whether to stamp events with the raw TSC: on x86_64, where the TSC
+/// ticks at one rate in every power state (`constant_tsc`, `nonstop_tsc`)
+/// and the kernel keeps its own time with it (clocksource `tsc`: it found
+/// the CPUs' counters in step, else it would have fallen back to another
+/// clock). `IPCSCOPE_CLOCK=monotonic` says no whatever the machine.
+fn tsc_is_usable() -> bool {
+    if std::env::var_os("IPCSCOPE_CLOCK").is_some_and(|c| c == "monotonic") {
+        return false;
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let clocksource =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+    if clocksource.ok().as_deref().map(str::trim) != Some("tsc") {
+        return false;
+    }
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return false;
+    };
+    let Some(flags) = cpuinfo.lines().find(|l| l.starts_with("flags")) else {
+        return false;
+    };
+    let has = |flag: &str| flags.split_ascii_whitespace().any(|f| f == flag);
+    has("constant_tsc") && has("nonstop_tsc")
+}
+
+fn thread_state() -> ThreadState {
     THREAD.with(|t| {
-        if let Some(id) = t.get() {
-            return id;
+        if let Some(state) = t.get() {
+            return state;
         }
         // The cache must not outlive a fork (semaphore holders are named
         // by it even when tracing is off), so the fork handler that clears
@@ -491,14 +673,19 @@ fn thread_identity() -> (u32, [u8; 16]) {
         let mut comm = [0u8; 16];
         // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
         unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr()) };
-        t.set(Some((tid, comm)));
-        (tid, comm)
+        let state = ThreadState {
+            tid,
+            comm,
+            lane: None,
+        };
+        t.set(Some(state));
+        state
     })
 }
 
 /// The calling thread's id (cached: gettid is a syscall).
 pub(crate) fn current_tid() -> u32 {
-    thread_identity().0
+    thread_state().tid
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock every event is stamped with,
