@@ -63,20 +63,36 @@ static SOCKET: AtomicI32 = AtomicI32::new(-1);
 static TSC: AtomicBool = AtomicBool::new(false);
 
 /// What a thread keeps of itself: its tid and comm, read once (both are
-/// syscalls), and the ring lane it writes.
+/// syscalls), and the ring lane it writes. Plain integers, no `Option`:
+/// the record path copies it out on every event, and a layout of odd
+/// offsets made that copy stall on store forwarding (a quarter of an
+/// event's cost, by `perf annotate`).
 #[derive(Clone, Copy)]
 struct ThreadState {
+    /// 0 until read: no thread has tid 0.
     tid: u32,
+    /// [`NO_LANE`] until the thread's first event, then the lane it
+    /// writes: its own (an index above [`SHARED_LANE`]) or
+    /// [`SHARED`], the shared lane.
+    lane: u32,
     comm: [u8; 16],
-    /// The lane it writes, once it has written an event: its own, or the
-    /// shared one.
-    lane: Option<(Lane, bool)>,
 }
+
+/// `ThreadState::lane` before the first event.
+const NO_LANE: u32 = SHARED_LANE;
+/// `ThreadState::lane` for a thread that writes the shared lane.
+const SHARED: u32 = u32::MAX;
+
+const UNREAD: ThreadState = ThreadState {
+    tid: 0,
+    lane: NO_LANE,
+    comm: [0; 16],
+};
 
 thread_local! {
     /// Plain data with no destructor: readable for as long as the thread
     /// lives, even while other thread-locals are being torn down.
-    static THREAD: Cell<Option<ThreadState>> = const { Cell::new(None) };
+    static THREAD: Cell<ThreadState> = const { Cell::new(UNREAD) };
     /// Gives the thread's own lane back when the thread ends.
     static LANE_GUARD: LaneGuard = const { LaneGuard(Cell::new(None)) };
 }
@@ -92,12 +108,10 @@ impl Drop for LaneGuard {
         // Events after this (from other thread-locals' destructors) go to
         // the shared lane.
         THREAD.with(|t| {
-            if let Some(state) = t.get() {
-                t.set(Some(ThreadState {
-                    lane: None,
-                    ..state
-                }))
-            }
+            t.set(ThreadState {
+                lane: SHARED,
+                ..t.get()
+            })
         });
         // Only a lane of this process's own ring: a forked child has a ring
         // of its own, and must not free a lane its parent's thread writes.
@@ -222,7 +236,29 @@ pub(crate) fn emit(kind: EventKind, channel: ChannelKind, name: &str, size: u64,
 #[inline(always)]
 pub(crate) fn emit_op(op: Op<'_>) {
     // The tracing crate's view of the same operation, for the application's
-    // own subscribers; cheap when none listens.
+    // own subscribers (or, through tracing's `log` feature, its logger):
+    // out of line, behind the first checks its macro makes, so that
+    // without listeners the operation's fields stay in registers.
+    if tracing::level_enabled!(tracing::Level::TRACE) || log::max_level() >= log::Level::Trace {
+        let op = op;
+        to_tracing(&op);
+    }
+    match STATE.load(Ordering::Acquire) {
+        OFF => return,
+        ON => {}
+        _ => {
+            if !attach_slow() {
+                return;
+            }
+        }
+    }
+    record(op);
+}
+
+/// Hands an operation to the `tracing` crate.
+#[cold]
+#[inline(never)]
+fn to_tracing(op: &Op<'_>) {
     tracing::trace!(
         target: "ipc_lib",
         kind = op.kind.as_str(),
@@ -236,23 +272,24 @@ pub(crate) fn emit_op(op: Op<'_>) {
         result = op.result,
         duration_ns = op.duration_ns,
     );
-    if STATE.load(Ordering::Acquire) == OFF {
-        return;
-    }
-    record(op);
 }
 
-/// Writes the record of an operation, attaching first if no operation has
-/// asked yet.
-#[inline(never)]
+/// Writes the record of an operation.
+///
+/// Inlined into the operation, like the checks before it: called, it
+/// read the operation's fields back from the caller's stack with wider
+/// loads than the caller had stored them with, and each such load stalled
+/// on store forwarding (a third of an event's cost, by `perf annotate`).
+/// Inlined, the fields go from registers into the ring slot.
+#[inline(always)]
 fn record(op: Op<'_>) {
-    if !enabled() {
-        return;
-    }
     let at = op.at_ns.unwrap_or_else(Stamp::now);
     let state = thread_state();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
-    let raw = RawEvent {
+    // Made in each branch below, not once before them: one record on the
+    // stack for both would be stored field by field and then copied with
+    // wide loads that stall on store forwarding.
+    let raw = || RawEvent {
         ts_ns: at.value,
         pid: PID.load(Ordering::Relaxed),
         tid: state.tid,
@@ -272,34 +309,48 @@ fn record(op: Op<'_>) {
         comm: state.comm,
         ..RawEvent::default()
     };
-    let (lane, owned) = match state.lane {
-        Some(lane) => lane,
-        None => match take_lane(state) {
-            Some(lane) => lane,
-            None => return,
-        },
+    let lane = match state.lane {
+        NO_LANE => take_lane(state),
+        lane => lane,
     };
-    if owned {
+    let base = RING.load(Ordering::Acquire);
+    if base.is_null() {
+        return; // a fork handler just ran
+    }
+    let index = if lane == SHARED { SHARED_LANE } else { lane };
+    // SAFETY: RING is a live ring of LANES lanes of CAPACITY bytes (attach
+    // set all three before RING), never unmapped, and `index` is one of
+    // its lanes (take_lane had it from ring::claim).
+    let lane = unsafe { Lane::new(base, CAPACITY.load(Ordering::Relaxed), index) };
+    if index != SHARED_LANE {
         // SAFETY: this thread claimed the lane from the live ring RING
         // points at (take_lane), which is never unmapped, and writes it
         // alone: the claim is given back only as the thread ends, and a
         // forked child starts over. Names are clamped to MAX_NAME.
-        unsafe { ring::write_owned(&lane, &raw, name, at.clock) };
+        unsafe { ring::write_owned(&lane, &raw(), name, at.clock) };
     } else {
-        // SAFETY: the shared lane of that ring, which any thread may
-        // write.
-        unsafe { ring::write_shared(&lane, &raw, name, at.clock) };
+        write_shared(&lane, &raw(), name, at.clock);
     }
 }
 
+/// The shared lane's write, out of line: threads beyond the lanes, and
+/// the compare-and-swap loop, are the uncommon case.
+#[inline(never)]
+fn write_shared(lane: &Lane, raw: &RawEvent, name: &[u8], clock: u32) {
+    // SAFETY: the shared lane of the live ring RING points at, which any
+    // thread may write; names are clamped to MAX_NAME.
+    unsafe { ring::write_shared(lane, raw, name, clock) };
+}
+
 /// This thread's lane, on its first event: a lane of its own if one is
-/// free, else the shared lane; `None` when there is no ring (a fork
-/// handler just ran).
+/// free, else [`SHARED`]; [`SHARED`] too when there is no ring (a fork
+/// handler just ran), unremembered.
 #[cold]
-fn take_lane(state: ThreadState) -> Option<(Lane, bool)> {
+#[inline(never)]
+fn take_lane(state: ThreadState) -> u32 {
     let base = RING.load(Ordering::Acquire);
     if base.is_null() {
-        return None;
+        return SHARED;
     }
     let capacity = CAPACITY.load(Ordering::Relaxed);
     let lanes = LANES.load(Ordering::Relaxed);
@@ -309,24 +360,15 @@ fn take_lane(state: ThreadState) -> Option<(Lane, bool)> {
         .try_with(|guard| {
             // SAFETY: RING is a live ring of LANES lanes of CAPACITY bytes
             // (attach set all three before RING), never unmapped.
-            let (_, lane) = unsafe { ring::claim(base, lanes, capacity, state.tid) }?;
+            let (index, lane) = unsafe { ring::claim(base, lanes, capacity, state.tid) }?;
             guard.0.set(Some((base as usize, lane)));
-            Some(lane)
+            Some(index)
         })
         .ok()
         .flatten();
-    let lane = match claimed {
-        Some(lane) => (lane, true),
-        // SAFETY: as above; the shared lane always exists.
-        None => (unsafe { Lane::new(base, capacity, SHARED_LANE) }, false),
-    };
-    THREAD.with(|t| {
-        t.set(Some(ThreadState {
-            lane: Some(lane),
-            ..state
-        }))
-    });
-    Some(lane)
+    let lane = claimed.unwrap_or(SHARED);
+    THREAD.with(|t| t.set(ThreadState { lane, ..state }));
+    lane
 }
 
 /// One `msg_recv` event exactly as a channel receive emits it, for the
@@ -388,6 +430,7 @@ pub fn dropped() -> u64 {
 }
 
 #[cold]
+#[inline(never)]
 fn attach_slow() -> bool {
     match STATE.compare_exchange(UNKNOWN, INITIALIZING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
@@ -626,7 +669,7 @@ extern "C" fn after_fork_in_child() {
         // the parent keeps its own copy.
         unsafe { libc::close(fd) };
     }
-    THREAD.with(|t| t.set(None));
+    THREAD.with(|t| t.set(UNREAD));
     // The lane this thread claimed is its parent's thread's to give back.
     let _ = LANE_GUARD.try_with(|guard| guard.0.take());
     STATE.store(UNKNOWN, Ordering::Release);
@@ -659,11 +702,19 @@ fn tsc_is_usable() -> bool {
     has("constant_tsc") && has("nonstop_tsc")
 }
 
+#[inline(always)]
 fn thread_state() -> ThreadState {
+    let state = THREAD.with(Cell::get);
+    if state.tid != 0 {
+        return state;
+    }
+    read_thread_state()
+}
+
+#[cold]
+#[inline(never)]
+fn read_thread_state() -> ThreadState {
     THREAD.with(|t| {
-        if let Some(state) = t.get() {
-            return state;
-        }
         // The cache must not outlive a fork (semaphore holders are named
         // by it even when tracing is off), so the fork handler that clears
         // it is registered with the first cached value.
@@ -676,9 +727,9 @@ fn thread_state() -> ThreadState {
         let state = ThreadState {
             tid,
             comm,
-            lane: None,
+            lane: NO_LANE,
         };
-        t.set(Some(state));
+        t.set(state);
         state
     })
 }
