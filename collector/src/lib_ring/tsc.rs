@@ -180,6 +180,32 @@ mod tests {
         }
     }
 
+    /// A counter whose rate against the monotonic clock changes every
+    /// millisecond (2.5 then 2 ticks per ns), as a slewed clock's does.
+    fn wavy(ns: u64) -> u64 {
+        let ms = ns / 1_000_000;
+        let whole: u64 = (0..ms)
+            .map(|m| if m % 2 == 0 { 2_500_000 } else { 2_000_000 })
+            .sum();
+        let part = ns % 1_000_000;
+        whole + if ms % 2 == 0 { part * 5 / 2 } else { part * 2 }
+    }
+
+    #[test]
+    fn each_reading_is_interpolated_between_the_pairs_around_it() {
+        let mut c = Calibration::new(Pair {
+            tsc: wavy(0),
+            ns: 0,
+        });
+        for ms in 1..20 {
+            let ns = ms * 1_000_000;
+            c.push(Pair { tsc: wavy(ns), ns });
+        }
+        for ns in [1, 999_998, 1_000_002, 7_654_320, 18_999_998] {
+            assert_eq!(c.to_ns(wavy(ns)), ns);
+        }
+    }
+
     #[test]
     fn readings_between_pairs_are_interpolated_exactly() {
         let mut c = Calibration::new(at(1_000_000));
