@@ -240,8 +240,7 @@ pub(crate) fn emit_op(op: Op<'_>) {
     // out of line, behind the first checks its macro makes, so that
     // without listeners the operation's fields stay in registers.
     if tracing::level_enabled!(tracing::Level::TRACE) || log::max_level() >= log::Level::Trace {
-        let op = op;
-        to_tracing(&op);
+        to_tracing(op);
     }
     match STATE.load(Ordering::Acquire) {
         OFF => return,
@@ -258,7 +257,7 @@ pub(crate) fn emit_op(op: Op<'_>) {
 /// Hands an operation to the `tracing` crate.
 #[cold]
 #[inline(never)]
-fn to_tracing(op: &Op<'_>) {
+fn to_tracing(op: Op<'_>) {
     tracing::trace!(
         target: "ipc_lib",
         kind = op.kind.as_str(),

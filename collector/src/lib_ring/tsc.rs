@@ -185,10 +185,21 @@ mod tests {
     fn wavy(ns: u64) -> u64 {
         let ms = ns / 1_000_000;
         let whole: u64 = (0..ms)
-            .map(|m| if m % 2 == 0 { 2_500_000 } else { 2_000_000 })
+            .map(|m| {
+                if m.is_multiple_of(2) {
+                    2_500_000
+                } else {
+                    2_000_000
+                }
+            })
             .sum();
         let part = ns % 1_000_000;
-        whole + if ms % 2 == 0 { part * 5 / 2 } else { part * 2 }
+        whole
+            + if ms.is_multiple_of(2) {
+                part * 5 / 2
+            } else {
+                part * 2
+            }
     }
 
     #[test]

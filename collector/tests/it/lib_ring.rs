@@ -406,7 +406,7 @@ fn tsc_stamps_come_out_within_a_microsecond_of_the_monotonic_clock() {
         let before = monotonic_ns();
         let tsc = ring::tsc();
         let after = monotonic_ns();
-        if id % 7 == 0 {
+        if id.is_multiple_of(7) {
             // Written a few drains later.
             late.push((tsc, before, after));
         } else {
@@ -414,7 +414,7 @@ fn tsc_stamps_come_out_within_a_microsecond_of_the_monotonic_clock() {
             (r.ts_ns, r.size, r.aux) = (tsc, before, after);
             assert!(write_owned(&owned, &r, "tsc", clock::TSC));
         }
-        if id % 50 == 0 {
+        if id.is_multiple_of(50) {
             if late.len() > 20 {
                 for (tsc, before, after) in late.drain(..) {
                     id += 1;
