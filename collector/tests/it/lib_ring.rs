@@ -614,3 +614,100 @@ proptest::proptest! {
         }
     }
 }
+
+/// The recorder's answer to a registration whose hello says `version`,
+/// with a ring whose header says `header_version`: `Some(ACCEPTED)`, or
+/// `None` when it closed the connection on it.
+fn registration_answer(version: u32, header_version: u32) -> Option<u8> {
+    use collector::lib_ring::{Admission, RingListener};
+    use collector::store::Ingest;
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(async { RingListener::bind(Admission::this_process()) })
+        .unwrap();
+    let address = listener.address().to_owned();
+    let (ingest, mut batches) = Ingest::detached(16);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let recorder = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let drain = tokio::spawn(async move { while batches.recv().await.is_some() {} });
+            listener.run(ingest, stopped, false).await;
+            let _ = drain.await;
+        })
+    });
+
+    let name = address.strip_prefix('@').unwrap();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let mut stream = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    stream.read_exact(&mut byte).unwrap();
+    assert_eq!(byte[0], ring::READY);
+    let pid = std::process::id();
+    let ring = make_ring(1 << 16, pid, true);
+    // SAFETY: the header is ours to write in this test.
+    unsafe { (*ring.base.cast::<RingHeader>()).version = header_version };
+    let mut hello = ring::Hello::new(pid);
+    hello.version = version;
+    send_with_fd(&stream, &hello.to_bytes(), ring.fd.as_raw_fd());
+    let answer = match stream.read(&mut byte) {
+        Ok(1) => Some(byte[0]),
+        Ok(_) | Err(_) => None,
+    };
+    drop(stream);
+    let _ = stop.send(true);
+    recorder.join().unwrap();
+    answer
+}
+
+#[test]
+fn a_process_of_another_ring_version_is_refused_at_registration() {
+    assert_eq!(
+        registration_answer(VERSION, VERSION),
+        Some(ring::ACCEPTED),
+        "the same version is taken"
+    );
+    for version in [VERSION - 1, VERSION + 1] {
+        assert_eq!(
+            registration_answer(version, version),
+            None,
+            "hello {version}"
+        );
+        assert_eq!(
+            registration_answer(VERSION, version),
+            None,
+            "header {version}"
+        );
+    }
+}
+
+fn send_with_fd(socket: &std::os::unix::net::UnixStream, bytes: &[u8], fd: i32) {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; the control buffer holds one fd's
+    // header and data; everything outlives the call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        assert_eq!(
+            libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL),
+            bytes.len() as isize
+        );
+    }
+}
