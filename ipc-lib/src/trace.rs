@@ -5,8 +5,8 @@
 //! `ipcscope record` runs this process it sets [`SOCKET_ENV`], and the
 //! tracer creates a memfd ring, hands its fd to the recorder over that
 //! socket, and from then on writes events with no syscall at all. Without
-//! the variable, or if anything in that fails, tracing is off: one relaxed
-//! load per operation, and the application never notices. A full ring
+//! the variable, or if anything in that fails, tracing is off: a few loads
+//! per operation, and the application never notices. A full ring
 //! refuses events and counts them, which the recorder stores as drops:
 //! tracing never blocks.
 //!
@@ -227,12 +227,14 @@ pub(crate) fn emit(kind: EventKind, channel: ChannelKind, name: &str, size: u64,
 
 /// Records one operation.
 ///
-/// Inlined up to the checks, out of line after them: with nothing
-/// listening, an operation pays a few loads and branches. As one
-/// `#[inline]` function the whole was too large for the compiler to inline,
-/// and the call, with the record's fields laid out in memory for it, made
-/// an event with tracing off cost 4-7 ns on the CI machine kind instead of
-/// about 2 (`collector/benches/channel.rs`).
+/// Inlined whole (what is uncommon stays out of line: attaching, a
+/// thread's first event, the shared lane, `tracing`'s view): with nothing
+/// listening an operation pays a few loads and branches, under a
+/// nanosecond; traced, its fields go from registers into the ring. Once,
+/// the record was written by a call: the fields, laid out in memory for
+/// it, cost an event with tracing off 4-7 ns on the CI machine kind, and
+/// reloading them stalled the traced path (`collector/benches/channel.rs`,
+/// `--only emit`).
 #[inline(always)]
 pub(crate) fn emit_op(op: Op<'_>) {
     // The tracing crate's view of the same operation, for the application's
