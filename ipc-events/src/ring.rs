@@ -320,6 +320,23 @@ pub unsafe fn write_owned(lane: &Lane, raw: &RawEvent, name: &[u8], clock: u32) 
         header.dropped.store(dropped + 1, Ordering::Relaxed);
         return false;
     };
+    // The lines a few records on, asked for now with the intent to write
+    // (`prefetchw`; a no-op on CPUs without it): a lap ago the collector
+    // read them, so each is in its core's cache or out in memory, and
+    // fetching them on demand was a third of an event's cost. 2 KiB
+    // ahead (about 16 records) took the emission bench from 32 to 20 ns;
+    // 4 and 8 KiB did no better.
+    #[cfg(target_arch = "x86_64")]
+    for line in [0, 64] {
+        let at = (head + PREFETCH_AHEAD + line) & (cap - 1);
+        // SAFETY: `at` is inside the data area; a prefetch neither reads
+        // nor writes memory as far as the program can tell.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(
+                lane.data.add(at as usize).cast::<i8>(),
+            )
+        };
+    }
     // SAFETY: the range is free (room) and only we write this lane.
     unsafe { fill(lane, head + gap, gap, total, raw, name, clock) };
     // After the commit: the consumer never meets an uncommitted slot here,
@@ -327,6 +344,10 @@ pub unsafe fn write_owned(lane: &Lane, raw: &RawEvent, name: &[u8], clock: u32) 
     header.head.store(head + gap + total, Ordering::Release);
     true
 }
+
+/// How far ahead of its `head` an owned lane's writer prefetches.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: u64 = 2048;
 
 /// A record's whole slot, header and padding to 8 included.
 #[inline(always)]
