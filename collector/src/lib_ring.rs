@@ -211,28 +211,29 @@ impl RingReader {
                 break;
             }
         }
-        // After reading every record, so that the pair taken for them
-        // comes after each honest reading.
-        if !self.tsc_events.is_empty() {
-            let converted = tsc::with_calibration(|calibration| {
-                for &i in &self.tsc_events {
-                    out[i].ts_ns = calibration.to_ns(out[i].ts_ns);
-                }
-            });
-            if converted.is_none() {
-                // No TSC on this machine to convert by: the owner wrote
-                // readings of a counter it cannot have.
-                let lost = self.tsc_events.len() as u64;
-                stats.rejected += lost;
-                stats.events -= lost;
-                let mut tsc_events = self.tsc_events.iter().peekable();
-                let mut index = 0;
-                out.retain(|_| {
-                    let keep = tsc_events.next_if_eq(&&index).is_none();
-                    index += 1;
-                    keep
-                });
+        // A pair every drain, after its records are read (so that it comes
+        // after each of their readings), and whether or not they hold any:
+        // pairs stay a millisecond apart while rings are drained, and no
+        // reading is interpolated across a stretch long enough for a
+        // change in the kernel's rate (NTP) to show.
+        let converted = tsc::with_calibration(|calibration| {
+            for &i in &self.tsc_events {
+                out[i].ts_ns = calibration.to_ns(out[i].ts_ns);
             }
+        });
+        if converted.is_none() && !self.tsc_events.is_empty() {
+            // No TSC on this machine to convert by: the owner wrote
+            // readings of a counter it cannot have.
+            let lost = self.tsc_events.len() as u64;
+            stats.rejected += lost;
+            stats.events -= lost;
+            let mut tsc_events = self.tsc_events.iter().peekable();
+            let mut index = 0;
+            out.retain(|_| {
+                let keep = tsc_events.next_if_eq(&&index).is_none();
+                index += 1;
+                keep
+            });
         }
         result
     }

@@ -10,15 +10,18 @@
 //! linear interpolation between the pairs around it.
 //!
 //! Pairs are a millisecond apart while rings are drained (every drain takes
-//! one; one taken sooner after the one before replaces the newest), so a
+//! one, whether its records hold TSC readings or not; one taken sooner
+//! after the one before replaces the newest), so a
 //! conversion is off by a pair's own error (half its TSC window, some
 //! nanoseconds) plus how far the kernel's rate wanders within a
 //! millisecond (NTP slews it by at most 500 ppm: half a microsecond, and
 //! in practice nanoseconds). A drain takes its pair after reading its
-//! records, so every honest reading falls between two pairs; one
-//! calibration serves every ring, so a later TSC reading never converts
-//! to an earlier time than another's, whichever rings they came from (a
-//! send and its receive keep their order). Readings outside the pairs
+//! records, so every honest reading falls between two pairs. One
+//! calibration serves every ring and converts monotonically, so readings
+//! keep their order whichever rings they came from; only a newest pair
+//! replaced between two conversions can move a reading, by the pairs'
+//! own error (tens of nanoseconds, far below the gap between a send's
+//! stamp and its receive's). Readings outside the pairs
 //! (only a broken or hostile writer makes them) are extrapolated along
 //! the whole span, saturating: never a panic, never another process's
 //! problem.
