@@ -53,6 +53,8 @@ pub enum RingError {
     Stranger { pid: u32, uid: u32, ours: u32 },
     #[error("registration message malformed ({0} bytes, no fd, or wrong magic/version)")]
     BadHello(usize),
+    #[error("ring protocol version {found}, where this recorder speaks {expected}: record with the ipcscope release that matches the process's ipc-lib")]
+    Version { found: u32, expected: u32 },
     #[error("ring memfd is not sealed against shrinking")]
     NotSealed,
     #[error("ring header invalid: {0}")]
@@ -163,7 +165,10 @@ impl RingReader {
             return Err(RingError::BadHeader("wrong magic"));
         }
         if version != VERSION {
-            return Err(RingError::BadHeader("unsupported version"));
+            return Err(RingError::Version {
+                found: version,
+                expected: VERSION,
+            });
         }
         if ring_len(lanes, capacity) != Some(len) {
             return Err(RingError::BadHeader(
@@ -565,6 +570,12 @@ async fn register(
     };
     match Hello::from_bytes(&hello) {
         Some(h) if h.magic == MAGIC && h.version == VERSION && h.pid == pid => {}
+        Some(h) if h.magic == MAGIC && h.version != VERSION => {
+            return Err(RingError::Version {
+                found: h.version,
+                expected: VERSION,
+            })
+        }
         _ => return Err(RingError::BadHello(hello.len())),
     }
     // The probes see the ring's pages touched: the recorder's plumbing.

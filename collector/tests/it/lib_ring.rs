@@ -308,11 +308,13 @@ fn a_ring_of_an_older_or_newer_layout_is_refused() {
         // SAFETY: the header is ours to scribble on in this test.
         unsafe { (*ring.base.cast::<RingHeader>()).version = version };
         let refused = RingReader::map(&ring.fd, 1);
-        assert!(
-            matches!(refused, Err(RingError::BadHeader("unsupported version"))),
-            "version {version}: {:?}",
-            refused.err()
-        );
+        match refused {
+            Err(e @ RingError::Version { found, expected }) => {
+                assert_eq!((found, expected), (version, VERSION));
+                assert!(e.to_string().contains("ring protocol version"), "{e}");
+            }
+            other => panic!("version {version}: {:?}", other.err()),
+        }
     }
 }
 
