@@ -206,13 +206,24 @@ fn orchestrate(args: &[String]) -> Result<()> {
     if let Some(rounds) = args.iter().find_map(|a| a.parse::<usize>().ok()) {
         scale.rounds = rounds.max(1);
     }
+    // `--only CASE` (repeatable): run just the groups holding these cases,
+    // e.g. `--only emit` to set two builds' emission side by side without
+    // the rest; the other figures then print as NaN.
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].as_str())
+        .collect();
     let exe = std::env::current_exe().context("finding this benchmark's executable")?;
     let collector = Collector::start()?;
     let mut results: HashMap<(Case, Mode, usize), Vec<Outcome>> = HashMap::new();
     let mut serial = 0u32;
     for round in 0..scale.rounds {
         eprintln!("round {} of {}", round + 1, scale.rounds);
-        for mut group in plan(&scale) {
+        let groups = plan(&scale).into_iter().filter(|group| {
+            only.is_empty() || group.iter().any(|run| only.contains(&run.case.arg()))
+        });
+        for mut group in groups {
             if round % 2 == 1 {
                 group.reverse();
             }

@@ -15,6 +15,13 @@
 //! and length once into locals, checks it, and copies records out before
 //! decoding: garbage costs that process its ring (detached, counted), never
 //! the collector, and never another process's data.
+//!
+//! A ring has a lane per writing thread (`ipc_events::ring`); each drain
+//! reads every lane. Records stamped with the raw TSC are converted to
+//! CLOCK_MONOTONIC here ([`tsc`]), so that every event leaves this module
+//! on the clock the probes stamp with.
+
+mod tsc;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -25,8 +32,9 @@ use std::time::Duration;
 use ipc_events::raw::{drop_source, RAW_EVENT_SIZE};
 pub use ipc_events::ring::SOCKET_ENV;
 use ipc_events::ring::{
-    Hello, RingHeader, ACCEPTED, COMMITTED, HEADER_SIZE, HELLO_SIZE, LEN_MASK, MAGIC, MAX_CAPACITY,
-    MIN_CAPACITY, PADDING, READY, SLOT_HEADER, VERSION,
+    clock, ring_len, Hello, Lane, RingHeader, ACCEPTED, COMMITTED, HEADER_SIZE, HELLO_SIZE,
+    LEN_MASK, MAGIC, MAX_RING_BYTES, MIN_CAPACITY, PADDING, READY, SHARED_LANE, SLOT_HEADER,
+    VERSION,
 };
 use ipc_events::{decode, Event, EventKind, Source};
 use tokio::io::Interest;
@@ -45,6 +53,8 @@ pub enum RingError {
     Stranger { pid: u32, uid: u32, ours: u32 },
     #[error("registration message malformed ({0} bytes, no fd, or wrong magic/version)")]
     BadHello(usize),
+    #[error("ring protocol version {found}, where this recorder speaks {expected}: record with the ipcscope release that matches the process's ipc-lib")]
+    Version { found: u32, expected: u32 },
     #[error("ring memfd is not sealed against shrinking")]
     NotSealed,
     #[error("ring header invalid: {0}")]
@@ -63,17 +73,26 @@ fn io_err(action: &'static str) -> impl FnOnce(io::Error) -> RingError {
     move |source| RingError::Io { action, source }
 }
 
-/// A mapped ring and the consumer's position in it.
+/// A mapped ring and the consumer's position in each of its lanes.
 pub struct RingReader {
     base: NonNull<u8>,
     len: usize,
+    /// Bytes in each lane's data area.
     capacity: u64,
     /// The owner, from SO_PEERCRED: every event must carry this pid.
     pid: u32,
-    /// Our own copy of the tail: the header's copy is writable by the owner.
+    /// Per lane, our own copy of the tail (the header's copy is writable
+    /// by the owner) and of the refusals counted so far.
+    lanes: Vec<LaneCursor>,
+    buf: Vec<u8>,
+    /// Per drain: which of its events carry a raw TSC reading.
+    tsc_events: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LaneCursor {
     tail: u64,
     dropped_seen: u64,
-    buf: Vec<u8>,
 }
 
 // SAFETY: the mapping is process-wide memory owned by this value; nothing
@@ -104,8 +123,8 @@ impl RingReader {
         if unsafe { libc::fstat(raw, &mut st) } != 0 {
             return Err(io_err("fstat of the ring")(io::Error::last_os_error()));
         }
-        let len = st.st_size as usize;
-        if len < HEADER_SIZE + MIN_CAPACITY as usize || len > HEADER_SIZE + MAX_CAPACITY as usize {
+        let len = usize::try_from(st.st_size).unwrap_or(usize::MAX);
+        if len < HEADER_SIZE + MIN_CAPACITY as usize || len > MAX_RING_BYTES {
             return Err(RingError::BadHeader("size out of range"));
         }
         // SAFETY: mapping `len` bytes of a file that is at least that long
@@ -128,33 +147,43 @@ impl RingReader {
             len,
             capacity: 0,
             pid,
-            tail: 0,
-            dropped_seen: 0,
+            lanes: Vec::new(),
             buf: Vec::with_capacity(512),
+            tsc_events: Vec::new(),
         };
         let header = reader.header();
         // Read each field once; the owner can change them at any time.
-        let (magic, version, capacity) = (
+        let (magic, version, capacity, lanes) = (
             // SAFETY: the header lies within the mapping (len >= HEADER_SIZE);
             // volatile because another process writes this memory.
             unsafe { ptr::read_volatile(&header.magic) },
             unsafe { ptr::read_volatile(&header.version) },
             unsafe { ptr::read_volatile(&header.capacity) },
+            unsafe { ptr::read_volatile(&header.lanes) },
         );
         if magic != MAGIC {
             return Err(RingError::BadHeader("wrong magic"));
         }
         if version != VERSION {
-            return Err(RingError::BadHeader("unsupported version"));
+            return Err(RingError::Version {
+                found: version,
+                expected: VERSION,
+            });
         }
-        if !capacity.is_power_of_two() || HEADER_SIZE + capacity as usize != len {
+        if ring_len(lanes, capacity) != Some(len) {
             return Err(RingError::BadHeader(
-                "capacity does not match the memfd's size",
+                "lanes and capacity do not match the memfd's size",
             ));
         }
-        let tail = header.tail.load(Ordering::Acquire);
         reader.capacity = u64::from(capacity);
-        reader.tail = tail;
+        reader.lanes = (0..lanes)
+            .map(|i| LaneCursor {
+                tail: reader.lane(i).header().tail.load(Ordering::Acquire),
+                dropped_seen: 0,
+            })
+            .collect();
+        // Its first pair before any of this ring's TSC readings.
+        tsc::start();
         Ok(reader)
     }
 
@@ -165,23 +194,70 @@ impl RingReader {
         unsafe { &*self.base.as_ptr().cast::<RingHeader>() }
     }
 
-    fn data(&self) -> *mut u8 {
-        // SAFETY: the data area starts HEADER_SIZE bytes into the mapping.
-        unsafe { self.base.as_ptr().add(HEADER_SIZE) }
+    fn lane(&self, i: u32) -> Lane {
+        // SAFETY: map() checked that the mapping holds exactly
+        // self.lanes.len() lanes of self.capacity bytes, and i is below
+        // that count wherever this is called; the mapping lives as long
+        // as self.
+        unsafe { Lane::new(self.base.as_ptr(), self.capacity as u32, i) }
     }
 
-    /// Copies every committed record out, decodes it into `out`, frees its
-    /// space, and adds what it found to `stats`. An error means the ring's
+    /// Copies every committed record of every lane out, decodes it into
+    /// `out` (TSC readings converted to CLOCK_MONOTONIC), frees its space,
+    /// and adds what it found to `stats`. An error means the ring's
     /// structure is beyond repair; what came before it is in `out` and
     /// `stats` all the same.
     pub fn drain(&mut self, out: &mut Vec<Event>, stats: &mut DrainStats) -> Result<(), RingError> {
-        let head = self.header().head.load(Ordering::Acquire);
-        if head < self.tail || head - self.tail > self.capacity {
+        self.tsc_events.clear();
+        let mut result = Ok(());
+        for i in 0..self.lanes.len() as u32 {
+            result = self.drain_lane(i, out, stats);
+            if result.is_err() {
+                break;
+            }
+        }
+        // A pair every drain, after its records are read (so that it comes
+        // after each of their readings), and whether or not they hold any:
+        // pairs stay a millisecond apart while rings are drained, and no
+        // reading is interpolated across a stretch long enough for a
+        // change in the kernel's rate (NTP) to show.
+        let converted = tsc::with_calibration(|calibration| {
+            for &i in &self.tsc_events {
+                out[i].ts_ns = calibration.to_ns(out[i].ts_ns);
+            }
+        });
+        if converted.is_none() && !self.tsc_events.is_empty() {
+            // No TSC on this machine to convert by: the owner wrote
+            // readings of a counter it cannot have.
+            let lost = self.tsc_events.len() as u64;
+            stats.rejected += lost;
+            stats.events -= lost;
+            let mut tsc_events = self.tsc_events.iter().peekable();
+            let mut index = 0;
+            out.retain(|_| {
+                let keep = tsc_events.next_if_eq(&&index).is_none();
+                index += 1;
+                keep
+            });
+        }
+        result
+    }
+
+    fn drain_lane(
+        &mut self,
+        lane_index: u32,
+        out: &mut Vec<Event>,
+        stats: &mut DrainStats,
+    ) -> Result<(), RingError> {
+        let lane = self.lane(lane_index);
+        let cursor = &mut self.lanes[lane_index as usize];
+        let head = lane.header().head.load(Ordering::Acquire);
+        if head < cursor.tail || head - cursor.tail > self.capacity {
             return Err(RingError::Corrupt("head outside the ring"));
         }
-        let data = self.data();
-        while self.tail < head {
-            let off = (self.tail & (self.capacity - 1)) as usize;
+        let data = lane.data();
+        while cursor.tail < head {
+            let off = (cursor.tail & (self.capacity - 1)) as usize;
             // SAFETY: off < capacity and is 8-aligned (we only ever advance
             // by checked multiples of 8), so the word is inside the mapping
             // and aligned for an AtomicU32.
@@ -194,50 +270,61 @@ impl RingReader {
             if len < SLOT_HEADER
                 || !len.is_multiple_of(8)
                 || off + len > self.capacity as usize
-                || self.tail + len as u64 > head
+                || cursor.tail + len as u64 > head
                 || (!padding && len < SLOT_HEADER + RAW_EVENT_SIZE)
             {
                 return Err(RingError::Corrupt("record length"));
             }
             if !padding {
                 self.buf.clear();
-                self.buf.resize(len - SLOT_HEADER, 0);
-                // SAFETY: [off + SLOT_HEADER, off + len) is inside the data
-                // area (checked above); copying into our own buffer first
-                // means the owner cannot change bytes under the decoder.
-                unsafe {
-                    ptr::copy_nonoverlapping(
-                        data.add(off + SLOT_HEADER),
-                        self.buf.as_mut_ptr(),
-                        len - SLOT_HEADER,
-                    )
-                };
-                match decode(Source::Lib, &self.buf) {
-                    Ok((event, _)) if event.pid == self.pid => {
+                self.buf.resize(len, 0);
+                // SAFETY: [off, off + len) is inside the data area
+                // (checked above); copying into our own buffer first means
+                // the owner cannot change bytes under the decoder.
+                unsafe { ptr::copy_nonoverlapping(data.add(off), self.buf.as_mut_ptr(), len) };
+                let (slot, record) = self.buf.split_at(SLOT_HEADER);
+                let clock_word = u32::from_le_bytes([slot[4], slot[5], slot[6], slot[7]]);
+                match decode(Source::Lib, record) {
+                    Ok((event, _))
+                        if event.pid == self.pid
+                            && matches!(clock_word, clock::MONOTONIC_NS | clock::TSC) =>
+                    {
+                        if clock_word == clock::TSC {
+                            self.tsc_events.push(out.len());
+                        }
                         out.push(event);
                         stats.events += 1;
                     }
-                    // Bad bytes or another process's pid: this record is
-                    // lost and counted, the ring's framing is still sound.
+                    // Bad bytes, a clock we do not know or another
+                    // process's pid: this record is lost and counted, the
+                    // ring's framing is still sound.
                     Ok(_) | Err(_) => stats.rejected += 1,
                 }
             }
-            // SAFETY: the same checked range, slot header included. Zeroed
-            // so that a later lap never reads stale bytes as a commit word.
-            unsafe { ptr::write_bytes(data.add(off), 0, len) };
-            self.tail += len as u64;
+            // The shared lane's writers reserve (move `head`) before they
+            // write, so a later lap could read stale bytes below `head` as
+            // a commit word: zeroed. An owned lane's writer moves `head`
+            // only past committed records, so nothing stale is ever read
+            // there, and leaving the bytes as they are spares the writer
+            // fetching lines this core dirtied (a third of an event's
+            // cost in the emission bench).
+            if lane_index == SHARED_LANE {
+                // SAFETY: the same checked range, slot header included.
+                unsafe { ptr::write_bytes(data.add(off), 0, len) };
+            }
+            cursor.tail += len as u64;
         }
-        self.header().tail.store(self.tail, Ordering::Release);
-        let dropped = self.header().dropped.load(Ordering::Relaxed);
+        lane.header().tail.store(cursor.tail, Ordering::Release);
+        let dropped = lane.header().dropped.load(Ordering::Relaxed);
         // A hostile owner can rewind its counter (count only growth) or
         // scribble a huge one (which would swamp every honest count).
-        if dropped > self.dropped_seen {
-            let grew = dropped - self.dropped_seen;
+        if dropped > cursor.dropped_seen {
+            let grew = dropped - cursor.dropped_seen;
             if grew > MAX_REFUSALS_PER_DRAIN {
                 return Err(RingError::Corrupt("drop counter jumped"));
             }
             stats.ring_full += grew;
-            self.dropped_seen = dropped;
+            cursor.dropped_seen = dropped;
         }
         Ok(())
     }
@@ -483,6 +570,12 @@ async fn register(
     };
     match Hello::from_bytes(&hello) {
         Some(h) if h.magic == MAGIC && h.version == VERSION && h.pid == pid => {}
+        Some(h) if h.magic == MAGIC && h.version != VERSION => {
+            return Err(RingError::Version {
+                found: h.version,
+                expected: VERSION,
+            })
+        }
         _ => return Err(RingError::BadHello(hello.len())),
     }
     // The probes see the ring's pages touched: the recorder's plumbing.

@@ -1053,7 +1053,7 @@ fn trace_reply(
         size: size as u64,
         msg_id: id,
         aux: request,
-        at_ns,
+        at_ns: at_ns.map(trace::Stamp::ns),
         ..Op::new(kind, ChannelKind::IpclibChannel, name)
     });
 }

@@ -144,7 +144,7 @@ pub fn send(pid: u32, signal: Signal) -> Result<(), SignalError> {
     trace::emit_op(Op {
         obj: u64::from(pid),
         aux: signal.0 as u64,
-        at_ns: Some(at),
+        at_ns: Some(trace::Stamp::ns(at)),
         result: err
             .as_ref()
             .and_then(io::Error::raw_os_error)

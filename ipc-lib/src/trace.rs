@@ -5,10 +5,18 @@
 //! `ipcscope record` runs this process it sets [`SOCKET_ENV`], and the
 //! tracer creates a memfd ring, hands its fd to the recorder over that
 //! socket, and from then on writes events with no syscall at all. Without
-//! the variable, or if anything in that fails, tracing is off: one relaxed
-//! load per operation, and the application never notices. A full ring
+//! the variable, or if anything in that fails, tracing is off: a few loads
+//! per operation, and the application never notices. A full ring
 //! refuses events and counts them, which the recorder stores as drops:
 //! tracing never blocks.
+//!
+//! An event costs what its record costs to compose and copy, and no more:
+//! each thread claims a lane of the ring for itself on its first event and
+//! writes it with plain stores (no locked instruction; threads beyond the
+//! lanes share one, reserving by compare-and-swap), and events are stamped
+//! with the raw time-stamp counter where the TSC is invariant and the
+//! kernel keeps time with it (the collector converts the readings to
+//! CLOCK_MONOTONIC), else with `clock_gettime`. See [`Stamp`].
 //!
 //! After `fork` the child must not write into its parent's ring (the
 //! collector checks that every event's pid is the ring owner's), so an
@@ -19,18 +27,22 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use ipc_events::raw::{RawEvent, MAX_NAME};
 use ipc_events::ring::{
-    self, Hello, RingHeader, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY, SOCKET_ENV,
+    self, clock, Hello, Lane, MAX_CAPACITY, MAX_LANES, MIN_CAPACITY, SHARED_LANE, SOCKET_ENV,
 };
 use ipc_events::{ChannelKind, EventKind};
 
-/// Ring size when `IPCSCOPE_RING_BYTES` does not say otherwise: about
-/// 40,000 events, tens of milliseconds of a busy process, which the
-/// collector drains every millisecond.
+/// Bytes per lane when `IPCSCOPE_RING_BYTES` does not say otherwise: about
+/// 40,000 events, tens of milliseconds of a busy thread, which the
+/// collector drains every millisecond. Lanes no thread writes cost address
+/// space only: a memfd's pages exist once touched.
 const DEFAULT_CAPACITY: u32 = 4 << 20;
+/// Lanes when `IPCSCOPE_RING_LANES` does not say otherwise: every one the
+/// header has room for, the shared one included.
+const DEFAULT_LANES: u32 = MAX_LANES;
 
 const UNKNOWN: u8 = 0;
 const INITIALIZING: u8 = 1;
@@ -40,14 +52,107 @@ const ON: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// The mapped ring; valid while STATE is ON.
 static RING: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Bytes in each lane's data area, and lanes in the ring; set with RING.
 static CAPACITY: AtomicU32 = AtomicU32::new(0);
+static LANES: AtomicU32 = AtomicU32::new(0);
 static PID: AtomicU32 = AtomicU32::new(0);
 /// The registration socket, kept open so the recorder sees this process end.
 static SOCKET: AtomicI32 = AtomicI32::new(-1);
+/// Whether events are stamped with the raw TSC ([`Stamp`]); decided when
+/// the ring is attached.
+static TSC: AtomicBool = AtomicBool::new(false);
+
+/// What a thread keeps of itself: its tid and comm, read once (both are
+/// syscalls), and the ring lane it writes. Plain integers, no `Option`:
+/// the record path copies it out on every event, and a layout of odd
+/// offsets made that copy stall on store forwarding (a quarter of an
+/// event's cost, by `perf annotate`).
+#[derive(Clone, Copy)]
+struct ThreadState {
+    /// 0 until read: no thread has tid 0.
+    tid: u32,
+    /// [`NO_LANE`] until the thread's first event, then the lane it
+    /// writes: its own (an index above [`SHARED_LANE`]) or
+    /// [`SHARED`], the shared lane.
+    lane: u32,
+    comm: [u8; 16],
+}
+
+/// `ThreadState::lane` before the first event.
+const NO_LANE: u32 = SHARED_LANE;
+/// `ThreadState::lane` for a thread that writes the shared lane.
+const SHARED: u32 = u32::MAX;
+
+const UNREAD: ThreadState = ThreadState {
+    tid: 0,
+    lane: NO_LANE,
+    comm: [0; 16],
+};
 
 thread_local! {
-    /// This thread's tid and comm, read once: both are syscalls.
-    static THREAD: Cell<Option<(u32, [u8; 16])>> = const { Cell::new(None) };
+    /// Plain data with no destructor: readable for as long as the thread
+    /// lives, even while other thread-locals are being torn down.
+    static THREAD: Cell<ThreadState> = const { Cell::new(UNREAD) };
+    /// Gives the thread's own lane back when the thread ends.
+    static LANE_GUARD: LaneGuard = const { LaneGuard(Cell::new(None)) };
+}
+
+/// The lane a thread claimed, and the ring mapping it belongs to.
+struct LaneGuard(Cell<Option<(usize, Lane)>>);
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        let Some((ring, lane)) = self.0.take() else {
+            return;
+        };
+        // Events after this (from other thread-locals' destructors) go to
+        // the shared lane.
+        THREAD.with(|t| {
+            t.set(ThreadState {
+                lane: SHARED,
+                ..t.get()
+            })
+        });
+        // Only a lane of this process's own ring: a forked child has a ring
+        // of its own, and must not free a lane its parent's thread writes.
+        if RING.load(Ordering::Acquire) as usize == ring {
+            ring::release(&lane);
+        }
+    }
+}
+
+/// A moment as the tracer stamps events: a raw time-stamp counter
+/// reading where the TSC is invariant and the kernel's clocksource (7 ns
+/// here, where `clock_gettime` takes 16), converted to CLOCK_MONOTONIC by
+/// the collector; else CLOCK_MONOTONIC nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    value: u64,
+    /// One of [`ipc_events::ring::clock`].
+    clock: u32,
+}
+
+impl Stamp {
+    /// A moment already read as CLOCK_MONOTONIC nanoseconds.
+    pub(crate) const fn ns(ns: u64) -> Stamp {
+        Stamp {
+            value: ns,
+            clock: clock::MONOTONIC_NS,
+        }
+    }
+
+    /// Now, by the cheapest clock the collector can convert.
+    #[inline(always)]
+    pub(crate) fn now() -> Stamp {
+        #[cfg(target_arch = "x86_64")]
+        if TSC.load(Ordering::Relaxed) {
+            return Stamp {
+                value: ring::tsc(),
+                clock: clock::TSC,
+            };
+        }
+        Stamp::ns(monotonic_ns())
+    }
 }
 
 /// Whether events are being recorded (attaching first if this is the first
@@ -79,7 +184,8 @@ pub(crate) struct Op<'a> {
     /// When the operation took effect, if not now: a send is stamped with
     /// the moment before its syscall, since the receiver may have traced
     /// its receive before the sender gets to trace anything after it.
-    pub at_ns: Option<u64>,
+    /// (Named when stamps were nanoseconds; a [`Stamp`] may be either.)
+    pub at_ns: Option<Stamp>,
 }
 
 impl<'a> Op<'a> {
@@ -121,16 +227,39 @@ pub(crate) fn emit(kind: EventKind, channel: ChannelKind, name: &str, size: u64,
 
 /// Records one operation.
 ///
-/// Inlined up to the checks, out of line after them: with nothing
-/// listening, an operation pays a few loads and branches. As one
-/// `#[inline]` function the whole was too large for the compiler to inline,
-/// and the call, with the record's fields laid out in memory for it, made
-/// an event with tracing off cost 4-7 ns on the CI machine kind instead of
-/// about 2 (`collector/benches/channel.rs`).
+/// Inlined whole (what is uncommon stays out of line: attaching, a
+/// thread's first event, the shared lane, `tracing`'s view): with nothing
+/// listening an operation pays a few loads and branches, under a
+/// nanosecond; traced, its fields go from registers into the ring. Once,
+/// the record was written by a call: the fields, laid out in memory for
+/// it, cost an event with tracing off 4-7 ns on the CI machine kind, and
+/// reloading them stalled the traced path (`collector/benches/channel.rs`,
+/// `--only emit`).
 #[inline(always)]
 pub(crate) fn emit_op(op: Op<'_>) {
     // The tracing crate's view of the same operation, for the application's
-    // own subscribers; cheap when none listens.
+    // own subscribers (or, through tracing's `log` feature, its logger):
+    // out of line, behind the first checks its macro makes, so that
+    // without listeners the operation's fields stay in registers.
+    if tracing::level_enabled!(tracing::Level::TRACE) || log::max_level() >= log::Level::Trace {
+        to_tracing(op);
+    }
+    match STATE.load(Ordering::Acquire) {
+        OFF => return,
+        ON => {}
+        _ => {
+            if !attach_slow() {
+                return;
+            }
+        }
+    }
+    record(op);
+}
+
+/// Hands an operation to the `tracing` crate.
+#[cold]
+#[inline(never)]
+fn to_tracing(op: Op<'_>) {
     tracing::trace!(
         target: "ipc_lib",
         kind = op.kind.as_str(),
@@ -144,25 +273,27 @@ pub(crate) fn emit_op(op: Op<'_>) {
         result = op.result,
         duration_ns = op.duration_ns,
     );
-    if STATE.load(Ordering::Acquire) == OFF {
-        return;
-    }
-    record(op);
 }
 
-/// Writes the record of an operation, attaching first if no operation has
-/// asked yet.
-#[inline(never)]
+/// Writes the record of an operation.
+///
+/// Inlined into the operation, like the checks before it: called, it
+/// read the operation's fields back from the caller's stack with wider
+/// loads than the caller had stored them with, and each such load stalled
+/// on store forwarding (a third of an event's cost, by `perf annotate`).
+/// Inlined, the fields go from registers into the ring slot.
+#[inline(always)]
 fn record(op: Op<'_>) {
-    if !enabled() {
-        return;
-    }
-    let (tid, comm) = thread_identity();
+    let at = op.at_ns.unwrap_or_else(Stamp::now);
+    let state = thread_state();
     let name = &op.name.as_bytes()[..op.name.len().min(MAX_NAME)];
-    let raw = RawEvent {
-        ts_ns: op.at_ns.unwrap_or_else(monotonic_ns),
+    // Made in each branch below, not once before them: one record on the
+    // stack for both would be stored field by field and then copied with
+    // wide loads that stall on store forwarding.
+    let raw = || RawEvent {
+        ts_ns: at.value,
         pid: PID.load(Ordering::Relaxed),
-        tid,
+        tid: state.tid,
         kind: op.kind.code(),
         chan_kind: op
             .channel
@@ -176,10 +307,69 @@ fn record(op: Op<'_>) {
         result: op.result,
         duration_ns: op.duration_ns,
         aux: op.aux,
-        comm,
+        comm: state.comm,
         ..RawEvent::default()
     };
-    write(&raw, name);
+    let lane = match state.lane {
+        NO_LANE => take_lane(state),
+        lane => lane,
+    };
+    let base = RING.load(Ordering::Acquire);
+    if base.is_null() {
+        return; // a fork handler just ran
+    }
+    let index = if lane == SHARED { SHARED_LANE } else { lane };
+    // SAFETY: RING is a live ring of LANES lanes of CAPACITY bytes (attach
+    // set all three before RING), never unmapped, and `index` is one of
+    // its lanes (take_lane had it from ring::claim).
+    let lane = unsafe { Lane::new(base, CAPACITY.load(Ordering::Relaxed), index) };
+    if index != SHARED_LANE {
+        // SAFETY: this thread claimed the lane from the live ring RING
+        // points at (take_lane), which is never unmapped, and writes it
+        // alone: the claim is given back only as the thread ends, and a
+        // forked child starts over. Names are clamped to MAX_NAME.
+        unsafe { ring::write_owned(&lane, &raw(), name, at.clock) };
+    } else {
+        write_shared(&lane, &raw(), name, at.clock);
+    }
+}
+
+/// The shared lane's write, out of line: threads beyond the lanes, and
+/// the compare-and-swap loop, are the uncommon case.
+#[inline(never)]
+fn write_shared(lane: &Lane, raw: &RawEvent, name: &[u8], clock: u32) {
+    // SAFETY: the shared lane of the live ring RING points at, which any
+    // thread may write; names are clamped to MAX_NAME.
+    unsafe { ring::write_shared(lane, raw, name, clock) };
+}
+
+/// This thread's lane, on its first event: a lane of its own if one is
+/// free, else [`SHARED`]; [`SHARED`] too when there is no ring (a fork
+/// handler just ran), unremembered.
+#[cold]
+#[inline(never)]
+fn take_lane(state: ThreadState) -> u32 {
+    let base = RING.load(Ordering::Acquire);
+    if base.is_null() {
+        return SHARED;
+    }
+    let capacity = CAPACITY.load(Ordering::Relaxed);
+    let lanes = LANES.load(Ordering::Relaxed);
+    // Claimed only while the guard can give it back: not once this
+    // thread's thread-locals are being torn down.
+    let claimed = LANE_GUARD
+        .try_with(|guard| {
+            // SAFETY: RING is a live ring of LANES lanes of CAPACITY bytes
+            // (attach set all three before RING), never unmapped.
+            let (index, lane) = unsafe { ring::claim(base, lanes, capacity, state.tid) }?;
+            guard.0.set(Some((base as usize, lane)));
+            Some(index)
+        })
+        .ok()
+        .flatten();
+    let lane = claimed.unwrap_or(SHARED);
+    THREAD.with(|t| t.set(ThreadState { lane, ..state }));
+    lane
 }
 
 /// One `msg_recv` event exactly as a channel receive emits it, for the
@@ -216,35 +406,32 @@ pub fn set_role(role: &str) {
 /// The time now when tracing is on (and no clock read when it is off): for
 /// [`Op::at_ns`].
 #[inline]
-pub(crate) fn now_if_enabled() -> Option<u64> {
-    enabled().then(monotonic_ns)
+pub(crate) fn now_if_enabled() -> Option<Stamp> {
+    enabled().then(Stamp::now)
 }
 
-/// Events this process's ring refused because it was full.
+/// Events this process's ring refused because it was full (every lane's).
 pub fn dropped() -> u64 {
-    ring().map_or(0, |header| header.dropped.load(Ordering::Relaxed))
-}
-
-fn ring() -> Option<&'static RingHeader> {
-    let base = NonNull::new(RING.load(Ordering::Acquire))?;
-    // SAFETY: RING points at a live MAP_SHARED mapping that is never
-    // unmapped (it lives until the process ends), and its first bytes are a
-    // RingHeader that attach() initialised.
-    Some(unsafe { &*base.as_ptr().cast::<RingHeader>() })
-}
-
-/// Appends a record to the ring; a full ring counts it and moves on.
-fn write(raw: &RawEvent, name: &[u8]) {
-    let base = RING.load(Ordering::Acquire);
-    if base.is_null() {
-        return;
-    }
-    // SAFETY: RING is only ever a live ring mapping that attach() set up
-    // with ring::init and never unmaps; names are clamped to MAX_NAME.
-    unsafe { ring::write(base, raw, name) };
+    let Some(base) = NonNull::new(RING.load(Ordering::Acquire)) else {
+        return 0;
+    };
+    let (capacity, lanes) = (
+        CAPACITY.load(Ordering::Relaxed),
+        LANES.load(Ordering::Relaxed),
+    );
+    (0..lanes)
+        .map(|i| {
+            // SAFETY: RING points at a live MAP_SHARED mapping of LANES
+            // lanes of CAPACITY bytes that attach() initialised and that is
+            // never unmapped (it lives until the process ends).
+            let lane = unsafe { Lane::new(base.as_ptr(), capacity, i) };
+            lane.header().dropped.load(Ordering::Relaxed)
+        })
+        .sum()
 }
 
 #[cold]
+#[inline(never)]
 fn attach_slow() -> bool {
     match STATE.compare_exchange(UNKNOWN, INITIALIZING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
@@ -283,7 +470,16 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
         .map_or(DEFAULT_CAPACITY, |c| {
             c.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two()
         });
-    let len = HEADER_SIZE + capacity as usize;
+    let lanes = std::env::var("IPCSCOPE_RING_LANES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(DEFAULT_LANES, |l| l.clamp(1, MAX_LANES));
+    let len = ring::ring_len(lanes, capacity).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no ring of {lanes} lanes of {capacity} bytes"),
+        )
+    })?;
     // The recorder first: it must know a ring is coming before the probes
     // see it mapped.
     let socket = connect(path)?;
@@ -330,9 +526,8 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
     }
     let pid = std::process::id();
     // SAFETY: base is a fresh, zeroed, page-aligned mapping of
-    // HEADER_SIZE + capacity bytes that nothing else references yet, and
-    // capacity was clamped to a power of two in range.
-    unsafe { ring::init(base.cast(), capacity, pid) };
+    // ring_len(lanes, capacity) bytes that nothing else references yet.
+    unsafe { ring::init(base.cast(), lanes, capacity, pid) };
     match send_with_fd(&socket, &Hello::new(pid).to_bytes(), fd.as_raw_fd()) {
         Ok(()) => {}
         // The recorder checks who connected before it reads a byte, and
@@ -351,6 +546,8 @@ fn attach(path: &std::ffi::OsStr) -> io::Result<()> {
 
     PID.store(pid, Ordering::Relaxed);
     CAPACITY.store(capacity, Ordering::Relaxed);
+    LANES.store(lanes, Ordering::Relaxed);
+    TSC.store(tsc_is_usable(), Ordering::Relaxed);
     RING.store(base.cast(), Ordering::Release);
     SOCKET.store(
         std::os::fd::IntoRawFd::into_raw_fd(socket),
@@ -473,15 +670,52 @@ extern "C" fn after_fork_in_child() {
         // the parent keeps its own copy.
         unsafe { libc::close(fd) };
     }
-    THREAD.with(|t| t.set(None));
+    THREAD.with(|t| t.set(UNREAD));
+    // The lane this thread claimed is its parent's thread's to give back.
+    let _ = LANE_GUARD.try_with(|guard| guard.0.take());
     STATE.store(UNKNOWN, Ordering::Release);
 }
 
-fn thread_identity() -> (u32, [u8; 16]) {
+/// Whether to stamp events with the raw TSC: on x86_64, where the TSC
+/// ticks at one rate in every power state (`constant_tsc`, `nonstop_tsc`)
+/// and the kernel keeps its own time with it (clocksource `tsc`: it found
+/// the CPUs' counters in step, else it would have fallen back to another
+/// clock). `IPCSCOPE_CLOCK=monotonic` says no whatever the machine.
+fn tsc_is_usable() -> bool {
+    if std::env::var_os("IPCSCOPE_CLOCK").is_some_and(|c| c == "monotonic") {
+        return false;
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let clocksource =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+    if clocksource.ok().as_deref().map(str::trim) != Some("tsc") {
+        return false;
+    }
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return false;
+    };
+    let Some(flags) = cpuinfo.lines().find(|l| l.starts_with("flags")) else {
+        return false;
+    };
+    let has = |flag: &str| flags.split_ascii_whitespace().any(|f| f == flag);
+    has("constant_tsc") && has("nonstop_tsc")
+}
+
+#[inline(always)]
+fn thread_state() -> ThreadState {
+    let state = THREAD.with(Cell::get);
+    if state.tid != 0 {
+        return state;
+    }
+    read_thread_state()
+}
+
+#[cold]
+#[inline(never)]
+fn read_thread_state() -> ThreadState {
     THREAD.with(|t| {
-        if let Some(id) = t.get() {
-            return id;
-        }
         // The cache must not outlive a fork (semaphore holders are named
         // by it even when tracing is off), so the fork handler that clears
         // it is registered with the first cached value.
@@ -491,14 +725,19 @@ fn thread_identity() -> (u32, [u8; 16]) {
         let mut comm = [0u8; 16];
         // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
         unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr()) };
-        t.set(Some((tid, comm)));
-        (tid, comm)
+        let state = ThreadState {
+            tid,
+            comm,
+            lane: NO_LANE,
+        };
+        t.set(state);
+        state
     })
 }
 
 /// The calling thread's id (cached: gettid is a syscall).
 pub(crate) fn current_tid() -> u32 {
-    thread_identity().0
+    thread_state().tid
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock every event is stamped with,

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ipc_events::raw::{chan, kind, RawEvent};
-use ipc_events::ring::{self, RingHeader, HEADER_SIZE};
+use ipc_events::ring::{self, clock, Lane, RingHeader, SHARED_LANE};
 
 use crate::{example, ipcscope, monotonic_ns, query, Recorder};
 
@@ -175,7 +175,10 @@ fn scribble() {
     let (base, len) = ring_mapping();
     let forge: u32 = std::env::var(FORGE).unwrap().parse().unwrap();
     // SAFETY: the mapping ipc-lib made, live until this process ends.
-    let header = unsafe { &*base.cast::<RingHeader>() };
+    let capacity = unsafe { (*base.cast::<RingHeader>()).capacity };
+    // SAFETY: that ring's shared lane, which every ring has.
+    let lane = unsafe { Lane::new(base, capacity, SHARED_LANE) };
+    let header = lane.header();
     for i in 0..FORGERIES {
         let raw = RawEvent {
             ts_ns: monotonic_ns(),
@@ -189,7 +192,9 @@ fn scribble() {
             ..RawEvent::default()
         };
         // SAFETY: an intact ring that ipc-lib set up; a short name.
-        assert!(unsafe { ring::write(base, &raw, FORGED_NAME.as_bytes()) });
+        assert!(unsafe {
+            ring::write_shared(&lane, &raw, FORGED_NAME.as_bytes(), clock::MONOTONIC_NS)
+        });
     }
     // Let the collector take the forgeries: they must be refused one by
     // one, not lost with the ring.
@@ -200,9 +205,11 @@ fn scribble() {
         assert!(Instant::now() < deadline, "the collector never drained");
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Garbage over the data area and the producer's position, as fast as
-    // it can be written, for a while: the collector must detach the ring.
-    let words = (len - HEADER_SIZE) / 8;
+    // Garbage over the shared lane's data and its producer's position, as
+    // fast as it can be written, for a while: the collector must detach
+    // the ring.
+    assert!(lane.capacity() as usize <= len);
+    let words = lane.capacity() as usize / 8;
     let mut x = u64::from(std::process::id()) | 1;
     let until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < until {
@@ -212,13 +219,8 @@ fn scribble() {
             x ^= x >> 7;
             x ^= x << 17;
             let word = (x % words as u64) as usize;
-            // SAFETY: word < the data area's length in words.
-            unsafe {
-                base.add(HEADER_SIZE)
-                    .cast::<u64>()
-                    .add(word)
-                    .write_volatile(x)
-            };
+            // SAFETY: word < the lane's data area's length in words.
+            unsafe { lane.data().cast::<u64>().add(word).write_volatile(x) };
         }
         header.head.store(x, std::sync::atomic::Ordering::Release);
     }

@@ -312,7 +312,7 @@ impl Conn {
         crate::trace::emit_op(crate::trace::Op {
             size: msg.len() as u64,
             msg_id: id,
-            at_ns: Some(at),
+            at_ns: Some(crate::trace::Stamp::ns(at)),
             ..crate::trace::Op::new(
                 ipc_events::EventKind::MsgSend,
                 ipc_events::ChannelKind::IpclibChannel,

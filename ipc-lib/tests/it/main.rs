@@ -23,4 +23,5 @@ mod sender_deaths;
 mod signal;
 mod socket;
 mod support;
+mod trace_lanes;
 mod typed;
