@@ -119,8 +119,8 @@ pub use crate::transport::{TypedReceiver, TypedSender};
 pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
 pub use layout::{Layout, Mode};
-pub use receiver::{Receiver, ReceiverBuilder};
-pub use sender::{Sender, SenderBuilder, WhenFull};
+pub use receiver::{Borrowed, Receiver, ReceiverBuilder};
+pub use sender::{Loan, Sender, SenderBuilder, WhenFull};
 
 /// Removes the name of a channel (or of any ipc-lib object: region,
 /// semaphore), as the creating end does when it is dropped. Ends already
