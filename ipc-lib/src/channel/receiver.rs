@@ -517,12 +517,12 @@ impl Receiver {
     /// liveness slice) also asks whether senders died, stepping over a
     /// dead sender's unfinished frame as a receive would.
     pub(crate) fn select_ready(&mut self, check: bool) -> bool {
-        if self.failed.is_some() || self.consumer.ready(&self.sh) {
+        if self.failed.is_some() || self.consumer.has_next(&self.sh) {
             return true;
         }
         if check {
             while self.failed.is_none() && self.step_over_dead() {
-                if self.consumer.ready(&self.sh) {
+                if self.consumer.has_next(&self.sh) {
                     return true;
                 }
             }

@@ -898,6 +898,14 @@ impl Consumer {
         }
     }
 
+    /// Whether a receive would find a message or an error now: [`ready`],
+    /// and the frame there not a skip frame (those it steps over).
+    ///
+    /// [`ready`]: Self::ready
+    pub(crate) fn has_next(&mut self, sh: &Shared) -> bool {
+        self.ready(sh) && !matches!(self.next_frame(sh), Ok(None))
+    }
+
     /// Whether a frame is ready or something changed; the SeqCst half of
     /// the sleep handshake with a publishing sender.
     pub(crate) fn ready(&self, sh: &Shared) -> bool {

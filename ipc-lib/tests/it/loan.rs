@@ -354,3 +354,21 @@ async fn an_async_borrow_waits_for_a_message_without_copying_it() {
     drop(msg);
     drop(sender.join().unwrap());
 }
+
+#[test]
+fn a_loan_given_up_does_not_make_a_select_ready() {
+    use ipc_lib::select::{Select, SelectError};
+    let name = unique_name("loan-select");
+    let _g = NameGuard(name.clone());
+    let mut rx = receiver(&name, 4096, 256, Mode::Mpsc);
+    let mut tx = Sender::builder(&name).open().unwrap();
+    // A skip frame is committed, but holds no message.
+    drop(tx.loan(100).unwrap());
+    let mut select = Select::new();
+    let got = select.wait(&mut [(&mut rx).into()], Some(Duration::from_millis(50)));
+    assert!(matches!(got, Err(SelectError::Timeout)), "{got:?}");
+    tx.send(b"x").unwrap();
+    let got = select.wait(&mut [(&mut rx).into()], Some(PATIENCE));
+    assert_eq!(got.unwrap(), 0);
+    assert_eq!(rx.try_recv().unwrap(), b"x");
+}
