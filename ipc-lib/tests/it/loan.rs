@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use ipc_lib::channel::layout::{frame_size, HEADER_SIZE, OFFSET_HEAD};
+use ipc_lib::channel::layout::{frame_checksum, frame_size, len_word, HEADER_SIZE, OFFSET_HEAD};
 use ipc_lib::channel::{Corruption, Mode, Receiver, RecvError, SendError, Sender, WhenFull};
 
 use crate::child::nums;
@@ -31,6 +31,20 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
                 let msg = pattern(i, size_of_msg(i, max as usize));
                 let mut loan = tx.loan(msg.len()).map_err(|e| format!("loan {i}: {e}"))?;
                 loan.copy_from_slice(&msg);
+                loan.send();
+            }
+            Ok(())
+        }
+        // Sends N messages of exactly LEN bytes (the pattern) through
+        // loans, then leaves.
+        "loan-fixed" => {
+            let [n, len] = nums(arg)[..] else {
+                return Err(format!("bad arg {arg:?}"));
+            };
+            let mut tx = open_sender(name);
+            for i in 0..n {
+                let mut loan = tx.loan(len as usize).map_err(|e| format!("loan {i}: {e}"))?;
+                loan.copy_from_slice(&pattern(i, len as usize));
                 loan.send();
             }
             Ok(())
@@ -96,21 +110,19 @@ fn loaned_messages_from_another_process_arrive_whole_and_in_order() {
 
 #[test]
 fn a_lent_message_holds_off_a_sender_that_fills_the_ring() {
-    const N: u64 = 400;
-    const MAX: u64 = 200;
+    // Messages of one size: were the lent message's space given back
+    // early, the sender's next frame would land exactly on it.
+    const N: u64 = 200;
+    const LEN: u64 = 150;
     let name = unique_name("loan-hold-off");
     let _g = NameGuard(name.clone());
-    let mut rx = receiver(&name, 2048, MAX as usize, Mode::Spsc);
-    let mut child = spawn("loan-n", &name, &format!("{N},{MAX}"));
-    // The first message of some size: those before it are copied out.
-    let held = (0..N)
-        .find(|&i| size_of_msg(i, MAX as usize) >= 100)
-        .unwrap();
-    for i in 0..held {
-        let got = rx.recv_timeout(PATIENCE).unwrap();
-        assert_eq!(got, pattern(i, size_of_msg(i, MAX as usize)));
-    }
-    let want = pattern(held, size_of_msg(held, MAX as usize));
+    let mut rx = receiver(&name, 2048, LEN as usize, Mode::Spsc);
+    let mut child = spawn("loan-fixed", &name, &format!("{N},{LEN}"));
+    assert_eq!(
+        rx.recv_timeout(PATIENCE).unwrap(),
+        pattern(0, LEN as usize)
+    );
+    let want = pattern(1, LEN as usize);
     let msg = rx.borrow_timeout(PATIENCE).unwrap();
     assert_eq!(msg.to_vec(), want);
     // Long enough for the sender to fill the rest of the ring many times
@@ -118,9 +130,9 @@ fn a_lent_message_holds_off_a_sender_that_fills_the_ring() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(msg.to_vec(), want, "the lent message was overwritten");
     drop(msg);
-    for i in held + 1..N {
+    for i in 2..N {
         let got = rx.recv_timeout(PATIENCE).unwrap();
-        assert_eq!(got, pattern(i, size_of_msg(i, MAX as usize)), "message {i}");
+        assert_eq!(got, pattern(i, LEN as usize), "message {i}");
     }
     assert!(wait_bounded(&mut child, PATIENCE).success());
 }
@@ -371,4 +383,33 @@ fn a_loan_given_up_does_not_make_a_select_ready() {
     let got = select.wait(&mut [(&mut rx).into()], Some(PATIENCE));
     assert_eq!(got.unwrap(), 0);
     assert_eq!(rx.try_recv().unwrap(), b"x");
+}
+
+#[test]
+fn a_loaned_frame_is_laid_out_as_a_copied_one() {
+    // Frames of 64 bytes in a ring of 128: the third lands where the
+    // first lay, on bytes that are not zero.
+    let name = unique_name("loan-layout");
+    let _g = NameGuard(name.clone());
+    let mut rx = receiver(&name, 128, 32, Mode::Spsc);
+    let mut tx = Sender::builder(&name).open().unwrap();
+    let shm = Hostile::map(&name);
+    for _ in 0..2 {
+        tx.send(&[0xFF; 32]).unwrap();
+        rx.recv().unwrap();
+    }
+    let mut loan = tx.loan(5).unwrap();
+    loan.copy_from_slice(b"hello");
+    let id = loan.send();
+    // As the layout says, and as `send` writes it: the length word, the
+    // id, the checksum of the message zero-padded, the payload's last
+    // word zero-padded.
+    let word = |k: usize| shm.read_u64(HEADER_SIZE + 8 * k);
+    assert_eq!(word(1), len_word(5));
+    assert_eq!(word(2), id);
+    assert_eq!(word(3), frame_checksum(5, id, b"hello"));
+    let mut padded = [0u8; 8];
+    padded[..5].copy_from_slice(b"hello");
+    assert_eq!(word(4), u64::from_ne_bytes(padded));
+    assert_eq!(rx.recv().unwrap(), b"hello");
 }
