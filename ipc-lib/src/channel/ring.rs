@@ -172,11 +172,9 @@ impl Shared {
         }
         // The caller checked the length against the maximum, which fits u32.
         let lw = len_word(len as u32);
-        // SAFETY: `words` is `n` words of the mapped segment, `n * 8`
-        // readable bytes; they are this sender's reservation, which no
-        // honest process writes, and a dishonest one only changes the sum
-        // (see `crc64::checksum_at`).
-        let sum = unsafe { crc64::checksum_at(Head(lw, id), shared_ptr(words), n * 8) };
+        // This sender's reservation, which no honest process writes; a
+        // dishonest one only changes the sum (see `crc64::checksum_words`).
+        let sum = crc64::checksum_words(Head(lw, id), words);
         self.publish(commit, at, lw, id, sum);
     }
 
@@ -869,10 +867,9 @@ impl Consumer {
                 payload: None,
             }));
         }
-        // SAFETY: `a` is the frame's `n` payload words, `n * 8` readable
-        // bytes of the segment (see `crc64::checksum_at` for bytes that
+        // Summed where it lies (see `crc64::checksum_words` for bytes that
         // change while summed).
-        let computed = unsafe { crc64::checksum_at(Head(f.lw, f.id), shared_ptr(a), n * 8) };
+        let computed = crc64::checksum_words(Head(f.lw, f.id), a);
         if computed != f.stored {
             return Err(Corruption::Checksum {
                 stored: f.stored,
