@@ -400,11 +400,7 @@ impl Receiver {
 
     /// [`attempt`](Self::attempt) for a copy or a loan: a loan leaves the
     /// message in `held`.
-    fn attempt_take(
-        &mut self,
-        take: &mut Take<'_>,
-        check: bool,
-    ) -> Result<Option<u64>, RecvError> {
+    fn attempt_take(&mut self, take: &mut Take<'_>, check: bool) -> Result<Option<u64>, RecvError> {
         if let Some(id) = self.pop(take)? {
             return Ok(Some(id));
         }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use super::crc64::{self, Head};
 use super::error::Corruption;
 use super::layout::{
-    checksum, frame_size, len_word, resv, skip_word, slot, word_of, Header, Layout, Mode,
-    PeerSlot, FRAME_HEADER_SIZE, FRAME_MARKER, SKIP_MARKER,
+    checksum, frame_size, len_word, resv, skip_word, slot, word_of, Header, Layout, Mode, PeerSlot,
+    FRAME_HEADER_SIZE, FRAME_MARKER, SKIP_MARKER,
 };
 use super::segment::Segment;
 use crate::sys::{self, PeerWatch};

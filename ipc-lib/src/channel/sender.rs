@@ -291,10 +291,7 @@ impl Sender {
         &mut self,
         len: usize,
         wait: Wait,
-        mut attempt: impl FnMut(
-            &mut Producer,
-            &Shared,
-        ) -> Result<Option<R>, super::error::Corruption>,
+        mut attempt: impl FnMut(&mut Producer, &Shared) -> Result<Option<R>, super::error::Corruption>,
     ) -> Result<R, SendError> {
         // A loan leaked (`mem::forget`) instead of sent or dropped: given
         // up now, or its reservation would hold up every later frame.

@@ -43,7 +43,9 @@ pub fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
             };
             let mut tx = open_sender(name);
             for i in 0..n {
-                let mut loan = tx.loan(len as usize).map_err(|e| format!("loan {i}: {e}"))?;
+                let mut loan = tx
+                    .loan(len as usize)
+                    .map_err(|e| format!("loan {i}: {e}"))?;
                 loan.copy_from_slice(&pattern(i, len as usize));
                 loan.send();
             }
@@ -118,10 +120,7 @@ fn a_lent_message_holds_off_a_sender_that_fills_the_ring() {
     let _g = NameGuard(name.clone());
     let mut rx = receiver(&name, 2048, LEN as usize, Mode::Spsc);
     let mut child = spawn("loan-fixed", &name, &format!("{N},{LEN}"));
-    assert_eq!(
-        rx.recv_timeout(PATIENCE).unwrap(),
-        pattern(0, LEN as usize)
-    );
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), pattern(0, LEN as usize));
     let want = pattern(1, LEN as usize);
     let msg = rx.borrow_timeout(PATIENCE).unwrap();
     assert_eq!(msg.to_vec(), want);
@@ -251,7 +250,10 @@ fn a_loan_given_up_sends_nothing_and_spends_no_id() {
         loan.copy_from_slice(b"third");
         assert_eq!(loan.send(), second + 1);
         let msg = rx.borrow_timeout(PATIENCE).unwrap();
-        assert_eq!((msg.to_vec(), msg.msg_id()), (b"third".to_vec(), second + 1));
+        assert_eq!(
+            (msg.to_vec(), msg.msg_id()),
+            (b"third".to_vec(), second + 1)
+        );
         drop(msg);
         assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
         assert_eq!(rx.skipped(), 0);
@@ -270,7 +272,13 @@ fn a_lent_frame_damaged_in_place_is_a_checksum_error() {
     // Sent by a copy and by a loan; damaged in the payload's first word,
     // in a middle one (past AVX-512's 256-byte steps), and in the last,
     // partial one.
-    for (loaned, at) in [(false, 0), (true, 0), (false, 700), (true, 700), (true, 1000)] {
+    for (loaned, at) in [
+        (false, 0),
+        (true, 0),
+        (false, 700),
+        (true, 700),
+        (true, 1000),
+    ] {
         let name = unique_name("loan-corrupt");
         let _g = NameGuard(name.clone());
         let mut rx = receiver(&name, 4096, 2048, Mode::Spsc);
