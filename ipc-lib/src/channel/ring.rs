@@ -178,6 +178,29 @@ impl Shared {
         self.publish(commit, at, lw, id, sum);
     }
 
+    /// Asks for the cache lines of the first `bytes` (at most 256) of a
+    /// frame about to be written in place, from word `at` on, for
+    /// writing. A loan's writer stores into them and its commit then sums
+    /// them: without this the sum's loads miss behind the stores' misses
+    /// (the receiver's core holds the lines), fetching each line twice,
+    /// shared then owned. A hint: it never faults and changes nothing.
+    #[inline]
+    fn prefetch_for_write(&self, at: usize, bytes: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            let data = self.seg.data();
+            let end = (at + (bytes.min(256) / 8) as usize).min(self.cap_words);
+            for w in data[at..end].iter().step_by(8) {
+                // SAFETY: a prefetch reads and writes nothing, and `w` is
+                // a word of the mapped segment.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(w.as_ptr().cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, bytes);
+    }
+
     /// The first byte of the `len`-byte payload that starts at word
     /// `start` of the data area and does not wrap.
     pub(crate) fn payload_ptr(&self, start: usize, len: usize) -> *mut u8 {
@@ -495,6 +518,7 @@ impl Producer {
                 }
             },
         };
+        sh.prefetch_for_write(at, need);
         let start = sh.advance(at, FRAME_HEADER_SIZE as u64);
         let contiguous = len.div_ceil(8) <= sh.cap_words - start;
         Ok(Some(Reserved {
