@@ -293,10 +293,8 @@ impl Sender {
         wait: Wait,
         mut attempt: impl FnMut(&mut Producer, &Shared) -> Result<Option<R>, super::error::Corruption>,
     ) -> Result<R, SendError> {
-        // A loan leaked (`mem::forget`) instead of sent or dropped: given
-        // up now, or its reservation would hold up every later frame.
-        if let Some(r) = self.pending.take() {
-            self.producer.abandon(&self.sh, &r);
+        if self.pending.is_some() {
+            self.give_up_leaked_loan();
         }
         // A clean close is one load away; a death costs a syscall to see, so
         // it is looked for only every so often and whenever we would wait.
@@ -348,6 +346,15 @@ impl Sender {
             ring::park(&h.space_futex, &h.send_waiters, slice, || {
                 self.wake_ready(len)
             });
+        }
+    }
+
+    /// A loan leaked (`mem::forget`) instead of sent or dropped: given up
+    /// now, or its reservation would hold up every later frame.
+    #[cold]
+    fn give_up_leaked_loan(&mut self) {
+        if let Some(r) = self.pending.take() {
+            self.producer.abandon(&self.sh, &r);
         }
     }
 
