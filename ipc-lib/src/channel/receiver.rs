@@ -652,12 +652,13 @@ impl Borrowed<'_> {
         if n > 0 {
             // SAFETY: `offset + n <= len` bytes from `bytes()`, which are
             // readable while the receiver this guard borrows lives (the
-            // mapped segment, or the receiver's own copy); `dst` is the
-            // caller's memory, never the segment's (safe code cannot make a
-            // `&mut` into it but through a loan, whose sender is another end),
-            // so they do not overlap. Any bytes are valid `u8`s, and each is
-            // read once: see "Payloads cross the segment in bulk" in
-            // `ring.rs`.
+            // mapped segment, or the receiver's own copy). `dst` is the
+            // caller's memory; the only way safe code has to a `&mut` into
+            // the segment is a loan, a frame reserved in the ring's free
+            // space, which the receiver's position (kept before this frame
+            // while it is lent) bounds: the two never overlap. Any bytes
+            // are valid `u8`s, and each is read once: see "Payloads cross
+            // the segment in bulk" in `ring.rs`.
             unsafe { std::ptr::copy_nonoverlapping(self.bytes().add(offset), dst.as_mut_ptr(), n) };
         }
         n
