@@ -1,22 +1,38 @@
 //! ipc-lib's shared-memory channel, used as its README shows: bytes sent
-//! from the caller's buffer, received into the caller's buffer.
+//! from the caller's buffer, received into the caller's buffer; or, zero
+//! copy, written into a loan (`Sender::loan`) and read from a borrowed
+//! message (`Receiver::borrow`) in place. Zero-copy writes and reads only
+//! the message number, as iceoryx2's zero-copy case does; ipc-lib still
+//! checksums the whole frame on both sides (the sender at `Loan::send`,
+//! the receiver before it lends the message).
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use ipc_lib::channel::{Receiver, RecvError, Sender};
 
 use crate::ends::{self, read_stamp, stamp, Rx, Tx};
 use crate::procs::{Peer, PATIENCE};
-use crate::{Measure, Run, Wait, RING};
+use crate::{Measure, Run, Subject, Wait, RING};
 
 struct IpcTx {
     tx: Sender,
-    msg: Vec<u8>,
+    /// The sender's own buffer when copying; `None`: zero-copy.
+    msg: Option<Vec<u8>>,
+    size: usize,
 }
 
 impl Tx for IpcTx {
     fn send(&mut self, n: u64) -> Result<()> {
-        stamp(&mut self.msg, n);
-        self.tx.send(&self.msg)?;
+        match &mut self.msg {
+            Some(msg) => {
+                stamp(msg, n);
+                self.tx.send(msg)?;
+            }
+            None => {
+                let mut loan = self.tx.loan(self.size)?;
+                stamp(&mut loan, n);
+                loan.send();
+            }
+        }
         Ok(())
     }
 }
@@ -26,10 +42,39 @@ struct IpcRx {
     wait: Wait,
     buf: Vec<u8>,
     size: usize,
+    zero_copy: bool,
+}
+
+impl IpcRx {
+    /// Zero-copy: the number read from the message where it lies.
+    fn borrow(&mut self) -> Result<u64> {
+        let msg = match self.wait {
+            Wait::Spin => loop {
+                match self.rx.try_borrow() {
+                    Ok(msg) => break msg,
+                    Err(RecvError::Empty) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.into()),
+                }
+            },
+            Wait::Block => self.rx.borrow()?,
+        };
+        ensure!(
+            msg.len() == self.size,
+            "a message of {} bytes, expected {}",
+            msg.len(),
+            self.size
+        );
+        let mut n = [0; 8];
+        msg.read(0, &mut n);
+        Ok(u64::from_le_bytes(n))
+    }
 }
 
 impl Rx for IpcRx {
     fn recv(&mut self) -> Result<u64> {
+        if self.zero_copy {
+            return self.borrow();
+        }
         match self.wait {
             // Busy-poll as an application writes it: try_recv in a loop.
             Wait::Spin => loop {
@@ -69,6 +114,7 @@ fn receiver(name: &str, run: &Run) -> Result<IpcRx> {
         wait: run.wait,
         buf: Vec::with_capacity(run.size),
         size: run.size,
+        zero_copy: run.subject == Subject::IpcLibZeroCopy,
     })
 }
 
@@ -78,7 +124,8 @@ fn sender(name: &str, run: &Run) -> Result<IpcTx> {
     let tx = Sender::builder(name).wait(PATIENCE).open()?;
     Ok(IpcTx {
         tx,
-        msg: vec![0x5a; run.size],
+        msg: (run.subject == Subject::IpcLib).then(|| vec![0x5a; run.size]),
+        size: run.size,
     })
 }
 

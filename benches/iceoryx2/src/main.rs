@@ -13,6 +13,9 @@
 //!
 //! - ipc-lib's channel ([`ipclib`]): the receiver spinning on `try_recv`
 //!   ("busy-poll"), or in the blocking `recv` (spins, then a futex);
+//!   copying (`send(&[u8])`, `recv_into`) and zero-copy (`Sender::loan`,
+//!   `Receiver::borrow`: the message number written into the ring and
+//!   read from it in place, as iceoryx2's zero-copy case does);
 //! - iceoryx2's publish-subscribe ([`iox`]), `ipc::Service`, copying (the
 //!   message copied into a loan and out of the sample, as ipc-lib's
 //!   `send(&[u8])`/`recv_into` do) and zero-copy (written and read in place);
@@ -64,6 +67,8 @@ const RING: usize = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Subject {
     IpcLib,
+    /// ipc-lib's loan and borrow: written and read in place.
+    IpcLibZeroCopy,
     IoxCopy,
     IoxZeroCopy,
     Floor,
@@ -98,8 +103,9 @@ struct Run {
 }
 
 impl Subject {
-    const ALL: [Subject; 4] = [
+    const ALL: [Subject; 5] = [
         Subject::IpcLib,
+        Subject::IpcLibZeroCopy,
         Subject::IoxCopy,
         Subject::IoxZeroCopy,
         Subject::Floor,
@@ -108,6 +114,7 @@ impl Subject {
     fn arg(self) -> &'static str {
         match self {
             Subject::IpcLib => "ipc-lib",
+            Subject::IpcLibZeroCopy => "ipc-lib-zero-copy",
             Subject::IoxCopy => "iox-copy",
             Subject::IoxZeroCopy => "iox-zero-copy",
             Subject::Floor => "floor",
@@ -274,7 +281,7 @@ fn plan(quick: bool) -> Vec<Vec<Run>> {
 }
 
 /// Round trips or messages per run: a whole round of 30 runs took about
-/// 30 s here.
+/// 30 s here (38 with ipc-lib's zero-copy runs).
 fn count(measure: Measure, wait: Wait, size: usize, quick: bool) -> u64 {
     let n = match (measure, wait, size <= 1024) {
         (Measure::Latency, Wait::Spin, true) => 50_000,

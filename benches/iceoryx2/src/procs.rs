@@ -63,7 +63,7 @@ pub fn driver_main(args: &[String]) -> Result<()> {
         "ipc-lib is tracing ({SOCKET_ENV} is set)"
     );
     let figures = match run.subject {
-        Subject::IpcLib => ipclib::drive(&run, name)?,
+        Subject::IpcLib | Subject::IpcLibZeroCopy => ipclib::drive(&run, name)?,
         Subject::IoxCopy | Subject::IoxZeroCopy => iox::drive(&run, name)?,
         Subject::Floor => floor::drive(&run, name)?,
     };
@@ -78,7 +78,7 @@ pub fn peer_main(args: &[String]) -> Result<()> {
     pin_from_env(PEER_CPU_ENV)?;
     let (run, name) = parse(args)?;
     match run.subject {
-        Subject::IpcLib => ipclib::peer(&run, name),
+        Subject::IpcLib | Subject::IpcLibZeroCopy => ipclib::peer(&run, name),
         Subject::IoxCopy | Subject::IoxZeroCopy => iox::peer(&run, name),
         Subject::Floor => floor::peer(&run, name),
     }

@@ -87,27 +87,28 @@ pub fn print(figures: &Figures, rounds: usize) {
          ahead)\n"
     );
     println!(
-        "| case | ipc-lib | iceoryx2 copying | iceoryx2 zero-copy | floor \
-         | ipc-lib / iceoryx2 copying | ipc-lib / iceoryx2 zero-copy |"
+        "| case | ipc-lib | ipc-lib zero-copy | iceoryx2 copying | iceoryx2 zero-copy | floor \
+         | ipc-lib / iceoryx2 copying | ipc-lib zero-copy / iceoryx2 zero-copy |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows() {
-        let ipclib = row.per_round(figures, Subject::IpcLib);
         let cell = |s| row.format(median(row.per_round(figures, s)));
-        let ratio = |s| {
-            let other = row.per_round(figures, s);
-            let each = ipclib.iter().zip(&other).map(|(a, b)| a / b).collect();
+        let ratio = |ours, theirs| {
+            let ours = row.per_round(figures, ours);
+            let theirs = row.per_round(figures, theirs);
+            let each = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
             median(each).map_or("–".into(), |r| format!("{r:.2}"))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.label(),
             cell(Subject::IpcLib),
+            cell(Subject::IpcLibZeroCopy),
             cell(Subject::IoxCopy),
             cell(Subject::IoxZeroCopy),
             cell(Subject::Floor),
-            ratio(Subject::IoxCopy),
-            ratio(Subject::IoxZeroCopy),
+            ratio(Subject::IpcLib, Subject::IoxCopy),
+            ratio(Subject::IpcLibZeroCopy, Subject::IoxZeroCopy),
         );
     }
 }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{RecvError, SendError};
-use super::receiver::Receiver;
+use super::receiver::{Borrowed, Receiver};
 use super::sender::Sender;
 use crate::codec::decode;
 use crate::rt::{self, Receive, Wait, WATCHER_OP};
@@ -48,7 +48,41 @@ impl Receiver {
     }
 }
 
+/// A receive that lends the message it finds ([`AsyncReceiver::borrow`]).
+struct Lending<'a> {
+    rx: &'a mut Receiver,
+}
+
+impl Wait for Lending<'_> {
+    type Output = u64;
+    type Error = RecvError;
+    fn attempt(&mut self, check: bool) -> Result<Option<u64>, RecvError> {
+        self.rx.attempt_lend(check)
+    }
+    fn sleep_on(&self) -> (&AtomicU32, &AtomicU32, Option<u32>) {
+        let (word, waiters) = self.rx.wake_words();
+        (word, waiters, None)
+    }
+    fn ready(&self) -> bool {
+        self.rx.wake_ready()
+    }
+    fn no_watcher(source: io::Error) -> RecvError {
+        RecvError::Os {
+            op: WATCHER_OP,
+            source,
+        }
+    }
+}
+
 impl AsyncReceiver {
+    /// Waits for the next message and lends it where it lies, as
+    /// [`Receiver::borrow`] does. Cancel safe as [`recv`](Self::recv):
+    /// the message is lent in the same step that finds it.
+    pub async fn borrow(&mut self) -> Result<Borrowed<'_>, RecvError> {
+        rt::wait(&mut Lending { rx: &mut self.rx }).await?;
+        Ok(self.rx.lent())
+    }
+
     /// Waits for the next message, as [`Receiver::recv`] does.
     pub async fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
         rt::wait(&mut self.rx).await.map(|(msg, _)| msg)

@@ -105,6 +105,67 @@ pub(crate) fn copy_out_words(head: Head, src: &[AtomicU64], dst: &mut [u8]) -> u
 /// From this many bytes on, `copy_in`/`copy_out` fold as they copy.
 const FUSED: usize = 256;
 
+/// `checksum(head, body)` of the shared words `words`, summed where they
+/// lie: what a loaned frame's sender sums at its commit, and what a
+/// borrowing receiver checks before it lends the frame out. Each byte is
+/// read once, and never through a `&[u8]`: up to 112 bytes one atomic
+/// load a word, folded from the registers they were loaded into; with
+/// AVX-512 straight into the registers it folds; else through a small
+/// private buffer, a chunk at a time, summed from there. Words another
+/// process changes while they are read give a sum of some mix of old and
+/// new bytes, which the caller's comparison catches.
+pub(crate) fn checksum_words(head: Head, words: &[AtomicU64]) -> u64 {
+    let len = words.len() * 8;
+    let src = words.as_ptr().cast::<u8>();
+    let e = engine();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if words.len() <= 14 && e != Engine::Table {
+            // Where `small_words` puts its copy, unread.
+            let mut sink = [0u8; 112];
+            // SAFETY: `engine` saw PCLMULQDQ and SSE4.1.
+            return !unsafe { x86::small_words(!0, head, words, &mut sink[..len]) };
+        }
+        if len >= FUSED && e == Engine::Avx512 {
+            // SAFETY: `engine` saw the CPU features; `src` is `len`
+            // readable bytes, the words' (races: see `ring.rs`, "Payloads
+            // cross the segment in bulk").
+            return !unsafe { x86::avx512_at(!0, head, src, len) };
+        }
+    }
+    // Chunks of a multiple of 16 bytes continue the register: each but
+    // the last is summed without its last 16 bytes, which become the
+    // next chunk's head.
+    const CHUNK: usize = 1024;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); CHUNK];
+    let (mut state, mut head, mut at) = (!0u64, head, 0);
+    loop {
+        let n = (len - at).min(CHUNK);
+        // SAFETY: `at + n <= len` bytes of the words, read once into `buf`,
+        // which is private and so never overlaps them (races: as above);
+        // the `n` bytes copied are then initialized.
+        let chunk = unsafe {
+            std::ptr::copy_nonoverlapping(src.add(at), buf.as_mut_ptr().cast::<u8>(), n);
+            std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n)
+        };
+        // Summed from `buf`, never from the words again.
+        compiler_fence(SeqCst);
+        if at + n == len {
+            // SAFETY: `engine` picks only what the CPU reported.
+            return !unsafe { raw(e, state, head, chunk) };
+        }
+        // SAFETY: as above.
+        state = unsafe { raw(e, state, head, &chunk[..CHUNK - 16]) };
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&chunk[i..i + 8]);
+            u64::from_ne_bytes(w)
+        };
+        head = Head(word(CHUNK - 16), word(CHUNK - 8));
+        at += n;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Engine {
     Table,
@@ -630,6 +691,30 @@ mod x86 {
         finish(acc, &dst[done..])
     }
 
+    /// `checksum_words` (see there): each 64 bytes loaded from `src` are
+    /// folded from the register they were loaded into; the last bytes
+    /// (fewer than 256) go through a private buffer.
+    ///
+    /// # Safety
+    ///
+    /// `src` is valid for reads of `len` bytes.
+    #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(super) unsafe fn avx512_at(state: u64, head: Head, src: *const u8, len: usize) -> u64 {
+        let n = len / 256;
+        let acc = fold_256(head_block(state, head), n, |at| {
+            // SAFETY: at + 64 <= len bytes, which the caller vouches `src`
+            // has; an unaligned load.
+            unsafe { _mm512_loadu_si512(src.add(at).cast()) }
+        });
+        let done = 256 * n;
+        let mut rest = [0u8; 256];
+        // SAFETY: as above, for the bytes after the chunks; `rest` is
+        // private.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(done), rest.as_mut_ptr(), len - done) };
+        compiler_fence(SeqCst);
+        finish(acc, &rest[..len - done])
+    }
+
     /// Four blocks folded into one: each lane carried to the last.
     #[inline]
     #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq,sse4.1")]
@@ -713,6 +798,24 @@ mod tests {
                 let got = !unsafe { raw(e, !0, head, &data[..len]) };
                 assert_eq!(got, want, "{e:?}, {len} bytes");
             }
+        }
+    }
+
+    #[test]
+    fn sums_in_place_agree_with_the_reference_at_every_length_to_5_kib() {
+        // Past several of `checksum_words`' 1 KiB chunks, AVX-512's
+        // 256-byte steps with every remainder, and the small path.
+        let head = Head(0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210);
+        for words in 0..=650usize {
+            let src: Vec<AtomicU64> = (0..words as u64)
+                .map(|i| AtomicU64::new(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                .collect();
+            let bytes: Vec<u8> = src
+                .iter()
+                .flat_map(|w| w.load(Relaxed).to_ne_bytes())
+                .collect();
+            let want = reference(&padded(head, &bytes));
+            assert_eq!(checksum_words(head, &src), want, "{words} words");
         }
     }
 

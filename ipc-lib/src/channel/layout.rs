@@ -40,6 +40,15 @@
 //! word 4.. payload, the last word zero-padded
 //! ```
 //!
+//! A skip frame (layout version 4) is a multi-producer sender's loan
+//! (`Sender::loan`) given up after its reservation: it is committed like
+//! any frame, with `SKIP_MARKER` in place of `FRAME_MARKER` in word 1
+//! (the length still saying how far it reaches), 0 in word 2 and, in word
+//! 3, the checksum of words 1 and 2 alone. Its payload is whatever the
+//! ring held; the receiver checks the three words and steps over it,
+//! delivering nothing. (A single-producer loan given up was never
+//! published, so needs none.)
+//!
 //! Multi-producer channels must survive a sender that dies at any
 //! instruction, so a reservation records its owner and size atomically with
 //! itself:
@@ -68,13 +77,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 /// The first word of every channel segment: `IPCSCHAN` in little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSCHAN");
 /// The layout described in this module. Any change to it bumps this.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes before the data area: one page, so the ring starts page-aligned.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of a frame before its payload.
 pub const FRAME_HEADER_SIZE: usize = 32;
 /// The high half of a frame's second word.
 pub const FRAME_MARKER: u32 = u32::from_le_bytes(*b"FRME");
+/// The high half of a skip frame's second word: a multi-producer loan its
+/// sender gave up, which the receiver steps over (see the module docs).
+pub const SKIP_MARKER: u32 = u32::from_le_bytes(*b"SKIP");
 /// The most senders a multi-producer channel can have attached at once.
 pub const MAX_SENDERS: usize = 64;
 const _: () = assert!(MAX_SENDERS <= 1 << resv::SLOT_BITS);
@@ -359,6 +371,11 @@ pub(crate) fn word_of(s: &[u8]) -> u64 {
 /// The second word of a frame.
 pub const fn len_word(len: u32) -> u64 {
     (FRAME_MARKER as u64) << 32 | len as u64
+}
+
+/// The second word of a skip frame whose payload space is `len` bytes.
+pub const fn skip_word(len: u32) -> u64 {
+    (SKIP_MARKER as u64) << 32 | len as u64
 }
 
 /// Checks a whole private copy of a slot's frame (broadcast, queue):

@@ -13,6 +13,11 @@
 //!   [`Sender::into_typed`] gives a [`TypedSender<T>`] whose `send` takes a
 //!   `&T`, [`Receiver::into_typed`] a [`TypedReceiver<T>`] whose `recv`
 //!   returns a `T`, with the same encoding and tracing.
+//! - Zero-copy: [`Sender::loan`] lends the room for a message inside the
+//!   ring (a [`Loan`], a `&mut [u8]`) and [`Loan::send`] publishes it;
+//!   [`Receiver::borrow`] lends the next message where it lies (a
+//!   [`Borrowed`], checked in place and kept from the senders until it is
+//!   dropped). Traced as `send` and `recv` are.
 //! - A full channel blocks the sender or returns [`SendError::Full`], as the
 //!   sender was built ([`WhenFull`]).
 //! - [`Receiver::recv`] spins while spinning has lately caught messages
@@ -119,8 +124,8 @@ pub use crate::transport::{TypedReceiver, TypedSender};
 pub use aio::{AsyncReceiver, AsyncSender};
 pub use error::{CodecError, Corruption, OpenError, RecvError, SendError};
 pub use layout::{Layout, Mode};
-pub use receiver::{Receiver, ReceiverBuilder};
-pub use sender::{Sender, SenderBuilder, WhenFull};
+pub use receiver::{Borrowed, Receiver, ReceiverBuilder};
+pub use sender::{Loan, Sender, SenderBuilder, WhenFull};
 
 /// Removes the name of a channel (or of any ipc-lib object: region,
 /// semaphore), as the creating end does when it is dropped. Ends already

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::{Corruption, OpenError, RecvError};
 use super::layout::{Layout, Mode, MAX_SENDERS};
-use super::ring::{self, Claim, Consumer, PeerState, Shared, LIVENESS_SLICE};
+use super::ring::{self, Claim, Consumer, Held, PeerState, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
 use crate::codec::decode;
 use crate::spin::{Spin, SpinWait};
@@ -100,6 +100,8 @@ impl ReceiverBuilder {
             failed: None,
             skipped: 0,
             scratch: Vec::new(),
+            held: None,
+            spill: Vec::new(),
         })
     }
 }
@@ -158,6 +160,19 @@ pub struct Receiver {
     failed: Option<(u64, Corruption)>,
     skipped: u64,
     scratch: Vec<u8>,
+    /// The message a [`Borrowed`] lends, until its drop gives it back.
+    held: Option<Held>,
+    /// Where a lent message that wraps around the end of the ring is
+    /// copied to.
+    spill: Vec<u8>,
+}
+
+/// What a receive does with the message it finds.
+enum Take<'a> {
+    /// Copies it out into the buffer.
+    Copy(&'a mut Vec<u8>),
+    /// Lends it where it lies (`held`).
+    Lend,
 }
 
 impl Receiver {
@@ -219,9 +234,14 @@ impl Receiver {
     /// returns the message id. `out` holds exactly the message afterwards.
     pub fn try_recv_into(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
         // Reset by a message: counts empty polls only.
+        self.try_take(&mut Take::Copy(out))
+    }
+
+    /// One look, as `try_recv_into` and `try_borrow` make it.
+    fn try_take(&mut self, take: &mut Take<'_>) -> Result<u64, RecvError> {
         self.empty_polls += 1;
         let check = self.empty_polls >= LIVENESS_EVERY;
-        self.attempt(out, check)?.ok_or(RecvError::Empty)
+        self.attempt_take(take, check)?.ok_or(RecvError::Empty)
     }
 
     /// [`recv`](Self::recv) (`timeout` `None`) or
@@ -230,6 +250,16 @@ impl Receiver {
     pub fn recv_into(
         &mut self,
         out: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, RecvError> {
+        self.take_waiting(&mut Take::Copy(out), timeout)
+    }
+
+    /// The wait of `recv_into` and `borrow`.
+    #[inline(always)]
+    fn take_waiting(
+        &mut self,
+        take: &mut Take<'_>,
         timeout: Option<Duration>,
     ) -> Result<u64, RecvError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -243,7 +273,7 @@ impl Receiver {
             if now_check {
                 self.last_check = Some(Instant::now());
             }
-            if let Some(id) = self.attempt(out, now_check)? {
+            if let Some(id) = self.attempt_take(take, now_check)? {
                 waiting.done(&mut self.spin);
                 return Ok(id);
             }
@@ -260,6 +290,67 @@ impl Receiver {
             let h = self.sh.header();
             ring::park(&h.data_futex, &h.recv_waiters, slice, || self.wake_ready());
         }
+    }
+
+    /// Waits for the next message, as [`recv`](Self::recv) does, and lends
+    /// it where it lies in the ring instead of copying it out: checked in
+    /// place (its checksum too), traced as [`recv`](Self::recv) traces a
+    /// message, and kept from the senders until the [`Borrowed`] guard is
+    /// dropped. A sender that fills the ring meanwhile waits for room (or
+    /// gets [`SendError::Full`](super::SendError::Full)); nothing
+    /// overwrites a lent message.
+    ///
+    /// The guard reads the message through copying accessors, not a
+    /// `&[u8]`: see [`Borrowed`] for why, and for
+    /// [`as_slice`](Borrowed::as_slice) where every process that can open
+    /// the channel is trusted.
+    ///
+    /// ```
+    /// use ipc_lib::channel::{Receiver, Sender};
+    ///
+    /// let name = format!("doc-borrow-{}", std::process::id());
+    /// let mut rx = Receiver::builder(&name).create()?;
+    /// let mut tx = Sender::builder(&name).open()?;
+    /// tx.send(b"hello, world")?;
+    /// let msg = rx.borrow()?;
+    /// let mut head = [0u8; 5];
+    /// assert_eq!(msg.read(0, &mut head), 5); // copies out only what it needs
+    /// assert_eq!(&head, b"hello");
+    /// assert_eq!(msg.len(), 12);
+    /// drop(msg); // the space is the senders' again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn borrow(&mut self) -> Result<Borrowed<'_>, RecvError> {
+        self.take_waiting(&mut Take::Lend, None)?;
+        Ok(self.lent())
+    }
+
+    /// [`borrow`](Self::borrow), giving up with [`RecvError::Timeout`]
+    /// after `timeout`.
+    pub fn borrow_timeout(&mut self, timeout: Duration) -> Result<Borrowed<'_>, RecvError> {
+        self.take_waiting(&mut Take::Lend, Some(timeout))?;
+        Ok(self.lent())
+    }
+
+    /// [`borrow`](Self::borrow) if a message is waiting, as
+    /// [`try_recv`](Self::try_recv) looks: [`RecvError::Empty`] if not.
+    pub fn try_borrow(&mut self) -> Result<Borrowed<'_>, RecvError> {
+        self.try_take(&mut Take::Lend)?;
+        Ok(self.lent())
+    }
+
+    /// The guard of the message a `Take::Lend` just left in `held`.
+    pub(super) fn lent(&mut self) -> Borrowed<'_> {
+        let held = self
+            .held
+            .expect("a receive that lends a message leaves it in `held`");
+        Borrowed { rx: self, held }
+    }
+
+    /// [`attempt`](Self::attempt), lending the message (in `held`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn attempt_lend(&mut self, check: bool) -> Result<Option<u64>, RecvError> {
+        self.attempt_take(&mut Take::Lend, check)
     }
 
     /// Receives one message and decodes it as `T` (the counterpart of
@@ -298,50 +389,79 @@ impl Receiver {
     /// a liveness slice of waiting, or every so many empty polls) it asks
     /// the kernel whether the senders live, stepping over a dead one's
     /// unfinished frame.
+    #[cfg(feature = "tokio")]
     pub(crate) fn attempt(
         &mut self,
         out: &mut Vec<u8>,
         check: bool,
     ) -> Result<Option<u64>, RecvError> {
-        if let Some(id) = self.pop(out)? {
+        self.attempt_take(&mut Take::Copy(out), check)
+    }
+
+    /// [`attempt`](Self::attempt) for a copy or a loan: a loan leaves the
+    /// message in `held`.
+    fn attempt_take(&mut self, take: &mut Take<'_>, check: bool) -> Result<Option<u64>, RecvError> {
+        if let Some(id) = self.pop(take)? {
             return Ok(Some(id));
         }
         if check {
-            if let Some(id) = self.pop_past_dead(out)? {
+            if let Some(id) = self.pop_past_dead(take)? {
                 return Ok(Some(id));
             }
         }
         if self.senders_gone(check) {
-            return self.last_messages(out).map(Some);
+            return self.last_messages(take).map(Some);
         }
         Ok(None)
     }
 
     /// One step of the ring, with corruption made sticky and the receive
-    /// traced.
-    fn pop(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
+    /// traced: the same event for a message copied out or lent.
+    fn pop(&mut self, take: &mut Take<'_>) -> Result<Option<u64>, RecvError> {
+        if let Some(held) = self.held.take() {
+            // A lent message whose guard was leaked (`mem::forget`): it
+            // was received, and its space is given back now.
+            self.consumer.release(&self.sh, &held);
+        }
         if let Some((pos, reason)) = &self.failed {
             return Err(RecvError::Corrupt {
                 pos: *pos,
                 reason: reason.clone(),
             });
         }
-        match self.consumer.try_pop(&self.sh, out) {
-            Ok(Some(id)) => {
+        let popped = match take {
+            Take::Copy(out) => match self.consumer.try_pop(&self.sh, out) {
+                Ok(Some(id)) => Ok(Some((id, out.len()))),
+                Ok(None) => Ok(None),
+                Err(reason) => {
+                    out.clear();
+                    Err(reason)
+                }
+            },
+            Take::Lend => match self.consumer.try_borrow(&self.sh, &mut self.spill) {
+                Ok(Some(held)) => {
+                    self.held = Some(held);
+                    Ok(Some((held.id, held.len)))
+                }
+                Ok(None) => Ok(None),
+                Err(reason) => Err(reason),
+            },
+        };
+        match popped {
+            Ok(Some((id, len))) => {
                 self.empty_polls = 0;
                 self.last_check = None;
                 trace::emit(
                     EventKind::MsgRecv,
                     ChannelKind::IpclibChannel,
                     &self.sh.name,
-                    out.len() as u64,
+                    len as u64,
                     id,
                 );
                 Ok(Some(id))
             }
             Ok(None) => Ok(None),
             Err(reason) => {
-                out.clear();
                 let pos = self.consumer.position();
                 self.failed = Some((pos, reason.clone()));
                 Err(RecvError::Corrupt { pos, reason })
@@ -351,9 +471,9 @@ impl Receiver {
 
     /// Multi-producer: steps over the frames of senders that died before
     /// committing them, until a message comes (or nothing more does).
-    fn pop_past_dead(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RecvError> {
+    fn pop_past_dead(&mut self, take: &mut Take<'_>) -> Result<Option<u64>, RecvError> {
         while self.failed.is_none() && self.step_over_dead() {
-            if let Some(id) = self.pop(out)? {
+            if let Some(id) = self.pop(take)? {
                 return Ok(Some(id));
             }
         }
@@ -393,12 +513,12 @@ impl Receiver {
     /// liveness slice) also asks whether senders died, stepping over a
     /// dead sender's unfinished frame as a receive would.
     pub(crate) fn select_ready(&mut self, check: bool) -> bool {
-        if self.failed.is_some() || self.consumer.ready(&self.sh) {
+        if self.failed.is_some() || self.consumer.has_next(&self.sh) {
             return true;
         }
         if check {
             while self.failed.is_none() && self.step_over_dead() {
-                if self.consumer.ready(&self.sh) {
+                if self.consumer.has_next(&self.sh) {
                     return true;
                 }
             }
@@ -424,12 +544,12 @@ impl Receiver {
 
     /// Every sender has left: what they sent, frames of those that died
     /// mid-send stepped over, then `Disconnected`.
-    fn last_messages(&mut self, out: &mut Vec<u8>) -> Result<u64, RecvError> {
+    fn last_messages(&mut self, take: &mut Take<'_>) -> Result<u64, RecvError> {
         // A message published just before the last sender left.
-        if let Some(id) = self.pop(out)? {
+        if let Some(id) = self.pop(take)? {
             return Ok(id);
         }
-        match self.pop_past_dead(out)? {
+        match self.pop_past_dead(take)? {
             Some(id) => Ok(id),
             None => Err(RecvError::Disconnected),
         }
@@ -465,5 +585,118 @@ impl Drop for Receiver {
         ring::release(&self.sh.header().receiver);
         // Senders asleep on a full ring learn now that nobody will drain it.
         self.sh.wake_everyone();
+    }
+}
+
+/// A message lent where it lies in the ring ([`Receiver::borrow`]),
+/// checked when it was lent. Dropping it gives its space back to the
+/// senders; until then no honest sender writes over it, because the
+/// receiver's position, which bounds where senders may write, stays
+/// before it.
+///
+/// Why copying accessors and not a `&[u8]`: the ring is shared memory
+/// that every process which can open the channel can write, at any time.
+/// The protocol keeps honest senders off a lent message, but nothing
+/// keeps a hostile or broken process off it, and a `&[u8]` promises the
+/// compiler that its bytes do not change while it lives: code reading a
+/// changing `&[u8]` may be compiled to read a byte twice and act on two
+/// values (a bounds check on one, an index with the other), which is
+/// undefined behaviour, not just a wrong answer. So the guard hands out
+/// copies: each accessor reads each byte once, through raw pointers, into
+/// memory of the caller's. A process that writes the message while it is
+/// lent can make those copies differ from what was checked (as it could
+/// have sent other bytes in the first place), never make this process
+/// misbehave. Where every process that can open the channel (its
+/// creator's user, or root: the segment is mode 0600) is trusted,
+/// [`as_slice`](Self::as_slice) lends the bytes themselves.
+///
+/// A message whose frame wraps around the end of the ring is not one
+/// slice there: it is copied out when lent (as [`Receiver::recv`] would),
+/// and the guard reads the copy.
+#[derive(Debug)]
+pub struct Borrowed<'a> {
+    rx: &'a mut Receiver,
+    held: Held,
+}
+
+impl Borrowed<'_> {
+    /// The message's length in bytes.
+    pub fn len(&self) -> usize {
+        self.held.len
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.held.len == 0
+    }
+
+    /// The message's id, as its sender's `send` returned it and as both
+    /// ends traced it.
+    pub fn msg_id(&self) -> u64 {
+        self.held.id
+    }
+
+    /// The message's first byte: in the ring, or in the receiver's copy.
+    fn bytes(&self) -> *const u8 {
+        match self.held.payload {
+            Some(start) => self.rx.sh.payload_ptr(start, self.held.len),
+            None => self.rx.spill.as_ptr(),
+        }
+    }
+
+    /// Copies the message's bytes from `offset` on into `dst`, as many as
+    /// fit and are there; returns how many (0 when `offset` is at or past
+    /// the end).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.held.len.saturating_sub(offset));
+        if n > 0 {
+            // SAFETY: `offset + n <= len` bytes from `bytes()`, which are
+            // readable while the receiver this guard borrows lives (the
+            // mapped segment, or the receiver's own copy). `dst` is the
+            // caller's memory; the only way safe code has to a `&mut` into
+            // the segment is a loan, a frame reserved in the ring's free
+            // space, which the receiver's position (kept before this frame
+            // while it is lent) bounds: the two never overlap. Any bytes
+            // are valid `u8`s, and each is read once: see "Payloads cross
+            // the segment in bulk" in `ring.rs`.
+            unsafe { std::ptr::copy_nonoverlapping(self.bytes().add(offset), dst.as_mut_ptr(), n) };
+        }
+        n
+    }
+
+    /// The byte at `index`, if the message has one there.
+    pub fn get(&self, index: usize) -> Option<u8> {
+        let mut b = [0u8; 1];
+        (self.read(index, &mut b) == 1).then_some(b[0])
+    }
+
+    /// A copy of the whole message.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.held.len];
+        self.read(0, &mut v);
+        v
+    }
+
+    /// The message's bytes themselves, where they lie.
+    ///
+    /// # Safety
+    ///
+    /// No process may write these bytes while the slice lives. Honest ends
+    /// never do (see [`Borrowed`]); the caller vouches that every process
+    /// able to open the channel is one, that is, that no process running as
+    /// the channel's user (or as root) breaks the protocol.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes (see `read`), unchanging while the
+        // slice lives as the caller vouches; borrowed from `self`, so it
+        // cannot outlive the guard, whose drop lets senders reuse them.
+        unsafe { std::slice::from_raw_parts(self.bytes(), self.held.len) }
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.rx.held.take() {
+            self.rx.consumer.release(&self.rx.sh, &held);
+        }
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use super::crc64::{self, Head};
 use super::error::Corruption;
 use super::layout::{
-    checksum, frame_size, len_word, resv, slot, word_of, Header, Layout, Mode, PeerSlot,
-    FRAME_HEADER_SIZE, FRAME_MARKER,
+    checksum, frame_size, len_word, resv, skip_word, slot, word_of, Header, Layout, Mode, PeerSlot,
+    FRAME_HEADER_SIZE, FRAME_MARKER, SKIP_MARKER,
 };
 use super::segment::Segment;
 use crate::sys::{self, PeerWatch};
@@ -136,6 +136,13 @@ impl Shared {
             };
             last.store(word_of(&payload[whole..]), Relaxed);
         }
+        self.publish(commit, at, lw, id, sum);
+    }
+
+    /// Writes a frame's payload-less part and commits it: the length, id
+    /// and checksum words, then the commit word, last.
+    #[inline]
+    fn publish(&self, commit: u64, at: usize, lw: u64, id: u64, sum: u64) {
         self.word(at, 1).store(lw, Relaxed);
         self.word(at, 2).store(id, Relaxed);
         self.word(at, 3).store(sum, Relaxed);
@@ -148,6 +155,56 @@ impl Shared {
             // receiver's check before it sleeps (see `park`).
             Mode::Mpsc => word.store(commit ^ self.key, SeqCst),
         }
+    }
+
+    /// Commits a frame whose payload the caller wrote in place (a loan):
+    /// `len` bytes from word `start` of the data area, contiguous. Zeroes
+    /// the last word's padding, which the checksum covers, then sums the
+    /// payload where it lies.
+    fn write_in_place(&self, commit: u64, at: usize, start: usize, id: u64, len: usize) {
+        let n = len.div_ceil(8);
+        let words = &self.seg.data()[start..start + n];
+        if !len.is_multiple_of(8) {
+            let last = &words[n - 1];
+            let mut b = last.load(Relaxed).to_ne_bytes();
+            b[len % 8..].fill(0);
+            last.store(u64::from_ne_bytes(b), Relaxed);
+        }
+        // The caller checked the length against the maximum, which fits u32.
+        let lw = len_word(len as u32);
+        // This sender's reservation, which no honest process writes; a
+        // dishonest one only changes the sum (see `crc64::checksum_words`).
+        let sum = crc64::checksum_words(Head(lw, id), words);
+        self.publish(commit, at, lw, id, sum);
+    }
+
+    /// Asks for the cache lines of the first `bytes` (at most 256) of a
+    /// frame about to be written in place, from word `at` on, for
+    /// writing. A loan's writer stores into them and its commit then sums
+    /// them: without this the sum's loads miss behind the stores' misses
+    /// (the receiver's core holds the lines), fetching each line twice,
+    /// shared then owned. A hint: it never faults and changes nothing.
+    #[inline]
+    fn prefetch_for_write(&self, at: usize, bytes: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            let data = self.seg.data();
+            let end = (at + (bytes.min(256) / 8) as usize).min(self.cap_words);
+            for w in data[at..end].iter().step_by(8) {
+                // SAFETY: a prefetch reads and writes nothing, and `w` is
+                // a word of the mapped segment.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(w.as_ptr().cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, bytes);
+    }
+
+    /// The first byte of the `len`-byte payload that starts at word
+    /// `start` of the data area and does not wrap.
+    pub(crate) fn payload_ptr(&self, start: usize, len: usize) -> *mut u8 {
+        shared_ptr(&self.seg.data()[start..start + len.div_ceil(8)])
     }
 
     /// The producer position, in either mode.
@@ -434,6 +491,87 @@ impl Producer {
         }
     }
 
+    /// Reserves a frame for a `len`-byte payload that the caller writes in
+    /// place (a loan), if it fits now. `Ok(None)`: full. Nothing is
+    /// published until [`commit`](Self::commit); until then a
+    /// multi-producer reservation holds up the frames reserved after it,
+    /// and must be committed or [`abandon`](Self::abandon)ed.
+    pub(crate) fn try_reserve(
+        &mut self,
+        sh: &Shared,
+        len: usize,
+    ) -> Result<Option<Reserved>, Corruption> {
+        let need = frame_size(len) as u64;
+        let (pos, at, commit) = match sh.layout.mode {
+            Mode::Spsc => match self.reserve_spsc(sh, need)? {
+                // Ours alone: `head`, which publishes, moves at the commit.
+                Some(pos) => (pos, self.head_at, pos),
+                None => return Ok(None),
+            },
+            Mode::Mpsc => match self.reserve_mpsc(sh, need) {
+                Ok(Some((pos, replaced))) => (pos, sh.index_of(pos), replaced),
+                other => {
+                    // As in `try_push`: a claim left standing would make
+                    // the receiver wait for us.
+                    sh.header().senders[self.slot].claim.store(0, Relaxed);
+                    return other.map(|_| None);
+                }
+            },
+        };
+        sh.prefetch_for_write(at, need);
+        let start = sh.advance(at, FRAME_HEADER_SIZE as u64);
+        let contiguous = len.div_ceil(8) <= sh.cap_words - start;
+        Ok(Some(Reserved {
+            pos,
+            at,
+            need,
+            commit,
+            len,
+            payload: contiguous.then_some(start),
+        }))
+    }
+
+    /// Publishes a reserved frame: its payload as the caller wrote it in
+    /// place, or `staged` (its first `r.len` bytes) when the frame wraps
+    /// around the end of the ring. Returns the message id.
+    pub(crate) fn commit(&mut self, sh: &Shared, r: &Reserved, staged: &[u8]) -> u64 {
+        let id = sh.next_id();
+        match r.payload {
+            Some(start) => sh.write_in_place(r.commit, r.at, start, id, r.len),
+            None => sh.write_frame(r.commit, r.at, id, &staged[..r.len]),
+        }
+        self.published(sh, r);
+        id
+    }
+
+    /// Gives a reserved frame up. A single-producer reservation was never
+    /// published: nothing to undo. A multi-producer one is in `head`, and
+    /// the frames of other senders may follow it: it is committed as a
+    /// skip frame (see the layout), which the receiver steps over.
+    pub(crate) fn abandon(&mut self, sh: &Shared, r: &Reserved) {
+        if sh.layout.mode == Mode::Mpsc {
+            // `r.len` passed the maximum check when it was reserved.
+            let lw = skip_word(r.len as u32);
+            sh.publish(r.commit, r.at, lw, 0, checksum(lw, 0, &[]));
+            self.published(sh, r);
+        }
+    }
+
+    /// After a reserved frame's commit word: the single-producer `head`
+    /// published, or the multi-producer claim cleared (until then, the
+    /// claim is what lets the receiver step over the frame should we die).
+    fn published(&mut self, sh: &Shared, r: &Reserved) {
+        match sh.layout.mode {
+            Mode::Spsc => {
+                self.head = r.pos + r.need;
+                self.head_at = sh.advance(r.at, r.need);
+                sh.header().head.store(self.head, SeqCst);
+            }
+            Mode::Mpsc => sh.header().senders[self.slot].claim.store(0, Release),
+        }
+        sh.wake_receiver();
+    }
+
     fn reserve_spsc(&mut self, sh: &Shared, need: u64) -> Result<Option<u64>, Corruption> {
         let head = self.head;
         if head + need - self.cached_tail > sh.cap {
@@ -519,6 +657,22 @@ impl Producer {
     }
 }
 
+/// A frame reserved for a loan ([`Producer::try_reserve`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reserved {
+    pos: u64,
+    /// The frame's first word's index.
+    at: usize,
+    need: u64,
+    /// What the commit word says: `pos` (single-producer) or the
+    /// reservation word replaced (multi-producer).
+    commit: u64,
+    pub len: usize,
+    /// The payload's first word's index, when the payload does not wrap
+    /// around the end of the ring (and so can be lent as one slice).
+    pub payload: Option<usize>,
+}
+
 /// The receiving end's view of the ring.
 #[derive(Debug)]
 pub(crate) struct Consumer {
@@ -558,62 +712,128 @@ impl Consumer {
         sh: &Shared,
         out: &mut Vec<u8>,
     ) -> Result<Option<u64>, Corruption> {
+        match self.next_frame(sh)? {
+            Some(f) => self.take_copy(sh, &f, out).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame's checked header, if a frame is there; skip frames
+    /// (abandoned loans) are stepped over on the way.
+    #[inline(always)]
+    fn next_frame(&mut self, sh: &Shared) -> Result<Option<Frame>, Corruption> {
         let h = sh.header();
-        let (tail, at) = (self.tail, self.tail_at);
-        let positions = |head| Corruption::Positions {
-            head,
-            tail,
-            capacity: sh.cap,
-        };
-        let available = match sh.layout.mode {
-            Mode::Spsc => {
-                if self.cached_head == tail {
-                    let head = h.head.load(Acquire);
-                    if head < tail || head - tail > sh.cap {
-                        return Err(positions(head));
+        loop {
+            let (tail, at) = (self.tail, self.tail_at);
+            let positions = |head| Corruption::Positions {
+                head,
+                tail,
+                capacity: sh.cap,
+            };
+            let available = match sh.layout.mode {
+                Mode::Spsc => {
+                    if self.cached_head == tail {
+                        let head = h.head.load(Acquire);
+                        if head < tail || head - tail > sh.cap {
+                            return Err(positions(head));
+                        }
+                        self.cached_head = head;
+                        if head == tail {
+                            return Ok(None);
+                        }
                     }
-                    self.cached_head = head;
-                    if head == tail {
+                    let commit = sh.word(at, 0).load(Acquire);
+                    if commit != tail ^ sh.key {
+                        return Err(Corruption::Commit { found: commit });
+                    }
+                    self.cached_head - tail
+                }
+                Mode::Mpsc => {
+                    // The commit word is the publication; until it names
+                    // this position the frame is not there yet (or is
+                    // being written).
+                    if !sh.commits(sh.word(at, 0).load(Acquire), tail) {
                         return Ok(None);
                     }
+                    let head = resv::pos(h.head.load(Acquire));
+                    if head <= tail || head - tail > sh.cap {
+                        return Err(positions(head));
+                    }
+                    head - tail
                 }
-                let commit = sh.word(at, 0).load(Acquire);
-                if commit != tail ^ sh.key {
-                    return Err(Corruption::Commit { found: commit });
-                }
-                self.cached_head - tail
-            }
-            Mode::Mpsc => {
-                // The commit word is the publication; until it names this
-                // position the frame is not there yet (or is being written).
-                if !sh.commits(sh.word(at, 0).load(Acquire), tail) {
-                    return Ok(None);
-                }
-                let head = resv::pos(h.head.load(Acquire));
-                if head <= tail || head - tail > sh.cap {
-                    return Err(positions(head));
-                }
-                head - tail
-            }
-        };
+            };
 
-        let lw = sh.word(at, 1).load(Relaxed);
-        let id = sh.word(at, 2).load(Relaxed);
-        let stored = sh.word(at, 3).load(Relaxed);
-        let marker = (lw >> 32) as u32;
-        if marker != FRAME_MARKER {
-            return Err(Corruption::Marker { found: marker });
+            let lw = sh.word(at, 1).load(Relaxed);
+            let id = sh.word(at, 2).load(Relaxed);
+            let stored = sh.word(at, 3).load(Relaxed);
+            let marker = (lw >> 32) as u32;
+            if marker != FRAME_MARKER && marker != SKIP_MARKER {
+                return Err(Corruption::Marker { found: marker });
+            }
+            let len = lw & 0xFFFF_FFFF;
+            if len > sh.max {
+                return Err(Corruption::Length { len, max: sh.max });
+            }
+            // len <= max <= capacity, so these fit usize.
+            let len = len as usize;
+            let size = frame_size(len) as u64;
+            if size > available {
+                return Err(Corruption::Truncated { size, available });
+            }
+            if marker == SKIP_MARKER {
+                self.step_over_skip(sh, lw, id, stored, size)?;
+                continue;
+            }
+            return Ok(Some(Frame {
+                at,
+                lw,
+                id,
+                stored,
+                len,
+                size,
+            }));
         }
-        let len = lw & 0xFFFF_FFFF;
-        if len > sh.max {
-            return Err(Corruption::Length { len, max: sh.max });
+    }
+
+    /// Steps over a skip frame, checked: a loan its sender gave up.
+    #[cold]
+    fn step_over_skip(
+        &mut self,
+        sh: &Shared,
+        lw: u64,
+        id: u64,
+        stored: u64,
+        size: u64,
+    ) -> Result<(), Corruption> {
+        // Its payload is not summed: nobody reads it.
+        let computed = checksum(lw, id, &[]);
+        if computed != stored {
+            return Err(Corruption::Checksum { stored, computed });
         }
-        // len <= max <= capacity, so these fit usize.
-        let len = len as usize;
-        let size = frame_size(len) as u64;
-        if size > available {
-            return Err(Corruption::Truncated { size, available });
-        }
+        self.advance(sh, size);
+        Ok(())
+    }
+
+    /// Moves the position past a frame of `size` bytes and says so.
+    #[inline]
+    fn advance(&mut self, sh: &Shared, size: u64) {
+        self.tail += size;
+        self.tail_at = sh.advance(self.tail_at, size);
+        sh.header().tail.store(self.tail, SeqCst);
+        sh.wake_senders();
+    }
+
+    /// Copies frame `f` out into `out`, checks it there, and moves past it.
+    #[inline(always)]
+    fn take_copy(&mut self, sh: &Shared, f: &Frame, out: &mut Vec<u8>) -> Result<u64, Corruption> {
+        let &Frame {
+            at,
+            lw,
+            id,
+            stored,
+            len,
+            size,
+        } = f;
         let n = len.div_ceil(8);
         // Every byte is overwritten below, so a reused buffer's old contents
         // need no zeroing; only growth is zero-filled.
@@ -643,11 +863,68 @@ impl Consumer {
             return Err(Corruption::ZeroId);
         }
         out.truncate(len);
-        self.tail = tail + size;
-        self.tail_at = sh.advance(at, size);
-        h.tail.store(self.tail, SeqCst);
-        sh.wake_senders();
-        Ok(Some(id))
+        self.advance(sh, size);
+        Ok(id)
+    }
+
+    /// Lends the next message where it lies, if one is there: checks it
+    /// in place and keeps the position before it, so no honest sender
+    /// writes over it until [`release`](Self::release). A frame that wraps
+    /// around the end of the ring cannot be one slice: it is copied into
+    /// `spill` and taken as `try_pop` takes it.
+    pub(crate) fn try_borrow(
+        &mut self,
+        sh: &Shared,
+        spill: &mut Vec<u8>,
+    ) -> Result<Option<Held>, Corruption> {
+        let Some(f) = self.next_frame(sh)? else {
+            return Ok(None);
+        };
+        let n = f.len.div_ceil(8);
+        let (a, b) = sh.payload_words(f.at, n);
+        if !b.is_empty() {
+            let id = self.take_copy(sh, &f, spill)?;
+            return Ok(Some(Held {
+                id,
+                len: f.len,
+                size: f.size,
+                payload: None,
+            }));
+        }
+        // Summed where it lies (see `crc64::checksum_words` for bytes that
+        // change while summed).
+        let computed = crc64::checksum_words(Head(f.lw, f.id), a);
+        if computed != f.stored {
+            return Err(Corruption::Checksum {
+                stored: f.stored,
+                computed,
+            });
+        }
+        if f.id == 0 {
+            return Err(Corruption::ZeroId);
+        }
+        Ok(Some(Held {
+            id: f.id,
+            len: f.len,
+            size: f.size,
+            payload: Some(sh.advance(f.at, FRAME_HEADER_SIZE as u64)),
+        }))
+    }
+
+    /// Moves past a frame lent by [`try_borrow`](Self::try_borrow): its
+    /// space is the senders' again.
+    pub(crate) fn release(&mut self, sh: &Shared, held: &Held) {
+        if held.payload.is_some() {
+            self.advance(sh, held.size);
+        }
+    }
+
+    /// Whether a receive would find a message or an error now: [`ready`],
+    /// and the frame there not a skip frame (those it steps over).
+    ///
+    /// [`ready`]: Self::ready
+    pub(crate) fn has_next(&mut self, sh: &Shared) -> bool {
+        self.ready(sh) && !matches!(self.next_frame(sh), Ok(None))
     }
 
     /// Whether a frame is ready or something changed; the SeqCst half of
@@ -725,6 +1002,28 @@ impl Consumer {
         sh.wake_senders();
         Some(Abandoned { pos: tail, pid })
     }
+}
+
+/// A frame's header words, read once and checked (`Consumer::next_frame`).
+struct Frame {
+    at: usize,
+    lw: u64,
+    id: u64,
+    stored: u64,
+    len: usize,
+    size: u64,
+}
+
+/// A message lent by `Consumer::try_borrow`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Held {
+    pub id: u64,
+    pub len: usize,
+    size: u64,
+    /// The payload's first word's index when it is lent in place; `None`
+    /// when it was copied out (the frame wrapped), and the position is
+    /// already past it.
+    pub payload: Option<usize>,
 }
 
 /// A frame stepped over because its sender died before committing it.

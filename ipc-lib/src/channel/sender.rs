@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::{OpenError, SendError};
 use super::layout::{Layout, Mode};
-use super::ring::{self, Claim, PeerState, Producer, Shared, LIVENESS_SLICE};
+use super::ring::{self, Claim, PeerState, Producer, Reserved, Shared, LIVENESS_SLICE};
 use super::segment::{display_name, LayoutRequest, OpenHow, Segment};
 use crate::spin::{Spin, SpinWait};
 use crate::sys::PeerWatch;
@@ -108,6 +108,7 @@ impl SenderBuilder {
             full_streak: 0,
             spin: Spin::new(SPINS),
             scratch: Vec::new(),
+            pending: None,
         })
     }
 }
@@ -146,6 +147,8 @@ pub struct Sender {
     full_streak: u32,
     spin: Spin,
     scratch: Vec<u8>,
+    /// The reservation a [`Loan`] holds, taken by its send or drop.
+    pending: Option<Reserved>,
 }
 
 /// How long a send may wait for space.
@@ -243,12 +246,55 @@ impl Sender {
     }
 
     fn send_inner(&mut self, msg: &[u8], wait: Wait) -> Result<u64, SendError> {
+        self.check_len(msg.len())?;
+        self.with_room(msg.len(), wait, |p, sh| {
+            // Stamped before the message is published: once it is, the
+            // receiver may take it and stamp its receive first, and a send
+            // must never look later than its receive.
+            let sent_ns = trace::now_if_enabled();
+            Ok(p.try_push(sh, msg)?.map(|id| (id, sent_ns)))
+        })
+        .map(|(id, sent_ns)| {
+            self.traced(msg.len(), id, sent_ns);
+            id
+        })
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), SendError> {
         let max = self.sh.layout.max_message_size;
-        if msg.len() > max {
-            return Err(SendError::TooLarge {
-                len: msg.len(),
-                max,
-            });
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Traces a send: the same event whether the message was copied in or
+    /// written in place.
+    #[inline]
+    fn traced(&self, len: usize, id: u64, sent_ns: Option<u64>) {
+        trace::emit_op(Op {
+            size: len as u64,
+            msg_id: id,
+            at_ns: sent_ns,
+            ..Op::new(
+                EventKind::MsgSend,
+                ChannelKind::IpclibChannel,
+                &self.sh.name,
+            )
+        });
+    }
+
+    /// Runs `attempt` (a push or a reservation of a `len`-byte frame)
+    /// until it finds room, waiting as `wait` says in between.
+    #[inline(always)]
+    fn with_room<R>(
+        &mut self,
+        len: usize,
+        wait: Wait,
+        mut attempt: impl FnMut(&mut Producer, &Shared) -> Result<Option<R>, super::error::Corruption>,
+    ) -> Result<R, SendError> {
+        if self.pending.is_some() {
+            self.give_up_leaked_loan();
         }
         // A clean close is one load away; a death costs a syscall to see, so
         // it is looked for only every so often and whenever we would wait.
@@ -261,28 +307,10 @@ impl Sender {
         // Set when the first wait starts: the fast path reads no clock.
         let mut last_check: Option<Instant> = None;
         loop {
-            // Stamped before the message is published: once it is, the
-            // receiver may take it and stamp its receive first, and a send
-            // must never look later than its receive.
-            let sent_ns = trace::now_if_enabled();
-            if let Some(id) = self
-                .producer
-                .try_push(&self.sh, msg)
-                .map_err(SendError::Corrupt)?
-            {
+            if let Some(r) = attempt(&mut self.producer, &self.sh).map_err(SendError::Corrupt)? {
                 self.full_streak = 0;
                 waiting.done(&mut self.spin);
-                trace::emit_op(Op {
-                    size: msg.len() as u64,
-                    msg_id: id,
-                    at_ns: sent_ns,
-                    ..Op::new(
-                        EventKind::MsgSend,
-                        ChannelKind::IpclibChannel,
-                        &self.sh.name,
-                    )
-                });
-                return Ok(id);
+                return Ok(r);
             }
             let deadline = match wait {
                 Wait::No => {
@@ -316,9 +344,76 @@ impl Sender {
             };
             let h = self.sh.header();
             ring::park(&h.space_futex, &h.send_waiters, slice, || {
-                self.wake_ready(msg.len())
+                self.wake_ready(len)
             });
         }
+    }
+
+    /// A loan leaked (`mem::forget`) instead of sent or dropped: given up
+    /// now, or its reservation would hold up every later frame.
+    #[cold]
+    fn give_up_leaked_loan(&mut self) {
+        if let Some(r) = self.pending.take() {
+            self.producer.abandon(&self.sh, &r);
+        }
+    }
+
+    /// Reserves room for a `len`-byte message in the ring and lends it
+    /// out, for the message to be written where the receiver will read it
+    /// (no copy); [`Loan::send`] publishes it, dropping the [`Loan`] gives
+    /// the room back unsent. On a full channel, blocks or returns
+    /// [`SendError::Full`] as [`send`](Self::send) does.
+    ///
+    /// The message is traced exactly as [`send`](Self::send) traces it,
+    /// when [`Loan::send`] publishes it. In a [`Mode::Mpsc`] channel the
+    /// receiver takes the frames of every sender in the order they were
+    /// reserved, so a loan held long holds up the frames other senders
+    /// reserve after it; a sender that dies holding one loses that message
+    /// only, as one that dies mid-[`send`](Self::send) does.
+    ///
+    /// ```
+    /// use ipc_lib::channel::{Receiver, Sender};
+    ///
+    /// let name = format!("doc-loan-{}", std::process::id());
+    /// let mut rx = Receiver::builder(&name).create()?;
+    /// let mut tx = Sender::builder(&name).open()?;
+    /// let mut loan = tx.loan(5)?;
+    /// loan.copy_from_slice(b"hello"); // or serialize into it: it is a `&mut [u8]`
+    /// let id = loan.send();
+    /// assert_eq!(rx.recv()?, b"hello");
+    /// assert!(id >= 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
+        let wait = match self.when_full {
+            WhenFull::Block => Wait::Until(None),
+            WhenFull::Error => Wait::No,
+        };
+        self.loan_inner(len, wait)
+    }
+
+    /// [`loan`](Self::loan) if there is room now, whatever the builder
+    /// chose.
+    pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.loan_inner(len, Wait::No)
+    }
+
+    /// [`loan`](Self::loan), waiting at most `timeout` for room.
+    pub fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+        self.loan_inner(len, Wait::Until(Instant::now().checked_add(timeout)))
+    }
+
+    fn loan_inner(&mut self, len: usize, wait: Wait) -> Result<Loan<'_>, SendError> {
+        self.check_len(len)?;
+        let r = self.with_room(len, wait, |p, sh| p.try_reserve(sh, len))?;
+        if r.payload.is_none() {
+            // The frame wraps around the end of the ring: the message is
+            // written here and copied in at the send.
+            self.scratch.clear();
+            self.scratch.resize(len, 0);
+        }
+        self.pending = Some(r);
+        Ok(Loan { tx: self, r })
     }
 
     /// One try to send, as an async send makes it while it waits for
@@ -364,9 +459,98 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
+        if let Some(r) = self.pending.take() {
+            self.producer.abandon(&self.sh, &r);
+        }
         ring::release(&self.sh.header().senders[self.producer.slot()]);
         // A receiver asleep on an empty ring must learn now, not a slice
         // later, that it may be disconnected.
         self.sh.wake_everyone();
+    }
+}
+
+/// Room for one message in the ring, lent by [`Sender::loan`]: a
+/// `&mut [u8]` of the message's length (through `DerefMut`), written in
+/// place. [`send`](Loan::send) publishes it; dropping the loan unsent
+/// gives the room back, and the receiver never sees it.
+///
+/// The bytes start as whatever the ring held (earlier messages): write
+/// every byte the receiver should rely on.
+///
+/// Zero-copy except where the frame would wrap around the end of the
+/// ring (at most once per lap of the ring): there the loan lends a
+/// private buffer, copied in at the send.
+#[derive(Debug)]
+#[must_use = "a loan dropped unsent sends nothing"]
+pub struct Loan<'a> {
+    tx: &'a mut Sender,
+    r: Reserved,
+}
+
+impl Loan<'_> {
+    /// Publishes the message, checksummed where it lies, and returns its
+    /// id. Traced as [`Sender::send`] traces a message.
+    pub fn send(self) -> u64 {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let r = this.r;
+        let tx = &mut *this.tx;
+        tx.pending = None;
+        // Stamped before the message is published (see `send_inner`).
+        let sent_ns = trace::now_if_enabled();
+        let id = tx.producer.commit(&tx.sh, &r, &tx.scratch);
+        tx.traced(r.len, id, sent_ns);
+        id
+    }
+}
+
+impl std::ops::Deref for Loan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let len = self.r.len;
+        match self.r.payload {
+            // SAFETY: as in `deref_mut`, shared.
+            Some(start) => unsafe {
+                std::slice::from_raw_parts(self.tx.sh.payload_ptr(start, len), len)
+            },
+            None => &self.tx.scratch[..len],
+        }
+    }
+}
+
+impl std::ops::DerefMut for Loan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.r.len;
+        match self.r.payload {
+            // SAFETY: `payload_ptr` is `len` bytes of the mapped segment,
+            // which lives as long as the sender this loan borrows, and which
+            // every bit pattern is a valid `u8` of. They are this sender's
+            // reservation: between a reservation and its commit no honest
+            // process reads or writes a frame's payload (the receiver reads
+            // a frame only once its commit word says so; other senders
+            // write only frames they reserved, which never overlap this
+            // one while the receiver's position is behind it, and it is
+            // until the commit), so this slice is the only access to those
+            // bytes while it lives, as `&mut` requires. The segment's words
+            // are `UnsafeCell`s (atomics), so a pointer made from a shared
+            // reference may write them. What a dishonest process (which
+            // can write anywhere in the segment) does to these bytes
+            // meanwhile is outside the protocol; nothing of this end's own
+            // state lies in them, and what is published is summed after
+            // the slice is gone (see `Shared::write_in_place`).
+            Some(start) => unsafe {
+                std::slice::from_raw_parts_mut(self.tx.sh.payload_ptr(start, len), len)
+            },
+            None => &mut self.tx.scratch[..len],
+        }
+    }
+}
+
+impl Drop for Loan<'_> {
+    /// Gives the room back unsent: nothing is published (a multi-producer
+    /// reservation becomes a skip frame, which the receiver steps over),
+    /// nothing traced, no message id spent.
+    fn drop(&mut self) {
+        self.tx.pending = None;
+        self.tx.producer.abandon(&self.tx.sh, &self.r);
     }
 }

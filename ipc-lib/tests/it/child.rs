@@ -165,6 +165,7 @@ fn play(role: &str, name: &str, arg: &str) -> Result<(), String> {
         patient if patient.starts_with("patient-") => crate::patient::play(patient, name, arg),
         sel if sel.starts_with("select-") => crate::select::play(sel, name, arg),
         typed if typed.starts_with("typed-") => crate::typed::play(typed, name, arg),
+        loan if loan.starts_with("loan-") => crate::loan::play(loan, name, arg),
         other => crate::region::role(other, name, arg)
             .or_else(|| crate::sem::role(other, name, arg))
             .or_else(|| crate::aio::role(other, name, arg))

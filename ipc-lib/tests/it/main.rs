@@ -11,6 +11,7 @@ mod child;
 mod corruption;
 mod cross_process;
 mod example;
+mod loan;
 mod open_layout;
 mod patient;
 mod props;
