@@ -271,7 +271,7 @@ impl Sender {
     /// Traces a send: the same event whether the message was copied in or
     /// written in place.
     #[inline]
-    fn traced(&self, len: usize, id: u64, sent_ns: Option<u64>) {
+    fn traced(&self, len: usize, id: u64, sent_ns: Option<trace::Stamp>) {
         trace::emit_op(Op {
             size: len as u64,
             msg_id: id,
