@@ -18,9 +18,7 @@ use ipc_events::live::{ChannelStats, Delta, MessageSample, Snapshot};
 use crate::analysis::{Analyzer, AnalyzerConfig};
 use crate::correlate::{Paired, Side, Signal, SignalFact};
 use crate::store::rows::Rows;
-use crate::store::{
-    event_span_ns, events_between, newest_event_ns, spanned, SessionId, Store, StoreError,
-};
+use crate::store::{event_span_ns, events_between, spanned, SessionId, Store, StoreError};
 
 /// What a session covers, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +43,9 @@ pub async fn session_info(
     .fetch_one(&mut *conn)
     .await
     .map_err(StoreError::sql("reading the session"))?;
-    let newest = newest_event_ns(&mut *conn, session.0).await?;
+    let newest = event_span_ns(&mut *conn, session.0)
+        .await?
+        .map(|(_, newest)| newest);
     let start_ns = start.max(0) as u64;
     Ok(SessionInfo {
         id: session,

@@ -118,16 +118,6 @@ pub(crate) async fn event_span_ns(
     Ok(oldest.zip(newest))
 }
 
-/// The stamp of the session's newest event.
-pub(crate) async fn newest_event_ns(
-    conn: &mut SqliteConnection,
-    session: i64,
-) -> Result<Option<i64>, StoreError> {
-    Ok(event_span_ns(conn, session)
-        .await?
-        .map(|(_, newest)| newest))
-}
-
 /// The analysis names drops as the `drops` table does.
 pub(crate) use crate::correlate::drop_source_name;
 
